@@ -1,0 +1,259 @@
+"""The package's exceptions: one root, stable ``code`` strings, CLI exit codes.
+
+Every error pytest-lrun raises on purpose derives from :class:`LrunError`. The
+``code`` class attribute is part of the JSON/CLI contract (it is what lands in a
+run record's ``error_code`` and in ``lrun ... --json`` error output) and never
+changes once released. ``exit_code`` groups the errors into the classes the
+``lrun`` command line reports with distinct exit statuses.
+
+Errors carry their data as attributes and survive pickling (they cross process
+boundaries in the multi-process store tests and in user tooling).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+# Exit statuses of the ``lrun`` command line, one per error class.
+EXIT_ERROR = 1
+EXIT_BAD_INPUT = 2
+EXIT_NOT_FOUND = 3
+EXIT_BUSY = 4
+EXIT_ENGINE = 5
+
+
+def _rebuild(cls: type[LrunError], args: tuple[Any, ...], state: dict[str, Any]) -> LrunError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+class LrunError(Exception):
+    """Root of pytest-lrun's errors."""
+
+    code: ClassVar[str] = "lrun_error"
+    exit_code: ClassVar[int] = EXIT_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild from attributes rather than calling __init__ again, so that
+        # subclasses with any constructor signature pickle faithfully.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as the JSON contract shows it: ``code``, ``message`` and data."""
+        data: dict[str, Any] = {"code": self.code, "message": self.message}
+        for key, value in self.__dict__.items():
+            if key != "message" and not key.startswith("_"):
+                data[key] = value
+        return data
+
+
+# --- bad input -------------------------------------------------------------
+
+
+class BadInput(LrunError, ValueError):
+    """Input from a user (a path, a setting, a file) that cannot be used."""
+
+    code = "bad_input"
+    exit_code = EXIT_BAD_INPUT
+
+
+class HashError(BadInput):
+    """A directory could not be hashed (missing, not a directory, unreadable)."""
+
+    code = "hash_failed"
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot hash {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ConfigError(BadInput):
+    """A setting, machine table or option value is invalid; ``source`` says where it came from."""
+
+    code = "config_invalid"
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class PlanError(BadInput):
+    """A plan file is invalid; the message names the file, the entry and the field."""
+
+    code = "plan_invalid"
+
+    def __init__(self, path: str, reason: str, entry: str | None = None, field: str | None = None) -> None:
+        where = path
+        if entry is not None:
+            where += f": entry {entry!r}"
+        if field is not None:
+            where += f": field {field!r}"
+        super().__init__(f"{where}: {reason}")
+        self.path = path
+        self.entry = entry
+        self.field = field
+        self.reason = reason
+
+
+class ImageNotSet(BadInput):
+    """No image was given by the plan entry, ``--lrun-image`` or the machine table."""
+
+    code = "image_not_set"
+
+    def __init__(self, machine: str) -> None:
+        super().__init__(
+            f"no image for machine {machine!r}: set --lrun-image (ini lrun_image, env LRUN_IMAGE), "
+            f"an `image` in [tool.lrun.machines.{machine}] or in the plan entry"
+        )
+        self.machine = machine
+
+
+# --- not found -------------------------------------------------------------
+
+
+class NotFound(LrunError, LookupError):
+    """Something named by the user does not exist."""
+
+    code = "not_found"
+    exit_code = EXIT_NOT_FOUND
+
+
+class RunNotFound(NotFound):
+    code = "run_not_found"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run with id {run_id!r}")
+        self.run_id = run_id
+
+
+class BatchNotFound(NotFound):
+    code = "batch_not_found"
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"no batch with id {batch_id!r}")
+        self.batch_id = batch_id
+
+
+class UnknownMachine(NotFound):
+    code = "unknown_machine"
+
+    def __init__(self, machine: str, known: list[str]) -> None:
+        listed = ", ".join(sorted(known)) or "(none)"
+        super().__init__(f"unknown machine {machine!r}; known machines: {listed}")
+        self.machine = machine
+        self.known = sorted(known)
+
+
+# --- busy ------------------------------------------------------------------
+
+
+class MachineBusy(LrunError):
+    """The machine runs a different directory hash (the single-active-run rule)."""
+
+    code = "machine_busy"
+    exit_code = EXIT_BUSY
+
+    def __init__(
+        self, machine: str, run_id: str, test_dir: str, age_s: float, waited_s: float | None = None
+    ) -> None:
+        busy = f"machine {machine!r} is busy with run {run_id} ({test_dir}, started {age_s:.0f}s ago)"
+        if waited_s is None:
+            message = f"{busy}; use --lrun-busy-wait=SECONDS to wait for it"
+        else:
+            message = f"{busy}; still busy after waiting {waited_s:.0f}s"
+        super().__init__(message)
+        self.machine = machine
+        self.run_id = run_id
+        self.test_dir = test_dir
+        self.age_s = age_s
+        self.waited_s = waited_s
+
+
+# --- engine ----------------------------------------------------------------
+
+
+class EngineError(LrunError):
+    """The Docker Engine refused or failed an operation."""
+
+    code = "engine_error"
+    exit_code = EXIT_ENGINE
+
+    def __init__(self, machine: str, reason: str) -> None:
+        super().__init__(f"machine {machine!r}: {reason}")
+        self.machine = machine
+        self.reason = reason
+
+
+class EngineUnreachable(EngineError):
+    """The engine of a machine does not answer."""
+
+    code = "engine_unreachable"
+
+    def __init__(self, machine: str, url: str, reason: str) -> None:
+        LrunError.__init__(self, f"machine {machine!r}: engine at {url} is unreachable: {reason}")
+        self.machine = machine
+        self.url = url
+        self.reason = reason
+
+
+class ImageMissing(EngineError):
+    """The image is not on the engine and the pull policy forbids (or failed) pulling it."""
+
+    code = "image_missing"
+
+    def __init__(self, machine: str, image: str, reason: str) -> None:
+        LrunError.__init__(self, f"machine {machine!r}: image {image!r} is not available: {reason}")
+        self.machine = machine
+        self.image = image
+        self.reason = reason
+
+
+class ContainerGone(EngineError):
+    """The run's container vanished before its exit status was known."""
+
+    code = "container_gone"
+
+
+# --- store -----------------------------------------------------------------
+
+
+class StoreError(LrunError):
+    """The run store was asked for something its invariants forbid."""
+
+    code = "store_error"
+
+
+class TerminalRunError(StoreError):
+    """A terminal run was asked to change status (or to be deleted while live)."""
+
+    code = "run_terminal"
+
+    def __init__(self, run_id: str, status: str, wanted: str) -> None:
+        super().__init__(f"run {run_id} is {status}; it cannot become {wanted}")
+        self.run_id = run_id
+        self.status = status
+        self.wanted = wanted
+
+
+class CorruptRecord(StoreError):
+    """A state file did not parse; it was moved aside to ``moved_to``."""
+
+    code = "corrupt_record"
+
+    def __init__(self, path: str, moved_to: str, reason: str) -> None:
+        super().__init__(f"corrupt state file {path} ({reason}); kept aside as {moved_to}")
+        self.path = path
+        self.moved_to = moved_to
+        self.reason = reason
+

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Make the Docker Engines and images that pytest-lrun's demo and test suite need.
+#
+# Idempotent: installs Debian's docker.io, busybox-static and debootstrap when
+# missing, starts a first engine on the default socket when none answers, and a
+# second engine on its own socket/data-root/exec-root (the second named machine
+# of the multi-machine tests), then builds the test images on both engines from
+# local root filesystems (no image registry is needed). Rootfs tarballs are
+# cached under $LRUN_CACHE_DIR so a rerun skips debootstrap.
+#
+# Prints `export LRUN_TEST_ENGINES=...` lines on stdout for `eval`; progress
+# goes to stderr.
+set -euo pipefail
+
+ENGINE1_SOCK=${LRUN_ENGINE1_SOCK:-/var/run/docker.sock}
+ENGINE2_SOCK=${LRUN_ENGINE2_SOCK:-/var/run/lrun-docker2.sock}
+CACHE_DIR=${LRUN_CACHE_DIR:-/var/cache/lrun}
+BUSYBOX_IMAGE=lrun-busybox:latest
+PYTHON_IMAGE=lrun-python:bookworm
+
+log() { printf 'provision: %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    log "$1 needs root; run this script as root (or with sudo)"
+    exit 1
+  fi
+}
+
+install_packages() {
+  local missing=()
+  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+  [ -x /bin/busybox ] || missing+=(busybox-static)
+  command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  if [ ${#missing[@]} -gt 0 ]; then
+    need_root "installing ${missing[*]}"
+    log "installing ${missing[*]}"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  fi
+}
+
+engine_up() { DOCKER_HOST="unix://$1" timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+
+# start_engine SOCKET NAME: start dockerd on SOCKET unless an engine answers there.
+start_engine() {
+  local sock=$1 name=$2
+  if engine_up "$sock"; then
+    log "engine $name answers on $sock"
+    return
+  fi
+  need_root "starting dockerd"
+  local args=(--iptables=false --ip6tables=false --bridge=none --host "unix://$sock")
+  if [ "$name" != engine1 ]; then
+    args+=(--data-root "/var/lib/lrun-$name" --exec-root "/var/run/lrun-$name"
+      --pidfile "/var/run/lrun-$name.pid")
+  fi
+  log "starting dockerd $name on $sock (log: /tmp/lrun-dockerd-$name.log)"
+  nohup dockerd "${args[@]}" >"/tmp/lrun-dockerd-$name.log" 2>&1 &
+  local i
+  for i in $(seq 1 60); do
+    if engine_up "$sock"; then
+      log "engine $name is up"
+      return
+    fi
+    sleep 1
+  done
+  log "engine $name did not answer on $sock within 60 s; its log follows"
+  tail -n 30 "/tmp/lrun-dockerd-$name.log" >&2 || true
+  exit 1
+}
+
+busybox_rootfs() {
+  local tar=$CACHE_DIR/busybox-rootfs.tar
+  if [ ! -s "$tar" ]; then
+    log "building busybox rootfs"
+    local dir
+    dir=$(mktemp -d)
+    mkdir -p "$dir/bin" "$dir/tmp" "$dir/lrun/artifacts" "$dir/lrun/out"
+    cp /bin/busybox "$dir/bin/busybox"
+    local applet
+    for applet in $("$dir/bin/busybox" --list); do
+      [ -e "$dir/bin/$applet" ] || ln -s busybox "$dir/bin/$applet"
+    done
+    tar -C "$dir" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+    rm -rf "$dir"
+  fi
+  echo "$tar"
+}
+
+python_rootfs() {
+  local tar=$CACHE_DIR/python-rootfs.tar
+  if [ ! -s "$tar" ]; then
+    need_root "debootstrap"
+    log "building Python rootfs with debootstrap (about a minute)"
+    local dir
+    dir=$(mktemp -d)
+    debootstrap --variant=minbase --include=python3,python3-pytest bookworm "$dir" >"$CACHE_DIR/debootstrap.log" 2>&1 \
+      || { tail -n 30 "$CACHE_DIR/debootstrap.log" >&2; exit 1; }
+    rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+    mkdir -p "$dir/lrun/artifacts" "$dir/lrun/out"
+    tar -C "$dir" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+    rm -rf "$dir"
+  fi
+  echo "$tar"
+}
+
+# build_image SOCKET IMAGE TARBALL: docker import TARBALL as IMAGE unless present.
+build_image() {
+  local sock=$1 image=$2 tar=$3
+  if DOCKER_HOST="unix://$sock" docker image inspect "$image" >/dev/null 2>&1; then
+    return
+  fi
+  log "importing $image into the engine on $sock"
+  DOCKER_HOST="unix://$sock" docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'LABEL lrun.test-image=1' \
+    "$tar" "$image" >/dev/null
+}
+
+main() {
+  mkdir -p "$CACHE_DIR"
+  install_packages
+  start_engine "$ENGINE1_SOCK" engine1
+  start_engine "$ENGINE2_SOCK" engine2
+  local bb py sock
+  bb=$(busybox_rootfs)
+  py=$(python_rootfs)
+  for sock in "$ENGINE1_SOCK" "$ENGINE2_SOCK"; do
+    build_image "$sock" "$BUSYBOX_IMAGE" "$bb"
+    build_image "$sock" "$PYTHON_IMAGE" "$py"
+  done
+  log "ready: engines $ENGINE1_SOCK $ENGINE2_SOCK, images $BUSYBOX_IMAGE $PYTHON_IMAGE"
+  echo "export LRUN_TEST_ENGINES=unix://$ENGINE1_SOCK,unix://$ENGINE2_SOCK"
+}
+
+main "$@"
