@@ -119,6 +119,27 @@ class ImageNotSet(BadInput):
         self.machine = machine
 
 
+class ArchiveError(BadInput):
+    """A tar archive could not be built or read (a bad path, a corrupt stream, a member over its cap)."""
+
+    code = "archive_invalid"
+
+    def __init__(self, reason: str, name: str | None = None) -> None:
+        super().__init__(f"{name}: {reason}" if name is not None else reason)
+        self.name = name
+        self.reason = reason
+
+
+class JunitError(BadInput):
+    """The JUnit XML written by an inner run is oversized or malformed."""
+
+    code = "junit_invalid"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid junit xml: {reason}")
+        self.reason = reason
+
+
 # --- not found -------------------------------------------------------------
 
 
@@ -256,4 +277,16 @@ class CorruptRecord(StoreError):
         self.path = path
         self.moved_to = moved_to
         self.reason = reason
+
+
+class StoreLocked(StoreError, TimeoutError):
+    """A machine's store lock was not free within the lock timeout (a holder is stuck, not dead)."""
+
+    code = "store_locked"
+
+    def __init__(self, machine: str, lock_path: str, timeout: float) -> None:
+        super().__init__(f"machine {machine!r}: store lock {lock_path} still held after {timeout:g}s")
+        self.machine = machine
+        self.lock_path = lock_path
+        self.timeout = timeout
 

@@ -1,0 +1,475 @@
+"""One run, end to end: hash, prepare, ship, start, watch, collect, clean up.
+
+:class:`Dispatcher` turns a :class:`RunSpec` (a test directory, a machine, an
+image, a command...) into a terminal :class:`~pytest_lrun.store.Run` record:
+
+1. hash the directory and compute the idempotency key (dir hash, image id,
+   command, env, workdir, artifact paths);
+2. ``prepare`` in the store: CREATED runs a fresh container, REUSE attaches to
+   the live run (never a twin container), BUSY raises ``machine_busy``;
+3. create the labelled container, upload the directory with the Engine's
+   archive API (no bind mounts), start it, spool its logs, wait with the
+   timeout, read the inner JUnit XML and the artifacts back, remove it.
+
+Whoever *finishes* a run (waits for its container and writes its terminal
+status) holds the run's ``finish.lock``. The process that created the run holds
+it from the start; a process that finds the lock free while the run is live
+(its owner was killed, or it detached) takes over and finishes the run from the
+engine's state, so a run is never lost with its host process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO
+
+import filelock
+import xxhash
+
+from .archive import ExtractResult, pack, read_member, safe_extract
+from .engine import (
+    LABEL_BATCH,
+    LABEL_CREATED,
+    LABEL_HASH,
+    LABEL_MACHINE,
+    LABEL_RUN,
+    ContainerSpec,
+    Engine,
+    connect,
+)
+from .errors import ContainerGone, EngineError, ImageMissing, LrunError, MachineBusy
+from .hashing import hash_dir, iter_files
+from .junit import CaseResult, parse_junit
+from .logs import LogSpool
+from .machines import Machine
+from .store import Outcome, Run, RunStore, Status
+
+JUNIT_PATH = "/lrun/out/junit.xml"
+# Shipped as empty dirs with every run, so commands can write results and artifacts without mkdir.
+LRUN_DIRS = ("lrun/out", "lrun/artifacts")
+JUNIT_MAX_BYTES = 64 * 1024 * 1024
+ARTIFACTS_MAX_BYTES = 512 * 1024 * 1024
+DEFAULT_TIMEOUT = 3600.0
+POLL_S = 0.2
+
+
+@dataclass(frozen=True, eq=False)  # identity equality: specs key the session's outcome table
+class RunSpec:
+    """Everything that decides one run: a plan entry with every default applied."""
+
+    test_dir: Path
+    machine: Machine
+    image: str
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = DEFAULT_TIMEOUT
+    artifacts: tuple[str, ...] = ("/lrun/artifacts",)
+    batch_id: str | None = None
+    plan_entry: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.machine.name} {self.test_dir.name}"
+
+
+@dataclass
+class RunResult:
+    """A terminal run plus what the report needs: how it was obtained and its inner results."""
+
+    run: Run
+    origin: str  # "created", "reused" or "cached"
+    cases: list[CaseResult] | None = None  # None: the run left no JUnit XML
+
+
+def run_key(dir_hash: str, image_id: str, spec: RunSpec) -> str:
+    """The idempotency key: everything that can change a run's result.
+
+    Env values enter only as a digest, so a secret never appears in the key's inputs on disk.
+    """
+    material = json.dumps(
+        {
+            "dir": dir_hash,
+            "image": image_id,
+            "command": list(spec.command),
+            "env": sorted(spec.env.items()),
+            "workdir": spec.machine.workdir,
+            "artifacts": list(spec.artifacts),
+        },
+        sort_keys=True,
+    )
+    return xxhash.xxh3_128_hexdigest(material.encode())
+
+
+OutputSink = Callable[[RunSpec | Run, str], None]
+EngineFactory = Callable[[Machine], Engine]
+
+
+class EnginePool:
+    """One connected engine per machine, created on first use, shared by threads."""
+
+    def __init__(self, factory: EngineFactory | None = None, *, connect_timeout: float = 10.0) -> None:
+        self._factory: EngineFactory = factory or (lambda m: connect(m, connect_timeout=connect_timeout))
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def get(self, machine: Machine) -> Engine:
+        with self._lock:
+            engine = self._engines.get(machine.name)
+            if engine is None:
+                engine = self._engines[machine.name] = self._factory(machine)
+            return engine
+
+    def close(self) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                engine.close()
+            self._engines.clear()
+
+
+class Dispatcher:
+    """Runs specs on engines and keeps the store honest about them (see module docstring)."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        engines: EnginePool,
+        *,
+        keep: str = "never",
+        reuse: str = "never",
+        busy_wait: float = 0.0,
+        log_max_bytes: int = 16 * 1024 * 1024,
+        on_output: OutputSink | None = None,
+    ) -> None:
+        self.store = store
+        self.engines = engines
+        self.keep = keep
+        self.reuse = reuse
+        self.busy_wait = busy_wait
+        self.log_max_bytes = log_max_bytes
+        self.on_output = on_output
+        self._live: dict[str, tuple[Engine, str]] = {}
+        self._live_lock = threading.Lock()
+        self._cancelled = threading.Event()
+
+    # -- entry points --------------------------------------------------------
+
+    def dispatch(self, spec: RunSpec) -> RunResult:
+        """Run ``spec`` to a terminal status (or attach to / reuse an equal run)."""
+        run, origin, engine = self._prepare(spec)
+        if origin == "cached":
+            return self.result(run, origin)
+        if origin == "reused":
+            return self.result(self._await(run, engine, spec.env), origin)
+        lock = self._finish_lock(run)
+        lock.acquire()
+        try:
+            run = self._launch(run, spec, engine)
+            if not run.status.is_terminal:
+                run = self._finish(run, engine, spec.env, fresh_logs=False)
+        finally:
+            lock.release()
+        return self.result(run, "created")
+
+    def start(self, spec: RunSpec) -> RunResult:
+        """Create and start the run, then leave it running (``--lrun-detach``)."""
+        run, origin, engine = self._prepare(spec)
+        if origin != "created":
+            return RunResult(run, origin)
+        lock = self._finish_lock(run)
+        with lock:
+            run = self._launch(run, spec, engine)
+            if not run.status.is_terminal:
+                # Nobody watches a detached run: whoever attaches next takes over.
+                run = replace(run, owner=None)
+                self.store.update(run)
+        return RunResult(run, "created")
+
+    def attach(self, run_id: str, machine: Machine, env: Mapping[str, str] | None = None) -> RunResult:
+        """Wait for a run started earlier (maybe by another process) and return its result."""
+        run = self.store.get(run_id)
+        if run.status.is_terminal:
+            return self.result(run, "reused")
+        return self.result(self._await(run, self.engines.get(machine), env or {}), "reused")
+
+    def cancel_all(self) -> None:
+        """Kill the containers of every run this dispatcher is watching (Ctrl-C)."""
+        self._cancelled.set()
+        with self._live_lock:
+            live = list(self._live.values())
+        for engine, container_id in live:
+            try:
+                engine.kill(container_id)
+            except EngineError:
+                pass  # the run is marked interrupted by its own thread either way
+
+    def result(self, run: Run, origin: str) -> RunResult:
+        junit = self.store.run_dir(run.id) / "junit.xml"
+        cases = parse_junit(junit.read_bytes()) if junit.is_file() else None
+        return RunResult(run, origin, cases)
+
+    # -- steps ----------------------------------------------------------------
+
+    def _prepare(self, spec: RunSpec) -> tuple[Run, str, Engine]:
+        """Decide created / reused / cached (or raise ``machine_busy``) for ``spec``."""
+        dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.state_dir / "hashcache")
+        engine = self.engines.get(spec.machine)
+        image_error: ImageMissing | None = None
+        try:
+            image_id = engine.image_id(spec.image, spec.machine.pull)
+        except ImageMissing as e:
+            image_id, image_error = spec.image, e
+        key = run_key(dir_hash, image_id, spec)
+        if self.reuse == "completed":
+            cached = self._cached(spec.machine.name, key)
+            if cached is not None:
+                return cached, "cached", engine
+
+        def make() -> Run:
+            return Run(
+                machine=spec.machine.name,
+                test_dir=str(spec.test_dir),
+                test_dir_hash=dir_hash,
+                image=spec.image,
+                command=list(spec.command),
+                batch_id=spec.batch_id,
+                plan_entry=spec.plan_entry,
+                timeout=spec.timeout,
+                artifacts=list(spec.artifacts),
+            )
+
+        run, outcome = self.store.prepare(spec.machine.name, key, make, test_dir_hash=dir_hash, wait=self.busy_wait)
+        if outcome is Outcome.BUSY:
+            raise MachineBusy(
+                spec.machine.name,
+                run.id,
+                run.test_dir,
+                time.time() - (run.started_at or run.created_at or time.time()),
+                waited_s=self.busy_wait or None,
+            )
+        if outcome is Outcome.REUSE:
+            return run, "reused", engine
+        if image_error is not None:
+            run = self._end(run, Status.FAILED, error=image_error)
+        return run, "created", engine
+
+    def _cached(self, machine: str, key: str) -> Run | None:
+        done = [r for r in self.store.list(machine=machine, status=Status.COMPLETED) if r.key == key]
+        return max(done, key=lambda r: r.ended_at or 0.0) if done else None
+
+    def _launch(self, run: Run, spec: RunSpec, engine: Engine) -> Run:
+        """Create the container, ship the directory in and start it; the run is ``running`` after."""
+        if run.status.is_terminal:  # failed before it began (image missing)
+            return run
+        labels = {
+            LABEL_RUN: run.id,
+            LABEL_MACHINE: spec.machine.name,
+            LABEL_HASH: run.test_dir_hash or "",
+            LABEL_BATCH: spec.batch_id or "",
+            LABEL_CREATED: str(int(time.time())),
+        }
+        container_spec = ContainerSpec(
+            image=spec.image,
+            command=spec.command,
+            labels=labels,
+            env={**spec.machine.env, **spec.env},
+            workdir=spec.machine.workdir,
+            network=spec.machine.network,
+            cpus=spec.machine.cpus,
+            memory=spec.machine.memory,
+        )
+        try:
+            container_id = engine.create(container_spec)
+            # Record the container before starting it, so a crash from here on can be reconciled.
+            run = replace(run, container_id=container_id, logs_path=str(self._logs_path(run)))
+            self.store.update(run)
+            self._watch(run.id, engine, container_id)
+            with _shipment(spec.test_dir, spec.machine.workdir) as archive:
+                engine.put_archive(container_id, "/", archive)
+            if self._cancelled.is_set():
+                return self._end(run, Status.INTERRUPTED, engine=engine, code="interrupted", msg="cancelled")
+            engine.start(container_id)
+        except LrunError as e:
+            return self._end(run, Status.FAILED, engine=engine, error=e)
+        run = replace(run, status=Status.RUNNING, started_at=time.time())
+        self.store.update(run)
+        return run
+
+    def _finish(self, run: Run, engine: Engine, env: Mapping[str, str], *, fresh_logs: bool) -> Run:
+        """Watch a running container to its end and record everything about it."""
+        assert run.container_id is not None
+        container_id = run.container_id
+        self._watch(run.id, engine, container_id)
+        spool = LogSpool(
+            self._logs_path(run),
+            max_bytes=self.log_max_bytes,
+            secrets=list(env.values()),
+            fresh=fresh_logs,
+        )
+        pump = threading.Thread(target=self._pump_logs, args=(run, engine, spool), daemon=True)
+        pump.start()
+        timeout = run.timeout or DEFAULT_TIMEOUT
+        remaining = max(0.0, timeout - (time.time() - (run.started_at or time.time())))
+        try:
+            exit_code = engine.wait(container_id, remaining)
+        except ContainerGone as e:
+            pump.join(5)
+            spool.close()
+            return self._end(run, Status.INTERRUPTED, error=e)
+        except EngineError as e:
+            pump.join(5)
+            spool.close()
+            return self._end(run, Status.FAILED, error=e)
+        if exit_code is None:
+            engine.kill(container_id)
+            engine.wait(container_id, 30)
+        pump.join(30)
+        spool.close()
+        run = replace(run, exit_code=exit_code)
+        refused = self._collect(run, engine)
+        if refused:
+            run = replace(run, error_code="unsafe_archive", error_msg="\n".join(f"refused {n}: {r}" for n, r in refused))
+        if self._cancelled.is_set():
+            return self._end(run, Status.INTERRUPTED, engine=engine, code="interrupted", msg="interrupted (Ctrl-C)")
+        if exit_code is None:
+            return self._end(run, Status.TIMEOUT, engine=engine, code="timeout", msg=f"timed out after {timeout:g}s")
+        status = Status.COMPLETED if exit_code == 0 else Status.FAILED
+        if status is Status.FAILED and run.error_code is None:
+            run = replace(run, error_code="exit_nonzero", error_msg=f"exit code {exit_code}")
+        return self._end(run, status, engine=engine)
+
+    def _pump_logs(self, run: Run, engine: Engine, spool: LogSpool) -> None:
+        assert run.container_id is not None
+        try:
+            for chunk in engine.logs(run.container_id, follow=True):
+                shown = spool.write(chunk)
+                if shown and self.on_output is not None:
+                    self.on_output(run, shown.decode("utf-8", "replace"))
+        except EngineError:
+            pass  # the container ended or vanished: the waiter decides the status
+
+    def _collect(self, run: Run, engine: Engine) -> list[tuple[str, str]]:
+        """Read the inner JUnit XML and the artifacts back; returns what extraction refused."""
+        assert run.container_id is not None
+        run_dir = self.store.run_dir(run.id)
+        try:
+            chunks = engine.get_archive(run.container_id, JUNIT_PATH)
+            if chunks is not None:
+                data = read_member(chunks, Path(JUNIT_PATH).name, max_bytes=JUNIT_MAX_BYTES)
+                if data is not None:
+                    (run_dir / "junit.xml").write_bytes(data)
+        except LrunError as e:
+            return [(JUNIT_PATH, str(e))]
+        refused: list[tuple[str, str]] = []
+        dest = run_dir / "artifacts"
+        for path in run.artifacts or ():
+            chunks = engine.get_archive(run.container_id, path)
+            if chunks is None:
+                continue
+            dest.mkdir(parents=True, exist_ok=True)
+            result: ExtractResult = safe_extract(chunks, dest, max_bytes=ARTIFACTS_MAX_BYTES)
+            refused.extend(result.refused)
+        return refused
+
+    def _await(self, run: Run, engine: Engine, env: Mapping[str, str]) -> Run:
+        """Wait for a live run someone else owns; take it over if its owner is gone."""
+        lock = self._finish_lock(run)
+        while True:
+            run = self.store.get(run.id)
+            if run.status.is_terminal:
+                return run
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                time.sleep(POLL_S)
+                continue
+            try:
+                run = self.store.get(run.id)
+                if run.status.is_terminal:
+                    return run
+                if run.container_id is None:
+                    if _owner_alive(run):
+                        continue  # its creator is between prepare and create: let it go on
+                    return self._end(run, Status.INTERRUPTED, code="owner_gone", msg="its creator died before starting it")
+                return self._finish(replace(run, owner=_me()), engine, env, fresh_logs=True)
+            finally:
+                lock.release()
+                if not run.status.is_terminal:
+                    time.sleep(POLL_S)
+
+    def _end(
+        self,
+        run: Run,
+        status: Status,
+        *,
+        engine: Engine | None = None,
+        error: LrunError | None = None,
+        code: str | None = None,
+        msg: str | None = None,
+    ) -> Run:
+        """Record the terminal status, then remove the container unless ``keep`` says otherwise."""
+        if error is not None:
+            code, msg = error.code, str(error)
+        run = replace(
+            run,
+            status=status,
+            ended_at=time.time(),
+            error_code=code or run.error_code,
+            error_msg=msg or run.error_msg,
+            artifacts_path=str(self.store.run_dir(run.id) / "artifacts"),
+        )
+        self.store.update(run)
+        if engine is not None and run.container_id is not None:
+            keep = self.keep == "always" or (self.keep == "failed" and status is not Status.COMPLETED)
+            if not keep or status is Status.INTERRUPTED:
+                try:
+                    engine.remove(run.container_id)
+                except EngineError:
+                    pass  # `lrun reap` removes what is left by label
+        with self._live_lock:
+            self._live.pop(run.id, None)
+        return run
+
+    # -- small helpers ------------------------------------------------------------
+
+    def _watch(self, run_id: str, engine: Engine, container_id: str) -> None:
+        with self._live_lock:
+            self._live[run_id] = (engine, container_id)
+
+    def _logs_path(self, run: Run) -> Path:
+        return self.store.run_dir(run.id) / "logs.txt"
+
+    def _finish_lock(self, run: Run) -> filelock.FileLock:
+        run_dir = self.store.run_dir(run.id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return filelock.FileLock(str(run_dir / "finish.lock"), thread_local=False)
+
+
+def _shipment(test_dir: Path, workdir: str) -> contextlib.closing[IO[bytes]]:
+    """The test directory as a tar stream rooted at the container's workdir (exactly what was hashed)."""
+    relpaths = [entry.relpath for entry in iter_files(test_dir)]
+    return contextlib.closing(pack(test_dir, relpaths, prefix=workdir.strip("/"), extra_dirs=LRUN_DIRS))
+
+
+def _me() -> dict[str, object]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _owner_alive(run: Run) -> bool:
+    owner = run.owner or {}
+    if owner.get("host") != socket.gethostname():
+        return True  # we cannot tell; assume the other host is still at it
+    try:
+        os.kill(int(owner.get("pid", 0)), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True

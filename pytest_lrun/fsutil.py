@@ -1,0 +1,94 @@
+"""Atomic, durable file writes shared by every module that keeps state on disk.
+
+Readers of a file written here see either the whole old content or the whole new
+content, never a torn mix: the data goes to a fresh temporary file in the same
+directory (so the final rename stays on one filesystem), is flushed and fsynced,
+is renamed over the target with :func:`os.replace`, and finally the directory is
+fsynced so the rename itself survives a power cut. If anything fails before the
+rename, the temporary file is removed and the target is left untouched.
+
+Temporary files are named ``.<target name>.<random>.tmp``; a crash between
+creating one and the rename can leave such an orphan behind, never a damaged
+target. Scanners of a directory should ignore names that start with a dot.
+
+``durable=False`` skips both fsyncs (atomicity is kept, durability across a power
+cut is not): for tests, benchmarks and caches that can be rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_dir"]
+
+# fsync on a directory descriptor is not supported everywhere (some network and
+# FUSE filesystems say EINVAL or ENOTSUP); that only weakens durability.
+_DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES})
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (a rename or unlink in it) to stable storage, where supported."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:  # e.g. Windows cannot open directories
+        if exc.errno in _DIR_FSYNC_UNSUPPORTED or isinstance(exc, PermissionError):
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _DIR_FSYNC_UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600, durable: bool = True
+) -> None:
+    """Replace ``path`` with ``data`` atomically: readers see the old or the new file, whole.
+
+    The file gets permission bits ``mode`` (default owner read/write only). The
+    parent directory must exist. On failure the target is unchanged and no
+    temporary file is left behind.
+    """
+    target = Path(path)
+    directory = target.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        try:
+            if mode != 0o600 and hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    if durable:
+        fsync_dir(directory)
+
+
+def atomic_write_json(
+    path: str | os.PathLike[str], obj: Any, *, mode: int = 0o600, durable: bool = True
+) -> None:
+    """Write ``obj`` as UTF-8 JSON (indented, trailing newline) via :func:`atomic_write_bytes`.
+
+    The object is serialized before anything touches the disk, so an object that
+    cannot be encoded raises ``TypeError``/``ValueError`` with the target unchanged.
+    """
+    data = (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    atomic_write_bytes(path, data, mode=mode, durable=durable)

@@ -1,0 +1,494 @@
+"""Content hashing of a test directory: the walk, the ignore rules and the stat cache.
+
+This module owns three things and nothing else:
+
+* **What a tree contains** -- :func:`iter_files` walks a directory with ``os.scandir``
+  (symlinks are never followed), applies the ignore rules (:data:`DEFAULT_IGNORES`
+  plus a ``.lrunignore`` file in gitignore syntax at the tree's root) and yields one
+  :class:`Entry` per file, directory and symlink, in a fixed order. The dispatch
+  module builds the archive shipped into the container from the same walk, so the
+  container gets exactly what was hashed.
+* **The tree digest** -- :func:`hash_dir` returns the hex xxh3-128 digest of an
+  unambiguous byte stream describing those entries (see "Stream format" below).
+  It is the same on every machine and independent of file-system listing order.
+* **The stat cache** -- with ``cache_dir``, a file's content digest is reused
+  without reading the file when its size, mtime, inode and ctime are all unchanged.
+
+Stream format (version 1), fed to one xxh3-128 hasher::
+
+    header  b"pytest-lrun tree v1\\0"
+    dir     b"d" u64(len(path)) path
+    file    b"f" u64(len(path)) path  (b"x" | b"-")  xxh3_128(content) (16 bytes)
+    symlink b"l" u64(len(path)) path  u64(len(target)) target
+
+``path`` is the entry's path relative to the root with ``/`` separators, and
+``target`` the link's text, both as file-system bytes; ``u64`` is little-endian.
+Entries come in the byte order of their paths, a directory's path taken with a
+trailing ``/`` (so a directory is followed by its contents). Covered: path, type,
+the user-executable bit of files, file content, link text, empty directories.
+Not covered: timestamps, owners, other mode bits, the root directory itself.
+Changing this format changes every digest (the known-answer test guards it).
+
+Stat cache file format (version 1), one file per tree named after the xxh64 of
+the tree's absolute path, written atomically (temp file, fsync, ``os.replace``)::
+
+    header  b"LRUNSC\\x00\\x01" u64(n) u64(len(root)) u64(len(paths)) xxh3_128(payload)
+    payload root  paths (n relative paths joined by NUL)
+            sizes (n x i64)  mtime_ns (n x i64)  inodes (n x u64)  ctime_ns (n x i64)
+            digests (n x 16 bytes)
+
+all little-endian. A file that does not parse, fails its checksum or names another
+root is ignored and rebuilt: it is a cache, not state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import struct
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import pathspec
+import xxhash
+
+from pytest_lrun.errors import HashError
+
+__all__ = [
+    "CHUNK_SIZE",
+    "DEFAULT_IGNORES",
+    "IGNORE_FILE",
+    "Entry",
+    "EntryKind",
+    "hash_dir",
+    "iter_files",
+]
+
+#: Ignore patterns (gitignore syntax) applied to every tree before its ``.lrunignore``;
+#: a ``!pattern`` line in ``.lrunignore`` can re-include what they exclude.
+DEFAULT_IGNORES: tuple[str, ...] = ("__pycache__/", "*.pyc", ".pytest_cache/", ".git/", ".lrun/")
+
+#: Name of the per-tree ignore file, read at the tree's root only. It is hashed itself.
+IGNORE_FILE = ".lrunignore"
+
+#: Read size for file contents; one buffer of this size is reused for a whole hash.
+CHUNK_SIZE = 1 << 20
+
+EntryKind = Literal["file", "dir", "symlink"]
+
+_HEADER = b"pytest-lrun tree v1\0"
+_FLUSH_AT = 1 << 16  # bytes of stream records batched before feeding the tree hasher
+
+# A file whose ctime is this close to the start of a hash is hashed but not cached:
+# a same-size rewrite within the file system's time-stamp granularity could leave
+# size, mtime, ctime and inode all unchanged. Time stamps that are whole seconds
+# betray a coarse file system (ext3, HFS+, FAT), which gets the wider window.
+_RACY_NS = 100_000_000
+_RACY_COARSE_NS = 2_100_000_000
+
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_BINARY", 0)
+    | getattr(os, "O_NOFOLLOW", 0)  # a file swapped for a symlink mid-walk is not followed
+    | getattr(os, "O_NONBLOCK", 0)  # ... nor does one swapped for a fifo block the open
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a tree as it is hashed and shipped.
+
+    ``relpath`` is relative to the root with ``/`` separators; ``abspath`` is the
+    absolute path on this machine. ``executable`` is the user-x bit of a file
+    (always ``False`` for directories and symlinks), ``size`` a file's size from
+    ``lstat`` (0 otherwise) and ``link_target`` a symlink's text, never resolved
+    (``None`` otherwise).
+    """
+
+    relpath: str
+    kind: EntryKind
+    executable: bool
+    size: int
+    abspath: str
+    link_target: str | None = None
+
+
+# --- the walk ---------------------------------------------------------------
+
+# What the walk yields: relpath, relpath as file-system bytes, abspath, kind, lstat
+# result (files only), link text (symlinks only). Plain tuples, as hash_dir goes
+# through 100k of them per warm hash.
+_Item = tuple[str, bytes, str, EntryKind, os.stat_result | None, str | None]
+
+_FSENC = sys.getfilesystemencoding()
+_FSERR = sys.getfilesystemencodeerrors()
+
+
+def iter_files(root: str | os.PathLike[str]) -> Iterator[Entry]:
+    """The entries of the tree at ``root`` that are hashed and shipped, in stream order.
+
+    Parents come before their contents. Raises :class:`HashError` at once if ``root``
+    is missing or not a directory or its ``.lrunignore`` cannot be read, and while
+    iterating if an entry cannot be read or is not a file, directory or symlink.
+    """
+    top = _check_root(root)
+    return _entries(_walk(top, _ignore_matcher(top)))
+
+
+def _entries(items: Iterator[_Item]) -> Iterator[Entry]:
+    for relpath, _, abspath, kind, st, target in items:
+        if st is None:
+            yield Entry(relpath, kind, False, 0, abspath, target)
+        else:
+            yield Entry(relpath, kind, bool(st.st_mode & stat.S_IXUSR), st.st_size, abspath)
+
+
+def _check_root(root: str | os.PathLike[str]) -> str:
+    top = os.path.abspath(os.fspath(root))
+    try:
+        st = os.stat(top)
+    except FileNotFoundError:
+        raise HashError(top, "no such directory") from None
+    except OSError as exc:
+        raise HashError(top, _reason(exc)) from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise HashError(top, "not a directory")
+    return top
+
+
+def _ignore_matcher(top: str) -> Callable[[str], bool]:
+    """Whether a relative path (a directory's with a trailing ``/``) is ignored."""
+    path = os.path.join(top, IGNORE_FILE)
+    lines = list(DEFAULT_IGNORES)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise HashError(path, _reason(exc)) from exc
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            raise HashError(path, f"{IGNORE_FILE} must be a regular file")
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except OSError as exc:
+            raise HashError(path, _reason(exc)) from exc
+        except UnicodeDecodeError as exc:
+            raise HashError(path, f"{IGNORE_FILE} is not UTF-8 text: {exc.reason}") from exc
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                pathspec.GitIgnoreSpec.from_lines([line])
+            except ValueError as exc:
+                raise HashError(path, f"line {number}: invalid pattern {line!r}") from exc
+            lines.append(line)
+    spec = pathspec.GitIgnoreSpec.from_lines(lines)
+    any_pattern = _any_pattern(spec)
+    if any_pattern is None:
+        return spec.match_file
+    search, match_file = any_pattern.search, spec.match_file
+    # Most paths match no pattern at all; one combined regex settles those in one call
+    # and only the rest pay for the spec's exact last-match-wins evaluation.
+    return lambda relpath: search(relpath) is not None and match_file(relpath)
+
+
+def _any_pattern(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
+    """One regex matching wherever any of the spec's patterns matches; None if unsure."""
+    parts = []
+    for pattern in spec.patterns:
+        if getattr(pattern, "include", None) is None:
+            continue  # blank lines and comments
+        regex = getattr(pattern, "regex", None)
+        if (
+            not isinstance(regex, re.Pattern)
+            or not isinstance(regex.pattern, str)
+            or regex.flags != re.UNICODE
+            or _BACKREF.search(regex.pattern)
+        ):
+            return None
+        parts.append("(?:" + _NAMED_GROUP.sub("(?:", regex.pattern) + ")")
+    try:
+        return re.compile("|".join(parts) or "(?!)")
+    except re.error:
+        return None
+
+
+_NAMED_GROUP = re.compile(r"\(\?P<[A-Za-z_]\w*>")
+_BACKREF = re.compile(r"\\[1-9]|\(\?P=")
+
+
+def _walk(top: str, ignored: Callable[[str], bool]) -> Iterator[_Item]:
+    # Depth first with an explicit stack (no recursion limit on deep trees); each
+    # directory's children sorted, a directory keyed with a trailing "/".
+    stack = [iter(_list_dir(top, "", ignored))]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        yield item
+        if item[3] == "dir":
+            stack.append(iter(_list_dir(item[2], item[0] + "/", ignored)))
+
+
+def _list_dir(dirpath: str, prefix: str, ignored: Callable[[str], bool]) -> list[_Item]:
+    # Sorted by file-system bytes, not str: the order must not depend on the locale.
+    keyed: list[tuple[bytes, _Item]] = []
+    try:
+        with os.scandir(dirpath) as it:
+            for de in it:
+                relpath = prefix + de.name
+                name = relpath.encode(_FSENC, _FSERR)
+                try:
+                    if de.is_dir(follow_symlinks=False):
+                        if not ignored(relpath + "/"):
+                            keyed.append((name + b"/", (relpath, name, de.path, "dir", None, None)))
+                    elif relpath == IGNORE_FILE or not ignored(relpath):
+                        keyed.append((name, _leaf(de, relpath, name)))
+                except OSError as exc:
+                    raise HashError(de.path, _reason(exc)) from exc
+    except OSError as exc:
+        raise HashError(dirpath, _reason(exc)) from exc
+    keyed.sort()
+    return [item for _, item in keyed]
+
+
+def _leaf(de: os.DirEntry[str], relpath: str, name: bytes) -> _Item:
+    if de.is_symlink():
+        return (relpath, name, de.path, "symlink", None, os.readlink(de.path))
+    st = de.stat(follow_symlinks=False)
+    if not stat.S_ISREG(st.st_mode):
+        raise HashError(de.path, f"unsupported file type ({_kind_name(st.st_mode)})")
+    return (relpath, name, de.path, "file", st, None)
+
+
+def _kind_name(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a fifo"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return f"mode {stat.S_IFMT(mode):o}"
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+# --- the digest -------------------------------------------------------------
+
+_CacheRow = tuple[int, int, int, int, bytes]  # size, mtime_ns, ino, ctime_ns, content digest
+_U64 = struct.Struct("<Q").pack
+
+
+def hash_dir(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """The hex xxh3-128 digest of the tree at ``path`` (see the module docstring).
+
+    With ``cache_dir``, per-file content digests are kept in a stat cache under it
+    and reused for files whose size, mtime, inode and ctime are unchanged; the cache
+    is written only after the whole tree hashed successfully, and a cache that cannot
+    be read or written is ignored. Keep ``cache_dir`` out of the tree (or in an
+    ignored directory such as ``.lrun/``): a cache file inside it would be hashed. Raises
+    :class:`HashError` naming the path for a missing root, a root that is not a
+    directory, an unreadable entry or an unsupported file type (fifo, socket, device).
+    """
+    top = _check_root(path)
+    started_ns = time.time_ns()
+    items = _walk(top, _ignore_matcher(top))
+
+    cache_file: str | None = None
+    old: Mapping[str, _CacheRow] = {}
+    if cache_dir is not None:
+        cache_name = xxhash.xxh64_hexdigest(top.encode(_FSENC, _FSERR)) + ".stat"
+        cache_file = os.path.join(os.fspath(cache_dir), cache_name)
+        old = _load_cache(cache_file, top)
+    new: dict[str, _CacheRow] = {}
+    added = False
+
+    tree = xxhash.xxh3_128(_HEADER)
+    pending = bytearray()
+    view = memoryview(bytearray(CHUNK_SIZE))
+    for relpath, name, abspath, kind, st, target in items:
+        if st is not None:
+            row = old.get(relpath)
+            if (
+                row is None
+                or row[0] != st.st_size
+                or row[1] != st.st_mtime_ns
+                or row[2] != st.st_ino
+                or row[3] != st.st_ctime_ns
+            ):
+                digest, row = _file_digest(abspath, st, view)
+                if row is not None and _settled(row[3], started_ns):
+                    new[relpath] = row
+                    added = True
+            else:
+                digest = row[4]
+                new[relpath] = row
+            flag = b"x" if st.st_mode & stat.S_IXUSR else b"-"
+            pending += b"f" + _U64(len(name)) + name + flag + digest
+        elif kind == "dir":
+            pending += b"d" + _U64(len(name)) + name
+        else:
+            link = (target or "").encode(_FSENC, _FSERR)
+            pending += b"l" + _U64(len(name)) + name + _U64(len(link)) + link
+        if len(pending) >= _FLUSH_AT:
+            tree.update(pending)
+            pending.clear()
+    tree.update(pending)
+
+    # Without additions the new rows are a subset of the old ones: equal iff as many.
+    if cache_file is not None and (added or len(new) != len(old)):
+        _save_cache(cache_file, top, new)
+    return tree.hexdigest()
+
+
+def _file_digest(abspath: str, seen: os.stat_result, view: memoryview) -> tuple[bytes, _CacheRow | None]:
+    """A file's content digest, and its cache row unless it changed since the walk saw it."""
+    try:
+        fd = os.open(abspath, _OPEN_FLAGS)
+    except OSError as exc:
+        raise HashError(abspath, _reason(exc)) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HashError(abspath, "changed while hashing: no longer a regular file")
+        hasher = xxhash.xxh3_128()
+        while n := _readinto(fd, view):
+            hasher.update(view[:n])
+    except OSError as exc:
+        raise HashError(abspath, _reason(exc)) from exc
+    finally:
+        os.close(fd)
+    digest = hasher.digest()
+    key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    if key != (seen.st_size, seen.st_mtime_ns, seen.st_ino, seen.st_ctime_ns):
+        return digest, None
+    return digest, (*key, digest)
+
+
+if hasattr(os, "readv"):
+
+    def _readinto(fd: int, view: memoryview) -> int:
+        return os.readv(fd, (view,))
+
+else:  # Windows
+
+    def _readinto(fd: int, view: memoryview) -> int:
+        with open(fd, "rb", buffering=0, closefd=False) as f:
+            return f.readinto(view) or 0
+
+
+def _settled(ctime_ns: int, started_ns: int) -> bool:
+    """Whether a file last changed long enough before the hash began to be cached."""
+    window = _RACY_COARSE_NS if ctime_ns % 1_000_000_000 == 0 else _RACY_NS
+    return ctime_ns <= started_ns - window
+
+
+# --- the stat cache ---------------------------------------------------------
+
+_MAGIC = b"LRUNSC\x00\x01"
+_HEAD_SIZE = len(_MAGIC) + 3 * 8 + 16
+_SWAP = sys.byteorder != "little"
+
+
+class _BadCache(Exception):
+    pass
+
+
+def _load_cache(cache_file: str, top: str) -> dict[str, _CacheRow]:
+    """The rows of a cache file, or none if it is missing, unreadable or corrupt."""
+    try:
+        with open(cache_file, "rb") as f:
+            data = f.read()
+        return _decode_cache(data, top)
+    except (OSError, _BadCache, ValueError, UnicodeError):
+        return {}
+
+
+def _decode_cache(data: bytes, top: str) -> dict[str, _CacheRow]:
+    if len(data) < _HEAD_SIZE or not data.startswith(_MAGIC):
+        raise _BadCache("bad header")
+    view = memoryview(data)
+    o = len(_MAGIC)
+    n, root_len, paths_len = (int.from_bytes(view[o + 8 * k : o + 8 * k + 8], "little") for k in range(3))
+    checksum = bytes(view[o + 24 : o + 40])
+    payload = view[_HEAD_SIZE:]
+    if len(payload) != root_len + paths_len + 48 * n or xxhash.xxh3_128_digest(payload) != checksum:
+        raise _BadCache("bad length or checksum")
+    if bytes(payload[:root_len]) != top.encode(_FSENC, _FSERR):
+        raise _BadCache("another root")
+    o = root_len
+    blob = bytes(payload[o : o + paths_len])
+    o += paths_len
+    paths = blob.decode(_FSENC, _FSERR).split("\0") if n else []
+    if len(paths) != n:
+        raise _BadCache("path count")
+    columns: list[array[int]] = []
+    for code in ("q", "q", "Q", "q"):
+        column = array(code)
+        if column.itemsize != 8:
+            raise _BadCache("no 64-bit array type")
+        column.frombytes(payload[o : o + 8 * n])
+        if _SWAP:
+            column.byteswap()
+        columns.append(column)
+        o += 8 * n
+    digests = bytes(payload[o : o + 16 * n])
+    rows = zip(*columns, (digests[k : k + 16] for k in range(0, 16 * n, 16)), strict=True)
+    return dict(zip(paths, rows, strict=True))
+
+
+def _encode_cache(top: str, rows: Mapping[str, _CacheRow]) -> list[bytes]:
+    root = top.encode(_FSENC, _FSERR)
+    paths = "\0".join(rows).encode(_FSENC, _FSERR)
+    parts = [root, paths]
+    values = list(rows.values())
+    ints = (
+        [row[0] for row in values],
+        [row[1] for row in values],
+        [row[2] for row in values],
+        [row[3] for row in values],
+    )
+    for code, numbers in zip(("q", "q", "Q", "q"), ints, strict=True):
+        column = array(code, numbers)
+        if _SWAP:
+            column.byteswap()
+        parts.append(column.tobytes())
+    parts.append(b"".join(row[4] for row in values))
+    hasher = xxhash.xxh3_128()
+    for part in parts:
+        hasher.update(part)
+    head = b"".join(
+        (_MAGIC, *(x.to_bytes(8, "little") for x in (len(rows), len(root), len(paths))), hasher.digest())
+    )
+    return [head, *parts]
+
+
+def _save_cache(cache_file: str, top: str, rows: Mapping[str, _CacheRow]) -> None:
+    """Replace the cache file atomically; a cache that cannot be written is skipped."""
+    directory, name = os.path.split(cache_file)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=directory)
+    except OSError:
+        return
+    try:
+        with open(fd, "wb") as f:
+            f.writelines(_encode_cache(top, rows))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cache_file)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if not isinstance(exc, (OSError, ValueError, OverflowError)):
+            raise

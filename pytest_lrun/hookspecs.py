@@ -1,0 +1,33 @@
+"""pytest-lrun's own hooks, all named ``pytest_lrun_*``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .dispatch import RunSpec
+    from .engine import Engine
+    from .machines import Machine
+
+hookspec = pytest.hookspec
+
+
+@hookspec(firstresult=True)
+def pytest_lrun_make_engine(machine: Machine, config: pytest.Config) -> Engine | None:
+    """Build the engine client for ``machine``.
+
+    The built-in implementation (``trylast``) connects with docker-py and checks
+    that the engine answers within ``--lrun-connect-timeout``. Return an object
+    implementing :class:`pytest_lrun.engine.Engine` to supply your own (a
+    wrapped client, extra TLS settings, a recorder for tests).
+    """
+
+
+def pytest_lrun_run_finished(spec: RunSpec, outcome: Any, config: pytest.Config) -> None:
+    """Called from a worker thread when a run reaches its outcome.
+
+    ``outcome`` is a :class:`pytest_lrun.dispatch.RunResult`, or the
+    :class:`pytest_lrun.errors.LrunError` that kept the run from happening.
+    """

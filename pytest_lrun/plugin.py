@@ -1,0 +1,71 @@
+"""pytest wiring only: options, hook specs, and the session plugin when switched on.
+
+The work happens in :class:`pytest_lrun.session.LrunSession`, which is
+registered only when ``--lrun-machine``, ``--lrun-plan`` or ``--lrun-attach``
+(or their ini/env twins) turn dispatching on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from . import hookspecs
+from .errors import LrunError
+from .settings import OPTIONS, Settings, flag_type, resolve
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lrun", "pytest-lrun: dispatch test directories to Docker Engines")
+    for option in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": f"lrun_{option.name}", "help": f"{option.help} [env {option.env}]"}
+        if option.flag_kind == "flag":
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(type=flag_type(option), metavar=option.metavar)
+            if option.flag_kind == "append":
+                kwargs["action"] = "append"
+        group.addoption(option.flag, **kwargs)
+        parser.addini(option.ini, help=option.help, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        settings = resolve(
+            {option.name: config.getoption(f"lrun_{option.name}") for option in OPTIONS},
+            lambda key: _ini(config, key),
+        )
+    except LrunError as e:
+        raise pytest.UsageError(f"pytest-lrun: {e}") from e
+    config.stash[SETTINGS_KEY] = settings
+    if settings.enabled:
+        from .session import LrunSession  # imported only when switched on: plain pytest pays nothing
+
+        try:
+            session = LrunSession(config, settings)
+        except LrunError as e:
+            raise pytest.UsageError(f"pytest-lrun: {e}") from e
+        config.pluginmanager.register(session, "lrun-session")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None or not settings.enabled:
+        return None
+    what = f"machine={settings.machine}" if settings.machine else f"plan={settings.plan}"
+    return (
+        f"lrun: {what}, image={settings.image or '(machine default)'}, reuse={settings.reuse}, "
+        f"state={settings.resolved_state_dir()}"
+    )
+
+
+def _ini(config: pytest.Config, key: str) -> str | None:
+    value = config.getini(key)
+    return None if value in (None, "", []) else str(value)

@@ -1,0 +1,285 @@
+"""Runs as pytest nodes: the collector of a dispatched directory and its items.
+
+Every inner JUnit testcase of a run becomes an :class:`InnerItem` whose setup
+and call replay the inner outcome (passed, failed, error, skipped, xfailed), so
+the terminal, ``-k``, ``--junitxml`` and every other plugin see ordinary items
+and reports. A run without inner results (a crash, a timeout, a non-pytest
+command, a busy machine) is one :class:`RunItem` whose outcome follows the
+run's status. Each report carries the run's log tail as its ``log`` section and
+the run's facts as ``user_properties``; artifacts are listed as
+``[[ATTACHMENT|path]]`` lines that CI servers pick up from the JUnit XML.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+
+from .dispatch import RunResult, RunSpec
+from .errors import LrunError
+from .junit import CaseResult
+from .logs import tail
+from .store import Run, Status
+
+LOG_SECTION_BYTES = 4096
+MAX_ATTACHMENTS = 20
+
+# A spec's outcome: the result, or the error that prevented the run (busy machine, engine down).
+Outcome = RunResult | LrunError
+Waiter = Callable[[RunSpec], Outcome]
+
+
+class _HostHooks:
+    """Use the hooks of the directory *around* the dispatched one.
+
+    A dispatched directory's own conftest.py belongs to the container; computing
+    hooks for its path would import it on the host.
+    """
+
+    path: Path
+    session: pytest.Session
+
+    @property
+    def ihook(self) -> pluggy.HookRelay:
+        return self.session.gethookproxy(self._host_dir())
+
+    def _host_dir(self) -> Path:
+        raise NotImplementedError
+
+
+class LrunDir(_HostHooks, pytest.Directory):
+    """A dispatched test directory; its children appear once its runs are done."""
+
+    def __init__(self, *, specs: list[RunSpec], wait: Waiter, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.specs = specs
+        self.wait = wait
+
+    def _host_dir(self) -> Path:
+        return self.path.parent
+
+    def collect(self) -> Iterable[pytest.Item | pytest.Collector]:
+        many = len(self.specs) > 1
+        for spec in self.specs:
+            suffix = f"@{spec.plan_entry or spec.machine.name}" if many else ""
+            if self.config.option.collectonly:
+                # --collect-only dispatches nothing: show what would run.
+                yield RunItem.from_parent(self, spec=spec, outcome=None, suffix=suffix)
+                continue
+            yield from items_for(self, spec, self.wait(spec), suffix)
+
+
+def items_for(parent: LrunDir, spec: RunSpec, outcome: Outcome, suffix: str) -> Iterator[pytest.Item]:
+    if isinstance(outcome, LrunError) or outcome.cases is None:
+        yield RunItem.from_parent(parent, spec=spec, outcome=outcome, suffix=suffix)
+        return
+    for case in outcome.cases:
+        yield InnerItem.from_parent(parent, spec=spec, result=outcome, case=case, suffix=suffix)
+    if _run_level_failure(outcome):
+        yield RunItem.from_parent(parent, spec=spec, outcome=outcome, suffix=suffix)
+
+
+def _run_level_failure(result: RunResult) -> bool:
+    """Whether the run failed beyond what its inner test results already say."""
+    run = result.run
+    if run.status is Status.COMPLETED:
+        return False
+    if run.status is not Status.FAILED or run.exit_code != 1:
+        return True  # timeout, interrupted, an engine error, pytest's exit 2-5...
+    if run.error_code not in (None, "exit_nonzero"):
+        return True  # e.g. an artifact archive was refused
+    return not any(case.outcome in ("failed", "error") for case in result.cases or ())
+
+
+class InnerFailure(Exception):
+    """An inner test failed (or errored); its text is the inner report."""
+
+
+class _LrunItem(_HostHooks, pytest.Item):
+    spec: RunSpec
+
+    def _host_dir(self) -> Path:
+        return self.spec.test_dir.parent
+
+    def _attach_run(self, result: RunResult, inner_out: str = "") -> None:
+        run = result.run
+        self.user_properties.extend(
+            [
+                ("lrun_run_id", run.id),
+                ("lrun_machine", run.machine),
+                ("lrun_hash", run.test_dir_hash or ""),
+                ("lrun_status", str(run.status.value)),
+                ("lrun_origin", result.origin),
+                ("lrun_duration", f"{run_duration(run):.3f}"),
+                ("lrun_artifacts", run.artifacts_path or ""),
+                ("lrun_logs", run.logs_path or ""),
+            ]
+        )
+        if run.logs_path:
+            self.add_report_section("call", "log", tail(Path(run.logs_path), LOG_SECTION_BYTES))
+        stdout = "\n".join(part for part in (inner_out, attachment_lines(run)) if part)
+        if stdout:
+            self.add_report_section("call", "stdout", stdout)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | Any:
+        if isinstance(excinfo.value, InnerFailure | LrunError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+
+class InnerItem(_LrunItem):
+    """One inner test of a run, replaying its outcome on the host."""
+
+    def __init__(self, *, spec: RunSpec, result: RunResult, case: CaseResult, suffix: str, **kwargs: Any) -> None:
+        parent = kwargs["parent"]
+        kwargs.setdefault("name", case.nodeid_hint + suffix)
+        kwargs.setdefault("nodeid", f"{parent.nodeid}/{case.nodeid_hint}{suffix}")
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.result = result
+        self.case = case
+        if case.file:
+            self.path = spec.test_dir / case.file
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        line = self.case.line if self.case.line is not None else None
+        return self.path, line, self.case.nodeid_hint
+
+    def setup(self) -> None:
+        self._attach_run(self.result, inner_out=_captured(self.case.system_out))
+        inner_err = _captured(self.case.system_err)
+        if inner_err:
+            self.add_report_section("call", "stderr", inner_err)
+        if self.case.outcome == "error":
+            raise InnerFailure(_case_text(self.case, self.result.run))
+
+    def runtest(self) -> None:
+        outcome = self.case.outcome
+        if outcome == "failed":
+            raise InnerFailure(_case_text(self.case, self.result.run))
+        if outcome == "skipped":
+            # Item location: the skip summary then names the inner test, not this module.
+            raise pytest.skip.Exception(
+                self.case.message or "skipped in the container", _use_item_location=self.case.line is not None
+            )
+        if outcome == "xfailed":
+            pytest.xfail(self.case.message or "xfail")
+
+
+class RunItem(_LrunItem):
+    """The run itself, for runs without inner results or failing beyond them."""
+
+    def __init__(self, *, spec: RunSpec, outcome: Outcome | None, suffix: str, **kwargs: Any) -> None:
+        kwargs.setdefault("name", f"lrun[{spec.machine.name}]{suffix}")
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.outcome = outcome
+        self.path = spec.test_dir
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.spec.test_dir.name} on {self.spec.machine.name}"
+
+    def setup(self) -> None:
+        if isinstance(self.outcome, RunResult):
+            self._attach_run(self.outcome)
+
+    def runtest(self) -> None:
+        if self.outcome is None:
+            pytest.skip("--collect-only: not dispatched")
+        if isinstance(self.outcome, LrunError):
+            raise self.outcome
+        run = self.outcome.run
+        if run.status is not Status.COMPLETED:
+            raise InnerFailure(_run_text(run))
+
+
+# pytest's junit_logging=all wraps each captured stream in such a header, empty or not.
+_CAPTURE_HEADER = re.compile(r"^-{5,} Captured (?:Log|Out|Err) -{5,}$", re.MULTILINE)
+
+
+def _captured(text: str | None) -> str:
+    """The inner test's captured output without pytest's headers; "" when there was none."""
+    return _CAPTURE_HEADER.sub("", text or "").strip()
+
+
+def _case_text(case: CaseResult, run: Run) -> str:
+    parts = [part for part in (case.text, case.message) if part]
+    text = parts[0] if parts else f"{case.outcome} in the container"
+    return f"{text}\n\n[lrun] run {run.id} on {run.machine}: {run.status.value}"
+
+
+def _run_text(run: Run) -> str:
+    what = {
+        Status.TIMEOUT: "timed out",
+        Status.INTERRUPTED: "was interrupted",
+        Status.FAILED: "failed",
+    }.get(run.status, run.status.value)
+    lines = [f"run {run.id} on {run.machine} {what}"]
+    if run.exit_code is not None:
+        lines.append(f"exit code: {run.exit_code}")
+    if run.error_code:
+        lines.append(f"error: {run.error_code}: {run.error_msg or ''}")
+    if run.logs_path:
+        lines.append(f"logs: {run.logs_path}")
+        log = tail(Path(run.logs_path), LOG_SECTION_BYTES)
+        if log:
+            lines += ["--- log tail ---", log.rstrip()]
+    return "\n".join(lines)
+
+
+def run_duration(run: Run) -> float:
+    if run.started_at is None:
+        return 0.0
+    return max(0.0, (run.ended_at or run.started_at) - run.started_at)
+
+
+def attachment_lines(run: Run) -> str:
+    """``[[ATTACHMENT|path]]`` lines (Jenkins, GitLab, Azure DevOps) for the logs and artifacts."""
+    paths: list[str] = []
+    if run.logs_path and os.path.isfile(run.logs_path):
+        paths.append(run.logs_path)
+    if run.artifacts_path and os.path.isdir(run.artifacts_path):
+        for dirpath, _dirs, files in sorted(os.walk(run.artifacts_path)):
+            paths.extend(os.path.join(dirpath, f) for f in sorted(files))
+    shown = paths[:MAX_ATTACHMENTS]
+    lines = [f"[[ATTACHMENT|{os.path.abspath(p)}]]" for p in shown]
+    if len(paths) > len(shown):
+        lines.append(f"[lrun] {len(paths) - len(shown)} more artifacts under {run.artifacts_path}")
+    return "\n".join(lines)
+
+
+def summary_rows(rows: Iterable[tuple[RunSpec, Outcome]], rootpath: Path) -> list[list[str]]:
+    """The terminal summary table: dir, machine, short hash, status, origin, duration, run id."""
+    table = [["dir", "machine", "hash", "status", "origin", "duration", "run id"]]
+    for spec, outcome in rows:
+        try:
+            shown_dir = str(spec.test_dir.relative_to(rootpath))
+        except ValueError:
+            shown_dir = str(spec.test_dir)
+        if isinstance(outcome, LrunError):
+            table.append([shown_dir, spec.machine.name, "-", outcome.code, "-", "-", getattr(outcome, "run_id", "-")])
+            continue
+        run = outcome.run
+        table.append(
+            [
+                shown_dir,
+                run.machine,
+                (run.test_dir_hash or "")[:8],
+                run.status.value,
+                outcome.origin,
+                f"{run_duration(run):.1f}s",
+                run.id,
+            ]
+        )
+    return table
+
+
+def format_table(table: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]

@@ -1,0 +1,829 @@
+"""The run store: durable run records and the one-active-run-per-machine rule.
+
+This module owns the state directory and everything under it except the
+contents of a run's directory written by other modules (logs, artifacts). It
+decides, atomically across threads and processes, whether a request for a
+machine creates a run, reuses the live run with the same idempotency key, or
+finds the machine busy with a different key (:meth:`RunStore.prepare`).
+
+State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700)::
+
+    runs/<run-id>/run.json        the run record (JSON object, one per run)
+    runs/<run-id>/logs.txt        the run's container log     (written by other modules)
+    runs/<run-id>/artifacts/      files collected from the run (written by other modules)
+    active/<machine-key>.json     index of the machine's non-terminal runs:
+                                  {"machine": "<name>", "runs": ["<run-id>", ...]}
+    locks/<machine-key>.lock      the machine's lock file (a sidecar: never holds data)
+    corrupt/                      state files that did not parse, moved aside, never deleted
+
+``<run-id>`` is time-sortable: ``YYYYmmddTHHMMSS-<8 hex>`` (UTC). ``<machine-key>``
+is the machine name made filesystem-safe plus a short xxh64 hash of the exact
+name, so ``a/b`` and ``a_b`` get different keys (:func:`machine_key`).
+
+Rules the store keeps:
+
+* Every file is replaced whole (:mod:`pytest_lrun.fsutil`): readers never see a
+  torn file and need no lock. Writers of a machine's index and of its runs'
+  records hold the machine's lock (a thread mutex plus a ``filelock`` on the
+  sidecar file; the kernel drops it when a holder dies, even by SIGKILL).
+  Machines never contend with each other.
+* Payload first, pointer second: a new record is written before the index entry
+  that points to it, and a run becomes terminal in its record before it leaves
+  the index. A crash leaves at worst a stale index entry (healed by the next
+  :meth:`RunStore.prepare`) or an unindexed record, never an entry for a record
+  that was never written.
+* A terminal run (completed, failed, interrupted, timeout) never changes status.
+* A file that does not parse is moved into ``corrupt/`` and reported as
+  :class:`~pytest_lrun.errors.CorruptRecord` (raised by :meth:`RunStore.get`,
+  collected in :attr:`RunStore.problems`, logged to the ``pytest_lrun`` logger);
+  a corrupt index is rebuilt from the machine's records.
+* :meth:`RunStore.prepare` reads only the machine's index and the few records it
+  lists, so its cost does not grow with the number of finished runs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import enum
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+from filelock import FileLock, Timeout
+
+from .errors import CorruptRecord, RunNotFound, StoreError, StoreLocked, TerminalRunError
+from .fsutil import atomic_write_json, fsync_dir
+
+__all__ = [
+    "RECORD_NAME",
+    "Outcome",
+    "Run",
+    "RunStore",
+    "Status",
+    "default_state_dir",
+    "machine_key",
+]
+
+logger = logging.getLogger("pytest_lrun")
+
+#: File name of a run's record inside ``runs/<run-id>/``.
+RECORD_NAME = "run.json"
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_LOCK_POLL_S = 0.005  # filelock polls a contended lock; the critical section lasts a few ms
+_BUSY_BACKOFF_START_S = 0.05
+_BUSY_BACKOFF_MAX_S = 1.0
+
+
+def default_state_dir() -> Path:
+    """``$LRUN_STATE_DIR`` when set and non-empty, else ``~/.lrun``."""
+    configured = os.environ.get("LRUN_STATE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".lrun"
+
+
+def machine_key(machine: str) -> str:
+    """A filesystem-safe, collision-resistant file stem for a machine name.
+
+    The readable part keeps ``[A-Za-z0-9_.-]`` (other runs become ``_``, at most 48
+    characters, no leading dot); the suffix is the first 8 hex digits of the
+    xxh64 hash of the exact name.
+    """
+    if not isinstance(machine, str) or not machine:
+        raise ValueError(f"a machine name must be a non-empty string, not {machine!r}")
+    readable = _UNSAFE_CHARS.sub("_", machine).lstrip(".")[:48] or "m"
+    digest = xxhash.xxh64_hexdigest(machine.encode("utf-8", "surrogatepass"))[:8]
+    return f"{readable}-{digest}"
+
+
+class Status(str, enum.Enum):
+    """Lifecycle of a run; the last four are terminal."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    TIMEOUT = "timeout"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (Status.PENDING, Status.RUNNING)
+
+
+class Outcome(enum.Enum):
+    """What :meth:`RunStore.prepare` decided."""
+
+    CREATED = "created"  # a new pending run was recorded for the caller
+    REUSE = "reuse"  # a live run with the same key exists: attach to it
+    BUSY = "busy"  # a live run with a different key occupies the machine
+
+
+# Field kinds drive from_dict's validation.
+_REQUIRED_STR = ("id", "machine", "test_dir", "test_dir_hash", "key")
+_OPTIONAL_STR = (
+    "artifacts_path",
+    "logs_path",
+    "error_code",
+    "error_msg",
+    "batch_id",
+    "plan_entry",
+    "container_id",
+    "image",
+)
+_OPTIONAL_TIME = ("created_at", "started_at", "ended_at", "timeout")
+_REQUIRED_KEYS = (*_REQUIRED_STR, "status")
+
+
+@dataclass(kw_only=True)
+class Run:
+    """One dispatch of a test directory to a machine, as stored in ``run.json``.
+
+    JSON keys are the field names; unset fields are written as ``null``. Times
+    are unix timestamps (float seconds). ``key`` is the idempotency key
+    :meth:`RunStore.prepare` matches on; ``owner`` is ``{"host": ..., "pid": ...}``
+    of the process that created the run.
+    """
+
+    id: str = ""
+    machine: str = ""
+    test_dir: str
+    test_dir_hash: str = ""
+    key: str = ""
+    status: Status = Status.PENDING
+    exit_code: int | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    artifacts_path: str | None = None
+    logs_path: str | None = None
+    error_code: str | None = None
+    error_msg: str | None = None
+    batch_id: str | None = None
+    plan_entry: str | None = None
+    container_id: str | None = None
+    image: str | None = None
+    command: list[str] | None = None
+    owner: dict[str, Any] | None = None
+    timeout: float | None = None
+    artifacts: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # accept "failed" as well as Status.FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict: every field present, ``status`` as its string."""
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Run:
+        """Build a run from a record; unknown keys are ignored (records from newer versions).
+
+        :raises ValueError: not an object, a required key missing, a bad status or a mistyped field
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a run record must be a JSON object, not {type(data).__name__}")
+        missing = [name for name in _REQUIRED_KEYS if name not in data]
+        if missing:
+            raise ValueError(f"run record lacks required field(s): {', '.join(missing)}")
+        kwargs: dict[str, Any] = {}
+        for name in _REQUIRED_STR:
+            kwargs[name] = _expect(name, data[name], str)
+        try:
+            kwargs["status"] = Status(data["status"])
+        except ValueError:
+            raise ValueError(f"run record has an unknown status {data['status']!r}") from None
+        for name in _OPTIONAL_STR:
+            kwargs[name] = _expect_optional(name, data.get(name), str)
+        for name in _OPTIONAL_TIME:
+            value = data.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"run record field {name!r} must be a number or null, not {value!r}")
+            kwargs[name] = None if value is None else float(value)
+        exit_code = data.get("exit_code")
+        if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):
+            raise ValueError(f"run record field 'exit_code' must be an integer or null, not {exit_code!r}")
+        kwargs["exit_code"] = exit_code
+        for name in ("command", "artifacts"):
+            words = data.get(name)
+            if words is not None and (
+                not isinstance(words, list) or not all(isinstance(part, str) for part in words)
+            ):
+                raise ValueError(f"run record field {name!r} must be a list of strings or null, not {words!r}")
+            kwargs[name] = None if words is None else builtins.list(words)
+        kwargs["owner"] = _expect_optional("owner", data.get("owner"), dict)
+        return cls(**kwargs)
+
+
+def _expect(name: str, value: Any, kind: type) -> Any:
+    if not isinstance(value, kind):
+        raise ValueError(f"run record field {name!r} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _expect_optional(name: str, value: Any, kind: type) -> Any:
+    return None if value is None else _expect(name, value, kind)
+
+
+def _valid_id(run_id: object) -> bool:
+    return isinstance(run_id, str) and _ID_RE.fullmatch(run_id) is not None
+
+
+def _new_run_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
+
+
+def _stamp() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700 on the last component; leave existing ones."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+# --- locking ---------------------------------------------------------------
+
+
+class _Mutex:
+    """A per-process, per-lock-file thread lock that knows its holder (to refuse re-entry)."""
+
+    __slots__ = ("lock", "owner")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.owner: int | None = None
+
+
+_registry_guard = threading.Lock()
+_mutexes: dict[str, _Mutex] = {}
+
+
+def _mutex_for(lock_path: str) -> _Mutex:
+    with _registry_guard:
+        mutex = _mutexes.get(lock_path)
+        if mutex is None:
+            mutex = _mutexes[lock_path] = _Mutex()
+        return mutex
+
+
+def _reset_mutexes_in_child() -> None:  # pragma: forked child
+    # A thread of the parent may have held a mutex at fork time; that thread does not exist here.
+    global _registry_guard
+    _registry_guard = threading.Lock()
+    _mutexes.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_mutexes_in_child)
+
+
+class _Unparseable(Exception):
+    """A state file exists but is not what it should be."""
+
+
+# --- the store -------------------------------------------------------------
+
+
+class RunStore:
+    """Run records under one state directory; safe to share between threads and processes.
+
+    :param state_dir: the state directory (default: :func:`default_state_dir`); created with mode 0700
+    :param lock_timeout: seconds to wait for a machine's lock before raising
+        :class:`~pytest_lrun.errors.StoreLocked` (``None``: wait forever). The lock is held
+        for milliseconds, and a dead holder releases it, so this only fires for a stuck holder.
+    :param durable: fsync every write (default). ``False`` keeps writes atomic but not
+        power-cut safe; for tests and benchmarks.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        lock_timeout: float | None = 30.0,
+        durable: bool = True,
+    ) -> None:
+        root = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
+        _make_private_dir(root)
+        #: The state directory, absolute with symlinks resolved; its layout is in the module docstring.
+        self.state_dir = Path(os.path.realpath(root))
+        self.runs_dir = self.state_dir / "runs"
+        self.active_dir = self.state_dir / "active"
+        self.locks_dir = self.state_dir / "locks"
+        self.corrupt_dir = self.state_dir / "corrupt"
+        for directory in (self.runs_dir, self.active_dir, self.locks_dir, self.corrupt_dir):
+            _make_private_dir(directory)
+        if lock_timeout is not None and lock_timeout < 0:
+            raise ValueError(f"lock_timeout must be >= 0 or None, not {lock_timeout!r}")
+        self.lock_timeout = lock_timeout
+        self.durable = durable
+        #: Corrupt files this store object found and moved aside, oldest first, for callers to show.
+        self.problems: builtins.list[CorruptRecord] = []
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.state_dir)!r})"
+
+    # -- paths ----------------------------------------------------------------
+
+    def run_dir(self, run_id: str) -> Path:
+        """``runs/<run_id>/``: the run's record, logs and artifacts. Does not check that it exists.
+
+        :raises RunNotFound: ``run_id`` is not a well-formed run id
+        """
+        if not _valid_id(run_id):
+            raise RunNotFound(str(run_id))
+        return self.runs_dir / run_id
+
+    def _record_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / RECORD_NAME
+
+    def _index_path(self, mkey: str) -> Path:
+        return self.active_dir / f"{mkey}.json"
+
+    def _lock_path(self, mkey: str) -> Path:
+        return self.locks_dir / f"{mkey}.lock"
+
+    # -- locking --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, mkey: str, label: str) -> Iterator[None]:
+        """Hold machine ``mkey``'s lock: the per-process mutex, then the file lock."""
+        lock_path = str(self._lock_path(mkey))
+        mutex = _mutex_for(lock_path)
+        me = threading.get_ident()
+        if mutex.owner == me:
+            raise StoreError(
+                f"machine {label!r}: this thread already holds the store lock "
+                "(a make() callback must not call back into the store for the same machine)"
+            )
+        timeout = self.lock_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not mutex.lock.acquire(timeout=-1 if timeout is None else min(timeout, threading.TIMEOUT_MAX)):
+            raise StoreLocked(label, lock_path, float(timeout or 0))
+        mutex.owner = me
+        try:
+            remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            file_lock = FileLock(lock_path, mode=0o600)
+            try:
+                file_lock.acquire(timeout=remaining, poll_interval=_LOCK_POLL_S)
+            except Timeout as exc:
+                raise StoreLocked(label, lock_path, float(timeout or 0)) from exc
+            try:
+                yield
+            finally:
+                file_lock.release()
+        finally:
+            mutex.owner = None
+            mutex.lock.release()
+
+    # -- reading and writing files ----------------------------------------------
+
+    def _move_aside(self, path: Path, label: str) -> Path | None:
+        """Move ``path`` into ``corrupt/`` under a fresh name; ``None`` if it is already gone."""
+        while True:
+            dest = self.corrupt_dir / f"{label}.{_stamp()}.json"
+            try:
+                os.link(path, dest)  # unlike rename, never replaces an existing file
+            except FileNotFoundError:
+                return None
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links here: the random stamp keeps the name fresh
+                if dest.exists():
+                    continue
+                try:
+                    os.rename(path, dest)
+                except FileNotFoundError:
+                    return None
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            break
+        if self.durable:
+            fsync_dir(self.corrupt_dir)
+            fsync_dir(path.parent)
+        return dest
+
+    def _quarantine(self, path: Path, label: str, reason: str) -> CorruptRecord | None:
+        moved_to = self._move_aside(path, label)
+        if moved_to is None:
+            return None
+        problem = CorruptRecord(str(path), str(moved_to), reason)
+        self.problems.append(problem)
+        logger.warning("%s", problem)
+        return problem
+
+    def _parse_record(self, run_id: str) -> Run:
+        """Read ``runs/<run_id>/run.json`` without side effects.
+
+        :raises FileNotFoundError: no record
+        :raises _Unparseable: the record is not a valid run record for this directory
+        """
+        path = self._record_path(run_id)
+        try:
+            raw = path.read_bytes()
+        except NotADirectoryError:
+            raise FileNotFoundError(str(path)) from None
+        try:
+            run = Run.from_dict(json.loads(raw))
+        except (ValueError, TypeError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            raise _Unparseable(str(exc) or type(exc).__name__) from exc
+        if run.id != run_id:
+            raise _Unparseable(f"record id {run.id!r} does not match its directory {run_id!r}")
+        return run
+
+    def _load(self, run_id: str) -> Run:
+        """Read a record; move it aside if it does not parse.
+
+        :raises RunNotFound: no record
+        :raises CorruptRecord: the record did not parse and was moved to ``corrupt/``
+        """
+        if not _valid_id(run_id):
+            raise RunNotFound(str(run_id))
+        try:
+            return self._parse_record(run_id)
+        except FileNotFoundError:
+            raise RunNotFound(run_id) from None
+        except _Unparseable as exc:
+            problem = self._quarantine(self._record_path(run_id), f"run-{run_id}", str(exc))
+            if problem is None:  # another reader moved it aside first
+                raise RunNotFound(run_id) from None
+            raise problem from None
+
+    def _write_record(self, run: Run) -> None:
+        atomic_write_json(self._record_path(run.id), run.to_dict(), durable=self.durable)
+
+    def _parse_index(self, mkey: str) -> tuple[str | None, builtins.list[str]]:
+        """The machine name and run ids in ``active/<mkey>.json`` (none when absent), without side effects.
+
+        :raises _Unparseable: the index is not valid
+        """
+        try:
+            raw = self._index_path(mkey).read_bytes()
+        except FileNotFoundError:
+            return None, []
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise _Unparseable(str(exc)) from exc
+        runs = data.get("runs") if isinstance(data, dict) else None
+        if not isinstance(runs, builtins.list) or not all(_valid_id(rid) for rid in runs):
+            raise _Unparseable('an index must be an object with "runs": a list of run ids')
+        machine = data.get("machine")
+        return (machine if isinstance(machine, str) else None), [str(rid) for rid in runs]
+
+    def _write_index(self, mkey: str, machine: str | None, run_ids: builtins.list[str]) -> None:
+        atomic_write_json(self._index_path(mkey), {"machine": machine, "runs": run_ids}, durable=self.durable)
+
+    def _iter_records(self) -> Iterator[Run]:
+        """Every record that parses; corrupt ones are moved aside and reported."""
+        try:
+            names = os.listdir(self.runs_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not _valid_id(name):  # skips dot-names: temporary and half-deleted entries
+                continue
+            try:
+                yield self._load(name)
+            except (RunNotFound, CorruptRecord):
+                continue
+
+    # -- the machine's active set (callers hold the machine lock) ----------------
+
+    def _index_locked(self, mkey: str, machine: str | None) -> tuple[str | None, builtins.list[str]]:
+        """The machine's name and index; a corrupt index is moved aside and rebuilt from the records."""
+        try:
+            stored_name, run_ids = self._parse_index(mkey)
+            return machine or stored_name, run_ids
+        except _Unparseable as exc:
+            self._quarantine(self._index_path(mkey), f"active-{mkey}", str(exc))
+        rebuilt = sorted(
+            (
+                run
+                for run in self._iter_records()
+                if not run.status.is_terminal and machine_key(run.machine) == mkey
+            ),
+            key=_sort_key,
+        )
+        run_ids = [run.id for run in rebuilt]
+        machine = machine or (rebuilt[0].machine if rebuilt else None)
+        self._write_index(mkey, machine, run_ids)
+        logger.warning(
+            "rebuilt the active index of machine %r from its records: %s", machine or mkey, run_ids
+        )
+        return machine, run_ids
+
+    def _live_locked(self, mkey: str, machine: str | None) -> builtins.list[Run]:
+        """The machine's non-terminal runs; index entries that are stale are dropped from the index."""
+        machine, run_ids = self._index_locked(mkey, machine)
+        live: builtins.list[Run] = []
+        for run_id in dict.fromkeys(run_ids):  # drops duplicates, keeps order
+            try:
+                run = self._load(run_id)
+            except (RunNotFound, CorruptRecord):
+                continue
+            if not run.status.is_terminal and machine_key(run.machine) == mkey:
+                live.append(run)
+        if [run.id for run in live] != run_ids:
+            self._write_index(mkey, machine, [run.id for run in live])
+        return live
+
+    # -- public API --------------------------------------------------------------
+
+    def prepare(
+        self,
+        machine: str,
+        key: str,
+        make: Callable[[], Run],
+        *,
+        test_dir_hash: str | None = None,
+        wait: float = 0,
+    ) -> tuple[Run, Outcome]:
+        """Create a run on ``machine`` for ``key``, or find the live run that decides otherwise.
+
+        In one critical section for the machine (across threads and processes):
+        a live run with the same ``key`` gives ``(run, REUSE)``; a live run with a
+        different key gives ``(run, BUSY)``; otherwise ``make()`` builds a pending
+        run (no id), the store fills in ``id``, ``machine``, ``key``, ``created_at``,
+        ``owner`` and ``test_dir_hash`` (``test_dir_hash`` argument, else the
+        run's own, else ``key``), records it and returns ``(run, CREATED)``.
+        ``make`` runs under the lock: keep it cheap and do not call the store from it.
+
+        While the answer is BUSY and ``wait`` seconds have not passed, the lock is
+        released and the call retries after a bounded, growing sleep.
+
+        :raises StoreLocked: the machine's lock stayed held for ``lock_timeout``
+        :raises StoreError: ``make`` returned something other than a fresh pending run
+        """
+        mkey = machine_key(machine)
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"an idempotency key must be a non-empty string, not {key!r}")
+        deadline = time.monotonic() + max(0.0, wait)
+        delay = _BUSY_BACKOFF_START_S
+        while True:
+            run, outcome = self._prepare_once(machine, mkey, key, make, test_dir_hash)
+            remaining = deadline - time.monotonic()
+            if outcome is not Outcome.BUSY or remaining <= 0:
+                return run, outcome
+            time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
+            delay = min(delay * 2, _BUSY_BACKOFF_MAX_S)
+
+    def _prepare_once(
+        self, machine: str, mkey: str, key: str, make: Callable[[], Run], test_dir_hash: str | None
+    ) -> tuple[Run, Outcome]:
+        with self._locked(mkey, machine):
+            live = self._live_locked(mkey, machine)
+            for run in live:
+                if run.key == key:
+                    return run, Outcome.REUSE
+            if live:
+                return live[0], Outcome.BUSY
+            run = make()
+            self._fill_new(run, machine, key, test_dir_hash)
+            run.id = self._claim_run_dir()
+            try:
+                self._write_record(run)  # payload first ...
+                self._write_index(mkey, machine, [run.id])  # ... pointer second
+            except BaseException:
+                # Never returned to anyone: take the half-made run back (a crash here leaves an
+                # unindexed pending record, which prepare ignores).
+                shutil.rmtree(self.run_dir(run.id), ignore_errors=True)
+                run.id = ""
+                raise
+            return run, Outcome.CREATED
+
+    @staticmethod
+    def _fill_new(run: Run, machine: str, key: str, test_dir_hash: str | None) -> None:
+        if not isinstance(run, Run):
+            raise StoreError(f"make() must return a Run, not {type(run).__name__}")
+        if run.id:
+            raise StoreError(f"make() must return a run without an id (the store assigns it), got {run.id!r}")
+        if run.status is not Status.PENDING:
+            raise StoreError(f"make() must return a pending run, got {run.status.value}")
+        if run.machine not in ("", machine):
+            raise StoreError(f"make() returned a run for machine {run.machine!r}, expected {machine!r}")
+        if run.key not in ("", key):
+            raise StoreError(f"make() returned a run with key {run.key!r}, expected {key!r}")
+        run.machine = machine
+        run.key = key
+        if test_dir_hash is not None:
+            run.test_dir_hash = test_dir_hash
+        elif not run.test_dir_hash:
+            run.test_dir_hash = key
+        if run.created_at is None:
+            run.created_at = time.time()
+        if run.owner is None:
+            run.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def _claim_run_dir(self) -> str:
+        for _ in range(100):
+            run_id = _new_run_id()
+            try:
+                os.mkdir(self.runs_dir / run_id, 0o700)
+            except FileExistsError:
+                continue
+            return run_id
+        raise StoreError(f"could not find a free run id under {self.runs_dir}")  # pragma: no cover
+
+    def insert(self, run: Run) -> Run:
+        """Record an already finished run as-is (imports, fixtures, benchmarks); returns it.
+
+        The run must be terminal, so no index changes and no lock is taken. An
+        empty ``id`` gets a fresh one; ``created_at`` and ``owner`` are filled in if unset.
+
+        :raises StoreError: the run is not terminal, or a run with its id exists
+        """
+        machine_key(run.machine)  # validates the name
+        if not run.status.is_terminal:
+            raise StoreError(f"insert() records finished runs only; this one is {run.status.value}")
+        if run.id:
+            try:
+                os.mkdir(self.run_dir(run.id), 0o700)
+            except FileExistsError:
+                raise StoreError(f"a run with id {run.id!r} already exists") from None
+        else:
+            run.id = self._claim_run_dir()
+        if run.created_at is None:
+            run.created_at = time.time()
+        if run.owner is None:
+            run.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        try:
+            self._write_record(run)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.run_dir(run.id).rmdir()
+            raise
+        return run
+
+    def get(self, run_id: str) -> Run:
+        """The stored run.
+
+        :raises RunNotFound: no such run
+        :raises CorruptRecord: its record did not parse; it was moved to ``corrupt/``
+        """
+        return self._load(run_id)
+
+    def update(self, run: Run) -> None:
+        """Replace a stored run's record (under the machine's lock).
+
+        A terminal run keeps its status: other fields may still change (say,
+        ``artifacts_path`` after collection). A run that becomes terminal leaves
+        the machine's active index. ``id``, ``machine`` and ``key`` cannot change.
+
+        :raises RunNotFound: no such run
+        :raises CorruptRecord: the stored record did not parse (it was moved aside)
+        :raises TerminalRunError: the stored run is terminal and ``run.status`` differs
+        :raises StoreError: ``machine`` or ``key`` differ from the stored run's
+        """
+        if not _valid_id(run.id):
+            raise RunNotFound(str(run.id))
+        mkey = machine_key(run.machine)
+        with self._locked(mkey, run.machine):
+            stored = self._load(run.id)
+            if stored.machine != run.machine or stored.key != run.key:
+                raise StoreError(
+                    f"run {run.id}: machine and key cannot change "
+                    f"(stored {stored.machine!r}/{stored.key!r}, given {run.machine!r}/{run.key!r})"
+                )
+            if stored.status.is_terminal and run.status is not stored.status:
+                raise TerminalRunError(run.id, stored.status.value, run.status.value)
+            self._write_record(run)
+            if run.status.is_terminal:
+                _, run_ids = self._index_locked(mkey, run.machine)
+                if run.id in run_ids:
+                    self._write_index(mkey, run.machine, [rid for rid in run_ids if rid != run.id])
+
+    def list(
+        self,
+        machine: str | None = None,
+        status: Status | str | None = None,
+        batch_id: str | None = None,
+    ) -> builtins.list[Run]:
+        """Stored runs matching every given filter, oldest first. Scans all records.
+
+        Records that do not parse are skipped, moved aside and added to :attr:`problems`.
+        """
+        wanted = None if status is None else Status(status)
+        runs = [
+            run
+            for run in self._iter_records()
+            if (machine is None or run.machine == machine)
+            and (wanted is None or run.status is wanted)
+            and (batch_id is None or run.batch_id == batch_id)
+        ]
+        runs.sort(key=_sort_key)
+        return runs
+
+    def active(self, machine: str | None = None) -> builtins.list[Run]:
+        """Non-terminal runs of ``machine`` (or of every machine), oldest first, read via the indexes."""
+        if machine is not None:
+            targets: builtins.list[tuple[str, str | None]] = [(machine_key(machine), machine)]
+        else:
+            targets = [(path.stem, None) for path in sorted(self.active_dir.glob("*.json"))]
+        runs: builtins.list[Run] = []
+        for mkey, name in targets:
+            with self._locked(mkey, name or mkey):
+                runs.extend(self._live_locked(mkey, name))
+        runs.sort(key=_sort_key)
+        return runs
+
+    def delete(self, run_id: str) -> None:
+        """Remove a terminal run's directory (record, logs, artifacts).
+
+        :raises RunNotFound: no such run
+        :raises CorruptRecord: its record did not parse (it was moved aside; the directory stays)
+        :raises TerminalRunError: the run is still live (pending or running)
+        """
+        machine = self._load(run_id).machine
+        with self._locked(machine_key(machine), machine):
+            run = self._load(run_id)
+            if not run.status.is_terminal:
+                raise TerminalRunError(run_id, run.status.value, "deleted")
+            # Rename first so that a crash mid-removal leaves a dot-name that scans skip.
+            trash = self.runs_dir / f".deleting-{run_id}-{secrets.token_hex(4)}"
+            os.rename(self.run_dir(run_id), trash)
+            if self.durable:
+                fsync_dir(self.runs_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def check(self) -> builtins.list[str]:
+        """The store's invariant violations, one sentence each; ``[]`` when healthy. Changes nothing.
+
+        Checks: every record parses and its id names its directory; every index
+        parses and lists only existing, non-terminal records of its machine; at
+        most one distinct key among a machine's active runs.
+        """
+        problems: builtins.list[str] = []
+        for name in sorted(os.listdir(self.runs_dir)):
+            if not _valid_id(name) or not (self.runs_dir / name / RECORD_NAME).exists():
+                continue
+            try:
+                self._parse_record(name)
+            except FileNotFoundError:
+                continue
+            except _Unparseable as exc:
+                problems.append(f"runs/{name}/{RECORD_NAME} is not a valid run record: {exc}")
+        for index in sorted(self.active_dir.glob("*.json")):
+            mkey = index.stem
+            with self._locked(mkey, mkey):
+                problems.extend(self._check_index(mkey))
+        return problems
+
+    def _check_index(self, mkey: str) -> builtins.list[str]:
+        where = f"active/{mkey}.json"
+        try:
+            _, run_ids = self._parse_index(mkey)
+        except _Unparseable as exc:
+            return [f"{where} does not parse: {exc}"]
+        problems: builtins.list[str] = []
+        if len(set(run_ids)) != len(run_ids):
+            problems.append(f"{where} lists a run more than once: {run_ids}")
+        keys: dict[str, builtins.list[str]] = {}
+        for run_id in run_ids:
+            try:
+                run = self._parse_record(run_id)
+            except FileNotFoundError:
+                problems.append(f"{where} lists run {run_id}, which has no record")
+                continue
+            except _Unparseable:
+                problems.append(f"{where} lists run {run_id}, whose record is not valid")
+                continue
+            if machine_key(run.machine) != mkey:
+                problems.append(f"{where} lists run {run_id}, which belongs to machine {run.machine!r}")
+            elif run.status.is_terminal:
+                problems.append(f"{where} lists run {run_id}, which is {run.status.value}")
+            else:
+                keys.setdefault(run.key, []).append(run_id)
+        if len(keys) > 1:
+            detail = "; ".join(f"{key!r}: {ids}" for key, ids in keys.items())
+            problems.append(f"{where}: active runs with {len(keys)} different keys ({detail})")
+        return problems
+
+
+def _sort_key(run: Run) -> tuple[float, str]:
+    return (run.created_at if run.created_at is not None else 0.0, run.id)

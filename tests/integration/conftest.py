@@ -1,0 +1,68 @@
+"""Fixtures for tests against real engines: a project with two machines, and clean-up by label."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.conftest import PYTHON_IMAGE
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, engines: list[str], state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A pytester project whose pyproject names machines m1 and m2 (the two test engines)."""
+    pytester.makepyprojecttoml(
+        textwrap.dedent(
+            f"""
+            [tool.lrun.machines.m1]
+            host = "{engines[0]}"
+            image = "{PYTHON_IMAGE}"
+
+            [tool.lrun.machines.m2]
+            host = "{engines[1]}"
+            image = "{PYTHON_IMAGE}"
+            """
+        )
+    )
+    monkeypatch.setenv("LRUN_STATE_DIR", str(state_dir))
+    return pytester.path
+
+
+@pytest.fixture(autouse=True)
+def _remove_test_containers(engines: list[str], state_dir: Path) -> Iterator[None]:
+    """Remove every container of a run recorded in this test's state dir."""
+    yield
+    runs = state_dir / "runs"
+    ids = {p.name for p in runs.iterdir()} if runs.is_dir() else set()
+    for url in engines:
+        client = docker.APIClient(base_url=url, timeout=10, version="auto")
+        try:
+            for c in client.containers(all=True, filters={"label": "lrun.run-id"}):
+                if c["Labels"].get("lrun.run-id") in ids:
+                    client.remove_container(c["Id"], force=True, v=True)
+        finally:
+            client.close()
+
+
+def write_tests(root: Path, name: str, source: str) -> Path:
+    """A test directory ``root/name`` holding ``test_<name>.py`` with ``source``."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"test_{name}.py").write_text(textwrap.dedent(source))
+    return d

@@ -1,0 +1,121 @@
+"""Dispatching directories to real engines: every inner result, logs and artifacts reach the report."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import write_tests
+
+PASSING = """
+    import pytest
+
+    def test_ok():
+        print("inner stdout")
+
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_param(n):
+        assert n
+
+    class TestGroup:
+        def test_in_class(self):
+            pass
+
+    @pytest.mark.skip(reason="not today")
+    def test_skip():
+        pass
+
+    @pytest.mark.xfail(reason="known")
+    def test_xfail():
+        assert False
+"""
+
+FAILING = """
+    import pytest
+    from pathlib import Path
+
+    @pytest.fixture
+    def broken():
+        raise RuntimeError("fixture exploded")
+
+    def test_fail():
+        assert 1 == 2, "one is not two"
+
+    def test_error(broken):
+        pass
+
+    def test_artifact():
+        Path("/lrun/artifacts/report.txt").write_text("42 widgets\\n")
+"""
+
+
+def test_inner_results_become_host_results(pytester: pytest.Pytester, project: Path) -> None:
+    write_tests(project, "suite", PASSING)
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "suite", "-rA")
+    result.assert_outcomes(passed=4, skipped=1, xfailed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "lrun: m1: dispatching suite",
+            "*inner stdout*",
+            "*lrun runs*",
+            "suite*m1*completed*created*",
+            "PASSED suite/test_suite.py::test_ok",
+            "PASSED suite/test_suite.py::test_param[[]1[]]",
+            "PASSED suite/test_suite.py::TestGroup::test_in_class",
+            "SKIPPED [[]1[]] suite/test_suite.py:*: not today",
+        ]
+    )
+    assert result.ret == 0
+
+
+def test_failures_errors_and_artifacts(pytester: pytest.Pytester, project: Path, state_dir: Path) -> None:
+    write_tests(project, "bad", FAILING)
+    result = pytester.runpytest_subprocess(
+        "--lrun-machine=m1", "bad", "--junitxml=out.xml", "-o", "junit_logging=all"
+    )
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    result.stdout.fnmatch_lines(["*one is not two*", "*fixture exploded*"])
+    assert result.ret == 1
+    (run_dir,) = (state_dir / "runs").iterdir()
+    assert (run_dir / "artifacts" / "artifacts" / "report.txt").read_text() == "42 widgets\n"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and record["exit_code"] == 1
+    suite = ET.parse(project / "out.xml").getroot()
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["lrun_run_id"] == run_dir.name
+    assert props["lrun_machine"] == "m1"
+    assert "[[ATTACHMENT|" in ET.tostring(suite, encoding="unicode")
+
+
+def test_k_selects_inner_tests(pytester: pytest.Pytester, project: Path) -> None:
+    write_tests(project, "suite", PASSING)
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "suite", "-k", "test_param")
+    result.assert_outcomes(passed=2, deselected=4)
+
+
+def test_non_pytest_command_is_one_item(pytester: pytest.Pytester, project: Path) -> None:
+    (project / "shell").mkdir()
+    (project / "shell" / "run.sh").write_text("echo from-shell; exit 3\n")
+    result = pytester.runpytest_subprocess(
+        "--lrun-machine=m1", "--lrun-image=lrun-busybox:latest", "--lrun-command=sh run.sh", "shell"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*exit code: 3*", "*from-shell*"])
+
+
+def test_timeout_kills_the_run(pytester: pytest.Pytester, project: Path, state_dir: Path) -> None:
+    (project / "slow").mkdir()
+    result = pytester.runpytest_subprocess(
+        "--lrun-machine=m1",
+        "--lrun-image=lrun-busybox:latest",
+        "--lrun-command=sleep 60",
+        "--lrun-timeout=1",
+        "slow",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*timed out*"])
+    (run_dir,) = (state_dir / "runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "timeout"

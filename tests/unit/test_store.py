@@ -1,0 +1,686 @@
+"""The run store and the atomic-write helper, in one process (races: test_store_race.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_lrun.errors import (
+    CorruptRecord,
+    LrunError,
+    RunNotFound,
+    StoreError,
+    StoreLocked,
+    TerminalRunError,
+)
+from pytest_lrun.fsutil import atomic_write_bytes, atomic_write_json
+from pytest_lrun.store import (
+    Outcome,
+    Run,
+    RunStore,
+    Status,
+    default_state_dir,
+    machine_key,
+)
+
+RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
+
+
+def make_run(test_dir: str = "/src/tests/a") -> Run:
+    return Run(test_dir=test_dir)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    return RunStore(tmp_path / "state")
+
+
+def create(store: RunStore, machine: str = "m", key: str = "k", **fields: Any) -> Run:
+    run, outcome = store.prepare(machine, key, lambda: Run(test_dir=f"/src/{key}", **fields))
+    assert outcome is Outcome.CREATED
+    return run
+
+
+def finish(store: RunStore, run: Run, status: Status = Status.COMPLETED) -> Run:
+    run.status = status
+    run.exit_code = 0 if status is Status.COMPLETED else 1
+    store.update(run)
+    return run
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def umask_zero() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+# --- state directory and names ------------------------------------------------
+
+
+def test_default_state_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LRUN_STATE_DIR", str(tmp_path / "custom"))
+    assert default_state_dir() == tmp_path / "custom"
+    monkeypatch.delenv("LRUN_STATE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_state_dir() == tmp_path / "home" / ".lrun"
+
+
+def test_store_without_argument_uses_env_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LRUN_STATE_DIR", str(tmp_path / "from-env"))
+    store = RunStore()
+    create(store)
+    assert len(list((tmp_path / "from-env" / "runs").iterdir())) == 1
+
+
+@pytest.mark.usefixtures("umask_zero")
+def test_state_dir_is_created_private(tmp_path: Path) -> None:
+    root = tmp_path / "deep" / "state"
+    store = RunStore(root)
+    for directory in (root, root / "runs", root / "active", root / "locks", root / "corrupt"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    run = create(store)
+    record = store.run_dir(run.id) / "run.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+
+
+def test_machine_keys_are_filesystem_safe_and_distinct() -> None:
+    names = ["gpu-1", "a/b", "a_b", "..", ".hidden", "ü ber", "x" * 300, "a\\b:c*"]
+    keys = [machine_key(name) for name in names]
+    assert len(set(keys)) == len(keys)
+    for key in keys:
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+", key), key
+        assert not key.startswith(".")
+        assert len(key) <= 60
+    assert machine_key("gpu-1") == machine_key("gpu-1")
+    with pytest.raises(ValueError):
+        machine_key("")
+
+
+def test_run_dir_is_under_runs_and_rejects_paths(store: RunStore) -> None:
+    run = create(store)
+    assert store.run_dir(run.id) == store.state_dir / "runs" / run.id
+    assert store.run_dir(run.id).is_dir()
+    for bad in ("../etc", "a/b", "", ".hidden"):
+        with pytest.raises(RunNotFound):
+            store.run_dir(bad)
+        with pytest.raises(RunNotFound):
+            store.get(bad)
+
+
+# --- Run records ----------------------------------------------------------------
+
+
+def test_status_terminal_set() -> None:
+    assert [s.value for s in Status if s.is_terminal] == ["completed", "failed", "interrupted", "timeout"]
+    assert not Status.PENDING.is_terminal and not Status.RUNNING.is_terminal
+    assert [o.value for o in Outcome] == ["created", "reuse", "busy"]
+
+
+def test_record_json_has_every_field_snake_case_with_nulls(store: RunStore) -> None:
+    run = create(store, command=["pytest", "-q"])
+    data = json.loads((store.run_dir(run.id) / "run.json").read_text())
+    assert list(data) == [
+        "id",
+        "machine",
+        "test_dir",
+        "test_dir_hash",
+        "key",
+        "status",
+        "exit_code",
+        "created_at",
+        "started_at",
+        "ended_at",
+        "artifacts_path",
+        "logs_path",
+        "error_code",
+        "error_msg",
+        "batch_id",
+        "plan_entry",
+        "container_id",
+        "image",
+        "command",
+        "owner",
+    ]
+    assert data["status"] == "pending"
+    assert data["exit_code"] is None and data["ended_at"] is None and data["container_id"] is None
+    assert data["command"] == ["pytest", "-q"]
+    assert data["owner"] == {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def test_status_may_be_given_as_its_string() -> None:
+    run = Run(test_dir="/t", status="failed")  # type: ignore[arg-type]
+    assert run.status is Status.FAILED and run.status.is_terminal
+    with pytest.raises(ValueError):
+        Run(test_dir="/t", status="exploded")  # type: ignore[arg-type]
+
+
+def test_from_dict_round_trip_and_forward_compat() -> None:
+    run = Run(
+        id="20240101T000000-0000abcd",
+        machine="m",
+        test_dir="/t",
+        test_dir_hash="h",
+        key="h",
+        status=Status.FAILED,
+        exit_code=3,
+        created_at=1.0,
+        command=["a"],
+        owner={"host": "h", "pid": 1},
+    )
+    data = run.to_dict()
+    assert Run.from_dict(data) == run
+    data["added_in_v9"] = {"anything": True}
+    assert Run.from_dict(data) == run
+    assert Run.from_dict({**data, "created_at": 5}).created_at == 5.0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"id": None}, "'id'"),
+        ({"status": "exploded"}, "status"),
+        ({"exit_code": "0"}, "exit_code"),
+        ({"created_at": "yesterday"}, "created_at"),
+        ({"command": "pytest -q"}, "command"),
+    ],
+)
+def test_from_dict_rejects_bad_records(change: dict[str, Any], message: str) -> None:
+    data = Run(id="x1", machine="m", test_dir="/t", test_dir_hash="h", key="h").to_dict()
+    data.update(change)
+    with pytest.raises(ValueError, match=message):
+        Run.from_dict(data)
+
+
+@pytest.mark.parametrize("missing", ["id", "machine", "test_dir", "test_dir_hash", "key", "status"])
+def test_from_dict_requires_core_fields(missing: str) -> None:
+    data = Run(id="x1", machine="m", test_dir="/t", test_dir_hash="h", key="h").to_dict()
+    del data[missing]
+    with pytest.raises(ValueError, match=missing):
+        Run.from_dict(data)
+
+
+def test_store_reads_records_written_by_a_newer_version(store: RunStore) -> None:
+    run = create(store)
+    path = store.run_dir(run.id) / "run.json"
+    data = json.loads(path.read_text())
+    data["future_field"] = [1, 2]
+    path.write_text(json.dumps(data))
+    assert store.get(run.id) == run
+    assert store.check() == []
+
+
+# --- prepare ---------------------------------------------------------------------
+
+
+def test_prepare_creates_a_pending_run_with_store_fields(store: RunStore) -> None:
+    before = time.time()
+    run, outcome = store.prepare("gpu-1", "hash-1", make_run)
+    assert outcome is Outcome.CREATED
+    assert RUN_ID.fullmatch(run.id)
+    assert (run.machine, run.key, run.test_dir_hash, run.status) == (
+        "gpu-1",
+        "hash-1",
+        "hash-1",
+        Status.PENDING,
+    )
+    assert run.created_at is not None and before <= run.created_at <= time.time()
+    assert run.owner == {"host": socket.gethostname(), "pid": os.getpid()}
+    assert store.get(run.id) == run
+    assert store.active("gpu-1") == [run]
+    assert store.check() == []
+
+
+def test_prepare_does_not_read_finished_runs(store: RunStore) -> None:
+    finished = [
+        store.insert(Run(machine="m", test_dir="/t", key=f"old{i}", status=Status.COMPLETED))
+        for i in range(50)
+    ]
+    for run in finished:  # were prepare to read them, it would find them corrupt and move them aside
+        (store.run_dir(run.id) / "run.json").write_text("garbage")
+    for key in ("k1", "k2"):
+        run, outcome = store.prepare("m", key, make_run)
+        assert outcome is Outcome.CREATED
+        finish(store, run)
+    assert store.problems == []
+    assert list((store.state_dir / "corrupt").iterdir()) == []
+
+
+def test_prepare_takes_dir_hash_separately_from_key(store: RunStore) -> None:
+    run, _ = store.prepare("m", "hash+image+cmd", make_run, test_dir_hash="hash")
+    assert (run.key, run.test_dir_hash) == ("hash+image+cmd", "hash")
+
+
+def test_prepare_reuses_same_key_and_is_busy_for_another(store: RunStore) -> None:
+    first = create(store, "m", "k1")
+    calls: list[str] = []
+
+    def make() -> Run:
+        calls.append("made")
+        return make_run()
+
+    again, outcome = store.prepare("m", "k1", make)
+    assert (outcome, again) == (Outcome.REUSE, first)
+    other, outcome = store.prepare("m", "k2", make)
+    assert (outcome, other) == (Outcome.BUSY, first)
+    assert calls == []
+    elsewhere, outcome = store.prepare("m2", "k2", make)
+    assert outcome is Outcome.CREATED and elsewhere.id != first.id
+    assert calls == ["made"]
+    assert store.check() == []
+
+
+def test_finished_run_frees_the_machine(store: RunStore) -> None:
+    first = finish(store, create(store, "m", "k1"), Status.FAILED)
+    second, outcome = store.prepare("m", "k1", make_run)
+    assert outcome is Outcome.CREATED and second.id != first.id
+    third, outcome = store.prepare("m", "k2", make_run)
+    assert (outcome, third) == (Outcome.BUSY, second)
+
+
+def test_prepare_waits_for_a_busy_machine(store: RunStore) -> None:
+    busy = create(store, "m", "k1")
+    timer = threading.Timer(0.3, finish, args=(store, busy))
+    timer.start()
+    try:
+        started = time.monotonic()
+        run, outcome = store.prepare("m", "k2", make_run, wait=20)
+        waited = time.monotonic() - started
+    finally:
+        timer.join(10)
+    assert outcome is Outcome.CREATED and run.key == "k2"
+    assert 0.25 <= waited < 10
+
+
+def test_prepare_wait_gives_up_busy(store: RunStore) -> None:
+    busy = create(store, "m", "k1")
+    started = time.monotonic()
+    run, outcome = store.prepare("m", "k2", make_run, wait=0.4)
+    waited = time.monotonic() - started
+    assert (outcome, run) == (Outcome.BUSY, busy)
+    assert 0.4 <= waited < 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Run(test_dir="/t", id="20240101T000000-00000000"),
+        Run(test_dir="/t", status=Status.RUNNING),
+        Run(test_dir="/t", machine="other"),
+        Run(test_dir="/t", key="other"),
+    ],
+)
+def test_make_must_return_a_fresh_pending_run(store: RunStore, bad: Run) -> None:
+    with pytest.raises(StoreError):
+        store.prepare("m", "k", lambda: bad)
+    assert store.list() == []
+    assert create(store, "m", "k").status is Status.PENDING
+
+
+def test_make_that_calls_back_into_the_store_is_refused_not_deadlocked(store: RunStore) -> None:
+    def make() -> Run:
+        store.prepare("m", "k", make_run)
+        return make_run()
+
+    with pytest.raises(StoreError, match="already holds the store lock"):
+        store.prepare("m", "k", make)
+    assert create(store, "m", "k").key == "k"
+
+
+def test_failing_make_leaves_nothing(store: RunStore) -> None:
+    def make() -> Run:
+        raise RuntimeError("no image")
+
+    with pytest.raises(RuntimeError):
+        store.prepare("m", "k", make)
+    assert store.list() == [] and store.check() == []
+
+
+# --- update, get, list, active, delete -----------------------------------------------
+
+
+def test_terminal_status_never_changes(store: RunStore) -> None:
+    run = finish(store, create(store), Status.COMPLETED)
+    run.status = Status.FAILED
+    with pytest.raises(TerminalRunError) as info:
+        store.update(run)
+    assert (info.value.run_id, info.value.status, info.value.wanted) == (run.id, "completed", "failed")
+    run.status = Status.RUNNING
+    with pytest.raises(TerminalRunError):
+        store.update(run)
+    assert store.get(run.id).status is Status.COMPLETED
+
+
+def test_terminal_run_other_fields_can_change(store: RunStore) -> None:
+    run = finish(store, create(store))
+    run.artifacts_path = "/state/runs/x/artifacts"
+    store.update(run)
+    assert store.get(run.id).artifacts_path == "/state/runs/x/artifacts"
+
+
+def test_becoming_terminal_leaves_the_active_index(store: RunStore) -> None:
+    run = create(store, "m")
+    run.status = Status.RUNNING
+    run.started_at = time.time()
+    store.update(run)
+    assert store.active("m") == [run]
+    finish(store, run, Status.TIMEOUT)
+    assert store.active("m") == [] and store.active() == []
+    index = json.loads((store.state_dir / "active" / f"{machine_key('m')}.json").read_text())
+    assert index == {"machine": "m", "runs": []}
+    assert store.check() == []
+
+
+def test_update_refuses_unknown_runs_and_identity_changes(store: RunStore) -> None:
+    with pytest.raises(RunNotFound):
+        store.update(Run(id="20240101T000000-00000000", machine="m", test_dir="/t", key="k"))
+    run = create(store, "m", "k")
+    for field, value in (("machine", "m2"), ("key", "k2")):
+        changed = Run.from_dict({**run.to_dict(), field: value})
+        with pytest.raises(StoreError, match="cannot change"):
+            store.update(changed)
+    assert store.get(run.id) == run
+
+
+def test_get_unknown_run(store: RunStore) -> None:
+    with pytest.raises(RunNotFound) as info:
+        store.get("20240101T000000-00000000")
+    assert info.value.run_id == "20240101T000000-00000000"
+
+
+def test_list_filters_and_orders_by_creation(store: RunStore) -> None:
+    a = finish(store, create(store, "m1", "a", batch_id="b1"))
+    b = finish(store, create(store, "m2", "b", batch_id="b1"), Status.FAILED)
+    c = create(store, "m1", "c", batch_id="b2")
+    assert [r.id for r in store.list()] == [a.id, b.id, c.id]
+    assert store.list(machine="m1") == [a, c]
+    assert store.list(status=Status.FAILED) == [b]
+    assert store.list(status="pending") == [c]
+    assert store.list(batch_id="b1") == [a, b]
+    assert store.list(machine="m1", batch_id="b1", status=Status.COMPLETED) == [a]
+    assert store.active() == [c]
+
+
+def test_delete_refuses_live_runs_and_removes_finished_ones(store: RunStore) -> None:
+    run = create(store)
+    (store.run_dir(run.id) / "logs.txt").write_text("log\n")
+    with pytest.raises(TerminalRunError) as info:
+        store.delete(run.id)
+    assert isinstance(info.value, StoreError) and info.value.status == "pending"
+    assert store.get(run.id) == run
+    finish(store, run)
+    (store.run_dir(run.id) / "artifacts").mkdir()
+    (store.run_dir(run.id) / "artifacts" / "junit.xml").write_text("<x/>")
+    store.delete(run.id)
+    assert not store.run_dir(run.id).exists()
+    assert list((store.state_dir / "runs").iterdir()) == []
+    with pytest.raises(RunNotFound):
+        store.get(run.id)
+    with pytest.raises(RunNotFound):
+        store.delete(run.id)
+    assert store.check() == []
+
+
+def test_insert_records_finished_runs_only(store: RunStore) -> None:
+    done = store.insert(Run(machine="m", test_dir="/t", key="h", status=Status.COMPLETED))
+    assert RUN_ID.fullmatch(done.id) and store.get(done.id) == done
+    assert store.active() == []
+    with pytest.raises(StoreError, match="finished runs only"):
+        store.insert(Run(machine="m", test_dir="/t", key="h"))
+    with pytest.raises(StoreError, match="already exists"):
+        store.insert(Run(id=done.id, machine="m", test_dir="/t", key="h", status=Status.FAILED))
+    assert store.prepare("m", "h", make_run)[1] is Outcome.CREATED
+    assert store.check() == []
+
+
+# --- crashes and corruption ---------------------------------------------------------
+
+
+def boom(*args: object, **kwargs: object) -> None:
+    raise OSError(28, "No space left on device (simulated)")
+
+
+def test_crash_before_rename_keeps_the_old_record(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = create(store)
+    before = (store.run_dir(run.id) / "run.json").read_bytes()
+    run.status = Status.RUNNING
+    run.container_id = "abc"
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", boom)
+        with pytest.raises(OSError, match="simulated"):
+            store.update(run)
+    assert (store.run_dir(run.id) / "run.json").read_bytes() == before
+    stored = store.get(run.id)
+    assert (stored.status, stored.container_id) == (Status.PENDING, None)
+    assert sorted(p.name for p in store.run_dir(run.id).iterdir()) == ["run.json"]
+    assert not [name for name in files_under(store.state_dir) if name.endswith(".tmp")]
+    assert store.check() == []
+
+
+def test_crash_in_prepare_leaves_no_half_run(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", boom)
+        with pytest.raises(OSError, match="simulated"):
+            store.prepare("m", "k", make_run)
+    assert list((store.state_dir / "runs").iterdir()) == []
+    assert store.check() == []
+    assert create(store, "m", "k").key == "k"
+
+
+def test_crash_between_record_and_index_heals(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = create(store, "m", "k1")
+    real_replace = os.replace
+    calls: list[str] = []
+
+    def replace_record_only(src: str, dst: str) -> None:
+        calls.append(str(dst))
+        if len(calls) > 1:  # the record lands, the index update "crashes"
+            raise OSError(5, "simulated crash")
+        real_replace(src, dst)
+
+    run.status = Status.COMPLETED
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", replace_record_only)
+        with pytest.raises(OSError):
+            store.update(run)
+    assert store.get(run.id).status is Status.COMPLETED
+    assert store.check() == [f"active/{machine_key('m')}.json lists run {run.id}, which is completed"]
+    second, outcome = store.prepare("m", "k2", make_run)  # a stale entry does not make the machine busy
+    assert outcome is Outcome.CREATED
+    assert store.check() == []
+    assert store.active("m") == [second]
+
+
+def test_corrupt_record_is_moved_aside_and_reported(
+    store: RunStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = finish(store, create(store, "m", "good"))
+    bad = finish(store, create(store, "m2", "bad"))
+    path = store.run_dir(bad.id) / "run.json"
+    path.write_bytes(b'{"id": "trunc')
+    with caplog.at_level(logging.WARNING, logger="pytest_lrun"), pytest.raises(CorruptRecord) as info:
+        store.get(bad.id)
+    err = info.value
+    assert err.path == str(path)
+    moved = Path(err.moved_to)
+    assert moved.parent == store.state_dir / "corrupt"
+    assert moved.read_bytes() == b'{"id": "trunc'
+    assert not path.exists()
+    assert store.problems == [err]
+    assert any(str(path) in record.getMessage() for record in caplog.records)
+    # the rest of the store still works
+    assert store.get(good.id) == good
+    assert store.list() == [good]
+    with pytest.raises(RunNotFound):
+        store.get(bad.id)
+    assert store.check() == []
+
+
+def test_list_skips_corrupt_records_and_collects_them(store: RunStore) -> None:
+    good = create(store, "m", "good")
+    bad = finish(store, create(store, "m2", "bad"))
+    (store.run_dir(bad.id) / "run.json").write_text(json.dumps({"id": bad.id, "status": "pending"}))
+    assert store.list() == [good]
+    (problem,) = store.problems
+    assert problem.reason == "run record lacks required field(s): machine, test_dir, test_dir_hash, key"
+    assert len(list((store.state_dir / "corrupt").iterdir())) == 1
+    assert store.list() == [good] and len(store.problems) == 1  # reported once
+
+
+def test_corrupt_file_is_never_overwritten(store: RunStore) -> None:
+    first = finish(store, create(store, "m", "a"))
+    second = finish(store, create(store, "m", "b"))
+    for run in (first, second):
+        (store.run_dir(run.id) / "run.json").write_text("not json")
+    assert store.list() == []
+    kept = sorted((store.state_dir / "corrupt").iterdir())
+    assert len(kept) == 2 and all(p.read_text() == "not json" for p in kept)
+
+
+def test_record_in_the_wrong_directory_is_reported(store: RunStore) -> None:
+    run = finish(store, create(store))
+    copy = store.state_dir / "runs" / "20200101T000000-deadbeef"
+    shutil.copytree(store.run_dir(run.id), copy)
+    problems = store.check()
+    assert len(problems) == 1 and "does not match its directory" in problems[0]
+    assert (copy / "run.json").exists()  # check() changes nothing
+    with pytest.raises(CorruptRecord, match="does not match"):
+        store.get(copy.name)
+    assert store.check() == []
+
+
+def test_corrupt_index_is_rebuilt_from_records(store: RunStore) -> None:
+    finish(store, create(store, "m", "k0"))  # finished runs must stay out of the rebuilt index
+    create(store, "other", "k1")  # and so must other machines' live runs
+    live = create(store, "m", "k1")
+    index = store.state_dir / "active" / f"{machine_key('m')}.json"
+    index.write_text("[garbage")
+    assert any("does not parse" in p for p in store.check())
+    other, outcome = store.prepare("m", "k2", make_run)
+    assert (outcome, other) == (Outcome.BUSY, live)
+    assert len(store.problems) == 1 and store.problems[0].path == str(index)
+    assert Path(store.problems[0].moved_to).read_text() == "[garbage"
+    assert json.loads(index.read_text()) == {"machine": "m", "runs": [live.id]}
+    assert store.prepare("m", "k1", make_run) == (live, Outcome.REUSE)
+    assert store.check() == []
+
+
+def test_corrupt_index_is_rebuilt_by_active(store: RunStore) -> None:
+    live = create(store, "m", "k1")
+    (store.state_dir / "active" / f"{machine_key('m')}.json").write_text('{"runs": "nope"}')
+    assert store.active() == [live]
+    assert len(store.problems) == 1
+    index = json.loads((store.state_dir / "active" / f"{machine_key('m')}.json").read_text())
+    assert index == {"machine": "m", "runs": [live.id]}
+    assert store.check() == []
+
+
+def test_check_reports_broken_invariants(store: RunStore) -> None:
+    a = create(store, "m", "k1")
+    index = store.state_dir / "active" / f"{machine_key('m')}.json"
+    index.write_text(json.dumps({"machine": "m", "runs": []}))  # forget a: the machine looks free
+    b = create(store, "m", "k2")
+    index.write_text(json.dumps({"machine": "m", "runs": [a.id, b.id, "20200101T000000-00000000"]}))
+    problems = store.check()
+    assert any("no record" in p for p in problems)
+    assert any("2 different keys" in p for p in problems)
+    assert len(problems) == 2
+
+
+def test_stale_index_entries_are_dropped(store: RunStore) -> None:
+    gone = create(store, "m", "k1")
+    finish(store, gone)
+    store.delete(gone.id)
+    index = store.state_dir / "active" / f"{machine_key('m')}.json"
+    index.write_text(json.dumps({"machine": "m", "runs": [gone.id]}))
+    assert store.check() != []
+    run, outcome = store.prepare("m", "k2", make_run)
+    assert outcome is Outcome.CREATED
+    assert json.loads(index.read_text())["runs"] == [run.id]
+    assert store.check() == []
+
+
+# --- errors ------------------------------------------------------------------------
+
+
+def test_raised_errors_survive_pickling(store: RunStore) -> None:
+    caught: list[LrunError] = []
+    with pytest.raises(RunNotFound) as not_found:
+        store.get("20240101T000000-00000000")
+    caught.append(not_found.value)
+    run = finish(store, create(store))
+    run.status = Status.FAILED
+    with pytest.raises(TerminalRunError) as terminal:
+        store.update(run)
+    caught.append(terminal.value)
+    (store.run_dir(run.id) / "run.json").write_text("{")
+    with pytest.raises(CorruptRecord) as corrupt:
+        store.get(run.id)
+    caught.append(corrupt.value)
+    with pytest.raises(StoreError) as store_error:
+        store.prepare("m", "k", lambda: Run(test_dir="/t", status=Status.FAILED))
+    caught.append(store_error.value)
+    locked = StoreLocked("m", "/state/locks/m.lock", 1.5)
+    caught.append(locked)
+    for err in caught:
+        clone = pickle.loads(pickle.dumps(err))
+        assert type(clone) is type(err)
+        assert str(clone) == str(err)
+        assert clone.to_dict() == err.to_dict()
+    assert isinstance(pickle.loads(pickle.dumps(locked)), TimeoutError)
+
+
+# --- fsutil --------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("umask_zero")
+def test_atomic_write_bytes_replaces_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "data.bin"
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(target, b"two" * 1000)
+    assert target.read_bytes() == b"two" * 1000
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    atomic_write_bytes(target, b"shared", mode=0o644, durable=False)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_atomic_write_failure_keeps_old_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "cache.json"
+    atomic_write_json(target, {"v": 1})
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="simulated"):
+        atomic_write_json(target, {"v": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]
+
+
+def test_atomic_write_json_refuses_unencodable_before_touching_disk(tmp_path: Path) -> None:
+    target = tmp_path / "x.json"
+    atomic_write_json(target, {"ok": "ü"})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"bad": object()})
+    with pytest.raises(ValueError):
+        atomic_write_json(target, {"nan": float("nan")})
+    assert json.loads(target.read_text(encoding="utf-8")) == {"ok": "ü"}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
