@@ -379,30 +379,40 @@ class Dispatcher:
         return refused
 
     def _await(self, run: Run, engine: Engine, env: Mapping[str, str]) -> Run:
-        """Wait for a live run someone else owns; take it over if its owner is gone."""
-        lock = self._finish_lock(run)
+        """Wait for a live run someone else owns; take it over if nobody watches it any more."""
         while True:
-            run = self.store.get(run.id)
+            adopted = self.adopt(run, engine, env)
+            if adopted is not None:
+                return adopted
+            time.sleep(POLL_S)
+
+    def adopt(self, run: Run, engine: Engine, env: Mapping[str, str] | None = None) -> Run | None:
+        """Finish ``run`` if nobody watches it (its finish lock is free); None while someone does.
+
+        Returns the terminal run. A run whose container exited while nobody
+        watched gets its real status, exit code, logs and artifacts; one whose
+        container vanished becomes ``interrupted``; a pending run whose creator
+        died before creating a container becomes ``interrupted`` too.
+        """
+        run = self.store.get(run.id)
+        if run.status.is_terminal:
+            return run
+        lock = self._finish_lock(run)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return None
+        try:
+            run = self.store.get(run.id)  # it may have ended while we took the lock
             if run.status.is_terminal:
                 return run
-            try:
-                lock.acquire(timeout=0)
-            except filelock.Timeout:
-                time.sleep(POLL_S)
-                continue
-            try:
-                run = self.store.get(run.id)
-                if run.status.is_terminal:
-                    return run
-                if run.container_id is None:
-                    if _owner_alive(run):
-                        continue  # its creator is between prepare and create: let it go on
-                    return self._end(run, Status.INTERRUPTED, code="owner_gone", msg="its creator died before starting it")
-                return self._finish(replace(run, owner=_me()), engine, env, fresh_logs=True)
-            finally:
-                lock.release()
-                if not run.status.is_terminal:
-                    time.sleep(POLL_S)
+            if run.container_id is None:
+                if _owner_alive(run):
+                    return None  # its creator is between prepare and create: let it go on
+                return self._end(run, Status.INTERRUPTED, code="owner_gone", msg="its creator died before starting it")
+            return self._finish(replace(run, owner=_me()), engine, env or {}, fresh_logs=True)
+        finally:
+            lock.release()
 
     def _end(
         self,
