@@ -205,10 +205,9 @@ class Dispatcher:
         with self._live_lock:
             live = list(self._live.values())
         for engine, container_id in live:
-            try:
+            # The run is marked interrupted by its own thread whether the kill works or not.
+            with contextlib.suppress(EngineError):
                 engine.kill(container_id)
-            except EngineError:
-                pass  # the run is marked interrupted by its own thread either way
 
     def result(self, run: Run, origin: str) -> RunResult:
         junit = self.store.run_dir(run.id) / "junit.xml"
@@ -245,7 +244,9 @@ class Dispatcher:
                 artifacts=list(spec.artifacts),
             )
 
-        run, outcome = self.store.prepare(spec.machine.name, key, make, test_dir_hash=dir_hash, wait=self.busy_wait)
+        run, outcome = self.store.prepare(
+            spec.machine.name, key, make, test_dir_hash=dir_hash, wait=self.busy_wait
+        )
         if outcome is Outcome.BUSY:
             raise MachineBusy(
                 spec.machine.name,
@@ -335,11 +336,17 @@ class Dispatcher:
         run = replace(run, exit_code=exit_code)
         refused = self._collect(run, engine)
         if refused:
-            run = replace(run, error_code="unsafe_archive", error_msg="\n".join(f"refused {n}: {r}" for n, r in refused))
+            run = replace(
+                run, error_code="unsafe_archive", error_msg="\n".join(f"refused {n}: {r}" for n, r in refused)
+            )
         if self._cancelled.is_set():
-            return self._end(run, Status.INTERRUPTED, engine=engine, code="interrupted", msg="interrupted (Ctrl-C)")
+            return self._end(
+                run, Status.INTERRUPTED, engine=engine, code="interrupted", msg="interrupted (Ctrl-C)"
+            )
         if exit_code is None:
-            return self._end(run, Status.TIMEOUT, engine=engine, code="timeout", msg=f"timed out after {timeout:g}s")
+            return self._end(
+                run, Status.TIMEOUT, engine=engine, code="timeout", msg=f"timed out after {timeout:g}s"
+            )
         status = Status.COMPLETED if exit_code == 0 else Status.FAILED
         if status is Status.FAILED and run.error_code is None:
             run = replace(run, error_code="exit_nonzero", error_msg=f"exit code {exit_code}")
@@ -409,7 +416,9 @@ class Dispatcher:
             if run.container_id is None:
                 if _owner_alive(run):
                     return None  # its creator is between prepare and create: let it go on
-                return self._end(run, Status.INTERRUPTED, code="owner_gone", msg="its creator died before starting it")
+                return self._end(
+                    run, Status.INTERRUPTED, code="owner_gone", msg="its creator died before starting it"
+                )
             return self._finish(replace(run, owner=_me()), engine, env or {}, fresh_logs=True)
         finally:
             lock.release()
@@ -439,10 +448,8 @@ class Dispatcher:
         if engine is not None and run.container_id is not None:
             keep = self.keep == "always" or (self.keep == "failed" and status is not Status.COMPLETED)
             if not keep or status is Status.INTERRUPTED:
-                try:
+                with contextlib.suppress(EngineError):  # `lrun reap` removes what is left, by label
                     engine.remove(run.container_id)
-                except EngineError:
-                    pass  # `lrun reap` removes what is left by label
         with self._live_lock:
             self._live.pop(run.id, None)
         return run

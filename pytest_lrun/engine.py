@@ -114,7 +114,9 @@ class DockerEngine:
             kwargs["tls"] = docker.tls.TLSConfig(
                 client_cert=client_cert,
                 ca_cert=machine.tls.ca_cert,
-                verify=machine.tls.ca_cert if machine.tls.verify and machine.tls.ca_cert else machine.tls.verify,
+                verify=machine.tls.ca_cert
+                if machine.tls.verify and machine.tls.ca_cert
+                else machine.tls.verify,
             )
         if machine.host.startswith("ssh://"):
             # The ssh binary honours the user's ~/.ssh/config and agent, as the docker CLI does.
@@ -199,7 +201,9 @@ class DockerEngine:
     def wait(self, container_id: str, timeout: float | None) -> int | None:
         """The exit code, or None when ``timeout`` seconds pass first."""
         try:
-            result = self._api.wait(container_id, timeout=None if timeout is None else max(1, math.ceil(timeout)))
+            result = self._api.wait(
+                container_id, timeout=None if timeout is None else max(1, math.ceil(timeout))
+            )
         except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
             # docker-py reports a wait that outlived its HTTP timeout as a read
             # timeout (tcp) or a ConnectionError wrapping one (unix socket).

@@ -289,4 +289,3 @@ class StoreLocked(StoreError, TimeoutError):
         self.machine = machine
         self.lock_path = lock_path
         self.timeout = timeout
-

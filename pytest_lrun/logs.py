@@ -34,7 +34,9 @@ def redactor(secrets: Iterable[str]) -> re.Pattern[bytes] | None:
 class LogSpool:
     """Append-only log file with redaction and a size cap (see module docstring)."""
 
-    def __init__(self, path: Path, *, max_bytes: int, secrets: Iterable[str] = (), fresh: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, max_bytes: int, secrets: Iterable[str] = (), fresh: bool = False
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self._redact = redactor(secrets)

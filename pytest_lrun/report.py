@@ -136,7 +136,9 @@ class _LrunItem(_HostHooks, pytest.Item):
 class InnerItem(_LrunItem):
     """One inner test of a run, replaying its outcome on the host."""
 
-    def __init__(self, *, spec: RunSpec, result: RunResult, case: CaseResult, suffix: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, spec: RunSpec, result: RunResult, case: CaseResult, suffix: str, **kwargs: Any
+    ) -> None:
         parent = kwargs["parent"]
         kwargs.setdefault("name", case.nodeid_hint + suffix)
         kwargs.setdefault("nodeid", f"{parent.nodeid}/{case.nodeid_hint}{suffix}")
@@ -263,7 +265,9 @@ def summary_rows(rows: Iterable[tuple[RunSpec, Outcome]], rootpath: Path) -> lis
         except ValueError:
             shown_dir = str(spec.test_dir)
         if isinstance(outcome, LrunError):
-            table.append([shown_dir, spec.machine.name, "-", outcome.code, "-", "-", getattr(outcome, "run_id", "-")])
+            table.append(
+                [shown_dir, spec.machine.name, "-", outcome.code, "-", "-", getattr(outcome, "run_id", "-")]
+            )
             continue
         run = outcome.run
         table.append(

@@ -38,7 +38,9 @@ class LrunSession:
         self.store = RunStore(settings.resolved_state_dir())
         pyproject = config.rootpath / "pyproject.toml"
         self.resolver = MachineResolver(load_machine_tables(pyproject), pyproject)
-        self.engines = EnginePool(lambda machine: config.hook.pytest_lrun_make_engine(machine=machine, config=config))
+        self.engines = EnginePool(
+            lambda machine: config.hook.pytest_lrun_make_engine(machine=machine, config=config)
+        )
         self.live = settings.live or config.option.verbose > 0
         self.dispatcher = Dispatcher(
             self.store,
@@ -120,8 +122,10 @@ class LrunSession:
             except BaseException as e:  # a bug: make it visible on the item, never hang the session
                 future.set_exception(e)
                 continue
-            self.progress(f"{spec.machine.name}: {self._shown(spec.test_dir)} {_describe(outcome)} "
-                          f"in {time.monotonic() - started:.1f}s")
+            self.progress(
+                f"{spec.machine.name}: {self._shown(spec.test_dir)} {_describe(outcome)} "
+                f"in {time.monotonic() - started:.1f}s"
+            )
             self.config.hook.pytest_lrun_run_finished(spec=spec, outcome=outcome, config=self.config)
             future.set_result(outcome)
 
@@ -174,7 +178,9 @@ class LrunSession:
         return LrunDir.from_parent(parent, path=path, specs=specs, wait=self.wait)
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, Any]:
         report = yield
         case = getattr(item, "case", None)
         if case is not None and call.when == "call":
@@ -193,8 +199,11 @@ class LrunSession:
         self.engines.close()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        rows = [(spec, future.result()) for spec, future in self.outcomes.items() if future.done()
-                and future.exception() is None]
+        rows = [
+            (spec, future.result())
+            for spec, future in self.outcomes.items()
+            if future.done() and future.exception() is None
+        ]
         if not rows:
             return
         terminalreporter.section("lrun runs")

@@ -114,45 +114,122 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("machine", "dispatch the given test directories to this machine (a [tool.lrun.machines] "
-           "table, a Docker context, or `local`).", metavar="NAME"),
-    Option("image", "image the runs use, unless the plan entry names one (default: the machine's image).",
-           metavar="IMAGE"),
-    Option("command", "command run in the container's workdir (shell words; default: "
-           f"`{shlex.join(DEFAULT_COMMAND)}`).", parse_command, metavar="CMD"),
-    Option("timeout", "seconds a run may take before its container is killed and the run marked "
-           "timeout (default: the machine's, else 3600).", parse_seconds, metavar="SECONDS"),
-    Option("live", "stream each run's output to the terminal as it comes (also on with -v).",
-           parse_bool, False, "flag"),
-    Option("keep", "keep containers instead of removing them: never, failed (runs that did not "
-           "complete) or always (default: never).", _choice("never", "failed", "always"), "never",
-           metavar="WHEN"),
-    Option("reuse", "`completed` returns the stored result of the newest completed run with the same "
-           "key (dir hash, image, command, env) without running anything (default: never).",
-           _choice("never", "completed"), "never", metavar="WHEN"),
-    Option("busy_wait", "seconds to wait for a machine busy with another directory before failing "
-           "with machine_busy (default: 0, fail at once).", parse_seconds, 0.0, metavar="SECONDS"),
-    Option("state_dir", "where run records, logs and artifacts live (default: ~/.lrun).", Path,
-           metavar="DIR"),
-    Option("artifacts", "container paths copied out after each run, comma separated "
-           "(default: /lrun/artifacts).", parse_list, DEFAULT_ARTIFACTS, metavar="PATHS"),
-    Option("connect_timeout", "seconds to wait for a machine's engine to answer (default: 10).",
-           parse_seconds, 10.0, metavar="SECONDS"),
-    Option("log_max_bytes", "cap of each run's log spool; the oldest output is dropped first "
-           "(default: 16MiB).", parse_size, 16 * MIB, metavar="SIZE"),
-    Option("state_max_bytes", "cap of the state dir; terminal runs are deleted oldest first, never a "
-           "live one (default: 50MiB).", parse_size, 50 * MIB, metavar="SIZE"),
-    Option("reap_age", "seconds after which `lrun reap` removes labelled containers of terminal or "
-           "unknown runs (default: 300).", parse_seconds, 300.0, metavar="SECONDS"),
+    Option(
+        "machine",
+        "dispatch the given test directories to this machine (a [tool.lrun.machines] "
+        "table, a Docker context, or `local`).",
+        metavar="NAME",
+    ),
+    Option(
+        "image",
+        "image the runs use, unless the plan entry names one (default: the machine's image).",
+        metavar="IMAGE",
+    ),
+    Option(
+        "command",
+        f"command run in the container's workdir (shell words; default: `{shlex.join(DEFAULT_COMMAND)}`).",
+        parse_command,
+        metavar="CMD",
+    ),
+    Option(
+        "timeout",
+        "seconds a run may take before its container is killed and the run marked "
+        "timeout (default: the machine's, else 3600).",
+        parse_seconds,
+        metavar="SECONDS",
+    ),
+    Option(
+        "live",
+        "stream each run's output to the terminal as it comes (also on with -v).",
+        parse_bool,
+        False,
+        "flag",
+    ),
+    Option(
+        "keep",
+        "keep containers instead of removing them: never, failed (runs that did not "
+        "complete) or always (default: never).",
+        _choice("never", "failed", "always"),
+        "never",
+        metavar="WHEN",
+    ),
+    Option(
+        "reuse",
+        "`completed` returns the stored result of the newest completed run with the same "
+        "key (dir hash, image, command, env) without running anything (default: never).",
+        _choice("never", "completed"),
+        "never",
+        metavar="WHEN",
+    ),
+    Option(
+        "busy_wait",
+        "seconds to wait for a machine busy with another directory before failing "
+        "with machine_busy (default: 0, fail at once).",
+        parse_seconds,
+        0.0,
+        metavar="SECONDS",
+    ),
+    Option(
+        "state_dir", "where run records, logs and artifacts live (default: ~/.lrun).", Path, metavar="DIR"
+    ),
+    Option(
+        "artifacts",
+        "container paths copied out after each run, comma separated (default: /lrun/artifacts).",
+        parse_list,
+        DEFAULT_ARTIFACTS,
+        metavar="PATHS",
+    ),
+    Option(
+        "connect_timeout",
+        "seconds to wait for a machine's engine to answer (default: 10).",
+        parse_seconds,
+        10.0,
+        metavar="SECONDS",
+    ),
+    Option(
+        "log_max_bytes",
+        "cap of each run's log spool; the oldest output is dropped first (default: 16MiB).",
+        parse_size,
+        16 * MIB,
+        metavar="SIZE",
+    ),
+    Option(
+        "state_max_bytes",
+        "cap of the state dir; terminal runs are deleted oldest first, never a live one (default: 50MiB).",
+        parse_size,
+        50 * MIB,
+        metavar="SIZE",
+    ),
+    Option(
+        "reap_age",
+        "seconds after which `lrun reap` removes labelled containers of terminal or "
+        "unknown runs (default: 300).",
+        parse_seconds,
+        300.0,
+        metavar="SECONDS",
+    ),
     Option("plan", "a TOML plan file whose entries are dispatched as one batch.", Path, metavar="FILE"),
-    Option("plan_entry", "run only this plan entry (repeatable; comma separated in ini and env).",
-           parse_list, (), "append", metavar="NAME"),
-    Option("batch_id", "join (or create) the batch with this id, so several CI jobs form one batch.",
-           metavar="ID"),
-    Option("detach", "start the runs, print their ids and return without waiting.", parse_bool, False,
-           "flag"),
-    Option("attach", "wait for a run or batch started earlier (e.g. with --lrun-detach) and report "
-           "it.", metavar="ID"),
+    Option(
+        "plan_entry",
+        "run only this plan entry (repeatable; comma separated in ini and env).",
+        parse_list,
+        (),
+        "append",
+        metavar="NAME",
+    ),
+    Option(
+        "batch_id",
+        "join (or create) the batch with this id, so several CI jobs form one batch.",
+        metavar="ID",
+    ),
+    Option(
+        "detach", "start the runs, print their ids and return without waiting.", parse_bool, False, "flag"
+    ),
+    Option(
+        "attach",
+        "wait for a run or batch started earlier (e.g. with --lrun-detach) and report it.",
+        metavar="ID",
+    ),
 )
 
 

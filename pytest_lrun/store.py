@@ -227,7 +227,7 @@ class Run:
             if words is not None and (
                 not isinstance(words, list) or not all(isinstance(part, str) for part in words)
             ):
-                raise ValueError(f"run record field {name!r} must be a list of strings or null, not {words!r}")
+                raise ValueError(f"run record field {name!r} must be a list of strings or null: {words!r}")
             kwargs[name] = None if words is None else builtins.list(words)
         kwargs["owner"] = _expect_optional("owner", data.get("owner"), dict)
         return cls(**kwargs)

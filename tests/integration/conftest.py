@@ -25,7 +25,9 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester, engines: list[str], state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(
+    pytester: pytest.Pytester, engines: list[str], state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """A pytester project whose pyproject names machines m1 and m2 (the two test engines)."""
     pytester.makepyprojecttoml(
         textwrap.dedent(

@@ -1,0 +1,118 @@
+"""The plugin's wiring, seen from a user's command line (pytester; no engine needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_lrun.settings import OPTIONS
+
+MACHINES = """
+[tool.lrun.machines.m1]
+host = "tcp://127.0.0.1:1"
+image = "img:1"
+
+[tool.lrun.machines.m2]
+host = "tcp://127.0.0.1:1"
+"""
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    for option in OPTIONS:
+        monkeypatch.delenv(option.env, raising=False)
+    monkeypatch.setenv("LRUN_STATE_DIR", str(pytester.path / "state"))
+    pytester.makepyprojecttoml(MACHINES)
+    pytester.mkdir("suite")
+    pytester.path.joinpath("suite", "test_inner.py").write_text("def test_inner():\n    pass\n")
+    return pytester
+
+
+def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    for option in OPTIONS:
+        result.stdout.fnmatch_lines([f"*{option.flag}*"])
+        result.stdout.fnmatch_lines([f"*{option.ini}*"])
+
+
+def test_plain_pytest_is_untouched(project: pytest.Pytester) -> None:
+    result = project.runpytest("suite")
+    result.assert_outcomes(passed=1)
+    assert "lrun:" not in result.stdout.str()
+    assert not (project.path / "state").exists()
+
+
+def test_collect_only_dispatches_nothing(project: pytest.Pytester) -> None:
+    # m1's engine does not exist: connecting would fail, so this proves nothing connects.
+    result = project.runpytest("--lrun-machine=m1", "--collect-only", "suite")
+    result.stdout.fnmatch_lines(["*<LrunDir suite>*", "*<RunItem lrun[[]m1[]]>*"])
+    assert result.ret == 0
+    assert not (project.path / "state" / "runs").exists() or not any(
+        (project.path / "state" / "runs").iterdir()
+    )
+
+
+@pytest.mark.parametrize(
+    ("ini", "env", "flag", "shown"),
+    [
+        ("m1", None, None, "machine=m1"),
+        ("m1", "m2", None, "machine=m2"),
+        ("m1", "m2", "local", "machine=local"),
+    ],
+)
+def test_precedence_ini_env_cli(
+    project: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    ini: str,
+    env: str | None,
+    flag: str | None,
+    shown: str,
+) -> None:
+    project.makeini(f"[pytest]\nlrun_machine = {ini}\nlrun_image = img:1\n")
+    if env:
+        monkeypatch.setenv("LRUN_MACHINE", env)
+    args = [f"--lrun-machine={flag}"] if flag else []
+    result = project.runpytest(*args, "--collect-only", "suite")
+    result.stdout.fnmatch_lines([f"lrun: {shown},*"])
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("ini", [], "*ini option lrun_timeout: invalid value 'soon'*"),
+        ("env", [], "*environment variable LRUN_TIMEOUT: invalid value 'soon'*"),
+        ("flag", ["--lrun-timeout=soon"], "*--lrun-timeout*invalid value 'soon'*"),
+    ],
+)
+def test_bad_values_name_their_source(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, setup: str, args: list[str], message: str
+) -> None:
+    if setup == "ini":
+        project.makeini("[pytest]\nlrun_timeout = soon\n")
+    elif setup == "env":
+        monkeypatch.setenv("LRUN_TIMEOUT", "soon")
+    result = project.runpytest("--lrun-machine=m1", *args, "suite")
+    result.stderr.fnmatch_lines([message])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_unknown_machine_names_the_known_ones(project: pytest.Pytester) -> None:
+    result = project.runpytest("--lrun-machine=nope", "suite")
+    result.stderr.fnmatch_lines(["*unknown machine 'nope'; known machines: *local, m1, m2*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_missing_image_is_refused_before_anything_runs(project: pytest.Pytester) -> None:
+    result = project.runpytest("--lrun-machine=m2", "suite")
+    result.stderr.fnmatch_lines(["*no image for machine 'm2'*--lrun-image*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_only_directories_are_dispatched(project: pytest.Pytester) -> None:
+    result = project.runpytest("--lrun-machine=m1", "suite/test_inner.py")
+    result.stderr.fnmatch_lines(["*suite/test_inner.py: pytest-lrun dispatches directories*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_detach_and_attach_are_exclusive(project: pytest.Pytester) -> None:
+    result = project.runpytest("--lrun-machine=m1", "--lrun-detach", "--lrun-attach=x", "suite")
+    result.stderr.fnmatch_lines(["*detach and attach cannot be combined*"])
