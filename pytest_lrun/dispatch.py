@@ -147,6 +147,7 @@ class Dispatcher:
         busy_wait: float = 0.0,
         log_max_bytes: int = 16 * 1024 * 1024,
         on_output: OutputSink | None = None,
+        on_prepared: Callable[[RunSpec, Run, str], None] | None = None,
     ) -> None:
         self.store = store
         self.engines = engines
@@ -155,6 +156,7 @@ class Dispatcher:
         self.busy_wait = busy_wait
         self.log_max_bytes = log_max_bytes
         self.on_output = on_output
+        self.on_prepared = on_prepared  # (spec, run, origin) as soon as the run is known: batch records
         self._live: dict[str, tuple[Engine, str]] = {}
         self._live_lock = threading.Lock()
         self._cancelled = threading.Event()
@@ -218,6 +220,12 @@ class Dispatcher:
 
     def _prepare(self, spec: RunSpec) -> tuple[Run, str, Engine]:
         """Decide created / reused / cached (or raise ``machine_busy``) for ``spec``."""
+        run, origin, engine = self._decide(spec)
+        if self.on_prepared is not None:
+            self.on_prepared(spec, run, origin)
+        return run, origin, engine
+
+    def _decide(self, spec: RunSpec) -> tuple[Run, str, Engine]:
         dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.state_dir / "hashcache")
         engine = self.engines.get(spec.machine)
         image_error: ImageMissing | None = None

@@ -140,6 +140,25 @@ class JunitError(BadInput):
         self.reason = reason
 
 
+class BatchPlanMismatch(BadInput):
+    """A process tried to join a batch created for a different plan (its file's digest differs)."""
+
+    code = "batch_plan_mismatch"
+
+    def __init__(
+        self, batch_id: str, batch_plan: str, batch_digest: str, plan: str, plan_digest: str
+    ) -> None:
+        super().__init__(
+            f"batch {batch_id!r} belongs to plan {batch_plan} (digest {batch_digest}), not to "
+            f"{plan} (digest {plan_digest}); join it with the same plan file or use another batch id"
+        )
+        self.batch_id = batch_id
+        self.batch_plan = batch_plan
+        self.batch_digest = batch_digest
+        self.plan = plan
+        self.plan_digest = plan_digest
+
+
 # --- not found -------------------------------------------------------------
 
 

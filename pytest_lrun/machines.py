@@ -108,8 +108,8 @@ class TLSConfig:
     verify: bool
 
 
-class _FrozenEnv(Mapping[str, str]):
-    """A read-only, hashable, picklable ``str -> str`` mapping (keeps :class:`Machine` frozen)."""
+class FrozenEnv(Mapping[str, str]):
+    """A read-only, hashable, picklable ``str -> str`` mapping (keeps :class:`Machine` and plan entries frozen)."""
 
     __slots__ = ("_data",)
 
@@ -129,10 +129,10 @@ class _FrozenEnv(Mapping[str, str]):
         return hash(frozenset(self._data.items()))
 
     def __repr__(self) -> str:
-        return repr(self._data)
+        return f"FrozenEnv({self._data!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_FrozenEnv, (self._data,))
+        return (FrozenEnv, (self._data,))
 
 
 @dataclass(frozen=True)
@@ -152,14 +152,14 @@ class Machine:
     cpus: float | None = None
     memory: str | None = None
     network: str = "none"
-    env: Mapping[str, str] = field(default_factory=_FrozenEnv)
+    env: Mapping[str, str] = field(default_factory=FrozenEnv)
     timeout: float | None = None
     pull: PullPolicy = "missing"
     workdir: str = "/lrun/work"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.env, _FrozenEnv):
-            object.__setattr__(self, "env", _FrozenEnv(self.env))
+        if not isinstance(self.env, FrozenEnv):
+            object.__setattr__(self, "env", FrozenEnv(self.env))
 
     def describe(self) -> str:
         """A short human description, e.g. ``m1 (unix:///var/run/docker.sock, from pyproject.toml)``."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,17 @@ from .store import Run, Status
 LOG_SECTION_BYTES = 4096
 MAX_ATTACHMENTS = 20
 
-# A spec's outcome: the result, or the error that prevented the run (busy machine, engine down).
-Outcome = RunResult | LrunError
+@dataclass(frozen=True)
+class Detached:
+    """A run started with ``--lrun-detach`` and left running."""
+
+    run: Run
+    batch_id: str | None
+
+
+# A spec's outcome: the result, the error that prevented the run (busy machine, engine down), or a
+# run left running.
+Outcome = RunResult | LrunError | Detached
 Waiter = Callable[[RunSpec], Outcome]
 
 
@@ -65,18 +75,26 @@ class LrunDir(_HostHooks, pytest.Directory):
         return self.path.parent
 
     def collect(self) -> Iterable[pytest.Item | pytest.Collector]:
-        many = len(self.specs) > 1
         for spec in self.specs:
-            suffix = f"@{spec.plan_entry or spec.machine.name}" if many else ""
+            suffix = self._suffix(spec)
             if self.config.option.collectonly:
                 # --collect-only dispatches nothing: show what would run.
                 yield RunItem.from_parent(self, spec=spec, outcome=None, suffix=suffix)
                 continue
             yield from items_for(self, spec, self.wait(spec), suffix)
 
+    def _suffix(self, spec: RunSpec) -> str:
+        """What tells apart the runs of one directory: its machine, else its plan entry."""
+        if len(self.specs) == 1:
+            return ""
+        machines = [s.machine.name for s in self.specs]
+        if machines.count(spec.machine.name) == 1:
+            return f"@{spec.machine.name}"
+        return f"@{spec.plan_entry}"
+
 
 def items_for(parent: LrunDir, spec: RunSpec, outcome: Outcome, suffix: str) -> Iterator[pytest.Item]:
-    if isinstance(outcome, LrunError) or outcome.cases is None:
+    if isinstance(outcome, LrunError | Detached) or outcome.cases is None:
         yield RunItem.from_parent(parent, spec=spec, outcome=outcome, suffix=suffix)
         return
     for case in outcome.cases:
@@ -178,7 +196,7 @@ class RunItem(_LrunItem):
     """The run itself, for runs without inner results or failing beyond them."""
 
     def __init__(self, *, spec: RunSpec, outcome: Outcome | None, suffix: str, **kwargs: Any) -> None:
-        kwargs.setdefault("name", f"lrun[{spec.machine.name}]{suffix}")
+        kwargs.setdefault("name", f"lrun[{suffix.lstrip('@') or spec.machine.name}]")
         super().__init__(**kwargs)
         self.spec = spec
         self.outcome = outcome
@@ -196,6 +214,9 @@ class RunItem(_LrunItem):
             pytest.skip("--collect-only: not dispatched")
         if isinstance(self.outcome, LrunError):
             raise self.outcome
+        if isinstance(self.outcome, Detached):
+            target = self.outcome.batch_id or self.outcome.run.id
+            pytest.skip(f"detached as run {self.outcome.run.id}; attach with --lrun-attach={target}")
         run = self.outcome.run
         if run.status is not Status.COMPLETED:
             raise InnerFailure(_run_text(run))
@@ -256,8 +277,8 @@ def attachment_lines(run: Run) -> str:
     return "\n".join(lines)
 
 
-def summary_rows(rows: Iterable[tuple[RunSpec, Outcome]], rootpath: Path) -> list[list[str]]:
-    """The terminal summary table: dir, machine, short hash, status, origin, duration, run id."""
+def summary_rows(rows: Sequence[tuple[RunSpec, Outcome]], rootpath: Path) -> list[list[str]]:
+    """The terminal summary table: (entry,) dir, machine, short hash, status, origin, duration, run id."""
     table = [["dir", "machine", "hash", "status", "origin", "duration", "run id"]]
     for spec, outcome in rows:
         try:
@@ -265,22 +286,17 @@ def summary_rows(rows: Iterable[tuple[RunSpec, Outcome]], rootpath: Path) -> lis
         except ValueError:
             shown_dir = str(spec.test_dir)
         if isinstance(outcome, LrunError):
-            table.append(
-                [shown_dir, spec.machine.name, "-", outcome.code, "-", "-", getattr(outcome, "run_id", "-")]
-            )
-            continue
-        run = outcome.run
-        table.append(
-            [
-                shown_dir,
-                run.machine,
-                (run.test_dir_hash or "")[:8],
-                run.status.value,
-                outcome.origin,
-                f"{run_duration(run):.1f}s",
-                run.id,
-            ]
-        )
+            row = [shown_dir, spec.machine.name, "-", outcome.code, "-", "-", getattr(outcome, "run_id", "-")]
+        else:
+            run = outcome.run
+            origin = "detached" if isinstance(outcome, Detached) else outcome.origin
+            duration = "-" if isinstance(outcome, Detached) else f"{run_duration(run):.1f}s"
+            row = [shown_dir, run.machine, run.test_dir_hash[:8], run.status.value, origin, duration, run.id]
+        table.append(row)
+    if any(spec.plan_entry for spec, _ in rows):
+        table[0].insert(0, "entry")
+        for (spec, _), row in zip(rows, table[1:], strict=True):
+            row.insert(0, spec.plan_entry or "-")
     return table
 
 

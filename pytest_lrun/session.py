@@ -1,47 +1,60 @@
 """The stateful side of the plugin: one :class:`LrunSession` per pytest invocation.
 
 Registered as a plugin (``lrun-session``) only when an ``--lrun-*`` switch turns
-dispatching on, so pytest without them pays nothing. It resolves the machines
-and specs up front (an unknown machine fails before anything runs), starts the
-runs when collection starts (one worker thread per machine: entries on
-different machines run in parallel, entries on one machine one after another),
-hands each dispatched directory to :class:`~pytest_lrun.report.LrunDir`, kills
-its containers on Ctrl-C and prints the summary table.
+dispatching on, so pytest without them pays nothing. At session start it
+resolves what to run into :class:`~pytest_lrun.dispatch.RunSpec` jobs (from
+directory arguments, a plan, or the runs to attach to; an unknown machine fails
+before anything runs) and reconciles the store's live runs on those machines.
+When collection starts it starts the jobs (one worker thread per machine:
+machines run in parallel, one machine's entries one after another) and hands
+each dispatched directory to :class:`~pytest_lrun.report.LrunDir`. It kills its
+containers on Ctrl-C, prints the summary table and keeps the state dir under
+its size cap.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .batch import BatchStore
 from .dispatch import DEFAULT_TIMEOUT, Dispatcher, EnginePool, RunSpec
 from .engine import Engine, connect
-from .errors import ConfigError, LrunError
+from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
 from .machines import Machine, MachineResolver, load_machine_tables, resolve_image
-from .report import LrunDir, Outcome, format_table, summary_rows
+from .plan import load_plan, select
+from .recovery import gc, reconcile
+from .report import Detached, LrunDir, Outcome, format_table, summary_rows
 from .settings import DEFAULT_COMMAND, Settings
 from .store import Run, RunStore
 
 
+@dataclass(frozen=True, eq=False)
+class Job:
+    """What the session does with one spec: dispatch it, start it detached, or attach to a run."""
+
+    spec: RunSpec
+    attach_to: str | None = None
+
+
 class LrunSession:
-    """Dispatches this invocation's specs and keeps their outcomes for the report."""
+    """Dispatches this invocation's jobs and keeps their outcomes for the report."""
 
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
         self.store = RunStore(settings.resolved_state_dir())
+        self.batches = BatchStore(self.store.state_dir)
         pyproject = config.rootpath / "pyproject.toml"
         self.resolver = MachineResolver(load_machine_tables(pyproject), pyproject)
-        self.engines = EnginePool(
-            lambda machine: config.hook.pytest_lrun_make_engine(machine=machine, config=config)
-        )
-        self.live = settings.live or config.option.verbose > 0
+        self.engines = EnginePool(lambda m: config.hook.pytest_lrun_make_engine(machine=m, config=config))
         self.dispatcher = Dispatcher(
             self.store,
             self.engines,
@@ -49,28 +62,84 @@ class LrunSession:
             reuse=settings.reuse,
             busy_wait=settings.busy_wait,
             log_max_bytes=settings.log_max_bytes,
-            on_output=self._show_output if self.live else None,
+            on_output=self._show_output if settings.live or config.option.verbose > 0 else None,
+            on_prepared=self._prepared,
         )
-        self.specs: list[RunSpec] = []
+        self.batch_id: str | None = None
+        self.jobs: list[Job] = []
         self.outcomes: dict[RunSpec, Future[Outcome]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._print_lock = threading.Lock()
+        self._counts = {"done": 0, "running": 0}
 
-    # -- building the specs ---------------------------------------------------
+    @property
+    def specs(self) -> list[RunSpec]:
+        return [job.spec for job in self.jobs]
 
-    def build_specs(self, args: Sequence[str]) -> list[RunSpec]:
-        """One spec per directory argument, all on ``--lrun-machine``."""
+    # -- deciding what to run -------------------------------------------------
+
+    def plan_jobs(self) -> list[Job]:
+        """The jobs of this invocation, from --lrun-attach, --lrun-plan or the directory arguments."""
         settings = self.settings
+        if settings.attach:
+            return self._attach_jobs(settings.attach)
+        if settings.plan:
+            if self.config.args_source is pytest.Config.ArgsSource.ARGS:
+                raise ConfigError("--lrun-plan", "the plan names the directories; give no directory arguments")
+            plan = load_plan(settings.plan, known_machines=self.resolver.known())
+            entries = select(plan, settings.plan_entry)
+            self.batch_id = self.batches.open(plan, settings.batch_id).id
+            return [
+                Job(
+                    self.make_spec(
+                        entry.dir,
+                        self.resolver.resolve(entry.machine),
+                        image=entry.image,
+                        command=entry.command,
+                        env=entry.env,
+                        timeout=entry.timeout,
+                        artifacts=entry.artifacts,
+                        plan_entry=entry.name,
+                    )
+                )
+                for entry in entries
+            ]
         assert settings.machine is not None
         machine = self.resolver.resolve(settings.machine)
-        specs = []
-        for arg in args:
+        jobs = []
+        for arg in self.config.args:
             path = Path(arg.split("::")[0])
             path = path if path.is_absolute() else self.config.invocation_params.dir / path
             if not path.is_dir():
                 raise ConfigError(arg, "pytest-lrun dispatches directories; this is not one")
-            specs.append(self.make_spec(path.resolve(), machine))
-        return specs
+            jobs.append(Job(self.make_spec(path.resolve(), machine)))
+        return jobs
+
+    def _attach_jobs(self, run_or_batch: str) -> list[Job]:
+        try:
+            runs = [self.store.get(run_or_batch)]
+        except RunNotFound:
+            try:
+                batch = self.batches.get(run_or_batch)
+            except BatchNotFound:
+                raise ConfigError("--lrun-attach", f"no run or batch with id {run_or_batch!r}") from None
+            self.batch_id = batch.id
+            runs = [self.store.get(run_id) for run_id in batch.entries.values()]
+        return [Job(self._spec_of(run), attach_to=run.id) for run in runs]
+
+    def _spec_of(self, run: Run) -> RunSpec:
+        """The spec a stored run was made from (its env is not stored: only the machine's is known)."""
+        machine = self.resolver.resolve(run.machine)
+        return RunSpec(
+            test_dir=Path(run.test_dir),
+            machine=machine,
+            image=run.image or resolve_image(machine, entry_image=None, option_image=self.settings.image),
+            command=tuple(run.command or DEFAULT_COMMAND),
+            timeout=run.timeout or DEFAULT_TIMEOUT,
+            artifacts=tuple(run.artifacts or ()),
+            batch_id=run.batch_id,
+            plan_entry=run.plan_entry,
+        )
 
     def make_spec(
         self,
@@ -79,12 +148,12 @@ class LrunSession:
         *,
         image: str | None = None,
         command: Sequence[str] | None = None,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         artifacts: Sequence[str] | None = None,
         plan_entry: str | None = None,
     ) -> RunSpec:
-        """A spec with every default applied: entry, then ``--lrun-*``, then the machine table."""
+        """A spec with every default applied: plan entry, then ``--lrun-*``, then the machine table."""
         settings = self.settings
         return RunSpec(
             test_dir=test_dir,
@@ -94,45 +163,64 @@ class LrunSession:
             env=dict(env or {}),
             timeout=timeout or settings.timeout or machine.timeout or DEFAULT_TIMEOUT,
             artifacts=tuple(artifacts or settings.artifacts),
-            batch_id=settings.batch_id,
+            batch_id=self.batch_id or settings.batch_id,
             plan_entry=plan_entry,
         )
 
     # -- running ----------------------------------------------------------------
 
     def start(self) -> None:
-        """Start every spec: one thread per machine, that machine's specs in order."""
-        by_machine: dict[str, list[RunSpec]] = {}
-        for spec in self.specs:
-            by_machine.setdefault(spec.machine.name, []).append(spec)
-            self.outcomes[spec] = Future()
+        """Start every job: one thread per machine, that machine's jobs in order."""
+        by_machine: dict[str, list[Job]] = {}
+        for job in self.jobs:
+            by_machine.setdefault(job.spec.machine.name, []).append(job)
+            self.outcomes[job.spec] = Future()
         self._executor = ThreadPoolExecutor(max_workers=max(1, len(by_machine)), thread_name_prefix="lrun")
-        for specs in by_machine.values():
-            self._executor.submit(self._run_machine, specs)
+        for jobs in by_machine.values():
+            self._executor.submit(self._run_machine, jobs)
 
-    def _run_machine(self, specs: list[RunSpec]) -> None:
-        for spec in specs:
-            future = self.outcomes[spec]
-            self.progress(f"{spec.machine.name}: dispatching {self._shown(spec.test_dir)}")
+    def _run_machine(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            spec, future = job.spec, self.outcomes[job.spec]
+            self._count("running", +1)
             started = time.monotonic()
             try:
-                outcome: Outcome = self.dispatcher.dispatch(spec)
+                outcome = self._do(job)
             except LrunError as e:
                 outcome = e
             except BaseException as e:  # a bug: make it visible on the item, never hang the session
                 future.set_exception(e)
                 continue
+            finally:
+                self._count("running", -1)
+                self._count("done", +1)
             self.progress(
-                f"{spec.machine.name}: {self._shown(spec.test_dir)} {_describe(outcome)} "
-                f"in {time.monotonic() - started:.1f}s"
+                f"{spec.machine.name}: {self._shown(spec)} {_describe(outcome)} in {time.monotonic() - started:.1f}s"
+                + self._batch_progress()
             )
             self.config.hook.pytest_lrun_run_finished(spec=spec, outcome=outcome, config=self.config)
             future.set_result(outcome)
+
+    def _do(self, job: Job) -> Outcome:
+        if job.attach_to is not None:
+            self.progress(f"{job.spec.machine.name}: attaching to run {job.attach_to} ({self._shown(job.spec)})")
+            return self.dispatcher.attach(job.attach_to, job.spec.machine)
+        self.progress(f"{job.spec.machine.name}: dispatching {self._shown(job.spec)}" + self._batch_progress())
+        if self.settings.detach:
+            result = self.dispatcher.start(job.spec)
+            if result.run.status.is_terminal:
+                return result  # failed before it began, or a cached result
+            return Detached(result.run, self.batch_id)
+        return self.dispatcher.dispatch(job.spec)
 
     def wait(self, spec: RunSpec) -> Outcome:
         if spec not in self.outcomes:
             raise ConfigError(str(spec.test_dir), "was not dispatched")
         return self.outcomes[spec].result()
+
+    def _prepared(self, spec: RunSpec, run: Run, origin: str) -> None:
+        if self.batch_id is not None and spec.plan_entry is not None:
+            self.batches.record(self.batch_id, spec.plan_entry, run.id)
 
     # -- output -------------------------------------------------------------------
 
@@ -143,26 +231,57 @@ class LrunSession:
         with self._print_lock:
             reporter.write_line(f"lrun: {line}")
 
+    def _count(self, what: str, delta: int) -> None:
+        with self._print_lock:
+            self._counts[what] += delta
+
+    def _batch_progress(self) -> str:
+        if self.batch_id is None:
+            return ""
+        with self._print_lock:
+            done, running = self._counts["done"], self._counts["running"]
+        queued = len(self.jobs) - done - running
+        return f" [batch {self.batch_id}: {done} done, {running} running, {queued} queued]"
+
     def _show_output(self, source: RunSpec | Run, text: str) -> None:
         name = source.test_dir.name if isinstance(source, RunSpec) else Path(source.test_dir).name
         machine = source.machine.name if isinstance(source, RunSpec) else source.machine
         for line in text.splitlines():
             self.progress(f"[{machine} {name}] {line}")
 
-    def _shown(self, path: Path) -> str:
+    def _shown(self, spec: RunSpec) -> str:
         try:
-            return str(path.relative_to(self.config.rootpath))
+            shown = str(spec.test_dir.relative_to(self.config.rootpath))
         except ValueError:
-            return str(path)
+            shown = str(spec.test_dir)
+        return f"{shown} ({spec.plan_entry})" if spec.plan_entry else shown
 
     # -- hooks ----------------------------------------------------------------------
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         try:
-            self.specs = self.build_specs(self.config.args)
+            self.jobs = self.plan_jobs()
         except LrunError as e:
             raise pytest.UsageError(f"pytest-lrun: {e}") from e
+        if self.settings.plan or self.settings.attach:
+            # The plan (or the attached runs) name the directories: collect exactly those.
+            self.config.args[:] = sorted({str(spec.test_dir) for spec in self.specs})
+        if not self.config.option.collectonly:
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Settle live runs left by earlier processes on this invocation's machines."""
+        machines = {spec.machine.name: spec.machine for spec in self.specs}
+
+        def engine_of(name: str) -> Engine:
+            if name not in machines:
+                raise ConfigError(name, "not used by this invocation")
+            return self.engines.get(machines[name])
+
+        report = reconcile(self.store, self.dispatcher, engine_of, machines=set(machines))
+        for line in report.lines():
+            self.progress(line)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_collection(self, session: pytest.Session) -> Generator[None, object, object]:
@@ -178,9 +297,7 @@ class LrunSession:
         return LrunDir.from_parent(parent, path=path, specs=specs, wait=self.wait)
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, Any, Any]:
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
         report = yield
         case = getattr(item, "case", None)
         if case is not None and call.when == "call":
@@ -197,6 +314,9 @@ class LrunSession:
                 self.dispatcher.cancel_all()
             self._executor.shutdown(wait=True, cancel_futures=True)
         self.engines.close()
+        if self.batch_id is not None:
+            self.batches.refresh(self.batch_id, self.store)
+        gc(self.store, max_bytes=self.settings.state_max_bytes)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         rows = [
@@ -209,6 +329,13 @@ class LrunSession:
         terminalreporter.section("lrun runs")
         for line in format_table(summary_rows(rows, self.config.rootpath)):
             terminalreporter.write_line(line)
+        if self.batch_id is not None:
+            batch = self.batches.get(self.batch_id)
+            terminalreporter.write_line(f"batch {batch.id}: {batch.status.value} (lrun batch {batch.id})")
+        detached = [outcome for _, outcome in rows if isinstance(outcome, Detached)]
+        if detached:
+            target = self.batch_id or detached[0].run.id
+            terminalreporter.write_line(f"detached: attach with pytest --lrun-attach={target}")
         for problem in self.store.problems:
             terminalreporter.write_line(f"lrun: warning: {problem}", yellow=True)
 
@@ -220,4 +347,7 @@ class LrunSession:
 def _describe(outcome: Outcome) -> str:
     if isinstance(outcome, LrunError):
         return f"error {outcome.code}"
+    if isinstance(outcome, Detached):
+        return f"detached as run {outcome.run.id}"
     return f"{outcome.run.status.value} ({outcome.origin})"
+

@@ -160,6 +160,8 @@ def test_record_json_has_every_field_snake_case_with_nulls(store: RunStore) -> N
         "image",
         "command",
         "owner",
+        "timeout",
+        "artifacts",
     ]
     assert data["status"] == "pending"
     assert data["exit_code"] is None and data["ended_at"] is None and data["container_id"] is None

@@ -1,0 +1,525 @@
+"""Batch records: one per plan dispatch, joinable by several processes.
+
+A batch groups the runs one plan dispatched: which run each entry got, and the
+batch's status derived from those runs. Several processes may form one batch
+(CI jobs that each run one entry of the same plan with the same
+``--lrun-batch-id``); this module keeps their records from losing each other's
+entries. It owns ``batches/`` under the state directory::
+
+    batches/<batch-id>.json    the batch record (JSON object, one per batch)
+    batches/<batch-id>.lock    its lock file (a sidecar: never holds data)
+    corrupt/                   records that did not parse, moved aside, never deleted
+
+A record is ``{"id", "plan", "plan_digest", "created_at", "entries", "status"}``:
+``plan`` is the absolute path of the plan file the batch was created with,
+``plan_digest`` the xxh3-128 digest of that file, ``entries`` maps entry names
+to the id of the entry's latest run, ``status`` is a run status
+(:class:`~pytest_lrun.store.Status`) derived by :meth:`BatchStore.refresh`.
+
+Rules:
+
+* Every write replaces the record whole (:mod:`pytest_lrun.fsutil`), so readers
+  need no lock; every read-modify-write holds the batch's lock (a thread mutex
+  plus a ``filelock`` on the sidecar, released by the kernel when a holder dies).
+* Joining a batch checks the plan's digest, not its path: jobs may check the
+  project out in different places, but must run the same plan.
+* Batch ids a user supplies to create or join a batch are validated
+  (:func:`validate_batch_id`, a :class:`~pytest_lrun.errors.BadInput`); a lookup
+  (get, record, refresh) of a malformed id is :class:`~pytest_lrun.errors.BatchNotFound`,
+  as :meth:`RunStore.get <pytest_lrun.store.RunStore.get>` does for run ids.
+* A record that does not parse is moved into ``corrupt/`` and reported as
+  :class:`~pytest_lrun.errors.CorruptRecord`; it is never overwritten.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .errors import BatchNotFound, BatchPlanMismatch, ConfigError, CorruptRecord, RunNotFound, StoreError
+from .fsutil import atomic_write_json, fsync_dir
+from .plan import Plan
+from .store import Run, RunStore, Status
+
+__all__ = [
+    "BATCH_ID_MAX",
+    "Batch",
+    "BatchStore",
+    "derive_status",
+    "new_batch_id",
+    "rows",
+    "validate_batch_id",
+]
+
+logger = logging.getLogger("pytest_lrun")
+
+#: The longest batch id accepted.
+BATCH_ID_MAX = 128
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # batch ids and run ids alike
+_LOCK_POLL_S = 0.005
+_NEW_ID_ATTEMPTS = 100
+
+
+def new_batch_id() -> str:
+    """A fresh, time-sortable batch id: ``b-YYYYmmddTHHMMSS-<8 hex>`` (UTC)."""
+    return f"b-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
+
+
+def validate_batch_id(value: object, source: str = "batch id") -> str:
+    """``value`` when it is a usable batch id: 1-128 of ``A-Z a-z 0-9 _ . -``, not starting with ``.-_``.
+
+    :param source: where the value came from, for the error (e.g. ``--lrun-batch-id``)
+    :raises ConfigError: (a :class:`~pytest_lrun.errors.BadInput`) the value is not a usable id
+    """
+    if not isinstance(value, str) or _ID_RE.fullmatch(value) is None:
+        raise ConfigError(
+            source,
+            f"invalid batch id {value!r}: use 1-{BATCH_ID_MAX} characters from A-Z, a-z, 0-9, "
+            "'_', '.' and '-', starting with a letter or digit",
+        )
+    return value
+
+
+def derive_status(statuses: Sequence[Status | None]) -> Status:
+    """A batch's status from its runs' statuses (``None``: the run record is missing).
+
+    No runs, or all pending: pending. Any other live run: running. Otherwise the
+    worst outcome: interrupted (a missing run counts as one), then timeout, then
+    failed; completed when every run completed.
+    """
+    effective = [Status.INTERRUPTED if status is None else status for status in statuses]
+    if all(status is Status.PENDING for status in effective):
+        return Status.PENDING
+    if any(not status.is_terminal for status in effective):
+        return Status.RUNNING
+    for worst in (Status.INTERRUPTED, Status.TIMEOUT, Status.FAILED):
+        if worst in effective:
+            return worst
+    return Status.COMPLETED
+
+
+@dataclass(kw_only=True)
+class Batch:
+    """One batch record, as stored in ``batches/<id>.json`` (keys are the field names)."""
+
+    id: str
+    plan: str
+    plan_digest: str
+    created_at: float
+    entries: dict[str, str] = field(default_factory=dict)
+    status: Status = Status.PENDING
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # accept "failed" as well as Status.FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict, ``status`` as its string."""
+        return {
+            "id": self.id,
+            "plan": self.plan,
+            "plan_digest": self.plan_digest,
+            "created_at": self.created_at,
+            "entries": dict(self.entries),
+            "status": self.status.value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Batch:
+        """Build a batch from a record; unknown keys are ignored (records from newer versions).
+
+        :raises ValueError: not an object, a required key missing or a mistyped field
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a batch record must be a JSON object, not {type(data).__name__}")
+        missing = [
+            key for key in ("id", "plan", "plan_digest", "created_at", "entries", "status") if key not in data
+        ]
+        if missing:
+            raise ValueError(f"batch record lacks required field(s): {', '.join(missing)}")
+        for key in ("id", "plan", "plan_digest"):
+            if not isinstance(data[key], str):
+                raise ValueError(f"batch record field {key!r} must be a string, not {data[key]!r}")
+        created_at = data["created_at"]
+        if isinstance(created_at, bool) or not isinstance(created_at, (int, float)):
+            raise ValueError(f"batch record field 'created_at' must be a number, not {created_at!r}")
+        entries = data["entries"]
+        if not isinstance(entries, dict) or not all(
+            isinstance(name, str) and isinstance(run_id, str) and _ID_RE.fullmatch(run_id)
+            for name, run_id in entries.items()
+        ):
+            raise ValueError("batch record field 'entries' must map entry names to run ids")
+        try:
+            status = Status(data["status"])
+        except ValueError:
+            raise ValueError(f"batch record has an unknown status {data['status']!r}") from None
+        return cls(
+            id=data["id"],
+            plan=data["plan"],
+            plan_digest=data["plan_digest"],
+            created_at=float(created_at),
+            entries=dict(entries),
+            status=status,
+        )
+
+
+def rows(batch: Batch, runs: RunStore) -> builtins.list[dict[str, Any]]:
+    """One dict per entry of ``batch`` (in recording order) for the CLI and the summary.
+
+    Keys: ``entry``, ``run_id``, ``machine``, ``test_dir``, ``status`` (a run status
+    string, or ``"missing"`` when the run record is gone), ``exit_code`` and
+    ``duration`` (seconds from start to end, ``None`` until both are known).
+    """
+    table: builtins.list[dict[str, Any]] = []
+    for entry, run_id in batch.entries.items():
+        run = _find_run(runs, run_id)
+        if run is None:
+            table.append(
+                {
+                    "entry": entry,
+                    "run_id": run_id,
+                    "machine": None,
+                    "test_dir": None,
+                    "status": "missing",
+                    "exit_code": None,
+                    "duration": None,
+                }
+            )
+            continue
+        duration = None
+        if run.started_at is not None and run.ended_at is not None:
+            duration = max(0.0, run.ended_at - run.started_at)
+        table.append(
+            {
+                "entry": entry,
+                "run_id": run_id,
+                "machine": run.machine,
+                "test_dir": run.test_dir,
+                "status": run.status.value,
+                "exit_code": run.exit_code,
+                "duration": duration,
+            }
+        )
+    return table
+
+
+def _find_run(runs: RunStore, run_id: str) -> Run | None:
+    try:
+        return runs.get(run_id)
+    except (RunNotFound, CorruptRecord):  # a corrupt record was moved aside: the run is gone
+        return None
+
+
+def _stamp() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700 on the last component; leave existing ones."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+# --- locking ---------------------------------------------------------------
+
+_registry_guard = threading.Lock()
+_mutexes: dict[str, threading.Lock] = {}
+
+
+def _mutex_for(lock_path: str) -> threading.Lock:
+    with _registry_guard:
+        mutex = _mutexes.get(lock_path)
+        if mutex is None:
+            mutex = _mutexes[lock_path] = threading.Lock()
+        return mutex
+
+
+def _reset_mutexes_in_child() -> None:  # pragma: forked child
+    # A thread of the parent may have held a mutex at fork time; that thread does not exist here.
+    global _registry_guard
+    _registry_guard = threading.Lock()
+    _mutexes.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_mutexes_in_child)
+
+
+class _Unparseable(Exception):
+    """A batch record exists but is not a valid record."""
+
+
+# --- the store -------------------------------------------------------------
+
+
+class BatchStore:
+    """Batch records under one state directory; safe to share between threads and processes.
+
+    :param state_dir: the state directory (the run store's); ``batches/`` and ``corrupt/``
+        are created in it with mode 0700
+    :param lock_timeout: seconds to wait for a batch's lock before raising
+        :class:`~pytest_lrun.errors.StoreError` (``None``: wait forever)
+    :param durable: fsync every write (default); ``False`` keeps writes atomic only
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        lock_timeout: float | None = 30.0,
+        durable: bool = True,
+    ) -> None:
+        root = Path(state_dir).expanduser()
+        _make_private_dir(root)
+        self.state_dir = Path(os.path.realpath(root))
+        self.batches_dir = self.state_dir / "batches"
+        self.corrupt_dir = self.state_dir / "corrupt"
+        for directory in (self.batches_dir, self.corrupt_dir):
+            _make_private_dir(directory)
+        if lock_timeout is not None and lock_timeout < 0:
+            raise ValueError(f"lock_timeout must be >= 0 or None, not {lock_timeout!r}")
+        self.lock_timeout = lock_timeout
+        self.durable = durable
+        #: Corrupt records this object found and moved aside, oldest first, for callers to show.
+        self.problems: builtins.list[CorruptRecord] = []
+
+    def __repr__(self) -> str:
+        return f"BatchStore({str(self.state_dir)!r})"
+
+    def path(self, batch_id: str) -> Path:
+        """``batches/<batch_id>.json``; does not check that it exists.
+
+        :raises BatchNotFound: ``batch_id`` is not a well-formed batch id
+        """
+        return self.batches_dir / f"{self._existing_id(batch_id)}.json"
+
+    @staticmethod
+    def _existing_id(batch_id: object) -> str:
+        """``batch_id`` for a lookup: a malformed id names no batch (like :meth:`RunStore.get`)."""
+        if not isinstance(batch_id, str) or _ID_RE.fullmatch(batch_id) is None:
+            raise BatchNotFound(str(batch_id))
+        return batch_id
+
+    # -- locking and files ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, batch_id: str) -> Iterator[None]:
+        lock_path = str(self.batches_dir / f"{batch_id}.lock")
+        mutex = _mutex_for(lock_path)
+        timeout = self.lock_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not mutex.acquire(timeout=-1 if timeout is None else min(timeout, threading.TIMEOUT_MAX)):
+            raise self._lock_error(batch_id, lock_path)
+        try:
+            remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            file_lock = FileLock(lock_path, mode=0o600)
+            try:
+                file_lock.acquire(timeout=remaining, poll_interval=_LOCK_POLL_S)
+            except Timeout as exc:
+                raise self._lock_error(batch_id, lock_path) from exc
+            try:
+                yield
+            finally:
+                file_lock.release()
+        finally:
+            mutex.release()
+
+    def _lock_error(self, batch_id: str, lock_path: str) -> StoreError:
+        return StoreError(
+            f"batch {batch_id!r}: lock {lock_path} still held after {self.lock_timeout or 0:g}s"
+        )
+
+    def _parse(self, batch_id: str) -> Batch:
+        """Read a record without side effects.
+
+        :raises FileNotFoundError: no record
+        :raises _Unparseable: the record is not a valid batch record for this id
+        """
+        raw = (self.batches_dir / f"{batch_id}.json").read_bytes()
+        try:
+            batch = Batch.from_dict(json.loads(raw))
+        except (ValueError, TypeError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            raise _Unparseable(str(exc) or type(exc).__name__) from exc
+        if batch.id != batch_id:
+            raise _Unparseable(f"record id {batch.id!r} does not match its file name {batch_id!r}")
+        return batch
+
+    def _load_locked(self, batch_id: str) -> Batch:
+        """Read a record (caller holds the batch lock); a corrupt one is moved aside.
+
+        :raises BatchNotFound: no record
+        :raises CorruptRecord: the record did not parse and was moved to ``corrupt/``
+        """
+        try:
+            return self._parse(batch_id)
+        except FileNotFoundError:
+            raise BatchNotFound(batch_id) from None
+        except _Unparseable as exc:
+            path = self.batches_dir / f"{batch_id}.json"
+            moved_to = self._move_aside(path, f"batch-{batch_id}")
+            if moved_to is None:  # pragma: no cover - only another writer under the lock could remove it
+                raise BatchNotFound(batch_id) from None
+            problem = CorruptRecord(str(path), str(moved_to), str(exc))
+            self.problems.append(problem)
+            logger.warning("%s", problem)
+            raise problem from None
+
+    def _move_aside(self, path: Path, label: str) -> Path | None:
+        """Move ``path`` into ``corrupt/`` under a fresh name; ``None`` if it is already gone."""
+        while True:
+            dest = self.corrupt_dir / f"{label}.{_stamp()}.json"
+            try:
+                os.link(path, dest)  # unlike rename, never replaces an existing file
+            except FileNotFoundError:
+                return None
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links here: the random stamp keeps the name fresh
+                if dest.exists():
+                    continue
+                try:
+                    os.rename(path, dest)
+                except FileNotFoundError:
+                    return None
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            break
+        if self.durable:
+            fsync_dir(self.corrupt_dir)
+            fsync_dir(path.parent)
+        return dest
+
+    def _write(self, batch: Batch) -> None:
+        atomic_write_json(self.batches_dir / f"{batch.id}.json", batch.to_dict(), durable=self.durable)
+
+    # -- public API ---------------------------------------------------------------
+
+    def open(self, plan: Plan, batch_id: str | None = None) -> Batch:
+        """Create a batch for ``plan``, or join the batch ``batch_id`` if it exists.
+
+        With ``batch_id`` ``None`` a new batch gets a fresh id (:func:`new_batch_id`).
+        With an id, the batch is created if missing, else joined: the stored record
+        is returned as it is.
+
+        :raises ConfigError: ``batch_id`` is not a valid batch id
+        :raises BatchPlanMismatch: the existing batch was created for a plan with another digest
+        :raises CorruptRecord: the existing record did not parse (it was moved aside)
+        """
+        if batch_id is None:
+            for _ in range(_NEW_ID_ATTEMPTS):
+                fresh = new_batch_id()
+                with self._locked(fresh):
+                    if (self.batches_dir / f"{fresh}.json").exists():
+                        continue
+                    return self._create(plan, fresh)
+            raise StoreError(f"could not find a free batch id under {self.batches_dir}")  # pragma: no cover
+        validate_batch_id(batch_id)
+        with self._locked(batch_id):
+            try:
+                batch = self._load_locked(batch_id)
+            except BatchNotFound:
+                return self._create(plan, batch_id)
+        if batch.plan_digest != plan.digest:
+            raise BatchPlanMismatch(batch.id, batch.plan, batch.plan_digest, str(plan.path), plan.digest)
+        return batch
+
+    def _create(self, plan: Plan, batch_id: str) -> Batch:
+        batch = Batch(id=batch_id, plan=str(plan.path), plan_digest=plan.digest, created_at=time.time())
+        self._write(batch)
+        return batch
+
+    def record(self, batch_id: str, entry: str, run_id: str) -> Batch:
+        """Record ``run_id`` as the run of plan entry ``entry``; returns the updated batch.
+
+        A read-modify-write under the batch lock: concurrent recorders never lose
+        each other's entries. Recording an entry again replaces its run (a retried
+        CI job). A batch whose status was terminal becomes running until the next
+        :meth:`refresh`.
+
+        :raises BatchNotFound: no such batch (or ``batch_id`` is malformed)
+        :raises CorruptRecord: the record did not parse (it was moved aside)
+        :raises ValueError: ``entry`` is empty or ``run_id`` is not a run id
+        """
+        self._existing_id(batch_id)
+        if not isinstance(entry, str) or not entry:
+            raise ValueError(f"an entry name must be a non-empty string, not {entry!r}")
+        if not isinstance(run_id, str) or _ID_RE.fullmatch(run_id) is None:
+            raise ValueError(f"not a run id: {run_id!r}")
+        with self._locked(batch_id):
+            batch = self._load_locked(batch_id)
+            batch.entries[entry] = run_id
+            if batch.status.is_terminal:
+                batch.status = Status.RUNNING
+            self._write(batch)
+        return batch
+
+    def get(self, batch_id: str) -> Batch:
+        """The stored batch (read without the lock: records are replaced whole).
+
+        :raises BatchNotFound: no such batch (or ``batch_id`` is malformed)
+        :raises CorruptRecord: the record did not parse; it was moved to ``corrupt/``
+        """
+        self._existing_id(batch_id)
+        try:
+            return self._parse(batch_id)
+        except FileNotFoundError:
+            raise BatchNotFound(batch_id) from None
+        except _Unparseable:
+            with self._locked(batch_id):  # look again under the lock before moving anything
+                return self._load_locked(batch_id)
+
+    def list(self) -> builtins.list[Batch]:
+        """Every stored batch, oldest first; corrupt records are moved aside and added to :attr:`problems`."""
+        batches = []
+        for path in self.batches_dir.glob("*.json"):
+            batch_id = path.stem
+            if _ID_RE.fullmatch(batch_id) is None:  # skips dot-names: temporary files
+                continue
+            try:
+                batches.append(self.get(batch_id))
+            except (BatchNotFound, CorruptRecord):
+                continue
+        batches.sort(key=lambda batch: (batch.created_at, batch.id))
+        return batches
+
+    def refresh(self, batch_id: str, runs: RunStore) -> Batch:
+        """Derive the batch's status from its runs' records (:func:`derive_status`) and store it.
+
+        :raises BatchNotFound: no such batch (or ``batch_id`` is malformed)
+        :raises CorruptRecord: the record did not parse (it was moved aside)
+        """
+        self._existing_id(batch_id)
+        with self._locked(batch_id):
+            batch = self._load_locked(batch_id)
+            statuses = []
+            for run_id in batch.entries.values():
+                run = _find_run(runs, run_id)
+                statuses.append(None if run is None else run.status)
+            status = derive_status(statuses)
+            if status is not batch.status:
+                batch.status = status
+                self._write(batch)
+        return batch
+
+    @staticmethod
+    def rows(batch: Batch, runs: RunStore) -> builtins.list[dict[str, Any]]:
+        """Same as the module's :func:`rows`."""
+        return rows(batch, runs)

@@ -1,0 +1,668 @@
+"""The ``lrun`` command line (also ``python -m pytest_lrun``): look at, follow, cancel and clean up runs.
+
+This module owns argument parsing, output formats and exit statuses; the work is
+done by the store (:mod:`pytest_lrun.store`), recovery
+(:mod:`pytest_lrun.recovery`) and batch (:mod:`pytest_lrun.batch`) modules.
+
+Commands::
+
+    lrun runs [--machine M] [--status S] [--batch B] [--json]
+    lrun show ID [--json]
+    lrun logs ID [--follow]
+    lrun cancel ID [--json]
+    lrun batch ID [--json]
+    lrun machines [--json]
+    lrun gc [--max-bytes SIZE] [--json]
+    lrun reap [--age SECONDS] [--machine M] [--json]
+
+Global options (before or after the command): ``--state-dir`` (default
+``$LRUN_STATE_DIR``, else ``~/.lrun``), ``--project DIR`` (where the
+``pyproject.toml`` with ``[tool.lrun.machines.*]`` is; default: the nearest one
+upward from the current directory) and ``--connect-timeout`` (default
+``$LRUN_CONNECT_TIMEOUT``, else 10 s).
+
+Output contract: with ``--json`` stdout holds one JSON document; run objects are
+exactly the store's records (:meth:`~pytest_lrun.store.Run.to_dict`), lists are
+arrays, and an error is ``{"error": {"code": ..., "message": ..., ...}}``.
+Without ``--json`` an error is one line ``lrun: error: <message>`` on stderr.
+Exit statuses: 0 success, 1 other errors, 2 bad input (and usage errors), 3 not
+found, 4 busy, 5 engine errors (:mod:`pytest_lrun.errors`), 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from . import __version__
+from .errors import EXIT_ERROR, ConfigError, LrunError
+from .settings import OPTIONS, Settings, flag_type, resolve
+from .store import Run, RunStore, Status
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher, EnginePool
+    from .engine import Engine
+    from .machines import MachineResolver
+
+__all__ = ["build_parser", "find_pyproject", "main"]
+
+EXIT_INTERRUPTED = 130
+FOLLOW_POLL_MIN_S = 0.05
+FOLLOW_POLL_MAX_S = 1.0
+_TAIL_KEEP = 4096  # bytes of printed log remembered to find our place again in a rewritten file
+
+_OPTION = {option.name: option for option in OPTIONS}
+
+
+# --- context: settings, store, machines and engines, made on first use -------------
+
+
+def find_pyproject(project: Path | None, cwd: Path | None = None) -> Path | None:
+    """The ``pyproject.toml`` holding the machine tables.
+
+    ``project`` (a directory, or the file itself) must contain one; without it,
+    the nearest ``pyproject.toml`` from ``cwd`` upward, or None.
+    """
+    if project is not None:
+        path = project if project.name == "pyproject.toml" else project / "pyproject.toml"
+        if not path.is_file():
+            raise ConfigError("--project", f"no pyproject.toml at {path}")
+        return path.absolute()
+    start = (cwd or Path.cwd()).absolute()
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class _Context:
+    """What a command needs, built lazily so that ``lrun runs`` never reads pyproject or dials an engine."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.settings: Settings = resolve(
+            {
+                "state_dir": args.state_dir,
+                "connect_timeout": args.connect_timeout,
+                "state_max_bytes": getattr(args, "max_bytes", None),
+                "reap_age": getattr(args, "age", None),
+            },
+            lambda _key: None,
+        )
+        self._store: RunStore | None = None
+        self._resolver: MachineResolver | None = None
+        self._pool: EnginePool | None = None
+
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            self._store = RunStore(self.settings.resolved_state_dir())
+        return self._store
+
+    @property
+    def resolver(self) -> MachineResolver:
+        if self._resolver is None:
+            from .machines import MachineResolver, load_machine_tables
+
+            pyproject = find_pyproject(self.args.project)
+            self._resolver = MachineResolver(load_machine_tables(pyproject), pyproject)
+        return self._resolver
+
+    @property
+    def pool(self) -> EnginePool:
+        if self._pool is None:
+            from .dispatch import EnginePool
+
+            self._pool = EnginePool(connect_timeout=self.settings.connect_timeout)
+        return self._pool
+
+    def engine(self, machine: str) -> Engine:
+        """The connected engine of ``machine`` (shared; closed with the context)."""
+        return self.pool.get(self.resolver.resolve(machine))
+
+    def dispatcher(self) -> Dispatcher:
+        from .dispatch import Dispatcher
+
+        return Dispatcher(self.store, self.pool, log_max_bytes=self.settings.log_max_bytes)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        if self._store is not None:
+            for problem in self._store.problems:
+                print(f"lrun: warning: {problem}", file=sys.stderr)
+
+
+# --- output helpers ---------------------------------------------------------------------
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def _age(since: float | None, now: float) -> str:
+    if since is None:
+        return "-"
+    seconds = max(0.0, now - since)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _when(stamp: float | None, now: float) -> str:
+    if stamp is None:
+        return "-"
+    local = datetime.datetime.fromtimestamp(stamp).astimezone()
+    return f"{local.isoformat(timespec='seconds')} ({_age(stamp, now)} ago)"
+
+
+def _shown_dir(test_dir: str) -> str:
+    try:
+        return str(Path(test_dir).relative_to(Path.cwd()))
+    except ValueError:
+        return test_dir
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _binary_stdout() -> IO[bytes]:
+    sys.stdout.flush()
+    buffer: IO[bytes] | None = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text-only replacement (some test harnesses)
+        raise LrunError("stdout cannot take bytes")
+    return buffer
+
+
+# --- runs, show ---------------------------------------------------------------------------
+
+
+def _cmd_runs(ctx: _Context) -> int:
+    args = ctx.args
+    runs = ctx.store.list(machine=args.machine, status=args.status, batch_id=args.batch)
+    if args.json:
+        _print_json([run.to_dict() for run in runs])
+        return 0
+    if not runs:
+        print("no runs")
+        return 0
+    now = time.time()
+    rows = [["ID", "MACHINE", "STATUS", "EXIT", "DIR", "AGE"]]
+    for run in runs:
+        exit_code = "-" if run.exit_code is None else str(run.exit_code)
+        rows.append(
+            [
+                run.id,
+                run.machine,
+                run.status.value,
+                exit_code,
+                _shown_dir(run.test_dir),
+                _age(run.created_at, now),
+            ]
+        )
+    for line in _table(rows):
+        print(line)
+    return 0
+
+
+def _cmd_show(ctx: _Context) -> int:
+    run = ctx.store.get(ctx.args.id)
+    data = run.to_dict()
+    if ctx.args.json:
+        _print_json(data)
+        return 0
+    now = time.time()
+    width = max(len(key) for key in data)
+    for key, value in data.items():
+        if key in ("created_at", "started_at", "ended_at"):
+            shown = _when(value, now)
+        elif value is None:
+            shown = "-"
+        elif key == "command":
+            shown = shlex.join(value)
+        elif key == "artifacts":
+            shown = ", ".join(value)
+        elif key == "owner":
+            shown = ", ".join(f"{k}={v}" for k, v in value.items())
+        else:
+            shown = str(value)
+        print(f"{key.ljust(width)}  {shown}")
+    return 0
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+
+class _Tail:
+    """Reads what a growing log file gained since the last read, surviving rewrites.
+
+    The log of a run is appended to, except when a process takes over the run
+    (the engine replays the whole log into a fresh file) or the size cap cuts it
+    to its tail (a new file). Then the last bytes already printed are searched
+    for in the new content, and printing continues after them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.inode: int | None = None
+        self.last = b""
+
+    def read(self, *, final: bool) -> bytes:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            return b""
+        with f:
+            st = os.fstat(f.fileno())
+            same = self.inode in (None, st.st_ino)
+            if same and st.st_size >= self.offset:
+                f.seek(self.offset - len(self.last))
+                if f.read(len(self.last)) != self.last:
+                    return self._resync(f, st.st_ino)
+                data = f.read()
+            elif same and not final:
+                return b""  # rewritten in place by a take-over: wait until it catches up
+            else:
+                return self._resync(f, st.st_ino)
+        self._advance(data, st.st_ino, self.offset + len(data))
+        return data
+
+    def _resync(self, f: IO[bytes], inode: int) -> bytes:
+        f.seek(0)
+        content = f.read()
+        data = content[_resume_at(content, self.last) :]
+        self._advance(data, inode, len(content))
+        return data
+
+    def _advance(self, data: bytes, inode: int, offset: int) -> None:
+        self.inode = inode
+        self.offset = offset
+        self.last = (self.last + data)[-_TAIL_KEEP:]
+
+
+def _resume_at(content: bytes, printed: bytes) -> int:
+    """Where to continue printing ``content``, a rewrite of a log whose last printed bytes are ``printed``.
+
+    A replayed log contains ``printed`` whole; a log cut to its tail starts (after
+    its marker line) with the end of ``printed``, cut at a line boundary. When
+    neither is found, everything is printed: repeating beats losing output.
+    """
+    if not printed:
+        return 0
+    at = content.rfind(printed)
+    if at >= 0:
+        return at + len(printed)
+    starts = [
+        i for i in range(1, len(printed)) if printed[i - 1] == 0x0A
+    ]  # line starts, longest suffix first
+    for begin in dict.fromkeys((0, content.find(b"\n") + 1)):
+        for i in starts:
+            if content.startswith(printed[i:], begin):
+                return begin + len(printed) - i
+    return 0
+
+
+def _cmd_logs(ctx: _Context) -> int:
+    store = ctx.store
+    run = store.get(ctx.args.id)
+    path = store.run_dir(run.id) / "logs.txt"
+    out = _binary_stdout()
+    tail = _Tail(path)
+    if not ctx.args.follow or run.status.is_terminal:
+        out.write(tail.read(final=True))
+        out.flush()
+        return 0
+    return _follow(ctx, run, tail, out)
+
+
+def _follow(ctx: _Context, run: Run, tail: _Tail, out: IO[bytes]) -> int:
+    """Print the log as it grows until the run is terminal; watch the run ourselves when nobody does."""
+    store = ctx.store
+    stop = threading.Event()
+    failure: list[LrunError] = []
+
+    def watcher() -> None:
+        from .recovery import watch
+
+        try:
+            watch(ctx.dispatcher(), run.id, ctx.engine(run.machine), stop=stop)
+        except LrunError as e:
+            failure.append(e)
+
+    thread = threading.Thread(target=watcher, name=f"lrun-watch-{run.id}", daemon=True)
+    thread.start()
+    warned = False
+    delay = FOLLOW_POLL_MIN_S
+    try:
+        while True:
+            current = store.get(run.id)  # the record first: once it is terminal, the log is complete
+            data = tail.read(final=current.status.is_terminal)
+            if data:
+                out.write(data)
+                out.flush()
+                delay = FOLLOW_POLL_MIN_S
+            if current.status.is_terminal:
+                break
+            if failure and not warned:
+                warned = True
+                print(
+                    f"lrun: warning: cannot watch run {run.id} ({_one_line(str(failure[0]))}); "
+                    "showing its log as another process writes it",
+                    file=sys.stderr,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, FOLLOW_POLL_MAX_S)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    print(f"lrun: run {current.id} {current.status.value}" + _exit_note(current), file=sys.stderr)
+    return 0
+
+
+def _exit_note(run: Run) -> str:
+    if run.exit_code is not None:
+        return f" (exit code {run.exit_code})"
+    if run.error_code is not None:
+        return f" ({run.error_code})"
+    return ""
+
+
+# --- cancel ------------------------------------------------------------------------------------
+
+
+def _cmd_cancel(ctx: _Context) -> int:
+    from .recovery import cancel
+
+    run = cancel(ctx.store, ctx.args.id, ctx.engine)
+    if ctx.args.json:
+        _print_json(run.to_dict())
+    else:
+        container = f", container {run.container_id[:12]} removed" if run.container_id else ""
+        print(f"cancelled run {run.id} on {run.machine}{container}")
+    return 0
+
+
+# --- batch ----------------------------------------------------------------------------------------
+
+
+def _cmd_batch(ctx: _Context) -> int:
+    from .batch import BatchStore, rows
+
+    store = ctx.store
+    batch = BatchStore(store.state_dir).refresh(ctx.args.id, store)
+    entries = rows(batch, store)
+    if ctx.args.json:
+        _print_json({"batch": batch.to_dict(), "rows": entries})
+        return 0
+    print(f"batch {batch.id}: {batch.status.value} (plan {batch.plan})")
+    if not entries:
+        print("no entries")
+        return 0
+    table = [["ENTRY", "MACHINE", "STATUS", "EXIT", "DURATION", "RUN", "DIR"]]
+    for row in entries:
+        table.append(
+            [
+                row["entry"],
+                row["machine"] or "-",
+                row["status"],
+                "-" if row["exit_code"] is None else str(row["exit_code"]),
+                "-" if row["duration"] is None else f"{row['duration']:.1f}s",
+                row["run_id"],
+                _shown_dir(row["test_dir"]) if row["test_dir"] else "-",
+            ]
+        )
+    for line in _table(table):
+        print(line)
+    return 0
+
+
+# --- machines ---------------------------------------------------------------------------------------
+
+
+def _check_machine(ctx: _Context, name: str) -> dict[str, Any]:
+    from .engine import connect
+
+    row: dict[str, Any] = {"name": name, "url": None, "source": None, "reachable": False, "error": None}
+    try:
+        machine = ctx.resolver.resolve(name)
+        row["url"], row["source"] = machine.host, machine.source
+        connect(machine, connect_timeout=ctx.settings.connect_timeout).close()
+    except LrunError as e:
+        row["error"] = e.to_dict()
+        return row
+    row["reachable"] = True
+    return row
+
+
+def _cmd_machines(ctx: _Context) -> int:
+    names = ctx.resolver.known()
+    active: dict[str, str] = {}
+    for run in ctx.store.active():
+        active.setdefault(run.machine, run.id)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names))), thread_name_prefix="lrun-ping") as pool:
+        found = list(pool.map(lambda name: _check_machine(ctx, name), names))
+    for row in found:
+        row["active_run_id"] = active.get(row["name"])
+    if ctx.args.json:
+        _print_json(found)
+        return 0
+    table = [["NAME", "URL", "SOURCE", "ACTIVE RUN", "REACHABLE"]]
+    for row in found:
+        error = row["error"]
+        why = (error.get("reason") or error["message"]) if error else ""
+        reachable = "yes" if row["reachable"] else f"no: {_one_line(str(why))}"
+        table.append(
+            [row["name"], row["url"] or "-", row["source"] or "-", row["active_run_id"] or "-", reachable]
+        )
+    for line in _table(table):
+        print(line)
+    return 0
+
+
+# --- gc, reap ------------------------------------------------------------------------------------------
+
+
+def _cmd_gc(ctx: _Context) -> int:
+    from .recovery import gc, reconcile
+
+    store = ctx.store
+    reconciled = reconcile(store, ctx.dispatcher(), ctx.engine)
+    collected = gc(store, max_bytes=ctx.settings.state_max_bytes)
+    if ctx.args.json:
+        _print_json({"reconcile": reconciled.to_dict(), "gc": collected.to_dict()})
+    else:
+        for line in reconciled.lines():
+            print(line)
+        print(
+            f"state dir {store.state_dir}: {collected.size_before} -> {collected.size_after} bytes "
+            f"(cap {collected.max_bytes}); deleted {len(collected.deleted)} terminal run(s), "
+            f"freed {collected.freed_bytes} bytes"
+        )
+    if not collected.cap_met:
+        print(
+            f"lrun: warning: the state dir stays over its cap ({collected.size_after} > "
+            f"{collected.max_bytes} bytes): what is left belongs to live runs or is not run data",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _cmd_reap(ctx: _Context) -> int:
+    from .recovery import reap
+
+    args = ctx.args
+    explicit = args.machine is not None
+    names = [args.machine] if explicit else ctx.resolver.known()
+    removed: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    seen_urls: set[str] = set()
+    for name in names:
+        try:
+            engine = ctx.engine(name)
+        except LrunError as e:
+            if explicit:
+                raise
+            skipped.append({"machine": name, "error": e.to_dict()})
+            if not args.json:
+                print(f"lrun: skipping machine {name}: {_one_line(str(e))}", file=sys.stderr)
+            continue
+        if engine.url in seen_urls:  # two names for one engine: reap it once
+            continue
+        seen_urls.add(engine.url)
+        removed.extend(c.to_dict() for c in reap(ctx.store, engine, max_age=ctx.settings.reap_age))
+    if args.json:
+        _print_json({"removed": removed, "skipped": skipped})
+        return 0
+    for item in removed:
+        container = item["container_id"][:12]
+        print(f"removed container {container} on {item['machine']} (run {item['run_id']}: {item['reason']})")
+    print(f"reaped {len(removed)} container(s) older than {ctx.settings.reap_age:g}s")
+    return 0
+
+
+# --- parser and main --------------------------------------------------------------------------------------
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--state-dir",
+        type=flag_type(_OPTION["state_dir"]),
+        default=default,
+        metavar="DIR",
+        help="the state directory (default: $LRUN_STATE_DIR, else ~/.lrun)",
+    )
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=default,
+        metavar="DIR",
+        help="directory of the pyproject.toml with [tool.lrun.machines.*] (default: the nearest one upward)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=flag_type(_OPTION["connect_timeout"]),
+        default=default,
+        metavar="SECONDS",
+        help="seconds to wait for an engine to answer (default: $LRUN_CONNECT_TIMEOUT, else 10)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lrun",
+        description="Look at, follow, cancel and clean up pytest-lrun runs.",
+        epilog="exit status: 0 ok, 1 error, 2 bad input, 3 not found, 4 busy, 5 engine error",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    with_json = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_json.add_argument("--json", action="store_true", help="print JSON (the documented contract)")
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, func: Callable[[_Context], int], help: str, *, json_flag: bool = True) -> Any:
+        sub = commands.add_parser(
+            name, help=help, description=help, parents=[with_json if json_flag else common]
+        )
+        sub.set_defaults(func=func)
+        return sub
+
+    runs = command("runs", _cmd_runs, "list stored runs, oldest first")
+    runs.add_argument("--machine", metavar="M", help="only runs on this machine")
+    runs.add_argument("--status", choices=[s.value for s in Status], help="only runs with this status")
+    runs.add_argument("--batch", metavar="B", help="only runs of this batch")
+
+    show = command("show", _cmd_show, "show one run's record")
+    show.add_argument("id", metavar="ID")
+
+    logs = command("logs", _cmd_logs, "print a run's log", json_flag=False)
+    logs.add_argument("id", metavar="ID")
+    logs.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing new output until the run ends (watching the run if no process does)",
+    )
+
+    cancel = command("cancel", _cmd_cancel, "kill a live run's container and mark the run interrupted")
+    cancel.add_argument("id", metavar="ID")
+
+    batch = command("batch", _cmd_batch, "show a batch: its status and one row per entry")
+    batch.add_argument("id", metavar="ID")
+
+    command("machines", _cmd_machines, "list known machines, whether their engines answer, their active run")
+
+    gc = command("gc", _cmd_gc, "settle runs nobody watches, then delete old terminal runs over the size cap")
+    gc.add_argument(
+        "--max-bytes",
+        type=flag_type(_OPTION["state_max_bytes"]),
+        metavar="SIZE",
+        help="size cap of the state dir (default: $LRUN_STATE_MAX_BYTES, else 50MiB)",
+    )
+
+    reap = command("reap", _cmd_reap, "remove old labelled containers of terminal or unknown runs")
+    reap.add_argument(
+        "--age",
+        type=flag_type(_OPTION["reap_age"]),
+        metavar="SECONDS",
+        help="minimum container age (default: $LRUN_REAP_AGE, else 300)",
+    )
+    reap.add_argument("--machine", metavar="M", help="only this machine (default: every known machine)")
+    return parser
+
+
+def _fail(err: LrunError, as_json: bool) -> int:
+    if as_json:
+        _print_json({"error": err.to_dict()})
+    else:
+        print(f"lrun: error: {_one_line(str(err)) or err.code}", file=sys.stderr)
+    return err.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lrun`` command line; returns the exit status (usage errors exit 2 via SystemExit)."""
+    args = build_parser().parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
+    ctx: _Context | None = None
+    try:
+        ctx = _Context(args)
+        status: int = args.func(ctx)
+        return status
+    except LrunError as e:
+        return _fail(e, as_json)
+    except BrokenPipeError:
+        # The reader went away (`lrun runs | head`): stop quietly, and keep Python's exit flush quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(LrunError(f"{where}{e.strerror or e}"), as_json)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        if ctx is not None:
+            ctx.close()

@@ -1,0 +1,503 @@
+"""The ``lrun`` command line against a store filled through the RunStore API (no engine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_lrun.batch import BatchStore
+from pytest_lrun.cli import _Tail, find_pyproject, main
+from pytest_lrun.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND
+from pytest_lrun.plan import load_plan
+from pytest_lrun.store import Outcome, Run, RunStore, Status
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The state dir, also named by LRUN_STATE_DIR (so most calls need no --state-dir)."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("LRUN_STATE_DIR", str(path))
+    for name in ("LRUN_STATE_MAX_BYTES", "LRUN_REAP_AGE", "LRUN_CONNECT_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
+@pytest.fixture
+def store(state: Path) -> RunStore:
+    return RunStore(state, durable=False)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project without machine tables: every machine name a run record holds is unknown here."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "pyproject.toml").write_text('[project]\nname = "demo"\n')
+    return root
+
+
+Lrun = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def lrun(capsys: pytest.CaptureFixture[str]) -> Lrun:
+    """Run ``lrun ARGS`` in-process; returns (exit status, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            status = main(list(args))
+        except SystemExit as e:  # argparse usage errors
+            status = int(e.code or 0)
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+def finished(
+    store: RunStore,
+    *,
+    machine: str = "m1",
+    status: Status = Status.COMPLETED,
+    created_at: float = 1000.0,
+    ended_at: float | None = None,
+    batch_id: str | None = None,
+    logs: bytes | None = None,
+    exit_code: int | None = None,
+) -> Run:
+    run = store.insert(
+        Run(
+            machine=machine,
+            test_dir="/src/suite",
+            test_dir_hash="abc123",
+            key=f"key-{machine}",
+            status=status,
+            exit_code=(0 if status is Status.COMPLETED else 1) if exit_code is None else exit_code,
+            created_at=created_at,
+            started_at=created_at + 1,
+            ended_at=created_at + 5 if ended_at is None else ended_at,
+            batch_id=batch_id,
+            command=["python3", "-m", "pytest"],
+            artifacts=["/lrun/artifacts"],
+        )
+    )
+    if logs is not None:
+        path = store.run_dir(run.id) / "logs.txt"
+        path.write_bytes(logs)
+        run = replace(run, logs_path=str(path))
+        store.update(run)
+    return run
+
+
+def live(store: RunStore, machine: str = "m1", key: str = "live-key") -> Run:
+    run, outcome = store.prepare(machine, key, lambda: Run(test_dir="/src/live"))
+    assert outcome is Outcome.CREATED
+    return run
+
+
+# --- runs and show ------------------------------------------------------------------------
+
+
+def test_runs_json_is_the_store_records(lrun: Lrun, store: RunStore) -> None:
+    done = finished(store)
+    failed = finished(store, machine="m2", status=Status.FAILED, created_at=2000.0)
+    pending = live(store)
+
+    status, out, err = lrun("runs", "--json")
+
+    assert status == 0 and err == ""
+    data = json.loads(out)
+    assert isinstance(data, list)
+    assert data == [store.get(r.id).to_dict() for r in (done, failed, pending)]
+    record = json.loads((store.run_dir(done.id) / "run.json").read_text())
+    assert set(data[0]) == set(record) and data[0] == record
+
+
+def test_runs_filters(lrun: Lrun, store: RunStore) -> None:
+    a = finished(store, machine="m1", batch_id="b1")
+    b = finished(store, machine="m2", status=Status.FAILED, created_at=2000.0)
+    live(store, machine="m3")
+
+    def ids(*args: str) -> list[str]:
+        status, out, _ = lrun("runs", "--json", *args)
+        assert status == 0
+        return [r["id"] for r in json.loads(out)]
+
+    assert ids("--machine", "m2") == [b.id]
+    assert ids("--status", "completed") == [a.id]
+    assert ids("--batch", "b1") == [a.id]
+    assert ids("--machine", "m1", "--status", "failed") == []
+
+
+def test_runs_table(lrun: Lrun, store: RunStore) -> None:
+    run = finished(store, status=Status.FAILED, exit_code=3, created_at=time.time() - 7200)
+    _status, out, _ = lrun("runs")
+    header, row = out.splitlines()
+    assert header.split() == ["ID", "MACHINE", "STATUS", "EXIT", "DIR", "AGE"]
+    assert row.split() == [run.id, "m1", "failed", "3", "/src/suite", "2h"]
+
+
+def test_runs_empty(lrun: Lrun, state: Path) -> None:
+    assert lrun("runs") == (0, "no runs\n", "")
+    assert lrun("runs", "--json")[1] == "[]\n"
+
+
+def test_show_json_equals_the_record(lrun: Lrun, store: RunStore) -> None:
+    run = finished(store, logs=b"x\n")
+    status, out, _ = lrun("show", run.id, "--json")
+    assert status == 0
+    assert json.loads(out) == json.loads((store.run_dir(run.id) / "run.json").read_text())
+
+
+def test_show_human(lrun: Lrun, store: RunStore) -> None:
+    run = finished(store)
+    _status, out, _ = lrun("show", run.id)
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert lines["id"] == run.id and lines["status"] == "completed"
+    assert lines["command"] == "python3 -m pytest"
+    assert lines["error_code"] == "-"
+    assert "ago)" in lines["created_at"]
+
+
+def test_global_options_work_after_the_command(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
+    elsewhere = RunStore(tmp_path / "other")
+    run = finished(elsewhere)
+    status, out, _ = lrun("show", run.id, "--json", "--state-dir", str(tmp_path / "other"))
+    assert status == 0 and json.loads(out)["id"] == run.id
+    status, out, _ = lrun("--state-dir", str(tmp_path / "other"), "runs", "--json")
+    assert [r["id"] for r in json.loads(out)] == [run.id]
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def test_not_found_is_exit_3_with_one_line(lrun: Lrun, state: Path) -> None:
+    status, out, err = lrun("show", "20200101T000000-deadbeef")
+    assert status == EXIT_NOT_FOUND == 3
+    assert out == ""
+    assert err == "lrun: error: no run with id '20200101T000000-deadbeef'\n"
+
+
+def test_not_found_json(lrun: Lrun, state: Path) -> None:
+    status, out, err = lrun("show", "nope", "--json")
+    assert status == 3 and err == ""
+    assert json.loads(out) == {
+        "error": {"code": "run_not_found", "message": "no run with id 'nope'", "run_id": "nope"}
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("runs", "--status", "bogus"),
+        ("frobnicate",),
+        ("show",),
+        ("reap", "--age", "-1"),
+        ("gc", "--max-bytes", "lots"),
+    ],
+)
+def test_usage_errors_exit_2(lrun: Lrun, state: Path, args: tuple[str, ...]) -> None:
+    status, out, err = lrun(*args)
+    assert status == 2 and out == ""
+    assert err.splitlines()[-1].startswith("lrun")
+
+
+def test_bad_environment_value_is_bad_input(lrun: Lrun, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LRUN_STATE_MAX_BYTES", "lots")
+    status, out, err = lrun("runs")
+    assert status == EXIT_BAD_INPUT
+    assert err.count("\n") == 1 and "LRUN_STATE_MAX_BYTES" in err and err.startswith("lrun: error: ")
+    status, out, _ = lrun("runs", "--json")
+    assert status == 2 and json.loads(out)["error"]["code"] == "config_invalid"
+
+
+def test_project_without_pyproject_is_bad_input(lrun: Lrun, state: Path, tmp_path: Path) -> None:
+    status, _, err = lrun("machines", "--project", str(tmp_path))
+    assert status == 2 and "no pyproject.toml" in err
+
+
+def test_find_pyproject(tmp_path: Path, project: Path) -> None:
+    deep = project / "a" / "b"
+    deep.mkdir(parents=True)
+    assert find_pyproject(None, deep) == project / "pyproject.toml"
+    assert find_pyproject(project) == (project / "pyproject.toml").absolute()
+    assert find_pyproject(project / "pyproject.toml") == (project / "pyproject.toml").absolute()
+
+
+# --- logs --------------------------------------------------------------------------------------
+
+
+def test_logs_prints_the_file(store: RunStore, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    content = b"line one\nline two \xe2\x9c\x93\nno newline at the end"
+    run = finished(store, logs=content)
+    assert main(["logs", run.id]) == 0
+    assert capsysbinary.readouterr().out == content
+
+
+def test_logs_of_a_run_without_logs_prints_nothing(lrun: Lrun, store: RunStore) -> None:
+    run = finished(store)
+    assert lrun("logs", run.id) == (0, "", "")
+
+
+def test_logs_not_found(lrun: Lrun, state: Path) -> None:
+    status, _, err = lrun("logs", "20200101T000000-deadbeef")
+    assert status == 3 and err.count("\n") == 1
+
+
+def test_logs_follow_of_a_terminal_run_returns_at_once(lrun: Lrun, store: RunStore) -> None:
+    run = finished(store, logs=b"all done\n")
+    assert lrun("logs", run.id, "--follow") == (0, "all done\n", "")
+
+
+def test_logs_follow_prints_until_the_run_ends(lrun: Lrun, store: RunStore, project: Path) -> None:
+    # The run's machine is unknown to the project, so `lrun` cannot watch it itself: another process
+    # (here a thread) writes the log and ends the run, and --follow shows what it writes.
+    run = live(store)
+    run = replace(
+        run, status=Status.RUNNING, started_at=time.time(), logs_path=str(store.run_dir(run.id) / "logs.txt")
+    )
+    store.update(run)
+    logs = store.run_dir(run.id) / "logs.txt"
+
+    def writer() -> None:
+        for i in range(5):
+            with open(logs, "ab") as f:
+                f.write(f"step {i}\n".encode())
+            time.sleep(0.1)
+        store.update(replace(run, status=Status.COMPLETED, exit_code=0, ended_at=time.time()))
+
+    thread = threading.Thread(target=writer)
+    started = time.monotonic()
+    thread.start()
+    try:
+        status, out, err = lrun("logs", run.id, "--follow", "--project", str(project))
+    finally:
+        thread.join()
+    assert status == 0
+    assert out == "".join(f"step {i}\n" for i in range(5))
+    assert "cannot watch run" in err and "unknown machine 'm1'" in err
+    assert err.splitlines()[-1] == f"lrun: run {run.id} completed (exit code 0)"
+    assert time.monotonic() - started < 15
+
+
+def test_tail_follows_appends_rewrites_and_cuts(tmp_path: Path) -> None:
+    path = tmp_path / "logs.txt"
+    tail = _Tail(path)
+    assert tail.read(final=False) == b""  # not there yet
+    path.write_bytes(b"a\nb\n")
+    assert tail.read(final=False) == b"a\nb\n"
+    with open(path, "ab") as f:
+        f.write(b"c\n")
+    assert tail.read(final=False) == b"c\n"
+    # A take-over replays the log into the same file: nothing new until it has caught up.
+    with open(path, "wb") as f:
+        f.write(b"a\n")
+    assert tail.read(final=False) == b""
+    with open(path, "ab") as f:
+        f.write(b"b\nc\nd\n")
+    assert tail.read(final=False) == b"d\n"
+    # The size cap cuts the log to its tail in a new file: continue after what was printed.
+    cut = tmp_path / "cut"
+    cut.write_bytes(b"[lrun: 2 bytes of earlier output dropped]\nc\nd\ne\n")
+    os.replace(cut, path)
+    assert tail.read(final=False) == b"e\n"
+    # Rewritten beyond recognition: print it whole rather than lose output.
+    other = tmp_path / "other"
+    other.write_bytes(b"x\ny\n")
+    os.replace(other, path)
+    assert tail.read(final=True) == b"x\ny\n"
+
+
+# --- cancel --------------------------------------------------------------------------------------
+
+
+def test_cancel_of_a_terminal_run_is_a_clear_error(lrun: Lrun, store: RunStore) -> None:
+    run = finished(store)
+    status, out, err = lrun("cancel", run.id)
+    assert status == 1 and out == ""
+    assert err == f"lrun: error: run {run.id} is completed; it cannot become cancelled\n"
+    status, out, _ = lrun("cancel", run.id, "--json")
+    assert json.loads(out)["error"]["code"] == "run_terminal"
+
+
+def test_cancel_of_a_pending_run_without_container(lrun: Lrun, store: RunStore, project: Path) -> None:
+    run = live(store)
+    status, out, _ = lrun("cancel", run.id, "--json", "--project", str(project))
+    assert status == 0
+    data = json.loads(out)
+    assert data == store.get(run.id).to_dict()
+    assert data["status"] == "interrupted" and data["error_code"] == "cancelled"
+
+
+def test_cancel_not_found(lrun: Lrun, state: Path) -> None:
+    assert lrun("cancel", "20200101T000000-deadbeef")[0] == 3
+
+
+# --- gc --------------------------------------------------------------------------------------------
+
+
+def fill(store: RunStore, run: Run, size: int) -> None:
+    (store.run_dir(run.id) / "logs.txt").write_bytes(b"x" * size)
+
+
+def test_gc_deletes_oldest_terminal_first_and_keeps_live_ones(
+    lrun: Lrun, store: RunStore, project: Path
+) -> None:
+    newest = finished(store, created_at=100, ended_at=900)
+    oldest = finished(store, created_at=200, ended_at=300)
+    middle = finished(store, created_at=300, ended_at=500)
+    running = live(store, machine="elsewhere")
+    for run in (newest, oldest, middle, running):
+        fill(store, run, 20_000)
+
+    status, out, err = lrun("gc", "--json", "--max-bytes", "50000", "--project", str(project))
+
+    assert status == 0 and err == ""
+    data = json.loads(out)
+    assert data["gc"]["deleted"] == [oldest.id, middle.id]
+    assert data["gc"]["cap_met"] is True and data["gc"]["size_after"] <= 50_000
+    assert {r.id for r in store.list()} == {newest.id, running.id}
+    # The live run's machine is not in this project: reconcile leaves it alone and says why.
+    assert data["reconcile"]["problems"] == [
+        "machine elsewhere unreachable: unknown machine 'elsewhere'; known machines: local"
+    ]
+    assert store.get(running.id).status is Status.PENDING
+
+
+def test_gc_cap_not_met(lrun: Lrun, store: RunStore, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    done = finished(store)
+    running = live(store)
+    fill(store, done, 1000)
+    fill(store, running, 100_000)
+    monkeypatch.setenv("LRUN_STATE_MAX_BYTES", "10k")  # the env var is the default cap
+
+    status, out, err = lrun("gc", "--project", str(project))
+
+    assert status == 0
+    assert "deleted 1 terminal run(s)" in out
+    assert "lrun: warning: the state dir stays over its cap" in err
+    assert [r.id for r in store.list()] == [running.id]
+
+
+def test_gc_under_the_cap(lrun: Lrun, store: RunStore, project: Path) -> None:
+    run = finished(store)
+    status, out, _err = lrun("gc", "--json", "--project", str(project))
+    data = json.loads(out)
+    assert status == 0 and data["gc"]["deleted"] == [] and data["gc"]["cap_met"] is True
+    assert data["gc"]["max_bytes"] == 50 * 1024 * 1024
+    assert store.get(run.id).status is Status.COMPLETED
+
+
+# --- batch ------------------------------------------------------------------------------------------
+
+
+def test_batch(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
+    plan_dir = tmp_path / "plan"
+    (plan_dir / "a").mkdir(parents=True)
+    (plan_dir / "b").mkdir()
+    (plan_dir / "plan.toml").write_text(
+        textwrap.dedent(
+            """
+            [[entry]]
+            name = "one"
+            dir = "a"
+            machine = "m1"
+
+            [[entry]]
+            name = "two"
+            dir = "b"
+            machine = "m2"
+            """
+        )
+    )
+    batches = BatchStore(store.state_dir)
+    batch = batches.open(load_plan(plan_dir / "plan.toml"), "b-test")
+    one = finished(store, machine="m1", batch_id=batch.id)
+    two = finished(store, machine="m2", status=Status.FAILED, batch_id=batch.id, created_at=2000)
+    batches.record(batch.id, "one", one.id)
+    batches.record(batch.id, "two", two.id)
+
+    status, out, _ = lrun("batch", "b-test", "--json")
+
+    assert status == 0
+    data = json.loads(out)
+    assert data["batch"]["id"] == "b-test" and data["batch"]["status"] == "failed"
+    assert [(r["entry"], r["run_id"], r["status"], r["exit_code"]) for r in data["rows"]] == [
+        ("one", one.id, "completed", 0),
+        ("two", two.id, "failed", 1),
+    ]
+    assert set(data["rows"][0]) == {
+        "entry",
+        "run_id",
+        "machine",
+        "test_dir",
+        "status",
+        "exit_code",
+        "duration",
+    }
+
+    status, out, _ = lrun("batch", "b-test")
+    assert out.splitlines()[0].startswith("batch b-test: failed")
+    assert "ENTRY" in out and one.id in out and two.id in out
+
+
+def test_batch_not_found(lrun: Lrun, state: Path) -> None:
+    status, _out, err = lrun("batch", "b-missing")
+    assert status == 3 and err == "lrun: error: no batch with id 'b-missing'\n"
+
+
+# --- entry points ---------------------------------------------------------------------------------
+
+
+def test_python_dash_m(state: Path, store: RunStore) -> None:
+    run = finished(store)
+    env = {**os.environ, "LRUN_STATE_DIR": str(state)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_lrun", "runs", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [r["id"] for r in json.loads(proc.stdout)] == [run.id]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_lrun", "show", "nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 3 and proc.stderr == "lrun: error: no run with id 'nope'\n"
+
+
+def test_machines_lists_known_names_without_an_engine(
+    lrun: Lrun, state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `local` resolves to DOCKER_HOST; point it at a port nothing listens on.
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "pyproject.toml").write_text('[tool.lrun.machines.broken]\nhost = "ftp://x"\n')
+    status, out, _ = lrun("machines", "--json", "--project", str(root), "--connect-timeout", "2")
+    assert status == 0
+    rows: dict[str, Any] = {row["name"]: row for row in json.loads(out)}
+    assert set(rows) == {"broken", "local"}
+    assert rows["broken"]["reachable"] is False and rows["broken"]["error"]["code"] == "config_invalid"
+    assert rows["local"]["reachable"] is False and rows["local"]["error"]["code"] == "engine_unreachable"
+    assert rows["local"]["url"] == "tcp://127.0.0.1:1" and rows["local"]["source"] == "environment"
+    assert set(rows["local"]) == {"name", "url", "source", "reachable", "error", "active_run_id"}
