@@ -1,0 +1,186 @@
+"""The ``lrun`` command line against real engines: cancel, machines, logs --follow, reap."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from pytest_lrun.cli import main
+from pytest_lrun.dispatch import Dispatcher, EnginePool
+from pytest_lrun.machines import Machine
+from pytest_lrun.store import RunStore, Status
+from tests.conftest import PYTHON_IMAGE
+from tests.integration.test_recovery import busybox_spec, container_status, resolver_for, wait_for
+
+FOLLOW_SCRIPT = "for i in 1 2 3; do echo line$i; sleep 1; done"
+
+
+@pytest.fixture
+def store(state_dir: Path) -> RunStore:
+    return RunStore(state_dir)
+
+
+@pytest.fixture
+def pool() -> Iterator[EnginePool]:
+    pool = EnginePool(connect_timeout=10)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def dispatcher(store: RunStore, pool: EnginePool) -> Dispatcher:
+    return Dispatcher(store, pool)
+
+
+@pytest.fixture
+def m1(project: Path) -> Machine:
+    return resolver_for(project).resolve("m1")
+
+
+@pytest.fixture
+def api(engines: list[str]) -> Iterator[Any]:
+    client = docker.APIClient(base_url=engines[0], timeout=30, version="auto")
+    yield client
+    client.close()
+
+
+def lrun(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``lrun ARGS`` in a subprocess (LRUN_STATE_DIR and the cwd come from the `project` fixture)."""
+    return subprocess.run(["lrun", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cancel_kills_a_running_run(
+    tmp_path: Path,
+    project: Path,
+    state_dir: Path,
+    store: RunStore,
+    dispatcher: Dispatcher,
+    m1: Machine,
+    api: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = dispatcher.start(busybox_spec(tmp_path, m1, "sleep", "60")).run
+    assert run.container_id is not None and container_status(api, run.container_id) == "running"
+
+    status = main(["--project", str(project), "--state-dir", str(state_dir), "cancel", run.id, "--json"])
+
+    assert status == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == store.get(run.id).to_dict()
+    assert data["status"] == "interrupted" and data["error_code"] == "cancelled"
+    assert container_status(api, run.container_id) is None
+    assert store.active() == []
+    # Cancelling it again is a clear error, not a crash.
+    assert main(["--project", str(project), "cancel", run.id]) == 1
+    assert (
+        capsys.readouterr().err == f"lrun: error: run {run.id} is interrupted; it cannot become cancelled\n"
+    )
+
+
+def test_machines_reports_reachability_within_the_timeout(
+    tmp_path: Path, engines: list[str], state_dir: Path, dispatcher: Dispatcher, project: Path
+) -> None:
+    root = tmp_path / "machines"
+    root.mkdir()
+    (root / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [tool.lrun.machines.m1]
+            host = "{engines[0]}"
+            image = "{PYTHON_IMAGE}"
+
+            [tool.lrun.machines.m2]
+            host = "{engines[1]}"
+
+            [tool.lrun.machines.down]
+            host = "tcp://127.0.0.1:1"
+            """
+        )
+    )
+    live = dispatcher.start(busybox_spec(tmp_path, resolver_for(project).resolve("m1"), "sleep", "30")).run
+
+    started = time.monotonic()
+    proc = lrun("machines", "--json", "--project", str(root), "--connect-timeout", "3")
+    elapsed = time.monotonic() - started
+
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    assert {"m1", "m2", "down"} <= set(rows)
+    assert rows["m1"]["reachable"] is True and rows["m1"]["error"] is None
+    assert rows["m1"]["url"] == engines[0] and rows["m1"]["source"] == "config"
+    assert rows["m1"]["active_run_id"] == live.id
+    assert rows["m2"]["reachable"] is True and rows["m2"]["active_run_id"] is None
+    assert rows["down"]["reachable"] is False
+    assert rows["down"]["error"]["code"] == "engine_unreachable"
+    assert rows["down"]["url"] == "tcp://127.0.0.1:1"
+    assert elapsed < 20
+
+    table = lrun("machines", "--project", str(root), "--connect-timeout", "3").stdout.splitlines()
+    assert table[0].split() == ["NAME", "URL", "SOURCE", "ACTIVE", "RUN", "REACHABLE"]
+    down = next(line for line in table if line.startswith("down "))
+    assert " no: " in down
+
+
+def test_logs_follow_watches_an_unwatched_run_to_its_end(
+    tmp_path: Path, project: Path, store: RunStore, dispatcher: Dispatcher, m1: Machine
+) -> None:
+    run = dispatcher.start(busybox_spec(tmp_path, m1, "sh", "-c", FOLLOW_SCRIPT)).run
+    assert run.status is Status.RUNNING
+
+    proc = lrun("logs", run.id, "--follow", timeout=90)
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "line1\nline2\nline3\n"
+    assert proc.stderr.splitlines()[-1] == f"lrun: run {run.id} completed (exit code 0)"
+    stored = store.get(run.id)
+    assert stored.status is Status.COMPLETED and stored.exit_code == 0
+    assert stored.owner is not None and stored.owner["pid"] != os.getpid()  # lrun finished it
+
+
+def test_logs_follow_ends_when_another_watcher_ends_the_run(
+    tmp_path: Path, project: Path, store: RunStore, dispatcher: Dispatcher, m1: Machine
+) -> None:
+    run = dispatcher.start(busybox_spec(tmp_path, m1, "sh", "-c", FOLLOW_SCRIPT)).run
+    results: list[Any] = []
+    watcher = threading.Thread(target=lambda: results.append(dispatcher.attach(run.id, m1)))
+    watcher.start()  # this process watches the run; `lrun logs --follow` only reads
+    # The watcher holds the run's finish lock once it spools the log.
+    wait_for(lambda: (store.run_dir(run.id) / "logs.txt").exists(), "the watcher to take the run")
+    try:
+        proc = lrun("logs", run.id, "--follow", timeout=90)
+    finally:
+        watcher.join(60)
+    assert proc.returncode == 0, proc.stderr
+    assert "line1\nline2\nline3\n" in proc.stdout
+    assert results and results[0].run.status is Status.COMPLETED
+    owner = store.get(run.id).owner
+    assert owner is not None and owner["pid"] == os.getpid()  # finished by this process, not by lrun
+
+
+def test_reap_skips_unreachable_machines(tmp_path: Path, engines: list[str], state_dir: Path) -> None:
+    root = tmp_path / "reap"
+    root.mkdir()
+    (root / "pyproject.toml").write_text(
+        f'[tool.lrun.machines.m1]\nhost = "{engines[0]}"\n\n[tool.lrun.machines.down]\nhost = "tcp://127.0.0.1:1"\n'
+    )
+    # An age no container has: nothing is removed, whoever else uses the engines.
+    proc = lrun("reap", "--json", "--age", "1e9", "--project", str(root), "--connect-timeout", "3")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["removed"] == []
+    assert [s["machine"] for s in data["skipped"]] == ["down"]
+    assert data["skipped"][0]["error"]["code"] == "engine_unreachable"
+
+    proc = lrun("reap", "--age", "1e9", "--machine", "down", "--project", str(root), "--connect-timeout", "3")
+    assert proc.returncode == 5
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("lrun: error: machine 'down'")
