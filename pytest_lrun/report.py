@@ -106,12 +106,12 @@ def items_for(parent: LrunDir, spec: RunSpec, outcome: Outcome, suffix: str) -> 
 def _run_level_failure(result: RunResult) -> bool:
     """Whether the run failed beyond what its inner test results already say."""
     run = result.run
+    if run.error_code not in (None, "exit_nonzero"):
+        return True  # e.g. an artifact archive was refused, even from a run that passed
     if run.status is Status.COMPLETED:
         return False
     if run.status is not Status.FAILED or run.exit_code != 1:
-        return True  # timeout, interrupted, an engine error, pytest's exit 2-5...
-    if run.error_code not in (None, "exit_nonzero"):
-        return True  # e.g. an artifact archive was refused
+        return True  # timeout, interrupted, pytest's exit 2-5...
     return not any(case.outcome in ("failed", "error") for case in result.cases or ())
 
 
@@ -218,7 +218,7 @@ class RunItem(_LrunItem):
             target = self.outcome.batch_id or self.outcome.run.id
             pytest.skip(f"detached as run {self.outcome.run.id}; attach with --lrun-attach={target}")
         run = self.outcome.run
-        if run.status is not Status.COMPLETED:
+        if run.status is not Status.COMPLETED or run.error_code is not None:
             raise InnerFailure(_run_text(run))
 
 

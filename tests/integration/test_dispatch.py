@@ -119,3 +119,64 @@ def test_timeout_kills_the_run(pytester: pytest.Pytester, project: Path, state_d
     result.stdout.fnmatch_lines(["*timed out*"])
     (run_dir,) = (state_dir / "runs").iterdir()
     assert json.loads((run_dir / "run.json").read_text())["status"] == "timeout"
+
+
+def test_hostile_artifacts_are_refused(pytester: pytest.Pytester, project: Path, state_dir: Path) -> None:
+    (project / "evil").mkdir()
+    script = "ln -s / /lrun/artifacts/root; ln -s ../../../etc/passwd /lrun/artifacts/pw; echo ok > /lrun/artifacts/fine"
+    result = pytester.runpytest_subprocess(
+        "--lrun-machine=m1", "--lrun-image=lrun-busybox:latest", f"--lrun-command=sh -c '{script}'", "evil"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*unsafe_archive*"])
+    (run_dir,) = (state_dir / "runs").iterdir()
+    artifacts = run_dir / "artifacts" / "artifacts"
+    assert (artifacts / "fine").read_text() == "ok\n"
+    assert not (artifacts / "root").exists() and not (artifacts / "root").is_symlink()
+    assert not (artifacts / "pw").is_symlink()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["error_code"] == "unsafe_archive"
+    assert "artifacts/root" in record["error_msg"] and "artifacts/pw" in record["error_msg"]
+
+
+def test_secrets_in_env_stay_out_of_logs_and_state(
+    pytester: pytest.Pytester, project: Path, state_dir: Path
+) -> None:
+    (project / "leaky").mkdir()
+    (project / "plan.toml").write_text(
+        '[[entry]]\nname = "leaky"\ndir = "leaky"\nmachine = "m1"\nimage = "lrun-busybox:latest"\n'
+        'command = ["sh", "-c", "echo token=$API_TOKEN"]\nenv = { API_TOKEN = "s3cr3t-value" }\n'
+    )
+    result = pytester.runpytest_subprocess("--lrun-plan=plan.toml", "-v")
+    result.assert_outcomes(passed=1)
+    assert "s3cr3t-value" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*[[]m1 leaky[]] token=[*][*][*]*"])
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            assert b"s3cr3t-value" not in path.read_bytes(), path
+
+
+def test_keep_failed_keeps_the_container(
+    pytester: pytest.Pytester, project: Path, engines: list[str]
+) -> None:
+    import docker
+
+    (project / "broken").mkdir()
+    result = pytester.runpytest_subprocess(
+        "--lrun-machine=m1",
+        "--lrun-image=lrun-busybox:latest",
+        "--lrun-command=false",
+        "--lrun-keep=failed",
+        "broken",
+    )
+    result.assert_outcomes(failed=1)
+    client = docker.APIClient(base_url=engines[0], version="auto")
+    try:
+        (run_line,) = [
+            line for line in result.stdout.lines if line.startswith("broken ") and "created" in line
+        ]
+        run_id = run_line.split()[-1]
+        kept = client.containers(all=True, filters={"label": f"lrun.run-id={run_id}"})
+    finally:
+        client.close()
+    assert len(kept) == 1 and kept[0]["State"] == "exited"
