@@ -59,6 +59,7 @@ __all__ = ["build_parser", "find_pyproject", "main"]
 EXIT_INTERRUPTED = 130
 FOLLOW_POLL_MIN_S = 0.05
 FOLLOW_POLL_MAX_S = 1.0
+_WATCHER_JOIN_S = 30.0
 _TAIL_KEEP = 4096  # bytes of printed log remembered to find our place again in a rewritten file
 
 _OPTION = {option.name: option for option in OPTIONS}
@@ -312,9 +313,8 @@ def _resume_at(content: bytes, printed: bytes) -> int:
     at = content.rfind(printed)
     if at >= 0:
         return at + len(printed)
-    starts = [
-        i for i in range(1, len(printed)) if printed[i - 1] == 0x0A
-    ]  # line starts, longest suffix first
+    # Where lines start in what was printed: the longest suffix of whole lines is tried first.
+    starts = [i for i in range(1, len(printed)) if printed[i - 1] == 0x0A]
     for begin in dict.fromkeys((0, content.find(b"\n") + 1)):
         for i in starts:
             if content.startswith(printed[i:], begin):
@@ -336,10 +336,15 @@ def _cmd_logs(ctx: _Context) -> int:
 
 
 def _follow(ctx: _Context, run: Run, tail: _Tail, out: IO[bytes]) -> int:
-    """Print the log as it grows until the run is terminal; watch the run ourselves when nobody does."""
+    """Print the log as it grows until the run is terminal; watch the run ourselves when nobody does.
+
+    The watcher thread finishes the run (as ``pytest --lrun-attach`` would) only
+    while no other process watches it. Ctrl-C leaves at once: the run's finish
+    lock goes with this process and its container keeps running.
+    """
     store = ctx.store
     stop = threading.Event()
-    failure: list[LrunError] = []
+    failure: list[str] = []
 
     def watcher() -> None:
         from .recovery import watch
@@ -347,7 +352,9 @@ def _follow(ctx: _Context, run: Run, tail: _Tail, out: IO[bytes]) -> int:
         try:
             watch(ctx.dispatcher(), run.id, ctx.engine(run.machine), stop=stop)
         except LrunError as e:
-            failure.append(e)
+            failure.append(_one_line(str(e)))
+        except Exception as e:  # an OSError of the state dir, say: report it, keep following
+            failure.append(f"{type(e).__name__}: {e}")
 
     thread = threading.Thread(target=watcher, name=f"lrun-watch-{run.id}", daemon=True)
     thread.start()
@@ -366,7 +373,7 @@ def _follow(ctx: _Context, run: Run, tail: _Tail, out: IO[bytes]) -> int:
             if failure and not warned:
                 warned = True
                 print(
-                    f"lrun: warning: cannot watch run {run.id} ({_one_line(str(failure[0]))}); "
+                    f"lrun: warning: cannot watch run {run.id} ({failure[0]}); "
                     "showing its log as another process writes it",
                     file=sys.stderr,
                 )
@@ -374,7 +381,7 @@ def _follow(ctx: _Context, run: Run, tail: _Tail, out: IO[bytes]) -> int:
             delay = min(delay * 2, FOLLOW_POLL_MAX_S)
     finally:
         stop.set()
-        thread.join(timeout=5)
+    thread.join(timeout=_WATCHER_JOIN_S)  # if we finished the run, let it remove the container
     print(f"lrun: run {current.id} {current.status.value}" + _exit_note(current), file=sys.stderr)
     return 0
 

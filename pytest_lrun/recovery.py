@@ -44,6 +44,7 @@ from .errors import (
     ContainerGone,
     CorruptRecord,
     EngineError,
+    EngineUnreachable,
     LrunError,
     RunNotFound,
     StoreError,
@@ -249,12 +250,12 @@ def _settle(dispatcher: Dispatcher, run: Run, engine: Engine, *, block: bool) ->
 
 
 def _unreachable(machine: str, err: LrunError) -> str:
-    if not isinstance(err, EngineError):
-        return f"machine {machine} unreachable: {err}"
-    reason = getattr(err, "reason", None) or str(err)
-    url = getattr(err, "url", None)
-    where = f"{url}: " if url else ""
-    return f"machine {machine} unreachable: {where}{reason}"
+    """The report line of a machine whose runs are left untouched because of ``err``."""
+    if isinstance(err, EngineUnreachable):
+        return f"machine {machine} unreachable: {err.url}: {err.reason}"
+    if isinstance(err, EngineError):
+        return f"machine {machine}: engine error: {err.reason}"
+    return f"machine {machine} unreachable: {err}"  # unknown machine, bad machine table
 
 
 def reconcile(

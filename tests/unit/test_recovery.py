@@ -25,7 +25,7 @@ import pytest
 
 from pytest_lrun.dispatch import Dispatcher, EnginePool
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, ContainerSpec, ContainerState, Engine
-from pytest_lrun.errors import ContainerGone, EngineUnreachable, TerminalRunError, UnknownMachine
+from pytest_lrun.errors import ContainerGone, EngineError, EngineUnreachable, TerminalRunError, UnknownMachine
 from pytest_lrun.recovery import (
     CANCELLED,
     FINISH_LOCK,
@@ -448,14 +448,24 @@ def test_unreachable_engine_leaves_runs_untouched_and_says_so(
     assert engine.calls == []  # nothing was asked of any engine
 
 
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (EngineUnreachable("m", "fake://m", "went away"), "machine m unreachable: fake://m: went away"),
+        (
+            EngineError("m", "inspect container: 500 boom"),
+            "machine m: engine error: inspect container: 500 boom",
+        ),
+    ],
+)
 def test_engine_failing_midway_is_a_problem_not_a_crash(
-    store: RunStore, engine: FakeEngine, dispatcher: Dispatcher
+    store: RunStore, engine: FakeEngine, dispatcher: Dispatcher, error: Exception, line: str
 ) -> None:
     run = live_run(store, container=FakeContainer("c1"), engine=engine)
-    engine.fail_with = EngineUnreachable("m", "fake://m", "went away")
+    engine.fail_with = error
     report = reconcile(store, dispatcher, one_engine(engine))
     assert store.get(run.id).status is Status.RUNNING
-    assert report.problems == ["machine m unreachable: fake://m: went away"]
+    assert report.problems == [line]
     assert report.changed == [] and report.untouched == []
 
 
