@@ -41,11 +41,12 @@ from .engine import (
     LABEL_HASH,
     LABEL_MACHINE,
     LABEL_RUN,
+    LABEL_STORE,
     ContainerSpec,
     Engine,
     connect,
 )
-from .errors import ContainerGone, EngineError, ImageMissing, LrunError, MachineBusy
+from .errors import ContainerGone, EngineError, ImageMissing, LrunError, MachineBusy, TerminalRunError
 from .hashing import hash_dir, iter_files
 from .junit import CaseResult, parse_junit
 from .logs import LogSpool
@@ -59,6 +60,8 @@ JUNIT_MAX_BYTES = 64 * 1024 * 1024
 ARTIFACTS_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_TIMEOUT = 3600.0
 POLL_S = 0.2
+FINISH_LOCK = "finish.lock"
+OWNER_GONE = "owner_gone"  # error_code: the run's creator died before starting its container
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: specs key the session's outcome table
@@ -169,13 +172,13 @@ class Dispatcher:
         if origin == "cached":
             return self.result(run, origin)
         if origin == "reused":
-            return self.result(self._await(run, engine, spec.env), origin)
-        lock = self._finish_lock(run)
+            return self.result(self._await(run, engine), origin)
+        lock = finish_lock(self.store, run.id)
         lock.acquire()
         try:
             run = self._launch(run, spec, engine)
             if not run.status.is_terminal:
-                run = self._finish(run, engine, spec.env, fresh_logs=False)
+                run = self._finish(run, engine, _secrets(spec), fresh_logs=False)
         finally:
             lock.release()
         return self.result(run, "created")
@@ -185,8 +188,7 @@ class Dispatcher:
         run, origin, engine = self._prepare(spec)
         if origin != "created":
             return RunResult(run, origin)
-        lock = self._finish_lock(run)
-        with lock:
+        with finish_lock(self.store, run.id):
             run = self._launch(run, spec, engine)
             if not run.status.is_terminal:
                 # Nobody watches a detached run: whoever attaches next takes over.
@@ -194,12 +196,12 @@ class Dispatcher:
                 self.store.update(run)
         return RunResult(run, "created")
 
-    def attach(self, run_id: str, machine: Machine, env: Mapping[str, str] | None = None) -> RunResult:
+    def attach(self, run_id: str, machine: Machine) -> RunResult:
         """Wait for a run started earlier (maybe by another process) and return its result."""
         run = self.store.get(run_id)
         if run.status.is_terminal:
             return self.result(run, "reused")
-        return self.result(self._await(run, self.engines.get(machine), env or {}), "reused")
+        return self.result(self._await(run, self.engines.get(machine)), "reused")
 
     def cancel_all(self) -> None:
         """Kill the containers of every run this dispatcher is watching (Ctrl-C)."""
@@ -250,6 +252,7 @@ class Dispatcher:
                 plan_entry=spec.plan_entry,
                 timeout=spec.timeout,
                 artifacts=list(spec.artifacts),
+                env_names=sorted({*spec.machine.env, *spec.env}),
             )
 
         run, outcome = self.store.prepare(
@@ -283,6 +286,7 @@ class Dispatcher:
             LABEL_HASH: run.test_dir_hash or "",
             LABEL_BATCH: spec.batch_id or "",
             LABEL_CREATED: str(int(time.time())),
+            LABEL_STORE: self.store.store_id,
         }
         container_spec = ContainerSpec(
             image=spec.image,
@@ -311,7 +315,7 @@ class Dispatcher:
         self.store.update(run)
         return run
 
-    def _finish(self, run: Run, engine: Engine, env: Mapping[str, str], *, fresh_logs: bool) -> Run:
+    def _finish(self, run: Run, engine: Engine, secrets: list[str], *, fresh_logs: bool) -> Run:
         """Watch a running container to its end and record everything about it."""
         assert run.container_id is not None
         container_id = run.container_id
@@ -319,7 +323,7 @@ class Dispatcher:
         spool = LogSpool(
             self._logs_path(run),
             max_bytes=self.log_max_bytes,
-            secrets=list(env.values()),
+            secrets=secrets,
             fresh=fresh_logs,
         )
         pump = threading.Thread(target=self._pump_logs, args=(run, engine, spool), daemon=True)
@@ -393,26 +397,28 @@ class Dispatcher:
             refused.extend(result.refused)
         return refused
 
-    def _await(self, run: Run, engine: Engine, env: Mapping[str, str]) -> Run:
+    def _await(self, run: Run, engine: Engine) -> Run:
         """Wait for a live run someone else owns; take it over if nobody watches it any more."""
         while True:
-            adopted = self.adopt(run, engine, env)
+            adopted = self.adopt(run, engine)
             if adopted is not None:
                 return adopted
             time.sleep(POLL_S)
 
-    def adopt(self, run: Run, engine: Engine, env: Mapping[str, str] | None = None) -> Run | None:
+    def adopt(self, run: Run, engine: Engine) -> Run | None:
         """Finish ``run`` if nobody watches it (its finish lock is free); None while someone does.
 
         Returns the terminal run. A run whose container exited while nobody
         watched gets its real status, exit code, logs and artifacts; one whose
-        container vanished becomes ``interrupted``; a pending run whose creator
-        died before creating a container becomes ``interrupted`` too.
+        container vanished becomes ``interrupted`` (``container_gone``); a run
+        whose creator died before starting its container becomes ``interrupted``
+        (``owner_gone``). The log is re-read from the engine, redacted with the
+        values the container's environment has for the run's ``env_names``.
         """
         run = self.store.get(run.id)
         if run.status.is_terminal:
             return run
-        lock = self._finish_lock(run)
+        lock = finish_lock(self.store, run.id)
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
@@ -425,9 +431,25 @@ class Dispatcher:
                 if _owner_alive(run):
                     return None  # its creator is between prepare and create: let it go on
                 return self._end(
-                    run, Status.INTERRUPTED, code="owner_gone", msg="its creator died before starting it"
+                    run, Status.INTERRUPTED, code=OWNER_GONE, msg="its creator died before starting it"
                 )
-            return self._finish(replace(run, owner=_me()), engine, env or {}, fresh_logs=True)
+            state = engine.inspect(run.container_id)
+            if state is None:
+                gone = ContainerGone(
+                    run.machine, f"container {run.container_id[:12]} vanished while nobody watched"
+                )
+                return self._end(run, Status.INTERRUPTED, error=gone)
+            if state.status == "created":
+                # Never started: a wait would return 0 at once and pass a run that never ran.
+                return self._end(
+                    run,
+                    Status.INTERRUPTED,
+                    engine=engine,
+                    code=OWNER_GONE,
+                    msg="its creator died before starting its container",
+                )
+            secrets = [state.env[name] for name in run.env_names or () if name in state.env]
+            return self._finish(replace(run, owner=_me()), engine, secrets, fresh_logs=True)
         finally:
             lock.release()
 
@@ -444,7 +466,7 @@ class Dispatcher:
         """Record the terminal status, then remove the container unless ``keep`` says otherwise."""
         if error is not None:
             code, msg = error.code, str(error)
-        run = replace(
+        ended = replace(
             run,
             status=status,
             ended_at=time.time(),
@@ -452,7 +474,11 @@ class Dispatcher:
             error_msg=msg or run.error_msg,
             artifacts_path=str(self.store.run_dir(run.id) / "artifacts"),
         )
-        self.store.update(run)
+        try:
+            self.store.update(ended)
+            run = ended
+        except TerminalRunError:
+            run = self.store.get(run.id)  # ended elsewhere meanwhile (`lrun cancel`): its word stands
         if engine is not None and run.container_id is not None:
             keep = self.keep == "always" or (self.keep == "failed" and status is not Status.COMPLETED)
             if not keep or status is Status.INTERRUPTED:
@@ -471,16 +497,23 @@ class Dispatcher:
     def _logs_path(self, run: Run) -> Path:
         return self.store.run_dir(run.id) / "logs.txt"
 
-    def _finish_lock(self, run: Run) -> filelock.FileLock:
-        run_dir = self.store.run_dir(run.id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return filelock.FileLock(str(run_dir / "finish.lock"), thread_local=False)
-
 
 def _shipment(test_dir: Path, workdir: str) -> contextlib.closing[IO[bytes]]:
     """The test directory as a tar stream rooted at the container's workdir (exactly what was hashed)."""
     relpaths = [entry.relpath for entry in iter_files(test_dir)]
     return contextlib.closing(pack(test_dir, relpaths, prefix=workdir.strip("/"), extra_dirs=LRUN_DIRS))
+
+
+def finish_lock(store: RunStore, run_id: str) -> filelock.FileLock:
+    """The lock held by whoever watches run ``run_id`` to its end (see the module docstring)."""
+    run_dir = store.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(run_dir / FINISH_LOCK), thread_local=False)
+
+
+def _secrets(spec: RunSpec) -> list[str]:
+    """Env values the log must never show: the machine's and the entry's."""
+    return [*spec.machine.env.values(), *spec.env.values()]
 
 
 def _me() -> dict[str, object]:

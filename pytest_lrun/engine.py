@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ LABEL_MACHINE = "lrun.machine"
 LABEL_HASH = "lrun.hash"
 LABEL_BATCH = "lrun.batch"
 LABEL_CREATED = "lrun.created"
+LABEL_STORE = "lrun.store"  # which state dir owns the run: reaping spares other stores' runs
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -64,6 +66,7 @@ class ContainerState:
     labels: Mapping[str, str]
     created: str = ""
     finished_at: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class Engine(Protocol):
@@ -118,6 +121,8 @@ class DockerEngine:
                 if machine.tls.verify and machine.tls.ca_cert
                 else machine.tls.verify,
             )
+        if machine.host.startswith("unix://"):
+            _probe_unix_socket(machine, connect_timeout)
         if machine.host.startswith("ssh://"):
             # The ssh binary honours the user's ~/.ssh/config and agent, as the docker CLI does.
             kwargs["use_ssh_client"] = True
@@ -288,6 +293,8 @@ class DockerEngine:
 def _state(info: Mapping[str, Any]) -> ContainerState:
     state = info.get("State") or {}
     status = str(state.get("Status", ""))
+    config = info.get("Config") or {}
+    env = dict(item.split("=", 1) for item in config.get("Env") or () if "=" in item)
     return ContainerState(
         id=str(info["Id"]),
         status=status,
@@ -295,10 +302,26 @@ def _state(info: Mapping[str, Any]) -> ContainerState:
         # Only an exited (or dead) container has an exit code worth reporting.
         exit_code=state.get("ExitCode") if status in ("exited", "dead") else None,
         oom_killed=bool(state.get("OOMKilled")),
-        labels=dict((info.get("Config") or {}).get("Labels") or {}),
+        labels=dict(config.get("Labels") or {}),
         created=str(info.get("Created", "")),
         finished_at=str(state.get("FinishedAt", "")),
+        env=env,
     )
+
+
+def _probe_unix_socket(machine: Machine, timeout: float) -> None:
+    """Fail fast, and without leaking a socket, when nothing listens on a unix socket.
+
+    docker-py leaves its socket open when connecting to a dead unix socket fails
+    (a ResourceWarning, and one file descriptor, per attempt).
+    """
+    path = machine.host.removeprefix("unix://")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(path)
+        except OSError as e:
+            raise EngineUnreachable(machine.name, machine.host, e.strerror or str(e)) from e
 
 
 def _reason(e: Exception) -> str:

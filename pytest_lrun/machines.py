@@ -109,7 +109,7 @@ class TLSConfig:
 
 
 class FrozenEnv(Mapping[str, str]):
-    """A read-only, hashable, picklable ``str -> str`` mapping (keeps :class:`Machine` and plan entries frozen)."""
+    """A read-only, hashable, picklable ``str -> str`` mapping: keeps machines and plan entries frozen."""
 
     __slots__ = ("_data",)
 

@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import filelock
 
-from .engine import LABEL_CREATED, LABEL_RUN, ContainerState, Engine
+from .dispatch import finish_lock
+from .engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine
 from .errors import (
-    ContainerGone,
     CorruptRecord,
     EngineError,
     EngineUnreachable,
@@ -57,8 +57,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CANCELLED",
-    "FINISH_LOCK",
-    "OWNER_GONE",
     "GcReport",
     "ReapedContainer",
     "ReconcileReport",
@@ -72,12 +70,8 @@ __all__ = [
     "watch",
 ]
 
-#: The run's finish lock, relative to its run directory (the convention of :mod:`pytest_lrun.dispatch`).
-FINISH_LOCK = "finish.lock"
 #: ``error_code`` of a run stopped by :func:`cancel` (``lrun cancel``).
 CANCELLED = "cancelled"
-#: ``error_code`` of a run whose creator died before starting its container.
-OWNER_GONE = "owner_gone"
 
 WATCH_POLL_S = 0.2
 
@@ -171,7 +165,7 @@ class GcReport:
 @contextlib.contextmanager
 def _finish_lock(store: RunStore, run_id: str) -> Iterator[bool]:
     """Hold the run's finish lock if it is free; yields whether we hold it (False: someone watches)."""
-    lock = filelock.FileLock(str(store.run_dir(run_id) / FINISH_LOCK), thread_local=False)
+    lock = finish_lock(store, run_id)
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
@@ -202,44 +196,11 @@ def _why(run: Run) -> str:
     return f"it became {run.status.value}"
 
 
-def _end_without_container(store: RunStore, run: Run, engine: Engine) -> tuple[Run, str]:
-    """A run whose container vanished, or was created but never started, and nobody watches.
-
-    Recorded here rather than through ``Dispatcher.adopt``: adopting would
-    truncate the run's log before finding the container gone, and would take a
-    never-started container's ``wait`` (which returns 0 at once) for a pass.
-    """
-    assert run.container_id is not None
-    with _finish_lock(store, run.id) as free:
-        if not free:
-            return run, "watched by a live process"
-        current = store.get(run.id)  # look again now that we decide
-        if current.status.is_terminal:
-            return current, _why(current)
-        if current.container_id != run.container_id:
-            return current, "its container changed meanwhile; left for the next reconcile"
-        state = engine.inspect(run.container_id)
-        if state is None:
-            gone = ContainerGone(
-                run.machine, f"container {run.container_id[:12]} vanished while nobody watched"
-            )
-            ended = _interrupt(store, current, gone.code, str(gone))
-        elif state.status == "created":
-            engine.remove(run.container_id)
-            ended = _interrupt(store, current, OWNER_GONE, "its creator died before starting its container")
-        else:
-            return current, "its container started meanwhile; left for the next reconcile"
-        return ended, _why(ended)
-
-
 def _settle(dispatcher: Dispatcher, run: Run, engine: Engine, *, block: bool) -> tuple[Run, str]:
     """Make one live run honest; returns the run as it is now and why."""
-    store = dispatcher.store
-    if run.container_id is not None:
+    if run.container_id is not None and not block:
         state = engine.inspect(run.container_id)
-        if state is None or state.status == "created":
-            return _end_without_container(store, run, engine)
-        if state.running and not block:
+        if state is not None and state.running:
             return run, "its container is still running"
     adopted = dispatcher.adopt(run, engine)
     if adopted is None:
@@ -469,8 +430,8 @@ def reap(
         except CorruptRecord:
             continue  # moved aside just now; decided on the next reap
         if status is None:
-            if state.running:
-                continue
+            if state.labels.get(LABEL_STORE) != store.store_id:
+                continue  # another state dir's run, sharing this engine: not ours to judge
             reason = "its run is unknown to the store"
         elif status.is_terminal:
             reason = f"its run is {status.value}"

@@ -31,6 +31,7 @@ from .store import Run, Status
 LOG_SECTION_BYTES = 4096
 MAX_ATTACHMENTS = 20
 
+
 @dataclass(frozen=True)
 class Detached:
     """A run started with ``--lrun-detach`` and left running."""

@@ -85,7 +85,9 @@ class LrunSession:
             return self._attach_jobs(settings.attach)
         if settings.plan:
             if self.config.args_source is pytest.Config.ArgsSource.ARGS:
-                raise ConfigError("--lrun-plan", "the plan names the directories; give no directory arguments")
+                raise ConfigError(
+                    "--lrun-plan", "the plan names the directories; give no directory arguments"
+                )
             plan = load_plan(settings.plan, known_machines=self.resolver.known())
             entries = select(plan, settings.plan_entry)
             self.batch_id = self.batches.open(plan, settings.batch_id).id
@@ -194,18 +196,21 @@ class LrunSession:
             finally:
                 self._count("running", -1)
                 self._count("done", +1)
-            self.progress(
-                f"{spec.machine.name}: {self._shown(spec)} {_describe(outcome)} in {time.monotonic() - started:.1f}s"
-                + self._batch_progress()
-            )
+            took = time.monotonic() - started
+            what = f"{self._shown(spec)} {_describe(outcome)} in {took:.1f}s"
+            self.progress(f"{spec.machine.name}: {what}{self._batch_progress()}")
             self.config.hook.pytest_lrun_run_finished(spec=spec, outcome=outcome, config=self.config)
             future.set_result(outcome)
 
     def _do(self, job: Job) -> Outcome:
         if job.attach_to is not None:
-            self.progress(f"{job.spec.machine.name}: attaching to run {job.attach_to} ({self._shown(job.spec)})")
+            self.progress(
+                f"{job.spec.machine.name}: attaching to run {job.attach_to} ({self._shown(job.spec)})"
+            )
             return self.dispatcher.attach(job.attach_to, job.spec.machine)
-        self.progress(f"{job.spec.machine.name}: dispatching {self._shown(job.spec)}" + self._batch_progress())
+        self.progress(
+            f"{job.spec.machine.name}: dispatching {self._shown(job.spec)}" + self._batch_progress()
+        )
         if self.settings.detach:
             result = self.dispatcher.start(job.spec)
             if result.run.status.is_terminal:
@@ -297,7 +302,9 @@ class LrunSession:
         return LrunDir.from_parent(parent, path=path, specs=specs, wait=self.wait)
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, Any]:
         report = yield
         case = getattr(item, "case", None)
         if case is not None and call.when == "call":
@@ -350,4 +357,3 @@ def _describe(outcome: Outcome) -> str:
     if isinstance(outcome, Detached):
         return f"detached as run {outcome.run.id}"
     return f"{outcome.run.status.value} ({outcome.origin})"
-

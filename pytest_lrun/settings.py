@@ -289,7 +289,9 @@ def resolve(
         flag_value = cli.get(option.name)
         if flag_value not in (None, [], False):
             # A repeated flag gives one parsed list per use ("--x=a,b --x=c"): flatten them.
-            value = tuple(v for used in flag_value for v in used) if isinstance(flag_value, list) else flag_value
+            value = (
+                tuple(v for used in flag_value for v in used) if isinstance(flag_value, list) else flag_value
+            )
         values[option.name] = value
     settings = Settings(**values)
     _check_combinations(settings)

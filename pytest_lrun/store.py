@@ -183,6 +183,7 @@ class Run:
     owner: dict[str, Any] | None = None
     timeout: float | None = None
     artifacts: list[str] | None = None
+    env_names: list[str] | None = None  # names only: values may be secrets and never reach the disk
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # accept "failed" as well as Status.FAILED
@@ -222,7 +223,7 @@ class Run:
         if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):
             raise ValueError(f"run record field 'exit_code' must be an integer or null, not {exit_code!r}")
         kwargs["exit_code"] = exit_code
-        for name in ("command", "artifacts"):
+        for name in ("command", "artifacts", "env_names"):
             words = data.get(name)
             if words is not None and (
                 not isinstance(words, list) or not all(isinstance(part, str) for part in words)
@@ -346,6 +347,11 @@ class RunStore:
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.state_dir)!r})"
+
+    @property
+    def store_id(self) -> str:
+        """A short id of this state dir on this host (containers carry it as the ``lrun.store`` label)."""
+        return xxhash.xxh64_hexdigest(f"{socket.gethostname()}:{self.state_dir}".encode())
 
     # -- paths ----------------------------------------------------------------
 

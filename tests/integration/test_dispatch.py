@@ -123,7 +123,10 @@ def test_timeout_kills_the_run(pytester: pytest.Pytester, project: Path, state_d
 
 def test_hostile_artifacts_are_refused(pytester: pytest.Pytester, project: Path, state_dir: Path) -> None:
     (project / "evil").mkdir()
-    script = "ln -s / /lrun/artifacts/root; ln -s ../../../etc/passwd /lrun/artifacts/pw; echo ok > /lrun/artifacts/fine"
+    script = (
+        "ln -s / /lrun/artifacts/root; ln -s ../../../etc/passwd /lrun/artifacts/pw; "
+        "echo ok > /lrun/artifacts/fine"
+    )
     result = pytester.runpytest_subprocess(
         "--lrun-machine=m1", "--lrun-image=lrun-busybox:latest", f"--lrun-command=sh -c '{script}'", "evil"
     )

@@ -64,7 +64,11 @@ def test_plan_runs_machines_in_parallel_and_serializes_one_machine(
     result = pytester.runpytest_subprocess("--lrun-plan=plan.toml")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
-        ["*dispatching a (a1) [[]batch b-*: 0 done, 1 running, 2 queued[]]*", "entry*dir*machine*", "a1*a*m1*completed*"]
+        [
+            "*dispatching a (a1) [[]batch b-*: 0 done, 1 running, 2 queued[]]*",
+            "entry*dir*machine*",
+            "a1*a*m1*completed*",
+        ]
     )
     result.stdout.fnmatch_lines(["batch b-*: completed*"])
     runs = _runs(state_dir)

@@ -19,7 +19,7 @@ import docker
 import pytest
 
 from pytest_lrun.dispatch import Dispatcher, EnginePool, RunSpec
-from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, ContainerState, Engine
+from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine
 from pytest_lrun.machines import Machine, MachineResolver, load_machine_tables
 from pytest_lrun.recovery import reap, reconcile
 from pytest_lrun.store import Run, RunStore, Status
@@ -217,7 +217,11 @@ def test_reap_removes_only_labelled_containers(
 
     plain = create(**{LABEL_CREATED: old})  # no lrun.run-id: never listed, never removed
     terminal = create(**{LABEL_RUN: done.id, LABEL_CREATED: old})
-    unknown = create(**{LABEL_RUN: f"19990101T000000-{token[:8]}", LABEL_CREATED: old})
+    unknown = create(
+        **{LABEL_RUN: f"19990101T000000-{token[:8]}", LABEL_CREATED: old, LABEL_STORE: store.store_id}
+    )
+    # An unknown run of another state dir sharing the engine is not ours to judge.
+    foreign = create(**{LABEL_RUN: f"19990101T000001-{token[:8]}", LABEL_CREATED: old, LABEL_STORE: "other"})
     engine = pool.get(m1)
     assert plain not in {s.id for s in engine.list_labelled(LABEL_RUN)}
 
@@ -227,6 +231,7 @@ def test_reap_removes_only_labelled_containers(
     assert {r.reason for r in reaped} == {"its run is completed", "its run is unknown to the store"}
     assert container_status(api, terminal) is None and container_status(api, unknown) is None
     assert container_status(api, plain) == "created"
+    assert container_status(api, foreign) == "created"
 
 
 def test_reap_never_removes_a_live_runs_container(

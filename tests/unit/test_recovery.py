@@ -23,13 +23,11 @@ from typing import IO, Any
 
 import pytest
 
-from pytest_lrun.dispatch import Dispatcher, EnginePool
-from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, ContainerSpec, ContainerState, Engine
+from pytest_lrun.dispatch import FINISH_LOCK, OWNER_GONE, Dispatcher, EnginePool
+from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerSpec, ContainerState, Engine
 from pytest_lrun.errors import ContainerGone, EngineError, EngineUnreachable, TerminalRunError, UnknownMachine
 from pytest_lrun.recovery import (
     CANCELLED,
-    FINISH_LOCK,
-    OWNER_GONE,
     ReconcileReport,
     _docker_time,
     cancel,
@@ -576,8 +574,9 @@ def test_cancel_of_a_pending_run_without_container_needs_no_engine(store: RunSto
 NOW = 1_700_000_000.0
 
 
-def labelled(cid: str, run_id: str, *, age: float, status: str = "exited") -> FakeContainer:
-    return FakeContainer(cid, labels={LABEL_RUN: run_id, LABEL_CREATED: str(int(NOW - age))}, status=status)
+def labelled(cid: str, run_id: str, *, age: float, status: str = "exited", store: str = "") -> FakeContainer:
+    labels = {LABEL_RUN: run_id, LABEL_CREATED: str(int(NOW - age)), LABEL_STORE: store}
+    return FakeContainer(cid, labels=labels, status=status)
 
 
 def test_reap_removes_old_containers_of_terminal_and_unknown_runs(
@@ -586,10 +585,11 @@ def test_reap_removes_old_containers_of_terminal_and_unknown_runs(
     done = finished_run(store, ended_at=NOW - 500, created_at=NOW - 600)
     live = live_run(store, key="live")
     engine.add(labelled("terminal", done.id, age=400))
-    engine.add(labelled("unknown", "20000101T000000-00000000", age=400))
+    engine.add(labelled("unknown", "20000101T000000-00000000", age=400, store=store.store_id))
     engine.add(labelled("young", done.id, age=10))
     engine.add(labelled("live", live.id, age=4000, status="running"))
-    engine.add(labelled("unknown-running", "20000101T000000-11111111", age=4000, status="running"))
+    # Unknown to this store and labelled by another: another state dir's run sharing the engine.
+    engine.add(labelled("unknown-running", "20000101T000000-11111111", age=4000, status="running", store="x"))
     engine.add(FakeContainer("empty-label", labels={LABEL_RUN: "", LABEL_CREATED: "0"}, status="exited"))
 
     reaped = reap(store, engine, max_age=300, now=NOW)
@@ -608,7 +608,7 @@ def test_reap_uses_the_engine_creation_time_without_the_label(store: RunStore, e
     engine.add(
         FakeContainer(
             "old",
-            labels={LABEL_RUN: "20000101T000000-00000000"},
+            labels={LABEL_RUN: "20000101T000000-00000000", LABEL_STORE: store.store_id},
             created="2023-11-14T22:00:00.5Z",
             status="exited",
         )

@@ -162,6 +162,7 @@ def test_record_json_has_every_field_snake_case_with_nulls(store: RunStore) -> N
         "owner",
         "timeout",
         "artifacts",
+        "env_names",
     ]
     assert data["status"] == "pending"
     assert data["exit_code"] is None and data["ended_at"] is None and data["container_id"] is None
