@@ -345,6 +345,7 @@ class Dispatcher:
             engine.wait(container_id, 30)
         pump.join(30)
         spool.close()
+        self._respool(run, engine, secrets)
         run = replace(run, exit_code=exit_code)
         refused = self._collect(run, engine)
         if refused:
@@ -373,6 +374,26 @@ class Dispatcher:
                     self.on_output(run, shown.decode("utf-8", "replace"))
         except EngineError:
             pass  # the container ended or vanished: the waiter decides the status
+
+    def _respool(self, run: Run, engine: Engine, secrets: list[str]) -> None:
+        """Rewrite the log from the stopped container's complete log.
+
+        A follow stream opened on a container that exits at once can end before
+        its last output (seen with Docker 20.10); the engine's stored log is whole.
+        """
+        assert run.container_id is not None
+        path = self._logs_path(run)
+        fresh = path.with_name(path.name + ".new")
+        spool = LogSpool(fresh, max_bytes=self.log_max_bytes, secrets=secrets, fresh=True)
+        try:
+            for chunk in engine.logs(run.container_id, follow=False):
+                spool.write(chunk)
+        except EngineError:
+            spool.close()
+            fresh.unlink(missing_ok=True)  # keep what the follow stream gave
+            return
+        spool.close()
+        os.replace(fresh, path)
 
     def _collect(self, run: Run, engine: Engine) -> list[tuple[str, str]]:
         """Read the inner JUnit XML and the artifacts back; returns what extraction refused."""
