@@ -11,14 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
-
-DEFAULT_ENGINES = "unix:///var/run/docker.sock,unix:///var/run/lrun-docker2.sock"
-PYTHON_IMAGE = "lrun-python:bookworm"
-BUSYBOX_IMAGE = "lrun-busybox:latest"
-
-
-def engine_urls() -> list[str]:
-    return [u.strip() for u in os.environ.get("LRUN_TEST_ENGINES", DEFAULT_ENGINES).split(",") if u.strip()]
+from lrun_support import BUSYBOX_IMAGE, PYTHON_IMAGE, engine_urls
 
 
 def _probe(url: str) -> str | None:

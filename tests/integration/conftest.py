@@ -8,8 +8,7 @@ from pathlib import Path
 
 import docker
 import pytest
-
-from tests.conftest import PYTHON_IMAGE
+from lrun_support import PYTHON_IMAGE
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -60,11 +59,3 @@ def _remove_test_containers(engines: list[str], state_dir: Path) -> Iterator[Non
                     client.remove_container(c["Id"], force=True, v=True)
         finally:
             client.close()
-
-
-def write_tests(root: Path, name: str, source: str) -> Path:
-    """A test directory ``root/name`` holding ``test_<name>.py`` with ``source``."""
-    d = root / name
-    d.mkdir(parents=True, exist_ok=True)
-    (d / f"test_{name}.py").write_text(textwrap.dedent(source))
-    return d

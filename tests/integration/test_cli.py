@@ -14,13 +14,12 @@ from typing import Any
 
 import docker
 import pytest
+from lrun_support import PYTHON_IMAGE, busybox_spec, container_status, resolver_for, wait_for
 
 from pytest_lrun.cli import main
 from pytest_lrun.dispatch import Dispatcher, EnginePool
 from pytest_lrun.machines import Machine
 from pytest_lrun.store import RunStore, Status
-from tests.conftest import PYTHON_IMAGE
-from tests.integration.test_recovery import busybox_spec, container_status, resolver_for, wait_for
 
 FOLLOW_SCRIPT = "for i in 1 2 3; do echo line$i; sleep 1; done"
 

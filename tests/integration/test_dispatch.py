@@ -7,8 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
-from tests.integration.conftest import write_tests
+from lrun_support import write_tests
 
 PASSING = """
     import pytest

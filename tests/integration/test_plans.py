@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.integration.conftest import write_tests
+from lrun_support import write_tests
 
 SLEEPY = """
     import time

@@ -17,46 +17,15 @@ from typing import Any, cast
 
 import docker
 import pytest
+from lrun_support import BUSYBOX_IMAGE, busybox_spec, container_status, resolver_for, wait_for
 
-from pytest_lrun.dispatch import Dispatcher, EnginePool, RunSpec
+from pytest_lrun.dispatch import Dispatcher, EnginePool
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine
-from pytest_lrun.machines import Machine, MachineResolver, load_machine_tables
+from pytest_lrun.machines import Machine
 from pytest_lrun.recovery import reap, reconcile
 from pytest_lrun.store import Run, RunStore, Status
-from tests.conftest import BUSYBOX_IMAGE
 
 TEST_LABEL = "lrun-tests.token"
-
-
-# --- helpers shared with test_cli.py ---------------------------------------------------------------
-
-
-def resolver_for(project: Path) -> MachineResolver:
-    pyproject = project / "pyproject.toml"
-    return MachineResolver(load_machine_tables(pyproject), pyproject)
-
-
-def busybox_spec(tmp_path: Path, machine: Machine, *command: str) -> RunSpec:
-    """A spec running ``command`` in busybox on ``machine``, from a fresh (empty) directory."""
-    test_dir = tmp_path / f"dir-{secrets.token_hex(4)}"
-    test_dir.mkdir()
-    (test_dir / "marker.txt").write_text(test_dir.name)  # a distinct key per spec
-    return RunSpec(test_dir=test_dir, machine=machine, image=BUSYBOX_IMAGE, command=command, timeout=120)
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def container_status(api: Any, container_id: str) -> str | None:
-    try:
-        return str(api.inspect_container(container_id)["State"]["Status"])
-    except docker.errors.NotFound:
-        return None
 
 
 class OnlyMine:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import docker
 import pytest
-
-from tests.integration.conftest import write_tests
+from lrun_support import write_tests
 
 SLOW = """
     import time

@@ -1,0 +1,66 @@
+"""Helpers shared by the test folders (importable as ``lrun_support``: ``pythonpath = tests``).
+
+Kept out of the ``tests`` tree's packages on purpose: the suite runs in
+importlib mode, so the package under test is always the installed one (tox
+installs the built wheel), never the working tree.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from pytest_lrun.dispatch import RunSpec
+from pytest_lrun.machines import Machine, MachineResolver, load_machine_tables
+
+DEFAULT_ENGINES = "unix:///var/run/docker.sock,unix:///var/run/lrun-docker2.sock"
+PYTHON_IMAGE = "lrun-python:bookworm"
+BUSYBOX_IMAGE = "lrun-busybox:latest"
+
+
+def engine_urls() -> list[str]:
+    """The test engines, from ``LRUN_TEST_ENGINES`` (as ``scripts/provision.sh`` prints it)."""
+    return [u.strip() for u in os.environ.get("LRUN_TEST_ENGINES", DEFAULT_ENGINES).split(",") if u.strip()]
+
+
+def write_tests(root: Path, name: str, source: str) -> Path:
+    """A test directory ``root/name`` holding ``test_<name>.py`` with ``source``."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"test_{name}.py").write_text(textwrap.dedent(source))
+    return d
+
+
+def resolver_for(project: Path) -> MachineResolver:
+    pyproject = project / "pyproject.toml"
+    return MachineResolver(load_machine_tables(pyproject), pyproject)
+
+
+def busybox_spec(tmp_path: Path, machine: Machine, *command: str) -> RunSpec:
+    """A spec running ``command`` in busybox on ``machine``, from a fresh (empty) directory."""
+    test_dir = tmp_path / f"dir-{secrets.token_hex(4)}"
+    test_dir.mkdir()
+    (test_dir / "marker.txt").write_text(test_dir.name)  # a distinct key per spec
+    return RunSpec(test_dir=test_dir, machine=machine, image=BUSYBOX_IMAGE, command=command, timeout=120)
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def container_status(api: Any, container_id: str) -> str | None:
+    try:
+        return str(api.inspect_container(container_id)["State"]["Status"])
+    except docker.errors.NotFound:
+        return None
