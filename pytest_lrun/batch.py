@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,7 +49,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from .errors import BatchNotFound, BatchPlanMismatch, ConfigError, CorruptRecord, RunNotFound, StoreError
-from .fsutil import atomic_write_json, fsync_dir
+from .fsutil import atomic_write_json, make_private_dir, move_aside, stamp
 from .plan import Plan
 from .store import Run, RunStore, Status
 
@@ -75,7 +74,7 @@ _NEW_ID_ATTEMPTS = 100
 
 def new_batch_id() -> str:
     """A fresh, time-sortable batch id: ``b-YYYYmmddTHHMMSS-<8 hex>`` (UTC)."""
-    return f"b-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
+    return f"b-{stamp()}"
 
 
 def validate_batch_id(value: object, source: str = "batch id") -> str:
@@ -222,21 +221,6 @@ def _find_run(runs: RunStore, run_id: str) -> Run | None:
         return None
 
 
-def _stamp() -> str:
-    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
-
-
-def _make_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) with mode 0700 on the last component; leave existing ones."""
-    try:
-        path.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-        return
-    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-
-
 # --- locking ---------------------------------------------------------------
 
 _registry_guard = threading.Lock()
@@ -287,12 +271,12 @@ class BatchStore:
         durable: bool = True,
     ) -> None:
         root = Path(state_dir).expanduser()
-        _make_private_dir(root)
+        make_private_dir(root)
         self.state_dir = Path(os.path.realpath(root))
         self.batches_dir = self.state_dir / "batches"
         self.corrupt_dir = self.state_dir / "corrupt"
         for directory in (self.batches_dir, self.corrupt_dir):
-            _make_private_dir(directory)
+            make_private_dir(directory)
         if lock_timeout is not None and lock_timeout < 0:
             raise ValueError(f"lock_timeout must be >= 0 or None, not {lock_timeout!r}")
         self.lock_timeout = lock_timeout
@@ -373,39 +357,13 @@ class BatchStore:
             raise BatchNotFound(batch_id) from None
         except _Unparseable as exc:
             path = self.batches_dir / f"{batch_id}.json"
-            moved_to = self._move_aside(path, f"batch-{batch_id}")
+            moved_to = move_aside(path, self.corrupt_dir, f"batch-{batch_id}", durable=self.durable)
             if moved_to is None:  # pragma: no cover - only another writer under the lock could remove it
                 raise BatchNotFound(batch_id) from None
             problem = CorruptRecord(str(path), str(moved_to), str(exc))
             self.problems.append(problem)
             logger.warning("%s", problem)
             raise problem from None
-
-    def _move_aside(self, path: Path, label: str) -> Path | None:
-        """Move ``path`` into ``corrupt/`` under a fresh name; ``None`` if it is already gone."""
-        while True:
-            dest = self.corrupt_dir / f"{label}.{_stamp()}.json"
-            try:
-                os.link(path, dest)  # unlike rename, never replaces an existing file
-            except FileNotFoundError:
-                return None
-            except FileExistsError:
-                continue
-            except OSError:  # no hard links here: the random stamp keeps the name fresh
-                if dest.exists():
-                    continue
-                try:
-                    os.rename(path, dest)
-                except FileNotFoundError:
-                    return None
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            break
-        if self.durable:
-            fsync_dir(self.corrupt_dir)
-            fsync_dir(path.parent)
-        return dest
 
     def _write(self, batch: Batch) -> None:
         atomic_write_json(self.batches_dir / f"{batch.id}.json", batch.to_dict(), durable=self.durable)

@@ -21,7 +21,9 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +94,49 @@ def atomic_write_json(
     """
     data = (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
     atomic_write_bytes(path, data, mode=mode, durable=durable)
+
+
+def stamp() -> str:
+    """A fresh, time-sortable name part: ``YYYYmmddTHHMMSS-<8 hex>`` (UTC)."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700 on the last component; leave existing ones."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def move_aside(path: Path, corrupt_dir: Path, label: str, *, durable: bool = True) -> Path | None:
+    """Move ``path`` into ``corrupt_dir`` under a fresh name, never replacing a file there.
+
+    Returns the new path, or ``None`` if ``path`` is already gone.
+    """
+    while True:
+        dest = corrupt_dir / f"{label}.{stamp()}.json"
+        try:
+            os.link(path, dest)  # unlike rename, never replaces an existing file
+        except FileNotFoundError:
+            return None
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here: the random stamp keeps the name fresh
+            if dest.exists():
+                continue
+            try:
+                os.rename(path, dest)
+            except FileNotFoundError:
+                return None
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        break
+    if durable:
+        fsync_dir(corrupt_dir)
+        fsync_dir(path.parent)
+    return dest

@@ -66,7 +66,7 @@ import xxhash
 from filelock import FileLock, Timeout
 
 from .errors import CorruptRecord, RunNotFound, StoreError, StoreLocked, TerminalRunError
-from .fsutil import atomic_write_json, fsync_dir
+from .fsutil import atomic_write_json, fsync_dir, make_private_dir, move_aside, stamp
 
 __all__ = [
     "RECORD_NAME",
@@ -248,25 +248,6 @@ def _valid_id(run_id: object) -> bool:
     return isinstance(run_id, str) and _ID_RE.fullmatch(run_id) is not None
 
 
-def _new_run_id() -> str:
-    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
-
-
-def _stamp() -> str:
-    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
-
-
-def _make_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) with mode 0700 on the last component; leave existing ones."""
-    try:
-        path.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-        return
-    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-
-
 # --- locking ---------------------------------------------------------------
 
 
@@ -329,7 +310,7 @@ class RunStore:
         durable: bool = True,
     ) -> None:
         root = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
-        _make_private_dir(root)
+        make_private_dir(root)
         #: The state directory, absolute with symlinks resolved; its layout is in the module docstring.
         self.state_dir = Path(os.path.realpath(root))
         self.runs_dir = self.state_dir / "runs"
@@ -337,7 +318,7 @@ class RunStore:
         self.locks_dir = self.state_dir / "locks"
         self.corrupt_dir = self.state_dir / "corrupt"
         for directory in (self.runs_dir, self.active_dir, self.locks_dir, self.corrupt_dir):
-            _make_private_dir(directory)
+            make_private_dir(directory)
         if lock_timeout is not None and lock_timeout < 0:
             raise ValueError(f"lock_timeout must be >= 0 or None, not {lock_timeout!r}")
         self.lock_timeout = lock_timeout
@@ -408,34 +389,8 @@ class RunStore:
 
     # -- reading and writing files ----------------------------------------------
 
-    def _move_aside(self, path: Path, label: str) -> Path | None:
-        """Move ``path`` into ``corrupt/`` under a fresh name; ``None`` if it is already gone."""
-        while True:
-            dest = self.corrupt_dir / f"{label}.{_stamp()}.json"
-            try:
-                os.link(path, dest)  # unlike rename, never replaces an existing file
-            except FileNotFoundError:
-                return None
-            except FileExistsError:
-                continue
-            except OSError:  # no hard links here: the random stamp keeps the name fresh
-                if dest.exists():
-                    continue
-                try:
-                    os.rename(path, dest)
-                except FileNotFoundError:
-                    return None
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            break
-        if self.durable:
-            fsync_dir(self.corrupt_dir)
-            fsync_dir(path.parent)
-        return dest
-
     def _quarantine(self, path: Path, label: str, reason: str) -> CorruptRecord | None:
-        moved_to = self._move_aside(path, label)
+        moved_to = move_aside(path, self.corrupt_dir, label, durable=self.durable)
         if moved_to is None:
             return None
         problem = CorruptRecord(str(path), str(moved_to), reason)
@@ -648,7 +603,7 @@ class RunStore:
 
     def _claim_run_dir(self) -> str:
         for _ in range(100):
-            run_id = _new_run_id()
+            run_id = stamp()
             try:
                 os.mkdir(self.runs_dir / run_id, 0o700)
             except FileExistsError:

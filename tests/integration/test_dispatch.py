@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -182,3 +183,17 @@ def test_keep_failed_keeps_the_container(
     finally:
         client.close()
     assert len(kept) == 1 and kept[0]["State"] == "exited"
+
+
+def test_readme_quick_start_and_example_plan(pytester: pytest.Pytester, project: Path) -> None:
+    """The README's quick start and examples/plan.toml, as a newcomer runs them."""
+    examples = Path(__file__).parents[2] / "examples"
+    shutil.copytree(examples, project / "examples")
+    result = pytester.runpytest_subprocess(
+        "--lrun-machine=local", "--lrun-image=lrun-python:bookworm", "examples/passing", "examples/failing"
+    )
+    result.assert_outcomes(passed=7, failed=1, skipped=1, xfailed=1)
+    result.stdout.fnmatch_lines(["*one widget too many*"])
+    planned = pytester.runpytest_subprocess("--lrun-plan=examples/plan.toml")
+    planned.assert_outcomes(passed=13, failed=1, skipped=2, xfailed=2)
+    planned.stdout.fnmatch_lines(["batch b-*: failed*"])

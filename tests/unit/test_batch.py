@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import pickle
 import re
-import traceback
-from collections.abc import Callable, Sequence
-from multiprocessing.process import BaseProcess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from filelock import FileLock
+from lrun_procs import WAIT_S, reap_processes, record_worker
 
 from pytest_lrun.batch import Batch, BatchStore, derive_status, new_batch_id, rows, validate_batch_id
 from pytest_lrun.errors import (
@@ -33,7 +30,6 @@ from pytest_lrun.store import Run, RunStore, Status
 CTX = multiprocessing.get_context("spawn")
 WORKERS = 8
 ENTRIES_PER_WORKER = 10
-WAIT_S = 60.0  # bound on every barrier, queue and join wait
 BATCH_ID = re.compile(r"b-\d{8}T\d{6}-[0-9a-f]{8}")
 PLAN_TEXT = '[matrix]\ndirs = ["passing", "failing"]\nmachines = ["m1", "m2"]\n'
 
@@ -188,40 +184,15 @@ def test_lock_timeout_is_a_store_error(state: Path, plan: Plan) -> None:
         batches.record(batch.id, "passing@m1", "20250101T000000-00000001")
 
 
-def _record_worker(state_dir: str, plan_path: str, worker: int, barrier: Any, results: Any) -> None:
-    """Join batch ``ci-race`` and record this worker's entries, all workers released together."""
-    try:
-        plan = load_plan(plan_path)
-        store = BatchStore(state_dir, durable=False)
-        barrier.wait(WAIT_S)
-        store.open(plan, "ci-race")
-        for n in range(ENTRIES_PER_WORKER):
-            store.record("ci-race", f"w{worker}-e{n}", f"20250101T000000-{worker:04x}{n:04x}")
-        results.put(("ok", worker, os.getpid()))
-    except BaseException:
-        results.put(("error", worker, traceback.format_exc()))
-        barrier.abort()
-
-
-def _reap(procs: Sequence[BaseProcess]) -> None:
-    for proc in procs:
-        proc.join(WAIT_S)
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(10)
-
-
 @pytest.mark.timeout(120)
 def test_concurrent_record_from_processes_loses_nothing(state: Path, plan: Plan) -> None:
     barrier = CTX.Barrier(WORKERS + 1)
     results = CTX.Queue()
     procs = [
         CTX.Process(
-            target=_record_worker, args=(str(state), str(plan.path), i, barrier, results), daemon=True
+            target=record_worker,
+            args=(str(state), str(plan.path), i, ENTRIES_PER_WORKER, barrier, results),
+            daemon=True,
         )
         for i in range(WORKERS)
     ]
@@ -235,7 +206,7 @@ def test_concurrent_record_from_processes_loses_nothing(state: Path, plan: Plan)
         assert len({entry[2] for entry in got}) == WORKERS  # really eight processes
     finally:
         barrier.abort()
-        _reap(procs)
+        reap_processes(procs)
         results.close()
         results.join_thread()
     assert [proc.exitcode for proc in procs] == [0] * WORKERS

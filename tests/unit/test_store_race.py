@@ -13,12 +13,11 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lrun_procs import MODES, WAIT_S, contend, hold_lock_until_killed, process_worker, reap_processes
 
 from pytest_lrun.errors import StoreLocked
 from pytest_lrun.store import Outcome, Run, RunStore, Status
@@ -26,59 +25,8 @@ from pytest_lrun.store import Outcome, Run, RunStore, Status
 CTX = multiprocessing.get_context("spawn")
 WORKERS = 8
 ROUNDS = 20
-WAIT_S = 60.0  # bound on every barrier, queue and join wait
-
-# mode -> (machine, key) of worker i: all contend on one key, on one machine, or not at all
-MODES: dict[str, Callable[[int], tuple[str, str]]] = {
-    "same-key": lambda i: ("m", "k"),
-    "different-keys": lambda i: ("m", f"k{i}"),
-    "different-machines": lambda i: (f"m{i}", "k"),
-}
 
 Result = tuple[int, int, str, str, int]  # round, worker, outcome, run id, pid
-
-
-def _contend(
-    state_dir: str, mode: str, worker: int, rounds: int, barrier: Any, report: Callable[[Any], None]
-) -> None:
-    """Body shared by the process and thread workers: one prepare per round, all released together."""
-    try:
-        store = RunStore(state_dir)
-        machine, key = MODES[mode](worker)
-        for round_no in range(rounds):
-            barrier.wait(WAIT_S)
-            run, outcome = store.prepare(machine, key, lambda: Run(test_dir=f"/src/{key}"))
-            report((round_no, worker, outcome.value, run.id, os.getpid()))
-    except BaseException:
-        report(("error", worker, traceback.format_exc()))
-        barrier.abort()
-
-
-def _process_worker(state_dir: str, mode: str, worker: int, rounds: int, barrier: Any, results: Any) -> None:
-    _contend(state_dir, mode, worker, rounds, barrier, results.put)
-
-
-def _hold_lock_until_killed(state_dir: str, holding: Any) -> None:
-    store = RunStore(state_dir)
-
-    def make() -> Run:  # runs inside prepare's critical section, i.e. with the machine lock held
-        holding.set()
-        time.sleep(600)
-        return Run(test_dir="/never")
-
-    store.prepare("m", "k-dead", make)
-
-
-def _reap(procs: Sequence[BaseProcess]) -> None:
-    for proc in procs:
-        proc.join(WAIT_S)
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(10)
 
 
 def _judge_round(store: RunStore, mode: str, results: list[Result], seen: set[str]) -> None:
@@ -116,7 +64,7 @@ def test_processes_prepare_one_run_per_machine(tmp_path: Path, mode: str) -> Non
     barrier = CTX.Barrier(WORKERS + 1)
     results = CTX.Queue()
     procs = [
-        CTX.Process(target=_process_worker, args=(state_dir, mode, i, ROUNDS, barrier, results), daemon=True)
+        CTX.Process(target=process_worker, args=(state_dir, mode, i, ROUNDS, barrier, results), daemon=True)
         for i in range(WORKERS)
     ]
     seen: set[str] = set()
@@ -133,7 +81,7 @@ def test_processes_prepare_one_run_per_machine(tmp_path: Path, mode: str) -> Non
         assert len(store.list()) == len(seen) == ROUNDS * (WORKERS if mode == "different-machines" else 1)
     finally:
         barrier.abort()
-        _reap(procs)
+        reap_processes(procs)
         results.close()
         results.join_thread()
     assert [proc.exitcode for proc in procs] == [0] * WORKERS
@@ -169,7 +117,7 @@ def test_threads_prepare_one_run_per_machine(tmp_path: Path, mode: str, shared: 
     else:
 
         def worker(i: int) -> None:
-            _contend(state_dir, mode, i, ROUNDS, barrier, report)
+            contend(state_dir, mode, i, ROUNDS, barrier, report)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(WORKERS)]
     seen: set[str] = set()
@@ -220,7 +168,7 @@ def test_sigkilled_lock_holder_does_not_block_the_next_caller(tmp_path: Path) ->
         pytest.skip("no kernel file locks (flock) or no SIGKILL here")
     state_dir = str(tmp_path / "state")
     holding = CTX.Event()
-    proc = CTX.Process(target=_hold_lock_until_killed, args=(state_dir, holding), daemon=True)
+    proc = CTX.Process(target=hold_lock_until_killed, args=(state_dir, holding), daemon=True)
     try:
         proc.start()
         assert holding.wait(WAIT_S), "the child never took the lock"
@@ -236,7 +184,7 @@ def test_sigkilled_lock_holder_does_not_block_the_next_caller(tmp_path: Path) ->
         run, outcome = store.prepare("m", "k", lambda: Run(test_dir="/t"))
         assert time.monotonic() - started < 5
     finally:
-        _reap([proc])
+        reap_processes([proc])
     assert outcome is Outcome.CREATED
     assert store.list() == [run]  # the dead holder recorded nothing
     assert store.check() == []
