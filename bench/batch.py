@@ -23,24 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
+
+from _timing import timed
 
 DEFAULT_ENGINES = "unix:///var/run/docker.sock,unix:///var/run/lrun-docker2.sock"
 IMAGE = "lrun-python:bookworm"
-
-
-def wall(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    return elapsed
 
 
 def main() -> None:
@@ -75,7 +66,7 @@ def main() -> None:
             plan.append(f'[[entry]]\nname = "e{i}"\ndir = "{d.name}"\nmachine = "m{i % 2 + 1}"\n')
         (root / "plan.toml").write_text("\n".join(plan))
         env = {**os.environ, "LRUN_STATE_DIR": str(root / "state")}
-        lrun_wall = wall(
+        lrun_wall = timed(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--lrun-plan=plan.toml"],
             root,
             env,
@@ -83,7 +74,7 @@ def main() -> None:
         records = [json.loads(p.read_text()) for p in (root / "state" / "runs").glob("*/run.json")]
         own = sum(r["ended_at"] - r["started_at"] for r in records)
         dirs = [f"entry{i}" for i in range(entries)]
-        plain_wall = wall([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *dirs], root, env)
+        plain_wall = timed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *dirs], root, env)
 
     print(f"{entries} entries of {seconds}s over 2 machines")
     print(f"{'measure':42} {'seconds':>8}")

@@ -26,27 +26,18 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
+
+from _timing import timed
 
 from pytest_lrun.settings import DEFAULT_COMMAND
 
 IMAGE = "lrun-python:bookworm"
 OVERHEAD_TARGET_S = 0.3
 CACHED_TARGET_S = 0.5
-
-
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    return elapsed
 
 
 def make_dirs(root: Path, count: int) -> list[str]:

@@ -120,6 +120,7 @@ class Batch:
     created_at: float
     entries: dict[str, str] = field(default_factory=dict)
     status: Status = Status.PENDING
+    planned: list[str] = field(default_factory=list)  # every entry of the plan, recorded or not yet
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # accept "failed" as well as Status.FAILED
@@ -133,6 +134,7 @@ class Batch:
             "created_at": self.created_at,
             "entries": dict(self.entries),
             "status": self.status.value,
+            "planned": list(self.planned),
         }
 
     @classmethod
@@ -164,6 +166,9 @@ class Batch:
             status = Status(data["status"])
         except ValueError:
             raise ValueError(f"batch record has an unknown status {data['status']!r}") from None
+        planned = data.get("planned", [])
+        if not isinstance(planned, list) or not all(isinstance(name, str) for name in planned):
+            raise ValueError("batch record field 'planned' must be a list of entry names")
         return cls(
             id=data["id"],
             plan=data["plan"],
@@ -171,31 +176,23 @@ class Batch:
             created_at=float(created_at),
             entries=dict(entries),
             status=status,
+            planned=list(planned),
         )
 
 
 def rows(batch: Batch, runs: RunStore) -> builtins.list[dict[str, Any]]:
-    """One dict per entry of ``batch`` (in recording order) for the CLI and the summary.
+    """One dict per entry of ``batch`` (recorded ones in recording order, then those not started).
 
     Keys: ``entry``, ``run_id``, ``machine``, ``test_dir``, ``status`` (a run status
     string, or ``"missing"`` when the run record is gone), ``exit_code`` and
-    ``duration`` (seconds from start to end, ``None`` until both are known).
+    ``duration`` (seconds from start to end, ``None`` until both are known). An entry of
+    the plan no job has started yet has status ``"pending"`` and no run id.
     """
     table: builtins.list[dict[str, Any]] = []
     for entry, run_id in batch.entries.items():
         run = _find_run(runs, run_id)
         if run is None:
-            table.append(
-                {
-                    "entry": entry,
-                    "run_id": run_id,
-                    "machine": None,
-                    "test_dir": None,
-                    "status": "missing",
-                    "exit_code": None,
-                    "duration": None,
-                }
-            )
+            table.append(_missing_row(entry, run_id, "missing"))
             continue
         duration = None
         if run.started_at is not None and run.ended_at is not None:
@@ -211,7 +208,22 @@ def rows(batch: Batch, runs: RunStore) -> builtins.list[dict[str, Any]]:
                 "duration": duration,
             }
         )
+    for entry in batch.planned:
+        if entry not in batch.entries:  # no job has started it yet
+            table.append(_missing_row(entry, None, "pending"))
     return table
+
+
+def _missing_row(entry: str, run_id: str | None, status: str) -> dict[str, Any]:
+    return {
+        "entry": entry,
+        "run_id": run_id,
+        "machine": None,
+        "test_dir": None,
+        "status": status,
+        "exit_code": None,
+        "duration": None,
+    }
 
 
 def _find_run(runs: RunStore, run_id: str) -> Run | None:
@@ -400,7 +412,13 @@ class BatchStore:
         return batch
 
     def _create(self, plan: Plan, batch_id: str) -> Batch:
-        batch = Batch(id=batch_id, plan=str(plan.path), plan_digest=plan.digest, created_at=time.time())
+        batch = Batch(
+            id=batch_id,
+            plan=str(plan.path),
+            plan_digest=plan.digest,
+            created_at=time.time(),
+            planned=list(plan.names),
+        )
         self._write(batch)
         return batch
 
@@ -467,10 +485,12 @@ class BatchStore:
         self._existing_id(batch_id)
         with self._locked(batch_id):
             batch = self._load_locked(batch_id)
-            statuses = []
+            statuses: builtins.list[Status | None] = []
             for run_id in batch.entries.values():
                 run = _find_run(runs, run_id)
                 statuses.append(None if run is None else run.status)
+            # Entries no job has started yet (CI matrix jobs still to come) keep the batch open.
+            statuses += [Status.PENDING for name in batch.planned if name not in batch.entries]
             status = derive_status(statuses)
             if status is not batch.status:
                 batch.status = status

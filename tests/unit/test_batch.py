@@ -47,6 +47,13 @@ def plan(tmp_path: Path) -> Plan:
     return make_plan(tmp_path / "project")
 
 
+def plan_of(root: Path, names: list[str]) -> Plan:
+    """A plan whose entries are exactly ``names`` (all over ``passing`` on m1)."""
+    return make_plan(
+        root, "".join(f'[[entry]]\nname = "{n}"\ndir = "passing"\nmachine = "m1"\n' for n in names)
+    )
+
+
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
     return tmp_path / "state"
@@ -82,6 +89,7 @@ def test_open_creates_a_pending_batch_with_a_fresh_id(batches: BatchStore, plan:
         "created_at": batch.created_at,
         "entries": {},
         "status": "pending",
+        "planned": ["passing@m1", "passing@m2", "failing@m1", "failing@m2"],
     }
     assert (state / "batches").stat().st_mode & 0o777 == 0o700
     assert batches.get(batch.id) == batch
@@ -169,8 +177,10 @@ def test_record_refuses_bad_entries_and_run_ids(batches: BatchStore, plan: Plan)
         batches.record(batch.id, "passing@m1", "../escape")
 
 
-def test_record_makes_a_finished_batch_running_again(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
-    batch = batches.open(plan)
+def test_record_makes_a_finished_batch_running_again(
+    batches: BatchStore, runs: RunStore, tmp_path: Path
+) -> None:
+    batch = batches.open(plan_of(tmp_path, ["passing@m1"]))
     done = runs.insert(Run(machine="m1", test_dir="/p", status=Status.COMPLETED))
     batches.record(batch.id, "passing@m1", done.id)
     assert batches.refresh(batch.id, runs).status is Status.COMPLETED
@@ -254,9 +264,9 @@ STATUS_CASES = [
 
 @pytest.mark.parametrize(("statuses", "expected"), STATUS_CASES)
 def test_refresh_derives_and_stores_the_status(
-    batches: BatchStore, runs: RunStore, plan: Plan, statuses: list[str], expected: str
+    batches: BatchStore, runs: RunStore, tmp_path: Path, statuses: list[str], expected: str
 ) -> None:
-    batch = batches.open(plan)
+    batch = batches.open(plan_of(tmp_path, [f"e{n}" for n in range(max(1, len(statuses)))]))
     for n, status in enumerate(statuses):
         batches.record(batch.id, f"e{n}", _make_run(runs, status, n))
     refreshed = batches.refresh(batch.id, runs)
@@ -271,8 +281,8 @@ def test_derive_status(statuses: list[str], expected: str) -> None:
     assert derive_status(given) is Status(expected)
 
 
-def test_refresh_follows_the_runs(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
-    batch = batches.open(plan)
+def test_refresh_follows_the_runs(batches: BatchStore, runs: RunStore, tmp_path: Path) -> None:
+    batch = batches.open(plan_of(tmp_path, ["passing@m1"]))
     run, _ = runs.prepare("m1", "k", lambda: Run(test_dir="/t"))
     batches.record(batch.id, "passing@m1", run.id)
     assert batches.refresh(batch.id, runs).status is Status.PENDING
@@ -329,6 +339,17 @@ def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
             "exit_code": None,
             "duration": None,
         },
+    ] + [
+        {
+            "entry": name,
+            "run_id": None,
+            "machine": None,
+            "test_dir": None,
+            "status": "pending",
+            "exit_code": None,
+            "duration": None,
+        }
+        for name in ("passing@m2", "failing@m1")
     ]
     assert BatchStore.rows(batch, runs) == table
     json.dumps(table)  # ready for --json output
@@ -471,3 +492,16 @@ def test_state_dir_is_shared_with_the_run_store(state: Path, plan: Plan) -> None
     assert batches.corrupt_dir == runs.corrupt_dir
     batch = batches.open(plan)
     assert runs.list() == [] and batches.list() == [batch]
+
+
+def test_entries_no_job_started_keep_the_batch_open(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
+    """A CI matrix whose other jobs have not started yet is not completed."""
+    assert len(plan.names) > 1
+    batch = batches.open(plan, "ci-1")
+    batches.record(batch.id, plan.names[0], _make_run(runs, "completed", 0))
+    assert batches.refresh(batch.id, runs).status is Status.RUNNING
+    table = rows(batches.get(batch.id), runs)
+    assert [row["status"] for row in table] == ["completed"] + ["pending"] * (len(plan.names) - 1)
+    for n, name in enumerate(plan.names[1:], start=1):
+        batches.record(batch.id, name, _make_run(runs, "completed", n))
+    assert batches.refresh(batch.id, runs).status is Status.COMPLETED
