@@ -39,17 +39,15 @@ import json
 import logging
 import os
 import re
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from .errors import BatchNotFound, BatchPlanMismatch, ConfigError, CorruptRecord, RunNotFound, StoreError
 from .fsutil import atomic_write_json, make_private_dir, move_aside, stamp
+from .locking import hold
 from .plan import Plan
 from .store import Run, RunStore, Status
 
@@ -68,7 +66,6 @@ logger = logging.getLogger("pytest_lrun")
 #: The longest batch id accepted.
 BATCH_ID_MAX = 128
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # batch ids and run ids alike
-_LOCK_POLL_S = 0.005
 _NEW_ID_ATTEMPTS = 100
 
 
@@ -235,28 +232,6 @@ def _find_run(runs: RunStore, run_id: str) -> Run | None:
 
 # --- locking ---------------------------------------------------------------
 
-_registry_guard = threading.Lock()
-_mutexes: dict[str, threading.Lock] = {}
-
-
-def _mutex_for(lock_path: str) -> threading.Lock:
-    with _registry_guard:
-        mutex = _mutexes.get(lock_path)
-        if mutex is None:
-            mutex = _mutexes[lock_path] = threading.Lock()
-        return mutex
-
-
-def _reset_mutexes_in_child() -> None:  # pragma: forked child
-    # A thread of the parent may have held a mutex at fork time; that thread does not exist here.
-    global _registry_guard
-    _registry_guard = threading.Lock()
-    _mutexes.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_mutexes_in_child)
-
 
 class _Unparseable(Exception):
     """A batch record exists but is not a valid record."""
@@ -315,32 +290,9 @@ class BatchStore:
 
     # -- locking and files ------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, batch_id: str) -> Iterator[None]:
-        lock_path = str(self.batches_dir / f"{batch_id}.lock")
-        mutex = _mutex_for(lock_path)
-        timeout = self.lock_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not mutex.acquire(timeout=-1 if timeout is None else min(timeout, threading.TIMEOUT_MAX)):
-            raise self._lock_error(batch_id, lock_path)
-        try:
-            remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            file_lock = FileLock(lock_path, mode=0o600)
-            try:
-                file_lock.acquire(timeout=remaining, poll_interval=_LOCK_POLL_S)
-            except Timeout as exc:
-                raise self._lock_error(batch_id, lock_path) from exc
-            try:
-                yield
-            finally:
-                file_lock.release()
-        finally:
-            mutex.release()
-
-    def _lock_error(self, batch_id: str, lock_path: str) -> StoreError:
-        return StoreError(
-            f"batch {batch_id!r}: lock {lock_path} still held after {self.lock_timeout or 0:g}s"
-        )
+    def _locked(self, batch_id: str) -> contextlib.AbstractContextManager[None]:
+        """Hold batch ``batch_id``'s lock (see :mod:`pytest_lrun.locking`)."""
+        return hold(str(self.batches_dir / f"{batch_id}.lock"), self.lock_timeout, f"batch {batch_id!r}")
 
     def _parse(self, batch_id: str) -> Batch:
         """Read a record without side effects.

@@ -299,12 +299,12 @@ class CorruptRecord(StoreError):
 
 
 class StoreLocked(StoreError, TimeoutError):
-    """A machine's store lock was not free within the lock timeout (a holder is stuck, not dead)."""
+    """A store lock (a machine's, a batch's) was not free within the lock timeout (a holder is stuck)."""
 
     code = "store_locked"
 
-    def __init__(self, machine: str, lock_path: str, timeout: float) -> None:
-        super().__init__(f"machine {machine!r}: store lock {lock_path} still held after {timeout:g}s")
-        self.machine = machine
+    def __init__(self, what: str, lock_path: str, timeout: float) -> None:
+        super().__init__(f"{what}: store lock {lock_path} still held after {timeout:g}s")
+        self.what = what
         self.lock_path = lock_path
         self.timeout = timeout

@@ -55,7 +55,6 @@ import re
 import secrets
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -63,10 +62,10 @@ from pathlib import Path
 from typing import Any
 
 import xxhash
-from filelock import FileLock, Timeout
 
-from .errors import CorruptRecord, RunNotFound, StoreError, StoreLocked, TerminalRunError
+from .errors import CorruptRecord, RunNotFound, StoreError, TerminalRunError
 from .fsutil import atomic_write_json, fsync_dir, make_private_dir, move_aside, stamp
+from .locking import hold
 
 __all__ = [
     "RECORD_NAME",
@@ -85,7 +84,6 @@ RECORD_NAME = "run.json"
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-_LOCK_POLL_S = 0.005  # filelock polls a contended lock; the critical section lasts a few ms
 _BUSY_BACKOFF_START_S = 0.05
 _BUSY_BACKOFF_MAX_S = 1.0
 
@@ -251,39 +249,6 @@ def _valid_id(run_id: object) -> bool:
 # --- locking ---------------------------------------------------------------
 
 
-class _Mutex:
-    """A per-process, per-lock-file thread lock that knows its holder (to refuse re-entry)."""
-
-    __slots__ = ("lock", "owner")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.owner: int | None = None
-
-
-_registry_guard = threading.Lock()
-_mutexes: dict[str, _Mutex] = {}
-
-
-def _mutex_for(lock_path: str) -> _Mutex:
-    with _registry_guard:
-        mutex = _mutexes.get(lock_path)
-        if mutex is None:
-            mutex = _mutexes[lock_path] = _Mutex()
-        return mutex
-
-
-def _reset_mutexes_in_child() -> None:  # pragma: forked child
-    # A thread of the parent may have held a mutex at fork time; that thread does not exist here.
-    global _registry_guard
-    _registry_guard = threading.Lock()
-    _mutexes.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_mutexes_in_child)
-
-
 class _Unparseable(Exception):
     """A state file exists but is not what it should be."""
 
@@ -356,36 +321,9 @@ class RunStore:
 
     # -- locking --------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, mkey: str, label: str) -> Iterator[None]:
-        """Hold machine ``mkey``'s lock: the per-process mutex, then the file lock."""
-        lock_path = str(self._lock_path(mkey))
-        mutex = _mutex_for(lock_path)
-        me = threading.get_ident()
-        if mutex.owner == me:
-            raise StoreError(
-                f"machine {label!r}: this thread already holds the store lock "
-                "(a make() callback must not call back into the store for the same machine)"
-            )
-        timeout = self.lock_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not mutex.lock.acquire(timeout=-1 if timeout is None else min(timeout, threading.TIMEOUT_MAX)):
-            raise StoreLocked(label, lock_path, float(timeout or 0))
-        mutex.owner = me
-        try:
-            remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            file_lock = FileLock(lock_path, mode=0o600)
-            try:
-                file_lock.acquire(timeout=remaining, poll_interval=_LOCK_POLL_S)
-            except Timeout as exc:
-                raise StoreLocked(label, lock_path, float(timeout or 0)) from exc
-            try:
-                yield
-            finally:
-                file_lock.release()
-        finally:
-            mutex.owner = None
-            mutex.lock.release()
+    def _locked(self, mkey: str, label: str) -> contextlib.AbstractContextManager[None]:
+        """Hold machine ``mkey``'s lock (see :mod:`pytest_lrun.locking`)."""
+        return hold(str(self._lock_path(mkey)), self.lock_timeout, f"machine {label!r}")
 
     # -- reading and writing files ----------------------------------------------
 

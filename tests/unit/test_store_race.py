@@ -175,7 +175,7 @@ def test_sigkilled_lock_holder_does_not_block_the_next_caller(tmp_path: Path) ->
         # the lock is really held: a caller that will not wait gives up
         with pytest.raises(StoreLocked) as info:
             RunStore(state_dir, lock_timeout=0.3).prepare("m", "k", lambda: Run(test_dir="/t"))
-        assert info.value.machine == "m"
+        assert info.value.what == "machine 'm'"
         os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
         proc.join(WAIT_S)
         assert proc.exitcode == -signal.SIGKILL
