@@ -5,10 +5,15 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
-from lrun_support import PYTHON_IMAGE
+from lrun_support import PYTHON_IMAGE, resolver_for
+
+from pytest_lrun.dispatch import Dispatcher, EnginePool
+from pytest_lrun.machines import Machine
+from pytest_lrun.store import RunStore
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,3 +64,32 @@ def _remove_test_containers(engines: list[str], state_dir: Path) -> Iterator[Non
                     client.remove_container(c["Id"], force=True, v=True)
         finally:
             client.close()
+
+
+@pytest.fixture
+def store(state_dir: Path) -> RunStore:
+    return RunStore(state_dir)
+
+
+@pytest.fixture
+def pool() -> Iterator[EnginePool]:
+    pool = EnginePool(connect_timeout=10)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def dispatcher(store: RunStore, pool: EnginePool) -> Dispatcher:
+    return Dispatcher(store, pool)
+
+
+@pytest.fixture
+def m1(project: Path) -> Machine:
+    return resolver_for(project).resolve("m1")
+
+
+@pytest.fixture
+def api(engines: list[str]) -> Iterator[Any]:
+    client = docker.APIClient(base_url=engines[0], timeout=30, version="auto")
+    yield client
+    client.close()

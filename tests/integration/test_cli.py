@@ -8,49 +8,18 @@ import subprocess
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 from lrun_support import PYTHON_IMAGE, busybox_spec, container_status, resolver_for, wait_for
 
 from pytest_lrun.cli import main
-from pytest_lrun.dispatch import Dispatcher, EnginePool
+from pytest_lrun.dispatch import Dispatcher
 from pytest_lrun.machines import Machine
 from pytest_lrun.store import RunStore, Status
 
 FOLLOW_SCRIPT = "for i in 1 2 3; do echo line$i; sleep 1; done"
-
-
-@pytest.fixture
-def store(state_dir: Path) -> RunStore:
-    return RunStore(state_dir)
-
-
-@pytest.fixture
-def pool() -> Iterator[EnginePool]:
-    pool = EnginePool(connect_timeout=10)
-    yield pool
-    pool.close()
-
-
-@pytest.fixture
-def dispatcher(store: RunStore, pool: EnginePool) -> Dispatcher:
-    return Dispatcher(store, pool)
-
-
-@pytest.fixture
-def m1(project: Path) -> Machine:
-    return resolver_for(project).resolve("m1")
-
-
-@pytest.fixture
-def api(engines: list[str]) -> Iterator[Any]:
-    client = docker.APIClient(base_url=engines[0], timeout=30, version="auto")
-    yield client
-    client.close()
 
 
 def lrun(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
-import docker
 import pytest
 from lrun_support import BUSYBOX_IMAGE, busybox_spec, container_status, resolver_for, wait_for
 
@@ -51,35 +50,6 @@ class OnlyMine:
 
 
 # --- fixtures -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def store(state_dir: Path) -> RunStore:
-    return RunStore(state_dir)
-
-
-@pytest.fixture
-def pool() -> Iterator[EnginePool]:
-    pool = EnginePool(connect_timeout=10)
-    yield pool
-    pool.close()
-
-
-@pytest.fixture
-def dispatcher(store: RunStore, pool: EnginePool) -> Dispatcher:
-    return Dispatcher(store, pool)
-
-
-@pytest.fixture
-def m1(project: Path) -> Machine:
-    return resolver_for(project).resolve("m1")
-
-
-@pytest.fixture
-def api(engines: list[str]) -> Iterator[Any]:
-    client = docker.APIClient(base_url=engines[0], timeout=30, version="auto")
-    yield client
-    client.close()
 
 
 @pytest.fixture
