@@ -237,7 +237,7 @@ class Dispatcher:
             image_id, image_error = spec.image, e
         key = run_key(dir_hash, image_id, spec)
         if self.reuse == "completed":
-            cached = self._cached(spec.machine.name, key)
+            cached = self.store.last_completed(spec.machine.name, key)
             if cached is not None:
                 return cached, "cached", engine
 
@@ -271,10 +271,6 @@ class Dispatcher:
         if image_error is not None:
             run = self._end(run, Status.FAILED, error=image_error)
         return run, "created", engine
-
-    def _cached(self, machine: str, key: str) -> Run | None:
-        done = [r for r in self.store.list(machine=machine, status=Status.COMPLETED) if r.key == key]
-        return max(done, key=lambda r: r.ended_at or 0.0) if done else None
 
     def _launch(self, run: Run, spec: RunSpec, engine: Engine) -> Run:
         """Create the container, ship the directory in and start it; the run is ``running`` after."""

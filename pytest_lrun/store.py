@@ -14,6 +14,8 @@ State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700):
     active/<machine-key>.json     index of the machine's non-terminal runs:
                                   {"machine": "<name>", "runs": ["<run-id>", ...]}
     locks/<machine-key>.lock      the machine's lock file (a sidecar: never holds data)
+    completed/<machine-key>-<h>.json  {"run_id": ...}: the newest completed run of a key
+                                  (h = xxh64 of the key), for cached results
     corrupt/                      state files that did not parse, moved aside, never deleted
 
 ``<run-id>`` is time-sortable: ``YYYYmmddTHHMMSS-<8 hex>`` (UTC). ``<machine-key>``
@@ -282,8 +284,10 @@ class RunStore:
         self.active_dir = self.state_dir / "active"
         self.locks_dir = self.state_dir / "locks"
         self.corrupt_dir = self.state_dir / "corrupt"
+        self.completed_dir = self.state_dir / "completed"
         for directory in (self.runs_dir, self.active_dir, self.locks_dir, self.corrupt_dir):
             make_private_dir(directory)
+        make_private_dir(self.completed_dir)
         if lock_timeout is not None and lock_timeout < 0:
             raise ValueError(f"lock_timeout must be >= 0 or None, not {lock_timeout!r}")
         self.lock_timeout = lock_timeout
@@ -616,6 +620,27 @@ class RunStore:
                 _, run_ids = self._index_locked(mkey, run.machine)
                 if run.id in run_ids:
                     self._write_index(mkey, run.machine, [rid for rid in run_ids if rid != run.id])
+            if run.status is Status.COMPLETED and not stored.status.is_terminal:
+                # Pointer second: the newest completed run of this key, for cached results.
+                pointer = self._completed_path(mkey, run.key)
+                atomic_write_json(pointer, {"run_id": run.id}, durable=self.durable)
+
+    def last_completed(self, machine: str, key: str) -> Run | None:
+        """The newest completed run of ``key`` on ``machine`` (``--lrun-reuse=completed``), or None.
+
+        Reads one pointer and one record, however many runs are stored.
+        """
+        try:
+            pointer = json.loads(self._completed_path(machine_key(machine), key).read_bytes())
+            run = self.get(str(pointer["run_id"]))
+        except (FileNotFoundError, ValueError, KeyError, TypeError, RunNotFound, CorruptRecord):
+            return None  # no such run yet, or it was deleted: nothing to reuse
+        if run.status is not Status.COMPLETED or run.machine != machine or run.key != key:
+            return None
+        return run
+
+    def _completed_path(self, mkey: str, key: str) -> Path:
+        return self.completed_dir / f"{mkey}-{xxhash.xxh64_hexdigest(key.encode())}.json"
 
     def list(
         self,

@@ -687,3 +687,22 @@ def test_atomic_write_json_refuses_unencodable_before_touching_disk(tmp_path: Pa
         atomic_write_json(target, {"nan": float("nan")})
     assert json.loads(target.read_text(encoding="utf-8")) == {"ok": "ü"}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_last_completed_finds_the_newest_completed_run_of_a_key(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "state", durable=False)
+    assert store.last_completed("m", "k") is None
+    ids = []
+    for _ in range(2):
+        run, _ = store.prepare("m", "k", lambda: Run(test_dir="/t"))
+        run.status = Status.COMPLETED
+        store.update(run)
+        ids.append(run.id)
+    failed, _ = store.prepare("m", "k", lambda: Run(test_dir="/t"))
+    failed.status = Status.FAILED
+    store.update(failed)  # a failed run is never a cached result
+    found = store.last_completed("m", "k")
+    assert found is not None and found.id == ids[-1]
+    assert store.last_completed("m", "other") is None and store.last_completed("m2", "k") is None
+    store.delete(ids[-1])
+    assert store.last_completed("m", "k") is None  # a deleted run is not reused
