@@ -197,3 +197,35 @@ def test_readme_quick_start_and_example_plan(pytester: pytest.Pytester, project:
     planned = pytester.runpytest_subprocess("--lrun-plan=examples/plan.toml")
     planned.assert_outcomes(passed=13, failed=1, skipped=2, xfailed=2)
     planned.stdout.fnmatch_lines(["batch b-*: failed*"])
+
+
+def test_machine_limits_and_no_network(pytester: pytest.Pytester, project: Path, engines: list[str]) -> None:
+    import docker
+
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text()
+        + f'\n[tool.lrun.machines.small]\nhost = "{engines[1]}"\nimage = "lrun-busybox:latest"\n'
+        'cpus = 0.5\nmemory = "64m"\nenv = { GREETING = "hi" }\n'
+    )
+    (project / "probe").mkdir()
+    result = pytester.runpytest_subprocess(
+        "--lrun-machine=small",
+        "--lrun-command=sh -c 'test $GREETING = hi && ls /lrun/work'",
+        "--lrun-keep=always",
+        "probe",
+    )
+    result.assert_outcomes(passed=1)
+    client = docker.APIClient(base_url=engines[1], version="auto")
+    try:
+        (run_line,) = [
+            line for line in result.stdout.lines if line.startswith("probe ") and "created" in line
+        ]
+        (container,) = client.containers(all=True, filters={"label": f"lrun.run-id={run_line.split()[-1]}"})
+        host_config = client.inspect_container(container["Id"])["HostConfig"]
+    finally:
+        client.close()
+    assert host_config["NanoCpus"] == 500_000_000
+    assert host_config["Memory"] == 64 * 1024 * 1024
+    assert host_config["NetworkMode"] == "none"
+    assert not host_config["Binds"], "the directory must be shipped, never bind-mounted"
