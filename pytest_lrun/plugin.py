@@ -7,6 +7,9 @@ registered only when ``--lrun-machine``, ``--lrun-plan`` or ``--lrun-attach``
 
 from __future__ import annotations
 
+import os
+from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +37,44 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 kwargs["action"] = "append"
         group.addoption(option.flag, **kwargs)
         parser.addini(option.ini, help=option.help, default=None)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None, object, object]:
+    """Keep pytest from importing a dispatched directory's own conftest.py on the host.
+
+    pytest imports ``conftest.py`` of each directory argument (and of its ``test*``
+    subdirectories) at start-up, before any collection hook can step in. A
+    dispatched directory's conftest belongs to the container and may import what
+    only the image has. While pytest loads these initial conftests, each directory
+    argument is swapped for a file beside it: its parents' conftests load as before.
+    """
+    namespace = early_config.known_args_namespace
+    if not _dispatches_directory_args(early_config):
+        return (yield)
+    given = namespace.file_or_dir
+    namespace.file_or_dir = [_anchor_beside(arg, early_config.invocation_params.dir) for arg in given]
+    try:
+        return (yield)
+    finally:
+        namespace.file_or_dir = given
+
+
+def _dispatches_directory_args(early_config: pytest.Config) -> bool:
+    namespace = early_config.known_args_namespace
+    machine = getattr(namespace, "lrun_machine", None) or os.environ.get("LRUN_MACHINE")
+    return bool(machine or _ini(early_config, "lrun_machine")) and bool(namespace.file_or_dir)
+
+
+def _anchor_beside(arg: str, invocation_dir: Path) -> str:
+    """A file in the parent of directory ``arg`` (so pytest's anchor is the parent, not ``arg``)."""
+    path = invocation_dir / arg.split("::")[0]
+    if not path.is_dir():
+        return arg
+    parent = path.resolve().parent
+    files = sorted(child for child in parent.iterdir() if child.is_file())
+    # With no file beside it, the parent itself; pytest then also scans its test* subdirectories.
+    return str(files[0]) if files else str(parent)
 
 
 def pytest_configure(config: pytest.Config) -> None:

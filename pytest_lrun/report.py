@@ -64,11 +64,20 @@ class _HostHooks:
         raise NotImplementedError
 
 
-class LrunDir(_HostHooks, pytest.Directory):
-    """A dispatched test directory; its children appear once its runs are done."""
+class LrunDir(_HostHooks, pytest.Collector):
+    """A dispatched test directory; its children appear once its runs are done.
 
-    def __init__(self, *, specs: list[RunSpec], wait: Waiter, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    Deliberately not a ``pytest.Directory``: pytest imports the conftest.py of
+    every Directory it collects, and this one's belongs to the container.
+    """
+
+    def __init__(self, *, specs: list[RunSpec], wait: Waiter, path: Path, **kwargs: Any) -> None:
+        rootpath = kwargs["parent"].config.rootpath
+        try:
+            nodeid = path.relative_to(rootpath).as_posix()
+        except ValueError:
+            nodeid = str(path)
+        super().__init__(name=path.name, path=path, nodeid=nodeid, **kwargs)
         self.specs = specs
         self.wait = wait
 

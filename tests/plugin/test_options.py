@@ -116,3 +116,17 @@ def test_only_directories_are_dispatched(project: pytest.Pytester) -> None:
 def test_detach_and_attach_are_exclusive(project: pytest.Pytester) -> None:
     result = project.runpytest("--lrun-machine=m1", "--lrun-detach", "--lrun-attach=x", "suite")
     result.stderr.fnmatch_lines(["*detach and attach cannot be combined*"])
+
+
+@pytest.mark.parametrize("name", ["suite", "tests"])
+def test_a_dispatched_dirs_conftest_is_never_imported_on_the_host(
+    project: pytest.Pytester, name: str
+) -> None:
+    inner = project.path / name
+    inner.mkdir(exist_ok=True)
+    (inner / "test_inner.py").write_text("def test_inner():\n    pass\n")
+    (inner / "conftest.py").write_text("import only_in_the_image  # noqa: F401\n")
+    project.makeconftest("def pytest_report_header():\n    return 'host conftest loaded'\n")
+    result = project.runpytest("--lrun-machine=m1", "--collect-only", name)
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["host conftest loaded", f"*<LrunDir {name}>*"])
