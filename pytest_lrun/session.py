@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from .batch import BatchStore
+from .batch import Batch, BatchStore
 from .dispatch import DEFAULT_TIMEOUT, Dispatcher, EnginePool, RunSpec
 from .engine import Engine, connect
 from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
@@ -66,6 +66,7 @@ class LrunSession:
             on_prepared=self._prepared,
         )
         self.batch_id: str | None = None
+        self._batch: Batch | None = None  # the batch as refreshed at the end of the session
         self.jobs: list[Job] = []
         self.outcomes: dict[RunSpec, Future[Outcome]] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -321,9 +322,13 @@ class LrunSession:
                 self.dispatcher.cancel_all()
             self._executor.shutdown(wait=True, cancel_futures=True)
         self.engines.close()
-        if self.batch_id is not None:
-            self.batches.refresh(self.batch_id, self.store)
-        gc(self.store, max_bytes=self.settings.state_max_bytes)
+        # Book-keeping after the tests: a problem here is reported, never turned into an internal error.
+        try:
+            if self.batch_id is not None:
+                self._batch = self.batches.refresh(self.batch_id, self.store)
+            gc(self.store, max_bytes=self.settings.state_max_bytes)
+        except (LrunError, OSError) as e:
+            self.progress(f"warning: {e}")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         rows = [
@@ -336,8 +341,8 @@ class LrunSession:
         terminalreporter.section("lrun runs")
         for line in format_table(summary_rows(rows, self.config.rootpath)):
             terminalreporter.write_line(line)
-        if self.batch_id is not None:
-            batch = self.batches.get(self.batch_id)
+        if self._batch is not None:
+            batch = self._batch
             terminalreporter.write_line(f"batch {batch.id}: {batch.status.value} (lrun batch {batch.id})")
         detached = [outcome for _, outcome in rows if isinstance(outcome, Detached)]
         if detached:
