@@ -255,18 +255,20 @@ def test_machine_that_is_not_a_table(tmp_path: Path) -> None:
 
 def test_context_resolves_with_tls_files(tmp_path: Path) -> None:
     config_dir = tmp_path / "docker-config"
-    make_context(config_dir, "remote", "tcp://10.0.0.5:2376", tls_files=("ca.pem", "cert.pem", "key.pem"))
+    make_context(
+        config_dir, "remote", "tcp://remote.example.com:2376", tls_files=("ca.pem", "cert.pem", "key.pem")
+    )
     machine = make_resolver(tmp_path, config_dir=config_dir).resolve("remote")
     tls_dir = config_dir / "contexts" / "tls" / hashlib.sha256(b"remote").hexdigest() / "docker"
     assert machine == Machine(
         name="remote",
-        host="tcp://10.0.0.5:2376",
+        host="tcp://remote.example.com:2376",
         source="context",
         tls=TLSConfig(
             str(tls_dir / "ca.pem"), str(tls_dir / "cert.pem"), str(tls_dir / "key.pem"), verify=True
         ),
     )
-    assert machine.describe() == "remote (tcp://10.0.0.5:2376, TLS, from Docker context)"
+    assert machine.describe() == "remote (tcp://remote.example.com:2376, TLS, from Docker context)"
 
 
 def test_context_skip_tls_verify_and_plain_contexts(tmp_path: Path) -> None:
