@@ -229,3 +229,22 @@ def test_machine_limits_and_no_network(pytester: pytest.Pytester, project: Path,
     assert host_config["Memory"] == 64 * 1024 * 1024
     assert host_config["NetworkMode"] == "none"
     assert not host_config["Binds"], "the directory must be shipped, never bind-mounted"
+
+
+def test_make_engine_hook_supplies_the_client(pytester: pytest.Pytester, project: Path) -> None:
+    """A project's own pytest_lrun_make_engine (firstresult) replaces the built-in client factory."""
+    write_tests(project, "suite", "def test_ok():\n    pass\n")
+    pytester.makeconftest(
+        """
+        from pathlib import Path
+
+        from pytest_lrun.engine import connect
+
+        def pytest_lrun_make_engine(machine, config):
+            with Path("made-engines.txt").open("a") as f:
+                f.write(machine.name + "\\n")
+            return connect(machine)
+        """
+    )
+    pytester.runpytest_subprocess("--lrun-machine=m2", "suite").assert_outcomes(passed=1)
+    assert (project / "made-engines.txt").read_text() == "m2\n"
