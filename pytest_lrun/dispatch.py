@@ -228,7 +228,7 @@ class Dispatcher:
         return run, origin, engine
 
     def _decide(self, spec: RunSpec) -> tuple[Run, str, Engine]:
-        dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.state_dir / "hashcache")
+        dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.hashcache_dir)
         engine = self.engines.get(spec.machine)
         image_error: ImageMissing | None = None
         try:

@@ -479,8 +479,10 @@ def gc(store: RunStore, *, max_bytes: int) -> GcReport:
 
     Nothing happens while the state directory (all files under it) is within the
     cap. Above it, terminal runs are deleted (record, logs, artifacts) in order of
-    ``ended_at`` (else ``created_at``) until the total is under the cap. Live runs
-    are never deleted, so the cap may stay unmet; ``cap_met`` says so.
+    ``ended_at`` (else ``created_at``) until the total is under the cap; then, if
+    still over, the hash stat caches, least recently written first (they are only
+    caches). Live runs are never deleted, so the cap may stay unmet; ``cap_met``
+    says so.
     """
     size_before = state_size(store)
     if size_before <= max_bytes:
@@ -499,5 +501,13 @@ def gc(store: RunStore, *, max_bytes: int) -> GcReport:
         deleted.append(run.id)
         freed += run_bytes
         size -= run_bytes
+    caches = store.hashcache_dir.glob("*") if store.hashcache_dir.is_dir() else iter(())
+    for cache in sorted(caches, key=lambda path: path.stat().st_mtime):
+        if size <= max_bytes:
+            break
+        cache_bytes = cache.stat().st_size
+        cache.unlink(missing_ok=True)
+        freed += cache_bytes
+        size -= cache_bytes
     size_after = state_size(store)
     return GcReport(max_bytes, size_before, size_after, freed, deleted, size_after <= max_bytes)

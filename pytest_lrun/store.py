@@ -17,6 +17,7 @@ State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700):
     completed/<machine-key>-<h>.json  {"run_id": ...}: the newest completed run of a key
                                   (h = xxh64 of the key), for cached results
     corrupt/                      state files that did not parse, moved aside, never deleted
+    hashcache/                    stat caches of hashed trees (hashing's; rebuilt when missing)
 
 ``<run-id>`` is time-sortable: ``YYYYmmddTHHMMSS-<8 hex>`` (UTC). ``<machine-key>``
 is the machine name made filesystem-safe plus a short xxh64 hash of the exact
@@ -285,6 +286,8 @@ class RunStore:
         self.locks_dir = self.state_dir / "locks"
         self.corrupt_dir = self.state_dir / "corrupt"
         self.completed_dir = self.state_dir / "completed"
+        #: Where :func:`pytest_lrun.hashing.hash_dir` keeps its stat caches (a cache: any file may go).
+        self.hashcache_dir = self.state_dir / "hashcache"
         for directory in (self.runs_dir, self.active_dir, self.locks_dir, self.corrupt_dir):
             make_private_dir(directory)
         make_private_dir(self.completed_dir)

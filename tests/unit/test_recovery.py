@@ -702,3 +702,18 @@ def test_state_size_counts_every_file(store: RunStore, tmp_path: Path) -> None:
     (store.state_dir / "hashcache" / "blob").write_bytes(b"a" * 123)
     assert state_size(store) == base + 123
     assert os.path.isdir(store.state_dir)
+
+
+def test_gc_drops_hash_caches_after_terminal_runs_and_never_a_live_run(store: RunStore) -> None:
+    live = live_run(store, key="live")
+    (store.run_dir(live.id) / "logs.txt").write_bytes(b"x" * 4000)
+    store.hashcache_dir.mkdir(exist_ok=True)
+    for n, age in enumerate((300, 100)):
+        cache = store.hashcache_dir / f"tree{n}.stat"
+        cache.write_bytes(b"c" * 3000)
+        os.utime(cache, (NOW - age, NOW - age))
+    report = gc(store, max_bytes=state_size(store) - 2000)
+    assert report.cap_met
+    assert not (store.hashcache_dir / "tree0.stat").exists(), "the least recently written cache goes first"
+    assert (store.hashcache_dir / "tree1.stat").exists()
+    assert not store.get(live.id).status.is_terminal and store.run_dir(live.id).is_dir()
