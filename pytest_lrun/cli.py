@@ -48,6 +48,7 @@ from . import __version__
 from .errors import EXIT_ERROR, ConfigError, LrunError
 from .settings import OPTIONS, Settings, flag_type, resolve
 from .store import Run, RunStore, Status
+from .text import format_table
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher, EnginePool
@@ -153,11 +154,6 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-
-
 def _age(since: float | None, now: float) -> str:
     if since is None:
         return "-"
@@ -220,7 +216,7 @@ def _cmd_runs(ctx: _Context) -> int:
                 _age(run.created_at, now),
             ]
         )
-    for line in _table(rows):
+    for line in format_table(rows):
         print(line)
     return 0
 
@@ -438,7 +434,7 @@ def _cmd_batch(ctx: _Context) -> int:
                 _shown_dir(row["test_dir"]) if row["test_dir"] else "-",
             ]
         )
-    for line in _table(table):
+    for line in format_table(table):
         print(line)
     return 0
 
@@ -481,7 +477,7 @@ def _cmd_machines(ctx: _Context) -> int:
         table.append(
             [row["name"], row["url"] or "-", row["source"] or "-", row["active_run_id"] or "-", reachable]
         )
-    for line in _table(table):
+    for line in format_table(table):
         print(line)
     return 0
 

@@ -308,8 +308,3 @@ def summary_rows(rows: Sequence[tuple[RunSpec, Outcome]], rootpath: Path) -> lis
         for (spec, _), row in zip(rows, table[1:], strict=True):
             row.insert(0, spec.plan_entry or "-")
     return table
-
-
-def format_table(table: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]

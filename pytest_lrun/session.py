@@ -31,9 +31,10 @@ from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
 from .machines import Machine, MachineResolver, load_machine_tables, resolve_image
 from .plan import load_plan, select
 from .recovery import gc, reconcile
-from .report import Detached, LrunDir, Outcome, format_table, summary_rows
+from .report import Detached, LrunDir, Outcome, summary_rows
 from .settings import DEFAULT_COMMAND, Settings
 from .store import Run, RunStore
+from .text import format_table
 
 
 @dataclass(frozen=True, eq=False)
