@@ -6,7 +6,9 @@ import json
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
+import docker
 import pytest
 from lrun_support import write_tests
 
@@ -162,7 +164,6 @@ def test_secrets_in_env_stay_out_of_logs_and_state(
 def test_keep_failed_keeps_the_container(
     pytester: pytest.Pytester, project: Path, engines: list[str]
 ) -> None:
-    import docker
 
     (project / "broken").mkdir()
     result = pytester.runpytest_subprocess(
@@ -173,16 +174,8 @@ def test_keep_failed_keeps_the_container(
         "broken",
     )
     result.assert_outcomes(failed=1)
-    client = docker.APIClient(base_url=engines[0], version="auto")
-    try:
-        (run_line,) = [
-            line for line in result.stdout.lines if line.startswith("broken ") and "created" in line
-        ]
-        run_id = run_line.split()[-1]
-        kept = client.containers(all=True, filters={"label": f"lrun.run-id={run_id}"})
-    finally:
-        client.close()
-    assert len(kept) == 1 and kept[0]["State"] == "exited"
+    (kept,) = _containers_of_run(engines[0], result, "broken")
+    assert kept["State"]["Status"] == "exited"
 
 
 def test_readme_quick_start_and_example_plan(pytester: pytest.Pytester, project: Path) -> None:
@@ -200,8 +193,6 @@ def test_readme_quick_start_and_example_plan(pytester: pytest.Pytester, project:
 
 
 def test_machine_limits_and_no_network(pytester: pytest.Pytester, project: Path, engines: list[str]) -> None:
-    import docker
-
     pyproject = project / "pyproject.toml"
     pyproject.write_text(
         pyproject.read_text()
@@ -216,15 +207,8 @@ def test_machine_limits_and_no_network(pytester: pytest.Pytester, project: Path,
         "probe",
     )
     result.assert_outcomes(passed=1)
-    client = docker.APIClient(base_url=engines[1], version="auto")
-    try:
-        (run_line,) = [
-            line for line in result.stdout.lines if line.startswith("probe ") and "created" in line
-        ]
-        (container,) = client.containers(all=True, filters={"label": f"lrun.run-id={run_line.split()[-1]}"})
-        host_config = client.inspect_container(container["Id"])["HostConfig"]
-    finally:
-        client.close()
+    (container,) = _containers_of_run(engines[1], result, "probe")
+    host_config = container["HostConfig"]
     assert host_config["NanoCpus"] == 500_000_000
     assert host_config["Memory"] == 64 * 1024 * 1024
     assert host_config["NetworkMode"] == "none"
@@ -248,3 +232,14 @@ def test_make_engine_hook_supplies_the_client(pytester: pytest.Pytester, project
     )
     pytester.runpytest_subprocess("--lrun-machine=m2", "suite").assert_outcomes(passed=1)
     assert (project / "made-engines.txt").read_text() == "m2\n"
+
+
+def _containers_of_run(url: str, result: pytest.RunResult, dir_name: str) -> list[dict[str, Any]]:
+    """What the engine says about the containers kept of the run the summary shows for ``dir_name``."""
+    (row,) = [line for line in result.stdout.lines if line.startswith(f"{dir_name} ") and "created" in line]
+    client = docker.APIClient(base_url=url, version="auto")
+    try:
+        found = client.containers(all=True, filters={"label": f"lrun.run-id={row.split()[-1]}"})
+        return [client.inspect_container(c["Id"]) for c in found]
+    finally:
+        client.close()
