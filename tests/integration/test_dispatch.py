@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -243,3 +244,22 @@ def _containers_of_run(url: str, result: pytest.RunResult, dir_name: str) -> lis
         return [client.inspect_container(c["Id"]) for c in found]
     finally:
         client.close()
+
+
+def test_a_docker_context_is_a_machine(
+    pytester: pytest.Pytester, project: Path, engines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A context made by the docker CLI is dispatched to by its name, with no table in pyproject."""
+    config_dir = project / "docker-config"
+    monkeypatch.setenv("DOCKER_CONFIG", str(config_dir))
+    subprocess.run(
+        ["docker", "context", "create", "second-engine", "--docker", f"host={engines[1]}"],
+        check=True,
+        capture_output=True,
+    )
+    write_tests(project, "suite", "def test_ok():\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "--lrun-machine=second-engine", "--lrun-image=lrun-python:bookworm", "suite"
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["suite*second-engine*completed*"])
