@@ -129,7 +129,7 @@ class DockerEngine:
         self._pull_lock = threading.Lock()
         try:
             # Typed as Any: docker-py is only partly annotated, and this class is its typed face.
-            self._api: Any = docker.APIClient(**kwargs)
+            self._api: Any = _Client(**kwargs)
         except docker.errors.DockerException as e:
             raise EngineUnreachable(self.machine, self.url, str(e)) from e
         except requests.exceptions.RequestException as e:
@@ -288,6 +288,23 @@ class DockerEngine:
 
     def close(self) -> None:
         self._api.close()
+
+
+class _Client(docker.APIClient):
+    """docker's APIClient, trusting only the machine's CA when it names one.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's CA for
+    every request that does not pass ``verify`` itself, which no docker-py call
+    does: an engine's certificate, signed by the machine's own CA, then fails.
+    """
+
+    def merge_environment_settings(  # type: ignore[override, unused-ignore]
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if isinstance(self.verify, str):  # the machine's CA file (docker.tls.TLSConfig put it there)
+            settings["verify"] = self.verify
+        return settings
 
 
 def _state(info: Mapping[str, Any]) -> ContainerState:

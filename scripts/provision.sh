@@ -4,16 +4,19 @@
 # Idempotent: installs Debian's docker.io, busybox-static and debootstrap when
 # missing, starts a first engine on the default socket when none answers, and a
 # second engine on its own socket/data-root/exec-root (the second named machine
-# of the multi-machine tests), then builds the test images on both engines from
-# local root filesystems (no image registry is needed). Rootfs tarballs are
-# cached under $LRUN_CACHE_DIR so a rerun skips debootstrap.
+# of the multi-machine tests) that also listens on tcp://127.0.0.1:2376 with
+# mutual TLS (certificates made here with openssl), then builds the test images
+# on both engines from local root filesystems (no image registry is needed).
+# Rootfs tarballs and TLS material are cached under $LRUN_CACHE_DIR so a rerun
+# skips debootstrap.
 #
-# Prints `export LRUN_TEST_ENGINES=...` lines on stdout for `eval`; progress
-# goes to stderr.
+# Prints `export LRUN_TEST_...=...` lines on stdout for `eval`; progress goes
+# to stderr.
 set -euo pipefail
 
 ENGINE1_SOCK=${LRUN_ENGINE1_SOCK:-/var/run/docker.sock}
 ENGINE2_SOCK=${LRUN_ENGINE2_SOCK:-/var/run/lrun-docker2.sock}
+ENGINE2_TLS=${LRUN_ENGINE2_TLS:-127.0.0.1:2376}
 CACHE_DIR=${LRUN_CACHE_DIR:-/var/cache/lrun}
 BUSYBOX_IMAGE=lrun-busybox:latest
 PYTHON_IMAGE=lrun-python:bookworm
@@ -42,18 +45,65 @@ install_packages() {
 
 engine_up() { DOCKER_HOST="unix://$1" timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
+tls_up() {
+  local tls=$CACHE_DIR/tls
+  DOCKER_HOST="tcp://$ENGINE2_TLS" timeout 10 docker --tlsverify --tlscacert "$tls/ca.pem" \
+    --tlscert "$tls/cert.pem" --tlskey "$tls/key.pem" version >/dev/null 2>&1
+}
+
+# tls_material: a CA, a server certificate for 127.0.0.1 and a client certificate.
+tls_material() {
+  local tls=$CACHE_DIR/tls
+  [ -s "$tls/key.pem" ] && return
+  log "making TLS material for the engine on tcp://$ENGINE2_TLS"
+  mkdir -p "$tls"
+  (
+    cd "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=lrun-test-ca" \
+      -keyout ca-key.pem -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server-key.pem -out server.csr 2>/dev/null
+    printf 'subjectAltName = IP:127.0.0.1,DNS:localhost\nextendedKeyUsage = serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 3650 \
+      -extfile server.ext -out server-cert.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=lrun-test-client" -keyout key.pem.tmp -out client.csr 2>/dev/null
+    printf 'extendedKeyUsage = clientAuth\n' >client.ext
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 3650 \
+      -extfile client.ext -out cert.pem 2>/dev/null
+    mv key.pem.tmp key.pem  # last: its presence says the set is complete
+  )
+}
+
+# stop_engine NAME: stop the dockerd of NAME (not the first engine) and wait until it is gone.
+stop_engine() {
+  local pidfile=/var/run/lrun-$1.pid pid i
+  pid=$(cat "$pidfile" 2>/dev/null) || return 0
+  kill "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.5
+  done
+  log "dockerd $1 (pid $pid) did not stop within 30 s"
+  exit 1
+}
+
 # start_engine SOCKET NAME: start dockerd on SOCKET unless an engine answers there.
 start_engine() {
   local sock=$1 name=$2
   if engine_up "$sock"; then
-    log "engine $name answers on $sock"
-    return
+    if [ "$name" = engine1 ] || tls_up; then
+      log "engine $name answers on $sock"
+      return
+    fi
+    log "engine $name answers on $sock but not on tcp://$ENGINE2_TLS: restarting it"
+    stop_engine "$name"
   fi
   need_root "starting dockerd"
   local args=(--iptables=false --ip6tables=false --bridge=none --host "unix://$sock")
   if [ "$name" != engine1 ]; then
+    local tls=$CACHE_DIR/tls
     args+=(--data-root "/var/lib/lrun-$name" --exec-root "/var/run/lrun-$name"
-      --pidfile "/var/run/lrun-$name.pid")
+      --pidfile "/var/run/lrun-$name.pid" --host "tcp://$ENGINE2_TLS" --tlsverify
+      --tlscacert "$tls/ca.pem" --tlscert "$tls/server-cert.pem" --tlskey "$tls/server-key.pem")
   fi
   log "starting dockerd $name on $sock (log: /tmp/lrun-dockerd-$name.log)"
   nohup dockerd "${args[@]}" >"/tmp/lrun-dockerd-$name.log" 2>&1 &
@@ -66,7 +116,7 @@ start_engine() {
     sleep 1
   done
   log "engine $name did not answer on $sock within 60 s; its log follows"
-  tail -n 30 "/tmp/lrun-dockerd-$name.log" >&2 || true
+  tail -c 4000 "/tmp/lrun-dockerd-$name.log" | tr -d '\000' >&2 || true
   exit 1
 }
 
@@ -121,6 +171,7 @@ build_image() {
 main() {
   mkdir -p "$CACHE_DIR"
   install_packages
+  tls_material
   start_engine "$ENGINE1_SOCK" engine1
   start_engine "$ENGINE2_SOCK" engine2
   local bb py sock
@@ -132,6 +183,7 @@ main() {
   done
   log "ready: engines $ENGINE1_SOCK $ENGINE2_SOCK, images $BUSYBOX_IMAGE $PYTHON_IMAGE"
   echo "export LRUN_TEST_ENGINES=unix://$ENGINE1_SOCK,unix://$ENGINE2_SOCK"
+  echo "export LRUN_TEST_TLS_ENGINE=tcp://$ENGINE2_TLS LRUN_TEST_TLS_DIR=$CACHE_DIR/tls"
 }
 
 main "$@"

@@ -1,9 +1,10 @@
 """Shared test set-up: the real Docker Engines the `docker` tests run against.
 
 The engines come from ``LRUN_TEST_ENGINES`` (comma separated URLs, as printed by
-``scripts/provision.sh``). Tests marked ``docker`` skip when no engine answers,
-except with ``LRUN_REQUIRE_DOCKER=1`` (set by ``.ci/run``), where a missing
-engine fails them: CI must never pass by skipping its real-engine tests.
+``scripts/provision.sh``; ``LRUN_TEST_TLS_ENGINE`` and ``LRUN_TEST_TLS_DIR`` name the
+TLS endpoint). Tests marked ``docker`` skip when no engine answers, except with
+``LRUN_REQUIRE_DOCKER=1`` (set by ``.ci/run``), where a missing engine fails them:
+CI must never pass by skipping its real-engine tests.
 """
 
 from __future__ import annotations

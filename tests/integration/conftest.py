@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,3 +94,15 @@ def api(engines: list[str]) -> Iterator[Any]:
     client = docker.APIClient(base_url=engines[0], timeout=30, version="auto")
     yield client
     client.close()
+
+
+@pytest.fixture
+def tls_engine() -> tuple[str, Path]:
+    """The TLS endpoint of the second engine and its certificates (``scripts/provision.sh``)."""
+    url, tls_dir = os.environ.get("LRUN_TEST_TLS_ENGINE"), os.environ.get("LRUN_TEST_TLS_DIR")
+    if not url or not tls_dir:
+        message = 'LRUN_TEST_TLS_ENGINE/LRUN_TEST_TLS_DIR unset: eval "$(scripts/provision.sh)" first'
+        if os.environ.get("LRUN_REQUIRE_DOCKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url, Path(tls_dir)

@@ -263,3 +263,38 @@ def test_a_docker_context_is_a_machine(
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["suite*second-engine*completed*"])
+
+
+def test_a_tcp_engine_with_mutual_tls(
+    pytester: pytest.Pytester, project: Path, tls_engine: tuple[str, Path]
+) -> None:
+    url, tls = tls_engine
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text()
+        + f'''
+[tool.lrun.machines.secure]
+host = "{url}"
+image = "lrun-busybox:latest"
+tls_ca_cert = "{tls / "ca.pem"}"
+tls_client_cert = "{tls / "cert.pem"}"
+tls_client_key = "{tls / "key.pem"}"
+
+[tool.lrun.machines.no-client-cert]
+host = "{url}"
+image = "lrun-busybox:latest"
+tls_ca_cert = "{tls / "ca.pem"}"
+'''
+    )
+    (project / "remote").mkdir()
+    (project / "remote" / "hello.txt").write_text("shipped over TLS\n")
+    result = pytester.runpytest_subprocess(
+        "--lrun-machine=secure", "--lrun-command=cat hello.txt", "remote", "-v"
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*[[]secure remote[]] shipped over TLS*"])
+    refused = pytester.runpytest_subprocess(
+        "--lrun-machine=no-client-cert", "--lrun-connect-timeout=5", "remote"
+    )
+    refused.assert_outcomes(failed=1)
+    refused.stdout.fnmatch_lines(["*machine 'no-client-cert'*engine at tcp://*unreachable*"])
