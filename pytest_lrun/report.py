@@ -242,8 +242,9 @@ def _captured(text: str | None) -> str:
 
 
 def _case_text(case: CaseResult, run: Run) -> str:
-    parts = [part for part in (case.text, case.message) if part]
-    text = parts[0] if parts else f"{case.outcome} in the container"
+    """The inner failure, message first (pytest's short summary shows the first line), then traceback."""
+    parts = [part.strip("\n") for part in (case.message, case.text) if part]
+    text = "\n\n".join(parts) or f"{case.outcome} in the container"
     return f"{text}\n\n[lrun] run {run.id} on {run.machine}: {run.status.value}"
 
 
