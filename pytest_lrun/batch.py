@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import logging
 import os
 import re
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BatchNotFound, BatchPlanMismatch, ConfigError, CorruptRecord, RunNotFound, StoreError
-from .fsutil import atomic_write_json, make_private_dir, move_aside, stamp
+from .fsutil import Unparseable, atomic_write_json, make_private_dir, move_aside, parse_record, stamp
 from .locking import hold
 from .plan import Plan
 from .store import Run, RunStore, Status
@@ -230,13 +229,6 @@ def _find_run(runs: RunStore, run_id: str) -> Run | None:
         return None
 
 
-# --- locking ---------------------------------------------------------------
-
-
-class _Unparseable(Exception):
-    """A batch record exists but is not a valid record."""
-
-
 # --- the store -------------------------------------------------------------
 
 
@@ -298,15 +290,12 @@ class BatchStore:
         """Read a record without side effects.
 
         :raises FileNotFoundError: no record
-        :raises _Unparseable: the record is not a valid batch record for this id
+        :raises Unparseable: the record is not a valid batch record for this id
         """
         raw = (self.batches_dir / f"{batch_id}.json").read_bytes()
-        try:
-            batch = Batch.from_dict(json.loads(raw))
-        except (ValueError, TypeError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
-            raise _Unparseable(str(exc) or type(exc).__name__) from exc
+        batch = parse_record(raw, Batch.from_dict)
         if batch.id != batch_id:
-            raise _Unparseable(f"record id {batch.id!r} does not match its file name {batch_id!r}")
+            raise Unparseable(f"record id {batch.id!r} does not match its file name {batch_id!r}")
         return batch
 
     def _load_locked(self, batch_id: str) -> Batch:
@@ -319,7 +308,7 @@ class BatchStore:
             return self._parse(batch_id)
         except FileNotFoundError:
             raise BatchNotFound(batch_id) from None
-        except _Unparseable as exc:
+        except Unparseable as exc:
             path = self.batches_dir / f"{batch_id}.json"
             moved_to = move_aside(path, self.corrupt_dir, f"batch-{batch_id}", durable=self.durable)
             if moved_to is None:  # pragma: no cover - only another writer under the lock could remove it
@@ -410,7 +399,7 @@ class BatchStore:
             return self._parse(batch_id)
         except FileNotFoundError:
             raise BatchNotFound(batch_id) from None
-        except _Unparseable:
+        except Unparseable:
             with self._locked(batch_id):  # look again under the lock before moving anything
                 return self._load_locked(batch_id)
 

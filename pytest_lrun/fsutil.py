@@ -24,8 +24,11 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_dir"]
 
@@ -140,3 +143,15 @@ def move_aside(path: Path, corrupt_dir: Path, label: str, *, durable: bool = Tru
         fsync_dir(corrupt_dir)
         fsync_dir(path.parent)
     return dest
+
+
+class Unparseable(Exception):
+    """A state file exists but is not what it should be (bad JSON, UTF-8 or shape)."""
+
+
+def parse_record(raw: bytes, from_dict: Callable[[Any], T]) -> T:
+    """Decode a JSON state record with ``from_dict``; any malformation raises :class:`Unparseable`."""
+    try:
+        return from_dict(json.loads(raw))
+    except (ValueError, TypeError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        raise Unparseable(str(exc) or type(exc).__name__) from exc

@@ -64,7 +64,15 @@ from pathlib import Path
 import xxhash
 
 from .errors import CorruptRecord, RunNotFound, StoreError, TerminalRunError
-from .fsutil import atomic_write_json, fsync_dir, make_private_dir, move_aside, stamp
+from .fsutil import (
+    Unparseable,
+    atomic_write_json,
+    fsync_dir,
+    make_private_dir,
+    move_aside,
+    parse_record,
+    stamp,
+)
 from .locking import hold
 from .records import Run, Status
 
@@ -121,13 +129,6 @@ class Outcome(enum.Enum):
 
 def _valid_id(run_id: object) -> bool:
     return isinstance(run_id, str) and _ID_RE.fullmatch(run_id) is not None
-
-
-# --- locking ---------------------------------------------------------------
-
-
-class _Unparseable(Exception):
-    """A state file exists but is not what it should be."""
 
 
 # --- the store -------------------------------------------------------------
@@ -221,19 +222,16 @@ class RunStore:
         """Read ``runs/<run_id>/run.json`` without side effects.
 
         :raises FileNotFoundError: no record
-        :raises _Unparseable: the record is not a valid run record for this directory
+        :raises Unparseable: the record is not a valid run record for this directory
         """
         path = self._record_path(run_id)
         try:
             raw = path.read_bytes()
         except NotADirectoryError:
             raise FileNotFoundError(str(path)) from None
-        try:
-            run = Run.from_dict(json.loads(raw))
-        except (ValueError, TypeError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
-            raise _Unparseable(str(exc) or type(exc).__name__) from exc
+        run = parse_record(raw, Run.from_dict)
         if run.id != run_id:
-            raise _Unparseable(f"record id {run.id!r} does not match its directory {run_id!r}")
+            raise Unparseable(f"record id {run.id!r} does not match its directory {run_id!r}")
         return run
 
     def _load(self, run_id: str) -> Run:
@@ -248,7 +246,7 @@ class RunStore:
             return self._parse_record(run_id)
         except FileNotFoundError:
             raise RunNotFound(run_id) from None
-        except _Unparseable as exc:
+        except Unparseable as exc:
             problem = self._quarantine(self._record_path(run_id), f"run-{run_id}", str(exc))
             if problem is None:  # another reader moved it aside first
                 raise RunNotFound(run_id) from None
@@ -260,7 +258,7 @@ class RunStore:
     def _parse_index(self, mkey: str) -> tuple[str | None, builtins.list[str]]:
         """The machine name and run ids in ``active/<mkey>.json`` (none when absent), without side effects.
 
-        :raises _Unparseable: the index is not valid
+        :raises Unparseable: the index is not valid
         """
         try:
             raw = self._index_path(mkey).read_bytes()
@@ -269,10 +267,10 @@ class RunStore:
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError) as exc:
-            raise _Unparseable(str(exc)) from exc
+            raise Unparseable(str(exc)) from exc
         runs = data.get("runs") if isinstance(data, dict) else None
         if not isinstance(runs, builtins.list) or not all(_valid_id(rid) for rid in runs):
-            raise _Unparseable('an index must be an object with "runs": a list of run ids')
+            raise Unparseable('an index must be an object with "runs": a list of run ids')
         machine = data.get("machine")
         return (machine if isinstance(machine, str) else None), [str(rid) for rid in runs]
 
@@ -300,7 +298,7 @@ class RunStore:
         try:
             stored_name, run_ids = self._parse_index(mkey)
             return machine or stored_name, run_ids
-        except _Unparseable as exc:
+        except Unparseable as exc:
             self._quarantine(self._index_path(mkey), f"active-{mkey}", str(exc))
         rebuilt = sorted(
             (
@@ -587,7 +585,7 @@ class RunStore:
                 self._parse_record(name)
             except FileNotFoundError:
                 continue
-            except _Unparseable as exc:
+            except Unparseable as exc:
                 problems.append(f"runs/{name}/{RECORD_NAME} is not a valid run record: {exc}")
         for index in sorted(self.active_dir.glob("*.json")):
             mkey = index.stem
@@ -599,7 +597,7 @@ class RunStore:
         where = f"active/{mkey}.json"
         try:
             _, run_ids = self._parse_index(mkey)
-        except _Unparseable as exc:
+        except Unparseable as exc:
             return [f"{where} does not parse: {exc}"]
         problems: builtins.list[str] = []
         if len(set(run_ids)) != len(run_ids):
@@ -611,7 +609,7 @@ class RunStore:
             except FileNotFoundError:
                 problems.append(f"{where} lists run {run_id}, which has no record")
                 continue
-            except _Unparseable:
+            except Unparseable:
                 problems.append(f"{where} lists run {run_id}, whose record is not valid")
                 continue
             if machine_key(run.machine) != mkey:
