@@ -26,7 +26,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
@@ -435,12 +435,9 @@ class Dispatcher:
         run = self.store.get(run.id)
         if run.status.is_terminal:
             return run
-        lock = finish_lock(self.store, run.id)
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            return None
-        try:
+        with unwatched(self.store, run.id) as free:
+            if not free:
+                return None
             run = self.store.get(run.id)  # it may have ended while we took the lock
             if run.status.is_terminal:
                 return run
@@ -467,8 +464,6 @@ class Dispatcher:
                 )
             secrets = [state.env[name] for name in run.env_names or () if name in state.env]
             return self._finish(replace(run, owner=_me()), engine, secrets, fresh_logs=True)
-        finally:
-            lock.release()
 
     def _end(
         self,
@@ -526,6 +521,21 @@ def finish_lock(store: RunStore, run_id: str) -> filelock.FileLock:
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     return filelock.FileLock(str(run_dir / FINISH_LOCK), thread_local=False)
+
+
+@contextlib.contextmanager
+def unwatched(store: RunStore, run_id: str) -> Iterator[bool]:
+    """Take run ``run_id``'s finish lock if it is free; yields whether we hold it (False: someone watches)."""
+    lock = finish_lock(store, run_id)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def _secrets(spec: RunSpec) -> list[str]:

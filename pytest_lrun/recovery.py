@@ -32,14 +32,12 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-import filelock
-
-from .dispatch import finish_lock
+from .dispatch import unwatched
 from .engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine
 from .errors import (
     CorruptRecord,
@@ -160,21 +158,6 @@ class GcReport:
 
 
 # --- the finish lock ---------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _finish_lock(store: RunStore, run_id: str) -> Iterator[bool]:
-    """Hold the run's finish lock if it is free; yields whether we hold it (False: someone watches)."""
-    lock = finish_lock(store, run_id)
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
 
 
 def _interrupt(store: RunStore, run: Run, code: str, msg: str) -> Run:
@@ -335,13 +318,13 @@ def cancel(store: RunStore, run_id: str, resolve_engine: ResolveEngine) -> Run:
         raise TerminalRunError(run.id, run.status.value, CANCELLED)
     engine = resolve_engine(run.machine) if run.container_id is not None else None
     msg = "cancelled with `lrun cancel`"
-    with _finish_lock(store, run.id) as unwatched:
+    with unwatched(store, run.id) as free:
         run = store.get(run_id)
         if run.status.is_terminal:
             raise TerminalRunError(run.id, run.status.value, CANCELLED)
         if run.container_id is not None and engine is None:
             engine = resolve_engine(run.machine)  # it got a container since we first looked
-        if unwatched:
+        if free:
             if engine is not None and run.container_id is not None:
                 engine.kill(run.container_id)
             run = _interrupt(store, run, CANCELLED, msg)
