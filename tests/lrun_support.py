@@ -7,6 +7,7 @@ installs the built wheel), never the working tree.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import textwrap
@@ -64,3 +65,20 @@ def container_status(api: Any, container_id: str) -> str | None:
         return str(api.inspect_container(container_id)["State"]["Status"])
     except docker.errors.NotFound:
         return None
+
+
+def wait_for_running(state_dir: Path, timeout: float = 60.0) -> str:
+    """The id of the first run under ``state_dir`` to become running (after its command had a moment)."""
+    found: list[str] = []
+
+    def running() -> bool:
+        for record in sorted(state_dir.glob("runs/*/run.json")):
+            data = json.loads(record.read_text())
+            if data["status"] == "running":
+                found.append(str(data["id"]))
+                return True
+        return False
+
+    wait_for(running, "a run to become running", timeout)
+    time.sleep(0.5)  # let the inner command start
+    return found[0]

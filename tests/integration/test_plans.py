@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
-from lrun_support import write_tests
+from lrun_support import wait_for_running, write_tests
 
 SLEEPY = """
     import time
@@ -119,12 +118,7 @@ def test_host_killed_mid_run_loses_nothing(project: Path, state_dir: Path) -> No
     write_tests(project, "slow", SLEEPY.format(seconds=4))
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--lrun-machine=m1", "slow"]
     first = subprocess.Popen(cmd, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        runs = _runs(state_dir) if (state_dir / "runs").is_dir() else {}
-        if any(r["status"] == "running" for r in runs.values()):
-            break
-        time.sleep(0.1)
+    wait_for_running(state_dir)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     second = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=120, check=False)

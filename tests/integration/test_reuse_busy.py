@@ -12,7 +12,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from lrun_support import write_tests
+from lrun_support import wait_for_running, write_tests
 
 SLOW = """
     import time
@@ -82,7 +82,7 @@ def test_busy_machine_fails_fast_or_waits(project: Path, state_dir: Path) -> Non
     write_tests(project, "slow", SLOW.format(seconds=4))
     write_tests(project, "other", "def test_ok():\n    pass\n")
     first = _pytest(project, "--lrun-machine=m1", "slow")
-    _wait_for_running(state_dir)
+    wait_for_running(state_dir)
     busy = _pytest(project, "--lrun-machine=m1", "other").communicate(timeout=60)[0]
     assert "machine_busy" in busy and "1 failed" in busy, busy
     waited = _pytest(project, "--lrun-machine=m1", "--lrun-busy-wait=60", "other").communicate(timeout=120)[0]
@@ -103,7 +103,7 @@ def test_two_machines_in_one_invocation(pytester: pytest.Pytester, project: Path
 def test_ctrl_c_leaves_no_container(project: Path, state_dir: Path, engines: list[str]) -> None:
     write_tests(project, "slow", SLOW.format(seconds=60))
     proc = _pytest(project, "--lrun-machine=m1", "slow")
-    run_id = _wait_for_running(state_dir)
+    run_id = wait_for_running(state_dir)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 2, out  # pytest's "interrupted"
@@ -135,18 +135,6 @@ def test_missing_image_with_pull_never(pytester: pytest.Pytester, project: Path,
     result = pytester.runpytest_subprocess("--lrun-machine=strict", "suite")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*image_missing*lrun-no-such-image:1*"])
-
-
-def _wait_for_running(state_dir: Path, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = _runs(state_dir) if (state_dir / "runs").is_dir() else []
-        for run in runs:
-            if run["status"] == "running":
-                time.sleep(0.5)  # let the inner pytest start
-                return str(run["id"])
-        time.sleep(0.1)
-    raise AssertionError(f"no run became running within {timeout}s")
 
 
 @pytest.fixture(autouse=True)
