@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: provision the two engines and images,
-# then tox runs the tests (py), ruff (lint) and mypy (type). Where a Python
-# 3.10 interpreter is at hand (pyenv), the whole suite runs on it too: 3.10 is
-# the oldest Python pytest-lrun supports.
+# check the README's first command from a bare virtual environment
+# (scripts/demo-check.sh), then tox runs the tests (py), ruff (lint) and mypy
+# (type). Where a Python 3.10 interpreter is at hand (pyenv), the whole suite
+# runs on it too: 3.10 is the oldest Python pytest-lrun supports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/provision.sh)"
+scripts/demo-check.sh
 export LRUN_REQUIRE_DOCKER=${LRUN_REQUIRE_DOCKER:-1}
 python3 -m tox --version >/dev/null 2>&1 || python3 -m pip install -q tox
 python3 -m tox run -e py,lint,type -- "$@"

@@ -180,15 +180,31 @@ def test_keep_failed_keeps_the_container(
 
 
 def test_readme_quick_start_and_example_plan(pytester: pytest.Pytester, project: Path) -> None:
-    """The README's quick start and examples/plan.toml, as a newcomer runs them."""
+    """The README's quick start (scripts/demo.sh) and examples/plan.toml, as a newcomer runs them.
+
+    The examples run with their own settings (``-c examples/pytest.ini``), under a project whose
+    test-suite settings they could not meet: like this repository's, an option of a plugin the demo
+    does not install, and warnings as errors (which made that option an INTERNALERROR).
+    """
     examples = Path(__file__).parents[2] / "examples"
     shutil.copytree(examples, project / "examples")
-    result = pytester.runpytest_subprocess(
-        "--lrun-machine=local", "--lrun-image=lrun-python:bookworm", "examples/passing", "examples/failing"
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text()
+        + '\n[tool.pytest.ini_options]\nfilterwarnings = ["error"]\nonly_the_suite_knows_this = 600\n'
     )
+    own_settings = ("-c", "examples/pytest.ini")
+    result = pytester.runpytest_subprocess(
+        *own_settings,
+        "--lrun-machine=local",
+        "--lrun-image=lrun-python:bookworm",
+        "examples/passing",
+        "examples/failing",
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=7, failed=1, skipped=1, xfailed=1)
     result.stdout.fnmatch_lines(["*one widget too many*"])
-    planned = pytester.runpytest_subprocess("--lrun-plan=examples/plan.toml")
+    planned = pytester.runpytest_subprocess(*own_settings, "--lrun-plan=examples/plan.toml")
     planned.assert_outcomes(passed=13, failed=1, skipped=2, xfailed=2)
     planned.stdout.fnmatch_lines(["batch b-*: failed*"])
 
