@@ -14,7 +14,6 @@ timeout that the engine answers.
 from __future__ import annotations
 
 import math
-import re
 import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ import requests.exceptions
 
 from .errors import ContainerGone, EngineError, EngineUnreachable, ImageMissing
 from .machines import Machine
+from .settings import DEFAULT_CONNECT_TIMEOUT
 
 # Labels every container pytest-lrun creates carries; clean-up filters on them, never on names.
 LABEL_RUN = "lrun.run-id"
@@ -36,8 +36,6 @@ LABEL_HASH = "lrun.hash"
 LABEL_BATCH = "lrun.batch"
 LABEL_CREATED = "lrun.created"
 LABEL_STORE = "lrun.store"  # which state dir owns the run: reaping spares other stores' runs
-
-DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,19 +49,23 @@ class ContainerSpec:
     workdir: str = "/lrun/work"
     network: str = "none"
     cpus: float | None = None
-    memory: str | None = None
+    memory: int | None = None  # bytes (Machine.memory)
 
 
 @dataclass(frozen=True)
 class ContainerState:
-    """What the engine says about a container right now."""
+    """What the engine says about a container right now.
+
+    ``oom_killed``: the kernel killed a process of the container for exceeding its
+    memory limit (``State.OOMKilled``).
+    """
 
     id: str
     status: str
     running: bool
     exit_code: int | None
-    oom_killed: bool
-    labels: Mapping[str, str]
+    oom_killed: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
     created: str = ""
     finished_at: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
@@ -88,18 +90,6 @@ class Engine(Protocol):
     def remove(self, container_id: str) -> None: ...
     def list_labelled(self, label: str) -> list[ContainerState]: ...
     def close(self) -> None: ...
-
-
-_MEMORY = re.compile(r"^(\d+)([bkmg]?)$", re.IGNORECASE)
-_MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def memory_bytes(memory: str) -> int:
-    """Docker-style memory size ("512m", "2g") in bytes."""
-    match = _MEMORY.match(memory.strip())
-    if not match:
-        raise ValueError(f"bad memory size {memory!r}")
-    return int(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()]
 
 
 class DockerEngine:
@@ -173,7 +163,7 @@ class DockerEngine:
         host_config = self._api.create_host_config(
             network_mode=spec.network,
             nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
-            mem_limit=memory_bytes(spec.memory) if spec.memory else None,
+            mem_limit=spec.memory,
         )
         try:
             created = self._api.create_container(

@@ -41,6 +41,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pytest_lrun.errors import ConfigError, ImageNotSet, UnknownMachine
+from pytest_lrun.settings import SIZE_SPELLINGS, check_seconds, parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,8 +78,8 @@ _SOURCE_LABELS: dict[str, str] = {
     "context": "Docker context",
     "environment": "environment",
 }
-# docker-py's parse_bytes: a number with an optional b, k, m or g unit (an extra "b" is allowed).
-_MEMORY_RE = re.compile(r"(?i)^(\d+(?:\.\d+)?)([kmg]b?|b)?$")
+# The engine counts CPUs in int64 nano-CPUs.
+_MAX_CPUS = (2**63 - 1) // 10**9
 _BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _TLS_KEYS = ("tls_verify", "tls_ca_cert", "tls_client_cert", "tls_client_key")
 _TABLE_KEYS = (
@@ -140,8 +141,8 @@ class Machine:
     """A named Docker Engine and the container defaults of runs on it.
 
     ``host`` is a Docker URL (``unix://``, ``tcp://``, ``ssh://``); ``source`` says
-    where the definition came from. ``env`` is stored as a read-only mapping, so
-    the record stays hashable.
+    where the definition came from. ``memory`` is a byte count. ``env`` is stored
+    as a read-only mapping, so the record stays hashable.
     """
 
     name: str
@@ -150,7 +151,7 @@ class Machine:
     tls: TLSConfig | None = None
     image: str | None = None
     cpus: float | None = None
-    memory: str | None = None
+    memory: int | None = None  # bytes, parsed from the table's size text
     network: str = "none"
     env: Mapping[str, str] = field(default_factory=FrozenEnv)
     timeout: float | None = None
@@ -203,8 +204,9 @@ def _found(value: object) -> str:
 def load_machine_tables(pyproject: Path | None) -> dict[str, dict[str, Any]]:
     """The ``[tool.lrun.machines.NAME]`` tables of ``pyproject``, by name.
 
-    A missing file (or ``None``) gives ``{}``. A file that is not valid TOML, or a
-    ``machines`` entry that is not a table, raises :class:`ConfigError` naming the file.
+    A missing file (or ``None``) gives ``{}``. A file that is not valid TOML (nested too
+    deeply included), or a ``machines`` entry that is not a table, raises
+    :class:`ConfigError` naming the file.
     """
     if pyproject is None:
         return {}
@@ -217,6 +219,9 @@ def load_machine_tables(pyproject: Path | None) -> dict[str, dict[str, Any]]:
         raise ConfigError(str(pyproject), f"cannot read: {e.strerror or e}") from e
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(str(pyproject), f"not valid TOML: {e}") from e
+    except RecursionError:
+        # The TOML parser recurses once per level of nested arrays and inline tables.
+        raise ConfigError(str(pyproject), "not valid TOML: nested too deeply") from None
 
     node: Any = data
     for depth, key in enumerate(("tool", "lrun", "machines")):
@@ -278,7 +283,7 @@ class _TableReader:
             raise self.error(key, f"expected a non-empty string, {_found(value)}")
         return value
 
-    def number(self, key: str, what: str) -> float | None:
+    def number(self, key: str, what: str, maximum: float) -> float | None:
         if key not in self.table:
             return None
         value = self.table[key]
@@ -286,7 +291,31 @@ class _TableReader:
             raise self.error(key, f"expected {what}, {_found(value)}")
         if not math.isfinite(value) or value <= 0:
             raise self.error(key, f"expected {what}, found {value!r}")
+        if value > maximum:
+            raise self.error(key, f"expected at most {maximum:g}, found {value!r}")
         return float(value)
+
+    def seconds(self, key: str) -> float | None:
+        if key not in self.table:
+            return None
+        value = self.table[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(key, f"expected a number of seconds above zero, {_found(value)}")
+        try:
+            return check_seconds(value, zero_ok=False)
+        except ValueError as e:
+            raise self.error(key, f"{e}, found {value!r}") from None
+
+    def size(self, key: str) -> int | None:
+        if key not in self.table:
+            return None
+        value = self.table[key]
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a size string: {SIZE_SPELLINGS}; {_found(value)}")
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            raise self.error(key, f"{e}; found {value!r}") from None
 
     def boolean(self, key: str) -> bool | None:
         if key not in self.table:
@@ -308,20 +337,6 @@ class _TableReader:
                 key, f"expected a path to an existing file, found {value!r} ({path} does not exist)"
             )
         return str(path)
-
-
-def _check_memory(reader: _TableReader) -> str | None:
-    if "memory" not in reader.table:
-        return None
-    value = reader.table["memory"]
-    match = _MEMORY_RE.match(value) if isinstance(value, str) else None
-    if match is None or float(match.group(1)) == 0:
-        raise reader.error(
-            "memory",
-            "expected a size like '512m' or '2g' (a number above zero with an optional unit b, k, m or g), "
-            + _found(value),
-        )
-    return str(value)
 
 
 def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_dir: Path) -> Machine:
@@ -395,11 +410,11 @@ def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_di
         source="config",
         tls=tls,
         image=reader.string("image"),
-        cpus=reader.number("cpus", "a number of CPUs above zero"),
-        memory=_check_memory(reader),
+        cpus=reader.number("cpus", "a number of CPUs above zero", _MAX_CPUS),
+        memory=reader.size("memory"),
         network=reader.string("network") or "none",
         env=env,
-        timeout=reader.number("timeout", "a number of seconds above zero"),
+        timeout=reader.seconds("timeout"),
         pull=pull,
         workdir=workdir or "/lrun/work",
     )

@@ -24,11 +24,13 @@ Format::
 Entries keep plan order: the ``[[entry]]`` tables as written, then the matrix
 expansion (for each dir in ``dirs``, each machine in ``machines``).
 
-Everything is checked before anything runs: a plan that is not there, not TOML,
-has unknown keys, missing or mistyped fields, directories that do not exist,
-duplicate names or (when the caller knows them) unknown machines, or no entries
-at all raises :class:`~pytest_lrun.errors.PlanError`, whose message names the
-file, the entry and the field. Entry names may not contain commas or control
+Everything is checked before anything runs: a plan that is not there, not UTF-8,
+not TOML (nested too deeply included), has unknown keys, missing or mistyped
+fields, directories that do not exist or cannot be used (a name too long for the
+file system), a plan or directory path that is not valid UTF-8, duplicate names
+or (when the caller knows them) unknown machines, or no entries at all raises
+:class:`~pytest_lrun.errors.PlanError`, whose message names the file, the entry
+and the field. Entry names may not contain commas or control
 characters, nor start or end with whitespace, because ``--lrun-plan-entry`` is
 a comma separated list in ini files and the environment.
 """
@@ -36,7 +38,6 @@ a comma separated list in ini files and the environment.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -48,7 +49,7 @@ import xxhash
 
 from .errors import PlanError
 from .machines import FrozenEnv
-from .settings import parse_command
+from .settings import check_seconds, parse_command
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,8 +105,8 @@ def load_plan(path: str | os.PathLike[str], *, known_machines: Collection[str] |
     :param known_machines: when given, every entry's machine must be one of these
     :raises PlanError: the file is missing, unreadable, not TOML or not a valid plan
     """
-    shown = os.fspath(path)
-    raw = _read(shown)
+    shown = _printable(os.fspath(path))
+    raw = _read(Path(path), shown)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -114,7 +115,12 @@ def load_plan(path: str | os.PathLike[str], *, known_machines: Collection[str] |
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PlanError(shown, f"invalid TOML: {e}") from None
+    except RecursionError:
+        # The TOML parser recurses once per level of nested arrays and inline tables.
+        raise PlanError(shown, "invalid TOML: nested too deeply") from None
     absolute = Path(path).resolve()
+    if _printable(str(absolute)) != str(absolute):
+        raise PlanError(shown, f"the plan's path {_printable(str(absolute))} is not valid UTF-8")
     parser = _Parser(shown, absolute.parent)
     entries = parser.parse(data)
     if known_machines is not None:
@@ -122,15 +128,20 @@ def load_plan(path: str | os.PathLike[str], *, known_machines: Collection[str] |
     return Plan(path=absolute, digest=xxhash.xxh3_128_hexdigest(raw), entries=tuple(entries))
 
 
-def _read(shown: str) -> bytes:
+def _read(path: Path, shown: str) -> bytes:
     try:
-        return Path(shown).read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise PlanError(shown, "no such file") from None
     except IsADirectoryError:
         raise PlanError(shown, "is a directory, not a plan file") from None
     except OSError as e:
         raise PlanError(shown, f"cannot read the plan: {e.strerror or e}") from None
+
+
+def _printable(text: str) -> str:
+    """``text`` with what is not valid UTF-8 (undecodable file-name bytes) escaped as ``\\udcff``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _shown(value: object) -> str:
@@ -281,11 +292,19 @@ class _Parser:
 
     def directory(self, value: object, entry: str | None, field: str) -> Path:
         raw = self.text(value, entry, field)
-        path = (self.base / raw).resolve()
-        if not path.exists():
-            raise self.error(f"directory {raw!r} does not exist (looked for {path})", entry, field)
-        if not path.is_dir():
-            raise self.error(f"{raw!r} is not a directory ({path})", entry, field)
+        try:
+            path = (self.base / raw).resolve()
+            exists, is_dir = path.exists(), path.is_dir()
+        except OSError as e:  # e.g. ENAMETOOLONG, ELOOP, EACCES
+            raise self.error(f"cannot use directory {raw!r}: {e.strerror or e}", entry, field) from None
+        shown = _printable(str(path))
+        if not exists:
+            raise self.error(f"directory {raw!r} does not exist (looked for {shown})", entry, field)
+        if not is_dir:
+            raise self.error(f"{raw!r} is not a directory ({shown})", entry, field)
+        if shown != str(path):
+            # Run records, batch records and reports hold the path as UTF-8 text.
+            raise self.error(f"directory {raw!r} resolves to {shown}, which is not valid UTF-8", entry, field)
         return path
 
     def options(self, table: Mapping[str, Any], entry: str | None, prefix: str) -> dict[str, Any]:
@@ -336,14 +355,12 @@ class _Parser:
         return FrozenEnv(value)
 
     def timeout(self, value: object, entry: str | None, field: str) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value <= 0
-        ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(f"expected a positive number of seconds, got {_shown(value)}", entry, field)
-        return float(value)
+        try:
+            return check_seconds(value, zero_ok=False)
+        except ValueError as e:
+            raise self.error(f"{e}, got {_shown(value)}", entry, field) from None
 
     def artifacts(self, value: object, entry: str | None, field: str) -> tuple[str, ...]:
         if not isinstance(value, list):

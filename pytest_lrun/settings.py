@@ -14,10 +14,13 @@ came from (flag, ini key or variable).
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +42,77 @@ DEFAULT_COMMAND = (
 )
 DEFAULT_ARTIFACTS = ("/lrun/artifacts",)
 MIB = 1024 * 1024
+GIB = 1024 * MIB
+# Every default the package uses is declared once, here; the option table below and the
+# modules that need one (engine, dispatch, cli) name these constants.
+DEFAULT_TIMEOUT = 3600.0  # a run's limit when neither the option nor its machine sets one
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_LOG_MAX_BYTES = 16 * MIB
+DEFAULT_STATE_MAX_BYTES = 50 * MIB
+DEFAULT_REAP_AGE = 300.0
+# Waits, socket timeouts and lock timeouts overflow near 9.2e9 s: refuse long before that.
+MAX_SECONDS = 1e9
+# The engine stores sizes as int64.
+MAX_SIZE = 2**63 - 1
+
+#: What :func:`parse_size` accepts, for help texts and error messages.
+SIZE_SPELLINGS = (
+    "a byte count (1048576) or a number with a unit k, m or g, optionally followed by b or ib, "
+    "in any case (512k, 16m, 16MiB, 1.5g)"
+)
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)(?:([kmg])(?:i?b)?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {"k": 1024, "m": MIB, "g": GIB}
+
+
+def check_seconds(value: float, *, zero_ok: bool) -> float:
+    """``value`` as a float number of seconds; ValueError (no "got ..." part) when it is not one.
+
+    NaN, infinities, negatives and (unless ``zero_ok``) zero are refused, and so is
+    anything above :data:`MAX_SECONDS`.
+    """
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(
+            "expected a number of seconds, 0 or more" if zero_ok else "expected a positive number of seconds"
+        )
+    if value > MAX_SECONDS:
+        raise ValueError(f"expected at most {MAX_SECONDS:g} seconds")
+    return float(value)
 
 
 def parse_seconds(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
+    """Seconds, 0 or more, from text such as ``30`` or ``1.5``."""
+    return check_seconds(_float(text), zero_ok=True)
+
+
+def parse_positive_seconds(text: str) -> float:
+    """Seconds above zero, from text such as ``30`` or ``1.5``."""
+    return check_seconds(_float(text), zero_ok=False)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
 
 
 def parse_size(text: str) -> int:
-    """Bytes from ``1048576``, ``512k``, ``16m``/``16MiB`` or ``1g``."""
-    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
-    units = {"k": 1024, "m": MIB, "g": 1024 * MIB}
-    factor = units.get(raw[-1:], 1)
-    number = raw[:-1] if raw[-1:] in units else raw
-    value = int(float(number) * factor)
+    """Bytes from a size as :data:`SIZE_SPELLINGS` says: ``1048576``, ``512k``, ``16MiB``, ``1.5g``.
+
+    The package's one size parser. Zero, negatives, NaN, infinities, exponents and
+    sizes above :data:`MAX_SIZE` are refused with a ValueError saying why.
+    """
+    match = _SIZE_RE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"expected a size: {SIZE_SPELLINGS}")
+    number, unit = match.groups()
+    # Decimal, not float: a long digit string stays a finite number (float gives inf), so the
+    # range check below sees it.
+    value = int(Decimal(number) * _SIZE_UNITS.get((unit or "").lower(), 1))
     if value <= 0:
-        raise ValueError("must be positive")
+        raise ValueError("expected a size of at least one byte")
+    if value > MAX_SIZE:
+        raise ValueError(f"expected at most {MAX_SIZE} bytes")
     return value
 
 
@@ -134,8 +190,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "timeout",
         "seconds a run may take before its container is killed and the run marked "
-        "timeout (default: the machine's, else 3600).",
-        parse_seconds,
+        f"timeout (default: the machine's, else {DEFAULT_TIMEOUT:g}).",
+        parse_positive_seconds,
         metavar="SECONDS",
     ),
     Option(
@@ -181,31 +237,33 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "connect_timeout",
-        "seconds to wait for a machine's engine to answer (default: 10).",
-        parse_seconds,
-        10.0,
+        f"seconds to wait for a machine's engine to answer (default: {DEFAULT_CONNECT_TIMEOUT:g}).",
+        parse_positive_seconds,
+        DEFAULT_CONNECT_TIMEOUT,
         metavar="SECONDS",
     ),
     Option(
         "log_max_bytes",
-        "cap of each run's log spool; the oldest output is dropped first (default: 16MiB).",
+        "cap of each run's log spool; the oldest output is dropped first "
+        f"(default: {DEFAULT_LOG_MAX_BYTES // MIB}MiB).",
         parse_size,
-        16 * MIB,
+        DEFAULT_LOG_MAX_BYTES,
         metavar="SIZE",
     ),
     Option(
         "state_max_bytes",
-        "cap of the state dir; terminal runs are deleted oldest first, never a live one (default: 50MiB).",
+        "cap of the state dir; terminal runs are deleted oldest first, never a live one "
+        f"(default: {DEFAULT_STATE_MAX_BYTES // MIB}MiB).",
         parse_size,
-        50 * MIB,
+        DEFAULT_STATE_MAX_BYTES,
         metavar="SIZE",
     ),
     Option(
         "reap_age",
         "seconds after which `lrun reap` removes labelled containers of terminal or "
-        "unknown runs (default: 300).",
+        f"unknown runs (default: {DEFAULT_REAP_AGE:g}).",
         parse_seconds,
-        300.0,
+        DEFAULT_REAP_AGE,
         metavar="SECONDS",
     ),
     Option("plan", "a TOML plan file whose entries are dispatched as one batch.", Path, metavar="FILE"),
@@ -235,27 +293,31 @@ OPTIONS: tuple[Option, ...] = (
 
 @dataclass(frozen=True)
 class Settings:
-    """The resolved settings of one invocation (see the module docstring for precedence)."""
+    """The resolved settings of one invocation (see the module docstring for precedence).
 
-    machine: str | None = None
-    image: str | None = None
-    command: tuple[str, ...] | None = None
-    timeout: float | None = None
-    live: bool = False
-    keep: str = "never"
-    reuse: str = "never"
-    busy_wait: float = 0.0
-    state_dir: Path | None = None
-    artifacts: tuple[str, ...] = DEFAULT_ARTIFACTS
-    connect_timeout: float = 10.0
-    log_max_bytes: int = 16 * MIB
-    state_max_bytes: int = 50 * MIB
-    reap_age: float = 300.0
-    plan: Path | None = None
-    plan_entry: tuple[str, ...] = ()
-    batch_id: str | None = None
-    detach: bool = False
-    attach: str | None = None
+    One field per :class:`Option`, without defaults of its own: :func:`resolve` fills
+    every field, the defaults come from :data:`OPTIONS` only.
+    """
+
+    machine: str | None
+    image: str | None
+    command: tuple[str, ...] | None
+    timeout: float | None
+    live: bool
+    keep: str
+    reuse: str
+    busy_wait: float
+    state_dir: Path | None
+    artifacts: tuple[str, ...]
+    connect_timeout: float
+    log_max_bytes: int
+    state_max_bytes: int
+    reap_age: float
+    plan: Path | None
+    plan_entry: tuple[str, ...]
+    batch_id: str | None
+    detach: bool
+    attach: str | None
 
     @property
     def enabled(self) -> bool:

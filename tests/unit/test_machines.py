@@ -9,6 +9,7 @@ import pickle
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,7 +102,7 @@ workdir = "/srv/work"
         ),
         image="python:3.12-slim",
         cpus=2.0,
-        memory="2g",
+        memory=2 * 1024**3,
         network="bridge",
         env={"PIP_INDEX_URL": "https://mirror.example/simple", "CI": "1"},
         timeout=900.0,
@@ -146,6 +147,14 @@ def test_machine_record_is_frozen_hashable_and_picklable(tmp_path: Path) -> None
         ('cpus = "2"', "cpus", "expected a number of CPUs above zero, found string '2'"),
         ("cpus = -1", "cpus", "expected a number of CPUs above zero, found -1"),
         ("timeout = true", "timeout", "expected a number of seconds above zero, found boolean True"),
+        ("timeout = nan", "timeout", "expected a positive number of seconds, found nan"),
+        ("timeout = inf", "timeout", "expected a positive number of seconds, found inf"),
+        ("timeout = -5", "timeout", "expected a positive number of seconds, found -5"),
+        # Past this, waits and socket timeouts overflow at run time.
+        ("timeout = 1e12", "timeout", "expected at most 1e+09 seconds, found 1000000000000.0"),
+        ("cpus = nan", "cpus", "expected a number of CPUs above zero, found nan"),
+        # int(cpus * 1e9) nano-CPUs would be inf, or overflow the engine's int64, at container create.
+        ("cpus = 1e300", "cpus", "expected at most 9.22337e+09, found 1e+300"),
         ("image = 3", "image", "expected a non-empty string, found integer 3"),
         ('network = ""', "network", "expected a non-empty string, found string ''"),
         ('tls_verify = "yes"', "tls_verify", "expected true or false, found string 'yes'"),
@@ -166,21 +175,46 @@ def test_bad_value_names_the_key_path(tmp_path: Path, line: str, key: str, expec
     assert str(info.value).startswith(info.value.source + ": ")
 
 
-@pytest.mark.parametrize("memory", ["512m", "2g", "1.5G", "1024", "512mb", "64k"])
-def test_docker_style_memory_accepted(tmp_path: Path, memory: str) -> None:
+@pytest.mark.parametrize(
+    ("memory", "size"),
+    [
+        ("512m", 512 * 1024**2),
+        ("2g", 2 * 1024**3),
+        ("1.5G", 1536 * 1024**2),
+        ("1.5g", 1536 * 1024**2),
+        ("512mb", 512 * 1024**2),
+        ("2GiB", 2 * 1024**3),
+        ("64k", 64 * 1024),
+        ("1024", 1024),
+        ("1024b", 1024),
+    ],
+)
+def test_memory_is_parsed_to_bytes_when_the_table_is_read(tmp_path: Path, memory: str, size: int) -> None:
     resolver = make_resolver(
         tmp_path, f'[tool.lrun.machines.m1]\nhost = "tcp://h:2375"\nmemory = "{memory}"\n'
     )
-    assert resolver.resolve("m1").memory == memory
+    assert resolver.resolve("m1").memory == size
 
 
-@pytest.mark.parametrize("memory", ['"2 GB"', '"lots"', '"0m"', '"2gib"', '"-1g"', "512"])
-def test_bad_memory_format(tmp_path: Path, memory: str) -> None:
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [
+        ('"2 GB"', "expected a size: a byte count (1048576) or a number with a unit k, m or g"),
+        ('"lots"', "expected a size: a byte count"),
+        ('"-1g"', "expected a size: a byte count"),
+        ('"nan"', "expected a size: a byte count"),
+        ('"1e400"', "expected a size: a byte count"),
+        ('"0m"', "expected a size of at least one byte"),
+        ('"99999999999g"', "expected at most 9223372036854775807 bytes"),
+        ("512", "expected a size string: a byte count"),
+    ],
+)
+def test_bad_memory_names_the_key_and_what_is_wrong(tmp_path: Path, memory: str, expected: str) -> None:
     resolver = make_resolver(tmp_path, f'[tool.lrun.machines.m1]\nhost = "tcp://h:2375"\nmemory = {memory}\n')
     with pytest.raises(ConfigError) as info:
         resolver.resolve("m1")
     assert info.value.source.endswith("[tool.lrun.machines.m1] memory")
-    assert "expected a size like '512m' or '2g'" in info.value.reason
+    assert expected in info.value.reason
 
 
 @pytest.mark.parametrize(
@@ -234,6 +268,16 @@ def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
         load_machine_tables(pyproject)
     assert info.value.source == str(pyproject)
     assert "not valid TOML" in info.value.reason
+
+
+def test_toml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    # tomllib recurses per nesting level: this raised RecursionError, a traceback at start-up.
+    depth = 5000
+    pyproject = write_pyproject(tmp_path, f"[tool.lrun.machines.m1]\nx = {'[' * depth}{']' * depth}\n")
+    with pytest.raises(ConfigError) as info:
+        load_machine_tables(pyproject)
+    assert info.value.source == str(pyproject)
+    assert info.value.reason == "not valid TOML: nested too deeply"
 
 
 def test_missing_pyproject_and_no_tables_give_nothing(tmp_path: Path) -> None:
@@ -459,3 +503,45 @@ def test_tls_context_created_by_the_real_docker_cli_resolves(tmp_path: Path) -> 
         str(tls_path / "docker" / "key.pem"),
         verify=False,
     )
+
+
+# --- what reaches the engine ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("state", "oom_killed"), [({"OOMKilled": True}, True), ({}, False)])
+def test_container_state_says_whether_the_kernel_killed_it_for_memory(
+    state: dict[str, Any], oom_killed: bool
+) -> None:
+    from pytest_lrun.engine import _state
+
+    info = {"Id": "c1", "State": {"Status": "exited", "ExitCode": 137, **state}, "Config": {}}
+    assert _state(info).oom_killed is oom_killed
+
+
+def test_memory_reaches_the_engine_as_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "1.5g" passed machine validation, then a second parser refused it at container create.
+    import docker
+
+    from pytest_lrun import engine
+
+    machine = make_resolver(
+        tmp_path, '[tool.lrun.machines.m1]\nhost = "tcp://127.0.0.1:1"\nmemory = "1.5g"\n'
+    ).resolve("m1")
+    # A client with a fixed API version does not dial the engine; create_container is faked below.
+    monkeypatch.setattr(
+        engine, "_Client", lambda **kw: docker.APIClient(base_url=kw["base_url"], version="1.41")
+    )
+    created: dict[str, Any] = {}
+
+    def create_container(image: str, **kwargs: Any) -> dict[str, str]:
+        created.update(kwargs)
+        return {"Id": "c1"}
+
+    docker_engine = engine.DockerEngine(machine)
+    monkeypatch.setattr(docker_engine._api, "create_container", create_container)
+    spec = engine.ContainerSpec(image="img", command=["true"], labels={}, memory=machine.memory)
+    try:
+        assert docker_engine.create(spec) == "c1"
+    finally:
+        docker_engine.close()
+    assert created["host_config"]["Memory"] == 1536 * 1024**2
