@@ -16,12 +16,20 @@ status) holds the run's ``finish.lock``. The process that created the run holds
 it from the start; a process that finds the lock free while the run is live
 (its owner was killed, or it detached) takes over and finishes the run from the
 engine's state, so a run is never lost with its host process.
+
+Nothing that happens after ``prepare`` can leave a run live: whatever is raised
+on the way (an engine error, a full disk, a batch record that cannot be written,
+a bug), the run is ended (:meth:`Dispatcher._end`, through
+:meth:`~pytest_lrun.store.RunStore.end`) with an ``error_code`` that says what
+happened, its container is removed (or kept under ``--lrun-keep``), and only
+then is the exception passed on. The machine is free for the next run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -46,12 +54,29 @@ from .engine import (
     Engine,
     connect,
 )
-from .errors import ContainerGone, EngineError, ImageMissing, LrunError, MachineBusy, TerminalRunError
+from .errors import (
+    EXIT_NONZERO,
+    HOST_IO_ERROR,
+    INTERNAL_ERROR,
+    INTERRUPTED,
+    OOM_KILLED,
+    OWNER_GONE,
+    TIMED_OUT,
+    UNSAFE_ARCHIVE,
+    ContainerGone,
+    EngineError,
+    ImageMissing,
+    LrunError,
+    MachineBusy,
+    TerminalRunError,
+)
 from .hashing import hash_dir, iter_files
 from .junit import CaseResult, parse_junit
 from .logs import LogSpool
 from .machines import Machine
-from .store import Outcome, Run, RunStore, Status
+from .store import Outcome, Run, RunStore, Status, owner_alive
+
+logger = logging.getLogger("pytest_lrun")
 
 JUNIT_PATH = "/lrun/out/junit.xml"
 # Shipped as empty dirs with every run, so commands can write results and artifacts without mkdir.
@@ -60,8 +85,6 @@ JUNIT_MAX_BYTES = 64 * 1024 * 1024
 ARTIFACTS_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_TIMEOUT = 3600.0
 POLL_S = 0.2
-FINISH_LOCK = "finish.lock"
-OWNER_GONE = "owner_gone"  # error_code: the run's creator died before starting its container
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: specs key the session's outcome table
@@ -173,14 +196,10 @@ class Dispatcher:
             return self.result(run, origin)
         if origin == "reused":
             return self.result(self._await(run, engine), origin)
-        lock = finish_lock(self.store, run.id)
-        lock.acquire()
-        try:
+        with self._ends_on_error(run, engine), finish_lock(self.store, run.id):
             run = self._launch(run, spec, engine)
             if not run.status.is_terminal:
                 run = self._finish(run, engine, _secrets(spec), fresh_logs=False)
-        finally:
-            lock.release()
         return self.result(run, "created")
 
     def start(self, spec: RunSpec) -> RunResult:
@@ -188,7 +207,7 @@ class Dispatcher:
         run, origin, engine = self._prepare(spec)
         if origin != "created":
             return RunResult(run, origin)
-        with finish_lock(self.store, run.id):
+        with self._ends_on_error(run, engine), finish_lock(self.store, run.id):
             run = self._launch(run, spec, engine)
             if not run.status.is_terminal:
                 # Nobody watches a detached run: whoever attaches next takes over.
@@ -214,7 +233,7 @@ class Dispatcher:
                 engine.kill(container_id)
 
     def result(self, run: Run, origin: str) -> RunResult:
-        junit = self.store.run_dir(run.id) / "junit.xml"
+        junit = self.store.files(run.id).junit
         cases = parse_junit(junit.read_bytes()) if junit.is_file() else None
         return RunResult(run, origin, cases)
 
@@ -224,8 +243,39 @@ class Dispatcher:
         """Decide created / reused / cached (or raise ``machine_busy``) for ``spec``."""
         run, origin, engine = self._decide(spec)
         if self.on_prepared is not None:
-            self.on_prepared(spec, run, origin)
+            if origin == "created":
+                with self._ends_on_error(run, engine):
+                    self.on_prepared(spec, run, origin)
+            else:
+                self.on_prepared(spec, run, origin)
         return run, origin, engine
+
+    @contextlib.contextmanager
+    def _ends_on_error(self, run: Run, engine: Engine) -> Iterator[None]:
+        """End ``run`` (created by us) if anything escapes the block, then let the exception go on."""
+        try:
+            yield
+        except BaseException as exc:
+            self._end_after(run.id, engine, exc)
+            raise
+
+    def _end_after(self, run_id: str, engine: Engine, exc: BaseException) -> None:
+        """Record why the run could not go on; never raises (the original exception matters more)."""
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            status, code = Status.INTERRUPTED, INTERRUPTED
+        elif isinstance(exc, LrunError):
+            status, code = Status.FAILED, exc.code
+        elif isinstance(exc, OSError):
+            status, code = Status.FAILED, HOST_IO_ERROR
+        else:
+            status, code = Status.FAILED, INTERNAL_ERROR
+        msg = printable(f"{type(exc).__name__}: {exc}" if not isinstance(exc, LrunError) else str(exc))
+        try:
+            run = self.store.get(run_id)
+            if not run.status.is_terminal:
+                self._end(run, status, engine=engine, code=code, msg=msg)
+        except Exception:  # the state dir itself fails: the reap and sweep settle what is left
+            logger.exception("could not record the end of run %s after %s", run_id, code)
 
     def _decide(self, spec: RunSpec) -> tuple[Run, str, Engine]:
         dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.hashcache_dir)
@@ -297,13 +347,13 @@ class Dispatcher:
         try:
             container_id = engine.create(container_spec)
             # Record the container before starting it, so a crash from here on can be reconciled.
-            run = replace(run, container_id=container_id, logs_path=str(self._logs_path(run)))
+            run = replace(run, container_id=container_id, logs_path=str(self.store.files(run.id).logs))
             self.store.update(run)
             self._watch(run.id, engine, container_id)
             with _shipment(spec.test_dir, spec.machine.workdir) as archive:
                 engine.put_archive(container_id, "/", archive)
             if self._cancelled.is_set():
-                return self._end(run, Status.INTERRUPTED, engine=engine, code="interrupted", msg="cancelled")
+                return self._end(run, Status.INTERRUPTED, engine=engine, code=INTERRUPTED, msg="cancelled")
             engine.start(container_id)
         except LrunError as e:
             return self._end(run, Status.FAILED, engine=engine, error=e)
@@ -317,7 +367,7 @@ class Dispatcher:
         container_id = run.container_id
         self._watch(run.id, engine, container_id)
         spool = LogSpool(
-            self._logs_path(run),
+            self.store.files(run.id).logs,
             max_bytes=self.log_max_bytes,
             secrets=secrets,
             fresh=fresh_logs,
@@ -346,19 +396,30 @@ class Dispatcher:
         refused = self._collect(run, engine)
         if refused:
             run = replace(
-                run, error_code="unsafe_archive", error_msg="\n".join(f"refused {n}: {r}" for n, r in refused)
+                run,
+                error_code=UNSAFE_ARCHIVE,
+                error_msg="\n".join(printable(f"refused {n}: {r}") for n, r in refused),
             )
         if self._cancelled.is_set():
             return self._end(
-                run, Status.INTERRUPTED, engine=engine, code="interrupted", msg="interrupted (Ctrl-C)"
+                run, Status.INTERRUPTED, engine=engine, code=INTERRUPTED, msg="interrupted (Ctrl-C)"
             )
         if exit_code is None:
             return self._end(
-                run, Status.TIMEOUT, engine=engine, code="timeout", msg=f"timed out after {timeout:g}s"
+                run, Status.TIMEOUT, engine=engine, code=TIMED_OUT, msg=f"timed out after {timeout:g}s"
             )
         status = Status.COMPLETED if exit_code == 0 else Status.FAILED
-        if status is Status.FAILED and run.error_code is None:
-            run = replace(run, error_code="exit_nonzero", error_msg=f"exit code {exit_code}")
+        if status is Status.FAILED:
+            state = engine.inspect(container_id)
+            if state is not None and state.oom_killed:
+                run = replace(
+                    run,
+                    error_code=OOM_KILLED,
+                    error_msg="the kernel's OOM killer stopped the container at its memory limit "
+                    f"(exit code {exit_code})",
+                )
+            elif run.error_code is None:
+                run = replace(run, error_code=EXIT_NONZERO, error_msg=f"exit code {exit_code}")
         return self._end(run, status, engine=engine)
 
     def _pump_logs(self, run: Run, engine: Engine, spool: LogSpool) -> None:
@@ -378,8 +439,8 @@ class Dispatcher:
         its last output (seen with Docker 20.10); the engine's stored log is whole.
         """
         assert run.container_id is not None
-        path = self._logs_path(run)
-        fresh = path.with_name(path.name + ".new")
+        path = self.store.files(run.id).logs
+        fresh = path.with_name(f".{path.name}.respool.tmp")  # a leftover name the sweep knows
         spool = LogSpool(fresh, max_bytes=self.log_max_bytes, secrets=secrets, fresh=True)
         try:
             for chunk in engine.logs(run.container_id, follow=False):
@@ -394,17 +455,17 @@ class Dispatcher:
     def _collect(self, run: Run, engine: Engine) -> list[tuple[str, str]]:
         """Read the inner JUnit XML and the artifacts back; returns what extraction refused."""
         assert run.container_id is not None
-        run_dir = self.store.run_dir(run.id)
+        files = self.store.files(run.id)
         try:
             chunks = engine.get_archive(run.container_id, JUNIT_PATH)
             if chunks is not None:
                 data = read_member(chunks, Path(JUNIT_PATH).name, max_bytes=JUNIT_MAX_BYTES)
                 if data is not None:
-                    (run_dir / "junit.xml").write_bytes(data)
+                    files.junit.write_bytes(data)
         except LrunError as e:
             return [(JUNIT_PATH, str(e))]
         refused: list[tuple[str, str]] = []
-        dest = run_dir / "artifacts"
+        dest = files.artifacts
         for path in run.artifacts or ():
             chunks = engine.get_archive(run.container_id, path)
             if chunks is None:
@@ -442,7 +503,7 @@ class Dispatcher:
             if run.status.is_terminal:
                 return run
             if run.container_id is None:
-                if _owner_alive(run):
+                if owner_alive(run):
                     return None  # its creator is between prepare and create: let it go on
                 return self._end(
                     run, Status.INTERRUPTED, code=OWNER_GONE, msg="its creator died before starting it"
@@ -478,17 +539,9 @@ class Dispatcher:
         """Record the terminal status, then remove the container unless ``keep`` says otherwise."""
         if error is not None:
             code, msg = error.code, str(error)
-        ended = replace(
-            run,
-            status=status,
-            ended_at=time.time(),
-            error_code=code or run.error_code,
-            error_msg=msg or run.error_msg,
-            artifacts_path=str(self.store.run_dir(run.id) / "artifacts"),
-        )
+        run = replace(run, artifacts_path=str(self.store.files(run.id).artifacts))
         try:
-            self.store.update(ended)
-            run = ended
+            run = self.store.end(run, status, error_code=code, error_msg=msg)
         except TerminalRunError:
             run = self.store.get(run.id)  # ended elsewhere meanwhile (`lrun cancel`): its word stands
         if engine is not None and run.container_id is not None:
@@ -506,9 +559,6 @@ class Dispatcher:
         with self._live_lock:
             self._live[run_id] = (engine, container_id)
 
-    def _logs_path(self, run: Run) -> Path:
-        return self.store.run_dir(run.id) / "logs.txt"
-
 
 def _shipment(test_dir: Path, workdir: str) -> contextlib.closing[IO[bytes]]:
     """The test directory as a tar stream rooted at the container's workdir (exactly what was hashed)."""
@@ -517,10 +567,12 @@ def _shipment(test_dir: Path, workdir: str) -> contextlib.closing[IO[bytes]]:
 
 
 def finish_lock(store: RunStore, run_id: str) -> filelock.FileLock:
-    """The lock held by whoever watches run ``run_id`` to its end (see the module docstring)."""
-    run_dir = store.run_dir(run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return filelock.FileLock(str(run_dir / FINISH_LOCK), thread_local=False)
+    """The lock held by whoever watches run ``run_id`` to its end (see the module docstring).
+
+    Taking it fails with ``FileNotFoundError`` once the run's folder is gone: the
+    lock never brings a deleted run's folder back.
+    """
+    return filelock.FileLock(str(store.files(run_id).finish_lock), thread_local=False)
 
 
 @contextlib.contextmanager
@@ -547,14 +599,7 @@ def _me() -> dict[str, object]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _owner_alive(run: Run) -> bool:
-    owner = run.owner or {}
-    if owner.get("host") != socket.gethostname():
-        return True  # we cannot tell; assume the other host is still at it
-    try:
-        os.kill(int(owner.get("pid", 0)), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
+def printable(text: str) -> str:
+    """``text`` with what a terminal cannot print escaped: lone surrogates (from file names
+    that are not valid UTF-8, made by a container or a user) become ``\\udcXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

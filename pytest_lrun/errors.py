@@ -56,6 +56,42 @@ class LrunError(Exception):
         return data
 
 
+# --- error codes of run records that no exception carries -------------------
+# A run's ``error_code`` is an exception's ``code`` when one ended it, else one of these.
+
+#: The container exited with a non-zero status (the inner tests failed).
+EXIT_NONZERO = "exit_nonzero"
+#: The run outlived its timeout; its container was killed.
+TIMED_OUT = "timeout"
+#: The kernel's OOM killer stopped the container at its memory limit.
+OOM_KILLED = "oom_killed"
+#: The session that watched the run was interrupted (Ctrl-C, ``-x``, a stopping session).
+INTERRUPTED = "interrupted"
+#: ``lrun cancel`` stopped the run.
+CANCELLED = "cancelled"
+#: The run's creator died before its container started.
+OWNER_GONE = "owner_gone"
+#: Some of what came back from the container (artifacts, the JUnit XML) was refused.
+UNSAFE_ARCHIVE = "unsafe_archive"
+#: The host failed to read or write a file (disk full, permissions) while handling the run.
+HOST_IO_ERROR = "host_io_error"
+#: pytest-lrun itself failed while handling the run (a bug: the message has the exception).
+INTERNAL_ERROR = "internal_error"
+
+#: Every code above, for documentation and tests.
+RUN_CODES = (
+    EXIT_NONZERO,
+    TIMED_OUT,
+    OOM_KILLED,
+    INTERRUPTED,
+    CANCELLED,
+    OWNER_GONE,
+    UNSAFE_ARCHIVE,
+    HOST_IO_ERROR,
+    INTERNAL_ERROR,
+)
+
+
 # --- bad input -------------------------------------------------------------
 
 

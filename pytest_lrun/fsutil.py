@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_dir"]
+__all__ = ["ENTRY_BYTES", "atomic_write_bytes", "atomic_write_json", "fsync_dir", "remove_tree", "tree_size"]
 
 # fsync on a directory descriptor is not supported everywhere (some network and
 # FUSE filesystems say EINVAL or ENOTSUP); that only weakens durability.
@@ -90,12 +91,16 @@ def atomic_write_bytes(
 def atomic_write_json(
     path: str | os.PathLike[str], obj: Any, *, mode: int = 0o600, durable: bool = True
 ) -> None:
-    """Write ``obj`` as UTF-8 JSON (indented, trailing newline) via :func:`atomic_write_bytes`.
+    """Write ``obj`` as JSON (indented, trailing newline) via :func:`atomic_write_bytes`.
 
     The object is serialized before anything touches the disk, so an object that
     cannot be encoded raises ``TypeError``/``ValueError`` with the target unchanged.
+    Every string is stored losslessly: the output is ASCII with ``\\uXXXX``
+    escapes, so a lone surrogate (how Python carries the bytes of a file name that
+    is not valid UTF-8) is escaped like any other character and reads back equal,
+    never a reason for the write to fail.
     """
-    data = (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    data = (json.dumps(obj, indent=2, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
     atomic_write_bytes(path, data, mode=mode, durable=durable)
 
 
@@ -155,3 +160,73 @@ def parse_record(raw: bytes, from_dict: Callable[[Any], T]) -> T:
         return from_dict(json.loads(raw))
     except (ValueError, TypeError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
         raise Unparseable(str(exc) or type(exc).__name__) from exc
+
+
+#: What a directory, symlink or other non-file entry is counted as in a size cap: the
+#: block it takes on most file systems. Without it a tree of empty folders weighs nothing.
+ENTRY_BYTES = 4096
+
+
+def _scan(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # removed while we walk
+
+
+def tree_size(path: str | os.PathLike[str]) -> int:
+    """Bytes under ``path``: each regular file's size, each other entry :data:`ENTRY_BYTES`.
+
+    Walks with an explicit stack (no recursion, whatever the depth), never follows
+    a symlink, and skips what vanishes meanwhile.
+    """
+    total = 0
+    stack = [os.fspath(path)]
+    while stack:
+        for entry in _scan(stack.pop()):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+            else:
+                total += ENTRY_BYTES
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+    return total
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove ``path`` and everything under it; a path already gone is fine.
+
+    Walks with an explicit stack, so a tree of any depth goes (``shutil.rmtree``
+    recurses and raises ``RecursionError`` on a tree a thousand folders deep).
+    Symlinks are removed, never followed.
+
+    :raises OSError: an entry could not be removed (other than by vanishing first)
+    """
+    top = os.fspath(path)
+    try:
+        if not stat.S_ISDIR(os.lstat(top).st_mode):
+            os.unlink(top)
+            return
+    except FileNotFoundError:
+        return
+    stack = [top]
+    while stack:
+        current = stack[-1]
+        subdirs = []
+        for entry in _scan(current):
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+        if subdirs:
+            stack.extend(subdirs)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(current)
+        stack.pop()

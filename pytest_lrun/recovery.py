@@ -15,8 +15,12 @@ This module owns what happens to runs and containers *outside* a dispatch:
   with ``error_code`` ``cancelled``.
 * :func:`reap` removes leftover containers: those labelled ``lrun.run-id`` whose
   run is terminal or unknown to the store, once older than an age.
-* :func:`gc` keeps the state directory under a size cap by deleting terminal
-  runs, oldest first; a live run is never deleted.
+* :func:`gc` settles what crashes left behind (:meth:`RunStore.sweep`), then
+  keeps the state directory under a size cap by deleting terminal runs, oldest
+  first; a live run is never deleted.
+
+One bad run is that run's problem: reconcile and gc report it and go on with
+the others, so no record, from a user or a container, stops them.
 
 Who finishes a run is decided by the run's ``runs/<id>/finish.lock`` (see
 :mod:`pytest_lrun.dispatch`): this module takes it, without waiting, before it
@@ -33,13 +37,15 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .dispatch import unwatched
+from .dispatch import printable, unwatched
 from .engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine
 from .errors import (
+    CANCELLED,
+    EXIT_NONZERO,
     CorruptRecord,
     EngineError,
     EngineUnreachable,
@@ -48,13 +54,13 @@ from .errors import (
     StoreError,
     TerminalRunError,
 )
-from .store import Run, RunStore, Status
+from .fsutil import tree_size
+from .store import Run, RunStore, Status, Sweep
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
 
 __all__ = [
-    "CANCELLED",
     "GcReport",
     "ReapedContainer",
     "ReconcileReport",
@@ -67,9 +73,6 @@ __all__ = [
     "state_size",
     "watch",
 ]
-
-#: ``error_code`` of a run stopped by :func:`cancel` (``lrun cancel``).
-CANCELLED = "cancelled"
 
 WATCH_POLL_S = 0.2
 
@@ -144,7 +147,11 @@ class ReapedContainer:
 
 @dataclass(frozen=True)
 class GcReport:
-    """The outcome of :func:`gc`: sizes are bytes of all files under the state directory."""
+    """The outcome of :func:`gc`: sizes are bytes under the state directory (:func:`state_size`).
+
+    ``swept`` says which crash leftovers were settled; ``problems`` has one line per
+    run or leftover gc could not remove (the rest were still done).
+    """
 
     max_bytes: int
     size_before: int
@@ -152,19 +159,11 @@ class GcReport:
     freed_bytes: int
     deleted: list[str]
     cap_met: bool
+    swept: Sweep = field(default_factory=Sweep)
+    problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# --- the finish lock ---------------------------------------------------------------
-
-
-def _interrupt(store: RunStore, run: Run, code: str, msg: str) -> Run:
-    """Record ``run`` as interrupted with ``code``/``msg``; raises TerminalRunError if it ended meanwhile."""
-    run = replace(run, status=Status.INTERRUPTED, ended_at=time.time(), error_code=code, error_msg=msg)
-    store.update(run)
-    return run
 
 
 # --- reconcile -----------------------------------------------------------------------
@@ -172,7 +171,7 @@ def _interrupt(store: RunStore, run: Run, code: str, msg: str) -> Run:
 
 def _why(run: Run) -> str:
     if run.status in (Status.COMPLETED, Status.FAILED) and run.exit_code is not None:
-        extra = f"; {run.error_code}: {run.error_msg}" if run.error_code not in (None, "exit_nonzero") else ""
+        extra = f"; {run.error_code}: {run.error_msg}" if run.error_code not in (None, EXIT_NONZERO) else ""
         return f"its container exited with code {run.exit_code} while nobody watched{extra}"
     if run.error_code is not None:
         return f"{run.error_code}: {run.error_msg}" if run.error_msg else run.error_code
@@ -260,6 +259,9 @@ def reconcile(
         except LrunError as e:  # collecting its results failed (a bad archive, ...): try again next time
             report.problems.append(f"run {run.id} on {run.machine}: {e}")
             continue
+        except Exception as e:  # one bad run (a hand-edited record, a full disk) never stops the others
+            report.problems.append(printable(f"run {run.id} on {run.machine}: {type(e).__name__}: {e}"))
+            continue
         change = RunChange(run.id, run.machine, old, now.status.value, reason)
         (report.changed if change.changed else report.untouched).append(change)
     return report
@@ -327,9 +329,9 @@ def cancel(store: RunStore, run_id: str, resolve_engine: ResolveEngine) -> Run:
         if free:
             if engine is not None and run.container_id is not None:
                 engine.kill(run.container_id)
-            run = _interrupt(store, run, CANCELLED, msg)
+            run = store.end(run, Status.INTERRUPTED, error_code=CANCELLED, error_msg=msg)
         else:
-            run = _interrupt(store, run, CANCELLED, msg)
+            run = store.end(run, Status.INTERRUPTED, error_code=CANCELLED, error_msg=msg)
             if engine is not None and run.container_id is not None:
                 _after_record(engine, run, engine.kill)
         if engine is not None and run.container_id is not None:
@@ -437,19 +439,10 @@ def reap(
 # --- gc ----------------------------------------------------------------------------------
 
 
-def _tree_size(path: str | os.PathLike[str]) -> int:
-    """Bytes of every file under ``path`` (links counted as themselves, never followed)."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):  # removed while we walk
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
-
-
 def state_size(store: RunStore) -> int:
-    """Bytes of all files under the store's state directory."""
-    return _tree_size(store.state_dir)
+    """Bytes under the store's state directory: files by size, every other entry (a folder,
+    a link) as :data:`~pytest_lrun.fsutil.ENTRY_BYTES`, so a tree of empty folders counts too."""
+    return tree_size(store.state_dir)
 
 
 def _age_key(run: Run) -> tuple[float, float, str]:
@@ -457,40 +450,63 @@ def _age_key(run: Run) -> tuple[float, float, str]:
     return (ended if ended is not None else 0.0, run.created_at or 0.0, run.id)
 
 
-def gc(store: RunStore, *, max_bytes: int) -> GcReport:
-    """Keep the state directory under ``max_bytes``: delete terminal runs, oldest first.
+def _caches_oldest_first(store: RunStore) -> list[tuple[float, int, str]]:
+    """``(mtime, size, path)`` of each hash stat cache; one removed meanwhile (by hashing, by
+    another gc) is simply not listed."""
+    try:
+        names = os.listdir(store.hashcache_dir)
+    except FileNotFoundError:
+        return []
+    caches = []
+    for name in names:
+        path = os.path.join(store.hashcache_dir, name)
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(path)
+            caches.append((st.st_mtime, st.st_size, path))
+    return sorted(caches)
 
-    Nothing happens while the state directory (all files under it) is within the
-    cap. Above it, terminal runs are deleted (record, logs, artifacts) in order of
-    ``ended_at`` (else ``created_at``) until the total is under the cap; then, if
-    still over, the hash stat caches, least recently written first (they are only
-    caches). Live runs are never deleted, so the cap may stay unmet; ``cap_met``
-    says so.
+
+def gc(store: RunStore, *, max_bytes: int) -> GcReport:
+    """Settle crash leftovers, then keep the state directory under ``max_bytes``.
+
+    First :meth:`RunStore.sweep` removes what crashes left behind (they would
+    otherwise count against the cap for ever). Nothing more happens while the
+    state directory is within the cap. Above it, terminal runs are deleted
+    (record, logs, artifacts) in order of ``ended_at`` (else ``created_at``) until
+    the total is under the cap; then, if still over, the hash stat caches, least
+    recently written first (they are only caches). Live runs are never deleted,
+    so the cap may stay unmet; ``cap_met`` says so. A run that cannot be deleted
+    is reported in ``problems`` and the others still go.
     """
+    swept = store.sweep()
+    problems = list(swept.problems)
     size_before = state_size(store)
-    if size_before <= max_bytes:
-        return GcReport(max_bytes, size_before, size_before, 0, [], True)
     size = size_before
     freed = 0
     deleted: list[str] = []
-    for run in sorted((r for r in store.list() if r.status.is_terminal), key=_age_key):
-        if size <= max_bytes:
-            break
-        run_bytes = _tree_size(store.run_dir(run.id))
-        try:
-            store.delete(run.id)
-        except (RunNotFound, CorruptRecord, TerminalRunError):
-            continue
-        deleted.append(run.id)
-        freed += run_bytes
-        size -= run_bytes
-    caches = store.hashcache_dir.glob("*") if store.hashcache_dir.is_dir() else iter(())
-    for cache in sorted(caches, key=lambda path: path.stat().st_mtime):
-        if size <= max_bytes:
-            break
-        cache_bytes = cache.stat().st_size
-        cache.unlink(missing_ok=True)
-        freed += cache_bytes
-        size -= cache_bytes
-    size_after = state_size(store)
-    return GcReport(max_bytes, size_before, size_after, freed, deleted, size_after <= max_bytes)
+    if size > max_bytes:
+        for run in sorted((r for r in store.list() if r.status.is_terminal), key=_age_key):
+            if size <= max_bytes:
+                break
+            run_bytes = tree_size(store.run_dir(run.id))
+            try:
+                store.delete(run.id)
+            except (RunNotFound, CorruptRecord, TerminalRunError):
+                continue
+            except OSError as e:
+                problems.append(printable(f"run {run.id}: cannot delete it: {e}"))
+                continue
+            deleted.append(run.id)
+            freed += run_bytes
+            size -= run_bytes
+        for _mtime, cache_bytes, path in _caches_oldest_first(store):
+            if size <= max_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):  # another gc or a hash took it first
+                os.unlink(path)
+            freed += cache_bytes
+            size -= cache_bytes
+    size_after = state_size(store) if freed else size_before
+    return GcReport(
+        max_bytes, size_before, size_after, freed, deleted, size_after <= max_bytes, swept, problems
+    )

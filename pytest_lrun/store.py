@@ -8,9 +8,7 @@ finds the machine busy with a different key (:meth:`RunStore.prepare`).
 
 State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700)::
 
-    runs/<run-id>/run.json        the run record (JSON object, one per run)
-    runs/<run-id>/logs.txt        the run's container log     (written by other modules)
-    runs/<run-id>/artifacts/      files collected from the run (written by other modules)
+    runs/<run-id>/                a run's folder; its files are named by :class:`~pytest_lrun.layout.RunFiles`
     active/<machine-key>.json     index of the machine's non-terminal runs:
                                   {"machine": "<name>", "runs": ["<run-id>", ...]}
     locks/<machine-key>.lock      the machine's lock file (a sidecar: never holds data)
@@ -20,8 +18,9 @@ State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700):
     hashcache/                    stat caches of hashed trees (hashing's; rebuilt when missing)
 
 ``<run-id>`` is time-sortable: ``YYYYmmddTHHMMSS-<8 hex>`` (UTC). ``<machine-key>``
-is the machine name made filesystem-safe plus a short xxh64 hash of the exact
-name, so ``a/b`` and ``a_b`` get different keys (:func:`machine_key`).
+is the machine name made filesystem-safe plus the full xxh3-128 digest of the
+exact name (:func:`machine_key`), and :meth:`RunStore.prepare` compares the
+stored name as well, so two machines never share a key.
 
 Rules the store keeps:
 
@@ -35,19 +34,24 @@ Rules the store keeps:
   the index. A crash leaves at worst a stale index entry (healed by the next
   :meth:`RunStore.prepare`) or an unindexed record, never an entry for a record
   that was never written.
-* A terminal run (completed, failed, interrupted, timeout) never changes status.
+* A terminal record is written once: :meth:`RunStore.end` is the one way a run
+  becomes terminal, and no write changes a terminal record afterwards.
 * A file that does not parse is moved into ``corrupt/`` and reported as
   :class:`~pytest_lrun.errors.CorruptRecord` (raised by :meth:`RunStore.get`,
   collected in :attr:`RunStore.problems`, logged to the ``pytest_lrun`` logger);
   a corrupt index is rebuilt from the machine's records.
 * :meth:`RunStore.prepare` reads only the machine's index and the few records it
   lists, so its cost does not grow with the number of finished runs.
+* What a crash leaves behind (temporary files, half-deleted run folders, a run
+  folder with no record, a pending record its machine's index never listed) is
+  found and settled by :meth:`RunStore.sweep`.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
@@ -55,15 +59,15 @@ import os
 import random
 import re
 import secrets
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
 
-from .errors import CorruptRecord, RunNotFound, StoreError, TerminalRunError
+from .errors import OWNER_GONE, ConfigError, CorruptRecord, RunNotFound, StoreError, TerminalRunError
 from .fsutil import (
     Unparseable,
     atomic_write_json,
@@ -71,13 +75,14 @@ from .fsutil import (
     make_private_dir,
     move_aside,
     parse_record,
+    remove_tree,
     stamp,
 )
+from .layout import DELETING_PREFIX, RECORD, RunFiles, is_leftover
 from .locking import hold
 from .records import Run, Status
 
 __all__ = [
-    "RECORD_NAME",
     "Outcome",
     "Run",
     "RunStore",
@@ -88,13 +93,13 @@ __all__ = [
 
 logger = logging.getLogger("pytest_lrun")
 
-#: File name of a run's record inside ``runs/<run-id>/``.
-RECORD_NAME = "run.json"
-
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _BUSY_BACKOFF_START_S = 0.05
 _BUSY_BACKOFF_MAX_S = 1.0
+#: How old a leftover must be before :meth:`RunStore.sweep` removes it: younger ones may
+#: belong to a write or a prepare that is still under way in another process.
+SWEEP_GRACE_S = 300.0
 
 
 def default_state_dir() -> Path:
@@ -109,13 +114,13 @@ def machine_key(machine: str) -> str:
     """A filesystem-safe, collision-resistant file stem for a machine name.
 
     The readable part keeps ``[A-Za-z0-9_.-]`` (other runs become ``_``, at most 48
-    characters, no leading dot); the suffix is the first 8 hex digits of the
-    xxh64 hash of the exact name.
+    characters, no leading dot); the suffix is the full xxh3-128 digest of the
+    exact name (32 hex digits), so two names collide only by a 128-bit accident.
     """
     if not isinstance(machine, str) or not machine:
         raise ValueError(f"a machine name must be a non-empty string, not {machine!r}")
     readable = _UNSAFE_CHARS.sub("_", machine).lstrip(".")[:48] or "m"
-    digest = xxhash.xxh64_hexdigest(machine.encode("utf-8", "surrogatepass"))[:8]
+    digest = xxhash.xxh3_128_hexdigest(machine.encode("utf-8", "surrogatepass"))
     return f"{readable}-{digest}"
 
 
@@ -153,7 +158,6 @@ class RunStore:
         durable: bool = True,
     ) -> None:
         root = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
-        make_private_dir(root)
         #: The state directory, absolute with symlinks resolved; its layout is in the module docstring.
         self.state_dir = Path(os.path.realpath(root))
         self.runs_dir = self.state_dir / "runs"
@@ -163,9 +167,19 @@ class RunStore:
         self.completed_dir = self.state_dir / "completed"
         #: Where :func:`pytest_lrun.hashing.hash_dir` keeps its stat caches (a cache: any file may go).
         self.hashcache_dir = self.state_dir / "hashcache"
-        for directory in (self.runs_dir, self.active_dir, self.locks_dir, self.corrupt_dir):
-            make_private_dir(directory)
-        make_private_dir(self.completed_dir)
+        try:
+            make_private_dir(root)
+            for directory in (
+                self.runs_dir,
+                self.active_dir,
+                self.locks_dir,
+                self.corrupt_dir,
+                self.completed_dir,
+            ):
+                make_private_dir(directory)
+        except OSError as exc:
+            reason = "exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+            raise ConfigError(f"state dir {root}", f"cannot use it: {reason or exc}") from exc
         if lock_timeout is not None and lock_timeout < 0:
             raise ValueError(f"lock_timeout must be >= 0 or None, not {lock_timeout!r}")
         self.lock_timeout = lock_timeout
@@ -184,7 +198,7 @@ class RunStore:
     # -- paths ----------------------------------------------------------------
 
     def run_dir(self, run_id: str) -> Path:
-        """``runs/<run_id>/``: the run's record, logs and artifacts. Does not check that it exists.
+        """``runs/<run_id>/``: the run's folder. Does not check that it exists.
 
         :raises RunNotFound: ``run_id`` is not a well-formed run id
         """
@@ -192,8 +206,15 @@ class RunStore:
             raise RunNotFound(str(run_id))
         return self.runs_dir / run_id
 
+    def files(self, run_id: str) -> RunFiles:
+        """The paths of the run's files (record, logs, JUnit XML, artifacts, finish lock).
+
+        :raises RunNotFound: ``run_id`` is not a well-formed run id
+        """
+        return RunFiles(self.run_dir(run_id))
+
     def _record_path(self, run_id: str) -> Path:
-        return self.run_dir(run_id) / RECORD_NAME
+        return self.files(run_id).record
 
     def _index_path(self, mkey: str) -> Path:
         return self.active_dir / f"{mkey}.json"
@@ -317,7 +338,11 @@ class RunStore:
         return machine, run_ids
 
     def _live_locked(self, mkey: str, machine: str | None) -> builtins.list[Run]:
-        """The machine's non-terminal runs; index entries that are stale are dropped from the index."""
+        """The machine's non-terminal runs; index entries that are stale are dropped from the index.
+
+        A run belongs to the machine by its exact name, not only by its key: even a
+        key collision cannot make one machine's run block or be reused by another.
+        """
         machine, run_ids = self._index_locked(mkey, machine)
         live: builtins.list[Run] = []
         for run_id in dict.fromkeys(run_ids):  # drops duplicates, keeps order
@@ -325,7 +350,8 @@ class RunStore:
                 run = self._load(run_id)
             except (RunNotFound, CorruptRecord):
                 continue
-            if not run.status.is_terminal and machine_key(run.machine) == mkey:
+            mine = run.machine == machine if machine is not None else machine_key(run.machine) == mkey
+            if not run.status.is_terminal and mine:
                 live.append(run)
         if [run.id for run in live] != run_ids:
             self._write_index(mkey, machine, [run.id for run in live])
@@ -390,7 +416,8 @@ class RunStore:
             except BaseException:
                 # Never returned to anyone: take the half-made run back (a crash here leaves an
                 # unindexed pending record, which prepare ignores).
-                shutil.rmtree(self.run_dir(run.id), ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    remove_tree(self.run_dir(run.id))
                 run.id = ""
                 raise
             return run, Outcome.CREATED
@@ -467,15 +494,16 @@ class RunStore:
         return self._load(run_id)
 
     def update(self, run: Run) -> None:
-        """Replace a stored run's record (under the machine's lock).
+        """Replace a live run's record (under the machine's lock).
 
-        A terminal run keeps its status: other fields may still change (say,
-        ``artifacts_path`` after collection). A run that becomes terminal leaves
-        the machine's active index. ``id``, ``machine`` and ``key`` cannot change.
+        A terminal record is final: once written it is never replaced, so the
+        first word on how a run ended (say, ``cancelled``) is the one that stays.
+        A run that becomes terminal leaves the machine's active index. ``id``,
+        ``machine`` and ``key`` cannot change. Runs become terminal through :meth:`end`.
 
         :raises RunNotFound: no such run
         :raises CorruptRecord: the stored record did not parse (it was moved aside)
-        :raises TerminalRunError: the stored run is terminal and ``run.status`` differs
+        :raises TerminalRunError: the stored run is already terminal
         :raises StoreError: ``machine`` or ``key`` differ from the stored run's
         """
         if not _valid_id(run.id):
@@ -488,17 +516,40 @@ class RunStore:
                     f"run {run.id}: machine and key cannot change "
                     f"(stored {stored.machine!r}/{stored.key!r}, given {run.machine!r}/{run.key!r})"
                 )
-            if stored.status.is_terminal and run.status is not stored.status:
+            if stored.status.is_terminal:
                 raise TerminalRunError(run.id, stored.status.value, run.status.value)
             self._write_record(run)
             if run.status.is_terminal:
                 _, run_ids = self._index_locked(mkey, run.machine)
                 if run.id in run_ids:
                     self._write_index(mkey, run.machine, [rid for rid in run_ids if rid != run.id])
-            if run.status is Status.COMPLETED and not stored.status.is_terminal:
+            if run.status is Status.COMPLETED:
                 # Pointer second: the newest completed run of this key, for cached results.
                 pointer = self._completed_path(mkey, run.key)
                 atomic_write_json(pointer, {"run_id": run.id}, durable=self.durable)
+
+    def end(
+        self, run: Run, status: Status, *, error_code: str | None = None, error_msg: str | None = None
+    ) -> Run:
+        """Write ``run`` as terminal with ``status`` and ``ended_at`` now; returns the record written.
+
+        The one way a run ends: dispatch, take-over, reconcile and cancel all come
+        here. ``error_code``/``error_msg`` replace the run's own when given.
+
+        :raises TerminalRunError: the run has ended already (its stored record stands)
+        :raises RunNotFound: no such run
+        """
+        if not status.is_terminal:
+            raise StoreError(f"run {run.id}: end() needs a terminal status, not {status.value}")
+        ended = dataclasses.replace(
+            run,
+            status=status,
+            ended_at=time.time(),
+            error_code=error_code or run.error_code,
+            error_msg=error_msg or run.error_msg,
+        )
+        self.update(ended)
+        return ended
 
     def last_completed(self, machine: str, key: str) -> Run | None:
         """The newest completed run of ``key`` on ``machine`` (``--lrun-reuse=completed``), or None.
@@ -563,12 +614,83 @@ class RunStore:
             run = self._load(run_id)
             if not run.status.is_terminal:
                 raise TerminalRunError(run_id, run.status.value, "deleted")
-            # Rename first so that a crash mid-removal leaves a dot-name that scans skip.
-            trash = self.runs_dir / f".deleting-{run_id}-{secrets.token_hex(4)}"
+            # Rename first so that a crash mid-removal leaves a dot-name that scans skip
+            # (and that sweep() finishes removing).
+            trash = self.runs_dir / f"{DELETING_PREFIX}{run_id}-{secrets.token_hex(4)}"
             os.rename(self.run_dir(run_id), trash)
             if self.durable:
                 fsync_dir(self.runs_dir)
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree(trash)
+
+    def sweep(self, *, grace: float = SWEEP_GRACE_S, now: float | None = None) -> Sweep:
+        """Settle what crashes left behind, once it is older than ``grace`` seconds.
+
+        * temporary files of interrupted writes and half-deleted run folders are removed;
+        * a run folder with no record (a crash between claiming an id and writing the
+          record, or a record moved aside as corrupt) is removed;
+        * a pending record its machine's index never listed (a crash between writing
+          the record and the index), with no container and an owner that is gone, is
+          ended ``interrupted`` with ``owner_gone``: nobody else would ever look at it.
+
+        One entry that cannot be settled is reported in :attr:`Sweep.problems`; the
+        others are still settled. Lists every run folder but reads only the records of
+        folders that hold nothing else.
+        """
+        now = time.time() if now is None else now
+        report = Sweep()
+
+        def old(path: Path) -> bool:
+            try:
+                return now - os.lstat(path).st_mtime >= grace
+            except FileNotFoundError:
+                return False
+
+        def remove(path: Path) -> None:
+            try:
+                remove_tree(path)
+            except OSError as exc:
+                report.problems.append(f"cannot remove leftover {path}: {exc}")
+            else:
+                report.removed.append(str(path.relative_to(self.state_dir)))
+
+        candidates: builtins.list[Path] = []
+        bare: builtins.list[str] = []  # run folders holding their record and nothing else
+        for directory in (self.state_dir, *(p for p in self.state_dir.iterdir() if p.is_dir())):
+            candidates.extend(p for p in directory.iterdir() if is_leftover(p.name))
+        for name in sorted(os.listdir(self.runs_dir)):
+            folder = self.runs_dir / name
+            if not _valid_id(name) or not folder.is_dir():
+                continue
+            contents = os.listdir(folder)
+            candidates.extend(folder / entry for entry in contents if is_leftover(entry))
+            if RECORD not in contents:
+                candidates.append(folder)
+            elif contents == [RECORD]:
+                bare.append(name)
+        for path in candidates:
+            if old(path):
+                remove(path)
+        # A pending run that prepare recorded but never indexed has a bare folder: nothing
+        # was ever started for it. Only those records need reading, not every run's.
+        indexed: set[str] | None = None
+        for run_id in bare:
+            try:
+                run = self._load(run_id)
+            except (RunNotFound, CorruptRecord):
+                continue
+            if run.status is not Status.PENDING or run.container_id is not None or owner_alive(run):
+                continue
+            if run.created_at is not None and now - run.created_at < grace:
+                continue
+            indexed = {live.id for live in self.active()} if indexed is None else indexed
+            if run.id in indexed:
+                continue
+            try:
+                self.end(run, Status.INTERRUPTED, error_code=OWNER_GONE, error_msg=_UNINDEXED)
+            except (RunNotFound, CorruptRecord, TerminalRunError):
+                continue  # ended or removed meanwhile
+            report.ended.append(run.id)
+        return report
 
     def check(self) -> builtins.list[str]:
         """The store's invariant violations, one sentence each; ``[]`` when healthy. Changes nothing.
@@ -579,14 +701,14 @@ class RunStore:
         """
         problems: builtins.list[str] = []
         for name in sorted(os.listdir(self.runs_dir)):
-            if not _valid_id(name) or not (self.runs_dir / name / RECORD_NAME).exists():
+            if not _valid_id(name) or not self.files(name).record.exists():
                 continue
             try:
                 self._parse_record(name)
             except FileNotFoundError:
                 continue
             except Unparseable as exc:
-                problems.append(f"runs/{name}/{RECORD_NAME} is not a valid run record: {exc}")
+                problems.append(f"runs/{name}/{RECORD} is not a valid run record: {exc}")
         for index in sorted(self.active_dir.glob("*.json")):
             mkey = index.stem
             with self._locked(mkey, mkey):
@@ -622,6 +744,44 @@ class RunStore:
             detail = "; ".join(f"{key!r}: {ids}" for key, ids in keys.items())
             problems.append(f"{where}: active runs with {len(keys)} different keys ({detail})")
         return problems
+
+
+@dataclass
+class Sweep:
+    """What :meth:`RunStore.sweep` did: leftovers removed (paths relative to the state dir),
+    unindexed pending runs ended, and one line per leftover it could not settle."""
+
+    removed: builtins.list[str] = field(default_factory=builtins.list)
+    ended: builtins.list[str] = field(default_factory=builtins.list)
+    problems: builtins.list[str] = field(default_factory=builtins.list)
+
+    def to_dict(self) -> dict[str, builtins.list[str]]:
+        return dataclasses.asdict(self)
+
+
+_UNINDEXED = "a crash left it pending and unlisted in its machine's index; its creator is gone"
+
+
+def owner_alive(run: Run) -> bool:
+    """Whether the process that owns ``run`` may still be at work on it.
+
+    Another host's process is assumed alive (we cannot look). On this host the
+    owner's pid is probed; an owner record without a usable pid (hand-edited,
+    ``null``) names no process, so nobody owns the run.
+    """
+    owner = run.owner or {}
+    if owner.get("host") != socket.gethostname():
+        return True
+    pid = owner.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process; a pid no process can have
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
 
 
 def _sort_key(run: Run) -> tuple[float, str]:

@@ -23,11 +23,19 @@ from typing import IO, Any
 
 import pytest
 
-from pytest_lrun.dispatch import FINISH_LOCK, OWNER_GONE, Dispatcher, EnginePool
+from pytest_lrun.dispatch import Dispatcher, EnginePool
+from pytest_lrun.fsutil import ENTRY_BYTES
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerSpec, ContainerState, Engine
-from pytest_lrun.errors import ContainerGone, EngineError, EngineUnreachable, TerminalRunError, UnknownMachine
-from pytest_lrun.recovery import (
+from pytest_lrun.errors import (
     CANCELLED,
+    OWNER_GONE,
+    ContainerGone,
+    EngineError,
+    EngineUnreachable,
+    TerminalRunError,
+    UnknownMachine,
+)
+from pytest_lrun.recovery import (
     ReconcileReport,
     _docker_time,
     cancel,
@@ -242,7 +250,7 @@ def hold_lock() -> Iterator[Any]:
     procs: list[subprocess.Popen[str]] = []
 
     def hold(store: RunStore, run_id: str) -> subprocess.Popen[str]:
-        path = store.run_dir(run_id) / FINISH_LOCK
+        path = store.files(run_id).finish_lock
         code = (
             "import filelock, sys\n"
             f"lock = filelock.FileLock({str(path)!r}, thread_local=False)\n"
@@ -696,11 +704,13 @@ def test_gc_falls_back_to_created_at_and_reports_an_unmet_cap(store: RunStore) -
     assert json.loads(json.dumps(report.to_dict()))["cap_met"] is False
 
 
-def test_state_size_counts_every_file(store: RunStore, tmp_path: Path) -> None:
-    base = state_size(store)
+def test_state_size_counts_every_file_and_folder(store: RunStore, tmp_path: Path) -> None:
     (store.state_dir / "hashcache").mkdir(exist_ok=True)
+    base = state_size(store)
     (store.state_dir / "hashcache" / "blob").write_bytes(b"a" * 123)
     assert state_size(store) == base + 123
+    (store.state_dir / "hashcache" / "empty").mkdir()
+    assert state_size(store) == base + 123 + ENTRY_BYTES  # a folder bomb weighs something
     assert os.path.isdir(store.state_dir)
 
 

@@ -110,7 +110,7 @@ def test_machine_keys_are_filesystem_safe_and_distinct() -> None:
     for key in keys:
         assert re.fullmatch(r"[A-Za-z0-9_.-]+", key), key
         assert not key.startswith(".")
-        assert len(key) <= 60
+        assert len(key) <= 48 + 1 + 32  # readable part, dash, the full xxh3-128 digest
     assert machine_key("gpu-1") == machine_key("gpu-1")
     with pytest.raises(ValueError):
         machine_key("")
@@ -373,11 +373,35 @@ def test_terminal_status_never_changes(store: RunStore) -> None:
     assert store.get(run.id).status is Status.COMPLETED
 
 
-def test_terminal_run_other_fields_can_change(store: RunStore) -> None:
+def test_a_terminal_record_is_written_once(store: RunStore) -> None:
     run = finish(store, create(store))
+    before = store.files(run.id).record.read_bytes()
     run.artifacts_path = "/state/runs/x/artifacts"
-    store.update(run)
-    assert store.get(run.id).artifacts_path == "/state/runs/x/artifacts"
+    with pytest.raises(TerminalRunError):
+        store.update(run)
+    assert store.files(run.id).record.read_bytes() == before
+
+
+def test_the_first_end_stands(store: RunStore) -> None:
+    # `lrun cancel` ends the run first; the watcher then sees its container die.
+    run = create(store)
+    cancelled = store.end(run, Status.INTERRUPTED, error_code="cancelled", error_msg="by hand")
+    with pytest.raises(TerminalRunError):
+        store.end(run, Status.INTERRUPTED, error_code="container_gone", error_msg="vanished")
+    assert store.get(run.id) == cancelled
+    assert cancelled.error_code == "cancelled" and cancelled.ended_at is not None
+
+
+def test_machines_whose_keys_collide_never_share_a_run(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pytest_lrun.store as store_module
+
+    monkeypatch.setattr(store_module, "machine_key", lambda machine: "same")
+    first, outcome = store.prepare("a", "k", make_run)
+    assert outcome is Outcome.CREATED
+    other, outcome = store.prepare("b", "k", make_run)
+    assert outcome is Outcome.CREATED and other.id != first.id and other.machine == "b"
 
 
 def test_becoming_terminal_leaves_the_active_index(store: RunStore) -> None:
