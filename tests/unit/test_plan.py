@@ -183,6 +183,9 @@ ENTRY_ERRORS = [
     pytest.param(entry_toml(dir="1"), "e1", "dir", "expected a non-empty string, got 1", id="dir-int"),
     pytest.param(entry_toml(dir='"nope"'), "e1", "dir", "'nope' does not exist", id="dir-missing-on-disk"),
     pytest.param(entry_toml(dir='"a-file"'), "e1", "dir", "'a-file' is not a directory", id="dir-is-file"),
+    pytest.param(
+        entry_toml(dir=f'"{"d" * 300}"'), "e1", "dir", ": File name too long", id="dir-name-too-long"
+    ),
     pytest.param(entry_toml(machine='["m1"]'), "e1", "machine", 'got ["m1"]', id="machine-list"),
     pytest.param(entry_toml(machine='""'), "e1", "machine", "non-empty string", id="machine-empty"),
     pytest.param(entry_toml(image="7"), "e1", "image", "expected a non-empty string, got 7", id="image-int"),
@@ -212,6 +215,16 @@ ENTRY_ERRORS = [
     pytest.param(entry_toml(timeout="-5.5"), "e1", "timeout", "got -5.5", id="to-negative"),
     pytest.param(entry_toml(timeout="true"), "e1", "timeout", "got true", id="to-bool"),
     pytest.param(entry_toml(timeout="inf"), "e1", "timeout", "positive number of seconds", id="to-inf"),
+    pytest.param(
+        entry_toml(timeout="nan"), "e1", "timeout", "positive number of seconds, got NaN", id="to-nan"
+    ),
+    pytest.param(
+        entry_toml(timeout="1e12"),
+        "e1",
+        "timeout",
+        "at most 1e+09 seconds, got 1000000000000.0",
+        id="to-huge",
+    ),
     pytest.param(entry_toml(artifacts='"/x"'), "e1", "artifacts", "an array of absolute", id="art-str"),
     pytest.param(entry_toml(artifacts='["rel/x"]'), "e1", "artifacts", 'got "rel/x"', id="art-relative"),
     pytest.param(
@@ -359,6 +372,50 @@ def test_non_utf8_file(project: Path) -> None:
     path = project / "plan.toml"
     path.write_bytes(b'[[entry]]\nname = "\xff"\n')
     assert "not UTF-8 text" in plan_error(path).reason
+
+
+def test_nested_too_deeply_is_a_plan_error(project: Path) -> None:
+    # tomllib recurses per nesting level: this raised RecursionError, an INTERNALERROR in pytest.
+    depth = 5000
+    path = write_plan(project, entry_toml(env="[" * depth + "]" * depth))
+    err = plan_error(path)
+    assert str(err) == f"{path}: invalid TOML: nested too deeply"
+
+
+def test_matrix_dir_name_too_long(project: Path) -> None:
+    path = write_plan(project, f'[matrix]\ndirs = ["{"d" * 300}"]\nmachines = ["m1"]\n')
+    err = plan_error(path)
+    assert (err.entry, err.field) == (None, "matrix.dirs")
+    assert err.reason == f"cannot use directory {'d' * 300!r}: File name too long"
+
+
+def non_utf8_dir(parent: Path) -> Path:
+    """A directory named with the byte 0xff (Python decodes it to a surrogate), or skip."""
+    path = parent / "bad-\udcff"
+    try:
+        path.mkdir()
+    except (OSError, UnicodeEncodeError) as e:  # a file system or locale that refuses such names
+        pytest.skip(f"cannot make a non-UTF-8 directory name here: {e}")
+    return path
+
+
+def test_a_dir_whose_path_is_not_utf8_is_refused(project: Path) -> None:
+    bad = non_utf8_dir(project)
+    (project / "link").symlink_to(bad)
+    path = write_plan(project, entry_toml(dir='"link"'))
+    err = plan_error(path)
+    assert (err.entry, err.field) == ("e1", "dir")
+    assert err.reason == f"directory 'link' resolves to {project}/bad-\\udcff, which is not valid UTF-8"
+
+
+def test_a_plan_whose_path_is_not_utf8_is_refused(project: Path) -> None:
+    bad = non_utf8_dir(project)
+    (bad / "passing").mkdir()
+    path = write_plan(bad, entry_toml())
+    err = plan_error(path)
+    assert str(err) == (
+        f"{project}/bad-\\udcff/plan.toml: the plan's path {project}/bad-\\udcff/plan.toml is not valid UTF-8"
+    )
 
 
 def test_duplicate_explicit_names_name_both(project: Path) -> None:
