@@ -10,11 +10,13 @@ entries. It owns ``batches/`` under the state directory::
     batches/<batch-id>.lock    its lock file (a sidecar: never holds data)
     corrupt/                   records that did not parse, moved aside, never deleted
 
-A record is ``{"id", "plan", "plan_digest", "created_at", "entries", "status"}``:
+A record is ``{"id", "plan", "plan_digest", "created_at", "entries", "status", "planned"}``:
 ``plan`` is the absolute path of the plan file the batch was created with,
-``plan_digest`` the xxh3-128 digest of that file, ``entries`` maps entry names
-to the id of the entry's latest run, ``status`` is a run status
-(:class:`~pytest_lrun.store.Status`) derived by :meth:`BatchStore.refresh`.
+``plan_digest`` the xxh3-128 digest of that file, ``created_at`` an RFC 3339 UTC
+time as in run records (:func:`~pytest_lrun.records.rfc3339`), ``entries`` maps
+entry names to the id of the entry's latest run, ``status`` is a run status
+(:class:`~pytest_lrun.store.Status`) derived by :meth:`BatchStore.refresh`, and
+``planned`` lists every entry name of the plan.
 
 Rules:
 
@@ -42,12 +44,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import BatchNotFound, BatchPlanMismatch, ConfigError, CorruptRecord, RunNotFound, StoreError
 from .fsutil import Unparseable, atomic_write_json, make_private_dir, move_aside, parse_record, stamp
 from .locking import hold
 from .plan import Plan
+from .records import MillisecondTimes, parse_time, rfc3339
 from .store import Run, RunStore, Status
 
 __all__ = [
@@ -107,8 +110,11 @@ def derive_status(statuses: Sequence[Status | None]) -> Status:
 
 
 @dataclass(kw_only=True)
-class Batch:
-    """One batch record, as stored in ``batches/<id>.json`` (keys are the field names)."""
+class Batch(MillisecondTimes):
+    """One batch record, as stored in ``batches/<id>.json`` (keys are the field names).
+
+    ``created_at`` is unix seconds here and an RFC 3339 string in JSON.
+    """
 
     id: str
     plan: str
@@ -118,16 +124,21 @@ class Batch:
     status: Status = Status.PENDING
     planned: list[str] = field(default_factory=list)  # every entry of the plan, recorded or not yet
 
+    _times: ClassVar[tuple[str, ...]] = ("created_at",)
+
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # accept "failed" as well as Status.FAILED
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as a JSON-ready dict, ``status`` as its string."""
+        """The record as a JSON-ready dict, ``status`` as its string, ``created_at`` RFC 3339.
+
+        :raises ValueError: ``created_at`` is not finite
+        """
         return {
             "id": self.id,
             "plan": self.plan,
             "plan_digest": self.plan_digest,
-            "created_at": self.created_at,
+            "created_at": rfc3339(self.created_at),
             "entries": dict(self.entries),
             "status": self.status.value,
             "planned": list(self.planned),
@@ -137,7 +148,8 @@ class Batch:
     def from_dict(cls, data: Mapping[str, Any]) -> Batch:
         """Build a batch from a record; unknown keys are ignored (records from newer versions).
 
-        :raises ValueError: not an object, a required key missing or a mistyped field
+        :raises ValueError: not an object, a required key missing, a mistyped field or a time
+            that is not a finite RFC 3339 time (or legacy number)
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"a batch record must be a JSON object, not {type(data).__name__}")
@@ -149,9 +161,7 @@ class Batch:
         for key in ("id", "plan", "plan_digest"):
             if not isinstance(data[key], str):
                 raise ValueError(f"batch record field {key!r} must be a string, not {data[key]!r}")
-        created_at = data["created_at"]
-        if isinstance(created_at, bool) or not isinstance(created_at, (int, float)):
-            raise ValueError(f"batch record field 'created_at' must be a number, not {created_at!r}")
+        created_at = parse_time(data["created_at"], "batch record field 'created_at'")
         entries = data["entries"]
         if not isinstance(entries, dict) or not all(
             isinstance(name, str) and isinstance(run_id, str) and _ID_RE.fullmatch(run_id)
@@ -169,7 +179,7 @@ class Batch:
             id=data["id"],
             plan=data["plan"],
             plan_digest=data["plan_digest"],
-            created_at=float(created_at),
+            created_at=created_at,
             entries=dict(entries),
             status=status,
             planned=list(planned),

@@ -21,9 +21,29 @@ Global options (before or after the command): ``--state-dir`` (default
 upward from the current directory) and ``--connect-timeout`` (default
 ``$LRUN_CONNECT_TIMEOUT``, else 10 s).
 
-Output contract: with ``--json`` stdout holds one JSON document; run objects are
-exactly the store's records (:meth:`~pytest_lrun.store.Run.to_dict`), lists are
-arrays, and an error is ``{"error": {"code": ..., "message": ..., ...}}``.
+Output contract: with ``--json`` stdout holds one JSON object, an envelope
+whose ``schema_version`` (:data:`JSON_SCHEMA_VERSION`, now 1) changes only when
+a shape changes incompatibly; the golden files under ``tests/golden/`` pin every
+shape. The other members, per command::
+
+    runs       {"schema_version": 1, "runs": [RUN, ...]}
+    show       {"schema_version": 1, "run": RUN}
+    cancel     {"schema_version": 1, "run": RUN}            (the record after cancelling)
+    batch      {"schema_version": 1, "batch": BATCH, "rows": [ROW, ...]}
+    machines   {"schema_version": 1, "machines": [{"name", "url", "source", "reachable", "error",
+                                                  "active_run_id"}, ...]}
+    gc         {"schema_version": 1, "reconcile": {...}, "gc": {...}}
+    reap       {"schema_version": 1, "removed": [...], "skipped": [{"machine", "error"}, ...]}
+    any error  {"schema_version": 1, "error": {"code": ..., "message": ..., ...}}
+
+RUN and BATCH are exactly the stored records (:meth:`Run.to_dict
+<pytest_lrun.records.Run.to_dict>`, :meth:`Batch.to_dict <pytest_lrun.batch.Batch.to_dict>`);
+a ROW is :func:`pytest_lrun.batch.rows`' dict (``run_id`` ``null`` for an entry
+no job has started). Times are RFC 3339 UTC strings to the millisecond
+(``"2026-11-25T14:30:12.415Z"``); durations and ages are numbers of seconds.
+Strings that are not valid Unicode (file names that are not UTF-8) are
+``\\udcXX`` escapes in JSON and backslash escapes in text output.
+
 Without ``--json`` an error is one line ``lrun: error: <message>`` on stderr.
 Exit statuses: 0 success, 1 other errors, 2 bad input (and usage errors), 3 not
 found, 4 busy, 5 engine errors (:mod:`pytest_lrun.errors`), 130 Ctrl-C.
@@ -32,7 +52,6 @@ found, 4 busy, 5 engine errors (:mod:`pytest_lrun.errors`), 130 Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shlex
@@ -46,6 +65,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import EXIT_ERROR, ConfigError, LrunError
+from .records import rfc3339
 from .settings import OPTIONS, Settings, flag_type, resolve
 from .store import Run, RunStore, Status
 from .text import format_table
@@ -53,9 +73,12 @@ from .text import format_table
 if TYPE_CHECKING:
     from .dispatch import Dispatcher, EnginePool
     from .engine import Engine
-    from .machines import MachineResolver
+    from .machines import Machine, MachineResolver
 
-__all__ = ["build_parser", "find_pyproject", "main"]
+__all__ = ["JSON_SCHEMA_VERSION", "build_parser", "find_pyproject", "main"]
+
+#: ``schema_version`` of every ``--json`` envelope; raised when a shape changes incompatibly.
+JSON_SCHEMA_VERSION = 1
 
 EXIT_INTERRUPTED = 130
 FOLLOW_POLL_MIN_S = 0.05
@@ -121,12 +144,18 @@ class _Context:
             self._resolver = MachineResolver(load_machine_tables(pyproject), pyproject)
         return self._resolver
 
+    def connect(self, machine: Machine) -> Engine:
+        """A new engine client for ``machine`` that answered a ping (the one way this module dials)."""
+        from .engine import connect
+
+        return connect(machine, connect_timeout=self.settings.connect_timeout)
+
     @property
     def pool(self) -> EnginePool:
         if self._pool is None:
             from .dispatch import EnginePool
 
-            self._pool = EnginePool(connect_timeout=self.settings.connect_timeout)
+            self._pool = EnginePool(self.connect)
         return self._pool
 
     def engine(self, machine: str) -> Engine:
@@ -143,15 +172,27 @@ class _Context:
             self._pool.close()
         if self._store is not None:
             for problem in self._store.problems:
-                print(f"lrun: warning: {problem}", file=sys.stderr)
+                _say(f"lrun: warning: {problem}", err=True)
 
 
 # --- output helpers ---------------------------------------------------------------------
 
 
-def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2)
+def _print_json(**members: Any) -> None:
+    """Print the ``--json`` envelope: ``schema_version`` and ``members`` (ASCII: escapes never fail)."""
+    json.dump({"schema_version": JSON_SCHEMA_VERSION, **members}, sys.stdout, indent=2, ensure_ascii=True)
     sys.stdout.write("\n")
+
+
+def _say(line: str, *, err: bool = False) -> None:
+    """Print a line of text output; what the stream cannot encode is backslash-escaped.
+
+    Records may hold lone surrogates (file names that are not UTF-8, decoded by
+    ``os.fsdecode``), which a strict UTF-8 stream refuses with ``UnicodeEncodeError``.
+    """
+    stream = sys.stderr if err else sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    print(line.encode(encoding, "backslashreplace").decode(encoding), file=stream)
 
 
 def _age(since: float | None, now: float) -> str:
@@ -167,8 +208,7 @@ def _age(since: float | None, now: float) -> str:
 def _when(stamp: float | None, now: float) -> str:
     if stamp is None:
         return "-"
-    local = datetime.datetime.fromtimestamp(stamp).astimezone()
-    return f"{local.isoformat(timespec='seconds')} ({_age(stamp, now)} ago)"
+    return f"{rfc3339(stamp)} ({_age(stamp, now)} ago)"
 
 
 def _shown_dir(test_dir: str) -> str:
@@ -197,10 +237,10 @@ def _cmd_runs(ctx: _Context) -> int:
     args = ctx.args
     runs = ctx.store.list(machine=args.machine, status=args.status, batch_id=args.batch)
     if args.json:
-        _print_json([run.to_dict() for run in runs])
+        _print_json(runs=[run.to_dict() for run in runs])
         return 0
     if not runs:
-        print("no runs")
+        _say("no runs")
         return 0
     now = time.time()
     rows = [["ID", "MACHINE", "STATUS", "EXIT", "DIR", "AGE"]]
@@ -217,7 +257,7 @@ def _cmd_runs(ctx: _Context) -> int:
             ]
         )
     for line in format_table(rows):
-        print(line)
+        _say(line)
     return 0
 
 
@@ -225,13 +265,13 @@ def _cmd_show(ctx: _Context) -> int:
     run = ctx.store.get(ctx.args.id)
     data = run.to_dict()
     if ctx.args.json:
-        _print_json(data)
+        _print_json(run=data)
         return 0
     now = time.time()
     width = max(len(key) for key in data)
     for key, value in data.items():
         if key in ("created_at", "started_at", "ended_at"):
-            shown = _when(value, now)
+            shown = _when(getattr(run, key), now)
         elif value is None:
             shown = "-"
         elif key == "command":
@@ -242,7 +282,7 @@ def _cmd_show(ctx: _Context) -> int:
             shown = ", ".join(f"{k}={v}" for k, v in value.items())
         else:
             shown = str(value)
-        print(f"{key.ljust(width)}  {shown}")
+        _say(f"{key.ljust(width)}  {shown}")
     return 0
 
 
@@ -368,17 +408,17 @@ def _follow(ctx: _Context, run: Run, tail: _Tail, out: IO[bytes]) -> int:
                 break
             if failure and not warned:
                 warned = True
-                print(
+                _say(
                     f"lrun: warning: cannot watch run {run.id} ({failure[0]}); "
                     "showing its log as another process writes it",
-                    file=sys.stderr,
+                    err=True,
                 )
             time.sleep(delay)
             delay = min(delay * 2, FOLLOW_POLL_MAX_S)
     finally:
         stop.set()
     thread.join(timeout=_WATCHER_JOIN_S)  # if we finished the run, let it remove the container
-    print(f"lrun: run {current.id} {current.status.value}" + _exit_note(current), file=sys.stderr)
+    _say(f"lrun: run {current.id} {current.status.value}" + _exit_note(current), err=True)
     return 0
 
 
@@ -398,10 +438,10 @@ def _cmd_cancel(ctx: _Context) -> int:
 
     run = cancel(ctx.store, ctx.args.id, ctx.engine)
     if ctx.args.json:
-        _print_json(run.to_dict())
+        _print_json(run=run.to_dict())
     else:
         container = f", container {run.container_id[:12]} removed" if run.container_id else ""
-        print(f"cancelled run {run.id} on {run.machine}{container}")
+        _say(f"cancelled run {run.id} on {run.machine}{container}")
     return 0
 
 
@@ -415,11 +455,11 @@ def _cmd_batch(ctx: _Context) -> int:
     batch = BatchStore(store.state_dir).refresh(ctx.args.id, store)
     entries = rows(batch, store)
     if ctx.args.json:
-        _print_json({"batch": batch.to_dict(), "rows": entries})
+        _print_json(batch=batch.to_dict(), rows=entries)
         return 0
-    print(f"batch {batch.id}: {batch.status.value} (plan {batch.plan})")
+    _say(f"batch {batch.id}: {batch.status.value} (plan {batch.plan})")
     if not entries:
-        print("no entries")
+        _say("no entries")
         return 0
     table = [["ENTRY", "MACHINE", "STATUS", "EXIT", "DURATION", "RUN", "DIR"]]
     for row in entries:
@@ -430,12 +470,12 @@ def _cmd_batch(ctx: _Context) -> int:
                 row["status"],
                 "-" if row["exit_code"] is None else str(row["exit_code"]),
                 "-" if row["duration"] is None else f"{row['duration']:.1f}s",
-                row["run_id"],
+                row["run_id"] or "-",  # an entry no job has started yet has no run
                 _shown_dir(row["test_dir"]) if row["test_dir"] else "-",
             ]
         )
     for line in format_table(table):
-        print(line)
+        _say(line)
     return 0
 
 
@@ -443,13 +483,11 @@ def _cmd_batch(ctx: _Context) -> int:
 
 
 def _check_machine(ctx: _Context, name: str) -> dict[str, Any]:
-    from .engine import connect
-
     row: dict[str, Any] = {"name": name, "url": None, "source": None, "reachable": False, "error": None}
     try:
         machine = ctx.resolver.resolve(name)
         row["url"], row["source"] = machine.host, machine.source
-        connect(machine, connect_timeout=ctx.settings.connect_timeout).close()
+        ctx.connect(machine).close()  # not the shared pool: machines are pinged in parallel
     except LrunError as e:
         row["error"] = e.to_dict()
         return row
@@ -467,7 +505,7 @@ def _cmd_machines(ctx: _Context) -> int:
     for row in found:
         row["active_run_id"] = active.get(row["name"])
     if ctx.args.json:
-        _print_json(found)
+        _print_json(machines=found)
         return 0
     table = [["NAME", "URL", "SOURCE", "ACTIVE RUN", "REACHABLE"]]
     for row in found:
@@ -478,7 +516,7 @@ def _cmd_machines(ctx: _Context) -> int:
             [row["name"], row["url"] or "-", row["source"] or "-", row["active_run_id"] or "-", reachable]
         )
     for line in format_table(table):
-        print(line)
+        _say(line)
     return 0
 
 
@@ -492,20 +530,20 @@ def _cmd_gc(ctx: _Context) -> int:
     reconciled = reconcile(store, ctx.dispatcher(), ctx.engine)
     collected = gc(store, max_bytes=ctx.settings.state_max_bytes)
     if ctx.args.json:
-        _print_json({"reconcile": reconciled.to_dict(), "gc": collected.to_dict()})
+        _print_json(reconcile=reconciled.to_dict(), gc=collected.to_dict())
     else:
         for line in reconciled.lines():
-            print(line)
-        print(
+            _say(line)
+        _say(
             f"state dir {store.state_dir}: {collected.size_before} -> {collected.size_after} bytes "
             f"(cap {collected.max_bytes}); deleted {len(collected.deleted)} terminal run(s), "
             f"freed {collected.freed_bytes} bytes"
         )
     if not collected.cap_met:
-        print(
+        _say(
             f"lrun: warning: the state dir stays over its cap ({collected.size_after} > "
             f"{collected.max_bytes} bytes): what is left belongs to live runs or is not run data",
-            file=sys.stderr,
+            err=True,
         )
     return 0
 
@@ -527,19 +565,19 @@ def _cmd_reap(ctx: _Context) -> int:
                 raise
             skipped.append({"machine": name, "error": e.to_dict()})
             if not args.json:
-                print(f"lrun: skipping machine {name}: {_one_line(str(e))}", file=sys.stderr)
+                _say(f"lrun: skipping machine {name}: {_one_line(str(e))}", err=True)
             continue
         if engine.url in seen_urls:  # two names for one engine: reap it once
             continue
         seen_urls.add(engine.url)
         removed.extend(c.to_dict() for c in reap(ctx.store, engine, max_age=ctx.settings.reap_age))
     if args.json:
-        _print_json({"removed": removed, "skipped": skipped})
+        _print_json(removed=removed, skipped=skipped)
         return 0
     for item in removed:
         container = item["container_id"][:12]
-        print(f"removed container {container} on {item['machine']} (run {item['run_id']}: {item['reason']})")
-    print(f"reaped {len(removed)} container(s) older than {ctx.settings.reap_age:g}s")
+        _say(f"removed container {container} on {item['machine']} (run {item['run_id']}: {item['reason']})")
+    _say(f"reaped {len(removed)} container(s) older than {ctx.settings.reap_age:g}s")
     return 0
 
 
@@ -639,9 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(err: LrunError, as_json: bool) -> int:
     if as_json:
-        _print_json({"error": err.to_dict()})
+        _print_json(error=err.to_dict())
     else:
-        print(f"lrun: error: {_one_line(str(err)) or err.code}", file=sys.stderr)
+        _say(f"lrun: error: {_one_line(str(err)) or err.code}", err=True)
     return err.exit_code
 
 

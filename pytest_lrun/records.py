@@ -1,20 +1,122 @@
-"""The run record: what a run is, as stored in ``runs/<run-id>/run.json``.
+"""The run record: what a run is, as stored in ``runs/<run-id>/run.json``; and how records spell time.
 
 :class:`Run` is the record (a dataclass whose JSON keys are its field names;
 unset fields are ``null``) and :class:`Status` its lifecycle. Parsing is strict
 about types and tolerant of unknown keys, so records written by a newer version
 still load. The store (:mod:`pytest_lrun.store`) decides when records change.
+
+Times follow the Go ``runs`` store this design comes from: in JSON (records on
+disk and every ``lrun --json`` output) a time is an RFC 3339 UTC string to the
+millisecond, ``"2026-11-25T14:30:12.415Z"``; in Python it is a float of unix
+seconds, because the code does arithmetic on it. :func:`rfc3339` and
+:func:`parse_time` convert at the JSON boundary, for run and batch records
+alike. Reading also accepts a number (records written by 0.1.0); a time that is
+not finite or does not parse makes the record corrupt. Time attributes are kept
+to the millisecond in memory too (:class:`MillisecondTimes`), so a record read
+back equals the object that was written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["Run", "Status"]
+__all__ = ["MillisecondTimes", "Run", "Status", "parse_time", "rfc3339"]
+
+_UTC = datetime.timezone.utc
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
+_MS = datetime.timedelta(milliseconds=1)
+# What Python's datetime can hold (the years 1 to 9999), in milliseconds since the epoch.
+_MIN_MS = (datetime.datetime.min.replace(tzinfo=_UTC) - _EPOCH) // _MS
+_MAX_MS = (datetime.datetime.max.replace(tzinfo=_UTC) - _EPOCH) // _MS
+# RFC 3339 section 5.6 (a date-time): the fraction may have any length, the offset may be Z or +hh:mm.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:[Zz]|([+-])(\d\d):(\d\d))",
+    re.ASCII,
+)
+
+
+def _millis(ts: object) -> int | None:
+    """``ts`` unix seconds in whole milliseconds (nearest); None unless a number in the years 1 to 9999."""
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        return None
+    try:
+        scaled = float(ts) * 1000
+    except OverflowError:  # an int beyond any float
+        return None
+    if not math.isfinite(scaled):
+        return None
+    millis = round(scaled)
+    return millis if _MIN_MS <= millis <= _MAX_MS else None
+
+
+def rfc3339(ts: float) -> str:
+    """Unix seconds ``ts`` as an RFC 3339 UTC time to the millisecond: ``2026-11-25T14:30:12.415Z``.
+
+    :raises ValueError: ``ts`` is not finite, or outside the years 1 to 9999
+    """
+    millis = _millis(ts)
+    if millis is None:
+        raise ValueError(f"not a time of the years 1 to 9999: {ts!r}")
+    moment = _EPOCH + millis * _MS
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def parse_time(value: object, what: str = "a time") -> float:
+    """Unix seconds of a record's time, to the millisecond.
+
+    ``value`` is an RFC 3339 string (any offset; ``Z`` is what :func:`rfc3339`
+    writes; digits past the millisecond are dropped) or, from records written by
+    0.1.0, a number of unix seconds.
+
+    :param what: names the value in errors (e.g. ``run record field 'created_at'``)
+    :raises ValueError: anything else, a time that does not exist, or one outside the years 1 to 9999
+        (a number that is not finite among them)
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        millis = _millis(value)
+    else:
+        match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(f"{what} must be an RFC 3339 time, not {value!r}")
+        year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+        try:
+            moment = datetime.datetime(
+                int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=_UTC
+            )
+        except ValueError as exc:  # 2026-02-30, 25:00, ...
+            raise ValueError(f"{what} is not a valid time: {value!r} ({exc})") from None
+        offset_s = 0 if sign is None else (int(off_h) * 60 + int(off_m)) * (-60 if sign == "-" else 60)
+        millis = (moment - _EPOCH) // _MS - offset_s * 1000 + int((fraction or "0")[:3].ljust(3, "0"))
+        if not _MIN_MS <= millis <= _MAX_MS:
+            millis = None
+    if millis is None:
+        raise ValueError(f"{what} must be a finite time in the years 1 to 9999, not {value!r}")
+    return millis / 1000
+
+
+class MillisecondTimes:
+    """Mixin for records: the attributes named in ``_times`` are kept to the millisecond.
+
+    That is the precision of their JSON form, so ``from_dict(obj.to_dict()) == obj``
+    holds whatever time the code set. Other values (``None``; a NaN, refused when
+    the record is written) are kept as they are.
+    """
+
+    _times: ClassVar[tuple[str, ...]] = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._times:
+            millis = _millis(value)
+            if millis is not None:
+                value = millis / 1000
+        super().__setattr__(name, value)
 
 
 class Status(str, enum.Enum):
@@ -44,16 +146,17 @@ _OPTIONAL_STR = (
     "container_id",
     "image",
 )
-_OPTIONAL_TIME = ("created_at", "started_at", "ended_at", "timeout")
+_TIMES = ("created_at", "started_at", "ended_at")
 _REQUIRED_KEYS = (*_REQUIRED_STR, "status")
 
 
 @dataclass(kw_only=True)
-class Run:
+class Run(MillisecondTimes):
     """One dispatch of a test directory to a machine, as stored in ``run.json``.
 
     JSON keys are the field names; unset fields are written as ``null``. Times
-    are unix timestamps (float seconds). ``key`` is the idempotency key
+    (``created_at``, ``started_at``, ``ended_at``) are unix seconds here and RFC 3339
+    strings in JSON; ``timeout`` is a duration in seconds, a number in both. ``key`` is the idempotency key
     :meth:`RunStore.prepare` matches on; ``owner`` is ``{"host": ..., "pid": ...}``
     of the process that created the run.
     """
@@ -82,20 +185,29 @@ class Run:
     artifacts: list[str] | None = None
     env_names: list[str] | None = None  # names only: values may be secrets and never reach the disk
 
+    _times: ClassVar[tuple[str, ...]] = _TIMES
+
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # accept "failed" as well as Status.FAILED
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as a JSON-ready dict: every field present, ``status`` as its string."""
+        """The record as a JSON-ready dict: every field present, ``status`` as its string, times RFC 3339.
+
+        :raises ValueError: a time is not finite (such a record is never written)
+        """
         data = dataclasses.asdict(self)
         data["status"] = self.status.value
+        for name in _TIMES:
+            if data[name] is not None:
+                data[name] = rfc3339(data[name])
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Run:
         """Build a run from a record; unknown keys are ignored (records from newer versions).
 
-        :raises ValueError: not an object, a required key missing, a bad status or a mistyped field
+        :raises ValueError: not an object, a required key missing, a bad status, a mistyped field
+            or a time that is not a finite RFC 3339 time (or legacy number)
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"a run record must be a JSON object, not {type(data).__name__}")
@@ -111,11 +223,17 @@ class Run:
             raise ValueError(f"run record has an unknown status {data['status']!r}") from None
         for name in _OPTIONAL_STR:
             kwargs[name] = _expect_optional(name, data.get(name), str)
-        for name in _OPTIONAL_TIME:
+        for name in _TIMES:
             value = data.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ValueError(f"run record field {name!r} must be a number or null, not {value!r}")
-            kwargs[name] = None if value is None else float(value)
+            kwargs[name] = None if value is None else parse_time(value, f"run record field {name!r}")
+        timeout = data.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout)
+        ):
+            raise ValueError(
+                f"run record field 'timeout' must be a finite number of seconds or null: {timeout!r}"
+            )
+        kwargs["timeout"] = None if timeout is None else float(timeout)
         exit_code = data.get("exit_code")
         if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):
             raise ValueError(f"run record field 'exit_code' must be an integer or null, not {exit_code!r}")

@@ -43,7 +43,7 @@ def test_cancel_kills_a_running_run(
     status = main(["--project", str(project), "--state-dir", str(state_dir), "cancel", run.id, "--json"])
 
     assert status == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["run"]
     assert data == store.get(run.id).to_dict()
     assert data["status"] == "interrupted" and data["error_code"] == "cancelled"
     assert container_status(api, run.container_id) is None
@@ -82,7 +82,7 @@ def test_machines_reports_reachability_within_the_timeout(
     elapsed = time.monotonic() - started
 
     assert proc.returncode == 0, proc.stderr
-    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    rows = {row["name"]: row for row in json.loads(proc.stdout)["machines"]}
     assert {"m1", "m2", "down"} <= set(rows)
     assert rows["m1"]["reachable"] is True and rows["m1"]["error"] is None
     assert rows["m1"]["url"] == engines[0] and rows["m1"]["source"] == "config"

@@ -25,6 +25,7 @@ from pytest_lrun.errors import (
     StoreError,
 )
 from pytest_lrun.plan import Plan, load_plan
+from pytest_lrun.records import rfc3339
 from pytest_lrun.store import Run, RunStore, Status
 
 CTX = multiprocessing.get_context("spawn")
@@ -86,7 +87,7 @@ def test_open_creates_a_pending_batch_with_a_fresh_id(batches: BatchStore, plan:
         "id": batch.id,
         "plan": str(plan.path),
         "plan_digest": plan.digest,
-        "created_at": batch.created_at,
+        "created_at": rfc3339(batch.created_at),
         "entries": {},
         "status": "pending",
         "planned": ["passing@m1", "passing@m2", "failing@m1", "failing@m2"],

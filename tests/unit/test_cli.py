@@ -79,6 +79,7 @@ def finished(
 ) -> Run:
     run = store.insert(
         Run(
+            logs_path=None if logs is None else "logs.txt",
             machine=machine,
             test_dir="/src/suite",
             test_dir_hash="abc123",
@@ -94,10 +95,7 @@ def finished(
         )
     )
     if logs is not None:
-        path = store.run_dir(run.id) / "logs.txt"
-        path.write_bytes(logs)
-        run = replace(run, logs_path=str(path))
-        store.update(run)
+        (store.run_dir(run.id) / "logs.txt").write_bytes(logs)
     return run
 
 
@@ -118,11 +116,13 @@ def test_runs_json_is_the_store_records(lrun: Lrun, store: RunStore) -> None:
     status, out, err = lrun("runs", "--json")
 
     assert status == 0 and err == ""
-    data = json.loads(out)
-    assert isinstance(data, list)
+    envelope = json.loads(out)
+    assert envelope["schema_version"] == 1
+    data = envelope["runs"]
     assert data == [store.get(r.id).to_dict() for r in (done, failed, pending)]
     record = json.loads((store.run_dir(done.id) / "run.json").read_text())
     assert set(data[0]) == set(record) and data[0] == record
+    assert data[0]["created_at"] == "1970-01-01T00:16:40.000Z"  # RFC 3339, as in the record
 
 
 def test_runs_filters(lrun: Lrun, store: RunStore) -> None:
@@ -133,7 +133,7 @@ def test_runs_filters(lrun: Lrun, store: RunStore) -> None:
     def ids(*args: str) -> list[str]:
         status, out, _ = lrun("runs", "--json", *args)
         assert status == 0
-        return [r["id"] for r in json.loads(out)]
+        return [r["id"] for r in json.loads(out)["runs"]]
 
     assert ids("--machine", "m2") == [b.id]
     assert ids("--status", "completed") == [a.id]
@@ -151,14 +151,17 @@ def test_runs_table(lrun: Lrun, store: RunStore) -> None:
 
 def test_runs_empty(lrun: Lrun, state: Path) -> None:
     assert lrun("runs") == (0, "no runs\n", "")
-    assert lrun("runs", "--json")[1] == "[]\n"
+    assert json.loads(lrun("runs", "--json")[1]) == {"schema_version": 1, "runs": []}
 
 
 def test_show_json_equals_the_record(lrun: Lrun, store: RunStore) -> None:
     run = finished(store, logs=b"x\n")
     status, out, _ = lrun("show", run.id, "--json")
     assert status == 0
-    assert json.loads(out) == json.loads((store.run_dir(run.id) / "run.json").read_text())
+    assert json.loads(out) == {
+        "schema_version": 1,
+        "run": json.loads((store.run_dir(run.id) / "run.json").read_text()),
+    }
 
 
 def test_show_human(lrun: Lrun, store: RunStore) -> None:
@@ -168,16 +171,18 @@ def test_show_human(lrun: Lrun, store: RunStore) -> None:
     assert lines["id"] == run.id and lines["status"] == "completed"
     assert lines["command"] == "python3 -m pytest"
     assert lines["error_code"] == "-"
-    assert "ago)" in lines["created_at"]
+    assert lines["created_at"].startswith("1970-01-01T00:16:40.000Z (") and lines["created_at"].endswith(
+        "ago)"
+    )
 
 
 def test_global_options_work_after_the_command(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
     elsewhere = RunStore(tmp_path / "other")
     run = finished(elsewhere)
     status, out, _ = lrun("show", run.id, "--json", "--state-dir", str(tmp_path / "other"))
-    assert status == 0 and json.loads(out)["id"] == run.id
+    assert status == 0 and json.loads(out)["run"]["id"] == run.id
     status, out, _ = lrun("--state-dir", str(tmp_path / "other"), "runs", "--json")
-    assert [r["id"] for r in json.loads(out)] == [run.id]
+    assert [r["id"] for r in json.loads(out)["runs"]] == [run.id]
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -194,7 +199,8 @@ def test_not_found_json(lrun: Lrun, state: Path) -> None:
     status, out, err = lrun("show", "nope", "--json")
     assert status == 3 and err == ""
     assert json.loads(out) == {
-        "error": {"code": "run_not_found", "message": "no run with id 'nope'", "run_id": "nope"}
+        "schema_version": 1,
+        "error": {"code": "run_not_found", "message": "no run with id 'nope'", "run_id": "nope"},
     }
 
 
@@ -337,7 +343,7 @@ def test_cancel_of_a_pending_run_without_container(lrun: Lrun, store: RunStore, 
     run = live(store)
     status, out, _ = lrun("cancel", run.id, "--json", "--project", str(project))
     assert status == 0
-    data = json.loads(out)
+    data = json.loads(out)["run"]
     assert data == store.get(run.id).to_dict()
     assert data["status"] == "interrupted" and data["error_code"] == "cancelled"
 
@@ -361,14 +367,14 @@ def test_gc_deletes_oldest_terminal_first_and_keeps_live_ones(
     middle = finished(store, created_at=300, ended_at=500)
     running = live(store, machine="elsewhere")
     for run in (newest, oldest, middle, running):
-        fill(store, run, 20_000)
+        fill(store, run, 200_000)  # records and folders add far less than one run's logs
 
-    status, out, err = lrun("gc", "--json", "--max-bytes", "50000", "--project", str(project))
+    status, out, err = lrun("gc", "--json", "--max-bytes", "550000", "--project", str(project))
 
     assert status == 0 and err == ""
     data = json.loads(out)
     assert data["gc"]["deleted"] == [oldest.id, middle.id]
-    assert data["gc"]["cap_met"] is True and data["gc"]["size_after"] <= 50_000
+    assert data["gc"]["cap_met"] is True and data["gc"]["size_after"] <= 550_000
     assert {r.id for r in store.list()} == {newest.id, running.id}
     # The live run's machine is not in this project: reconcile leaves it alone and says why.
     assert data["reconcile"]["problems"] == [
@@ -473,7 +479,7 @@ def test_python_dash_m(state: Path, store: RunStore) -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert [r["id"] for r in json.loads(proc.stdout)] == [run.id]
+    assert [r["id"] for r in json.loads(proc.stdout)["runs"]] == [run.id]
     proc = subprocess.run(
         [sys.executable, "-m", "pytest_lrun", "show", "nope"],
         capture_output=True,
@@ -495,7 +501,7 @@ def test_machines_lists_known_names_without_an_engine(
     (root / "pyproject.toml").write_text('[tool.lrun.machines.broken]\nhost = "ftp://x"\n')
     status, out, _ = lrun("machines", "--json", "--project", str(root), "--connect-timeout", "2")
     assert status == 0
-    rows: dict[str, Any] = {row["name"]: row for row in json.loads(out)}
+    rows: dict[str, Any] = {row["name"]: row for row in json.loads(out)["machines"]}
     assert set(rows) == {"broken", "local"}
     assert rows["broken"]["reachable"] is False and rows["broken"]["error"]["code"] == "config_invalid"
     assert rows["local"]["reachable"] is False and rows["local"]["error"]["code"] == "engine_unreachable"
