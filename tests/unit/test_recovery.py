@@ -727,3 +727,114 @@ def test_gc_drops_hash_caches_after_terminal_runs_and_never_a_live_run(store: Ru
     assert not (store.hashcache_dir / "tree0.stat").exists(), "the least recently written cache goes first"
     assert (store.hashcache_dir / "tree1.stat").exists()
     assert not store.get(live.id).status.is_terminal and store.run_dir(live.id).is_dir()
+
+
+# --- one bad run is that run's problem ------------------------------------------------------
+
+
+def test_an_owner_without_a_pid_is_nobody(
+    store: RunStore, engine: FakeEngine, dispatcher: Dispatcher
+) -> None:
+    # A hand-edited record says `"owner": {"host": <this host>, "pid": null}`.
+    run = live_run(store, owner={"host": socket.gethostname(), "pid": None}, status=Status.PENDING)
+    report = reconcile(store, dispatcher, one_engine(engine))
+    assert store.get(run.id).error_code == OWNER_GONE
+    assert [c.run_id for c in report.changed] == [run.id] and report.problems == []
+
+
+def test_reconcile_reports_one_bad_run_and_settles_the_others(
+    store: RunStore, engine: FakeEngine, dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = live_run(store, container=FakeContainer("bad"), engine=engine)
+    good = live_run(store, machine="m2", container=FakeContainer("good", logs=b"ok\n"), engine=engine)
+    engine.finish("bad", 0)
+    engine.finish("good", 0)
+    real_inspect = engine.inspect
+
+    def inspect(container_id: str) -> ContainerState | None:
+        if container_id == "bad":
+            raise RuntimeError("a bug meets a strange record")
+        return real_inspect(container_id)
+
+    monkeypatch.setattr(engine, "inspect", inspect)
+    report = reconcile(store, dispatcher, one_engine(engine))
+    assert store.get(good.id).status is Status.COMPLETED
+    assert store.get(bad.id).status is Status.RUNNING  # left for the next reconcile, not a crash
+    assert any(bad.id in line and "RuntimeError" in line for line in report.problems)
+
+
+# --- crash leftovers ----------------------------------------------------------------------------
+
+
+def test_sweep_settles_what_crashes_leave_behind(store: RunStore, dispatcher: Dispatcher) -> None:
+    old = time.time() - 3600
+    done = finished_run(store, ended_at=old, created_at=old)
+    leftovers = [
+        store.runs_dir / ".deleting-20240101T000000-0000abcd-1234abcd",  # a delete cut short
+        store.files(done.id).dir / ".run.json.x1y2.tmp",  # an atomic write cut short
+        store.active_dir / ".m.json.x1y2.tmp",
+        store.runs_dir / "20240101T000000-deadbeef",  # an id claimed, no record written
+    ]
+    leftovers[0].mkdir()
+    (leftovers[0] / "logs.txt").write_text("half gone\n")
+    leftovers[1].write_text("{")
+    leftovers[2].write_text("{")
+    leftovers[3].mkdir()
+    # A pending record prepare wrote just before the crash that kept it out of the machine's index.
+    unindexed = store.insert(
+        Run(machine="m", test_dir="/src/x", key="k", status=Status.INTERRUPTED, created_at=old)
+    )
+    record = store.files(unindexed.id).record
+    data = json.loads(record.read_text())
+    data.update(status="pending", ended_at=None, owner={"host": socket.gethostname(), "pid": dead_pid()})
+    record.write_text(json.dumps(data))
+    young = store.runs_dir / "20990101T000000-0000beef"  # a prepare under way right now
+    young.mkdir()
+    for path in [*leftovers, young, record]:
+        os.utime(path, (old, old))
+    os.utime(young, None)
+
+    swept = store.sweep()
+
+    assert not any(path.exists() for path in leftovers)
+    assert young.exists() and store.files(done.id).record.exists()
+    assert swept.ended == [unindexed.id]
+    assert store.get(unindexed.id).error_code == OWNER_GONE
+    assert store.check() == [] and store.sweep().removed == []
+
+
+def test_gc_removes_a_tree_a_thousand_folders_deep(store: RunStore) -> None:
+    old = time.time() - 3600
+    run = finished_run(store, ended_at=old, created_at=old)
+    deep = store.files(run.id).artifacts
+    deep.mkdir()
+    cwd = os.getcwd()
+    try:
+        os.chdir(deep)
+        for _ in range(1100):
+            os.mkdir("d")
+            os.chdir("d")
+        Path("bottom.txt").write_text("deep\n")
+    finally:
+        os.chdir(cwd)
+    assert state_size(store) > 1100 * ENTRY_BYTES
+    report = gc(store, max_bytes=1)
+    assert report.deleted == [run.id] and report.problems == []
+    assert not store.files(run.id).dir.exists()
+
+
+def test_gc_beside_another_gc_never_trips_on_a_vanished_cache(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.hashcache_dir.mkdir()
+    (store.hashcache_dir / "kept").write_bytes(b"x" * 100)
+    real_listdir = os.listdir
+
+    def listdir(path: Any) -> list[str]:
+        names = real_listdir(path)
+        # Another gc removed this one between our listing and our stat of it.
+        return [*names, "gone-meanwhile"] if Path(path) == store.hashcache_dir else names
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    report = gc(store, max_bytes=1)
+    assert not (store.hashcache_dir / "kept").exists() and report.problems == []

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from pytest_lrun.errors import (
+    ConfigError,
     CorruptRecord,
     LrunError,
     RunNotFound,
@@ -730,3 +731,21 @@ def test_last_completed_finds_the_newest_completed_run_of_a_key(tmp_path: Path) 
     assert store.last_completed("m", "other") is None and store.last_completed("m2", "k") is None
     store.delete(ids[-1])
     assert store.last_completed("m", "k") is None  # a deleted run is not reused
+
+
+def test_records_keep_any_string_losslessly(store: RunStore) -> None:
+    # A container can name a file with bytes that are not UTF-8; Python carries them as surrogates.
+    odd = "/src/bad-\udcff\udcfe-name"
+    run, _ = store.prepare("m-\udcff", "k", lambda: Run(test_dir=odd))
+    ended = store.end(run, Status.FAILED, error_code="unsafe_archive", error_msg=f"refused {odd}: x")
+    assert store.get(run.id) == ended
+    assert store.get(run.id).test_dir == odd
+    assert store.files(run.id).record.read_bytes().isascii()  # escaped, not a reason to fail
+
+
+def test_a_state_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    path.write_text("not a folder")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        RunStore(path)
+    assert path.read_text() == "not a folder"
