@@ -24,7 +24,6 @@ from typing import IO, Any
 import pytest
 
 from pytest_lrun.dispatch import Dispatcher, EnginePool
-from pytest_lrun.fsutil import ENTRY_BYTES
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerSpec, ContainerState, Engine
 from pytest_lrun.errors import (
     CANCELLED,
@@ -35,6 +34,7 @@ from pytest_lrun.errors import (
     TerminalRunError,
     UnknownMachine,
 )
+from pytest_lrun.fsutil import ENTRY_BYTES
 from pytest_lrun.recovery import (
     ReconcileReport,
     _docker_time,
