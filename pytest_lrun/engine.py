@@ -40,14 +40,18 @@ LABEL_STORE = "lrun.store"  # which state dir owns the run: reaping spares other
 
 @dataclass(frozen=True)
 class ContainerSpec:
-    """What to create: image, command, limits and the lrun labels."""
+    """What to create: image, command, limits and the lrun labels.
+
+    ``workdir`` and ``network`` have no defaults here: they are the machine's
+    (:class:`~pytest_lrun.machines.Machine` declares the defaults).
+    """
 
     image: str
     command: Sequence[str]
     labels: Mapping[str, str]
+    workdir: str
+    network: str
     env: Mapping[str, str] = field(default_factory=dict)
-    workdir: str = "/lrun/work"
-    network: str = "none"
     cpus: float | None = None
     memory: int | None = None  # bytes (Machine.memory)
 

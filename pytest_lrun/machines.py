@@ -379,18 +379,25 @@ def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_di
             verify=True if verify is None else verify,
         )
 
-    pull: PullPolicy = "missing"
-    pull_value = reader.string("pull")
-    if pull_value is not None:
-        if pull_value not in _PULL_BY_NAME:
-            raise reader.error("pull", f"expected one of {', '.join(PULL_POLICIES)}, found {pull_value!r}")
-        pull = _PULL_BY_NAME[pull_value]
+    # Keys the table leaves out are not passed: their defaults are Machine's, declared once.
+    given: dict[str, Any] = {}
+    pull = reader.string("pull")
+    if pull is not None:
+        if pull not in _PULL_BY_NAME:
+            raise reader.error("pull", f"expected one of {', '.join(PULL_POLICIES)}, found {pull!r}")
+        given["pull"] = _PULL_BY_NAME[pull]
 
     workdir = reader.string("workdir")
-    if workdir is not None and (not workdir.startswith("/") or workdir.rstrip("/") == ""):
-        raise reader.error(
-            "workdir", f"expected an absolute container path other than '/', found {workdir!r}"
-        )
+    if workdir is not None:
+        if not workdir.startswith("/") or workdir.rstrip("/") == "":
+            raise reader.error(
+                "workdir", f"expected an absolute container path other than '/', found {workdir!r}"
+            )
+        given["workdir"] = workdir
+
+    network = reader.string("network")
+    if network is not None:
+        given["network"] = network
 
     env: dict[str, str] = {}
     if "env" in table:
@@ -412,11 +419,9 @@ def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_di
         image=reader.string("image"),
         cpus=reader.number("cpus", "a number of CPUs above zero", _MAX_CPUS),
         memory=reader.size("memory"),
-        network=reader.string("network") or "none",
         env=env,
         timeout=reader.seconds("timeout"),
-        pull=pull,
-        workdir=workdir or "/lrun/work",
+        **given,
     )
 
 

@@ -539,7 +539,14 @@ def test_memory_reaches_the_engine_as_bytes(tmp_path: Path, monkeypatch: pytest.
 
     docker_engine = engine.DockerEngine(machine)
     monkeypatch.setattr(docker_engine._api, "create_container", create_container)
-    spec = engine.ContainerSpec(image="img", command=["true"], labels={}, memory=machine.memory)
+    spec = engine.ContainerSpec(
+        image="img",
+        command=["true"],
+        labels={},
+        workdir=machine.workdir,
+        network=machine.network,
+        memory=machine.memory,
+    )
     try:
         assert docker_engine.create(spec) == "c1"
     finally:
