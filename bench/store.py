@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pytest_lrun.store import Outcome, Run, RunStore, Status
+from pytest_lrun.store import Decision, Run, RunStore, Status
 
 MACHINE = "bench-machine"
 SIZES = (10, 10_000)
@@ -68,7 +68,7 @@ def single_process(state_dir: Path, cycles: int) -> list[float]:
         started = time.perf_counter()
         run, outcome = store.prepare(MACHINE, f"single-{i}", lambda: Run(test_dir="/src/tests/new"))
         elapsed = time.perf_counter() - started
-        assert outcome is Outcome.CREATED, outcome
+        assert outcome is Decision.CREATED, outcome
         run.status = Status.COMPLETED
         store.update(run)
         if i >= 5:
@@ -85,7 +85,7 @@ def _contender(state_dir: str, cycles: int, barrier: Any, results: Any) -> None:
             started = time.perf_counter()
             run, outcome = store.prepare(MACHINE, "shared", lambda: Run(test_dir="/src/tests/shared"))
             samples.append((outcome.value, time.perf_counter() - started))
-            if outcome is Outcome.CREATED:
+            if outcome is Decision.CREATED:
                 run.status = Status.COMPLETED
                 store.update(run)
         results.put((samples, None))

@@ -74,7 +74,7 @@ from .hashing import hash_dir, iter_files
 from .junit import CaseResult, parse_junit
 from .logs import LogSpool
 from .machines import Machine
-from .store import Outcome, Run, RunStore, Status, owner_alive
+from .store import Decision, Run, RunStore, Status, owner_alive
 
 logger = logging.getLogger("pytest_lrun")
 
@@ -308,7 +308,7 @@ class Dispatcher:
         run, outcome = self.store.prepare(
             spec.machine.name, key, make, test_dir_hash=dir_hash, wait=self.busy_wait
         )
-        if outcome is Outcome.BUSY:
+        if outcome is Decision.BUSY:
             raise MachineBusy(
                 spec.machine.name,
                 run.id,
@@ -316,7 +316,7 @@ class Dispatcher:
                 time.time() - (run.started_at or run.created_at or time.time()),
                 waited_s=self.busy_wait or None,
             )
-        if outcome is Outcome.REUSE:
+        if outcome is Decision.REUSE:
             return run, "reused", engine
         if image_error is not None:
             run = self._end(run, Status.FAILED, error=image_error)

@@ -50,11 +50,11 @@ from typing import Literal, NoReturn
 
 from .errors import JunitError
 
-__all__ = ["MAX_JUNIT_BYTES", "CaseResult", "Outcome", "When", "nodeid_hint", "parse_junit"]
+__all__ = ["MAX_JUNIT_BYTES", "CaseOutcome", "CaseResult", "When", "nodeid_hint", "parse_junit"]
 
 MAX_JUNIT_BYTES = 64 * 1024 * 1024
 
-Outcome = Literal["passed", "failed", "skipped", "error", "xfailed", "xpassed"]
+CaseOutcome = Literal["passed", "failed", "skipped", "error", "xfailed", "xpassed"]
 When = Literal["collect", "setup", "call", "teardown"]
 
 _XPASS_LEGACY_MESSAGE = "xfail-marked test passes unexpectedly"
@@ -78,7 +78,7 @@ class CaseResult:
     file: str | None
     line: int | None
     duration: float
-    outcome: Outcome
+    outcome: CaseOutcome
     when: When
     message: str
     text: str
@@ -160,7 +160,7 @@ def _joined_text(case: ET.Element, tag: str) -> str | None:
     return "".join(texts) if texts else None
 
 
-def _outcome(case: ET.Element) -> tuple[Outcome, When, ET.Element | None]:
+def _outcome(case: ET.Element) -> tuple[CaseOutcome, When, ET.Element | None]:
     """The outcome of a ``<testcase>``, the phase it comes from, and the element that decided it."""
     first: dict[str, ET.Element] = {}
     for child in case:

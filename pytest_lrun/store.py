@@ -83,7 +83,7 @@ from .locking import hold
 from .records import Run, Status
 
 __all__ = [
-    "Outcome",
+    "Decision",
     "Run",
     "RunStore",
     "Status",
@@ -124,7 +124,7 @@ def machine_key(machine: str) -> str:
     return f"{readable}-{digest}"
 
 
-class Outcome(enum.Enum):
+class Decision(enum.Enum):
     """What :meth:`RunStore.prepare` decided."""
 
     CREATED = "created"  # a new pending run was recorded for the caller
@@ -367,7 +367,7 @@ class RunStore:
         *,
         test_dir_hash: str | None = None,
         wait: float = 0,
-    ) -> tuple[Run, Outcome]:
+    ) -> tuple[Run, Decision]:
         """Create a run on ``machine`` for ``key``, or find the live run that decides otherwise.
 
         In one critical section for the machine (across threads and processes):
@@ -392,21 +392,21 @@ class RunStore:
         while True:
             run, outcome = self._prepare_once(machine, mkey, key, make, test_dir_hash)
             remaining = deadline - time.monotonic()
-            if outcome is not Outcome.BUSY or remaining <= 0:
+            if outcome is not Decision.BUSY or remaining <= 0:
                 return run, outcome
             time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
             delay = min(delay * 2, _BUSY_BACKOFF_MAX_S)
 
     def _prepare_once(
         self, machine: str, mkey: str, key: str, make: Callable[[], Run], test_dir_hash: str | None
-    ) -> tuple[Run, Outcome]:
+    ) -> tuple[Run, Decision]:
         with self._locked(mkey, machine):
             live = self._live_locked(mkey, machine)
             for run in live:
                 if run.key == key:
-                    return run, Outcome.REUSE
+                    return run, Decision.REUSE
             if live:
-                return live[0], Outcome.BUSY
+                return live[0], Decision.BUSY
             run = make()
             self._fill_new(run, machine, key, test_dir_hash)
             run.id = self._claim_run_dir()
@@ -420,7 +420,7 @@ class RunStore:
                     remove_tree(self.run_dir(run.id))
                 run.id = ""
                 raise
-            return run, Outcome.CREATED
+            return run, Decision.CREATED
 
     @staticmethod
     def _fill_new(run: Run, machine: str, key: str, test_dir_hash: str | None) -> None:

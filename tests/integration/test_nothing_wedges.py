@@ -19,7 +19,7 @@ from pytest_lrun.errors import HOST_IO_ERROR, INTERNAL_ERROR, OOM_KILLED, UNSAFE
 from pytest_lrun.machines import Machine
 from pytest_lrun.records import Run
 from pytest_lrun.recovery import state_size
-from pytest_lrun.store import Outcome, RunStore, Status
+from pytest_lrun.store import Decision, RunStore, Status
 
 # Each makes something hostile under /lrun/artifacts in a busybox container.
 NON_UTF8_NAME = "touch \"/lrun/artifacts/bad-$(printf '\\377\\376')-name\" && echo made"
@@ -34,7 +34,7 @@ def assert_machine_free_and_gc_works(store: RunStore, spec: RunSpec, hostile_run
     """The machine takes a fresh run at once, and gc over the state dir exits 0 and removes it all."""
     assert store.active(spec.machine.name) == []
     run, outcome = store.prepare(spec.machine.name, "a-fresh-key", lambda: Run(test_dir=str(spec.test_dir)))
-    assert outcome is Outcome.CREATED
+    assert outcome is Decision.CREATED
     store.end(run, Status.INTERRUPTED, error_code="test", error_msg="only probing the machine")
     assert lrun(["--state-dir", str(store.state_dir), "gc", "--max-bytes", "1"]) == 0
     with pytest.raises(RunNotFound):

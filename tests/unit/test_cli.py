@@ -20,7 +20,7 @@ from pytest_lrun.batch import BatchStore
 from pytest_lrun.cli import _Tail, find_pyproject, main
 from pytest_lrun.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND
 from pytest_lrun.plan import load_plan
-from pytest_lrun.store import Outcome, Run, RunStore, Status
+from pytest_lrun.store import Decision, Run, RunStore, Status
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def finished(
 
 def live(store: RunStore, machine: str = "m1", key: str = "live-key") -> Run:
     run, outcome = store.prepare(machine, key, lambda: Run(test_dir="/src/live"))
-    assert outcome is Outcome.CREATED
+    assert outcome is Decision.CREATED
     return run
 
 
@@ -463,6 +463,49 @@ def test_batch(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
 def test_batch_not_found(lrun: Lrun, state: Path) -> None:
     status, _out, err = lrun("batch", "b-missing")
     assert status == 3 and err == "lrun: error: no batch with id 'b-missing'\n"
+
+
+def test_batch_with_entries_this_state_dir_has_not_run(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
+    # A CI matrix job's view: the batch names entries that other jobs run (or have not started yet).
+    (tmp_path / "a").mkdir()
+    (tmp_path / "plan.toml").write_text(
+        "".join(
+            f'[[entry]]\nname = "{name}"\ndir = "a"\nmachine = "m1"\n\n' for name in ("ran", "gone", "later")
+        )
+    )
+    batches = BatchStore(store.state_dir)
+    batch = batches.open(load_plan(tmp_path / "plan.toml"), "b-ci")
+    ran = finished(store, batch_id=batch.id)
+    batches.record(batch.id, "ran", ran.id)
+    batches.record(batch.id, "gone", "20200101T000000-deadbeef")  # its record is on another machine
+
+    status, out, err = lrun("batch", "b-ci")
+
+    assert status == 0 and err == ""
+    table = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert table["ran"][:3] == ["ran", "m1", "completed"]
+    assert table["gone"] == ["gone", "-", "missing", "-", "-", "20200101T000000-deadbeef", "-"]
+    assert table["later"] == ["later", "-", "pending", "-", "-", "-", "-"]
+    status, out, _ = lrun("batch", "b-ci", "--json")
+    rows = {row["entry"]: row for row in json.loads(out)["rows"]}
+    assert status == 0 and rows["later"]["run_id"] is None and rows["later"]["status"] == "pending"
+
+
+def test_text_output_escapes_what_is_not_unicode(lrun: Lrun, store: RunStore) -> None:
+    # A test dir whose name is not UTF-8 reaches the record as a lone surrogate (os.fsdecode);
+    # capsys, like a UTF-8 terminal, refuses to encode one.
+    run = store.insert(
+        Run(machine="m1", test_dir="/tmp/\udcff", key="k", status=Status.FAILED, error_msg="bad \udcfe name")
+    )
+    status, out, err = lrun("runs")
+    assert (status, err) == (0, "")
+    assert out.splitlines()[1].split()[4] == "/tmp/\\udcff"
+    status, out, err = lrun("show", run.id)
+    assert (status, err) == (0, "")
+    assert "/tmp/\\udcff" in out and "bad \\udcfe name" in out
+    status, out, _ = lrun("show", run.id, "--json")
+    assert status == 0 and out.isascii()
+    assert json.loads(out)["run"]["test_dir"] == "/tmp/\udcff"  # lossless in JSON
 
 
 # --- entry points ---------------------------------------------------------------------------------

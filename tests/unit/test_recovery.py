@@ -46,7 +46,7 @@ from pytest_lrun.recovery import (
     state_size,
     watch,
 )
-from pytest_lrun.store import Outcome, Run, RunStore, Status
+from pytest_lrun.store import Decision, Run, RunStore, Status
 
 # --- a fake engine ------------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ def live_run(
         key,
         lambda: Run(test_dir=f"/src/{key}", owner=owner, timeout=60, artifacts=["/lrun/artifacts"]),
     )
-    assert outcome is Outcome.CREATED
+    assert outcome is Decision.CREATED
     if container is not None:
         assert engine is not None
         container.labels.setdefault(LABEL_RUN, run.id)

@@ -29,7 +29,7 @@ from pytest_lrun.errors import (
 )
 from pytest_lrun.fsutil import atomic_write_bytes, atomic_write_json
 from pytest_lrun.store import (
-    Outcome,
+    Decision,
     Run,
     RunStore,
     Status,
@@ -51,7 +51,7 @@ def store(tmp_path: Path) -> RunStore:
 
 def create(store: RunStore, machine: str = "m", key: str = "k", **fields: Any) -> Run:
     run, outcome = store.prepare(machine, key, lambda: Run(test_dir=f"/src/{key}", **fields))
-    assert outcome is Outcome.CREATED
+    assert outcome is Decision.CREATED
     return run
 
 
@@ -134,7 +134,7 @@ def test_run_dir_is_under_runs_and_rejects_paths(store: RunStore) -> None:
 def test_status_terminal_set() -> None:
     assert [s.value for s in Status if s.is_terminal] == ["completed", "failed", "interrupted", "timeout"]
     assert not Status.PENDING.is_terminal and not Status.RUNNING.is_terminal
-    assert [o.value for o in Outcome] == ["created", "reuse", "busy"]
+    assert [o.value for o in Decision] == ["created", "reuse", "busy"]
 
 
 def test_record_json_has_every_field_snake_case_with_nulls(store: RunStore) -> None:
@@ -239,7 +239,7 @@ def test_store_reads_records_written_by_a_newer_version(store: RunStore) -> None
 def test_prepare_creates_a_pending_run_with_store_fields(store: RunStore) -> None:
     before = time.time()
     run, outcome = store.prepare("gpu-1", "hash-1", make_run)
-    assert outcome is Outcome.CREATED
+    assert outcome is Decision.CREATED
     assert RUN_ID.fullmatch(run.id)
     assert (run.machine, run.key, run.test_dir_hash, run.status) == (
         "gpu-1",
@@ -263,7 +263,7 @@ def test_prepare_does_not_read_finished_runs(store: RunStore) -> None:
         (store.run_dir(run.id) / "run.json").write_text("garbage")
     for key in ("k1", "k2"):
         run, outcome = store.prepare("m", key, make_run)
-        assert outcome is Outcome.CREATED
+        assert outcome is Decision.CREATED
         finish(store, run)
     assert store.problems == []
     assert list((store.state_dir / "corrupt").iterdir()) == []
@@ -283,12 +283,12 @@ def test_prepare_reuses_same_key_and_is_busy_for_another(store: RunStore) -> Non
         return make_run()
 
     again, outcome = store.prepare("m", "k1", make)
-    assert (outcome, again) == (Outcome.REUSE, first)
+    assert (outcome, again) == (Decision.REUSE, first)
     other, outcome = store.prepare("m", "k2", make)
-    assert (outcome, other) == (Outcome.BUSY, first)
+    assert (outcome, other) == (Decision.BUSY, first)
     assert calls == []
     elsewhere, outcome = store.prepare("m2", "k2", make)
-    assert outcome is Outcome.CREATED and elsewhere.id != first.id
+    assert outcome is Decision.CREATED and elsewhere.id != first.id
     assert calls == ["made"]
     assert store.check() == []
 
@@ -296,9 +296,9 @@ def test_prepare_reuses_same_key_and_is_busy_for_another(store: RunStore) -> Non
 def test_finished_run_frees_the_machine(store: RunStore) -> None:
     first = finish(store, create(store, "m", "k1"), Status.FAILED)
     second, outcome = store.prepare("m", "k1", make_run)
-    assert outcome is Outcome.CREATED and second.id != first.id
+    assert outcome is Decision.CREATED and second.id != first.id
     third, outcome = store.prepare("m", "k2", make_run)
-    assert (outcome, third) == (Outcome.BUSY, second)
+    assert (outcome, third) == (Decision.BUSY, second)
 
 
 def test_prepare_waits_for_a_busy_machine(store: RunStore) -> None:
@@ -311,7 +311,7 @@ def test_prepare_waits_for_a_busy_machine(store: RunStore) -> None:
         waited = time.monotonic() - started
     finally:
         timer.join(10)
-    assert outcome is Outcome.CREATED and run.key == "k2"
+    assert outcome is Decision.CREATED and run.key == "k2"
     assert 0.25 <= waited < 10
 
 
@@ -320,7 +320,7 @@ def test_prepare_wait_gives_up_busy(store: RunStore) -> None:
     started = time.monotonic()
     run, outcome = store.prepare("m", "k2", make_run, wait=0.4)
     waited = time.monotonic() - started
-    assert (outcome, run) == (Outcome.BUSY, busy)
+    assert (outcome, run) == (Decision.BUSY, busy)
     assert 0.4 <= waited < 3
 
 
@@ -400,9 +400,9 @@ def test_machines_whose_keys_collide_never_share_a_run(
 
     monkeypatch.setattr(store_module, "machine_key", lambda machine: "same")
     first, outcome = store.prepare("a", "k", make_run)
-    assert outcome is Outcome.CREATED
+    assert outcome is Decision.CREATED
     other, outcome = store.prepare("b", "k", make_run)
-    assert outcome is Outcome.CREATED and other.id != first.id and other.machine == "b"
+    assert outcome is Decision.CREATED and other.id != first.id and other.machine == "b"
 
 
 def test_becoming_terminal_leaves_the_active_index(store: RunStore) -> None:
@@ -476,7 +476,7 @@ def test_insert_records_finished_runs_only(store: RunStore) -> None:
         store.insert(Run(machine="m", test_dir="/t", key="h"))
     with pytest.raises(StoreError, match="already exists"):
         store.insert(Run(id=done.id, machine="m", test_dir="/t", key="h", status=Status.FAILED))
-    assert store.prepare("m", "h", make_run)[1] is Outcome.CREATED
+    assert store.prepare("m", "h", make_run)[1] is Decision.CREATED
     assert store.check() == []
 
 
@@ -533,7 +533,7 @@ def test_crash_between_record_and_index_heals(store: RunStore, monkeypatch: pyte
     assert store.get(run.id).status is Status.COMPLETED
     assert store.check() == [f"active/{machine_key('m')}.json lists run {run.id}, which is completed"]
     second, outcome = store.prepare("m", "k2", make_run)  # a stale entry does not make the machine busy
-    assert outcome is Outcome.CREATED
+    assert outcome is Decision.CREATED
     assert store.check() == []
     assert store.active("m") == [second]
 
@@ -604,11 +604,11 @@ def test_corrupt_index_is_rebuilt_from_records(store: RunStore) -> None:
     index.write_text("[garbage")
     assert any("does not parse" in p for p in store.check())
     other, outcome = store.prepare("m", "k2", make_run)
-    assert (outcome, other) == (Outcome.BUSY, live)
+    assert (outcome, other) == (Decision.BUSY, live)
     assert len(store.problems) == 1 and store.problems[0].path == str(index)
     assert Path(store.problems[0].moved_to).read_text() == "[garbage"
     assert json.loads(index.read_text()) == {"machine": "m", "runs": [live.id]}
-    assert store.prepare("m", "k1", make_run) == (live, Outcome.REUSE)
+    assert store.prepare("m", "k1", make_run) == (live, Decision.REUSE)
     assert store.check() == []
 
 
@@ -642,7 +642,7 @@ def test_stale_index_entries_are_dropped(store: RunStore) -> None:
     index.write_text(json.dumps({"machine": "m", "runs": [gone.id]}))
     assert store.check() != []
     run, outcome = store.prepare("m", "k2", make_run)
-    assert outcome is Outcome.CREATED
+    assert outcome is Decision.CREATED
     assert json.loads(index.read_text())["runs"] == [run.id]
     assert store.check() == []
 

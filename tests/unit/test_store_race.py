@@ -20,7 +20,7 @@ import pytest
 from lrun_procs import MODES, WAIT_S, contend, hold_lock_until_killed, process_worker, reap_processes
 
 from pytest_lrun.errors import StoreLocked
-from pytest_lrun.store import Outcome, Run, RunStore, Status
+from pytest_lrun.store import Decision, Run, RunStore, Status
 
 CTX = multiprocessing.get_context("spawn")
 WORKERS = 8
@@ -185,6 +185,6 @@ def test_sigkilled_lock_holder_does_not_block_the_next_caller(tmp_path: Path) ->
         assert time.monotonic() - started < 5
     finally:
         reap_processes([proc])
-    assert outcome is Outcome.CREATED
+    assert outcome is Decision.CREATED
     assert store.list() == [run]  # the dead holder recorded nothing
     assert store.check() == []
