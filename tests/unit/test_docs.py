@@ -26,3 +26,15 @@ def _codes() -> list[str]:
 @pytest.mark.parametrize("code", _codes())
 def test_every_error_code_is_documented(code: str) -> None:
     assert f"`{code}`" in README, f"error code {code} is missing from README.md"
+
+
+def test_the_readme_quick_start_is_what_the_demo_runs() -> None:
+    demo = (Path(__file__).parents[2] / "scripts" / "demo.sh").read_text().replace("\\\n", " ")
+    (line,) = [line for line in demo.splitlines() if "-m pytest" in line]
+    command = "pytest " + " ".join(line.split("-m pytest", 1)[1].replace('"$@"', "").split())
+    assert f"`{command}`" in README, f"README.md does not show the demo's command: {command}"
+
+
+def test_every_run_error_code_is_documented() -> None:
+    for code in errors.RUN_CODES:
+        assert f"`{code}`" in README, f"error code {code} is missing from README.md"
