@@ -1,18 +1,21 @@
-"""Content hashing of a test directory: the walk, the ignore rules and the stat cache.
+"""Content hashing of a test directory: the walk, the ignore rules, the stat cache and the snapshot.
 
-This module owns three things and nothing else:
+This module owns four things and nothing else:
 
 * **What a tree contains** -- :func:`iter_files` walks a directory with ``os.scandir``
   (symlinks are never followed), applies the ignore rules (:data:`DEFAULT_IGNORES`
   plus a ``.lrunignore`` file in gitignore syntax at the tree's root) and yields one
-  :class:`Entry` per file, directory and symlink, in a fixed order. The dispatch
-  module builds the archive shipped into the container from the same walk, so the
-  container gets exactly what was hashed.
+  :class:`Entry` per file, directory and symlink, in a fixed order.
 * **The tree digest** -- :func:`hash_dir` returns the hex xxh3-128 digest of an
   unambiguous byte stream describing those entries (see "Stream format" below).
   It is the same on every machine and independent of file-system listing order.
 * **The stat cache** -- with ``cache_dir``, a file's content digest is reused
   without reading the file when its size, mtime, inode and ctime are all unchanged.
+* **The snapshot** -- :func:`snapshot` walks the tree once and reads each file once,
+  feeding the same bytes to the digest and to the tar archive shipped into the
+  container (:class:`pytest_lrun.archive.TarWriter`): what is shipped is exactly
+  what the digest describes. A file that changes while it is read fails the
+  snapshot (:class:`HashError`) rather than shipping a mix of two versions.
 
 Stream format (version 1), fed to one xxh3-128 hasher::
 
@@ -52,14 +55,16 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from types import TracebackType
+from typing import IO, Literal
 
 import pathspec
 import xxhash
 
-from pytest_lrun.errors import HashError
+from pytest_lrun.archive import TarWriter
+from pytest_lrun.errors import ArchiveError, HashError
 
 __all__ = [
     "CHUNK_SIZE",
@@ -67,8 +72,10 @@ __all__ = [
     "IGNORE_FILE",
     "Entry",
     "EntryKind",
+    "Snapshot",
     "hash_dir",
     "iter_files",
+    "snapshot",
 ]
 
 #: Ignore patterns (gitignore syntax) applied to every tree before its ``.lrunignore``;
@@ -289,6 +296,41 @@ _CacheRow = tuple[int, int, int, int, bytes]  # size, mtime_ns, ino, ctime_ns, c
 _U64 = struct.Struct("<Q").pack
 
 
+class _TreeStream:
+    """The digest's byte stream (see "Stream format"), records batched into one xxh3-128 hasher."""
+
+    __slots__ = ("_hasher", "_pending")
+
+    def __init__(self) -> None:
+        self._hasher = xxhash.xxh3_128(_HEADER)
+        self._pending = bytearray()
+
+    def _add(self, record: bytes) -> None:
+        self._pending += record
+        if len(self._pending) >= _FLUSH_AT:
+            self._hasher.update(self._pending)
+            self._pending.clear()
+
+    def file(self, name: bytes, executable: bool, digest: bytes) -> None:
+        self._add(b"f" + _U64(len(name)) + name + (b"x" if executable else b"-") + digest)
+
+    def dir(self, name: bytes) -> None:
+        self._add(b"d" + _U64(len(name)) + name)
+
+    def symlink(self, name: bytes, target: str) -> None:
+        link = target.encode(_FSENC, _FSERR)
+        self._add(b"l" + _U64(len(name)) + name + _U64(len(link)) + link)
+
+    def hexdigest(self) -> str:
+        self._hasher.update(self._pending)
+        self._pending.clear()
+        return self._hasher.hexdigest()
+
+
+def _cache_path(cache_dir: str | os.PathLike[str], top: str) -> str:
+    return os.path.join(os.fspath(cache_dir), xxhash.xxh64_hexdigest(top.encode(_FSENC, _FSERR)) + ".stat")
+
+
 def hash_dir(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None) -> str:
     """The hex xxh3-128 digest of the tree at ``path`` (see the module docstring).
 
@@ -307,14 +349,12 @@ def hash_dir(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] 
     cache_file: str | None = None
     old: Mapping[str, _CacheRow] = {}
     if cache_dir is not None:
-        cache_name = xxhash.xxh64_hexdigest(top.encode(_FSENC, _FSERR)) + ".stat"
-        cache_file = os.path.join(os.fspath(cache_dir), cache_name)
+        cache_file = _cache_path(cache_dir, top)
         old = _load_cache(cache_file, top)
     new: dict[str, _CacheRow] = {}
     added = False
 
-    tree = xxhash.xxh3_128(_HEADER)
-    pending = bytearray()
+    tree = _TreeStream()
     view = memoryview(bytearray(CHUNK_SIZE))
     for relpath, name, abspath, kind, st, target in items:
         if st is not None:
@@ -333,17 +373,11 @@ def hash_dir(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] 
             else:
                 digest = row[4]
                 new[relpath] = row
-            flag = b"x" if st.st_mode & stat.S_IXUSR else b"-"
-            pending += b"f" + _U64(len(name)) + name + flag + digest
+            tree.file(name, bool(st.st_mode & stat.S_IXUSR), digest)
         elif kind == "dir":
-            pending += b"d" + _U64(len(name)) + name
+            tree.dir(name)
         else:
-            link = (target or "").encode(_FSENC, _FSERR)
-            pending += b"l" + _U64(len(name)) + name + _U64(len(link)) + link
-        if len(pending) >= _FLUSH_AT:
-            tree.update(pending)
-            pending.clear()
-    tree.update(pending)
+            tree.symlink(name, target or "")
 
     # Without additions the new rows are a subset of the old ones: equal iff as many.
     if cache_file is not None and (added or len(new) != len(old)):
@@ -391,6 +425,147 @@ def _settled(ctime_ns: int, started_ns: int) -> bool:
     """Whether a file last changed long enough before the hash began to be cached."""
     window = _RACY_COARSE_NS if ctime_ns % 1_000_000_000 == 0 else _RACY_NS
     return ctime_ns <= started_ns - window
+
+
+# --- the snapshot -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One read of a tree: its digest and a tar archive of exactly the bytes the digest describes.
+
+    ``archive`` is rewound, ready for ``put_archive``. Close it, or use the snapshot
+    as a context manager, when done.
+    """
+
+    digest: str
+    archive: IO[bytes]
+
+    def close(self) -> None:
+        self.archive.close()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def snapshot(
+    path: str | os.PathLike[str],
+    *,
+    prefix: str = "",
+    extra_dirs: Iterable[str] = (),
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Snapshot:
+    """Walk the tree at ``path`` once, read each file once, and return its digest and its archive.
+
+    The digest is the one :func:`hash_dir` gives for the same tree (same walk, same
+    ignore rules, same stream), so keys stored before stay valid. The archive is a
+    :class:`~pytest_lrun.archive.TarWriter` tar of the tree's entries under
+    ``prefix``, in the digest's order, after the directory entries of ``prefix`` and
+    ``extra_dirs``: each file holds the bytes that were hashed, with mode 0o755 or
+    0o644 by the owner-executable bit the digest covers.
+
+    A file that changes while it is read -- it ends before, or goes on past, the size
+    it had when opened, or its size, mtime, ctime or inode differ after the read --
+    raises :class:`HashError` naming it ("changed while being read"); so do the
+    problems :func:`hash_dir` refuses. Nothing is returned then, never a mixed tree.
+    A spool that cannot be written (disk full) raises :class:`ArchiveError`. With
+    ``cache_dir``, the stat cache is brought up to date with what was read, so a
+    later ``hash_dir(path, cache_dir=...)`` of the unchanged tree reads no file.
+    """
+    top = _check_root(path)
+    started_ns = time.time_ns()
+    items = _walk(top, _ignore_matcher(top))
+    tree = _TreeStream()
+    rows: dict[str, _CacheRow] = {}
+    with TarWriter(prefix=prefix, extra_dirs=extra_dirs) as writer:
+        try:
+            for relpath, name, abspath, kind, st, target in items:
+                if st is not None:
+                    executable, row = _ship_file(writer, relpath, abspath)
+                    tree.file(name, executable, row[4])
+                    if _settled(row[3], started_ns):
+                        rows[relpath] = row
+                elif kind == "dir":
+                    writer.add_dir(relpath)
+                    tree.dir(name)
+                else:
+                    writer.add_symlink(relpath, target or "")
+                    tree.symlink(name, target or "")
+            archive = writer.finish()
+        except OSError as exc:  # reading errors are HashErrors by now: this is the spool
+            raise ArchiveError(f"cannot write the archive of {top}: {_reason(exc)}") from exc
+    if cache_dir is not None:
+        cache_file = _cache_path(cache_dir, top)
+        if _load_cache(cache_file, top) != rows:
+            _save_cache(cache_file, top, rows)
+    return Snapshot(tree.hexdigest(), archive)
+
+
+class _OneRead:
+    """A file's bytes as the archive copies them in, each one also fed to the file's digest."""
+
+    def __init__(self, fd: int, abspath: str, size: int) -> None:
+        self.fd = fd
+        self.abspath = abspath
+        self.size = size
+        self.done = 0
+        self.hasher = xxhash.xxh3_128()
+
+    def read(self, n: int = -1, /) -> bytes:
+        left = self.size - self.done
+        want = left if n < 0 else min(n, left)
+        try:
+            data = os.read(self.fd, want)
+            while 0 < len(data) < want:  # a short read: more may follow, or the file shrank
+                more = os.read(self.fd, want - len(data))
+                if not more:
+                    break
+                data += more
+        except OSError as exc:
+            raise HashError(self.abspath, _reason(exc)) from exc
+        self.done += len(data)
+        if len(data) < want:
+            raise HashError(
+                self.abspath, f"changed while being read: it ended after {self.done} of its {self.size} bytes"
+            )
+        self.hasher.update(data)
+        return data
+
+
+def _ship_file(writer: TarWriter, relpath: str, abspath: str) -> tuple[bool, _CacheRow]:
+    """Copy one file into the archive while hashing it; its executable bit and cache row."""
+    try:
+        fd = os.open(abspath, _OPEN_FLAGS)
+    except OSError as exc:
+        raise HashError(abspath, _reason(exc)) from exc
+    try:
+        try:
+            before = os.fstat(fd)
+        except OSError as exc:
+            raise HashError(abspath, _reason(exc)) from exc
+        if not stat.S_ISREG(before.st_mode):
+            raise HashError(abspath, "changed while hashing: no longer a regular file")
+        executable = bool(before.st_mode & stat.S_IXUSR)
+        source = _OneRead(fd, abspath, before.st_size)
+        writer.add_file(relpath, source, size=before.st_size, executable=executable)
+        try:
+            grew = os.read(fd, 1)
+            after = os.fstat(fd)
+        except OSError as exc:
+            raise HashError(abspath, _reason(exc)) from exc
+    finally:
+        os.close(fd)
+    if grew:
+        raise HashError(abspath, f"changed while being read: it grew past its {before.st_size} bytes")
+    key = (before.st_size, before.st_mtime_ns, before.st_ino, before.st_ctime_ns)
+    if key != (after.st_size, after.st_mtime_ns, after.st_ino, after.st_ctime_ns):
+        raise HashError(abspath, "changed while being read: its size, mtime or ctime moved")
+    return executable, (*key, source.hasher.digest())
 
 
 # --- the stat cache ---------------------------------------------------------
