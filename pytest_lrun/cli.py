@@ -128,6 +128,7 @@ class _Context:
         self._store: RunStore | None = None
         self._resolver: MachineResolver | None = None
         self._pool: EnginePool | None = None
+        self.failure: LrunError | None = None  # the error the command ends with, already printed
 
     @property
     def store(self) -> RunStore:
@@ -172,7 +173,8 @@ class _Context:
             self._pool.close()
         if self._store is not None:
             for problem in self._store.problems:
-                _say(f"lrun: warning: {problem}", err=True)
+                if problem is not self.failure:  # `lrun show` of a corrupt record: said once, as the error
+                    _say(f"lrun: warning: {problem}", err=True)
 
 
 # --- output helpers ---------------------------------------------------------------------
@@ -693,6 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(ctx)
         return status
     except LrunError as e:
+        if ctx is not None:
+            ctx.failure = e
         return _fail(e, as_json)
     except BrokenPipeError:
         # The reader went away (`lrun runs | head`): stop quietly, and keep Python's exit flush quiet too.

@@ -73,7 +73,7 @@ def test_parse_time_accepts_numbers_of_records_written_by_0_1_0() -> None:
         "2026-02-30T00:00:00Z",
         "2026-11-25T24:00:00Z",
         "9999-12-31T23:00:00-05:00",  # past the year 9999 in UTC
-        "２０２６-11-25T14:30:12Z",  # non-ASCII digits
+        "\uff12\uff10\uff12\uff16-11-25T14:30:12Z",  # fullwidth digits: not ASCII
     ],
 )
 def test_parse_time_refuses_what_is_not_a_time(value: Any) -> None:
