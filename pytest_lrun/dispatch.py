@@ -74,6 +74,7 @@ from .hashing import hash_dir, iter_files
 from .junit import CaseResult, parse_junit
 from .logs import LogSpool
 from .machines import Machine
+from .settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOG_MAX_BYTES, DEFAULT_TIMEOUT
 from .store import Decision, Run, RunStore, Status, owner_alive
 
 logger = logging.getLogger("pytest_lrun")
@@ -83,7 +84,6 @@ JUNIT_PATH = "/lrun/out/junit.xml"
 LRUN_DIRS = ("lrun/out", "lrun/artifacts")
 JUNIT_MAX_BYTES = 64 * 1024 * 1024
 ARTIFACTS_MAX_BYTES = 512 * 1024 * 1024
-DEFAULT_TIMEOUT = 3600.0
 POLL_S = 0.2
 
 
@@ -141,7 +141,9 @@ EngineFactory = Callable[[Machine], Engine]
 class EnginePool:
     """One connected engine per machine, created on first use, shared by threads."""
 
-    def __init__(self, factory: EngineFactory | None = None, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, factory: EngineFactory | None = None, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> None:
         self._factory: EngineFactory = factory or (lambda m: connect(m, connect_timeout=connect_timeout))
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
@@ -171,7 +173,7 @@ class Dispatcher:
         keep: str = "never",
         reuse: str = "never",
         busy_wait: float = 0.0,
-        log_max_bytes: int = 16 * 1024 * 1024,
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
         on_output: OutputSink | None = None,
         on_prepared: Callable[[RunSpec, Run, str], None] | None = None,
     ) -> None:
