@@ -45,6 +45,8 @@ Strings that are not valid Unicode (file names that are not UTF-8) are
 ``\\udcXX`` escapes in JSON and backslash escapes in text output.
 
 Without ``--json`` an error is one line ``lrun: error: <message>`` on stderr.
+Warnings (a corrupt record moved aside, say) are ``lrun: warning: <message>``
+lines on stderr, printed once at the end whatever the output format.
 Exit statuses: 0 success, 1 other errors, 2 bad input (and usage errors), 3 not
 found, 4 busy, 5 engine errors (:mod:`pytest_lrun.errors`), 130 Ctrl-C.
 """
@@ -52,13 +54,15 @@ found, 4 busy, 5 engine errors (:mod:`pytest_lrun.errors`), 130 Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -128,7 +132,6 @@ class _Context:
         self._store: RunStore | None = None
         self._resolver: MachineResolver | None = None
         self._pool: EnginePool | None = None
-        self.failure: LrunError | None = None  # the error the command ends with, already printed
 
     @property
     def store(self) -> RunStore:
@@ -171,10 +174,41 @@ class _Context:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
-        if self._store is not None:
-            for problem in self._store.problems:
-                if problem is not self.failure:  # `lrun show` of a corrupt record: said once, as the error
-                    _say(f"lrun: warning: {problem}", err=True)
+
+
+class _Collect(logging.Handler):
+    """Keeps the package's log records (corrupt records moved aside, an index rebuilt) for the end."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _warnings_at_exit() -> Iterator[list[LrunError]]:
+    """Print the package's warnings once, at the end, as ``lrun: warning: ...`` lines on stderr.
+
+    Yields a list for the error the command ends with: a warning about that very
+    error (``lrun show`` of a corrupt record) is not repeated.
+    """
+    logger = logging.getLogger("pytest_lrun")
+    handler = _Collect()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # else Python's last-resort handler prints each one bare, at once
+    printed: list[LrunError] = []
+    try:
+        yield printed
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        for record in handler.records:
+            args = record.args if isinstance(record.args, tuple) else ()
+            if not any(arg is err for arg in args for err in printed):
+                _say(f"lrun: warning: {record.getMessage()}", err=True)
 
 
 # --- output helpers ---------------------------------------------------------------------
@@ -688,6 +722,11 @@ def _fail(err: LrunError, as_json: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lrun`` command line; returns the exit status (usage errors exit 2 via SystemExit)."""
     args = build_parser().parse_args(argv)
+    with _warnings_at_exit() as printed:
+        return _run(args, printed)
+
+
+def _run(args: argparse.Namespace, printed: list[LrunError]) -> int:
     as_json = bool(getattr(args, "json", False))
     ctx: _Context | None = None
     try:
@@ -695,8 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(ctx)
         return status
     except LrunError as e:
-        if ctx is not None:
-            ctx.failure = e
+        printed.append(e)
         return _fail(e, as_json)
     except BrokenPipeError:
         # The reader went away (`lrun runs | head`): stop quietly, and keep Python's exit flush quiet too.

@@ -152,3 +152,33 @@ def test_reap_skips_unreachable_machines(tmp_path: Path, engines: list[str], sta
     proc = lrun("reap", "--age", "1e9", "--machine", "down", "--project", str(root), "--connect-timeout", "3")
     assert proc.returncode == 5
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("lrun: error: machine 'down'")
+
+
+def test_every_command_survives_a_live_run_whose_record_is_corrupt(
+    tmp_path: Path, project: Path, store: RunStore, dispatcher: Dispatcher, m1: Machine, api: Any
+) -> None:
+    # Partial state next to a real container: its run's record is torn, so the store no longer knows it.
+    run = dispatcher.start(busybox_spec(tmp_path, m1, "sleep", "60")).run
+    assert run.container_id is not None
+    (store.run_dir(run.id) / "run.json").write_text('{"id": "torn')
+
+    proc = lrun("runs")
+    assert proc.returncode == 0 and run.id not in proc.stdout
+    assert proc.stderr.startswith("lrun: warning: corrupt state file ")
+    for args, status in [
+        (("show", run.id), 3),  # moved aside by `lrun runs`: gone from this state dir
+        (("logs", run.id), 3),
+        (("cancel", run.id), 3),
+        (("machines", "--json"), 0),
+        (("gc", "--json"), 0),
+        (("reap", "--json", "--age", "0", "--machine", "m1"), 0),
+    ]:
+        proc = lrun(*args)
+        assert proc.returncode == status, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and all(
+            line.startswith("lrun: ") for line in proc.stderr.splitlines()
+        )
+        if "--json" in args:
+            assert json.loads(proc.stdout)["schema_version"] == 1
+    # A running container of a run the store does not know may belong to another state dir: kept.
+    assert container_status(api, run.container_id) == "running"

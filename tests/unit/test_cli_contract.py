@@ -429,6 +429,13 @@ def test_every_command_on_partial_and_empty_state(
     )
 
 
+def test_a_corrupt_record_is_reported_once(world: World, partial: Partial) -> None:
+    status, out, err = world.lrun("show", partial.corrupt)
+    assert (status, out) == (1, "")
+    assert err.startswith("lrun: error: corrupt state file ") and err.count("\n") == 1  # not also a warning
+    assert world.lrun("show", partial.corrupt)[0] == 3  # moved aside: no longer here
+
+
 def test_partial_state_reads_as_a_user_expects(world: World, partial: Partial) -> None:
     status, out, err = world.lrun("runs")
     assert status == 0
