@@ -10,6 +10,14 @@
 # Rootfs tarballs and TLS material are cached under $LRUN_CACHE_DIR so a rerun
 # skips debootstrap.
 #
+# Also installs Debian's postgresql when missing and, with scripts/pg.sh, runs
+# the test suite's own cluster on 127.0.0.1:$LRUN_POSTGRES_PORT (default 55432;
+# data under $LRUN_POSTGRES_DIR, default /var/lib/lrun-postgres): initdb on a
+# fresh machine, start when stopped, reuse when running. It holds the role
+# `lrun` (password login, CREATEDB so tests can make databases of their own)
+# and its database `lrun_test`; the password is made once and kept beside the
+# cluster.
+#
 # Prints `export LRUN_TEST_...=...` lines on stdout for `eval`; progress goes
 # to stderr.
 set -euo pipefail
@@ -20,6 +28,10 @@ ENGINE2_TLS=${LRUN_ENGINE2_TLS:-127.0.0.1:2376}
 CACHE_DIR=${LRUN_CACHE_DIR:-/var/cache/lrun}
 BUSYBOX_IMAGE=lrun-busybox:latest
 PYTHON_IMAGE=lrun-python:bookworm
+# Exported so that scripts/pg.sh, here and when the tests restart the database, finds the same cluster.
+export LRUN_POSTGRES_DIR=${LRUN_POSTGRES_DIR:-/var/lib/lrun-postgres}
+export LRUN_POSTGRES_PORT=${LRUN_POSTGRES_PORT:-55432}
+PG=$(dirname "$0")/pg.sh
 
 log() { printf 'provision: %s\n' "$*" >&2; }
 
@@ -35,6 +47,7 @@ install_packages() {
   command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
   [ -x /bin/busybox ] || missing+=(busybox-static)
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   if [ ${#missing[@]} -gt 0 ]; then
     need_root "installing ${missing[*]}"
     log "installing ${missing[*]}"
@@ -168,6 +181,44 @@ build_image() {
     "$tar" "$image" >/dev/null
 }
 
+# pg_answers URL: the database at URL takes a password login and a query.
+pg_answers() { PGCONNECT_TIMEOUT=5 timeout 10 psql "$1" -XAtqc 'SELECT 1' >/dev/null 2>&1; }
+
+# start_postgres: the test cluster up, with its role and database; prints the database's URL.
+start_postgres() {
+  local pwfile=$LRUN_POSTGRES_DIR/lrun.password
+  local url=postgresql://lrun:PASSWORD@127.0.0.1:$LRUN_POSTGRES_PORT/lrun_test
+  if [ -s "$pwfile" ] && [ -r "$pwfile" ] && pg_answers "${url/PASSWORD/$(cat "$pwfile")}"; then
+    log "PostgreSQL answers on 127.0.0.1:$LRUN_POSTGRES_PORT"
+    echo "${url/PASSWORD/$(cat "$pwfile")}"
+    return
+  fi
+  need_root "starting PostgreSQL"
+  "$PG" init
+  "$PG" start
+  if [ ! -s "$pwfile" ]; then
+    # Hex, so the URL needs no escaping.
+    (umask 077 && openssl rand -hex 16 >"$pwfile.tmp") && mv "$pwfile.tmp" "$pwfile"
+  fi
+  local password
+  password=$(cat "$pwfile")
+  log "making role lrun and database lrun_test"
+  # The password goes in on stdin (never on a command line); ALTER keeps the role equal to the file.
+  "$PG" psql -XAtq -v ON_ERROR_STOP=1 >/dev/null <<SQL
+\set password '$password'
+SELECT 'CREATE ROLE lrun' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lrun') \gexec
+ALTER ROLE lrun LOGIN CREATEDB PASSWORD :'password';
+SELECT 'CREATE DATABASE lrun_test OWNER lrun' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'lrun_test') \gexec
+SQL
+  url=${url/PASSWORD/$password}
+  if ! pg_answers "$url"; then
+    log "PostgreSQL on 127.0.0.1:$LRUN_POSTGRES_PORT refuses the lrun login; its log: $LRUN_POSTGRES_DIR/server.log"
+    exit 1
+  fi
+  log "PostgreSQL is up on 127.0.0.1:$LRUN_POSTGRES_PORT"
+  echo "$url"
+}
+
 main() {
   mkdir -p "$CACHE_DIR"
   install_packages
@@ -181,9 +232,12 @@ main() {
     build_image "$sock" "$BUSYBOX_IMAGE" "$bb"
     build_image "$sock" "$PYTHON_IMAGE" "$py"
   done
-  log "ready: engines $ENGINE1_SOCK $ENGINE2_SOCK, images $BUSYBOX_IMAGE $PYTHON_IMAGE"
+  local pg_url
+  pg_url=$(start_postgres)
+  log "ready: engines $ENGINE1_SOCK $ENGINE2_SOCK, images $BUSYBOX_IMAGE $PYTHON_IMAGE, PostgreSQL 127.0.0.1:$LRUN_POSTGRES_PORT"
   echo "export LRUN_TEST_ENGINES=unix://$ENGINE1_SOCK,unix://$ENGINE2_SOCK"
   echo "export LRUN_TEST_TLS_ENGINE=tcp://$ENGINE2_TLS LRUN_TEST_TLS_DIR=$CACHE_DIR/tls"
+  echo "export LRUN_TEST_POSTGRES=$pg_url LRUN_POSTGRES_DIR=$LRUN_POSTGRES_DIR LRUN_POSTGRES_PORT=$LRUN_POSTGRES_PORT"
 }
 
 main "$@"

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/provision.sh)"
 scripts/demo-check.sh
-export LRUN_REQUIRE_DOCKER=${LRUN_REQUIRE_DOCKER:-1}
+export LRUN_REQUIRE_DOCKER=${LRUN_REQUIRE_DOCKER:-1} LRUN_REQUIRE_POSTGRES=${LRUN_REQUIRE_POSTGRES:-1}
 python3 -m tox --version >/dev/null 2>&1 || python3 -m pip install -q tox
 python3 -m tox run -e py,lint,type -- "$@"
 py310=$(pyenv prefix 3.10 2>/dev/null || true)
