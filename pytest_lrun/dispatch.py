@@ -74,7 +74,7 @@ from .hashing import hash_dir, iter_files
 from .junit import CaseResult, parse_junit
 from .logs import LogSpool
 from .machines import Machine
-from .settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOG_MAX_BYTES, DEFAULT_TIMEOUT
+from .settings import DEFAULT_ARTIFACTS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOG_MAX_BYTES, DEFAULT_TIMEOUT
 from .store import Decision, Run, RunStore, Status, owner_alive
 
 logger = logging.getLogger("pytest_lrun")
@@ -97,7 +97,7 @@ class RunSpec:
     command: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT
-    artifacts: tuple[str, ...] = ("/lrun/artifacts",)
+    artifacts: tuple[str, ...] = DEFAULT_ARTIFACTS
     batch_id: str | None = None
     plan_entry: str | None = None
 
