@@ -1,15 +1,31 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import random
 import stat
+import subprocess
+import sys
 import tarfile
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from pytest_lrun.archive import PACK_MTIME, STREAM, ExtractResult, pack, read_member, safe_extract
+from pytest_lrun.archive import (
+    ENTRY_BYTES,
+    MAX_EXTRACT_DEPTH,
+    MAX_HEADER_BYTES,
+    PACK_MTIME,
+    STREAM,
+    STREAM_OVERHEAD,
+    ExtractResult,
+    pack,
+    read_member,
+    safe_extract,
+)
 from pytest_lrun.errors import ArchiveError, BadInput
 
 # --- helpers ---------------------------------------------------------------
@@ -601,3 +617,312 @@ def test_read_member_member_cap() -> None:
 def test_read_member_invalid_name() -> None:
     with pytest.raises(ArchiveError):
         read_member(chunked(junit_archive()), "../junit.xml", max_bytes=10)
+
+
+# --- safe_extract and read_member: names no file system call may see ----------
+
+
+def pax(entry: tuple[tarfile.TarInfo, bytes], **records: str) -> tuple[tarfile.TarInfo, bytes]:
+    """The member with raw PAX records (``path``, ``linkpath``...): what a hostile tar can say."""
+    entry[0].pax_headers = records
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        (pax(member("x", data=b"pwned"), path="a\0b"), "NUL in name"),
+        (pax(member("x", tarfile.SYMTYPE), path="link", linkpath="t\0x"), "symlink target: NUL in name"),
+        (pax(member("x", tarfile.LNKTYPE), path="hard", linkpath="ok\0"), "hardlink to a file not extracted"),
+    ],
+)
+def test_nul_in_a_name_or_link_target_is_refused_not_raised(
+    box: Box, entry: tuple[tarfile.TarInfo, bytes], reason: str
+) -> None:
+    data = make_tar(member("ok", data=b"ok"), entry, member("after", data=b"a"))
+    result = box.extract(data)
+    [(_, got)] = result.refused
+    assert got.startswith(reason)
+    assert result.written == ["ok", "after"]
+    assert read_member(chunked(data), "after", max_bytes=10) == b"a"
+
+
+def test_a_name_that_is_not_utf8_is_written_under_its_own_bytes(box: Box) -> None:
+    result = box.extract(make_tar(pax(member("x", data=b"data"), path="caf\udce9/\udcff.txt")))
+    assert result.refused == []
+    assert os.listdir(bytes(box.dest)) == [b"caf\xe9"]
+    assert os.listdir(bytes(box.dest / "caf\udce9")) == [b"\xff.txt"]
+
+
+def test_a_name_the_file_system_encoding_cannot_represent_is_refused(tmp_path: Path) -> None:
+    # Under a C locale without UTF-8 mode the file-system encoding is ASCII, and a PAX
+    # name (always UTF-8) such as "é" cannot be encoded for a system call.
+    data = make_tar(member("caf\u00e9.txt", data=b"x"), member("ok.txt", data=b"y"))
+    (tmp_path / "in.tar").write_bytes(data)
+    script = (
+        "import sys, pathlib; from pytest_lrun.archive import safe_extract; "
+        "print(sys.getfilesystemencoding()); "
+        "r = safe_extract([pathlib.Path('in.tar').read_bytes()], pathlib.Path('out')); "
+        "print(r.written, ascii(r.refused))"
+    )
+    env = {**os.environ, "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "LC_ALL": "C", "LANG": "C"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    encoding, outcome = done.stdout.splitlines()
+    if encoding != "ascii":
+        pytest.skip(f"this interpreter keeps {encoding} under the C locale")
+    assert outcome == "['ok.txt'] [('caf\\xe9.txt', 'name not representable in the file system encoding')]"
+
+
+def test_hostile_headers_never_raise(tmp_path: Path) -> None:
+    # Random damage to the headers of archives using every header form must end in
+    # refusals or stream errors, never in an exception out of tarfile's parser.
+    long = "d/" + "\u00e9" * 60 + "x" * 60
+    entries = [
+        member("d", tarfile.DIRTYPE, mode=0o755),
+        member(long, data=b"hello" * 40),
+        member("d/l", tarfile.SYMTYPE, linkname="\u00e9" * 80),
+        member("h", tarfile.LNKTYPE, linkname=long),
+        member("junit.xml", data=b"<x/>"),
+    ]
+    archives = []
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+            for info, data in entries:
+                tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+        archives.append(buf.getvalue())
+    rng = random.Random(7)
+    for i in range(400):
+        damaged = bytearray(rng.choice(archives))
+        for _ in range(rng.randint(1, 8)):
+            damaged[rng.randrange(3072)] = rng.choice(b"\x00\xff09\n= SxLg" + bytes([rng.randrange(256)]))
+        safe_extract([bytes(damaged)], tmp_path / str(i), max_bytes=1 << 20)
+        with contextlib.suppress(ArchiveError):
+            read_member([bytes(damaged)], "junit.xml", max_bytes=1 << 20)
+
+
+# --- safe_extract: every created entry is counted ---------------------------------
+
+
+def deep(depth: int, top: str = "d") -> str:
+    return "/".join([top] * depth)
+
+
+def entries_on_disk(root: Path) -> tuple[int, int]:
+    """How many entries are under ``root`` and the most components any has, walked iteratively."""
+    count, deepest, stack = 0, 0, [(root, 0)]
+    while stack:
+        path, depth = stack.pop()
+        with os.scandir(path) as it:
+            for entry in it:
+                count += 1
+                deepest = max(deepest, depth + 1)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((Path(entry.path), depth + 1))
+    return count, deepest
+
+
+def test_a_1100_deep_tree_stops_at_the_depth_cap(box: Box) -> None:
+    levels = [member(deep(n), tarfile.DIRTYPE, mode=0o755) for n in range(1, 1101)]
+    result = box.extract(make_tar(*levels, member(deep(1100) + "/f", data=b"x")))
+    assert len(result.written) == MAX_EXTRACT_DEPTH
+    assert set(reasons(result).values()) == {"depth cap"}
+    assert len(result.refused) == 1100 - MAX_EXTRACT_DEPTH + 1
+    assert entries_on_disk(box.dest) == (MAX_EXTRACT_DEPTH, MAX_EXTRACT_DEPTH)
+
+
+def test_the_folder_bomb_of_the_issue_creates_nothing(box: Box) -> None:
+    # 10 members, each a file 2,000 folders down: 20,000 folders before the caps.
+    result = box.extract(make_tar(*(member(deep(2000, f"t{i}") + "/f") for i in range(10))))
+    assert [reason for _, reason in result.refused] == ["depth cap"] * 10
+    assert (result.entries, entries_on_disk(box.dest)) == (0, (0, 0))
+
+
+def test_folders_made_on_the_way_count_against_the_entry_cap(box: Box) -> None:
+    # 400 members 50 folders deep ask for 20,000 folders (the default cap is 10,000).
+    result = box.extract(make_tar(*(member(deep(50, f"t{i}") + "/f") for i in range(400))), max_entries=500)
+    assert result.entries == 500
+    assert entries_on_disk(box.dest)[0] == 500
+    assert result.bytes_written == 0
+    capped = [name for name, reason in result.refused if reason == "entry cap"]
+    assert len(capped) == len(result.refused) == 400 - len(result.written)
+
+
+def test_folders_made_on_the_way_are_charged_against_the_byte_cap(box: Box) -> None:
+    result = box.extract(
+        make_tar(*(member(deep(10, f"t{i}") + "/f") for i in range(10))), max_bytes=25 * ENTRY_BYTES
+    )
+    assert result.written == ["t0/" + deep(9, "t0") + "/f", "t1/" + deep(9, "t1") + "/f"]
+    assert result.entries == 2 * 11 + 5  # two members (ten folders and a file), five folders of the third
+    assert [reason for _, reason in result.refused] == ["size cap"] * 8
+    assert result.bytes_written == 0
+
+
+def test_links_and_directories_are_entries(box: Box) -> None:
+    result = box.extract(
+        make_tar(
+            member("dir", tarfile.DIRTYPE, mode=0o755),
+            member("dir/file", data=b"0123456789"),
+            member("copy", tarfile.LNKTYPE, linkname="dir/file"),
+            member("link", tarfile.SYMTYPE, linkname="dir/file"),
+            member("more/file", data=b"x"),
+        ),
+        max_entries=5,
+    )
+    assert result.written == ["dir", "dir/file", "copy", "link"]
+    assert result.refused == [("more/file", "entry cap")]
+    assert result.entries == 5  # the four members and the folder "more"
+    assert result.bytes_written == 20
+
+
+# --- safe_extract and read_member: what is read from the engine is bounded --------
+
+
+MIB = 1024 * 1024
+
+
+def header_block(kind: bytes, size: int) -> bytes:
+    info = tarfile.TarInfo("././@LongLink")
+    info.type = kind
+    info.size = size
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+class Lazy:
+    """A stream of chunks made as they are pulled, counting what was pulled."""
+
+    def __init__(self, head: bytes, body: int, tail: bytes = b"") -> None:
+        self.head, self.body, self.tail = head, body, tail
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunk = b"a" * MIB
+        for piece in (self.head, *(chunk for _ in range(self.body // MIB)), self.tail):
+            self.pulled += len(piece)
+            yield piece
+
+
+def peak_memory(run: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [
+        (tarfile.GNUTYPE_LONGNAME, "GNU long-name"),
+        (tarfile.GNUTYPE_LONGLINK, "GNU long-link"),
+        (tarfile.XHDTYPE, "PAX"),
+        (tarfile.XGLTYPE, "global PAX"),
+    ],
+)
+def test_a_256_mib_header_is_refused_before_it_is_read(box: Box, kind: bytes, what: str) -> None:
+    # Before the cap tarfile read the whole header into memory: a 785 MiB peak.
+    bomb = Lazy(blocks("first", b"1") + header_block(kind, 256 * MIB), 256 * MIB)
+    result = ExtractResult()
+
+    def extract() -> None:
+        nonlocal result
+        result = safe_extract(bomb, box.dest)
+
+    assert peak_memory(extract) < 4 * MIB
+    assert bomb.pulled < 2 * MIB
+    assert result.written == ["first"]
+    assert result.stream_error == f"header cap: a {what} header of {256 * MIB} bytes (cap {MAX_HEADER_BYTES})"
+
+    bomb = Lazy(header_block(kind, 256 * MIB), 256 * MIB)
+    with pytest.raises(ArchiveError, match="header cap"):
+        peak_memory(lambda: read_member(bomb, "junit.xml", max_bytes=MIB))
+    assert bomb.pulled < 2 * MIB
+
+
+def blocks(name: str, data: bytes = b"", **records: str) -> bytes:
+    """One member as its header blocks and padded data, to splice into a stream by hand."""
+    info = pax(member(name, data=data), **records)[0]
+    return info.tobuf(tarfile.PAX_FORMAT) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def test_global_headers_are_capped_in_total(box: Box) -> None:
+    global_header = header_block(tarfile.XGLTYPE, 40_000) + b"40000 c=" + b"x" * 39_991 + b"\n" + b"\0" * 448
+    data = blocks("a") + global_header + blocks("b") + global_header + blocks("c") + b"\0" * 1024
+    result = box.extract(data)
+    assert result.written == ["a", "b"]
+    assert result.stream_error == f"header cap: a global PAX header of 80000 bytes (cap {MAX_HEADER_BYTES})"
+
+
+def test_a_chain_of_extension_headers_is_cut_not_recursed(box: Box) -> None:
+    # tarfile reads each extension header by recursion: 3,000 in a row was a RecursionError.
+    link = header_block(tarfile.GNUTYPE_LONGNAME, 2) + b"a\0" + b"\0" * 510
+    result = box.extract(link * 3000 + make_tar(member("x")))
+    assert result.stream_error == "header cap: more than 8 extension headers in a row"
+    with pytest.raises(ArchiveError, match="extension headers in a row"):
+        read_member(chunked(link * 3000), "junit.xml", max_bytes=10)
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        {"GNU.sparse.map": "0,x", "GNU.sparse.size": "10"},  # 0.1: int("x") was a ValueError
+        {"GNU.sparse.size": "10", "GNU.sparse.offset": "0", "GNU.sparse.numbytes": "1"},  # 0.0
+        {
+            "GNU.sparse.major": "1",
+            "GNU.sparse.minor": "0",
+            "GNU.sparse.realsize": "10",
+        },  # 1.0: unbounded read
+    ],
+)
+def test_sparse_members_end_the_stream(box: Box, records: dict[str, str]) -> None:
+    result = box.extract(make_tar(member("ok", data=b"1"), pax(member("s", data=b"x" * 600), **records)))
+    assert result.written == ["ok"]
+    assert result.stream_error == "sparse member (not supported)"
+
+
+def test_an_old_gnu_sparse_member_ends_the_stream(box: Box) -> None:
+    # An old GNU sparse header whose extension blocks run past the end was an IndexError.
+    sparse = bytearray(header_block(tarfile.GNUTYPE_SPARSE, 0))
+    sparse[482] = 1  # "isextended": more sparse blocks follow
+    sparse[148:156] = b" " * 8
+    sparse[148:156] = b"%06o\0 " % sum(sparse)
+    result = box.extract(blocks("ok", b"1") + bytes(sparse))
+    assert result.written == ["ok"]
+    assert result.stream_error == "sparse member (not supported)"
+
+
+def test_what_is_read_of_the_stream_is_capped(box: Box) -> None:
+    huge = member("huge", data=b"")[0]
+    huge.size = 256 * MIB
+    stream = Lazy(blocks("first", b"1") + huge.tobuf(tarfile.PAX_FORMAT), 256 * MIB)
+    result = safe_extract(stream, box.dest, max_bytes=MIB, max_read=4 * MIB)
+    assert result.refused[0] == ("huge", "size cap")
+    assert result.stream_error == f"read cap: the stream is over {4 * MIB} bytes; the rest was not read"
+    assert stream.pulled <= 5 * MIB
+
+    stream = Lazy(huge.tobuf(tarfile.PAX_FORMAT), 256 * MIB)
+    with pytest.raises(ArchiveError, match="read cap"):
+        read_member(stream, "junit.xml", max_bytes=MIB)
+    assert stream.pulled <= MIB + STREAM_OVERHEAD + MIB
+
+
+def test_headers_already_read_are_not_kept(box: Box) -> None:
+    # tarfile keeps every header it read: 400 members with a 32 KiB PAX record each
+    # held 13 MiB until the end of the stream.
+    def stream() -> Iterator[bytes]:
+        for i in range(400):
+            yield blocks(f"{i:03d}", b"1", comment="c" * (32 * 1024))
+        yield b"\0" * 1024
+
+    result = ExtractResult()
+
+    def extract() -> None:
+        nonlocal result
+        result = safe_extract(stream(), box.dest)
+
+    assert peak_memory(extract) < 4 * MIB
+    assert result.refused == []
+    assert result.entries == 400
