@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import builtins
+import errno
 import os
 import socket
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,8 +16,9 @@ from typing import Any
 import pytest
 import xxhash
 
-from pytest_lrun.errors import HashError
-from pytest_lrun.hashing import CHUNK_SIZE, DEFAULT_IGNORES, Entry, hash_dir, iter_files
+from pytest_lrun.archive import PACK_MTIME, pack, safe_extract
+from pytest_lrun.errors import ArchiveError, HashError
+from pytest_lrun.hashing import CHUNK_SIZE, DEFAULT_IGNORES, Entry, Snapshot, hash_dir, iter_files, snapshot
 
 # The digest of the tree built by make_known_tree(). It must not change between
 # machines or releases: if it does, every cached run on every machine is orphaned.
@@ -717,3 +721,190 @@ def test_cache_keeps_large_files_streaming(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     settle(root)
     assert hash_dir(root, cache_dir=cache) == hash_dir(root, cache_dir=cache) == hash_dir(root)
+
+
+# --- snapshot: one walk, one read, what is shipped is what was hashed ------------
+
+
+def shipped(snap: Snapshot) -> dict[str, tuple[str, int, bytes | str]]:
+    """Each member of a snapshot's archive: kind, mode, and content or link target."""
+    found: dict[str, tuple[str, int, bytes | str]] = {}
+    with tarfile.open(fileobj=snap.archive) as tar:
+        for m in tar:
+            data = tar.extractfile(m) if m.isreg() else None
+            kind = "file" if m.isreg() else "dir" if m.isdir() else "symlink"
+            assert (m.uid, m.gid, m.mtime) == (0, 0, PACK_MTIME)
+            found[m.name] = (kind, m.mode, data.read() if data is not None else m.linkname)
+    return found
+
+
+def test_snapshot_digest_is_the_hash_dir_digest(tmp_path: Path) -> None:
+    # Keys stored before the snapshot existed stay valid: same tree, same digest.
+    with snapshot(make_known_tree(tmp_path / "t")) as snap:
+        assert snap.digest == KNOWN_DIGEST
+    root = make_base_tree(tmp_path / "b")
+    write(root / "__pycache__" / "x.pyc", b"ignored")
+    write(root / ".lrunignore", "*.log\n")
+    write(root / "out.log", "ignored too")
+    with snapshot(root) as snap:
+        assert snap.digest == hash_dir(root)
+
+
+def test_snapshot_ships_the_tree_under_the_prefix(tmp_path: Path) -> None:
+    root = make_known_tree(tmp_path / "t")
+    write(root / "__pycache__" / "x.pyc", b"ignored")
+    with snapshot(root, prefix="lrun/work", extra_dirs=["lrun/out"]) as snap:
+        members = shipped(snap)
+    assert list(members) == [
+        "lrun",
+        "lrun/out",
+        "lrun/work",
+        "lrun/work/a.txt",
+        "lrun/work/bin",
+        "lrun/work/bin/run.sh",
+        "lrun/work/empty",
+        "lrun/work/link",
+        "lrun/work/sub",
+        "lrun/work/sub/deep",
+        "lrun/work/sub/deep/data.bin",
+    ]
+    assert members["lrun/out"] == ("dir", 0o777, "")
+    assert members["lrun/work/a.txt"] == ("file", 0o644, b"hello\n")
+    assert members["lrun/work/bin/run.sh"] == ("file", 0o755, b"#!/bin/sh\necho hi\n")
+    assert members["lrun/work/link"] == ("symlink", 0o777, "a.txt")
+    assert members["lrun/work/sub/deep/data.bin"] == ("file", 0o644, bytes(range(256)))
+
+
+def test_snapshot_ships_what_pack_ships(tmp_path: Path) -> None:
+    root = make_known_tree(tmp_path / "t")
+    write(root / "big.bin", os.urandom(3 * CHUNK_SIZE + 17))
+    relpaths = [e.relpath for e in iter_files(root)]
+    with snapshot(root, prefix="w") as snap, pack(root, relpaths, prefix="w") as packed:
+        assert shipped(snap) == shipped(Snapshot("", packed))
+
+
+def test_the_mode_shipped_is_the_bit_hashed(tmp_path: Path) -> None:
+    # Only the owner's exec bit is hashed; a group-exec file must not ship as 0o755
+    # under the digest of a tree where it is 0o644.
+    root = tmp_path / "t"
+    write(root / "tool", "x", mode=0o654)
+    with snapshot(root) as snap:
+        assert shipped(snap)["tool"][1] == 0o644
+        write(tmp_path / "u" / "tool", "x", mode=0o644)
+        assert snap.digest == hash_dir(tmp_path / "u")
+
+
+def test_snapshot_reads_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_base_tree(tmp_path / "t")
+    spy = OpenSpy(monkeypatch, root)
+    with snapshot(root, cache_dir=tmp_path / "cache"):
+        pass
+    assert sorted(spy.opened) == sorted(
+        str(root / p) for p in ["test_a.py", "pkg/helper.py", "pkg/script.sh"]
+    )
+
+
+def test_snapshot_leaves_the_stat_cache_warm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_base_tree(tmp_path / "t")
+    cache = tmp_path / "cache"
+    settle(root)
+    with snapshot(root, cache_dir=cache) as snap:
+        digest = snap.digest
+    spy = OpenSpy(monkeypatch, root)
+    assert hash_dir(root, cache_dir=cache) == digest
+    assert spy.opened == []
+
+
+def change_on_first_read(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
+    """Run ``change`` right after the first read of file content, as an editor saving mid-read would."""
+    real_read = os.read
+    pending = [change]
+
+    def read(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        if pending:
+            pending.pop()()
+        return data
+
+    monkeypatch.setattr(os, "read", read)
+
+
+def _shrink(path: Path) -> None:
+    os.truncate(path, CHUNK_SIZE + 10)
+
+
+def _grow(path: Path) -> None:
+    with open(path, "ab") as f:
+        f.write(b"more")
+
+
+def _rewrite_in_place(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.write(b"X" * 10)
+    later = path.stat().st_mtime_ns + 5_000_000_000
+    os.utime(path, ns=(later, later))
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (_shrink, f"it ended after {CHUNK_SIZE + 10} of its {3 * CHUNK_SIZE} bytes"),
+        (_grow, f"it grew past its {3 * CHUNK_SIZE} bytes"),
+        (_rewrite_in_place, "its size, mtime or ctime moved"),
+    ],
+)
+def test_a_file_changed_while_being_read_fails_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], None], says: str
+) -> None:
+    root = make_base_tree(tmp_path / "t")
+    big = write(root / "big.bin", b"a" * (3 * CHUNK_SIZE))
+    cache = tmp_path / "cache"
+    change_on_first_read(monkeypatch, lambda: change(big))
+    with pytest.raises(HashError) as excinfo:
+        snapshot(root, cache_dir=cache)
+    assert excinfo.value.code == "hash_failed"
+    assert excinfo.value.path == str(big)
+    assert excinfo.value.reason == f"changed while being read: {says}"
+    assert cache_files(cache) == []
+
+
+def test_a_test_directory_path_that_is_not_utf8_hashes_and_ships(tmp_path: Path) -> None:
+    raw = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.mkdir(raw)
+    os.mkdir(raw + b"/\xfd")
+    with open(raw + b"/\xfe.py", "wb") as f:
+        f.write(b"x = 1\n")
+    os.symlink(b"\xfe.py", raw + b"/link\xfc")
+    root = Path(os.fsdecode(raw))
+    cache = tmp_path / "cache"
+    digest = hash_dir(root, cache_dir=cache)
+    with snapshot(root, prefix="w", cache_dir=cache) as snap:
+        assert snap.digest == digest
+        result = safe_extract(iter(lambda: snap.archive.read(65536), b""), tmp_path / "out")
+    assert result.refused == []
+    assert sorted(os.listdir(os.fsencode(tmp_path / "out" / "w"))) == [b"link\xfc", b"\xfd", b"\xfe.py"]
+    assert os.readlink(os.fsencode(tmp_path / "out" / "w") + b"/link\xfc") == b"\xfe.py"
+    assert hash_dir(tmp_path / "out" / "w") == digest
+
+
+def test_snapshot_refuses_what_hash_dir_refuses(tmp_path: Path) -> None:
+    with pytest.raises(HashError, match="no such directory"):
+        snapshot(tmp_path / "missing")
+    root = make_base_tree(tmp_path / "t")
+    os.mkfifo(root / "pipe")
+    with pytest.raises(HashError, match="a fifo"):
+        snapshot(root)
+
+
+def test_a_spool_that_cannot_be_written_is_an_archive_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_base_tree(tmp_path / "t")
+
+    def full(self: object, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "write", full)
+    with pytest.raises(ArchiveError, match="No space left on device") as excinfo:
+        snapshot(root)
+    assert excinfo.value.code == "archive_invalid"
