@@ -30,6 +30,8 @@ from pathlib import Path
 
 from _timing import timed
 
+from pytest_lrun.records import parse_time
+
 DEFAULT_ENGINES = "unix:///var/run/docker.sock,unix:///var/run/lrun-docker2.sock"
 IMAGE = "lrun-python:bookworm"
 
@@ -72,7 +74,7 @@ def main() -> None:
             env,
         )
         records = [json.loads(p.read_text()) for p in (root / "state" / "runs").glob("*/run.json")]
-        own = sum(r["ended_at"] - r["started_at"] for r in records)
+        own = sum(parse_time(r["ended_at"]) - parse_time(r["started_at"]) for r in records)
         dirs = [f"entry{i}" for i in range(entries)]
         plain_wall = timed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *dirs], root, env)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from lrun_support import wait_for_running, write_tests
 
+from pytest_lrun.records import parse_time
+
 SLEEPY = """
     import time
 
@@ -32,7 +34,9 @@ def _runs(state_dir: Path) -> dict[str, dict[str, object]]:
 
 
 def _overlap(a: dict[str, object], b: dict[str, object]) -> bool:
-    return float(a["started_at"]) < float(b["ended_at"]) and float(b["started_at"]) < float(a["ended_at"])  # type: ignore[arg-type]
+    start_a, end_a = parse_time(a["started_at"]), parse_time(a["ended_at"])
+    start_b, end_b = parse_time(b["started_at"]), parse_time(b["ended_at"])
+    return start_a < end_b and start_b < end_a
 
 
 def test_plan_runs_machines_in_parallel_and_serializes_one_machine(
