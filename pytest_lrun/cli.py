@@ -19,7 +19,7 @@ Global options (before or after the command): ``--state-dir`` (default
 ``$LRUN_STATE_DIR``, else ``~/.lrun``), ``--project DIR`` (where the
 ``pyproject.toml`` with ``[tool.lrun.machines.*]`` is; default: the nearest one
 upward from the current directory) and ``--connect-timeout`` (default
-``$LRUN_CONNECT_TIMEOUT``, else 10 s).
+``$LRUN_CONNECT_TIMEOUT``, else :data:`~pytest_lrun.settings.DEFAULT_CONNECT_TIMEOUT`).
 
 Output contract: with ``--json`` stdout holds one JSON object, an envelope
 whose ``schema_version`` (:data:`JSON_SCHEMA_VERSION`, now 1) changes only when
@@ -70,7 +70,16 @@ from typing import IO, TYPE_CHECKING, Any
 from . import __version__
 from .errors import EXIT_ERROR, ConfigError, LrunError
 from .records import rfc3339
-from .settings import OPTIONS, Settings, flag_type, resolve
+from .settings import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_REAP_AGE,
+    DEFAULT_STATE_MAX_BYTES,
+    MIB,
+    OPTIONS,
+    Settings,
+    flag_type,
+    resolve,
+)
 from .store import Run, RunStore, Status
 from .text import format_table
 
@@ -397,7 +406,7 @@ def _resume_at(content: bytes, printed: bytes) -> int:
 def _cmd_logs(ctx: _Context) -> int:
     store = ctx.store
     run = store.get(ctx.args.id)
-    path = store.run_dir(run.id) / "logs.txt"
+    path = store.files(run.id).logs
     out = _binary_stdout()
     tail = _Tail(path)
     if not ctx.args.follow or run.status.is_terminal:
@@ -641,7 +650,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         type=flag_type(_OPTION["connect_timeout"]),
         default=default,
         metavar="SECONDS",
-        help="seconds to wait for an engine to answer (default: $LRUN_CONNECT_TIMEOUT, else 10)",
+        help=f"seconds to wait for an engine to answer (default: $LRUN_CONNECT_TIMEOUT, "
+        f"else {DEFAULT_CONNECT_TIMEOUT:g})",
     )
 
 
@@ -697,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-bytes",
         type=flag_type(_OPTION["state_max_bytes"]),
         metavar="SIZE",
-        help="size cap of the state dir (default: $LRUN_STATE_MAX_BYTES, else 50MiB)",
+        help=f"size cap of the state dir (default: $LRUN_STATE_MAX_BYTES, else {DEFAULT_STATE_MAX_BYTES // MIB}MiB)",
     )
 
     reap = command("reap", _cmd_reap, "remove old labelled containers of terminal or unknown runs")
@@ -705,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--age",
         type=flag_type(_OPTION["reap_age"]),
         metavar="SECONDS",
-        help="minimum container age (default: $LRUN_REAP_AGE, else 300)",
+        help=f"minimum container age (default: $LRUN_REAP_AGE, else {DEFAULT_REAP_AGE:g})",
     )
     reap.add_argument("--machine", metavar="M", help="only this machine (default: every known machine)")
     return parser
