@@ -707,7 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-bytes",
         type=flag_type(_OPTION["state_max_bytes"]),
         metavar="SIZE",
-        help=f"size cap of the state dir (default: $LRUN_STATE_MAX_BYTES, else {DEFAULT_STATE_MAX_BYTES // MIB}MiB)",
+        help="size cap of the state dir "
+        f"(default: $LRUN_STATE_MAX_BYTES, else {DEFAULT_STATE_MAX_BYTES // MIB}MiB)",
     )
 
     reap = command("reap", _cmd_reap, "remove old labelled containers of terminal or unknown runs")
