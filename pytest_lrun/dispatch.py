@@ -3,7 +3,9 @@
 :class:`Dispatcher` turns a :class:`RunSpec` (a test directory, a machine, an
 image, a command...) into a terminal :class:`~pytest_lrun.store.Run` record:
 
-1. hash the directory and compute the idempotency key (dir hash, image id,
+1. read the directory once (:func:`~pytest_lrun.hashing.snapshot`): its digest
+   and the upload archive come from the very same bytes, so what is shipped is
+   what the key describes; compute the idempotency key (dir hash, image id,
    command, env, workdir, artifact paths);
 2. ``prepare`` in the store: CREATED runs a fresh container, REUSE attaches to
    the live run (never a twin container), BUSY raises ``machine_busy``;
@@ -37,12 +39,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
 
 import filelock
 import xxhash
 
-from .archive import ExtractResult, pack, read_member, safe_extract
+from .archive import ExtractResult, read_member, safe_extract
 from .engine import (
     LABEL_BATCH,
     LABEL_CREATED,
@@ -70,7 +71,7 @@ from .errors import (
     MachineBusy,
     TerminalRunError,
 )
-from .hashing import hash_dir, iter_files
+from .hashing import Snapshot, hash_dir, snapshot
 from .junit import CaseResult, parse_junit
 from .logs import LogSpool
 from .machines import Machine
@@ -104,6 +105,16 @@ class RunSpec:
     @property
     def label(self) -> str:
         return f"{self.machine.name} {self.test_dir.name}"
+
+
+@dataclass
+class _Prepared:
+    """What ``prepare`` decided for a spec, with the engine and, for a created run, what to ship."""
+
+    run: Run
+    origin: str  # "created", "reused" or "cached"
+    engine: Engine
+    shipment: Snapshot | None = None  # the directory as hashed: set for created runs only
 
 
 @dataclass
@@ -193,24 +204,26 @@ class Dispatcher:
 
     def dispatch(self, spec: RunSpec) -> RunResult:
         """Run ``spec`` to a terminal status (or attach to / reuse an equal run)."""
-        run, origin, engine = self._prepare(spec)
-        if origin == "cached":
-            return self.result(run, origin)
-        if origin == "reused":
-            return self.result(self._await(run, engine), origin)
-        with self._ends_on_error(run, engine), finish_lock(self.store, run.id):
-            run = self._launch(run, spec, engine)
+        prepared = self._prepare(spec)
+        run, engine = prepared.run, prepared.engine
+        if prepared.origin == "cached":
+            return self.result(run, "cached")
+        if prepared.origin == "reused":
+            return self.result(self._await(run, engine), "reused")
+        with _shipping(prepared), self._ends_on_error(run, engine), finish_lock(self.store, run.id):
+            run = self._launch(prepared, spec)
             if not run.status.is_terminal:
                 run = self._finish(run, engine, _secrets(spec), fresh_logs=False)
         return self.result(run, "created")
 
     def start(self, spec: RunSpec) -> RunResult:
         """Create and start the run, then leave it running (``--lrun-detach``)."""
-        run, origin, engine = self._prepare(spec)
-        if origin != "created":
-            return RunResult(run, origin)
-        with self._ends_on_error(run, engine), finish_lock(self.store, run.id):
-            run = self._launch(run, spec, engine)
+        prepared = self._prepare(spec)
+        run, engine = prepared.run, prepared.engine
+        if prepared.origin != "created":
+            return RunResult(run, prepared.origin)
+        with _shipping(prepared), self._ends_on_error(run, engine), finish_lock(self.store, run.id):
+            run = self._launch(prepared, spec)
             if not run.status.is_terminal:
                 # Nobody watches a detached run: whoever attaches next takes over.
                 run = replace(run, owner=None)
@@ -241,16 +254,16 @@ class Dispatcher:
 
     # -- steps ----------------------------------------------------------------
 
-    def _prepare(self, spec: RunSpec) -> tuple[Run, str, Engine]:
+    def _prepare(self, spec: RunSpec) -> _Prepared:
         """Decide created / reused / cached (or raise ``machine_busy``) for ``spec``."""
-        run, origin, engine = self._decide(spec)
+        prepared = self._decide(spec)
         if self.on_prepared is not None:
-            if origin == "created":
-                with self._ends_on_error(run, engine):
-                    self.on_prepared(spec, run, origin)
+            if prepared.origin == "created":
+                with self._ends_on_error(prepared.run, prepared.engine), _closed_on_error(prepared):
+                    self.on_prepared(spec, prepared.run, prepared.origin)
             else:
-                self.on_prepared(spec, run, origin)
-        return run, origin, engine
+                self.on_prepared(spec, prepared.run, prepared.origin)
+        return prepared
 
     @contextlib.contextmanager
     def _ends_on_error(self, run: Run, engine: Engine) -> Iterator[None]:
@@ -279,19 +292,40 @@ class Dispatcher:
         except Exception:  # the state dir itself fails: the reap and sweep settle what is left
             logger.exception("could not record the end of run %s after %s", run_id, code)
 
-    def _decide(self, spec: RunSpec) -> tuple[Run, str, Engine]:
-        dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.hashcache_dir)
+    def _decide(self, spec: RunSpec) -> _Prepared:
         engine = self.engines.get(spec.machine)
         image_error: ImageMissing | None = None
         try:
             image_id = engine.image_id(spec.image, spec.machine.pull)
         except ImageMissing as e:
             image_id, image_error = spec.image, e
-        key = run_key(dir_hash, image_id, spec)
         if self.reuse == "completed":
-            cached = self.store.last_completed(spec.machine.name, key)
+            # A stat-cached hash reads no file of an unchanged tree: a cached result costs no read.
+            dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.hashcache_dir)
+            cached = self.store.last_completed(spec.machine.name, run_key(dir_hash, image_id, spec))
             if cached is not None:
-                return cached, "cached", engine
+                return _Prepared(cached, "cached", engine)
+        shipment = snapshot(
+            spec.test_dir,
+            prefix=spec.machine.workdir.strip("/"),
+            extra_dirs=LRUN_DIRS,
+            cache_dir=self.store.hashcache_dir,
+        )
+        try:
+            run, outcome = self._prepare_key(spec, shipment.digest, run_key(shipment.digest, image_id, spec))
+        except BaseException:
+            shipment.close()
+            raise
+        if outcome is not Decision.CREATED:
+            shipment.close()
+            return _Prepared(run, "reused", engine)
+        if image_error is not None:
+            shipment.close()
+            return _Prepared(self._end(run, Status.FAILED, error=image_error), "created", engine)
+        return _Prepared(run, "created", engine, shipment)
+
+    def _prepare_key(self, spec: RunSpec, dir_hash: str, key: str) -> tuple[Run, Decision]:
+        """The store's decision for ``key`` on the spec's machine: CREATED or REUSE (BUSY raises)."""
 
         def make() -> Run:
             return Run(
@@ -318,15 +352,12 @@ class Dispatcher:
                 time.time() - (run.started_at or run.created_at or time.time()),
                 waited_s=self.busy_wait or None,
             )
-        if outcome is Decision.REUSE:
-            return run, "reused", engine
-        if image_error is not None:
-            run = self._end(run, Status.FAILED, error=image_error)
-        return run, "created", engine
+        return run, outcome
 
-    def _launch(self, run: Run, spec: RunSpec, engine: Engine) -> Run:
+    def _launch(self, prepared: _Prepared, spec: RunSpec) -> Run:
         """Create the container, ship the directory in and start it; the run is ``running`` after."""
-        if run.status.is_terminal:  # failed before it began (image missing)
+        run, engine, shipment = prepared.run, prepared.engine, prepared.shipment
+        if run.status.is_terminal or shipment is None:  # failed before it began (image missing)
             return run
         labels = {
             LABEL_RUN: run.id,
@@ -352,8 +383,7 @@ class Dispatcher:
             run = replace(run, container_id=container_id, logs_path=str(self.store.files(run.id).logs))
             self.store.update(run)
             self._watch(run.id, engine, container_id)
-            with _shipment(spec.test_dir, spec.machine.workdir) as archive:
-                engine.put_archive(container_id, "/", archive)
+            engine.put_archive(container_id, "/", shipment.archive)
             if self._cancelled.is_set():
                 return self._end(run, Status.INTERRUPTED, engine=engine, code=INTERRUPTED, msg="cancelled")
             engine.start(container_id)
@@ -562,10 +592,25 @@ class Dispatcher:
             self._live[run_id] = (engine, container_id)
 
 
-def _shipment(test_dir: Path, workdir: str) -> contextlib.closing[IO[bytes]]:
-    """The test directory as a tar stream rooted at the container's workdir (exactly what was hashed)."""
-    relpaths = [entry.relpath for entry in iter_files(test_dir)]
-    return contextlib.closing(pack(test_dir, relpaths, prefix=workdir.strip("/"), extra_dirs=LRUN_DIRS))
+@contextlib.contextmanager
+def _closed_on_error(prepared: _Prepared) -> Iterator[None]:
+    """Close the shipment (its spool may be a temporary file) if the block raises."""
+    try:
+        yield
+    except BaseException:
+        if prepared.shipment is not None:
+            prepared.shipment.close()
+        raise
+
+
+@contextlib.contextmanager
+def _shipping(prepared: _Prepared) -> Iterator[None]:
+    """Close the shipment when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        if prepared.shipment is not None:
+            prepared.shipment.close()
 
 
 def finish_lock(store: RunStore, run_id: str) -> filelock.FileLock:

@@ -117,16 +117,15 @@ def test_a_batch_record_that_cannot_be_written_ends_the_run(
 def test_a_bug_after_create_ends_the_run_and_removes_its_container(
     store: RunStore, pool: Any, m1: Machine, tmp_path: Path, api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pytest_lrun.dispatch as dispatch_module
+    def broken_upload(container_id: str, path: str, data: Any) -> None:
+        raise RuntimeError("a bug in the upload")
 
-    def broken_shipment(test_dir: Path, workdir: str) -> Any:
-        raise RuntimeError("a bug in packing")
-
-    monkeypatch.setattr(dispatch_module, "_shipment", broken_shipment)
+    monkeypatch.setattr(pool.get(m1), "put_archive", broken_upload)
     spec = busybox_spec(tmp_path, m1, "echo", "hi")
-    with pytest.raises(RuntimeError, match="a bug in packing"):
+    with pytest.raises(RuntimeError, match="a bug in the upload"):
         Dispatcher(store, pool).dispatch(spec)
     (run,) = store.list()
     assert (run.status, run.error_code) == (Status.FAILED, INTERNAL_ERROR)
+    assert "RuntimeError: a bug in the upload" in (run.error_msg or "")
     assert run.container_id is not None and container_status(api, run.container_id) is None
     assert store.active(m1.name) == []
