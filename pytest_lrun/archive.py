@@ -87,6 +87,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsRead, WriteableBuffer
 
 from .errors import ArchiveError
+from .fsutil import ENTRY_BYTES
 
 __all__ = [
     "ENTRY_BYTES",
@@ -129,9 +130,6 @@ MAX_EXTRACT_ENTRIES = 10_000
 
 MAX_EXTRACT_DEPTH = 128
 """Components a member name may have. Far below Python's recursion limit and ``PATH_MAX``."""
-
-ENTRY_BYTES = 4096
-"""What a created directory or symlink costs against the byte cap: one file-system block."""
 
 MAX_HEADER_BYTES = 64 * 1024
 """Largest extension header (GNU long name or long link, PAX) read: 16 ``PATH_MAX`` paths."""

@@ -43,7 +43,7 @@ from pathlib import Path
 import filelock
 import xxhash
 
-from .archive import ExtractResult, read_member, safe_extract
+from .archive import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extract
 from .engine import (
     LABEL_BATCH,
     LABEL_CREATED,
@@ -71,6 +71,7 @@ from .errors import (
     MachineBusy,
     TerminalRunError,
 )
+from .fsutil import ENTRY_BYTES
 from .hashing import Snapshot, hash_dir, snapshot
 from .junit import CaseResult, parse_junit
 from .logs import LogSpool
@@ -498,13 +499,20 @@ class Dispatcher:
             return [(JUNIT_PATH, str(e))]
         refused: list[tuple[str, str]] = []
         dest = files.artifacts
+        # One budget per run, however many paths it declares: each extraction gets what is left
+        # (an entry counted at a block, so a budget is never overspent).
+        budget_bytes, budget_entries = ARTIFACTS_MAX_BYTES, MAX_EXTRACT_ENTRIES
         for path in run.artifacts or ():
             chunks = engine.get_archive(run.container_id, path)
             if chunks is None:
                 continue
             dest.mkdir(parents=True, exist_ok=True)
-            result: ExtractResult = safe_extract(chunks, dest, max_bytes=ARTIFACTS_MAX_BYTES)
+            result: ExtractResult = safe_extract(
+                chunks, dest, max_bytes=max(0, budget_bytes), max_entries=max(0, budget_entries)
+            )
             refused.extend(result.refused)
+            budget_bytes -= result.bytes_written + result.entries * ENTRY_BYTES
+            budget_entries -= result.entries
         return refused
 
     def _await(self, run: Run, engine: Engine) -> Run:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from lrun_support import busybox_spec, container_status
 
+from pytest_lrun.archive import MAX_EXTRACT_DEPTH, MAX_EXTRACT_ENTRIES
 from pytest_lrun.cli import main as lrun
 from pytest_lrun.dispatch import Dispatcher, RunSpec
 from pytest_lrun.errors import HOST_IO_ERROR, INTERNAL_ERROR, OOM_KILLED, UNSAFE_ARCHIVE, RunNotFound
@@ -28,6 +29,11 @@ DEEP_TREE = (
     "mkdir -p $d && echo deep > $d/bottom.txt && echo made"
 )
 FOLDER_BOMB = "cd /lrun/artifacts && seq 20000 | xargs mkdir && echo made"
+# Two declared artifact paths share one budget: 2 x 6,000 folders is over it.
+TWO_PATHS = (
+    "mkdir -p /tmp/more && seq 6000 | (cd /lrun/artifacts && xargs mkdir) "
+    "&& seq 6000 | (cd /tmp/more && xargs mkdir)"
+)
 
 
 def assert_machine_free_and_gc_works(store: RunStore, spec: RunSpec, hostile_run: str) -> None:
@@ -46,8 +52,13 @@ def assert_machine_free_and_gc_works(store: RunStore, spec: RunSpec, hostile_run
     ("script", "check"),
     [
         pytest.param(NON_UTF8_NAME, lambda files: any(b"\xff\xfe" in p for p in files), id="non-utf8-name"),
-        pytest.param(DEEP_TREE, lambda files: len(files) < 1100, id="1100-deep-tree"),
-        pytest.param(FOLDER_BOMB, lambda files: len(files) <= 10_001, id="20000-folders"),
+        pytest.param(
+            DEEP_TREE,
+            lambda files: max(path.count(b"/") for path in files) <= MAX_EXTRACT_DEPTH + 64,
+            id="1100-deep-tree",
+        ),
+        pytest.param(FOLDER_BOMB, lambda files: len(files) <= MAX_EXTRACT_ENTRIES, id="20000-folders"),
+        pytest.param(TWO_PATHS, lambda files: len(files) <= MAX_EXTRACT_ENTRIES, id="one-budget-per-run"),
     ],
 )
 def test_hostile_artifacts_end_the_run_and_free_the_machine(
@@ -58,7 +69,7 @@ def test_hostile_artifacts_end_the_run_and_free_the_machine(
     script: str,
     check: Callable[[list[bytes]], bool],
 ) -> None:
-    spec = busybox_spec(tmp_path, m1, "sh", "-c", script)
+    spec = replace(busybox_spec(tmp_path, m1, "sh", "-c", script), artifacts=("/lrun/artifacts", "/tmp/more"))
     result = dispatcher.dispatch(spec)
     run = result.run
     assert run.status.is_terminal, run
