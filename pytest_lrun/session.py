@@ -10,10 +10,17 @@ machines run in parallel, one machine's entries one after another) and hands
 each dispatched directory to :class:`~pytest_lrun.report.LrunDir`. It kills its
 containers on Ctrl-C, prints the summary table and keeps the state dir under
 its size cap.
+
+Worker threads never call a pytest hook or write to the terminal: as
+pytest-xdist's controller (``DSession.loop_once``) does, they put events on a
+queue (progress and output lines, finished runs), and the main thread handles
+them in order: while it waits for a directory's runs during collection, and
+what is left once the workers are shut down at session finish.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
@@ -25,16 +32,31 @@ from typing import Any
 import pytest
 
 from .batch import Batch, BatchStore
-from .dispatch import DEFAULT_TIMEOUT, Dispatcher, EnginePool, RunSpec
+from .dispatch import Dispatcher, EnginePool, RunSpec
 from .engine import Engine, connect
 from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
 from .machines import Machine, MachineResolver, load_machine_tables, resolve_image
 from .plan import load_plan, select
 from .recovery import gc, reconcile
 from .report import Detached, LrunDir, Outcome, summary_rows
-from .settings import DEFAULT_COMMAND, Settings
+from .settings import DEFAULT_COMMAND, DEFAULT_TIMEOUT, Settings
 from .store import Run, RunStore
 from .text import format_table
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A worker's word that a spec's run ended: its outcome, or the bug that stopped the worker."""
+
+    spec: RunSpec
+    outcome: Outcome | None = None
+    error: BaseException | None = None
+
+
+# What worker threads hand to the main thread: a line for the terminal, or a finished run.
+Event = str | Finished
+# How often the main thread's wait wakes up: a blocking get is deaf to Ctrl-C on Windows.
+POLL_S = 0.2
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +93,8 @@ class LrunSession:
         self.jobs: list[Job] = []
         self.outcomes: dict[RunSpec, Future[Outcome]] = {}
         self._executor: ThreadPoolExecutor | None = None
-        self._print_lock = threading.Lock()
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._counts_lock = threading.Lock()
         self._counts = {"done": 0, "running": 0}
 
     @property
@@ -184,33 +207,35 @@ class LrunSession:
             self._executor.submit(self._run_machine, jobs)
 
     def _run_machine(self, jobs: list[Job]) -> None:
+        """A worker thread: run ``jobs`` in order, handing every event to the main thread."""
         for job in jobs:
-            spec, future = job.spec, self.outcomes[job.spec]
-            self._count("running", +1)
-            started = time.monotonic()
-            try:
-                outcome = self._do(job)
-            except LrunError as e:
-                outcome = e
-            except BaseException as e:  # a bug: make it visible on the item, never hang the session
-                future.set_exception(e)
-                continue
-            finally:
-                self._count("running", -1)
-                self._count("done", +1)
-            took = time.monotonic() - started
-            what = f"{self._shown(spec)} {_describe(outcome)} in {took:.1f}s"
-            self.progress(f"{spec.machine.name}: {what}{self._batch_progress()}")
-            self.config.hook.pytest_lrun_run_finished(spec=spec, outcome=outcome, config=self.config)
-            future.set_result(outcome)
+            self._events.put(self._run_job(job))
+
+    def _run_job(self, job: Job) -> Finished:
+        spec = job.spec
+        self._count("running", +1)
+        started = time.monotonic()
+        try:
+            outcome = self._do(job)
+        except LrunError as e:
+            outcome = e
+        except BaseException as e:  # a bug: make it visible on the item, never hang the session
+            return Finished(spec, error=e)
+        finally:
+            self._count("running", -1)
+            self._count("done", +1)
+        took = time.monotonic() - started
+        what = f"{self._shown(spec)} {_describe(outcome)} in {took:.1f}s"
+        self._events.put(f"{spec.machine.name}: {what}{self._batch_progress()}")
+        return Finished(spec, outcome)
 
     def _do(self, job: Job) -> Outcome:
         if job.attach_to is not None:
-            self.progress(
+            self._events.put(
                 f"{job.spec.machine.name}: attaching to run {job.attach_to} ({self._shown(job.spec)})"
             )
             return self.dispatcher.attach(job.attach_to, job.spec.machine)
-        self.progress(
+        self._events.put(
             f"{job.spec.machine.name}: dispatching {self._shown(job.spec)}" + self._batch_progress()
         )
         if self.settings.detach:
@@ -220,10 +245,52 @@ class LrunSession:
             return Detached(result.run, self.batch_id)
         return self.dispatcher.dispatch(job.spec)
 
+    # -- the main thread's side of the event queue ------------------------------------
+
     def wait(self, spec: RunSpec) -> Outcome:
+        """``spec``'s outcome, handling every event (of any machine) that comes before it."""
         if spec not in self.outcomes:
             raise ConfigError(str(spec.test_dir), "was not dispatched")
-        return self.outcomes[spec].result()
+        future = self.outcomes[spec]
+        while not future.done():  # only _handle, on this thread, completes a future
+            try:
+                event = self._events.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            self._handle(event)
+        return future.result()
+
+    def _drain(self) -> None:
+        """Handle the events still queued (after the workers stopped, nothing else comes)."""
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(event)
+            if isinstance(event, Finished):
+                error = self.outcomes[event.spec].exception()
+                if error is not None:  # no item shows it: nobody waited for this run
+                    spec = event.spec
+                    self.progress(f"warning: {self._shown(spec)} on {spec.machine.name}: {error!r}")
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, str):
+            self.progress(event)
+            return
+        future = self.outcomes[event.spec]
+        if event.error is not None:
+            future.set_exception(event.error)
+            return
+        assert event.outcome is not None
+        try:
+            self.config.hook.pytest_lrun_run_finished(
+                spec=event.spec, outcome=event.outcome, config=self.config
+            )
+        except Exception as e:  # a plugin's bug: shown on the item of the run it was told about
+            future.set_exception(e)
+            return
+        future.set_result(event.outcome)
 
     def _prepared(self, spec: RunSpec, run: Run, origin: str) -> None:
         if self.batch_id is not None and spec.plan_entry is not None:
@@ -232,29 +299,29 @@ class LrunSession:
     # -- output -------------------------------------------------------------------
 
     def progress(self, line: str) -> None:
+        """Write ``line`` to the terminal; main thread only (workers queue their lines)."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is None:
-            return
-        with self._print_lock:
+        if reporter is not None:
             reporter.write_line(f"lrun: {line}")
 
     def _count(self, what: str, delta: int) -> None:
-        with self._print_lock:
+        with self._counts_lock:
             self._counts[what] += delta
 
     def _batch_progress(self) -> str:
         if self.batch_id is None:
             return ""
-        with self._print_lock:
+        with self._counts_lock:
             done, running = self._counts["done"], self._counts["running"]
         queued = len(self.jobs) - done - running
         return f" [batch {self.batch_id}: {done} done, {running} running, {queued} queued]"
 
     def _show_output(self, source: RunSpec | Run, text: str) -> None:
+        """The dispatcher's output sink, called on a log-pump thread: queues the lines."""
         name = source.test_dir.name if isinstance(source, RunSpec) else Path(source.test_dir).name
         machine = source.machine.name if isinstance(source, RunSpec) else source.machine
         for line in text.splitlines():
-            self.progress(f"[{machine} {name}] {line}")
+            self._events.put(f"[{machine} {name}] {line}")
 
     def _shown(self, spec: RunSpec) -> str:
         try:
@@ -322,6 +389,8 @@ class LrunSession:
             if session.shouldstop or session.shouldfail:
                 self.dispatcher.cancel_all()
             self._executor.shutdown(wait=True, cancel_futures=True)
+        # Runs nobody waited for (not collected, or the session stopped early): their events now.
+        self._drain()
         self.engines.close()
         # Book-keeping after the tests: a problem here is reported, never turned into an internal error.
         try:
