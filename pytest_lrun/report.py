@@ -23,7 +23,7 @@ import pluggy
 import pytest
 
 from .dispatch import RunResult, RunSpec
-from .errors import LrunError
+from .errors import EXIT_NONZERO, LrunError
 from .junit import CaseResult
 from .logs import tail
 from .store import Run, Status
@@ -42,8 +42,8 @@ class Detached:
 
 # A spec's outcome: the result, the error that prevented the run (busy machine, engine down), or a
 # run left running.
-Outcome = RunResult | LrunError | Detached
-Waiter = Callable[[RunSpec], Outcome]
+JobOutcome = RunResult | LrunError | Detached
+Waiter = Callable[[RunSpec], JobOutcome]
 
 
 class _HostHooks:
@@ -103,7 +103,7 @@ class LrunDir(_HostHooks, pytest.Collector):
         return f"@{spec.plan_entry}"
 
 
-def items_for(parent: LrunDir, spec: RunSpec, outcome: Outcome, suffix: str) -> Iterator[pytest.Item]:
+def items_for(parent: LrunDir, spec: RunSpec, outcome: JobOutcome, suffix: str) -> Iterator[pytest.Item]:
     if isinstance(outcome, LrunError | Detached) or outcome.cases is None:
         yield RunItem.from_parent(parent, spec=spec, outcome=outcome, suffix=suffix)
         return
@@ -116,7 +116,7 @@ def items_for(parent: LrunDir, spec: RunSpec, outcome: Outcome, suffix: str) -> 
 def _run_level_failure(result: RunResult) -> bool:
     """Whether the run failed beyond what its inner test results already say."""
     run = result.run
-    if run.error_code not in (None, "exit_nonzero"):
+    if run.error_code not in (None, EXIT_NONZERO):
         return True  # e.g. an artifact archive was refused, even from a run that passed
     if run.status is Status.COMPLETED:
         return False
@@ -205,7 +205,7 @@ class InnerItem(_LrunItem):
 class RunItem(_LrunItem):
     """The run itself, for runs without inner results or failing beyond them."""
 
-    def __init__(self, *, spec: RunSpec, outcome: Outcome | None, suffix: str, **kwargs: Any) -> None:
+    def __init__(self, *, spec: RunSpec, outcome: JobOutcome | None, suffix: str, **kwargs: Any) -> None:
         kwargs.setdefault("name", f"lrun[{suffix.lstrip('@') or spec.machine.name}]")
         super().__init__(**kwargs)
         self.spec = spec
@@ -288,7 +288,7 @@ def attachment_lines(run: Run) -> str:
     return "\n".join(lines)
 
 
-def summary_rows(rows: Sequence[tuple[RunSpec, Outcome]], rootpath: Path) -> list[list[str]]:
+def summary_rows(rows: Sequence[tuple[RunSpec, JobOutcome]], rootpath: Path) -> list[list[str]]:
     """The terminal summary table: (entry,) dir, machine, short hash, status, origin, duration, run id."""
     table = [["dir", "machine", "hash", "status", "origin", "duration", "run id"]]
     for spec, outcome in rows:

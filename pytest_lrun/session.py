@@ -38,7 +38,7 @@ from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
 from .machines import Machine, MachineResolver, load_machine_tables, resolve_image
 from .plan import load_plan, select
 from .recovery import gc, reconcile
-from .report import Detached, LrunDir, Outcome, summary_rows
+from .report import Detached, JobOutcome, LrunDir, summary_rows
 from .settings import DEFAULT_COMMAND, DEFAULT_TIMEOUT, Settings
 from .store import Run, RunStore
 from .text import format_table
@@ -49,7 +49,7 @@ class Finished:
     """A worker's word that a spec's run ended: its outcome, or the bug that stopped the worker."""
 
     spec: RunSpec
-    outcome: Outcome | None = None
+    outcome: JobOutcome | None = None
     error: BaseException | None = None
 
 
@@ -91,7 +91,7 @@ class LrunSession:
         self.batch_id: str | None = None
         self._batch: Batch | None = None  # the batch as refreshed at the end of the session
         self.jobs: list[Job] = []
-        self.outcomes: dict[RunSpec, Future[Outcome]] = {}
+        self.outcomes: dict[RunSpec, Future[JobOutcome]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._counts_lock = threading.Lock()
@@ -229,7 +229,7 @@ class LrunSession:
         self._events.put(f"{spec.machine.name}: {what}{self._batch_progress()}")
         return Finished(spec, outcome)
 
-    def _do(self, job: Job) -> Outcome:
+    def _do(self, job: Job) -> JobOutcome:
         if job.attach_to is not None:
             self._events.put(
                 f"{job.spec.machine.name}: attaching to run {job.attach_to} ({self._shown(job.spec)})"
@@ -247,7 +247,7 @@ class LrunSession:
 
     # -- the main thread's side of the event queue ------------------------------------
 
-    def wait(self, spec: RunSpec) -> Outcome:
+    def wait(self, spec: RunSpec) -> JobOutcome:
         """``spec``'s outcome, handling every event (of any machine) that comes before it."""
         if spec not in self.outcomes:
             raise ConfigError(str(spec.test_dir), "was not dispatched")
@@ -426,7 +426,7 @@ class LrunSession:
         return connect(machine, connect_timeout=self.settings.connect_timeout)
 
 
-def _describe(outcome: Outcome) -> str:
+def _describe(outcome: JobOutcome) -> str:
     if isinstance(outcome, LrunError):
         return f"error {outcome.code}"
     if isinstance(outcome, Detached):
