@@ -26,7 +26,11 @@ def pytest_lrun_make_engine(machine: Machine, config: pytest.Config) -> Engine |
 
 
 def pytest_lrun_run_finished(spec: RunSpec, outcome: Any, config: pytest.Config) -> None:
-    """Called from a worker thread when a run reaches its outcome.
+    """Called on pytest's main thread when a run reaches its outcome, after its progress line.
+
+    It fires during collection, while the session waits for the run's directory,
+    or at session finish for runs that were never collected. If it raises, the
+    error shows on that run's item.
 
     ``outcome`` is a :class:`pytest_lrun.dispatch.RunResult`, or the
     :class:`pytest_lrun.errors.LrunError` that kept the run from happening.
