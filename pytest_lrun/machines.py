@@ -428,6 +428,15 @@ def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_di
 # --- Docker contexts ---------------------------------------------------------
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: a name from the command line may carry raw bytes as surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def context_meta_path(config_dir: Path, name: str) -> Path:
     """Where the Docker CLI keeps the metadata of context ``name``."""
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
@@ -476,6 +485,9 @@ class MachineResolver:
                     f"{where} [tool.lrun.machines] {name}", f"expected a table, {_found(table)}"
                 )
             return _machine_from_table(name, table, where, base_dir.absolute())
+        if not name.isprintable() or not _utf8(name):
+            # No table can name it (TOML is UTF-8), and Docker context names are UTF-8 too.
+            raise UnknownMachine(name.encode("utf-8", "backslashreplace").decode("utf-8"), self.known())
         if name != "default":
             machine = self._from_context(name)
             if machine is not None:

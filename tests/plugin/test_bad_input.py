@@ -109,6 +109,12 @@ def test_plan_entry_name_that_is_not_utf8(project: pytest.Pytester) -> None:
     assert_usage_error(result, r"*no entry named 'x\udcff'; the plan's entries are: 'e1'")
 
 
+def test_machine_name_that_is_not_utf8(project: pytest.Pytester) -> None:
+    # Before: the Docker-context lookup hashed the name as UTF-8 and pytest ended in an INTERNALERROR.
+    result = project.runpytest_subprocess("--lrun-machine=m\udcff", "suite")
+    assert_usage_error(result, r"*unknown machine 'm\\udcff'; known machines: *m1*")
+
+
 # --- numbers ------------------------------------------------------------------------------------
 
 
