@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pytest_lrun.store import Decision, Run, RunStore, Status
+from pytest_lrun.store import Decision, FileStore, Run, Status
 
 MACHINE = "bench-machine"
 SIZES = (10, 10_000)
@@ -43,7 +43,7 @@ CTX = multiprocessing.get_context("spawn")
 
 def fill(state_dir: Path, count: int) -> None:
     """Store ``count`` finished runs on MACHINE (no fsync: setup only)."""
-    store = RunStore(state_dir, durable=False)
+    store = FileStore(state_dir, durable=False)
     now = time.time()
     for i in range(count):
         store.insert(
@@ -62,7 +62,7 @@ def fill(state_dir: Path, count: int) -> None:
 
 def single_process(state_dir: Path, cycles: int) -> list[float]:
     """Latencies (s) of ``prepare`` -> CREATED; each run is then completed, untimed."""
-    store = RunStore(state_dir)
+    store = FileStore(state_dir)
     latencies: list[float] = []
     for i in range(cycles + 5):  # the first 5 warm caches and are dropped
         started = time.perf_counter()
@@ -77,7 +77,7 @@ def single_process(state_dir: Path, cycles: int) -> list[float]:
 
 
 def _contender(state_dir: str, cycles: int, barrier: Any, results: Any) -> None:
-    store = RunStore(state_dir)
+    store = FileStore(state_dir)
     samples: list[tuple[str, float]] = []
     try:
         barrier.wait(120)
@@ -142,7 +142,7 @@ def measure(
         print(f"stored {size:>6,} terminal runs in {time.perf_counter() - started:.1f}s", flush=True)
         single = single_process(state_dir, single_cycles)
         samples = contended(state_dir, contended_cycles)
-        problems = RunStore(state_dir).check()
+        problems = FileStore(state_dir).check()
         if problems:
             raise SystemExit(f"store invariants broken after the benchmark: {problems}")
     latencies = {

@@ -37,7 +37,7 @@ shape. The other members, per command::
     any error  {"schema_version": 1, "error": {"code": ..., "message": ..., ...}}
 
 RUN and BATCH are exactly the stored records (:meth:`Run.to_dict
-<pytest_lrun.records.Run.to_dict>`, :meth:`Batch.to_dict <pytest_lrun.batch.Batch.to_dict>`);
+<pytest_lrun.store.records.Run.to_dict>`, :meth:`Batch.to_dict <pytest_lrun.store.records.Batch.to_dict>`);
 a ROW is :func:`pytest_lrun.batch.rows`' dict (``run_id`` ``null`` for an entry
 no job has started). Times are RFC 3339 UTC strings to the millisecond
 (``"2026-11-25T14:30:12.415Z"``); durations and ages are numbers of seconds.
@@ -69,7 +69,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import EXIT_ERROR, ConfigError, LrunError
-from .records import rfc3339
 from .settings import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REAP_AGE,
@@ -80,7 +79,8 @@ from .settings import (
     flag_type,
     resolve,
 )
-from .store import Run, RunStore, Status
+from .store import Run, RunStore, Status, open_store
+from .store.records import rfc3339
 from .text import format_table
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class _Context:
     @property
     def store(self) -> RunStore:
         if self._store is None:
-            self._store = RunStore(self.settings.resolved_state_dir())
+            self._store = open_store(self.settings.resolved_state_dir())
         return self._store
 
     @property
@@ -494,10 +494,10 @@ def _cmd_cancel(ctx: _Context) -> int:
 
 
 def _cmd_batch(ctx: _Context) -> int:
-    from .batch import BatchStore, rows
+    from .batch import rows
 
     store = ctx.store
-    batch = BatchStore(store.state_dir).refresh(ctx.args.id, store)
+    batch = store.batches.refresh(ctx.args.id)
     entries = rows(batch, store)
     if ctx.args.json:
         _print_json(batch=batch.to_dict(), rows=entries)

@@ -14,10 +14,11 @@ image, a command...) into a terminal :class:`~pytest_lrun.store.Run` record:
    timeout, read the inner JUnit XML and the artifacts back, remove it.
 
 Whoever *finishes* a run (waits for its container and writes its terminal
-status) holds the run's ``finish.lock``. The process that created the run holds
-it from the start; a process that finds the lock free while the run is live
-(its owner was killed, or it detached) takes over and finishes the run from the
-engine's state, so a run is never lost with its host process.
+status) holds the run's watch lock (:meth:`~pytest_lrun.store.RunStore.watching`).
+The process that created the run holds it from the start; a process that finds
+the lock free while the run is live (its owner was killed, or it detached) takes
+over and finishes the run from the engine's state, so a run is never lost with
+its host process.
 
 Nothing that happens after ``prepare`` can leave a run live: whatever is raised
 on the way (an engine error, a full disk, a batch record that cannot be written,
@@ -40,7 +41,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import filelock
 import xxhash
 
 from .archive import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extract
@@ -77,7 +77,7 @@ from .junit import CaseResult, parse_junit
 from .logs import LogSpool
 from .machines import Machine
 from .settings import DEFAULT_ARTIFACTS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOG_MAX_BYTES, DEFAULT_TIMEOUT
-from .store import Decision, Run, RunStore, Status, owner_alive
+from .store import Decision, Run, RunStore, Status
 
 logger = logging.getLogger("pytest_lrun")
 
@@ -211,7 +211,7 @@ class Dispatcher:
             return self.result(run, "cached")
         if prepared.origin == "reused":
             return self.result(self._await(run, engine), "reused")
-        with _shipping(prepared), self._ends_on_error(run, engine), finish_lock(self.store, run.id):
+        with _shipping(prepared), self._ends_on_error(run, engine), self.store.watching(run.id):
             run = self._launch(prepared, spec)
             if not run.status.is_terminal:
                 run = self._finish(run, engine, _secrets(spec), fresh_logs=False)
@@ -223,7 +223,7 @@ class Dispatcher:
         run, engine = prepared.run, prepared.engine
         if prepared.origin != "created":
             return RunResult(run, prepared.origin)
-        with _shipping(prepared), self._ends_on_error(run, engine), finish_lock(self.store, run.id):
+        with _shipping(prepared), self._ends_on_error(run, engine), self.store.watching(run.id):
             run = self._launch(prepared, spec)
             if not run.status.is_terminal:
                 # Nobody watches a detached run: whoever attaches next takes over.
@@ -524,7 +524,7 @@ class Dispatcher:
             time.sleep(POLL_S)
 
     def adopt(self, run: Run, engine: Engine) -> Run | None:
-        """Finish ``run`` if nobody watches it (its finish lock is free); None while someone does.
+        """Finish ``run`` if nobody watches it (its watch lock is free); None while someone does.
 
         Returns the terminal run. A run whose container exited while nobody
         watched gets its real status, exit code, logs and artifacts; one whose
@@ -536,14 +536,14 @@ class Dispatcher:
         run = self.store.get(run.id)
         if run.status.is_terminal:
             return run
-        with unwatched(self.store, run.id) as free:
+        with self.store.watching(run.id, wait=False) as free:
             if not free:
                 return None
             run = self.store.get(run.id)  # it may have ended while we took the lock
             if run.status.is_terminal:
                 return run
             if run.container_id is None:
-                if owner_alive(run):
+                if self.store.owner_alive(run):
                     return None  # its creator is between prepare and create: let it go on
                 return self._end(
                     run, Status.INTERRUPTED, code=OWNER_GONE, msg="its creator died before starting it"
@@ -619,30 +619,6 @@ def _shipping(prepared: _Prepared) -> Iterator[None]:
     finally:
         if prepared.shipment is not None:
             prepared.shipment.close()
-
-
-def finish_lock(store: RunStore, run_id: str) -> filelock.FileLock:
-    """The lock held by whoever watches run ``run_id`` to its end (see the module docstring).
-
-    Taking it fails with ``FileNotFoundError`` once the run's folder is gone: the
-    lock never brings a deleted run's folder back.
-    """
-    return filelock.FileLock(str(store.files(run_id).finish_lock), thread_local=False)
-
-
-@contextlib.contextmanager
-def unwatched(store: RunStore, run_id: str) -> Iterator[bool]:
-    """Take run ``run_id``'s finish lock if it is free; yields whether we hold it (False: someone watches)."""
-    lock = finish_lock(store, run_id)
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
 
 
 def _secrets(spec: RunSpec) -> list[str]:

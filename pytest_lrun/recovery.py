@@ -7,7 +7,7 @@ This module owns what happens to runs and containers *outside* a dispatch:
   real status, exit code, logs and artifacts (via
   :meth:`~pytest_lrun.dispatch.Dispatcher.adopt`); a run whose container vanished,
   or whose creator died before starting it, becomes ``interrupted``. A run
-  watched by a live process (its ``finish.lock`` is held) and a container still
+  watched by a live process (its watch lock is held) and a container still
   running are left alone, so reconciling never blocks on a run.
 * :func:`watch` is the blocking variant for one run: it finishes the run as soon
   as nobody else watches it (``lrun logs --follow``).
@@ -22,7 +22,7 @@ This module owns what happens to runs and containers *outside* a dispatch:
 One bad run is that run's problem: reconcile and gc report it and go on with
 the others, so no record, from a user or a container, stops them.
 
-Who finishes a run is decided by the run's ``runs/<id>/finish.lock`` (see
+Who finishes a run is decided by the run's watch lock (:meth:`RunStore.watching`; see
 :mod:`pytest_lrun.dispatch`): this module takes it, without waiting, before it
 writes a terminal status itself, and leaves the run alone when another process
 holds it.
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .dispatch import printable, unwatched
+from .dispatch import printable
 from .engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine
 from .errors import (
     CANCELLED,
@@ -214,7 +214,7 @@ def reconcile(
     ``resolve_engine(name)`` (once per machine; an :class:`~pytest_lrun.errors.LrunError`
     there, e.g. ``engine_unreachable`` or ``unknown_machine``, leaves all of that
     machine's runs untouched and adds one ``machine X unreachable: ...`` problem).
-    Then, unless a live process holds the run's finish lock:
+    Then, unless a live process holds the run's watch lock:
 
     * container exited -> the run's real terminal status, exit code, logs and
       artifacts (``Dispatcher.adopt``); its container is removed;
@@ -225,7 +225,7 @@ def reconcile(
 
     ``dispatcher.store`` must be ``store``. Never waits for a container to end.
     """
-    if dispatcher.store is not store and dispatcher.store.state_dir != store.state_dir:
+    if dispatcher.store is not store and dispatcher.store.location != store.location:
         raise ValueError("reconcile: the dispatcher works on another store")
     report = ReconcileReport()
     engines: dict[str, Engine | None] = {}
@@ -305,7 +305,7 @@ def cancel(store: RunStore, run_id: str, resolve_engine: ResolveEngine) -> Run:
     """Stop a live run: kill its container, record ``interrupted``/``cancelled``, remove the container.
 
     When nobody watches the run (the usual case: a detached run, or one whose
-    watcher died) this happens under the run's finish lock, kill first: an
+    watcher died) this happens under the run's watch lock, kill first: an
     engine failure then changes nothing. When a live process watches it, the
     record is written first, so the run ends ``cancelled`` however the watcher
     sees its container die (the store refuses the watcher's later status).
@@ -320,7 +320,7 @@ def cancel(store: RunStore, run_id: str, resolve_engine: ResolveEngine) -> Run:
         raise TerminalRunError(run.id, run.status.value, CANCELLED)
     engine = resolve_engine(run.machine) if run.container_id is not None else None
     msg = "cancelled with `lrun cancel`"
-    with unwatched(store, run.id) as free:
+    with store.watching(run.id, wait=False) as free:
         run = store.get(run_id)
         if run.status.is_terminal:
             raise TerminalRunError(run.id, run.status.value, CANCELLED)
@@ -488,7 +488,7 @@ def gc(store: RunStore, *, max_bytes: int) -> GcReport:
         for run in sorted((r for r in store.list() if r.status.is_terminal), key=_age_key):
             if size <= max_bytes:
                 break
-            run_bytes = tree_size(store.run_dir(run.id))
+            run_bytes = tree_size(store.files(run.id).dir)
             try:
                 store.delete(run.id)
             except (RunNotFound, CorruptRecord, TerminalRunError):

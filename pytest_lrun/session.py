@@ -31,7 +31,6 @@ from typing import Any
 
 import pytest
 
-from .batch import Batch, BatchStore
 from .dispatch import Dispatcher, EnginePool, RunSpec
 from .engine import Engine, connect
 from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
@@ -40,7 +39,7 @@ from .plan import load_plan, select
 from .recovery import gc, reconcile
 from .report import Detached, JobOutcome, LrunDir, summary_rows
 from .settings import DEFAULT_COMMAND, DEFAULT_TIMEOUT, Settings
-from .store import Run, RunStore
+from .store import Batch, Run, RunStore, open_store
 from .text import format_table
 
 
@@ -73,8 +72,8 @@ class LrunSession:
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
-        self.store = RunStore(settings.resolved_state_dir())
-        self.batches = BatchStore(self.store.state_dir)
+        self.store: RunStore = open_store(settings.resolved_state_dir())
+        self.batches = self.store.batches
         pyproject = config.rootpath / "pyproject.toml"
         self.resolver = MachineResolver(load_machine_tables(pyproject), pyproject)
         self.engines = EnginePool(lambda m: config.hook.pytest_lrun_make_engine(machine=m, config=config))
@@ -395,7 +394,7 @@ class LrunSession:
         # Book-keeping after the tests: a problem here is reported, never turned into an internal error.
         try:
             if self.batch_id is not None:
-                self._batch = self.batches.refresh(self.batch_id, self.store)
+                self._batch = self.batches.refresh(self.batch_id)
             gc(self.store, max_bytes=self.settings.state_max_bytes)
         except (LrunError, OSError) as e:
             self.progress(f"warning: {e}")

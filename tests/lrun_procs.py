@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from pytest_lrun.batch import BatchStore
 from pytest_lrun.plan import load_plan
-from pytest_lrun.store import Run, RunStore
+from pytest_lrun.store import FileStore, Run
 
 WAIT_S = 60.0  # bound on every barrier, queue and join wait
 
@@ -32,7 +31,7 @@ def contend(
 ) -> None:
     """Body shared by the process and thread workers: one prepare per round, all released together."""
     try:
-        store = RunStore(state_dir)
+        store = FileStore(state_dir)
         machine, key = MODES[mode](worker)
         for round_no in range(rounds):
             barrier.wait(WAIT_S)
@@ -48,7 +47,7 @@ def process_worker(state_dir: str, mode: str, worker: int, rounds: int, barrier:
 
 
 def hold_lock_until_killed(state_dir: str, holding: Any) -> None:
-    store = RunStore(state_dir)
+    store = FileStore(state_dir)
 
     def make() -> Run:  # runs inside prepare's critical section, i.e. with the machine lock held
         holding.set()
@@ -76,7 +75,7 @@ def record_worker(
     """Join batch ``ci-race`` and record this worker's entries, all workers released together."""
     try:
         plan = load_plan(plan_path)
-        store = BatchStore(state_dir, durable=False)
+        store = FileStore(state_dir, durable=False).batches
         barrier.wait(WAIT_S)
         store.open(plan, "ci-race")
         for n in range(entries):

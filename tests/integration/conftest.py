@@ -14,7 +14,7 @@ from lrun_support import PYTHON_IMAGE, resolver_for
 
 from pytest_lrun.dispatch import Dispatcher, EnginePool
 from pytest_lrun.machines import Machine
-from pytest_lrun.store import RunStore
+from pytest_lrun.store import FileStore, RunStore
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -69,7 +69,7 @@ def _remove_test_containers(engines: list[str], state_dir: Path) -> Iterator[Non
 
 @pytest.fixture
 def store(state_dir: Path) -> RunStore:
-    return RunStore(state_dir)
+    return FileStore(state_dir)
 
 
 @pytest.fixture

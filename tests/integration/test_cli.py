@@ -123,7 +123,7 @@ def test_logs_follow_ends_when_another_watcher_ends_the_run(
     watcher = threading.Thread(target=lambda: results.append(dispatcher.attach(run.id, m1)))
     watcher.start()  # this process watches the run; `lrun logs --follow` only reads
     # The watcher holds the run's finish lock once it spools the log.
-    wait_for(lambda: (store.run_dir(run.id) / "logs.txt").exists(), "the watcher to take the run")
+    wait_for(lambda: (store.files(run.id).logs).exists(), "the watcher to take the run")
     try:
         proc = lrun("logs", run.id, "--follow", timeout=90)
     finally:
@@ -160,7 +160,7 @@ def test_every_command_survives_a_live_run_whose_record_is_corrupt(
     # Partial state next to a real container: its run's record is torn, so the store no longer knows it.
     run = dispatcher.start(busybox_spec(tmp_path, m1, "sleep", "60")).run
     assert run.container_id is not None
-    (store.run_dir(run.id) / "run.json").write_text('{"id": "torn')
+    (store.files(run.id).record).write_text('{"id": "torn')
 
     proc = lrun("runs")
     assert proc.returncode == 0 and run.id not in proc.stdout

@@ -18,9 +18,9 @@ from pytest_lrun.cli import main as lrun
 from pytest_lrun.dispatch import Dispatcher, RunSpec
 from pytest_lrun.errors import HOST_IO_ERROR, INTERNAL_ERROR, OOM_KILLED, UNSAFE_ARCHIVE, RunNotFound
 from pytest_lrun.machines import Machine
-from pytest_lrun.records import Run
 from pytest_lrun.recovery import state_size
 from pytest_lrun.store import Decision, RunStore, Status
+from pytest_lrun.store.records import Run
 
 # Each makes something hostile under /lrun/artifacts in a busybox container.
 NON_UTF8_NAME = "touch \"/lrun/artifacts/bad-$(printf '\\377\\376')-name\" && echo made"

@@ -112,8 +112,8 @@ def test_reconcile_collects_a_run_that_exited_while_unwatched(
 
     stored = store.get(run.id)
     assert stored.status is Status.FAILED and stored.exit_code == 3
-    assert "hi" in (store.run_dir(run.id) / "logs.txt").read_text()
-    assert (store.run_dir(run.id) / "artifacts" / "artifacts" / "a.txt").read_text() == "data\n"
+    assert "hi" in (store.files(run.id).logs).read_text()
+    assert (store.files(run.id).artifacts / "artifacts" / "a.txt").read_text() == "data\n"
     assert container_status(api, container_id) is None  # removed once collected
     assert report.changed[0].new_status == "failed"
 

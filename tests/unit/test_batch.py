@@ -13,7 +13,7 @@ import pytest
 from filelock import FileLock
 from lrun_procs import WAIT_S, reap_processes, record_worker
 
-from pytest_lrun.batch import Batch, BatchStore, derive_status, new_batch_id, rows, validate_batch_id
+from pytest_lrun.batch import rows
 from pytest_lrun.errors import (
     EXIT_BAD_INPUT,
     BadInput,
@@ -25,8 +25,8 @@ from pytest_lrun.errors import (
     StoreError,
 )
 from pytest_lrun.plan import Plan, load_plan
-from pytest_lrun.records import rfc3339
-from pytest_lrun.store import Run, RunStore, Status
+from pytest_lrun.store import BatchStore, FileStore, Run, RunStore, Status
+from pytest_lrun.store.records import Batch, derive_status, new_batch_id, rfc3339, validate_batch_id
 
 CTX = multiprocessing.get_context("spawn")
 WORKERS = 8
@@ -62,12 +62,12 @@ def state(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def batches(state: Path) -> BatchStore:
-    return BatchStore(state, durable=False)
+    return FileStore(state, durable=False).batches
 
 
 @pytest.fixture
 def runs(state: Path) -> RunStore:
-    return RunStore(state, durable=False)
+    return FileStore(state, durable=False)
 
 
 # --- create and join -----------------------------------------------------------
@@ -184,12 +184,12 @@ def test_record_makes_a_finished_batch_running_again(
     batch = batches.open(plan_of(tmp_path, ["passing@m1"]))
     done = runs.insert(Run(machine="m1", test_dir="/p", status=Status.COMPLETED))
     batches.record(batch.id, "passing@m1", done.id)
-    assert batches.refresh(batch.id, runs).status is Status.COMPLETED
+    assert batches.refresh(batch.id).status is Status.COMPLETED
     assert batches.record(batch.id, "failing@m1", "20250101T000000-00000009").status is Status.RUNNING
 
 
 def test_lock_timeout_is_a_store_error(state: Path, plan: Plan) -> None:
-    batches = BatchStore(state, lock_timeout=0.05, durable=False)
+    batches = FileStore(state, lock_timeout=0.05, durable=False).batches
     batch = batches.open(plan, "held")
     with FileLock(str(state / "batches" / "held.lock")), pytest.raises(StoreError, match="still held"):
         batches.record(batch.id, "passing@m1", "20250101T000000-00000001")
@@ -221,7 +221,7 @@ def test_concurrent_record_from_processes_loses_nothing(state: Path, plan: Plan)
         results.close()
         results.join_thread()
     assert [proc.exitcode for proc in procs] == [0] * WORKERS
-    batch = BatchStore(state).get("ci-race")
+    batch = FileStore(state).batches.get("ci-race")
     expected = {
         f"w{i}-e{n}": f"20250101T000000-{i:04x}{n:04x}"
         for i in range(WORKERS)
@@ -270,10 +270,10 @@ def test_refresh_derives_and_stores_the_status(
     batch = batches.open(plan_of(tmp_path, [f"e{n}" for n in range(max(1, len(statuses)))]))
     for n, status in enumerate(statuses):
         batches.record(batch.id, f"e{n}", _make_run(runs, status, n))
-    refreshed = batches.refresh(batch.id, runs)
+    refreshed = batches.refresh(batch.id)
     assert refreshed.status is Status(expected)
     assert batches.get(batch.id).status is Status(expected)
-    assert BatchStore(batches.state_dir).get(batch.id).status is Status(expected)
+    assert FileStore(batches.state_dir).batches.get(batch.id).status is Status(expected)
 
 
 @pytest.mark.parametrize(("statuses", "expected"), STATUS_CASES)
@@ -286,13 +286,13 @@ def test_refresh_follows_the_runs(batches: BatchStore, runs: RunStore, tmp_path:
     batch = batches.open(plan_of(tmp_path, ["passing@m1"]))
     run, _ = runs.prepare("m1", "k", lambda: Run(test_dir="/t"))
     batches.record(batch.id, "passing@m1", run.id)
-    assert batches.refresh(batch.id, runs).status is Status.PENDING
+    assert batches.refresh(batch.id).status is Status.PENDING
     run.status = Status.RUNNING
     runs.update(run)
-    assert batches.refresh(batch.id, runs).status is Status.RUNNING
+    assert batches.refresh(batch.id).status is Status.RUNNING
     run.status = Status.COMPLETED
     runs.update(run)
-    assert batches.refresh(batch.id, runs).status is Status.COMPLETED
+    assert batches.refresh(batch.id).status is Status.COMPLETED
 
 
 def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
@@ -352,7 +352,7 @@ def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
         }
         for name in ("passing@m2", "failing@m1")
     ]
-    assert BatchStore.rows(batch, runs) == table
+    assert rows(batch, runs) == table
     json.dumps(table)  # ready for --json output
 
 
@@ -363,7 +363,7 @@ def test_batch_not_found(batches: BatchStore, runs: RunStore) -> None:
     calls: list[Callable[[], object]] = [
         lambda: batches.get("nope"),
         lambda: batches.record("nope", "e", "20250101T000000-00000001"),
-        lambda: batches.refresh("nope", runs),
+        lambda: batches.refresh("nope"),
     ]
     for call in calls:
         with pytest.raises(BatchNotFound) as info:
@@ -454,7 +454,7 @@ def test_bad_batch_ids_are_refused(batches: BatchStore, runs: RunStore, plan: Pl
     lookups: list[Callable[[], object]] = [  # a malformed id names no batch, as with run ids
         lambda: batches.get(bad),
         lambda: batches.record(bad, "e", "20250101T000000-00000001"),
-        lambda: batches.refresh(bad, runs),
+        lambda: batches.refresh(bad),
         lambda: batches.path(bad),
     ]
     for lookup in lookups:
@@ -487,8 +487,8 @@ def test_batch_record_round_trips_and_ignores_unknown_keys() -> None:
 
 
 def test_state_dir_is_shared_with_the_run_store(state: Path, plan: Plan) -> None:
-    runs = RunStore(state)
-    batches = BatchStore(state)
+    runs = FileStore(state)
+    batches = FileStore(state).batches
     assert batches.state_dir == runs.state_dir
     assert batches.corrupt_dir == runs.corrupt_dir
     batch = batches.open(plan)
@@ -500,9 +500,9 @@ def test_entries_no_job_started_keep_the_batch_open(batches: BatchStore, runs: R
     assert len(plan.names) > 1
     batch = batches.open(plan, "ci-1")
     batches.record(batch.id, plan.names[0], _make_run(runs, "completed", 0))
-    assert batches.refresh(batch.id, runs).status is Status.RUNNING
+    assert batches.refresh(batch.id).status is Status.RUNNING
     table = rows(batches.get(batch.id), runs)
     assert [row["status"] for row in table] == ["completed"] + ["pending"] * (len(plan.names) - 1)
     for n, name in enumerate(plan.names[1:], start=1):
         batches.record(batch.id, name, _make_run(runs, "completed", n))
-    assert batches.refresh(batch.id, runs).status is Status.COMPLETED
+    assert batches.refresh(batch.id).status is Status.COMPLETED

@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.batch import BatchStore
 from pytest_lrun.cli import _Tail, find_pyproject, main
 from pytest_lrun.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND
 from pytest_lrun.plan import load_plan
-from pytest_lrun.store import Decision, Run, RunStore, Status
+from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
 
 
 @pytest.fixture
@@ -35,7 +34,7 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def store(state: Path) -> RunStore:
-    return RunStore(state, durable=False)
+    return FileStore(state, durable=False)
 
 
 @pytest.fixture
@@ -95,7 +94,7 @@ def finished(
         )
     )
     if logs is not None:
-        (store.run_dir(run.id) / "logs.txt").write_bytes(logs)
+        (store.files(run.id).logs).write_bytes(logs)
     return run
 
 
@@ -120,7 +119,7 @@ def test_runs_json_is_the_store_records(lrun: Lrun, store: RunStore) -> None:
     assert envelope["schema_version"] == 1
     data = envelope["runs"]
     assert data == [store.get(r.id).to_dict() for r in (done, failed, pending)]
-    record = json.loads((store.run_dir(done.id) / "run.json").read_text())
+    record = json.loads((store.files(done.id).record).read_text())
     assert set(data[0]) == set(record) and data[0] == record
     assert data[0]["created_at"] == "1970-01-01T00:16:40.000Z"  # RFC 3339, as in the record
 
@@ -160,7 +159,7 @@ def test_show_json_equals_the_record(lrun: Lrun, store: RunStore) -> None:
     assert status == 0
     assert json.loads(out) == {
         "schema_version": 1,
-        "run": json.loads((store.run_dir(run.id) / "run.json").read_text()),
+        "run": json.loads((store.files(run.id).record).read_text()),
     }
 
 
@@ -177,7 +176,7 @@ def test_show_human(lrun: Lrun, store: RunStore) -> None:
 
 
 def test_global_options_work_after_the_command(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
-    elsewhere = RunStore(tmp_path / "other")
+    elsewhere = FileStore(tmp_path / "other")
     run = finished(elsewhere)
     status, out, _ = lrun("show", run.id, "--json", "--state-dir", str(tmp_path / "other"))
     assert status == 0 and json.loads(out)["run"]["id"] == run.id
@@ -273,10 +272,13 @@ def test_logs_follow_prints_until_the_run_ends(lrun: Lrun, store: RunStore, proj
     # (here a thread) writes the log and ends the run, and --follow shows what it writes.
     run = live(store)
     run = replace(
-        run, status=Status.RUNNING, started_at=time.time(), logs_path=str(store.run_dir(run.id) / "logs.txt")
+        run,
+        status=Status.RUNNING,
+        started_at=time.time(),
+        logs_path=str(store.files(run.id).logs),
     )
     store.update(run)
-    logs = store.run_dir(run.id) / "logs.txt"
+    logs = store.files(run.id).logs
 
     def writer() -> None:
         for i in range(5):
@@ -356,7 +358,7 @@ def test_cancel_not_found(lrun: Lrun, state: Path) -> None:
 
 
 def fill(store: RunStore, run: Run, size: int) -> None:
-    (store.run_dir(run.id) / "logs.txt").write_bytes(b"x" * size)
+    (store.files(run.id).logs).write_bytes(b"x" * size)
 
 
 def test_gc_deletes_oldest_terminal_first_and_keeps_live_ones(
@@ -429,7 +431,7 @@ def test_batch(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
             """
         )
     )
-    batches = BatchStore(store.state_dir)
+    batches = FileStore(store.state_dir).batches
     batch = batches.open(load_plan(plan_dir / "plan.toml"), "b-test")
     one = finished(store, machine="m1", batch_id=batch.id)
     two = finished(store, machine="m2", status=Status.FAILED, batch_id=batch.id, created_at=2000)
@@ -473,7 +475,7 @@ def test_batch_with_entries_this_state_dir_has_not_run(lrun: Lrun, store: RunSto
             f'[[entry]]\nname = "{name}"\ndir = "a"\nmachine = "m1"\n\n' for name in ("ran", "gone", "later")
         )
     )
-    batches = BatchStore(store.state_dir)
+    batches = FileStore(store.state_dir).batches
     batch = batches.open(load_plan(tmp_path / "plan.toml"), "b-ci")
     ran = finished(store, batch_id=batch.id)
     batches.record(batch.id, "ran", ran.id)

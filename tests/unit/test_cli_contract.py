@@ -26,13 +26,12 @@ from typing import Any
 import pytest
 
 from pytest_lrun import cli
-from pytest_lrun.batch import BatchStore
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine
 from pytest_lrun.errors import EngineUnreachable
 from pytest_lrun.machines import Machine
 from pytest_lrun.plan import load_plan
-from pytest_lrun.records import parse_time
-from pytest_lrun.store import Decision, Run, RunStore, Status
+from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
+from pytest_lrun.store.records import parse_time
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 UPDATE = os.environ.get("LRUN_UPDATE_GOLDEN") == "1"
@@ -126,7 +125,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
         return engines[machine.name]
 
     monkeypatch.setattr(cli._Context, "connect", connect)
-    return World(tmp_path, RunStore(state, durable=False), engines, capsys)
+    return World(tmp_path, FileStore(state, durable=False), engines, capsys)
 
 
 def live(world: World, machine: str, created_at: float, container_id: str | None = None) -> Run:
@@ -211,7 +210,7 @@ def populated(world: World) -> Populated:
     os.utime(orphan, (STAMP, STAMP))
     world.engines["m1"].add("c-done", done.id, store, age=3600, running=False)
     world.engines["m1"].add("c-running", running.id, store, age=3600, running=True)
-    batches = BatchStore(store.state_dir, durable=False)
+    batches = FileStore(store.state_dir, durable=False).batches
     batch = batches.open(load_plan(plan(world, "done", "gone", "later")), "b-golden")
     batches.record(batch.id, "done", done.id)
     batches.record(batch.id, "gone", MISSING_RUN)
@@ -346,7 +345,7 @@ class Partial:
 
 def strip_record(store: RunStore, run_id: str) -> None:
     """Rewrite a run's record by hand with every optional field null (as an older or foreign writer may)."""
-    path = store.run_dir(run_id) / "run.json"
+    path = store.files(run_id).record
     data = json.loads(path.read_text())
     keep = {"id", "machine", "test_dir", "test_dir_hash", "key", "status"}
     path.write_text(json.dumps({k: (v if k in keep else None) for k, v in data.items()}))
@@ -360,8 +359,8 @@ def partial(world: World) -> Partial:
     ended = store.insert(Run(machine="m2", test_dir="/src/ended", key="k", status=Status.FAILED))
     strip_record(store, ended.id)
     corrupt = store.insert(Run(machine="m2", test_dir="/src/corrupt", key="k2", status=Status.COMPLETED))
-    (store.run_dir(corrupt.id) / "run.json").write_text('{"id": "torn')
-    batches = BatchStore(store.state_dir, durable=False)
+    (store.files(corrupt.id).record).write_text('{"id": "torn')
+    batches = FileStore(store.state_dir, durable=False).batches
     batch = batches.open(load_plan(plan(world, "bare", "missing", "later")), "b-partial")
     batches.record(batch.id, "bare", bare.id)
     batches.record(batch.id, "missing", MISSING_RUN)
@@ -440,7 +439,7 @@ def test_partial_state_reads_as_a_user_expects(world: World, partial: Partial) -
     status, out, err = world.lrun("runs")
     assert status == 0
     assert err.startswith(
-        f"lrun: warning: corrupt state file {world.store.run_dir(partial.corrupt)}/run.json"
+        f"lrun: warning: corrupt state file {world.store.files(partial.corrupt).dir}/run.json"
     )
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert rows[partial.bare][2:] == ["pending", "-", "/src/live", "-"]  # no exit code, no age

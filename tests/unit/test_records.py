@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.batch import Batch, BatchStore
 from pytest_lrun.errors import BatchNotFound, CorruptRecord
-from pytest_lrun.records import Run, Status, parse_time, rfc3339
-from pytest_lrun.store import RunStore
+from pytest_lrun.store import FileStore
+from pytest_lrun.store.records import Batch, Run, Status, parse_time, rfc3339
 
 STAMP = 1795617012.415  # 2026-11-25T14:30:12.415Z
 
@@ -135,9 +134,9 @@ def test_run_record_with_a_bad_time_does_not_load(name: str, value: Any) -> None
 
 
 def test_a_record_with_a_nan_time_on_disk_is_corrupt_and_moved_aside(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "state", durable=False)
+    store = FileStore(tmp_path / "state", durable=False)
     run = store.insert(a_run(id="", status=Status.FAILED, created_at=STAMP))
-    path = store.run_dir(run.id) / "run.json"
+    path = store.files(run.id).record
     # Python's json reads the non-standard NaN token: a hand-edited or foreign record may hold it.
     path.write_text(path.read_text().replace('"2026-11-25T14:30:12.415Z"', "NaN"))
     with pytest.raises(CorruptRecord, match="created_at"):
@@ -156,7 +155,7 @@ def test_batch_record_created_at_is_rfc3339(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [math.nan, "soon", None])
 def test_batch_record_with_a_bad_time_is_corrupt(tmp_path: Path, value: Any) -> None:
-    batches = BatchStore(tmp_path / "state", durable=False)
+    batches = FileStore(tmp_path / "state", durable=False).batches
     data = Batch(id="b1", plan="/p", plan_digest="d", created_at=STAMP).to_dict() | {"created_at": value}
     (batches.batches_dir / "b1.json").write_text(json.dumps(data))
     with pytest.raises(CorruptRecord, match="created_at"):

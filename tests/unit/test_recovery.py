@@ -46,7 +46,7 @@ from pytest_lrun.recovery import (
     state_size,
     watch,
 )
-from pytest_lrun.store import Decision, Run, RunStore, Status
+from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
 
 # --- a fake engine ------------------------------------------------------------------------
 
@@ -178,7 +178,7 @@ def _conforms(engine: Engine) -> Engine:  # mypy checks FakeEngine against the p
 
 @pytest.fixture
 def store(tmp_path: Path) -> RunStore:
-    return RunStore(tmp_path / "state", durable=False)
+    return FileStore(tmp_path / "state", durable=False)
 
 
 @pytest.fixture
@@ -212,7 +212,7 @@ def live_run(
         assert engine is not None
         container.labels.setdefault(LABEL_RUN, run.id)
         engine.add(container)
-        run = replace(run, container_id=container.id, logs_path=str(store.run_dir(run.id) / "logs.txt"))
+        run = replace(run, container_id=container.id, logs_path=str(store.files(run.id).logs))
     if status is Status.RUNNING:
         run = replace(run, status=status, started_at=time.time())
     store.update(run)
@@ -234,7 +234,7 @@ def finished_run(
         )
     )
     if size:
-        (store.run_dir(run.id) / "logs.txt").write_bytes(b"x" * size)
+        (store.files(run.id).logs).write_bytes(b"x" * size)
     return run
 
 
@@ -302,7 +302,7 @@ def test_container_gone_becomes_interrupted_and_keeps_its_log(
     store: RunStore, engine: FakeEngine, dispatcher: Dispatcher
 ) -> None:
     run = live_run(store, container=FakeContainer("c1"), engine=engine)
-    logs = store.run_dir(run.id) / "logs.txt"
+    logs = store.files(run.id).logs
     logs.write_bytes(b"output before the crash\n")
     del engine.containers["c1"]  # `docker rm -f` while nobody watched
 
@@ -332,8 +332,8 @@ def test_exited_while_unwatched_gets_its_real_result(
     stored = store.get(run.id)
     assert stored.status is Status.FAILED and stored.exit_code == 3
     assert stored.error_code == "exit_nonzero"
-    assert "hi" in (store.run_dir(run.id) / "logs.txt").read_text()
-    assert (store.run_dir(run.id) / "artifacts" / "artifacts" / "report.txt").read_bytes() == b"42\n"
+    assert "hi" in (store.files(run.id).logs).read_text()
+    assert (store.files(run.id).artifacts / "artifacts" / "report.txt").read_bytes() == b"42\n"
     assert "c1" not in engine.containers  # removed after collection
     (change,) = report.changed
     assert change.new_status == "failed" and "exited with code 3" in change.reason
@@ -677,7 +677,7 @@ def test_gc_deletes_terminal_runs_oldest_ended_first_and_keeps_live_ones(store: 
     ended_first = finished_run(store, created_at=200, ended_at=210, size=10_000)
     ended_second = finished_run(store, created_at=300, ended_at=310, size=10_000)
     live = live_run(store, key="live")
-    (store.run_dir(live.id) / "logs.txt").write_bytes(b"y" * 10_000)
+    (store.files(live.id).logs).write_bytes(b"y" * 10_000)
     before = state_size(store)
 
     report = gc(store, max_bytes=before - 15_000)  # two runs must go
@@ -692,9 +692,9 @@ def test_gc_deletes_terminal_runs_oldest_ended_first_and_keeps_live_ones(store: 
 
 def test_gc_falls_back_to_created_at_and_reports_an_unmet_cap(store: RunStore) -> None:
     old = store.insert(Run(machine="m", test_dir="/d", key="x", status=Status.FAILED, created_at=5))
-    (store.run_dir(old.id) / "logs.txt").write_bytes(b"z" * 5000)
+    (store.files(old.id).logs).write_bytes(b"z" * 5000)
     live = live_run(store, key="live")
-    (store.run_dir(live.id) / "logs.txt").write_bytes(b"y" * 50_000)
+    (store.files(live.id).logs).write_bytes(b"y" * 50_000)
 
     report = gc(store, max_bytes=1000)
 
@@ -716,7 +716,7 @@ def test_state_size_counts_every_file_and_folder(store: RunStore, tmp_path: Path
 
 def test_gc_drops_hash_caches_after_terminal_runs_and_never_a_live_run(store: RunStore) -> None:
     live = live_run(store, key="live")
-    (store.run_dir(live.id) / "logs.txt").write_bytes(b"x" * 4000)
+    (store.files(live.id).logs).write_bytes(b"x" * 4000)
     store.hashcache_dir.mkdir(exist_ok=True)
     for n, age in enumerate((300, 100)):
         cache = store.hashcache_dir / f"tree{n}.stat"
@@ -726,7 +726,7 @@ def test_gc_drops_hash_caches_after_terminal_runs_and_never_a_live_run(store: Ru
     assert report.cap_met
     assert not (store.hashcache_dir / "tree0.stat").exists(), "the least recently written cache goes first"
     assert (store.hashcache_dir / "tree1.stat").exists()
-    assert not store.get(live.id).status.is_terminal and store.run_dir(live.id).is_dir()
+    assert not store.get(live.id).status.is_terminal and store.files(live.id).dir.is_dir()
 
 
 # --- one bad run is that run's problem ------------------------------------------------------

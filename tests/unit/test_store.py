@@ -28,14 +28,7 @@ from pytest_lrun.errors import (
     TerminalRunError,
 )
 from pytest_lrun.fsutil import atomic_write_bytes, atomic_write_json
-from pytest_lrun.store import (
-    Decision,
-    Run,
-    RunStore,
-    Status,
-    default_state_dir,
-    machine_key,
-)
+from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status, default_state_dir, machine_key
 
 RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
 
@@ -46,7 +39,7 @@ def make_run(test_dir: str = "/src/tests/a") -> Run:
 
 @pytest.fixture
 def store(tmp_path: Path) -> RunStore:
-    return RunStore(tmp_path / "state")
+    return FileStore(tmp_path / "state")
 
 
 def create(store: RunStore, machine: str = "m", key: str = "k", **fields: Any) -> Run:
@@ -88,7 +81,7 @@ def test_default_state_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 def test_store_without_argument_uses_env_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LRUN_STATE_DIR", str(tmp_path / "from-env"))
-    store = RunStore()
+    store = FileStore()
     create(store)
     assert len(list((tmp_path / "from-env" / "runs").iterdir())) == 1
 
@@ -96,11 +89,11 @@ def test_store_without_argument_uses_env_dir(monkeypatch: pytest.MonkeyPatch, tm
 @pytest.mark.usefixtures("umask_zero")
 def test_state_dir_is_created_private(tmp_path: Path) -> None:
     root = tmp_path / "deep" / "state"
-    store = RunStore(root)
+    store = FileStore(root)
     for directory in (root, root / "runs", root / "active", root / "locks", root / "corrupt"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     run = create(store)
-    record = store.run_dir(run.id) / "run.json"
+    record = store.files(run.id).record
     assert stat.S_IMODE(record.stat().st_mode) == 0o600
 
 
@@ -119,11 +112,11 @@ def test_machine_keys_are_filesystem_safe_and_distinct() -> None:
 
 def test_run_dir_is_under_runs_and_rejects_paths(store: RunStore) -> None:
     run = create(store)
-    assert store.run_dir(run.id) == store.state_dir / "runs" / run.id
-    assert store.run_dir(run.id).is_dir()
+    assert store.files(run.id).dir == store.state_dir / "runs" / run.id
+    assert store.files(run.id).dir.is_dir()
     for bad in ("../etc", "a/b", "", ".hidden"):
         with pytest.raises(RunNotFound):
-            store.run_dir(bad)
+            store.files(bad)
         with pytest.raises(RunNotFound):
             store.get(bad)
 
@@ -139,7 +132,7 @@ def test_status_terminal_set() -> None:
 
 def test_record_json_has_every_field_snake_case_with_nulls(store: RunStore) -> None:
     run = create(store, command=["pytest", "-q"])
-    data = json.loads((store.run_dir(run.id) / "run.json").read_text())
+    data = json.loads((store.files(run.id).record).read_text())
     assert list(data) == [
         "id",
         "machine",
@@ -225,7 +218,7 @@ def test_from_dict_requires_core_fields(missing: str) -> None:
 
 def test_store_reads_records_written_by_a_newer_version(store: RunStore) -> None:
     run = create(store)
-    path = store.run_dir(run.id) / "run.json"
+    path = store.files(run.id).record
     data = json.loads(path.read_text())
     data["future_field"] = [1, 2]
     path.write_text(json.dumps(data))
@@ -247,7 +240,9 @@ def test_prepare_creates_a_pending_run_with_store_fields(store: RunStore) -> Non
         "hash-1",
         Status.PENDING,
     )
-    assert run.created_at is not None and before <= run.created_at <= time.time()
+    assert (
+        run.created_at is not None and before - 0.001 <= run.created_at <= time.time() + 0.001
+    )  # kept to the millisecond
     assert run.owner == {"host": socket.gethostname(), "pid": os.getpid()}
     assert store.get(run.id) == run
     assert store.active("gpu-1") == [run]
@@ -260,7 +255,7 @@ def test_prepare_does_not_read_finished_runs(store: RunStore) -> None:
         for i in range(50)
     ]
     for run in finished:  # were prepare to read them, it would find them corrupt and move them aside
-        (store.run_dir(run.id) / "run.json").write_text("garbage")
+        (store.files(run.id).record).write_text("garbage")
     for key in ("k1", "k2"):
         run, outcome = store.prepare("m", key, make_run)
         assert outcome is Decision.CREATED
@@ -450,16 +445,16 @@ def test_list_filters_and_orders_by_creation(store: RunStore) -> None:
 
 def test_delete_refuses_live_runs_and_removes_finished_ones(store: RunStore) -> None:
     run = create(store)
-    (store.run_dir(run.id) / "logs.txt").write_text("log\n")
+    (store.files(run.id).logs).write_text("log\n")
     with pytest.raises(TerminalRunError) as info:
         store.delete(run.id)
     assert isinstance(info.value, StoreError) and info.value.status == "pending"
     assert store.get(run.id) == run
     finish(store, run)
-    (store.run_dir(run.id) / "artifacts").mkdir()
-    (store.run_dir(run.id) / "artifacts" / "junit.xml").write_text("<x/>")
+    (store.files(run.id).artifacts).mkdir()
+    (store.files(run.id).artifacts / "junit.xml").write_text("<x/>")
     store.delete(run.id)
-    assert not store.run_dir(run.id).exists()
+    assert not store.files(run.id).dir.exists()
     assert list((store.state_dir / "runs").iterdir()) == []
     with pytest.raises(RunNotFound):
         store.get(run.id)
@@ -489,17 +484,17 @@ def boom(*args: object, **kwargs: object) -> None:
 
 def test_crash_before_rename_keeps_the_old_record(store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
     run = create(store)
-    before = (store.run_dir(run.id) / "run.json").read_bytes()
+    before = (store.files(run.id).record).read_bytes()
     run.status = Status.RUNNING
     run.container_id = "abc"
     with monkeypatch.context() as patch:
         patch.setattr(os, "replace", boom)
         with pytest.raises(OSError, match="simulated"):
             store.update(run)
-    assert (store.run_dir(run.id) / "run.json").read_bytes() == before
+    assert (store.files(run.id).record).read_bytes() == before
     stored = store.get(run.id)
     assert (stored.status, stored.container_id) == (Status.PENDING, None)
-    assert sorted(p.name for p in store.run_dir(run.id).iterdir()) == ["run.json"]
+    assert sorted(p.name for p in store.files(run.id).dir.iterdir()) == ["run.json"]
     assert not [name for name in files_under(store.state_dir) if name.endswith(".tmp")]
     assert store.check() == []
 
@@ -543,7 +538,7 @@ def test_corrupt_record_is_moved_aside_and_reported(
 ) -> None:
     good = finish(store, create(store, "m", "good"))
     bad = finish(store, create(store, "m2", "bad"))
-    path = store.run_dir(bad.id) / "run.json"
+    path = store.files(bad.id).record
     path.write_bytes(b'{"id": "trunc')
     with caplog.at_level(logging.WARNING, logger="pytest_lrun"), pytest.raises(CorruptRecord) as info:
         store.get(bad.id)
@@ -566,7 +561,7 @@ def test_corrupt_record_is_moved_aside_and_reported(
 def test_list_skips_corrupt_records_and_collects_them(store: RunStore) -> None:
     good = create(store, "m", "good")
     bad = finish(store, create(store, "m2", "bad"))
-    (store.run_dir(bad.id) / "run.json").write_text(json.dumps({"id": bad.id, "status": "pending"}))
+    (store.files(bad.id).record).write_text(json.dumps({"id": bad.id, "status": "pending"}))
     assert store.list() == [good]
     (problem,) = store.problems
     assert problem.reason == "run record lacks required field(s): machine, test_dir, test_dir_hash, key"
@@ -578,7 +573,7 @@ def test_corrupt_file_is_never_overwritten(store: RunStore) -> None:
     first = finish(store, create(store, "m", "a"))
     second = finish(store, create(store, "m", "b"))
     for run in (first, second):
-        (store.run_dir(run.id) / "run.json").write_text("not json")
+        (store.files(run.id).record).write_text("not json")
     assert store.list() == []
     kept = sorted((store.state_dir / "corrupt").iterdir())
     assert len(kept) == 2 and all(p.read_text() == "not json" for p in kept)
@@ -587,7 +582,7 @@ def test_corrupt_file_is_never_overwritten(store: RunStore) -> None:
 def test_record_in_the_wrong_directory_is_reported(store: RunStore) -> None:
     run = finish(store, create(store))
     copy = store.state_dir / "runs" / "20200101T000000-deadbeef"
-    shutil.copytree(store.run_dir(run.id), copy)
+    shutil.copytree(store.files(run.id).dir, copy)
     problems = store.check()
     assert len(problems) == 1 and "does not match its directory" in problems[0]
     assert (copy / "run.json").exists()  # check() changes nothing
@@ -660,7 +655,7 @@ def test_raised_errors_survive_pickling(store: RunStore) -> None:
     with pytest.raises(TerminalRunError) as terminal:
         store.update(run)
     caught.append(terminal.value)
-    (store.run_dir(run.id) / "run.json").write_text("{")
+    (store.files(run.id).record).write_text("{")
     with pytest.raises(CorruptRecord) as corrupt:
         store.get(run.id)
     caught.append(corrupt.value)
@@ -715,7 +710,7 @@ def test_atomic_write_json_refuses_unencodable_before_touching_disk(tmp_path: Pa
 
 
 def test_last_completed_finds_the_newest_completed_run_of_a_key(tmp_path: Path) -> None:
-    store = RunStore(tmp_path / "state", durable=False)
+    store = FileStore(tmp_path / "state", durable=False)
     assert store.last_completed("m", "k") is None
     ids = []
     for _ in range(2):
@@ -747,5 +742,5 @@ def test_a_state_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "state"
     path.write_text("not a folder")
     with pytest.raises(ConfigError, match="exists and is not a directory"):
-        RunStore(path)
+        FileStore(path)
     assert path.read_text() == "not a folder"

@@ -20,7 +20,7 @@ import pytest
 from lrun_procs import MODES, WAIT_S, contend, hold_lock_until_killed, process_worker, reap_processes
 
 from pytest_lrun.errors import StoreLocked
-from pytest_lrun.store import Decision, Run, RunStore, Status
+from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
 
 CTX = multiprocessing.get_context("spawn")
 WORKERS = 8
@@ -60,7 +60,7 @@ def _judge_round(store: RunStore, mode: str, results: list[Result], seen: set[st
 @pytest.mark.parametrize("mode", list(MODES))
 def test_processes_prepare_one_run_per_machine(tmp_path: Path, mode: str) -> None:
     state_dir = str(tmp_path / "state")
-    store = RunStore(state_dir)
+    store = FileStore(state_dir)
     barrier = CTX.Barrier(WORKERS + 1)
     results = CTX.Queue()
     procs = [
@@ -92,7 +92,7 @@ def test_processes_prepare_one_run_per_machine(tmp_path: Path, mode: str) -> Non
 @pytest.mark.parametrize("mode", list(MODES))
 def test_threads_prepare_one_run_per_machine(tmp_path: Path, mode: str, shared: bool) -> None:
     state_dir = str(tmp_path / "state")
-    store = RunStore(state_dir)
+    store = FileStore(state_dir)
     barrier = threading.Barrier(WORKERS + 1)
     lock = threading.Lock()
     got: list[Any] = []
@@ -174,13 +174,13 @@ def test_sigkilled_lock_holder_does_not_block_the_next_caller(tmp_path: Path) ->
         assert holding.wait(WAIT_S), "the child never took the lock"
         # the lock is really held: a caller that will not wait gives up
         with pytest.raises(StoreLocked) as info:
-            RunStore(state_dir, lock_timeout=0.3).prepare("m", "k", lambda: Run(test_dir="/t"))
+            FileStore(state_dir, lock_timeout=0.3).prepare("m", "k", lambda: Run(test_dir="/t"))
         assert info.value.what == "machine 'm'"
         os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
         proc.join(WAIT_S)
         assert proc.exitcode == -signal.SIGKILL
         started = time.monotonic()
-        store = RunStore(state_dir, lock_timeout=10)
+        store = FileStore(state_dir, lock_timeout=10)
         run, outcome = store.prepare("m", "k", lambda: Run(test_dir="/t"))
         assert time.monotonic() - started < 5
     finally:

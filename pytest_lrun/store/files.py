@@ -1,10 +1,10 @@
-"""The run store: durable run records and the one-active-run-per-machine rule.
+"""The file store: run records in one host's state directory (the embedded default backend).
 
 This module owns the state directory and everything under it except the
 contents of a run's directory written by other modules (logs, artifacts). It
 decides, atomically across threads and processes, whether a request for a
 machine creates a run, reuses the live run with the same idempotency key, or
-finds the machine busy with a different key (:meth:`RunStore.prepare`).
+finds the machine busy with a different key (:meth:`FileStore.prepare`).
 
 State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700)::
 
@@ -19,7 +19,7 @@ State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700):
 
 ``<run-id>`` is time-sortable: ``YYYYmmddTHHMMSS-<8 hex>`` (UTC). ``<machine-key>``
 is the machine name made filesystem-safe plus the full xxh3-128 digest of the
-exact name (:func:`machine_key`), and :meth:`RunStore.prepare` compares the
+exact name (:func:`machine_key`), and :meth:`FileStore.prepare` compares the
 stored name as well, so two machines never share a key.
 
 Rules the store keeps:
@@ -32,19 +32,19 @@ Rules the store keeps:
 * Payload first, pointer second: a new record is written before the index entry
   that points to it, and a run becomes terminal in its record before it leaves
   the index. A crash leaves at worst a stale index entry (healed by the next
-  :meth:`RunStore.prepare`) or an unindexed record, never an entry for a record
+  :meth:`FileStore.prepare`) or an unindexed record, never an entry for a record
   that was never written.
-* A terminal record is written once: :meth:`RunStore.end` is the one way a run
+* A terminal record is written once: :meth:`FileStore.end` is the one way a run
   becomes terminal, and no write changes a terminal record afterwards.
 * A file that does not parse is moved into ``corrupt/`` and reported as
-  :class:`~pytest_lrun.errors.CorruptRecord` (raised by :meth:`RunStore.get`,
-  collected in :attr:`RunStore.problems`, logged to the ``pytest_lrun`` logger);
+  :class:`~pytest_lrun.errors.CorruptRecord` (raised by :meth:`FileStore.get`,
+  collected in :attr:`FileStore.problems`, logged to the ``pytest_lrun`` logger);
   a corrupt index is rebuilt from the machine's records.
-* :meth:`RunStore.prepare` reads only the machine's index and the few records it
+* :meth:`FileStore.prepare` reads only the machine's index and the few records it
   lists, so its cost does not grow with the number of finished runs.
 * What a crash leaves behind (temporary files, half-deleted run folders, a run
   folder with no record, a pending record its machine's index never listed) is
-  found and settled by :meth:`RunStore.sweep`.
+  found and settled by :meth:`FileStore.sweep`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import enum
 import json
 import logging
 import os
@@ -62,13 +61,13 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import filelock
 import xxhash
 
-from .errors import OWNER_GONE, ConfigError, CorruptRecord, RunNotFound, StoreError, TerminalRunError
-from .fsutil import (
+from ..errors import OWNER_GONE, ConfigError, CorruptRecord, RunNotFound, StoreError, TerminalRunError
+from ..fsutil import (
     Unparseable,
     atomic_write_json,
     fsync_dir,
@@ -78,26 +77,20 @@ from .fsutil import (
     remove_tree,
     stamp,
 )
-from .layout import DELETING_PREFIX, RECORD, RunFiles, is_leftover
-from .locking import hold
-from .records import Run, Status
+from ..layout import DELETING_PREFIX, RECORD, RunFiles, is_leftover
+from ..locking import hold
+from .base import Decision, Sweep
+from .file_batches import FileBatchStore
+from .records import Run, Status, valid_id
 
-__all__ = [
-    "Decision",
-    "Run",
-    "RunStore",
-    "Status",
-    "default_state_dir",
-    "machine_key",
-]
+__all__ = ["FileStore", "default_state_dir", "machine_key", "owner_alive"]
 
 logger = logging.getLogger("pytest_lrun")
 
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _BUSY_BACKOFF_START_S = 0.05
 _BUSY_BACKOFF_MAX_S = 1.0
-#: How old a leftover must be before :meth:`RunStore.sweep` removes it: younger ones may
+#: How old a leftover must be before :meth:`FileStore.sweep` removes it: younger ones may
 #: belong to a write or a prepare that is still under way in another process.
 SWEEP_GRACE_S = 300.0
 
@@ -124,22 +117,10 @@ def machine_key(machine: str) -> str:
     return f"{readable}-{digest}"
 
 
-class Decision(enum.Enum):
-    """What :meth:`RunStore.prepare` decided."""
-
-    CREATED = "created"  # a new pending run was recorded for the caller
-    REUSE = "reuse"  # a live run with the same key exists: attach to it
-    BUSY = "busy"  # a live run with a different key occupies the machine
-
-
-def _valid_id(run_id: object) -> bool:
-    return isinstance(run_id, str) and _ID_RE.fullmatch(run_id) is not None
-
-
 # --- the store -------------------------------------------------------------
 
 
-class RunStore:
+class FileStore:
     """Run records under one state directory; safe to share between threads and processes.
 
     :param state_dir: the state directory (default: :func:`default_state_dir`); created with mode 0700
@@ -186,9 +167,22 @@ class RunStore:
         self.durable = durable
         #: Corrupt files this store object found and moved aside, oldest first, for callers to show.
         self.problems: builtins.list[CorruptRecord] = []
+        self._batches: FileBatchStore | None = None
 
     def __repr__(self) -> str:
-        return f"RunStore({str(self.state_dir)!r})"
+        return f"FileStore({str(self.state_dir)!r})"
+
+    @property
+    def location(self) -> str:
+        """The state directory."""
+        return str(self.state_dir)
+
+    @property
+    def batches(self) -> FileBatchStore:
+        """The batch records under ``batches/`` of the same state directory."""
+        if self._batches is None:
+            self._batches = FileBatchStore(self)
+        return self._batches
 
     @property
     def store_id(self) -> str:
@@ -197,12 +191,12 @@ class RunStore:
 
     # -- paths ----------------------------------------------------------------
 
-    def run_dir(self, run_id: str) -> Path:
+    def _run_dir(self, run_id: str) -> Path:
         """``runs/<run_id>/``: the run's folder. Does not check that it exists.
 
         :raises RunNotFound: ``run_id`` is not a well-formed run id
         """
-        if not _valid_id(run_id):
+        if not valid_id(run_id):
             raise RunNotFound(str(run_id))
         return self.runs_dir / run_id
 
@@ -211,7 +205,29 @@ class RunStore:
 
         :raises RunNotFound: ``run_id`` is not a well-formed run id
         """
-        return RunFiles(self.run_dir(run_id))
+        return RunFiles(self._run_dir(run_id))
+
+    # -- watching, sharing, closing ---------------------------------------------
+
+    def watching(self, run_id: str, *, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
+        """Hold the run's ``finish.lock`` (a file lock the kernel drops with its holder) for the block.
+
+        Taking it fails with ``FileNotFoundError`` once the run's folder is gone: the lock
+        never brings a deleted run's folder back.
+        """
+        return _finish_lock(self.files(run_id).finish_lock, wait)
+
+    def owner_alive(self, run: Run) -> bool:
+        return owner_alive(run)
+
+    def save_result(self, run: Run) -> None:
+        """Nothing to share: every user of this store reads the same state dir."""
+
+    def load_result(self, run: Run) -> None:
+        """Nothing to fetch: a run's files are where it ran."""
+
+    def close(self) -> None:
+        """Nothing to release: locks are taken and dropped per call."""
 
     def _record_path(self, run_id: str) -> Path:
         return self.files(run_id).record
@@ -261,7 +277,7 @@ class RunStore:
         :raises RunNotFound: no record
         :raises CorruptRecord: the record did not parse and was moved to ``corrupt/``
         """
-        if not _valid_id(run_id):
+        if not valid_id(run_id):
             raise RunNotFound(str(run_id))
         try:
             return self._parse_record(run_id)
@@ -290,7 +306,7 @@ class RunStore:
         except (ValueError, RecursionError) as exc:
             raise Unparseable(str(exc)) from exc
         runs = data.get("runs") if isinstance(data, dict) else None
-        if not isinstance(runs, builtins.list) or not all(_valid_id(rid) for rid in runs):
+        if not isinstance(runs, builtins.list) or not all(valid_id(rid) for rid in runs):
             raise Unparseable('an index must be an object with "runs": a list of run ids')
         machine = data.get("machine")
         return (machine if isinstance(machine, str) else None), [str(rid) for rid in runs]
@@ -305,7 +321,7 @@ class RunStore:
         except FileNotFoundError:
             return
         for name in names:
-            if not _valid_id(name):  # skips dot-names: temporary and half-deleted entries
+            if not valid_id(name):  # skips dot-names: temporary and half-deleted entries
                 continue
             try:
                 yield self._load(name)
@@ -417,7 +433,7 @@ class RunStore:
                 # Never returned to anyone: take the half-made run back (a crash here leaves an
                 # unindexed pending record, which prepare ignores).
                 with contextlib.suppress(OSError):
-                    remove_tree(self.run_dir(run.id))
+                    remove_tree(self._run_dir(run.id))
                 run.id = ""
                 raise
             return run, Decision.CREATED
@@ -468,7 +484,7 @@ class RunStore:
             raise StoreError(f"insert() records finished runs only; this one is {run.status.value}")
         if run.id:
             try:
-                os.mkdir(self.run_dir(run.id), 0o700)
+                os.mkdir(self._run_dir(run.id), 0o700)
             except FileExistsError:
                 raise StoreError(f"a run with id {run.id!r} already exists") from None
         else:
@@ -481,7 +497,7 @@ class RunStore:
             self._write_record(run)
         except BaseException:
             with contextlib.suppress(OSError):
-                self.run_dir(run.id).rmdir()
+                self._run_dir(run.id).rmdir()
             raise
         return run
 
@@ -506,7 +522,7 @@ class RunStore:
         :raises TerminalRunError: the stored run is already terminal
         :raises StoreError: ``machine`` or ``key`` differ from the stored run's
         """
-        if not _valid_id(run.id):
+        if not valid_id(run.id):
             raise RunNotFound(str(run.id))
         mkey = machine_key(run.machine)
         with self._locked(mkey, run.machine):
@@ -617,7 +633,7 @@ class RunStore:
             # Rename first so that a crash mid-removal leaves a dot-name that scans skip
             # (and that sweep() finishes removing).
             trash = self.runs_dir / f"{DELETING_PREFIX}{run_id}-{secrets.token_hex(4)}"
-            os.rename(self.run_dir(run_id), trash)
+            os.rename(self._run_dir(run_id), trash)
             if self.durable:
                 fsync_dir(self.runs_dir)
         remove_tree(trash)
@@ -659,7 +675,7 @@ class RunStore:
             candidates.extend(p for p in directory.iterdir() if is_leftover(p.name))
         for name in sorted(os.listdir(self.runs_dir)):
             folder = self.runs_dir / name
-            if not _valid_id(name) or not folder.is_dir():
+            if not valid_id(name) or not folder.is_dir():
                 continue
             contents = os.listdir(folder)
             candidates.extend(folder / entry for entry in contents if is_leftover(entry))
@@ -701,7 +717,7 @@ class RunStore:
         """
         problems: builtins.list[str] = []
         for name in sorted(os.listdir(self.runs_dir)):
-            if not _valid_id(name) or not self.files(name).record.exists():
+            if not valid_id(name) or not self.files(name).record.exists():
                 continue
             try:
                 self._parse_record(name)
@@ -746,19 +762,6 @@ class RunStore:
         return problems
 
 
-@dataclass
-class Sweep:
-    """What :meth:`RunStore.sweep` did: leftovers removed (paths relative to the state dir),
-    unindexed pending runs ended, and one line per leftover it could not settle."""
-
-    removed: builtins.list[str] = field(default_factory=builtins.list)
-    ended: builtins.list[str] = field(default_factory=builtins.list)
-    problems: builtins.list[str] = field(default_factory=builtins.list)
-
-    def to_dict(self) -> dict[str, builtins.list[str]]:
-        return dataclasses.asdict(self)
-
-
 _UNINDEXED = "a crash left it pending and unlisted in its machine's index; its creator is gone"
 
 
@@ -782,6 +785,20 @@ def owner_alive(run: Run) -> bool:
     except PermissionError:  # it exists, as another user's
         return True
     return True
+
+
+@contextlib.contextmanager
+def _finish_lock(path: Path, wait: bool) -> Iterator[bool]:
+    lock = filelock.FileLock(str(path), thread_local=False)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def _sort_key(run: Run) -> tuple[float, str]:

@@ -1,9 +1,11 @@
-"""The run record: what a run is, as stored in ``runs/<run-id>/run.json``; and how records spell time.
+"""The records every store keeps: runs and batches, their ids, and how records spell time.
 
 :class:`Run` is the record (a dataclass whose JSON keys are its field names;
 unset fields are ``null``) and :class:`Status` its lifecycle. Parsing is strict
 about types and tolerant of unknown keys, so records written by a newer version
-still load. The store (:mod:`pytest_lrun.store`) decides when records change.
+still load. :class:`Batch` is the record of one plan dispatch, and the id rules
+(:func:`valid_id`, :func:`validate_batch_id`) are shared by runs and batches.
+The stores (:mod:`pytest_lrun.store`) decide when records change.
 
 Times follow the Go ``runs`` store this design comes from: in JSON (records on
 disk and every ``lrun --json`` output) a time is an RFC 3339 UTC string to the
@@ -23,11 +25,26 @@ import datetime
 import enum
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeGuard
 
-__all__ = ["MillisecondTimes", "Run", "Status", "parse_time", "rfc3339"]
+from ..errors import ConfigError
+from ..fsutil import stamp
+
+__all__ = [
+    "BATCH_ID_MAX",
+    "Batch",
+    "MillisecondTimes",
+    "Run",
+    "Status",
+    "derive_status",
+    "new_batch_id",
+    "parse_time",
+    "rfc3339",
+    "valid_id",
+    "validate_batch_id",
+]
 
 _UTC = datetime.timezone.utc
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
@@ -257,3 +274,130 @@ def _expect(name: str, value: Any, kind: type) -> Any:
 
 def _expect_optional(name: str, value: Any, kind: type) -> Any:
     return None if value is None else _expect(name, value, kind)
+
+
+# --- batches ---------------------------------------------------------------
+
+#: The longest batch id accepted.
+BATCH_ID_MAX = 128
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # batch ids and run ids alike
+
+
+def valid_id(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a well-formed run or batch id (a malformed one names nothing)."""
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
+
+
+def new_batch_id() -> str:
+    """A fresh, time-sortable batch id: ``b-YYYYmmddTHHMMSS-<8 hex>`` (UTC)."""
+    return f"b-{stamp()}"
+
+
+def validate_batch_id(value: object, source: str = "batch id") -> str:
+    """``value`` when it is a usable batch id: 1-128 of ``A-Z a-z 0-9 _ . -``, not starting with ``.-_``.
+
+    :param source: where the value came from, for the error (e.g. ``--lrun-batch-id``)
+    :raises ConfigError: (a :class:`~pytest_lrun.errors.BadInput`) the value is not a usable id
+    """
+    if not isinstance(value, str) or ID_RE.fullmatch(value) is None:
+        raise ConfigError(
+            source,
+            f"invalid batch id {value!r}: use 1-{BATCH_ID_MAX} characters from A-Z, a-z, 0-9, "
+            "'_', '.' and '-', starting with a letter or digit",
+        )
+    return value
+
+
+def derive_status(statuses: Sequence[Status | None]) -> Status:
+    """A batch's status from its runs' statuses (``None``: the run record is missing).
+
+    No runs, or all pending: pending. Any other live run: running. Otherwise the
+    worst outcome: interrupted (a missing run counts as one), then timeout, then
+    failed; completed when every run completed.
+    """
+    effective = [Status.INTERRUPTED if status is None else status for status in statuses]
+    if all(status is Status.PENDING for status in effective):
+        return Status.PENDING
+    if any(not status.is_terminal for status in effective):
+        return Status.RUNNING
+    for worst in (Status.INTERRUPTED, Status.TIMEOUT, Status.FAILED):
+        if worst in effective:
+            return worst
+    return Status.COMPLETED
+
+
+@dataclass(kw_only=True)
+class Batch(MillisecondTimes):
+    """One batch record, as stored in ``batches/<id>.json`` (keys are the field names).
+
+    ``created_at`` is unix seconds here and an RFC 3339 string in JSON.
+    """
+
+    id: str
+    plan: str
+    plan_digest: str
+    created_at: float
+    entries: dict[str, str] = field(default_factory=dict)
+    status: Status = Status.PENDING
+    planned: list[str] = field(default_factory=list)  # every entry of the plan, recorded or not yet
+
+    _times: ClassVar[tuple[str, ...]] = ("created_at",)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # accept "failed" as well as Status.FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict, ``status`` as its string, ``created_at`` RFC 3339.
+
+        :raises ValueError: ``created_at`` is not finite
+        """
+        return {
+            "id": self.id,
+            "plan": self.plan,
+            "plan_digest": self.plan_digest,
+            "created_at": rfc3339(self.created_at),
+            "entries": dict(self.entries),
+            "status": self.status.value,
+            "planned": list(self.planned),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Batch:
+        """Build a batch from a record; unknown keys are ignored (records from newer versions).
+
+        :raises ValueError: not an object, a required key missing, a mistyped field or a time
+            that is not a finite RFC 3339 time (or legacy number)
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a batch record must be a JSON object, not {type(data).__name__}")
+        missing = [
+            key for key in ("id", "plan", "plan_digest", "created_at", "entries", "status") if key not in data
+        ]
+        if missing:
+            raise ValueError(f"batch record lacks required field(s): {', '.join(missing)}")
+        for key in ("id", "plan", "plan_digest"):
+            if not isinstance(data[key], str):
+                raise ValueError(f"batch record field {key!r} must be a string, not {data[key]!r}")
+        created_at = parse_time(data["created_at"], "batch record field 'created_at'")
+        entries = data["entries"]
+        if not isinstance(entries, dict) or not all(
+            isinstance(name, str) and isinstance(run_id, str) and ID_RE.fullmatch(run_id)
+            for name, run_id in entries.items()
+        ):
+            raise ValueError("batch record field 'entries' must map entry names to run ids")
+        try:
+            status = Status(data["status"])
+        except ValueError:
+            raise ValueError(f"batch record has an unknown status {data['status']!r}") from None
+        planned = data.get("planned", [])
+        if not isinstance(planned, list) or not all(isinstance(name, str) for name in planned):
+            raise ValueError("batch record field 'planned' must be a list of entry names")
+        return cls(
+            id=data["id"],
+            plan=data["plan"],
+            plan_digest=data["plan_digest"],
+            created_at=created_at,
+            entries=dict(entries),
+            status=status,
+            planned=list(planned),
+        )

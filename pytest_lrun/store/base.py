@@ -1,0 +1,224 @@
+"""The store's interface: what dispatch, recovery, the session and the CLI may ask of any backend.
+
+A backend keeps run and batch records and enforces the run store's contract;
+the rest of the package sees only these protocols, never a backend:
+
+* :meth:`RunStore.prepare` is one atomic decision per machine (across threads,
+  processes and, for a shared backend, hosts): a live run with the same key is
+  REUSEd, a live run with another key makes the machine BUSY, else a pending run
+  is CREATED.
+* A terminal record is written once, by :meth:`RunStore.end`.
+* Whoever finishes a run holds its watch lock (:meth:`RunStore.watching`); the
+  lock goes with its holder's process (a file lock) or connection (a database
+  session), so a run is never left without someone able to finish it.
+* A run's files (log, JUnit XML, artifacts) live in this host's state dir
+  (:meth:`RunStore.files`); a shared backend also keeps each terminal run's result
+  so a runner that did not run it can report it (:meth:`RunStore.save_result`,
+  :meth:`RunStore.load_result`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import enum
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ..layout import RunFiles
+from .records import Batch, Run, Status
+
+if TYPE_CHECKING:
+    from ..errors import CorruptRecord
+    from ..plan import Plan
+
+__all__ = ["BatchStore", "Decision", "RunStore", "Sweep"]
+
+
+class Decision(enum.Enum):
+    """What :meth:`RunStore.prepare` decided."""
+
+    CREATED = "created"  # a new pending run was recorded for the caller
+    REUSE = "reuse"  # a live run with the same key exists: attach to it
+    BUSY = "busy"  # a live run with a different key occupies the machine
+
+
+@dataclass
+class Sweep:
+    """What :meth:`RunStore.sweep` did: leftovers removed (paths relative to the state dir),
+    unindexed pending runs ended, and one line per leftover it could not settle."""
+
+    removed: builtins.list[str] = field(default_factory=builtins.list)
+    ended: builtins.list[str] = field(default_factory=builtins.list)
+    problems: builtins.list[str] = field(default_factory=builtins.list)
+
+    def to_dict(self) -> dict[str, builtins.list[str]]:
+        return dataclasses.asdict(self)
+
+
+class BatchStore(Protocol):
+    """Batch records: one per plan dispatch, joined by every CI job that names its id."""
+
+    def open(self, plan: Plan, batch_id: str | None = None) -> Batch:
+        """Create a batch for ``plan`` (a fresh id when ``batch_id`` is None), or join ``batch_id``.
+
+        :raises ConfigError: ``batch_id`` is not a valid batch id
+        :raises BatchPlanMismatch: the existing batch was made from a plan with another digest
+        """
+        ...
+
+    def record(self, batch_id: str, entry: str, run_id: str) -> Batch:
+        """Record ``run_id`` as plan entry ``entry``'s run; concurrent recorders lose nothing."""
+        ...
+
+    def get(self, batch_id: str) -> Batch:
+        """The stored batch.
+
+        :raises BatchNotFound: no such batch (or a malformed id)
+        """
+        ...
+
+    def list(self) -> builtins.list[Batch]:
+        """Every batch, oldest first."""
+        ...
+
+    def refresh(self, batch_id: str) -> Batch:
+        """Derive the batch's status from its runs and store it; returns the batch."""
+        ...
+
+
+class RunStore(Protocol):
+    """Run records and the one-live-run-per-machine rule (see the module docstring)."""
+
+    #: This host's state dir: run files (logs, JUnit XML, artifacts) and hash caches.
+    state_dir: Path
+    #: Where :func:`pytest_lrun.hashing.hash_dir` keeps its stat caches (any file may go).
+    hashcache_dir: Path
+    #: Corrupt records found and moved aside, oldest first, for callers to show.
+    problems: builtins.list[CorruptRecord]
+
+    @property
+    def store_id(self) -> str:
+        """A short id of this store (containers carry it as the ``lrun.store`` label)."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """Where the records are, for people: a path, or a database URL without its password."""
+        ...
+
+    @property
+    def batches(self) -> BatchStore:
+        """The batch records kept beside the runs."""
+        ...
+
+    def files(self, run_id: str) -> RunFiles:
+        """The paths of the run's files in this host's state dir.
+
+        :raises RunNotFound: ``run_id`` is not a well-formed run id
+        """
+        ...
+
+    def prepare(
+        self,
+        machine: str,
+        key: str,
+        make: Callable[[], Run],
+        *,
+        test_dir_hash: str | None = None,
+        wait: float = 0,
+    ) -> tuple[Run, Decision]:
+        """Create a run on ``machine`` for ``key``, or return the live run that decides otherwise.
+
+        ``make`` builds the pending run (no id); the store fills in ``id``,
+        ``machine``, ``key``, ``created_at``, ``owner`` and ``test_dir_hash``. While the
+        answer is BUSY and ``wait`` seconds have not passed, the call retries.
+        """
+        ...
+
+    def insert(self, run: Run) -> Run:
+        """Record an already finished run as it is (imports, fixtures, benchmarks); returns it."""
+        ...
+
+    def get(self, run_id: str) -> Run:
+        """The stored run.
+
+        :raises RunNotFound: no such run
+        :raises CorruptRecord: its record did not parse (it was moved aside)
+        """
+        ...
+
+    def update(self, run: Run) -> None:
+        """Replace a live run's record.
+
+        :raises TerminalRunError: the stored run is already terminal
+        """
+        ...
+
+    def end(
+        self, run: Run, status: Status, *, error_code: str | None = None, error_msg: str | None = None
+    ) -> Run:
+        """Write ``run`` as terminal with ``status`` and ``ended_at`` now; the one way a run ends.
+
+        :raises TerminalRunError: the run has ended already (its stored record stands)
+        """
+        ...
+
+    def last_completed(self, machine: str, key: str) -> Run | None:
+        """The newest completed run of ``key`` on ``machine`` (``--lrun-reuse=completed``), or None."""
+        ...
+
+    def list(
+        self,
+        machine: str | None = None,
+        status: Status | str | None = None,
+        batch_id: str | None = None,
+    ) -> builtins.list[Run]:
+        """Stored runs matching every given filter, oldest first."""
+        ...
+
+    def active(self, machine: str | None = None) -> builtins.list[Run]:
+        """Non-terminal runs of ``machine`` (or of every machine), oldest first."""
+        ...
+
+    def delete(self, run_id: str) -> None:
+        """Remove a terminal run: its record, its result and its files in this host's state dir.
+
+        :raises TerminalRunError: the run is still live
+        """
+        ...
+
+    def sweep(self) -> Sweep:
+        """Settle what crashes left behind (temporary files, orphan folders, unindexed runs)."""
+        ...
+
+    def check(self) -> builtins.list[str]:
+        """The store's invariant violations, one sentence each; ``[]`` when healthy."""
+        ...
+
+    def owner_alive(self, run: Run) -> bool:
+        """Whether the process that created ``run`` may still be at work on it."""
+        ...
+
+    def watching(self, run_id: str, *, wait: bool = True) -> AbstractContextManager[bool]:
+        """Hold run ``run_id``'s watch lock for the block; yields whether it is held.
+
+        With ``wait`` the call blocks until the lock is free (and yields True);
+        without, it yields False at once when someone else holds it.
+        """
+        ...
+
+    def save_result(self, run: Run) -> None:
+        """Share a terminal run's result files from this host with every runner of the store."""
+        ...
+
+    def load_result(self, run: Run) -> None:
+        """Make this host's files of ``run`` hold its result, if it ended on another runner."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and locks (nothing for a file store)."""
+        ...
