@@ -16,7 +16,8 @@ Commands::
     lrun reap [--age SECONDS] [--machine M] [--json]
 
 Global options (before or after the command): ``--state-dir`` (default
-``$LRUN_STATE_DIR``, else ``~/.lrun``), ``--project DIR`` (where the
+``$LRUN_STATE_DIR``, else ``~/.lrun``), ``--store URL`` (default ``$LRUN_STORE``,
+else the file store in the state dir), ``--project DIR`` (where the
 ``pyproject.toml`` with ``[tool.lrun.machines.*]`` is; default: the nearest one
 upward from the current directory) and ``--connect-timeout`` (default
 ``$LRUN_CONNECT_TIMEOUT``, else :data:`~pytest_lrun.settings.DEFAULT_CONNECT_TIMEOUT`).
@@ -132,6 +133,7 @@ class _Context:
         self.settings: Settings = resolve(
             {
                 "state_dir": args.state_dir,
+                "store": args.store,
                 "connect_timeout": args.connect_timeout,
                 "state_max_bytes": getattr(args, "max_bytes", None),
                 "reap_age": getattr(args, "age", None),
@@ -145,7 +147,7 @@ class _Context:
     @property
     def store(self) -> RunStore:
         if self._store is None:
-            self._store = open_store(self.settings.resolved_state_dir())
+            self._store = open_store(self.settings.resolved_state_dir(), self.settings.store)
         return self._store
 
     @property
@@ -637,6 +639,14 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default,
         metavar="DIR",
         help="the state directory (default: $LRUN_STATE_DIR, else ~/.lrun)",
+    )
+    parser.add_argument(
+        "--store",
+        type=flag_type(_OPTION["store"]),
+        default=default,
+        metavar="URL",
+        help="a postgresql:// store shared by CI runners (default: $LRUN_STORE, else the file store "
+        "in the state dir)",
     )
     parser.add_argument(
         "--project",

@@ -176,6 +176,20 @@ class JunitError(BadInput):
         self.reason = reason
 
 
+class ExtraMissing(BadInput):
+    """A feature needs an optional dependency that is not installed."""
+
+    code = "extra_missing"
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"{feature} needs the {module!r} module: install it with pip install 'pytest-lrun[{extra}]'"
+        )
+        self.feature = feature
+        self.extra = extra
+        self.module = module
+
+
 class BatchPlanMismatch(BadInput):
     """A process tried to join a batch created for a different plan (its file's digest differs)."""
 
@@ -332,6 +346,33 @@ class CorruptRecord(StoreError):
         self.path = path
         self.moved_to = moved_to
         self.reason = reason
+
+
+class StoreUnreachable(StoreError):
+    """The store's database did not answer, or refused us; ``location`` never holds a password."""
+
+    code = "store_unreachable"
+    exit_code = EXIT_ENGINE
+
+    def __init__(self, location: str, reason: str) -> None:
+        super().__init__(f"store {location} is unreachable: {reason}")
+        self.location = location
+        self.reason = reason
+
+
+class StoreSchemaTooNew(StoreError):
+    """The database was set up by a newer pytest-lrun than this one."""
+
+    code = "store_schema_too_new"
+
+    def __init__(self, location: str, found: int, known: int) -> None:
+        super().__init__(
+            f"store {location} has schema version {found}, newer than {known}, the newest this "
+            "pytest-lrun knows: upgrade pytest-lrun on this runner"
+        )
+        self.location = location
+        self.found = found
+        self.known = known
 
 
 class StoreLocked(StoreError, TimeoutError):

@@ -16,7 +16,7 @@ import pytest
 
 from . import hookspecs
 from .errors import LrunError
-from .settings import OPTIONS, Settings, flag_type, resolve
+from .settings import OPTIONS, Settings, flag_type, redact_url, resolve
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 
@@ -104,6 +104,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     return (
         f"lrun: {what}, image={settings.image or '(machine default)'}, reuse={settings.reuse}, "
         f"state={settings.resolved_state_dir()}"
+        + (f", store={redact_url(settings.store)}" if settings.store else "")
     )
 
 

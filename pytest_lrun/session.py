@@ -72,7 +72,7 @@ class LrunSession:
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
-        self.store: RunStore = open_store(settings.resolved_state_dir())
+        self.store: RunStore = open_store(settings.resolved_state_dir(), settings.store)
         self.batches = self.store.batches
         pyproject = config.rootpath / "pyproject.toml"
         self.resolver = MachineResolver(load_machine_tables(pyproject), pyproject)

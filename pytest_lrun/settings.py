@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shlex
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -116,6 +117,29 @@ def parse_size(text: str) -> int:
     return value
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password (``user:PASSWORD@`` or ``?password=...``) shown as ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    query = "&".join(
+        f"{key}=***" if key.lower() == "password" else f"{key}={value}"
+        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def parse_store_url(text: str) -> str:
+    """A ``postgresql://`` (or ``postgres://``) URL, as libpq reads it; the file store has no URL."""
+    url = text.strip()
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError("expected a postgresql:// URL (leave it unset for the file store in the state dir)")
+    return url
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -155,6 +179,7 @@ class Option:
     default: Any = None
     flag_kind: str = "value"  # "value", "flag" (store_true) or "append"
     metavar: str | None = None
+    shown: Callable[[str], str] = repr  # how a bad value appears in its error (never a password)
 
     @property
     def flag(self) -> str:
@@ -226,7 +251,19 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS",
     ),
     Option(
-        "state_dir", "where run records, logs and artifacts live (default: ~/.lrun).", Path, metavar="DIR"
+        "state_dir",
+        "where this host keeps run logs, artifacts and hash caches, and, with the file store, the "
+        "run records (default: ~/.lrun).",
+        Path,
+        metavar="DIR",
+    ),
+    Option(
+        "store",
+        "where run and batch records live: unset for the file store in the state dir, or a "
+        "postgresql:// URL (libpq syntax) for one store shared by every CI runner that reaches it.",
+        parse_store_url,
+        metavar="URL",
+        shown=lambda raw: repr(redact_url(raw)),
     ),
     Option(
         "artifacts",
@@ -308,6 +345,7 @@ class Settings:
     reuse: str
     busy_wait: float
     state_dir: Path | None
+    store: str | None
     artifacts: tuple[str, ...]
     connect_timeout: float
     log_max_bytes: int
@@ -364,7 +402,7 @@ def _parse(option: Option, raw: str, source: str) -> Any:
     try:
         return option.parse(raw)
     except ValueError as e:
-        raise ConfigError(source, f"invalid value {raw!r}: {e}") from e
+        raise ConfigError(source, f"invalid value {option.shown(raw)}: {e}") from e
 
 
 def _check_combinations(settings: Settings) -> None:
@@ -381,6 +419,6 @@ def flag_type(option: Option) -> Callable[[str], Any]:
         try:
             return option.parse(text)
         except ValueError as e:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {e}") from e
+            raise argparse.ArgumentTypeError(f"invalid value {option.shown(text)}: {e}") from e
 
     return parse

@@ -5,7 +5,9 @@
 * :mod:`.records` holds the records every backend keeps (:class:`Run`,
   :class:`Batch`) and how they spell ids and times;
 * :mod:`.files` (with :mod:`.file_batches`) is the embedded default: records in
-  one host's state dir, made safe across threads and processes with file locks.
+  one host's state dir, made safe across threads and processes with file locks;
+* :mod:`.postgres` keeps the records in a PostgreSQL database that every CI
+  runner reaches (``--lrun-store=postgresql://...``, the ``postgres`` extra).
 
 :func:`open_store` picks the backend from the ``--lrun-store`` setting.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ExtraMissing
 from .base import BatchStore, Decision, RunStore, Sweep
 from .files import FileStore, default_state_dir, machine_key
 from .records import Batch, Run, Status
@@ -33,6 +36,20 @@ __all__ = [
 ]
 
 
-def open_store(state_dir: Path) -> RunStore:
-    """The store of this invocation: the file store in ``state_dir``."""
-    return FileStore(state_dir)
+def open_store(state_dir: Path, url: str | None = None) -> RunStore:
+    """The store of this invocation: the file store in ``state_dir``, or the database at ``url``.
+
+    With a database, ``state_dir`` still holds this host's copies of run files and hash caches.
+
+    :raises ExtraMissing: ``url`` names a database and psycopg is not installed
+    :raises StoreUnreachable: the database does not answer, or refuses the login
+    """
+    if url is None:
+        return FileStore(state_dir)
+    try:
+        import psycopg  # noqa: F401 - only to say which extra is missing
+    except ImportError:
+        raise ExtraMissing("a postgresql:// store", "postgres", "psycopg") from None
+    from .postgres import PostgresStore
+
+    return PostgresStore(url, state_dir)
