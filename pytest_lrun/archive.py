@@ -198,6 +198,7 @@ def file_mode(executable: bool) -> int:
 
 class _TarFile(tarfile.TarFile):
     members: list[tarfile.TarInfo]  # every header read or written so far (not in typeshed)
+    _loaded: bool  # the end of the archive was reached (not in typeshed)
 
 
 class TarWriter:
@@ -506,8 +507,12 @@ def _open_stream(reader: _ChunkReader, probe: type[_Probe]) -> _TarFile:
 
 
 def _members(tar: _TarFile) -> Iterator[tarfile.TarInfo]:
-    """The members of a stream, one at a time; none is called for once the end was reached."""
-    while (member := tar.next()) is not None:
+    """The members of a stream, one at a time; none is called for once the end was reached.
+
+    Before Python 3.11 a ``next()`` after the end seeks backwards, which a stream cannot:
+    an empty archive has reached its end when it is opened.
+    """
+    while not tar._loaded and (member := tar.next()) is not None:
         yield member
         # TarFile keeps every header it read (with its PAX records); we need only this one.
         tar.members.clear()
