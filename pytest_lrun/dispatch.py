@@ -249,6 +249,9 @@ class Dispatcher:
                 engine.kill(container_id)
 
     def result(self, run: Run, origin: str) -> RunResult:
+        """The run's result for the report; a run that ended on another runner is fetched first."""
+        if run.status.is_terminal:
+            self.store.load_result(run)
         junit = self.store.files(run.id).junit
         cases = parse_junit(junit.read_bytes()) if junit.is_file() else None
         return RunResult(run, origin, cases)
@@ -584,6 +587,8 @@ class Dispatcher:
             run = self.store.end(run, status, error_code=code, error_msg=msg)
         except TerminalRunError:
             run = self.store.get(run.id)  # ended elsewhere meanwhile (`lrun cancel`): its word stands
+        else:
+            self._share(run)
         if engine is not None and run.container_id is not None:
             keep = self.keep == "always" or (self.keep == "failed" and status is not Status.COMPLETED)
             if not keep or status is Status.INTERRUPTED:
@@ -592,6 +597,14 @@ class Dispatcher:
         with self._live_lock:
             self._live.pop(run.id, None)
         return run
+
+    def _share(self, run: Run) -> None:
+        """Share the result with the store's other runners; a failure costs them a cached result,
+        never this run its record."""
+        try:
+            self.store.save_result(run)
+        except (LrunError, OSError) as e:
+            logger.warning("run %s: its result was not shared with other runners: %s", run.id, e)
 
     # -- small helpers ------------------------------------------------------------
 

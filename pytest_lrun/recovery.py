@@ -473,7 +473,8 @@ def gc(store: RunStore, *, max_bytes: int) -> GcReport:
     otherwise count against the cap for ever). Nothing more happens while the
     state directory is within the cap. Above it, terminal runs are deleted
     (record, logs, artifacts) in order of ``ended_at`` (else ``created_at``) until
-    the total is under the cap; then, if still over, the hash stat caches, least
+    the total is under the cap (:meth:`RunStore.evict`: a shared store keeps the record and
+    drops only this host's copies); then, if still over, the hash stat caches, least
     recently written first (they are only caches). Live runs are never deleted,
     so the cap may stay unmet; ``cap_met`` says so. A run that cannot be deleted
     is reported in ``problems`` and the others still go.
@@ -485,12 +486,13 @@ def gc(store: RunStore, *, max_bytes: int) -> GcReport:
     freed = 0
     deleted: list[str] = []
     if size > max_bytes:
-        for run in sorted((r for r in store.list() if r.status.is_terminal), key=_age_key):
+        here = [r for r in store.list() if r.status.is_terminal and store.files(r.id).dir.exists()]
+        for run in sorted(here, key=_age_key):
             if size <= max_bytes:
                 break
             run_bytes = tree_size(store.files(run.id).dir)
             try:
-                store.delete(run.id)
+                store.evict(run.id)
             except (RunNotFound, CorruptRecord, TerminalRunError):
                 continue
             except OSError as e:

@@ -191,6 +191,14 @@ class RunStore(Protocol):
         """
         ...
 
+    def evict(self, run_id: str) -> None:
+        """Free this host's disk of a terminal run (gc): the file store deletes the run; a shared
+        store keeps its record and saved result and drops only this host's copies.
+
+        :raises TerminalRunError: the run is still live
+        """
+        ...
+
     def sweep(self) -> Sweep:
         """Settle what crashes left behind (temporary files, orphan folders, unindexed runs)."""
         ...

@@ -638,6 +638,10 @@ class FileStore:
                 fsync_dir(self.runs_dir)
         remove_tree(trash)
 
+    def evict(self, run_id: str) -> None:
+        """The run lives only in this state dir: evicting it is deleting it (:meth:`delete`)."""
+        self.delete(run_id)
+
     def sweep(self, *, grace: float = SWEEP_GRACE_S, now: float | None = None) -> Sweep:
         """Settle what crashes left behind, once it is older than ``grace`` seconds.
 
