@@ -1,0 +1,253 @@
+"""Two CI runners, one PostgreSQL store, the real engines: the store's guarantees hold across hosts.
+
+Each "runner" is a separate pytest process with its own HOME and state dir; they share only the
+database (``LRUN_STORE``) and the engines, as two CI jobs on two machines would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+from lrun_support import wait_for, write_tests
+
+from pytest_lrun.store import RunStore, Status, open_store
+
+pytestmark = pytest.mark.postgres
+
+SLOW = """
+    import time
+    from pathlib import Path
+
+    def test_slow():
+        time.sleep({seconds})
+        Path("/lrun/artifacts/made.txt").write_text("by the run\\n")
+"""
+
+
+@dataclass
+class Runner:
+    """One simulated CI runner: its own HOME and state dir, the shared store and project."""
+
+    name: str
+    home: Path
+    project: Path
+    store_url: str
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home / "state"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LRUN_STATE", "LRUN_STORE"))}
+        env.update(HOME=str(self.home), LRUN_STATE_DIR=str(self.state_dir), LRUN_STORE=self.store_url)
+        return env
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args],
+            cwd=self.project,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def run(self, *args: str, timeout: float = 180) -> tuple[int, str]:
+        proc = self.start(*args)
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+
+    def lrun(self, *args: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest_lrun", *args],
+            cwd=self.project,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture
+def shared(fresh_database: str, tmp_path: Path) -> Iterator[RunStore]:
+    """A view of the shared store from the test itself (a third state dir)."""
+    store = open_store(tmp_path / "observer", fresh_database)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def runners(project: Path, fresh_database: str, tmp_path: Path, engines: list[str]) -> Iterator[list[Runner]]:
+    made = []
+    for name in ("a", "b"):
+        home = tmp_path / f"home-{name}"
+        home.mkdir()
+        made.append(Runner(name, home, project, fresh_database))
+    yield made
+    # Every container of a run in the shared store goes, whichever runner made it.
+    store = open_store(tmp_path / "cleanup", fresh_database)
+    try:
+        ids = {run.id for run in store.list()}
+    finally:
+        store.close()
+    for url in engines:
+        client = docker.APIClient(base_url=url, timeout=10, version="auto")
+        try:
+            for c in client.containers(all=True, filters={"label": "lrun.run-id"}):
+                if c["Labels"].get("lrun.run-id") in ids:
+                    client.remove_container(c["Id"], force=True, v=True)
+        finally:
+            client.close()
+
+
+def _containers_of(store: RunStore, engines: list[str]) -> list[str]:
+    ids = {run.id for run in store.list()}
+    found = []
+    for url in engines:
+        client = docker.APIClient(base_url=url, timeout=10, version="auto")
+        try:
+            found += [
+                c["Labels"]["lrun.run-id"]
+                for c in client.containers(all=True, filters={"label": "lrun.run-id"})
+                if c["Labels"]["lrun.run-id"] in ids
+            ]
+        finally:
+            client.close()
+    return found
+
+
+def _wait_running(store: RunStore, timeout: float = 60) -> str:
+    found: list[str] = []
+
+    def running() -> bool:
+        found[:] = [run.id for run in store.list(status=Status.RUNNING)]
+        return bool(found)
+
+    wait_for(running, "a run to be running", timeout)
+    time.sleep(0.5)
+    return found[0]
+
+
+def test_one_machine_runs_one_directory_at_a_time_across_runners(
+    runners: list[Runner], shared: RunStore
+) -> None:
+    a, b = runners
+    write_tests(a.project, "first", SLOW.format(seconds=4))
+    write_tests(a.project, "second", SLOW.format(seconds=0))
+    first = a.start("--lrun-machine=m1", "first")
+    _wait_running(shared)
+    code, out = b.run("--lrun-machine=m1", "second")
+    assert code != 0 and "machine_busy" in out, out
+    code, out = b.run("--lrun-machine=m1", "--lrun-busy-wait=120", "second")
+    assert code == 0 and "1 passed" in out, out
+    assert first.wait(timeout=180) == 0
+    runs = sorted(shared.list(status=Status.COMPLETED), key=lambda r: r.started_at or 0)
+    assert len(runs) == 2
+    assert (runs[0].ended_at or 0) <= (runs[1].started_at or 0), "two containers ran on m1 at once"
+
+
+def test_the_same_directory_at_once_is_one_container(
+    runners: list[Runner], shared: RunStore, engines: list[str]
+) -> None:
+    write_tests(runners[0].project, "slow", SLOW.format(seconds=3))
+    procs = [runner.start("--lrun-machine=m1", "slow", "--lrun-keep=always") for runner in runners]
+    outputs = [proc.communicate(timeout=180)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    (run,) = shared.list()
+    assert all(run.id in out and "1 passed" in out for out in outputs)
+    assert _containers_of(shared, engines) == [run.id]
+
+
+def test_a_matrix_of_two_jobs_is_one_batch_seen_from_either_runner(
+    runners: list[Runner], shared: RunStore
+) -> None:
+    a, b = runners
+    for name in ("one", "two"):
+        write_tests(a.project, name, SLOW.format(seconds=0))
+    (a.project / "plan.toml").write_text(
+        textwrap.dedent(
+            """
+            [[entry]]
+            name = "one"
+            dir = "one"
+            machine = "m1"
+
+            [[entry]]
+            name = "two"
+            dir = "two"
+            machine = "m2"
+            """
+        )
+    )
+    jobs = [
+        runner.start("--lrun-plan=plan.toml", f"--lrun-plan-entry={entry}", "--lrun-batch-id=ci-42")
+        for runner, entry in zip(runners, ("one", "two"))
+    ]
+    assert [job.wait(timeout=180) for job in jobs] == [0, 0]
+    for runner in (a, b):
+        code, out = runner.lrun("batch", "ci-42", "--json")
+        assert code == 0, out
+        doc = json.loads(out)
+        assert doc["batch"]["status"] == "completed"
+        assert sorted((row["entry"], row["status"]) for row in doc["rows"]) == [
+            ("one", "completed"),
+            ("two", "completed"),
+        ]
+
+
+def test_a_cached_result_crosses_runners_with_its_artifacts(runners: list[Runner], shared: RunStore) -> None:
+    a, b = runners
+    write_tests(a.project, "cached", SLOW.format(seconds=0))
+    code, out = a.run("--lrun-machine=m1", "cached")
+    assert code == 0, out
+    code, out = b.run("--lrun-machine=m1", "--lrun-reuse=completed", "cached")
+    assert code == 0 and "1 passed" in out and "cached" in out.split("lrun runs")[1], out
+    (run,) = shared.list()
+    made = b.state_dir / "runs" / run.id / "artifacts" / "artifacts" / "made.txt"
+    assert made.read_text() == "by the run\n"
+
+
+def test_a_killed_runner_s_run_is_adopted_by_the_other(
+    runners: list[Runner], shared: RunStore, engines: list[str]
+) -> None:
+    a, b = runners
+    write_tests(a.project, "slow", SLOW.format(seconds=5))
+    doomed = a.start("--lrun-machine=m1", "slow")
+    _wait_running(shared)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=30)
+    code, out = b.run("--lrun-machine=m1", "slow")
+    assert code == 0 and "1 passed" in out, out
+    (run,) = shared.list()
+    assert run.status is Status.COMPLETED and run.exit_code == 0
+    assert len(_containers_of(shared, engines)) <= 1
+
+
+def test_a_database_restart_mid_run_loses_nothing(
+    runners: list[Runner], shared: RunStore, restart_postgres: object
+) -> None:
+    a, _ = runners
+    write_tests(a.project, "slow", SLOW.format(seconds=6))
+    proc = a.start("--lrun-machine=m1", "slow")
+    _wait_running(shared)
+    restart_postgres()  # type: ignore[operator]
+    out, _ = proc.communicate(timeout=180)
+    assert "Traceback" not in out and "INTERNALERROR" not in out, out
+    # Whether the runner saw the outage or not, the run ends with its real result (gc settles it).
+    code, gc_out = a.lrun("gc")
+    assert code == 0, gc_out
+    wait_for(lambda: all(run.status.is_terminal for run in shared.list()), "the run to be settled", 120)
+    (run,) = shared.list()
+    assert run.status is Status.COMPLETED, (run, out)
