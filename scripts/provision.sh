@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Make the Docker Engines and images that pytest-lrun's demo and test suite need.
 #
-# Idempotent: installs Debian's docker.io, busybox-static and debootstrap when
+# Idempotent: installs Debian's docker.io, busybox-static, debootstrap and pip when
 # missing, starts a first engine on the default socket when none answers, and a
 # second engine on its own socket/data-root/exec-root (the second named machine
 # of the multi-machine tests) that also listens on tcp://127.0.0.1:2376 with
 # mutual TLS (certificates made here with openssl), then builds the test images
-# on both engines from local root filesystems (no image registry is needed).
+# on both engines from local root filesystems (no image registry is needed):
+# lrun-busybox, lrun-python:bookworm (Debian's Python 3.11 and pytest 7.2) and
+# lrun-python-current (the same rootfs with a current pytest, >= 8, installed on
+# the host with pip into its /usr/local; the containers need no network).
 # Rootfs tarballs and TLS material are cached under $LRUN_CACHE_DIR so a rerun
-# skips debootstrap.
+# skips debootstrap and pip.
 #
 # Also installs Debian's postgresql when missing and, with scripts/pg.sh, runs
 # the test suite's own cluster on 127.0.0.1:$LRUN_POSTGRES_PORT (default 55432;
@@ -28,6 +31,7 @@ ENGINE2_TLS=${LRUN_ENGINE2_TLS:-127.0.0.1:2376}
 CACHE_DIR=${LRUN_CACHE_DIR:-/var/cache/lrun}
 BUSYBOX_IMAGE=lrun-busybox:latest
 PYTHON_IMAGE=lrun-python:bookworm
+PYTHON_CURRENT_IMAGE=lrun-python-current:latest
 # Exported so that scripts/pg.sh, here and when the tests restart the database, finds the same cluster.
 export LRUN_POSTGRES_DIR=${LRUN_POSTGRES_DIR:-/var/lib/lrun-postgres}
 export LRUN_POSTGRES_PORT=${LRUN_POSTGRES_PORT:-55432}
@@ -47,6 +51,7 @@ install_packages() {
   command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
   [ -x /bin/busybox ] || missing+=(busybox-static)
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   if [ ${#missing[@]} -gt 0 ]; then
     need_root "installing ${missing[*]}"
@@ -168,6 +173,27 @@ python_rootfs() {
   echo "$tar"
 }
 
+# python_current_rootfs PYTHON_TARBALL: that rootfs plus pytest >= 8 in /usr/local (ahead of Debian's 7.2 on sys.path).
+python_current_rootfs() {
+  local base=$1 tar=$CACHE_DIR/python-current-rootfs.tar
+  if [ ! -s "$tar" ]; then
+    need_root "unpacking the Python rootfs"
+    log "building the current-pytest rootfs (pip on the host; pure-Python wheels for the image's Python 3.11)"
+    local dir
+    dir=$(mktemp -d)
+    tar -C "$dir" -xf "$base"
+    local site=$dir/usr/local/lib/python3.11/dist-packages
+    # Wheels only, chosen for the image's Python, not the host's; no scripts (their shebang is the host's).
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-compile --only-binary=:all: \
+      --python-version 3.11 --implementation py --target "$site" 'pytest>=8' >&2 \
+      || { rm -rf "$dir"; log "pip could not fetch pytest>=8 for the current-pytest image"; exit 1; }
+    rm -rf "$site/bin"
+    tar -C "$dir" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+    rm -rf "$dir"
+  fi
+  echo "$tar"
+}
+
 # build_image SOCKET IMAGE TARBALL: docker import TARBALL as IMAGE unless present.
 build_image() {
   local sock=$1 image=$2 tar=$3
@@ -225,16 +251,18 @@ main() {
   tls_material
   start_engine "$ENGINE1_SOCK" engine1
   start_engine "$ENGINE2_SOCK" engine2
-  local bb py sock
+  local bb py pycur sock
   bb=$(busybox_rootfs)
   py=$(python_rootfs)
+  pycur=$(python_current_rootfs "$py")
   for sock in "$ENGINE1_SOCK" "$ENGINE2_SOCK"; do
     build_image "$sock" "$BUSYBOX_IMAGE" "$bb"
     build_image "$sock" "$PYTHON_IMAGE" "$py"
+    build_image "$sock" "$PYTHON_CURRENT_IMAGE" "$pycur"
   done
   local pg_url
   pg_url=$(start_postgres)
-  log "ready: engines $ENGINE1_SOCK $ENGINE2_SOCK, images $BUSYBOX_IMAGE $PYTHON_IMAGE, PostgreSQL 127.0.0.1:$LRUN_POSTGRES_PORT"
+  log "ready: engines $ENGINE1_SOCK $ENGINE2_SOCK, images $BUSYBOX_IMAGE $PYTHON_IMAGE $PYTHON_CURRENT_IMAGE, PostgreSQL 127.0.0.1:$LRUN_POSTGRES_PORT"
   echo "export LRUN_TEST_ENGINES=unix://$ENGINE1_SOCK,unix://$ENGINE2_SOCK"
   echo "export LRUN_TEST_TLS_ENGINE=tcp://$ENGINE2_TLS LRUN_TEST_TLS_DIR=$CACHE_DIR/tls"
   echo "export LRUN_TEST_POSTGRES=$pg_url LRUN_POSTGRES_DIR=$LRUN_POSTGRES_DIR LRUN_POSTGRES_PORT=$LRUN_POSTGRES_PORT"
