@@ -1,0 +1,174 @@
+"""The PostgreSQL store's shared results: each terminal run's JUnit XML, log and artifacts, in chunks.
+
+A runner that never ran a run reports it from what the runner that ran it saved
+here (:meth:`PostgresStore.save_result <pytest_lrun.store.postgres.PostgresStore.save_result>`,
+``load_result``). This module owns two tables (created by the store's migrations)::
+
+    lrun_result_chunks(run_id, part, seq, data)            a part's bytes, CHUNK_BYTES per row
+    lrun_result_parts(run_id, part, size, chunks, digest)  one row per part: its size, chunk
+                                                           count and xxh3-128 digest
+
+A part is ``junit`` (the inner JUnit XML), ``logs`` (the capped log) or
+``artifacts`` (a tar of the run's artifacts folder, made by
+:func:`~pytest_lrun.archive.pack`). Rules:
+
+* Host memory stays flat: a part goes up and comes down one chunk at a time
+  (the artifacts tar itself is spooled to disk past a few MiB).
+* Chunks first, part row second, in one transaction: a reader never sees a part
+  whose bytes are not all there.
+* A part comes down into a temporary file of the run's folder (a leftover name the
+  sweep knows), its digest is checked, and only then does it take its place; the
+  artifacts are extracted with :func:`~pytest_lrun.archive.safe_extract` and its
+  caps, as they were from the container. A digest that does not match is a
+  :class:`~pytest_lrun.errors.StoreError` and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+import xxhash
+
+from ..archive import pack, safe_extract
+from ..errors import StoreError
+from ..fsutil import make_private_dir, remove_tree
+from ..layout import TMP_SUFFIX, RunFiles
+
+__all__ = ["CHUNK_BYTES", "SCHEMA_V1", "load", "save"]
+
+#: The size of one stored chunk (the last one of a part may be shorter).
+CHUNK_BYTES = 1024 * 1024
+
+SCHEMA_V1 = (
+    """CREATE TABLE lrun_result_chunks (
+        run_id text NOT NULL REFERENCES lrun_runs (id) ON DELETE CASCADE,
+        part text NOT NULL,
+        seq integer NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (run_id, part, seq))""",
+    """CREATE TABLE lrun_result_parts (
+        run_id text NOT NULL REFERENCES lrun_runs (id) ON DELETE CASCADE,
+        part text NOT NULL CHECK (part IN ('junit', 'logs', 'artifacts')),
+        size bigint NOT NULL,
+        chunks integer NOT NULL,
+        digest text NOT NULL,
+        PRIMARY KEY (run_id, part))""",
+)
+
+Connection = psycopg.Connection[Any]
+
+
+def save(conn: Connection, run_id: str, files: RunFiles) -> None:
+    """Store this host's result files of ``run_id`` (those that exist), replacing any stored before."""
+    with contextlib.ExitStack() as stack:
+        sources: list[tuple[str, IO[bytes]]] = []
+        for part, path in (("junit", files.junit), ("logs", files.logs)):
+            with contextlib.suppress(FileNotFoundError):
+                sources.append((part, stack.enter_context(path.open("rb"))))
+        if files.artifacts.is_dir():
+            sources.append(("artifacts", stack.enter_context(pack(files.artifacts, _tree(files.artifacts)))))
+        with conn.transaction():
+            conn.execute("DELETE FROM lrun_result_parts WHERE run_id = %s", (run_id,))
+            conn.execute("DELETE FROM lrun_result_chunks WHERE run_id = %s", (run_id,))
+            for part, source in sources:
+                digest, size, seq = xxhash.xxh3_128(), 0, 0
+                while chunk := source.read(CHUNK_BYTES):
+                    conn.execute(
+                        "INSERT INTO lrun_result_chunks (run_id, part, seq, data) VALUES (%s, %s, %s, %s)",
+                        (run_id, part, seq, chunk),
+                    )
+                    digest.update(chunk)
+                    size += len(chunk)
+                    seq += 1
+                conn.execute(
+                    "INSERT INTO lrun_result_parts (run_id, part, size, chunks, digest) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    (run_id, part, size, seq, digest.hexdigest()),
+                )
+
+
+def load(conn: Connection, run_id: str, files: RunFiles, location: str) -> None:
+    """Fill ``files`` with the stored parts of ``run_id`` whose local copy is absent.
+
+    :raises StoreError: a stored part is incomplete or its digest does not match
+    """
+    targets = {"junit": files.junit, "logs": files.logs, "artifacts": files.artifacts}
+    with conn.transaction():
+        # One snapshot for the part rows and their chunks, whatever is saved meanwhile.
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        parts = conn.execute(
+            "SELECT part, size, chunks, digest FROM lrun_result_parts WHERE run_id = %s ORDER BY part",
+            (run_id,),
+        ).fetchall()
+        for part, size, chunks, digest in parts:
+            target = targets[part]
+            if target.exists():
+                continue
+            make_private_dir(files.dir)
+            spool = files.dir / f".{part}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+            try:
+                _download(conn, run_id, part, chunks, spool)
+                _check(spool, size, digest, f"store {location}: the stored {part} of run {run_id}")
+                if part == "artifacts":
+                    _unpack(spool, target)
+                else:
+                    os.replace(spool, target)
+            finally:
+                spool.unlink(missing_ok=True)
+
+
+def _download(conn: Connection, run_id: str, part: str, chunks: int, spool: Path) -> None:
+    with spool.open("xb") as out:
+        for seq in range(chunks):
+            # One row per query: a client-side cursor would hold every chunk of the part.
+            row = conn.execute(
+                "SELECT data FROM lrun_result_chunks WHERE run_id = %s AND part = %s AND seq = %s",
+                (run_id, part, seq),
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"the stored {part} of run {run_id} lacks chunk {seq} of {chunks}")
+            out.write(row[0])
+
+
+def _check(spool: Path, size: int, digest: str, what: str) -> None:
+    actual = xxhash.xxh3_128()
+    with spool.open("rb") as source:
+        for chunk in _chunks(source):
+            actual.update(chunk)
+    got_size = spool.stat().st_size
+    if got_size != size or actual.hexdigest() != digest:
+        raise StoreError(
+            f"{what} is corrupt: {got_size} bytes with digest {actual.hexdigest()}, "
+            f"stored as {size} bytes with digest {digest}; run it again to store a good copy"
+        )
+
+
+def _unpack(spool: Path, target: Path) -> None:
+    """Extract the artifacts tar next to ``target``, then move it into place whole."""
+    staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    try:
+        with spool.open("rb") as source:
+            safe_extract(_chunks(source), staging)
+        os.rename(staging, target)
+    finally:
+        remove_tree(staging)
+
+
+def _chunks(source: IO[bytes]) -> Iterator[bytes]:
+    while chunk := source.read(CHUNK_BYTES):
+        yield chunk
+
+
+def _tree(root: Path) -> list[str]:
+    """Every path under ``root``, relative and ``/``-separated (symlinks listed, never followed)."""
+    found: list[str] = []
+    for current, dirs, names in os.walk(root):
+        rel = Path(current).relative_to(root)
+        found.extend((rel / name).as_posix() for name in (*dirs, *names))
+    return found
