@@ -2,6 +2,7 @@
 
 Test modules are imported in importlib mode, under names a spawned child cannot
 import; this module sits on ``pythonpath`` (``tests``), which children inherit.
+A child opens its own store from a :class:`StoreSpec`, so one body serves every backend.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
-from pytest_lrun.plan import load_plan
-from pytest_lrun.store import FileStore, Run
+from pytest_lrun.plan import Plan, load_plan
+from pytest_lrun.store import FileStore, Run, RunStore
 
 WAIT_S = 60.0  # bound on every barrier, queue and join wait
 
@@ -25,36 +28,105 @@ MODES: dict[str, Callable[[int], tuple[str, str]]] = {
     "different-machines": lambda i: (f"m{i}", "k"),
 }
 
+#: A plan of four entries: two directories on two machines.
+MATRIX_PLAN = '[matrix]\ndirs = ["passing", "failing"]\nmachines = ["m1", "m2"]\n'
+
+
+def write_plan(root: Path, text: str = MATRIX_PLAN) -> Plan:
+    """``root/plan.toml`` holding ``text`` (beside its ``passing`` and ``failing`` dirs), loaded."""
+    for name in ("passing", "failing"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    path = root / "plan.toml"
+    path.write_text(text)
+    return load_plan(path)
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """How to open a store of one backend in any process (picklable: spawned children get it).
+
+    ``backend`` is ``"files"`` (the records live in ``state_dir``) or ``"postgres"`` (in the
+    database at ``url``; ``state_dir`` holds this runner's files).
+    """
+
+    backend: str
+    state_dir: str
+    url: str | None = None
+
+    def open(self) -> RunStore:
+        """A new store object on the records, with this spec's state dir."""
+        return self._open(self.state_dir)
+
+    def another_runner(self) -> RunStore:
+        """A second store object on the same records, as another CI runner opens it.
+
+        The file store shares records only through its state dir; a database store gets a
+        state dir of its own, as a runner on another host has.
+        """
+        if self.backend == "files":
+            return self._open(self.state_dir)
+        return self._open(f"{self.state_dir}-other-runner")
+
+    def _open(self, state_dir: str) -> RunStore:
+        if self.backend == "files":
+            return FileStore(state_dir, durable=False)
+        assert self.backend == "postgres" and self.url is not None, self
+        # Imported here, so the file store's tests run wherever the database store cannot load.
+        from pytest_lrun.store.postgres import PostgresStore
+
+        return PostgresStore(self.url, Path(state_dir))
+
 
 def contend(
-    state_dir: str, mode: str, worker: int, rounds: int, barrier: Any, report: Callable[[Any], None]
+    spec: StoreSpec, mode: str, worker: int, rounds: int, barrier: Any, report: Callable[[Any], None]
 ) -> None:
     """Body shared by the process and thread workers: one prepare per round, all released together."""
     try:
-        store = FileStore(state_dir)
-        machine, key = MODES[mode](worker)
-        for round_no in range(rounds):
-            barrier.wait(WAIT_S)
-            run, outcome = store.prepare(machine, key, lambda: Run(test_dir=f"/src/{key}"))
-            report((round_no, worker, outcome.value, run.id, os.getpid()))
+        store = spec.open()
+        try:
+            machine, key = MODES[mode](worker)
+            for round_no in range(rounds):
+                barrier.wait(WAIT_S)
+                run, outcome = store.prepare(machine, key, lambda: Run(test_dir=f"/src/{key}"))
+                report((round_no, worker, outcome.value, run.id, os.getpid()))
+        finally:
+            store.close()
     except BaseException:
         report(("error", worker, traceback.format_exc()))
         barrier.abort()
 
 
-def process_worker(state_dir: str, mode: str, worker: int, rounds: int, barrier: Any, results: Any) -> None:
-    contend(state_dir, mode, worker, rounds, barrier, results.put)
+def process_worker(spec: StoreSpec, mode: str, worker: int, rounds: int, barrier: Any, results: Any) -> None:
+    contend(spec, mode, worker, rounds, barrier, results.put)
 
 
-def hold_lock_until_killed(state_dir: str, holding: Any) -> None:
-    store = FileStore(state_dir)
+def hold_prepare_until_killed(spec: StoreSpec, holding: Any) -> None:
+    """Stop inside ``prepare``'s critical section (in ``make``) until SIGKILLed."""
+    store = spec.open()
 
-    def make() -> Run:  # runs inside prepare's critical section, i.e. with the machine lock held
+    def make() -> Run:  # runs inside prepare's critical section, i.e. with the machine locked
         holding.set()
         time.sleep(600)
         return Run(test_dir="/never")
 
     store.prepare("m", "k-dead", make)
+
+
+def hold_watch_until_killed(spec: StoreSpec, run_id: str, holding: Any) -> None:
+    """Hold run ``run_id``'s watch lock until SIGKILLed."""
+    store = spec.open()
+    with store.watching(run_id) as held:
+        if held:
+            holding.set()
+        time.sleep(600)
+
+
+def create_until_killed(spec: StoreSpec, results: Any) -> None:
+    """Create a run on machine ``m``, report its id, and live on until SIGKILLed."""
+    store = spec.open()
+    run, outcome = store.prepare("m", "k", lambda: Run(test_dir="/src/k"))
+    results.put((outcome.value, run.id, os.getpid()))
+    time.sleep(600)
 
 
 def reap_processes(procs: Sequence[BaseProcess]) -> None:
@@ -70,16 +142,22 @@ def reap_processes(procs: Sequence[BaseProcess]) -> None:
 
 
 def record_worker(
-    state_dir: str, plan_path: str, worker: int, entries: int, barrier: Any, results: Any
+    spec: StoreSpec, plan_path: str, worker: int, run_ids: list[str], barrier: Any, results: Any
 ) -> None:
-    """Join batch ``ci-race`` and record this worker's entries, all workers released together."""
+    """Join batch ``ci-race`` and record entry ``w<worker>-e<n>`` as ``run_ids[n]``.
+
+    All workers are released together.
+    """
     try:
         plan = load_plan(plan_path)
-        store = FileStore(state_dir, durable=False).batches
-        barrier.wait(WAIT_S)
-        store.open(plan, "ci-race")
-        for n in range(entries):
-            store.record("ci-race", f"w{worker}-e{n}", f"20250101T000000-{worker:04x}{n:04x}")
+        store = spec.open()
+        try:
+            barrier.wait(WAIT_S)
+            store.batches.open(plan, "ci-race")
+            for n, run_id in enumerate(run_ids):
+                store.batches.record("ci-race", f"w{worker}-e{n}", run_id)
+        finally:
+            store.close()
         results.put(("ok", worker, os.getpid()))
     except BaseException:
         results.put(("error", worker, traceback.format_exc()))
