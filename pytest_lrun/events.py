@@ -1,0 +1,444 @@
+"""The inner reporter's events on the host: wiring the reporter into a run, and reading its output.
+
+The reporter (``pytest_lrun/inner/lrun_reporter.py``, shipped as
+``/lrun/lrun_reporter.py``) writes each event as one line of the container's
+output; its docstring describes the kinds. This module owns the other half:
+
+* :func:`reporter_file` and :func:`reporter_wiring` give what a run needs to load
+  the reporter (the file for the upload, the ``-p`` arguments, the environment)
+  and :func:`new_token` the per-run token;
+* :class:`EventParser` splits the output, fed in chunks as the engine streams it,
+  into the human log (every valid event line removed) and typed events;
+  :func:`parse_log` does the same for a whole stored log (replay).
+
+A line is an event only when it carries this run's token: ``\\x1e`` ``lrun:``
+TOKEN, a space, a JSON object of at most :data:`MAX_EVENT_BYTES`, ``\\n``. The
+``\\x1e`` may come mid-line (the reporter writes between pytest's progress dots);
+what precedes it is output. Anything else -- another token, no token, a line cut
+off by the end of the stream -- is output, byte for byte. A line with the right
+token that is not a valid event (bad JSON, a wrong field, too long) is output too
+and counts one warning: a broken reporter line never raises here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal, TypeAlias, cast
+
+# The most JSON one event may carry; equal to the reporter's own constant (a unit test checks).
+MAX_EVENT_BYTES = 1024 * 1024
+MARKER = b"\x1elrun:"
+TOKEN_VARIABLE = "LRUN_EVENT_TOKEN"
+REPORTER_MODULE = "lrun_reporter"
+REPORTER_DIR = "/lrun"  # where the upload puts the reporter in the container
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+When: TypeAlias = Literal["setup", "call", "teardown"]
+PhaseOutcome: TypeAlias = Literal["passed", "failed", "skipped"]
+Location: TypeAlias = tuple[str, int | None, str]
+"""pytest's ``(path, 0-based line or None, domain)`` of a test."""
+
+
+def new_token() -> str:
+    """A fresh random token for one run (hex: safe in an environment value and in a log line)."""
+    return secrets.token_hex(16)
+
+
+def reporter_file() -> tuple[str, bytes]:
+    """The reporter as the upload archive carries it: (path relative to the container's ``/``, bytes)."""
+    source = resources.files("pytest_lrun.inner").joinpath(f"{REPORTER_MODULE}.py")
+    return f"{REPORTER_DIR.lstrip('/')}/{REPORTER_MODULE}.py", source.read_bytes()
+
+
+@dataclass(frozen=True)
+class ReporterWiring:
+    """What an inner pytest command needs to load the reporter."""
+
+    args: tuple[str, ...]
+    """Put right after ``pytest`` (or ``python -m pytest``) in the inner command."""
+    env: dict[str, str]
+    """Add to the container's environment."""
+
+
+def reporter_wiring(token: str, *, image_pythonpath: str | None = None) -> ReporterWiring:
+    """The ``-p`` arguments and environment that load the reporter with ``token``.
+
+    ``image_pythonpath`` is the image's own ``PYTHONPATH``, if it sets one: the
+    container's value replaces the image's, so it is kept after ``/lrun``.
+    """
+    _check_token(token)
+    pythonpath = f"{REPORTER_DIR}:{image_pythonpath}" if image_pythonpath else REPORTER_DIR
+    return ReporterWiring(args=("-p", REPORTER_MODULE), env={"PYTHONPATH": pythonpath, TOKEN_VARIABLE: token})
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SkipInfo:
+    """A skip's place and reason (pytest's ``(path, lineno, reason)`` longrepr tuple)."""
+
+    path: str
+    lineno: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class CollectError:
+    """A collector that failed (an import error, a syntax error) and its text."""
+
+    nodeid: str
+    longrepr: str
+
+
+@dataclass(frozen=True)
+class CollectSkip:
+    """A collector that skipped (a module-level ``pytest.skip``)."""
+
+    nodeid: str
+    skip: SkipInfo
+
+
+@dataclass(frozen=True)
+class Collected:
+    """The inner collection: node ids in pytest's order; ``n`` is that of its last part."""
+
+    n: int
+    nodeids: tuple[str, ...]
+    errors: tuple[CollectError, ...]
+    skipped: tuple[CollectSkip, ...]
+
+
+@dataclass(frozen=True)
+class Start:
+    """A test started (``pytest_runtest_logstart``)."""
+
+    n: int
+    nodeid: str
+    location: Location | None
+
+
+@dataclass(frozen=True)
+class PhaseReport:
+    """One phase of one test (``pytest_runtest_logreport``), enough to rebuild its ``TestReport``."""
+
+    n: int
+    nodeid: str
+    when: When
+    outcome: PhaseOutcome
+    duration: float
+    location: Location | None
+    longrepr: str | None
+    """The report's text (a skip's reason for a skip); long texts are cut with a marker."""
+    skip: SkipInfo | None
+    """Set when the inner longrepr was a skip tuple."""
+    sections: tuple[tuple[str, str], ...]
+    """Captured output: ``("Captured stdout call", text)`` and so on."""
+    wasxfail: str | None
+    """None when the report has no ``wasxfail`` (it may be ``""``: an xfail without a reason)."""
+    keywords: tuple[str, ...]
+    user_properties: tuple[tuple[str, str], ...]
+    start: float | None
+    stop: float | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The inner session ended (``pytest_sessionfinish``)."""
+
+    n: int
+    exitstatus: int
+    counts: dict[str, int]
+    """What pytest's summary counts: ``passed``, ``failed``, ``error``, ``xfailed``, ``deselected``..."""
+    interrupt: str | None
+    """The traceback where SIGINT (a timeout, a cancel) stopped the session, or None."""
+
+
+Event: TypeAlias = Collected | Start | PhaseReport | Finished
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A piece of container output, split: the human log bytes and the events, in order."""
+
+    output: bytes
+    events: tuple[Event, ...]
+    warnings: int
+    """Lines with the right token that were no valid event (they stay in ``output``)."""
+
+
+class _Malformed(Exception):
+    """An event line with this run's token whose JSON is not a valid event."""
+
+
+class _Fields:
+    """One event's JSON object, read with type checks: any surprise is :class:`_Malformed`."""
+
+    def __init__(self, data: object) -> None:
+        if not isinstance(data, dict):
+            raise _Malformed("not an object")
+        self._data: dict[str, object] = data
+
+    def get(self, key: str) -> object:
+        if key not in self._data:
+            raise _Malformed(f"no {key!r}")
+        return self._data[key]
+
+    def text(self, key: str) -> str:
+        return _as_str(self.get(key))
+
+    def opt_text(self, key: str) -> str | None:
+        value = self._data.get(key)
+        return None if value is None else _as_str(value)
+
+    def integer(self, key: str) -> int:
+        return _as_int(self.get(key))
+
+    def number(self, key: str) -> float:
+        return _as_number(self.get(key))
+
+    def opt_number(self, key: str) -> float | None:
+        value = self._data.get(key)
+        return None if value is None else _as_number(value)
+
+    def items(self, key: str) -> list[object]:
+        return _as_list(self.get(key))
+
+    def flag(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise _Malformed(f"{key!r} is not a boolean")
+        return value
+
+
+def _as_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Malformed(f"{value!r} is not a string")
+    return value
+
+
+def _as_int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Malformed(f"{value!r} is not an integer")
+    return value
+
+
+def _as_opt_int(value: object) -> int | None:
+    return None if value is None else _as_int(value)
+
+
+def _as_number(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _Malformed(f"{value!r} is not a number")
+    return float(value)
+
+
+def _as_list(value: object, length: int | None = None) -> list[object]:
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        raise _Malformed(f"{value!r} is not a list" + (f" of {length}" if length is not None else ""))
+    return value
+
+
+def _pair(value: object) -> tuple[str, str]:
+    first, second = _as_list(value, 2)
+    return _as_str(first), _as_str(second)
+
+
+def _location(value: object) -> Location | None:
+    if value is None:
+        return None
+    path, lineno, domain = _as_list(value, 3)
+    return _as_str(path), _as_opt_int(lineno), _as_str(domain)
+
+
+def _skip(value: object) -> SkipInfo | None:
+    if value is None:
+        return None
+    path, lineno, reason = _as_list(value, 3)
+    return SkipInfo(_as_str(path), _as_opt_int(lineno), _as_str(reason))
+
+
+def _choice(value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise _Malformed(f"{value!r} is not one of {allowed}")
+    return value
+
+
+def _start(f: _Fields) -> Start:
+    return Start(n=f.integer("n"), nodeid=f.text("nodeid"), location=_location(f.get("location")))
+
+
+def _report(f: _Fields) -> PhaseReport:
+    skip = _skip(f.get("skip"))
+    return PhaseReport(
+        n=f.integer("n"),
+        nodeid=f.text("nodeid"),
+        when=cast(When, _choice(f.text("when"), ("setup", "call", "teardown"))),
+        outcome=cast(PhaseOutcome, _choice(f.text("outcome"), ("passed", "failed", "skipped"))),
+        duration=f.number("duration"),
+        location=_location(f.get("location")),
+        longrepr=f.opt_text("longrepr"),
+        skip=skip,
+        sections=tuple(_pair(s) for s in f.items("sections")),
+        wasxfail=f.opt_text("wasxfail"),
+        keywords=tuple(_as_str(k) for k in f.items("keywords")),
+        user_properties=tuple(_pair(p) for p in f.items("user_properties")),
+        start=f.opt_number("start"),
+        stop=f.opt_number("stop"),
+    )
+
+
+def _finished(f: _Fields) -> Finished:
+    counts = f.get("counts")
+    if not isinstance(counts, dict):
+        raise _Malformed("'counts' is not an object")
+    return Finished(
+        n=f.integer("n"),
+        exitstatus=f.integer("exitstatus"),
+        counts={_as_str(k): _as_int(v) for k, v in counts.items()},
+        interrupt=f.opt_text("interrupt"),
+    )
+
+
+def _collected_part(f: _Fields) -> Collected:
+    errors = []
+    for item in f.items("errors"):
+        error = _Fields(item)
+        errors.append(CollectError(nodeid=error.text("nodeid"), longrepr=error.text("longrepr")))
+    skipped = []
+    for item in f.items("skipped"):
+        skip = _Fields(item)
+        info = _skip(skip.get("skip"))
+        if info is None:
+            raise _Malformed("a collect skip without its reason")
+        skipped.append(CollectSkip(nodeid=skip.text("nodeid"), skip=info))
+    return Collected(
+        n=f.integer("n"),
+        nodeids=tuple(_as_str(i) for i in f.items("nodeids")),
+        errors=tuple(errors),
+        skipped=tuple(skipped),
+    )
+
+
+def _check_token(token: str) -> None:
+    if not _TOKEN_RE.fullmatch(token):
+        raise ValueError(f"an event token is letters, digits, '-' and '_', not {token!r}")
+
+
+class EventParser:
+    """Splits one run's output, chunk by chunk, into the human log and events (module docstring).
+
+    Output is returned as soon as it cannot be the start of an event line; only
+    bytes from a ``\\x1e`` that may begin this run's event wait for the rest of
+    their line (at most :data:`MAX_EVENT_BYTES` of JSON, then they are output).
+    """
+
+    def __init__(self, token: str) -> None:
+        _check_token(token)
+        self._prefix = MARKER + token.encode("ascii") + b" "
+        self._held = b""
+        self._parts: list[Collected] = []
+        self.warnings = 0
+        """Warnings so far, over every :meth:`feed` and :meth:`close`."""
+
+    def feed(self, chunk: bytes) -> Parsed:
+        """The output and events that ``chunk`` (after what was fed before) completes."""
+        data, self._held = self._held + chunk, b""
+        return self._scan(data, final=False)
+
+    def close(self) -> Parsed:
+        """The end of the stream: held bytes (a cut-off line) are output; an unfinished event warns."""
+        data, self._held = self._held, b""
+        parsed = self._scan(data, final=True)
+        if self._parts:  # a collection whose last part never came
+            self._parts = []
+            self.warnings += 1
+            return Parsed(parsed.output, parsed.events, parsed.warnings + 1)
+        return parsed
+
+    def _scan(self, data: bytes, *, final: bool) -> Parsed:
+        prefix = self._prefix
+        output = bytearray()
+        events: list[Event] = []
+        warnings = 0
+        pos = 0
+        while True:
+            start = data.find(MARKER[:1], pos)
+            if start < 0:
+                output += data[pos:]
+                break
+            output += data[pos:start]
+            head = data[start : start + len(prefix)]
+            if head != prefix:
+                if not final and len(head) < len(prefix) and prefix.startswith(head):
+                    self._held = data[start:]  # maybe this run's event: wait for more
+                    break
+                output += data[start : start + 1]
+                pos = start + 1
+                continue
+            end = data.find(b"\n", start + len(prefix))
+            if end < 0:
+                if final or len(data) - start - len(prefix) > MAX_EVENT_BYTES:
+                    output += data[start:]  # cut off, or longer than any event: output
+                    warnings += 1
+                else:
+                    self._held = data[start:]
+                break
+            pos = end + 1
+            try:
+                event = self._decode(data[start + len(prefix) : end])
+            except _Malformed:
+                output += data[start:pos]
+                warnings += 1
+                continue
+            if event is not None:
+                events.append(event)
+        self.warnings += warnings
+        return Parsed(bytes(output), tuple(events), warnings)
+
+    def _decode(self, payload: bytes) -> Event | None:
+        """The event ``payload`` carries; None when it is a collection part that more parts follow."""
+        if len(payload) > MAX_EVENT_BYTES:
+            raise _Malformed("longer than an event may be")
+        try:
+            fields = _Fields(json.loads(payload))
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            raise _Malformed(str(e)) from e
+        kind = fields.text("e")
+        if kind == "start":
+            return _start(fields)
+        if kind == "report":
+            return _report(fields)
+        if kind == "finish":
+            return _finished(fields)
+        if kind != "collected":
+            raise _Malformed(f"unknown event kind {kind!r}")
+        part = _collected_part(fields)
+        more = fields.flag("more")
+        self._parts.append(part)
+        if more:
+            return None
+        parts, self._parts = self._parts, []
+        return Collected(
+            n=part.n,
+            nodeids=tuple(i for p in parts for i in p.nodeids),
+            errors=tuple(e for p in parts for e in p.errors),
+            skipped=tuple(s for p in parts for s in p.skipped),
+        )
+
+
+def parse_log(chunks: bytes | Iterable[bytes], token: str) -> Parsed:
+    """A whole stored log (one bytes or its chunks) split as :class:`EventParser` does (replay)."""
+    parser = EventParser(token)
+    output = bytearray()
+    events: list[Event] = []
+    pieces = [parser.feed(chunk) for chunk in ([chunks] if isinstance(chunks, bytes) else chunks)]
+    for parsed in [*pieces, parser.close()]:
+        output += parsed.output
+        events += parsed.events
+    return Parsed(bytes(output), tuple(events), parser.warnings)

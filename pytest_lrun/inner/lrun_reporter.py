@@ -1,0 +1,234 @@
+"""pytest-lrun's inner reporter: the container's pytest reports each test to the host as it happens.
+
+Shipped in a run's upload as ``/lrun/lrun_reporter.py`` and loaded with
+``-p lrun_reporter`` (``PYTHONPATH=/lrun``); nothing is installed in the image.
+It runs with the image's Python (>= 3.8) and pytest (>= 7.0), so it imports only
+the standard library and pytest, never pytest_lrun.
+
+With ``LRUN_EVENT_TOKEN`` in the environment, it writes one event per line to the
+process's original standard output::
+
+    \\x1e lrun:<token> <compact JSON>\\n      (no spaces around "lrun:"; one space before the JSON)
+
+Each JSON object has ``"e"`` (its kind) and ``"n"`` (0, 1, 2, ... in the order
+written). The kinds, and the host's parser, are in ``pytest_lrun/events.py``:
+
+* ``collected`` after collection: ``nodeids``, ``errors`` (failed collectors with
+  their text), ``skipped`` (skipped collectors with their reason) and ``more``: a
+  long collection is split into several ``collected`` parts, all but the last with
+  ``"more": true``;
+* ``start`` when a test starts (``pytest_runtest_logstart``): ``nodeid``, ``location``;
+* ``report`` for each phase (``pytest_runtest_logreport``): ``nodeid``, ``when``,
+  ``outcome``, ``duration``, ``location``, ``longrepr`` (text), ``skip`` (the
+  ``[path, lineno, reason]`` of a skip), ``sections`` (captured output),
+  ``wasxfail`` (only when the report has it), ``keywords``, ``user_properties``,
+  ``start``/``stop`` (when pytest records them);
+* ``finish`` at the end (``pytest_sessionfinish``): ``exitstatus``, ``counts`` (the
+  categories pytest's own summary counts) and ``interrupt`` (the traceback of a
+  Ctrl-C/SIGINT, or null).
+
+Why this way:
+
+* The standard output is duplicated when this module is imported, which ``-p``
+  does before pytest's capture redirects file descriptor 1, and events are
+  written with ``os.write`` on that duplicate: capture never swallows them, and
+  nothing buffers them behind the test's own output.
+* Events may land in the middle of pytest's progress line (``test_x.py ..``): the
+  host looks for ``\\x1e`` anywhere in a line and keeps what precedes it as output.
+* The token is removed from ``os.environ`` on import, so the tests (and any
+  pytest they start, such as xdist's workers) cannot read it from there, and a
+  line printed by a test is never taken for an event by accident.
+* An event's JSON is at most ``MAX_EVENT_BYTES``: long texts are cut in the
+  middle with a marker, so one test cannot flood the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+# Kept equal to pytest_lrun.events.MAX_EVENT_BYTES (a unit test checks): this file cannot import it.
+MAX_EVENT_BYTES = 1024 * 1024
+TOKEN_VARIABLE = "LRUN_EVENT_TOKEN"
+MARKER = b"\x1elrun:"
+# A collection error's text may use this much of a `collected` part, so that many fit in one.
+COLLECT_ERROR_CHARS = MAX_EVENT_BYTES // 8
+# Room for a `collected` part's own keys around its lists.
+PART_OVERHEAD = 256
+
+
+def _open_channel() -> tuple[str, int]:
+    """The token and a duplicate of the original stdout, or ("", -1): then the reporter stays silent."""
+    token = os.environ.pop(TOKEN_VARIABLE, "")
+    if not token:
+        return "", -1
+    try:
+        return token, os.dup(1)
+    except OSError:  # no stdout at all: nowhere to report to
+        return "", -1
+
+
+_TOKEN, _FD = _open_channel()
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` at most about ``limit`` characters: its head and tail around a marker saying how much went."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}\n[lrun: {len(text) - 2 * keep} characters cut]\n{text[len(text) - keep :]}"
+
+
+def _shrink(value: Any, limit: int) -> Any:
+    """``value`` with every string cut to ``limit`` characters and every list to ``limit`` items."""
+    if isinstance(value, str):
+        return _cut(value, limit)
+    if isinstance(value, dict):
+        return {key: _shrink(item, limit) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shrink(item, limit) for item in value[:limit]]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    # ASCII only: its length is its size in bytes, and any byte the test printed survives the trip.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+
+
+def encode(event: dict[str, Any]) -> str:
+    """``event`` as JSON of at most ``MAX_EVENT_BYTES``: its longest texts cut until it fits."""
+    data = _dumps(event)
+    limit = MAX_EVENT_BYTES
+    while len(data) > MAX_EVENT_BYTES and limit > 1:
+        limit //= 2
+        data = _dumps(_shrink(event, limit))
+    return data
+
+
+def _skip_info(longrepr: Any) -> list[Any] | None:
+    """A skip's ``[path, lineno, reason]``, when ``longrepr`` is pytest's skip tuple."""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return [str(longrepr[0]), longrepr[1], str(longrepr[2])]
+    return None
+
+
+def _location(location: Any) -> list[Any] | None:
+    if location is None:
+        return None
+    path, lineno, domain = location
+    return [str(path), lineno, str(domain)]
+
+
+class Reporter:
+    """Writes the events of one pytest session to ``fd`` (see the module docstring)."""
+
+    def __init__(self, config: pytest.Config, fd: int, token: str) -> None:
+        self._config = config
+        self._fd = fd
+        self._prefix = MARKER + token.encode("ascii") + b" "
+        self._n = 0
+        self._collect_errors: list[dict[str, Any]] = []
+        self._collect_skips: list[dict[str, Any]] = []
+        self._counts: dict[str, int] = {}
+        self._interrupt: str | None = None
+
+    def emit(self, kind: str, fields: dict[str, Any]) -> None:
+        """Write one event line, whole, straight to the duplicated stdout."""
+        if self._fd < 0:
+            return
+        event = {"e": kind, "n": self._n}
+        event.update(fields)
+        self._n += 1
+        view = memoryview(self._prefix + encode(event).encode("ascii") + b"\n")
+        try:
+            while view:  # a pipe may take a long line in several writes
+                view = view[os.write(self._fd, view) :]
+        except OSError:  # the host stopped reading: stay silent rather than fail the tests
+            self._fd = -1
+
+    def _count(self, category: str, by: int = 1) -> None:
+        self._counts[category] = self._counts.get(category, 0) + by
+
+    @pytest.hookimpl
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        # Counted as pytest's terminal counts them: a broken collector is an error.
+        if report.failed:
+            self._count("error")
+            text = _cut(str(report.longrepr), COLLECT_ERROR_CHARS)
+            self._collect_errors.append({"nodeid": report.nodeid, "longrepr": text})
+        elif report.skipped:
+            self._count("skipped")
+            skip = _skip_info(report.longrepr) or [report.fspath, None, str(report.longrepr)]
+            self._collect_skips.append({"nodeid": report.nodeid, "skip": skip})
+
+    @pytest.hookimpl
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self._count("deselected", len(items))
+
+    @pytest.hookimpl
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Emit the collection, in parts that each fit in an event."""
+        lists: dict[str, list[Any]] = {"nodeids": [], "errors": [], "skipped": []}
+        size = PART_OVERHEAD
+        items: list[tuple[str, Any]] = [("nodeids", item.nodeid) for item in session.items]
+        items += [("errors", error) for error in self._collect_errors]
+        items += [("skipped", skip) for skip in self._collect_skips]
+        for key, item in items:
+            item_size = len(_dumps(item)) + 1
+            if size + item_size > MAX_EVENT_BYTES and size > PART_OVERHEAD:
+                self.emit("collected", dict(lists, more=True))
+                lists = {"nodeids": [], "errors": [], "skipped": []}
+                size = PART_OVERHEAD
+            lists[key].append(item)
+            size += item_size
+        self.emit("collected", dict(lists, more=False))
+
+    @pytest.hookimpl
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        self.emit("start", {"nodeid": nodeid, "location": _location(location)})
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        status = self._config.hook.pytest_report_teststatus(report=report, config=self._config)
+        if status and status[0]:
+            self._count(status[0])
+        longrepr = report.longrepr
+        skip = _skip_info(longrepr)
+        fields: dict[str, Any] = {
+            "nodeid": report.nodeid,
+            "when": report.when,
+            "outcome": report.outcome,
+            "duration": report.duration,
+            "location": _location(report.location),
+            "longrepr": skip[2] if skip else (None if longrepr is None else str(longrepr)),
+            "skip": skip,
+            "sections": [[name, content] for name, content in report.sections],
+            "keywords": sorted(report.keywords),
+            "user_properties": [[str(name), str(value)] for name, value in report.user_properties],
+        }
+        if hasattr(report, "wasxfail"):
+            fields["wasxfail"] = str(report.wasxfail)
+        for stamp in ("start", "stop"):  # newer pytest only
+            value = getattr(report, stamp, None)
+            if isinstance(value, (int, float)):
+                fields[stamp] = value
+        self.emit("report", fields)
+
+    @pytest.hookimpl
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        # Where the test was when SIGINT came (a timeout, a cancel): the host names it.
+        self._interrupt = str(excinfo.getrepr(funcargs=True))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
+        fields = {"exitstatus": int(exitstatus), "counts": self._counts, "interrupt": self._interrupt}
+        self.emit("finish", fields)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the reporter when this process has a token (otherwise pytest runs as if it were absent)."""
+    if _FD >= 0:
+        config.pluginmanager.register(Reporter(config, _FD, _TOKEN), "lrun-reporter-session")
