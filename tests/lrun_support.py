@@ -23,6 +23,8 @@ from pytest_lrun.machines import Machine, MachineResolver, load_machine_tables
 
 DEFAULT_ENGINES = "unix:///var/run/docker.sock,unix:///var/run/lrun-docker2.sock"
 PYTHON_IMAGE = "lrun-python:bookworm"
+# The same Debian rootfs with a current pytest (>= 8) in /usr/local (scripts/provision.sh).
+PYTHON_CURRENT_IMAGE = "lrun-python-current:latest"
 BUSYBOX_IMAGE = "lrun-busybox:latest"
 
 
