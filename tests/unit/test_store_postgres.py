@@ -10,6 +10,7 @@ barriers and events, every wait bounded, and always reaped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -42,8 +43,9 @@ from pytest_lrun.errors import (
 )
 from pytest_lrun.plan import Plan, PlanEntry
 from pytest_lrun.store import Decision, Run, Status
+from pytest_lrun.store.pg_db import SCHEMA_VERSION, lock_id
 from pytest_lrun.store.pg_results import CHUNK_BYTES
-from pytest_lrun.store.postgres import SCHEMA_VERSION, PostgresStore, _lock_id
+from pytest_lrun.store.postgres import PostgresStore
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 
@@ -197,7 +199,7 @@ def test_wait_retries_a_busy_machine_until_it_frees(store: PostgresStore, peer: 
 
 def test_a_stuck_machine_lock_times_out(url: str, tmp_path: Path) -> None:
     with psycopg.connect(url) as holder, PostgresStore(url, tmp_path / "s", lock_timeout=0.2) as store:
-        holder.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id("machine", "m"),))
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id("machine", "m"),))
         with pytest.raises(StoreLocked) as info:
             store.prepare("m", "k", lambda: Run(test_dir="/x"))
         assert info.value.what == "machine 'm'"
@@ -349,6 +351,17 @@ def test_the_owner_lives_as_long_as_the_creators_session(
     ended = store.get(run.id)
     assert (ended.status, ended.error_code) == (Status.INTERRUPTED, OWNER_GONE)
     assert create(store, "m", "next").machine == "m"  # the machine is free again
+
+
+def test_an_adopter_becomes_the_owner(store: PostgresStore, peer: PostgresStore) -> None:
+    run = create(store)
+    store.close()  # the creator's session ends
+    assert eventually(lambda: not peer.owner_alive(run))
+    peer.update(dataclasses.replace(run, owner={"host": socket.gethostname(), "pid": os.getpid()}))
+    adopted = peer.get(run.id)
+    assert adopted.owner is not None and adopted.owner["backend_pid"] == peer.db.backend["backend_pid"]
+    assert peer.owner_alive(adopted)
+    assert peer.end(adopted, Status.COMPLETED) == peer.get(run.id)
 
 
 # --- faults: logins, outages -------------------------------------------------------
