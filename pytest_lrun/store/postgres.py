@@ -591,9 +591,11 @@ class PostgresStore:
                 make_private_dir(files.dir)  # the watcher writes the log and artifacts here
                 yield True
             finally:
-                if not conn.closed:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.execute("SELECT pg_advisory_unlock(%s)", (lock,))
+                released = None
+                with contextlib.suppress(psycopg.Error):
+                    released = conn.execute("SELECT pg_advisory_unlock(%s)", (lock,)).fetchone()
+                if released is None or not released[0]:
+                    conn.close()  # never back to the pool with the lock: closing the session drops it
 
     def watching(self, run_id: str, *, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
         """Hold the run's watch lock (a session-level advisory lock on a connection of its own).
