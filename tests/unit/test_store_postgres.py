@@ -422,10 +422,13 @@ def test_pgpassword_is_read_and_never_shown(
     assert "Wr0ng-S3cret-value" not in str(info.value)
 
 
-def test_a_state_dir_that_is_a_file_is_a_config_error(url: str, tmp_path: Path) -> None:
+def test_a_bad_state_dir_or_url_is_a_config_error(url: str, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="exists and is not a directory"):
         PostgresStore(url, tmp_path / "file")
+    with pytest.raises(ConfigError, match='invalid URI query parameter: "bogus"') as info:
+        PostgresStore(url + "?bogus=1", tmp_path / "state")
+    assert str(urlsplit(url).password) not in str(info.value)
 
 
 def test_a_database_restart_is_an_outage_then_the_store_works_again(
