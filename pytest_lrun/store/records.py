@@ -175,7 +175,8 @@ class Run(MillisecondTimes):
     (``created_at``, ``started_at``, ``ended_at``) are unix seconds here and RFC 3339
     strings in JSON; ``timeout`` is a duration in seconds, a number in both. ``key`` is the idempotency key
     :meth:`RunStore.prepare` matches on; ``owner`` is ``{"host": ..., "pid": ...}``
-    of the process that created the run.
+    of the process that created the run (a database store adds its session's
+    ``backend_pid`` and ``backend_start``, by which it tells whether the owner lives).
     """
 
     id: str = ""

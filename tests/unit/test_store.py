@@ -258,7 +258,7 @@ def test_make_that_calls_back_into_the_store_is_refused_not_deadlocked(store: Ru
 def test_machines_whose_keys_collide_never_share_a_run(
     store: RunStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pytest_lrun.store as store_module
+    import pytest_lrun.store.files as store_module
 
     monkeypatch.setattr(store_module, "machine_key", lambda machine: "same")
     first, outcome = store.prepare("a", "k", make_run)
