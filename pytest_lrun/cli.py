@@ -185,6 +185,8 @@ class _Context:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+        if self._store is not None:
+            self._store.close()
 
 
 class _Collect(logging.Handler):

@@ -398,6 +398,8 @@ class LrunSession:
             gc(self.store, max_bytes=self.settings.state_max_bytes)
         except (LrunError, OSError) as e:
             self.progress(f"warning: {e}")
+        finally:
+            self.store.close()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         rows = [

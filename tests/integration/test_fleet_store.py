@@ -152,7 +152,8 @@ def test_one_machine_runs_one_directory_at_a_time_across_runners(
     assert code != 0 and "machine_busy" in out, out
     code, out = b.run("--lrun-machine=m1", "--lrun-busy-wait=120", "second")
     assert code == 0 and "1 passed" in out, out
-    assert first.wait(timeout=180) == 0
+    out, _ = first.communicate(timeout=180)
+    assert first.returncode == 0, out
     runs = sorted(shared.list(status=Status.COMPLETED), key=lambda r: r.started_at or 0)
     assert len(runs) == 2
     assert (runs[0].ended_at or 0) <= (runs[1].started_at or 0), "two containers ran on m1 at once"
@@ -193,9 +194,10 @@ def test_a_matrix_of_two_jobs_is_one_batch_seen_from_either_runner(
     )
     jobs = [
         runner.start("--lrun-plan=plan.toml", f"--lrun-plan-entry={entry}", "--lrun-batch-id=ci-42")
-        for runner, entry in zip(runners, ("one", "two"))
+        for runner, entry in zip(runners, ("one", "two"), strict=True)
     ]
-    assert [job.wait(timeout=180) for job in jobs] == [0, 0]
+    outputs = [job.communicate(timeout=180)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], outputs
     for runner in (a, b):
         code, out = runner.lrun("batch", "ci-42", "--json")
         assert code == 0, out
@@ -227,7 +229,7 @@ def test_a_killed_runner_s_run_is_adopted_by_the_other(
     doomed = a.start("--lrun-machine=m1", "slow")
     _wait_running(shared)
     doomed.send_signal(signal.SIGKILL)
-    doomed.wait(timeout=30)
+    doomed.communicate(timeout=30)
     code, out = b.run("--lrun-machine=m1", "slow")
     assert code == 0 and "1 passed" in out, out
     (run,) = shared.list()
