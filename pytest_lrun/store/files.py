@@ -51,11 +51,9 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import dataclasses
 import json
 import logging
 import os
-import random
 import re
 import secrets
 import socket
@@ -80,19 +78,24 @@ from ..fsutil import (
 from ..layout import DELETING_PREFIX, RECORD, RunFiles, is_leftover
 from ..locking import hold
 from .base import Decision, Sweep
+from .common import (
+    SWEEP_GRACE_S,
+    check_request,
+    ended,
+    fill_new,
+    leftovers_in,
+    owner_alive,
+    remove_leftovers,
+    retry_while_busy,
+)
 from .file_batches import FileBatchStore
 from .records import Run, Status, valid_id
 
-__all__ = ["FileStore", "default_state_dir", "machine_key", "owner_alive"]
+__all__ = ["FileStore", "default_state_dir", "machine_key"]
 
 logger = logging.getLogger("pytest_lrun")
 
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-_BUSY_BACKOFF_START_S = 0.05
-_BUSY_BACKOFF_MAX_S = 1.0
-#: How old a leftover must be before :meth:`FileStore.sweep` removes it: younger ones may
-#: belong to a write or a prepare that is still under way in another process.
-SWEEP_GRACE_S = 300.0
 
 
 def default_state_dir() -> Path:
@@ -401,17 +404,8 @@ class FileStore:
         :raises StoreError: ``make`` returned something other than a fresh pending run
         """
         mkey = machine_key(machine)
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"an idempotency key must be a non-empty string, not {key!r}")
-        deadline = time.monotonic() + max(0.0, wait)
-        delay = _BUSY_BACKOFF_START_S
-        while True:
-            run, outcome = self._prepare_once(machine, mkey, key, make, test_dir_hash)
-            remaining = deadline - time.monotonic()
-            if outcome is not Decision.BUSY or remaining <= 0:
-                return run, outcome
-            time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
-            delay = min(delay * 2, _BUSY_BACKOFF_MAX_S)
+        check_request(machine, key)
+        return retry_while_busy(lambda: self._prepare_once(machine, mkey, key, make, test_dir_hash), wait)
 
     def _prepare_once(
         self, machine: str, mkey: str, key: str, make: Callable[[], Run], test_dir_hash: str | None
@@ -424,7 +418,7 @@ class FileStore:
             if live:
                 return live[0], Decision.BUSY
             run = make()
-            self._fill_new(run, machine, key, test_dir_hash)
+            fill_new(run, machine, key, test_dir_hash)
             run.id = self._claim_run_dir()
             try:
                 self._write_record(run)  # payload first ...
@@ -437,29 +431,6 @@ class FileStore:
                 run.id = ""
                 raise
             return run, Decision.CREATED
-
-    @staticmethod
-    def _fill_new(run: Run, machine: str, key: str, test_dir_hash: str | None) -> None:
-        if not isinstance(run, Run):
-            raise StoreError(f"make() must return a Run, not {type(run).__name__}")
-        if run.id:
-            raise StoreError(f"make() must return a run without an id (the store assigns it), got {run.id!r}")
-        if run.status is not Status.PENDING:
-            raise StoreError(f"make() must return a pending run, got {run.status.value}")
-        if run.machine not in ("", machine):
-            raise StoreError(f"make() returned a run for machine {run.machine!r}, expected {machine!r}")
-        if run.key not in ("", key):
-            raise StoreError(f"make() returned a run with key {run.key!r}, expected {key!r}")
-        run.machine = machine
-        run.key = key
-        if test_dir_hash is not None:
-            run.test_dir_hash = test_dir_hash
-        elif not run.test_dir_hash:
-            run.test_dir_hash = key
-        if run.created_at is None:
-            run.created_at = time.time()
-        if run.owner is None:
-            run.owner = {"host": socket.gethostname(), "pid": os.getpid()}
 
     def _claim_run_dir(self) -> str:
         for _ in range(100):
@@ -555,17 +526,9 @@ class FileStore:
         :raises TerminalRunError: the run has ended already (its stored record stands)
         :raises RunNotFound: no such run
         """
-        if not status.is_terminal:
-            raise StoreError(f"run {run.id}: end() needs a terminal status, not {status.value}")
-        ended = dataclasses.replace(
-            run,
-            status=status,
-            ended_at=time.time(),
-            error_code=error_code or run.error_code,
-            error_msg=error_msg or run.error_msg,
-        )
-        self.update(ended)
-        return ended
+        run = ended(run, status, error_code, error_msg)
+        self.update(run)
+        return run
 
     def last_completed(self, machine: str, key: str) -> Run | None:
         """The newest completed run of ``key`` on ``machine`` (``--lrun-reuse=completed``), or None.
@@ -658,25 +621,8 @@ class FileStore:
         """
         now = time.time() if now is None else now
         report = Sweep()
-
-        def old(path: Path) -> bool:
-            try:
-                return now - os.lstat(path).st_mtime >= grace
-            except FileNotFoundError:
-                return False
-
-        def remove(path: Path) -> None:
-            try:
-                remove_tree(path)
-            except OSError as exc:
-                report.problems.append(f"cannot remove leftover {path}: {exc}")
-            else:
-                report.removed.append(str(path.relative_to(self.state_dir)))
-
-        candidates: builtins.list[Path] = []
+        candidates = leftovers_in([self.state_dir, *(p for p in self.state_dir.iterdir() if p.is_dir())])
         bare: builtins.list[str] = []  # run folders holding their record and nothing else
-        for directory in (self.state_dir, *(p for p in self.state_dir.iterdir() if p.is_dir())):
-            candidates.extend(p for p in directory.iterdir() if is_leftover(p.name))
         for name in sorted(os.listdir(self.runs_dir)):
             folder = self.runs_dir / name
             if not valid_id(name) or not folder.is_dir():
@@ -687,9 +633,7 @@ class FileStore:
                 candidates.append(folder)
             elif contents == [RECORD]:
                 bare.append(name)
-        for path in candidates:
-            if old(path):
-                remove(path)
+        remove_leftovers(self.state_dir, candidates, report, grace=grace, now=now)
         # A pending run that prepare recorded but never indexed has a bare folder: nothing
         # was ever started for it. Only those records need reading, not every run's.
         indexed: set[str] | None = None
@@ -767,28 +711,6 @@ class FileStore:
 
 
 _UNINDEXED = "a crash left it pending and unlisted in its machine's index; its creator is gone"
-
-
-def owner_alive(run: Run) -> bool:
-    """Whether the process that owns ``run`` may still be at work on it.
-
-    Another host's process is assumed alive (we cannot look). On this host the
-    owner's pid is probed; an owner record without a usable pid (hand-edited,
-    ``null``) names no process, so nobody owns the run.
-    """
-    owner = run.owner or {}
-    if owner.get("host") != socket.gethostname():
-        return True
-    pid = owner.get("pid")
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # no such process; a pid no process can have
-        return False
-    except PermissionError:  # it exists, as another user's
-        return True
-    return True
 
 
 @contextlib.contextmanager

@@ -40,7 +40,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import random
 import re
 import secrets
 import socket
@@ -54,11 +53,21 @@ import psycopg
 
 from ..errors import OWNER_GONE, ConfigError, CorruptRecord, RunNotFound, StoreError, TerminalRunError
 from ..fsutil import Unparseable, make_private_dir, parse_record, remove_tree, stamp
-from ..layout import DELETING_PREFIX, RunFiles, is_leftover
+from ..layout import DELETING_PREFIX, RunFiles
 from ..settings import DEFAULT_CONNECT_TIMEOUT
-from . import files as file_store
 from . import pg_results
 from .base import Decision, Sweep
+from .common import (
+    SWEEP_GRACE_S,
+    check_machine,
+    check_request,
+    ended,
+    fill_new,
+    leftovers_in,
+    owner_alive,
+    remove_leftovers,
+    retry_while_busy,
+)
 from .pg_batches import PostgresBatchStore
 from .pg_db import Cursor, Database, dump, lock_id
 from .records import Batch, Run, Status, valid_id
@@ -247,18 +256,8 @@ class PostgresStore:
         transaction under the machine's advisory lock; ``make`` runs inside it (keep it
         cheap, do not call the store from it) and may run again when the transaction is retried.
         """
-        file_store.machine_key(machine)  # validates the name
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"an idempotency key must be a non-empty string, not {key!r}")
-        deadline = time.monotonic() + max(0.0, wait)
-        delay = file_store._BUSY_BACKOFF_START_S
-        while True:
-            run, outcome = self._prepare_once(machine, key, make, test_dir_hash)
-            remaining = deadline - time.monotonic()
-            if outcome is not Decision.BUSY or remaining <= 0:
-                return run, outcome
-            time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
-            delay = min(delay * 2, file_store._BUSY_BACKOFF_MAX_S)
+        check_request(machine, key)
+        return retry_while_busy(lambda: self._prepare_once(machine, key, make, test_dir_hash), wait)
 
     def _prepare_once(
         self, machine: str, key: str, make: Callable[[], Run], test_dir_hash: str | None
@@ -277,7 +276,7 @@ class PostgresStore:
             if live:
                 return (live[0][0], live[0][2]), Decision.BUSY
             run = make()
-            file_store.FileStore._fill_new(run, machine, key, test_dir_hash)
+            fill_new(run, machine, key, test_dir_hash)
             run.id, run.owner = stamp(), self._stamped(run.owner)
             cur.execute(
                 _INSERT_RUN,
@@ -295,7 +294,7 @@ class PostgresStore:
 
         :raises StoreError: the run is not terminal, or a run with its id exists
         """
-        file_store.machine_key(run.machine)
+        check_machine(run.machine)
         if not run.status.is_terminal:
             raise StoreError(f"insert() records finished runs only; this one is {run.status.value}")
         if run.id:
@@ -341,7 +340,7 @@ class PostgresStore:
         """
         if not valid_id(run.id):
             raise RunNotFound(str(run.id))
-        file_store.machine_key(run.machine)
+        check_machine(run.machine)
 
         def body(cur: Cursor) -> None:
             row = cur.execute(
@@ -372,19 +371,10 @@ class PostgresStore:
         :raises TerminalRunError: the run has ended already (its stored record stands)
         :raises RunNotFound: no such run
         """
-        if not status.is_terminal:
-            raise StoreError(f"run {run.id}: end() needs a terminal status, not {status.value}")
-        owner = self._stamped(run.owner)  # as update() stores it: the run returned is the run stored
-        ended = dataclasses.replace(
-            run,
-            owner=owner,
-            status=status,
-            ended_at=time.time(),
-            error_code=error_code or run.error_code,
-            error_msg=error_msg or run.error_msg,
-        )
-        self.update(ended)
-        return ended
+        # The owner as update() stores it: the run returned is the run stored.
+        run = ended(dataclasses.replace(run, owner=self._stamped(run.owner)), status, error_code, error_msg)
+        self.update(run)
+        return run
 
     def last_completed(self, machine: str, key: str) -> Run | None:
         """The newest completed run of ``key`` on ``machine``, or None (one index lookup)."""
@@ -468,7 +458,7 @@ class PostgresStore:
             return
         remove_tree(trash)
 
-    def sweep(self, *, grace: float = file_store.SWEEP_GRACE_S, now: float | None = None) -> Sweep:
+    def sweep(self, *, grace: float = SWEEP_GRACE_S, now: float | None = None) -> Sweep:
         """Settle what crashes left, once older than ``grace`` seconds.
 
         On this host: temporary files, half-deleted run folders and run folders of runs
@@ -487,20 +477,8 @@ class PostgresStore:
         }
         candidates = [self.runs_dir / name for name in folders if name not in known]
         subdirs = [p for p in self.state_dir.iterdir() if p.is_dir()]
-        for directory in (self.state_dir, *subdirs, *(self.runs_dir / name for name in known)):
-            with contextlib.suppress(OSError):  # a run folder that vanished, or is not a folder
-                candidates.extend(p for p in directory.iterdir() if is_leftover(p.name))
-        for path in candidates:
-            try:
-                if now - os.lstat(path).st_mtime < grace:
-                    continue
-                remove_tree(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                report.problems.append(f"cannot remove leftover {path}: {exc}")
-            else:
-                report.removed.append(str(path.relative_to(self.state_dir)))
+        candidates += leftovers_in([self.state_dir, *subdirs, *(self.runs_dir / name for name in known)])
+        remove_leftovers(self.state_dir, candidates, report, grace=grace, now=now)
         for run in self.active():
             if run.container_id is not None or (run.created_at or 0) > now - grace or self.owner_alive(run):
                 continue
@@ -564,7 +542,7 @@ class PostgresStore:
         owner = run.owner or {}
         pid, start = owner.get("backend_pid"), owner.get("backend_start")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (pid, start)):
-            return file_store.owner_alive(run)
+            return owner_alive(run)
         row = self.db.atomic(
             lambda cur: cur.execute(
                 "SELECT (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity"

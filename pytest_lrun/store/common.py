@@ -1,0 +1,164 @@
+"""What every store backend does the same way: the rules of a new run, the busy wait, ending a
+run, the owner of a run on this host, and removing what crashes left in this host's state dir.
+
+The backends differ in how they make a decision atomic (file locks, database transactions);
+the steps around that decision live here once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ..errors import StoreError
+from ..fsutil import remove_tree
+from ..layout import is_leftover
+from .base import Decision, Sweep
+from .records import Run, Status
+
+__all__ = [
+    "SWEEP_GRACE_S",
+    "check_machine",
+    "check_request",
+    "ended",
+    "fill_new",
+    "leftovers_in",
+    "owner_alive",
+    "remove_leftovers",
+    "retry_while_busy",
+]
+
+_BUSY_BACKOFF_START_S = 0.05
+_BUSY_BACKOFF_MAX_S = 1.0
+#: How old a leftover must be before a sweep removes it: younger ones may belong to a
+#: write or a prepare that is still under way in another process.
+SWEEP_GRACE_S = 300.0
+
+
+def check_machine(machine: str) -> None:
+    """Refuse an empty (or non-string) machine name."""
+    if not isinstance(machine, str) or not machine:
+        raise ValueError(f"a machine name must be a non-empty string, not {machine!r}")
+
+
+def check_request(machine: str, key: str) -> None:
+    """Refuse a ``prepare`` for an empty machine name or key before anything is locked."""
+    check_machine(machine)
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"an idempotency key must be a non-empty string, not {key!r}")
+
+
+def retry_while_busy(once: Callable[[], tuple[Run, Decision]], wait: float) -> tuple[Run, Decision]:
+    """``once()`` until its answer is not BUSY or ``wait`` seconds passed, with a bounded, growing,
+    jittered sleep between tries (the lock or transaction is released while sleeping)."""
+    deadline = time.monotonic() + max(0.0, wait)
+    delay = _BUSY_BACKOFF_START_S
+    while True:
+        run, outcome = once()
+        remaining = deadline - time.monotonic()
+        if outcome is not Decision.BUSY or remaining <= 0:
+            return run, outcome
+        time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
+        delay = min(delay * 2, _BUSY_BACKOFF_MAX_S)
+
+
+def fill_new(run: Run, machine: str, key: str, test_dir_hash: str | None) -> None:
+    """Check what ``make()`` built and fill in the fields the store owns (all but ``id``).
+
+    ``test_dir_hash`` is the argument, else the run's own, else ``key``; ``owner`` is
+    this process unless ``make()`` set one.
+
+    :raises StoreError: ``make()`` returned something other than a fresh pending run for this request
+    """
+    if not isinstance(run, Run):
+        raise StoreError(f"make() must return a Run, not {type(run).__name__}")
+    if run.id:
+        raise StoreError(f"make() must return a run without an id (the store assigns it), got {run.id!r}")
+    if run.status is not Status.PENDING:
+        raise StoreError(f"make() must return a pending run, got {run.status.value}")
+    if run.machine not in ("", machine):
+        raise StoreError(f"make() returned a run for machine {run.machine!r}, expected {machine!r}")
+    if run.key not in ("", key):
+        raise StoreError(f"make() returned a run with key {run.key!r}, expected {key!r}")
+    run.machine = machine
+    run.key = key
+    if test_dir_hash is not None:
+        run.test_dir_hash = test_dir_hash
+    elif not run.test_dir_hash:
+        run.test_dir_hash = key
+    if run.created_at is None:
+        run.created_at = time.time()
+    if run.owner is None:
+        run.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def ended(run: Run, status: Status, error_code: str | None, error_msg: str | None) -> Run:
+    """``run`` as :meth:`RunStore.end` writes it: terminal, ``ended_at`` now, the codes given.
+
+    :raises StoreError: ``status`` is not terminal
+    """
+    if not status.is_terminal:
+        raise StoreError(f"run {run.id}: end() needs a terminal status, not {status.value}")
+    return dataclasses.replace(
+        run,
+        status=status,
+        ended_at=time.time(),
+        error_code=error_code or run.error_code,
+        error_msg=error_msg or run.error_msg,
+    )
+
+
+def owner_alive(run: Run) -> bool:
+    """Whether the process that owns ``run`` may still be at work on it, by host and pid.
+
+    Another host's process is assumed alive (we cannot look). On this host the
+    owner's pid is probed; an owner record without a usable pid (hand-edited,
+    ``null``) names no process, so nobody owns the run.
+    """
+    owner = run.owner or {}
+    if owner.get("host") != socket.gethostname():
+        return True
+    pid = owner.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process; a pid no process can have
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
+def remove_leftovers(
+    state_dir: Path, candidates: Iterable[Path], report: Sweep, *, grace: float, now: float
+) -> None:
+    """Remove each candidate older than ``grace`` seconds, noting it (or why not) in ``report``."""
+    for path in candidates:
+        try:
+            if now - os.lstat(path).st_mtime < grace:
+                continue
+            remove_tree(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            report.problems.append(f"cannot remove leftover {path}: {exc}")
+        else:
+            report.removed.append(str(path.relative_to(state_dir)))
+
+
+def leftovers_in(directories: Iterable[Path]) -> builtins.list[Path]:
+    """The leftover entries (by name) directly in each of ``directories``; a missing one has none."""
+    found: builtins.list[Path] = []
+    for directory in directories:
+        try:
+            found.extend(directory / name for name in os.listdir(directory) if is_leftover(name))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return found
