@@ -577,7 +577,9 @@ def _cmd_gc(ctx: _Context) -> int:
 
     store = ctx.store
     reconciled = reconcile(store, ctx.dispatcher(), ctx.engine)
-    collected = gc(store, max_bytes=ctx.settings.state_max_bytes)
+    collected = gc(
+        store, max_bytes=ctx.settings.state_max_bytes, store_max_bytes=ctx.settings.store_max_bytes
+    )
     if ctx.args.json:
         _print_json(reconcile=reconciled.to_dict(), gc=collected.to_dict())
     else:

@@ -55,6 +55,7 @@ from .errors import (
     TerminalRunError,
 )
 from .fsutil import tree_size
+from .settings import DEFAULT_STORE_MAX_BYTES
 from .store import Run, RunStore, Status, Sweep
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ class GcReport:
     deleted: list[str]
     cap_met: bool
     swept: Sweep = field(default_factory=Sweep)
+    pruned: list[str] = field(default_factory=list)  # runs a shared store dropped to keep its results capped
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -466,11 +468,12 @@ def _caches_oldest_first(store: RunStore) -> list[tuple[float, int, str]]:
     return sorted(caches)
 
 
-def gc(store: RunStore, *, max_bytes: int) -> GcReport:
+def gc(store: RunStore, *, max_bytes: int, store_max_bytes: int = DEFAULT_STORE_MAX_BYTES) -> GcReport:
     """Settle crash leftovers, then keep the state directory under ``max_bytes``.
 
     First :meth:`RunStore.sweep` removes what crashes left behind (they would
-    otherwise count against the cap for ever). Nothing more happens while the
+    otherwise count against the cap for ever), and :meth:`RunStore.prune` keeps a
+    shared store's saved results under ``store_max_bytes``. Nothing more happens while the
     state directory is within the cap. Above it, terminal runs are deleted
     (record, logs, artifacts) in order of ``ended_at`` (else ``created_at``) until
     the total is under the cap (:meth:`RunStore.evict`: a shared store keeps the record and
@@ -481,6 +484,7 @@ def gc(store: RunStore, *, max_bytes: int) -> GcReport:
     """
     swept = store.sweep()
     problems = list(swept.problems)
+    pruned = store.prune(store_max_bytes)
     size_before = state_size(store)
     size = size_before
     freed = 0
@@ -510,5 +514,5 @@ def gc(store: RunStore, *, max_bytes: int) -> GcReport:
             size -= cache_bytes
     size_after = state_size(store) if freed else size_before
     return GcReport(
-        max_bytes, size_before, size_after, freed, deleted, size_after <= max_bytes, swept, problems
+        max_bytes, size_before, size_after, freed, deleted, size_after <= max_bytes, swept, pruned, problems
     )

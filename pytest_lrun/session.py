@@ -395,7 +395,11 @@ class LrunSession:
         try:
             if self.batch_id is not None:
                 self._batch = self.batches.refresh(self.batch_id)
-            gc(self.store, max_bytes=self.settings.state_max_bytes)
+            gc(
+                self.store,
+                max_bytes=self.settings.state_max_bytes,
+                store_max_bytes=self.settings.store_max_bytes,
+            )
         except (LrunError, OSError) as e:
             self.progress(f"warning: {e}")
         finally:

@@ -51,6 +51,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_LOG_MAX_BYTES = 16 * MIB
 DEFAULT_STATE_MAX_BYTES = 50 * MIB
 DEFAULT_REAP_AGE = 300.0
+DEFAULT_STORE_MAX_BYTES = 1024 * MIB
 # Waits, socket timeouts and lock timeouts overflow near 9.2e9 s: refuse long before that.
 MAX_SECONDS = 1e9
 # The engine stores sizes as int64.
@@ -296,6 +297,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SIZE",
     ),
     Option(
+        "store_max_bytes",
+        "cap of the results a shared store keeps for other runners; terminal runs are deleted "
+        f"oldest first, never a live one (default: {DEFAULT_STORE_MAX_BYTES // MIB}MiB).",
+        parse_size,
+        DEFAULT_STORE_MAX_BYTES,
+        metavar="SIZE",
+    ),
+    Option(
         "reap_age",
         "seconds after which `lrun reap` removes labelled containers of terminal or "
         f"unknown runs (default: {DEFAULT_REAP_AGE:g}).",
@@ -350,6 +359,7 @@ class Settings:
     connect_timeout: float
     log_max_bytes: int
     state_max_bytes: int
+    store_max_bytes: int
     reap_age: float
     plan: Path | None
     plan_entry: tuple[str, ...]

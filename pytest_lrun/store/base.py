@@ -199,6 +199,14 @@ class RunStore(Protocol):
         """
         ...
 
+    def prune(self, max_bytes: int) -> builtins.list[str]:
+        """Keep the results saved for other runners under ``max_bytes``: terminal runs with a
+        saved result are deleted, oldest first, never a live one; returns the ids deleted.
+
+        The file store saves nothing beyond its state dir (which gc caps) and deletes nothing.
+        """
+        ...
+
     def sweep(self) -> Sweep:
         """Settle what crashes left behind (temporary files, orphan folders, unindexed runs)."""
         ...

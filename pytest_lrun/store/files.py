@@ -605,6 +605,10 @@ class FileStore:
         """The run lives only in this state dir: evicting it is deleting it (:meth:`delete`)."""
         self.delete(run_id)
 
+    def prune(self, max_bytes: int) -> builtins.list[str]:
+        """Nothing is saved beyond the state dir, whose cap gc keeps."""
+        return []
+
     def sweep(self, *, grace: float = SWEEP_GRACE_S, now: float | None = None) -> Sweep:
         """Settle what crashes left behind, once it is older than ``grace`` seconds.
 

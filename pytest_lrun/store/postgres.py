@@ -437,6 +437,29 @@ class PostgresStore:
         self.db.atomic(body, f"run {run_id}")
         self._drop_folder(run_id)
 
+    def prune(self, max_bytes: int) -> builtins.list[str]:
+        """Delete terminal runs with saved results, oldest first, until the results fit ``max_bytes``.
+
+        A run deleted meanwhile by another runner's prune is simply not counted twice.
+        """
+        rows = self.db.atomic(
+            lambda cur: cur.execute(
+                "SELECT r.id, sum(p.size) FROM lrun_runs r JOIN lrun_result_parts p ON p.run_id = r.id"
+                " WHERE r.status NOT IN ('pending', 'running')"
+                " GROUP BY r.id, r.ended_at ORDER BY r.ended_at NULLS FIRST, r.id"
+            ).fetchall()
+        )
+        total = sum(int(size) for _, size in rows)
+        deleted: builtins.list[str] = []
+        for run_id, size in rows:
+            if total <= max_bytes:
+                break
+            with contextlib.suppress(RunNotFound):
+                self.delete(run_id)
+                deleted.append(run_id)
+            total -= int(size)
+        return deleted
+
     def evict(self, run_id: str) -> None:
         """Free this host's disk of a terminal run: its record and shared result stay for every runner.
 

@@ -512,6 +512,29 @@ def test_evict_keeps_the_shared_record_and_delete_removes_everything(store: Post
     assert sql(url, "SELECT count(*) FROM lrun_result_chunks") == [(0,)]
 
 
+def test_prune_keeps_saved_results_under_the_cap_oldest_first_and_never_a_live_run(
+    store: PostgresStore, url: str
+) -> None:
+    old = store.end(create(store, machine="m1"), Status.COMPLETED)
+    _write_result(store, old)
+    store.save_result(old)
+    new = store.end(create(store, machine="m2"), Status.FAILED)
+    _write_result(store, new)
+    store.save_result(new)
+    live = create(store, machine="m3")
+    one_result = sum(
+        size for (size,) in sql(url, "SELECT size FROM lrun_result_parts WHERE run_id = %s", (new.id,))
+    )
+
+    assert store.prune(max_bytes=10 * one_result) == []  # within the cap: nothing goes
+    assert store.prune(max_bytes=one_result) == [old.id]
+    with pytest.raises(RunNotFound):
+        store.get(old.id)
+    assert store.get(new.id) == new and store.get(live.id) == live
+    assert store.prune(max_bytes=0) == [new.id]
+    assert store.get(live.id) == live  # a live run has no saved result and is never pruned
+
+
 # --- records ------------------------------------------------------------------------
 
 
