@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BatchNotFound, BatchPlanMismatch, CorruptRecord, StoreError
 from ..fsutil import Unparseable, parse_record
+from . import pg_sql
 from .pg_db import Cursor, dump
 from .records import Batch, Status, derive_status, new_batch_id, valid_id, validate_batch_id
 
@@ -70,14 +71,10 @@ class PostgresBatchStore:
             row = (batch.id, batch.created_at, dump(batch.to_dict()))
 
             def body(cur: Cursor, row: tuple[str, float, str] = row) -> Any:
-                inserted = cur.execute(
-                    "INSERT INTO lrun_batches (id, created_at, record) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (id) DO NOTHING RETURNING id",
-                    row,
-                ).fetchone()
+                inserted = cur.execute(pg_sql.INSERT_BATCH_IF_NEW, row).fetchone()
                 if inserted is not None:
                     return None
-                return cur.execute("SELECT record FROM lrun_batches WHERE id = %s", (row[0],)).fetchone()
+                return cur.execute(pg_sql.SELECT_BATCH, (row[0],)).fetchone()
 
             existing = self.runs.db.atomic(body)
             if existing is None:
@@ -97,9 +94,7 @@ class PostgresBatchStore:
             raise BatchNotFound(str(batch_id))
 
         def body(cur: Cursor) -> Batch | tuple[str]:
-            row = cur.execute(
-                "SELECT record FROM lrun_batches WHERE id = %s FOR UPDATE", (batch_id,)
-            ).fetchone()
+            row = cur.execute(pg_sql.SELECT_BATCH_FOR_UPDATE, (batch_id,)).fetchone()
             if row is None:
                 raise BatchNotFound(batch_id)
             try:
@@ -109,9 +104,7 @@ class PostgresBatchStore:
             if batch.id != batch_id:
                 return (row[0],)
             if change(cur, batch):
-                cur.execute(
-                    "UPDATE lrun_batches SET record = %s WHERE id = %s", (dump(batch.to_dict()), batch_id)
-                )
+                cur.execute(pg_sql.UPDATE_BATCH, (dump(batch.to_dict()), batch_id))
             return batch
 
         found = self.runs.db.atomic(body, f"batch {batch_id!r}")
@@ -140,18 +133,14 @@ class PostgresBatchStore:
         """
         if not valid_id(batch_id):
             raise BatchNotFound(str(batch_id))
-        row = self.runs.db.atomic(
-            lambda cur: cur.execute("SELECT record FROM lrun_batches WHERE id = %s", (batch_id,)).fetchone()
-        )
+        row = self.runs.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_BATCH, (batch_id,)).fetchone())
         if row is None:
             raise BatchNotFound(batch_id)
         return self._decode(batch_id, row[0])
 
     def list(self) -> builtins.list[Batch]:
         """Every batch, oldest first; corrupt records are moved aside."""
-        rows = self.runs.db.atomic(
-            lambda cur: cur.execute("SELECT id, record FROM lrun_batches ORDER BY created_at, id").fetchall()
-        )
+        rows = self.runs.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_BATCHES).fetchall())
         batches = []
         for batch_id, record in rows:
             with contextlib.suppress(CorruptRecord):
@@ -163,9 +152,7 @@ class PostgresBatchStore:
 
         def change(cur: Cursor, batch: Batch) -> bool:
             run_ids = sorted(set(batch.entries.values()))
-            found = dict(
-                cur.execute("SELECT id, status FROM lrun_runs WHERE id = ANY(%s)", (run_ids,)).fetchall()
-            )
+            found = dict(cur.execute(pg_sql.SELECT_RUN_STATUSES, (run_ids,)).fetchall())
             statuses: builtins.list[Status | None] = [
                 Status(found[run_id]) if run_id in found else None for run_id in run_ids
             ]

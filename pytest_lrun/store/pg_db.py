@@ -1,7 +1,8 @@
 """The PostgreSQL store's connections: its schema, its transactions and what a dropped connection means.
 
 :class:`Database` is the one place that talks to psycopg for the store
-(:mod:`.postgres`, :mod:`.pg_batches`, :mod:`.pg_results` hand it their statements):
+(:mod:`.postgres`, :mod:`.pg_batches`, :mod:`.pg_results` hand it their statements,
+all of them from :mod:`.pg_sql`):
 
 * the schema is created and migrated on first use, in one transaction under an
   advisory lock, so runners that start at once are safe; ``lrun_schema`` holds the
@@ -39,47 +40,12 @@ from psycopg import errors as pg_errors
 
 from ..errors import ConfigError, StoreError, StoreLocked, StoreSchemaTooNew, StoreUnreachable
 from ..settings import redact_url
-from . import pg_results
+from . import pg_sql
 
 __all__ = ["SCHEMA_VERSION", "Connection", "Cursor", "Database", "dump", "lock_id"]
 
-#: The newest schema this code knows; :data:`_MIGRATIONS` leads up to it.
+#: The newest schema this code knows; :data:`.pg_sql.MIGRATIONS` leads up to it.
 SCHEMA_VERSION = 1
-
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE lrun_runs (
-            id text PRIMARY KEY,
-            machine text NOT NULL,
-            key text NOT NULL,
-            status text NOT NULL
-                CHECK (status IN ('pending', 'running', 'completed', 'failed', 'interrupted', 'timeout')),
-            batch_id text,
-            created_at double precision,
-            ended_at double precision,
-            record text NOT NULL)""",
-        # At most one live run per machine, whatever a client does.
-        """CREATE UNIQUE INDEX lrun_runs_one_live ON lrun_runs (machine)
-            WHERE status IN ('pending', 'running')""",
-        "CREATE INDEX lrun_runs_completed ON lrun_runs (machine, key, ended_at) WHERE status = 'completed'",
-        "CREATE INDEX lrun_runs_created ON lrun_runs (created_at, id)",
-        "CREATE INDEX lrun_runs_batch ON lrun_runs (batch_id)",
-        # A terminal record is final, whatever a client does.
-        """CREATE FUNCTION lrun_runs_final() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            RAISE EXCEPTION 'run % is %: a terminal run is final', OLD.id, OLD.status
-                USING ERRCODE = 'LR001';
-        END $$""",
-        """CREATE TRIGGER lrun_runs_final BEFORE UPDATE ON lrun_runs FOR EACH ROW
-            WHEN (OLD.status NOT IN ('pending', 'running')) EXECUTE FUNCTION lrun_runs_final()""",
-        """CREATE TABLE lrun_batches (
-            id text PRIMARY KEY, created_at double precision NOT NULL, record text NOT NULL)""",
-        """CREATE TABLE lrun_corrupt (
-            kind text NOT NULL, id text NOT NULL, record text NOT NULL, reason text NOT NULL,
-            moved_at timestamptz NOT NULL DEFAULT now())""",
-        *pg_results.SCHEMA_V1,
-    ),
-}
 
 _RETRIES = 8  # attempts of one transaction that hit a serialization failure or a deadlock
 _IDLE_CONNECTIONS = 4  # spare connections kept for watch locks and results
@@ -164,7 +130,7 @@ class Database:
             raise self.unreachable(exc) from None
         millis = "0" if lock_timeout is None else f"{max(1, round(lock_timeout * 1000))}ms"
         try:
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (millis,))
+            conn.execute(pg_sql.SET_LOCK_TIMEOUT, (millis,))
         except psycopg.Error as exc:
             conn.close()
             raise self.unreachable(exc) from None
@@ -177,10 +143,7 @@ class Database:
         conn = self._connect(self.lock_timeout)
         try:
             # A session's identity: pids are reused, a pid with its start time is not.
-            row = conn.execute(
-                "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity"
-                " WHERE pid = pg_backend_pid()"
-            ).fetchone()
+            row = conn.execute(pg_sql.SELECT_SESSION).fetchone()
         except psycopg.Error as exc:
             conn.close()
             raise self.unreachable(exc) from None
@@ -192,22 +155,19 @@ class Database:
         """Create or upgrade the schema (under an advisory lock); returns the store id."""
         try:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id("schema", "lrun"),))
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS lrun_schema"
-                    " (version integer NOT NULL, store_id text NOT NULL)"
-                )
-                row = conn.execute("SELECT version, store_id FROM lrun_schema").fetchone()
+                conn.execute(pg_sql.ADVISORY_XACT_LOCK, (lock_id("schema", "lrun"),))
+                conn.execute(pg_sql.CREATE_SCHEMA_TABLE)
+                row = conn.execute(pg_sql.SELECT_SCHEMA).fetchone()
                 if row is None:
                     row = (0, secrets.token_hex(8))
-                    conn.execute("INSERT INTO lrun_schema (version, store_id) VALUES (%s, %s)", row)
+                    conn.execute(pg_sql.INSERT_SCHEMA, row)
                 version, store_id = int(row[0]), str(row[1])
                 if version > SCHEMA_VERSION:
                     raise StoreSchemaTooNew(self.location, version, SCHEMA_VERSION)
                 for number in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[number]:
+                    for statement in pg_sql.MIGRATIONS[number]:
                         conn.execute(statement)
-                conn.execute("UPDATE lrun_schema SET version = %s", (max(version, SCHEMA_VERSION),))
+                conn.execute(pg_sql.SET_SCHEMA_VERSION, (max(version, SCHEMA_VERSION),))
         except psycopg.Error as exc:
             raise self._failed(conn, exc) from None
         return store_id

@@ -2,7 +2,8 @@
 
 A runner that never ran a run reports it from what the runner that ran it saved
 here (:meth:`PostgresStore.save_result <pytest_lrun.store.postgres.PostgresStore.save_result>`,
-``load_result``). This module owns two tables (created by the store's migrations)::
+``load_result``). This module owns two tables (created by the store's migrations,
+their statements in :mod:`.pg_sql`)::
 
     lrun_result_chunks(run_id, part, seq, data)            a part's bytes, CHUNK_BYTES per row
     lrun_result_parts(run_id, part, size, chunks, digest)  one row per part: its size, chunk
@@ -39,27 +40,12 @@ from ..archive import pack, safe_extract
 from ..errors import StoreError
 from ..fsutil import make_private_dir, remove_tree
 from ..layout import TMP_SUFFIX, RunFiles
+from . import pg_sql
 
-__all__ = ["CHUNK_BYTES", "SCHEMA_V1", "load", "save"]
+__all__ = ["CHUNK_BYTES", "load", "save"]
 
 #: The size of one stored chunk (the last one of a part may be shorter).
 CHUNK_BYTES = 1024 * 1024
-
-SCHEMA_V1 = (
-    """CREATE TABLE lrun_result_chunks (
-        run_id text NOT NULL REFERENCES lrun_runs (id) ON DELETE CASCADE,
-        part text NOT NULL,
-        seq integer NOT NULL,
-        data bytea NOT NULL,
-        PRIMARY KEY (run_id, part, seq))""",
-    """CREATE TABLE lrun_result_parts (
-        run_id text NOT NULL REFERENCES lrun_runs (id) ON DELETE CASCADE,
-        part text NOT NULL CHECK (part IN ('junit', 'logs', 'artifacts')),
-        size bigint NOT NULL,
-        chunks integer NOT NULL,
-        digest text NOT NULL,
-        PRIMARY KEY (run_id, part))""",
-)
 
 Connection = psycopg.Connection[Any]
 
@@ -74,23 +60,16 @@ def save(conn: Connection, run_id: str, files: RunFiles) -> None:
         if files.artifacts.is_dir():
             sources.append(("artifacts", stack.enter_context(pack(files.artifacts, _tree(files.artifacts)))))
         with conn.transaction():
-            conn.execute("DELETE FROM lrun_result_parts WHERE run_id = %s", (run_id,))
-            conn.execute("DELETE FROM lrun_result_chunks WHERE run_id = %s", (run_id,))
+            conn.execute(pg_sql.DELETE_RESULT_PARTS, (run_id,))
+            conn.execute(pg_sql.DELETE_RESULT_CHUNKS, (run_id,))
             for part, source in sources:
                 digest, size, seq = xxhash.xxh3_128(), 0, 0
                 while chunk := source.read(CHUNK_BYTES):
-                    conn.execute(
-                        "INSERT INTO lrun_result_chunks (run_id, part, seq, data) VALUES (%s, %s, %s, %s)",
-                        (run_id, part, seq, chunk),
-                    )
+                    conn.execute(pg_sql.INSERT_RESULT_CHUNK, (run_id, part, seq, chunk))
                     digest.update(chunk)
                     size += len(chunk)
                     seq += 1
-                conn.execute(
-                    "INSERT INTO lrun_result_parts (run_id, part, size, chunks, digest) "
-                    "VALUES (%s, %s, %s, %s, %s)",
-                    (run_id, part, size, seq, digest.hexdigest()),
-                )
+                conn.execute(pg_sql.INSERT_RESULT_PART, (run_id, part, size, seq, digest.hexdigest()))
 
 
 def load(conn: Connection, run_id: str, files: RunFiles, location: str) -> None:
@@ -101,11 +80,8 @@ def load(conn: Connection, run_id: str, files: RunFiles, location: str) -> None:
     targets = {"junit": files.junit, "logs": files.logs, "artifacts": files.artifacts}
     with conn.transaction():
         # One snapshot for the part rows and their chunks, whatever is saved meanwhile.
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        parts = conn.execute(
-            "SELECT part, size, chunks, digest FROM lrun_result_parts WHERE run_id = %s ORDER BY part",
-            (run_id,),
-        ).fetchall()
+        conn.execute(pg_sql.SNAPSHOT)
+        parts = conn.execute(pg_sql.SELECT_RESULT_PARTS, (run_id,)).fetchall()
         for part, size, chunks, digest in parts:
             target = targets[part]
             if target.exists():
@@ -127,10 +103,7 @@ def _download(conn: Connection, run_id: str, part: str, chunks: int, spool: Path
     with spool.open("xb") as out:
         for seq in range(chunks):
             # One row per query: a client-side cursor would hold every chunk of the part.
-            row = conn.execute(
-                "SELECT data FROM lrun_result_chunks WHERE run_id = %s AND part = %s AND seq = %s",
-                (run_id, part, seq),
-            ).fetchone()
+            row = conn.execute(pg_sql.SELECT_RESULT_CHUNK, (run_id, part, seq)).fetchone()
             if row is None:
                 raise StoreError(f"the stored {part} of run {run_id} lacks chunk {seq} of {chunks}")
             out.write(row[0])

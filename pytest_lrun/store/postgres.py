@@ -4,10 +4,11 @@ Selected with ``--lrun-store=postgresql://...`` (libpq's URL syntax, so ``sslmod
 ``PGPASSWORD`` and ``~/.pgpass`` work). The contract is :mod:`.base`'s, as for the
 file store, but it holds for every runner of the database. Each runner's state dir
 keeps what is local by nature: its copies of run files (logs, JUnit XML,
-artifacts) under ``runs/<run-id>/`` and the hash stat caches. The store's
-statements live in this module and its three helpers: :mod:`.pg_db` (connections,
+artifacts) under ``runs/<run-id>/`` and the hash stat caches. The store's work
+is shared by this module and its helpers: :mod:`.pg_db` (connections,
 transactions, the schema), :mod:`.pg_batches` and :mod:`.pg_results` (results
-shared between runners); parameters only, never formatted values.
+shared between runners). Every statement they send is a constant of
+:mod:`.pg_sql`: parameters only, never formatted values.
 
 A run is a row of ``lrun_runs (id, machine, key, status, batch_id, created_at,
 ended_at, record)``: ``record`` is the whole record as JSON in ASCII (``text``, not
@@ -55,7 +56,7 @@ from ..errors import OWNER_GONE, ConfigError, CorruptRecord, RunNotFound, StoreE
 from ..fsutil import Unparseable, make_private_dir, parse_record, remove_tree, stamp
 from ..layout import DELETING_PREFIX, RunFiles
 from ..settings import DEFAULT_CONNECT_TIMEOUT
-from . import pg_results
+from . import pg_results, pg_sql
 from .base import Decision, Sweep
 from .common import (
     SWEEP_GRACE_S,
@@ -75,25 +76,6 @@ from .records import Batch, Run, Status, valid_id
 __all__ = ["PostgresStore"]
 
 logger = logging.getLogger("pytest_lrun")
-
-_INSERT_RUN = """INSERT INTO lrun_runs (id, machine, key, status, batch_id, created_at, ended_at, record)
-    VALUES (%(id)s, %(machine)s, %(key)s, %(status)s, %(batch)s, %(created)s, %(ended)s, %(record)s)"""
-_SELECT_RUNS = """SELECT id, record FROM lrun_runs
-    WHERE (%(machine)s::text IS NULL OR machine = %(machine)s)
-      AND (%(status)s::text IS NULL OR status = %(status)s)
-      AND (%(batch)s::text IS NULL OR batch_id = %(batch)s)
-      AND (NOT %(live)s OR status IN ('pending', 'running'))
-    ORDER BY COALESCE(created_at, 0), id"""
-# Move a record that did not parse aside, unless someone rewrote it meanwhile.
-_MOVE_ASIDE = {
-    "run": """WITH gone AS (
-            DELETE FROM lrun_runs WHERE id = %(id)s AND record = %(record)s RETURNING id, record)
-        INSERT INTO lrun_corrupt (kind, id, record, reason) SELECT 'run', id, record, %(reason)s FROM gone""",
-    "batch": """WITH gone AS (
-            DELETE FROM lrun_batches WHERE id = %(id)s AND record = %(record)s RETURNING id, record)
-        INSERT INTO lrun_corrupt (kind, id, record, reason)
-        SELECT 'batch', id, record, %(reason)s FROM gone""",
-}
 
 _UNSAFE_TEXT = re.compile("[\\\\\x00\ud800-\udfff]")
 
@@ -212,7 +194,7 @@ class PostgresStore:
 
     def quarantine(self, kind: str, key: str, record: str, reason: str) -> CorruptRecord:
         self.db.atomic(
-            lambda cur: cur.execute(_MOVE_ASIDE[kind], {"id": key, "record": record, "reason": reason})
+            lambda cur: cur.execute(pg_sql.MOVE_ASIDE[kind], {"id": key, "record": record, "reason": reason})
         )
         problem = CorruptRecord(f"{self.db.location} {kind} {key}", f"lrun_corrupt ({kind} {key})", reason)
         self.problems.append(problem)
@@ -263,12 +245,8 @@ class PostgresStore:
         self, machine: str, key: str, make: Callable[[], Run], test_dir_hash: str | None
     ) -> tuple[Run, Decision]:
         def body(cur: Cursor) -> tuple[Run | tuple[str, str], Decision]:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id("machine", machine),))
-            cur.execute(
-                "SELECT id, key, record FROM lrun_runs"
-                " WHERE machine = %s AND status IN ('pending', 'running') ORDER BY created_at, id",
-                (_column(machine),),
-            )
+            cur.execute(pg_sql.ADVISORY_XACT_LOCK, (lock_id("machine", machine),))
+            cur.execute(pg_sql.SELECT_LIVE_ON_MACHINE, (_column(machine),))
             live = cur.fetchall()
             for run_id, stored_key, record in live:
                 if stored_key == _column(key):
@@ -278,10 +256,7 @@ class PostgresStore:
             run = make()
             fill_new(run, machine, key, test_dir_hash)
             run.id, run.owner = stamp(), self._stamped(run.owner)
-            cur.execute(
-                _INSERT_RUN,
-                self._row(run, owner=run.owner),
-            )
+            cur.execute(pg_sql.INSERT_RUN, self._row(run, owner=run.owner))
             return run, Decision.CREATED
 
         found, outcome = self.db.atomic(body, f"machine {machine!r}", retry_unique=True)
@@ -306,12 +281,7 @@ class PostgresStore:
         if run.owner is None:
             run.owner = {"host": socket.gethostname(), "pid": os.getpid()}
         row = self._row(run, owner=run.owner)
-        inserted = self.db.atomic(
-            lambda cur: cur.execute(
-                _INSERT_RUN + " ON CONFLICT (id) DO NOTHING RETURNING id",
-                row,
-            ).fetchone()
-        )
+        inserted = self.db.atomic(lambda cur: cur.execute(pg_sql.INSERT_RUN_IF_NEW, row).fetchone())
         if inserted is None:
             raise StoreError(f"a run with id {run.id!r} already exists")
         return run
@@ -324,9 +294,7 @@ class PostgresStore:
         """
         if not valid_id(run_id):
             raise RunNotFound(str(run_id))
-        row = self.db.atomic(
-            lambda cur: cur.execute("SELECT record FROM lrun_runs WHERE id = %s", (run_id,)).fetchone()
-        )
+        row = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_RUN, (run_id,)).fetchone())
         if row is None:
             raise RunNotFound(run_id)
         return self._decode(run_id, row[0])
@@ -343,9 +311,7 @@ class PostgresStore:
         check_machine(run.machine)
 
         def body(cur: Cursor) -> None:
-            row = cur.execute(
-                "SELECT machine, key, status FROM lrun_runs WHERE id = %s FOR UPDATE", (run.id,)
-            ).fetchone()
+            row = cur.execute(pg_sql.SELECT_RUN_FOR_UPDATE, (run.id,)).fetchone()
             if row is None:
                 raise RunNotFound(run.id)
             if (row[0], row[1]) != (_column(run.machine), _column(run.key)):
@@ -355,11 +321,7 @@ class PostgresStore:
                 )
             if Status(row[2]).is_terminal:
                 raise TerminalRunError(run.id, row[2], run.status.value)
-            cur.execute(
-                "UPDATE lrun_runs SET status = %(status)s, batch_id = %(batch)s, created_at = %(created)s,"
-                " ended_at = %(ended)s, record = %(record)s WHERE id = %(id)s",
-                self._row(run, owner=self._stamped(run.owner)),
-            )
+            cur.execute(pg_sql.UPDATE_RUN, self._row(run, owner=self._stamped(run.owner)))
 
         self.db.atomic(body, f"run {run.id}")
 
@@ -379,11 +341,7 @@ class PostgresStore:
     def last_completed(self, machine: str, key: str) -> Run | None:
         """The newest completed run of ``key`` on ``machine``, or None (one index lookup)."""
         row = self.db.atomic(
-            lambda cur: cur.execute(
-                "SELECT id, record FROM lrun_runs WHERE machine = %s AND key = %s AND status = 'completed'"
-                " ORDER BY ended_at DESC NULLS LAST, id DESC LIMIT 1",
-                (_column(machine), _column(key)),
-            ).fetchone()
+            lambda cur: cur.execute(pg_sql.SELECT_LAST_COMPLETED, (_column(machine), _column(key))).fetchone()
         )
         if row is None:
             return None
@@ -415,7 +373,9 @@ class PostgresStore:
             "batch": None if batch is None else _column(batch),
             "live": live,
         }
-        return self._decode_all(self.db.atomic(lambda cur: cur.execute(_SELECT_RUNS, params).fetchall()))
+        return self._decode_all(
+            self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_RUNS, params).fetchall())
+        )
 
     def delete(self, run_id: str) -> None:
         """Remove a terminal run: its row, its shared result and this host's folder.
@@ -427,12 +387,12 @@ class PostgresStore:
             raise RunNotFound(str(run_id))
 
         def body(cur: Cursor) -> None:
-            row = cur.execute("SELECT status FROM lrun_runs WHERE id = %s FOR UPDATE", (run_id,)).fetchone()
+            row = cur.execute(pg_sql.SELECT_RUN_STATUS_FOR_UPDATE, (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(run_id)
             if not Status(row[0]).is_terminal:
                 raise TerminalRunError(run_id, row[0], "deleted")
-            cur.execute("DELETE FROM lrun_runs WHERE id = %s", (run_id,))  # its result goes with it
+            cur.execute(pg_sql.DELETE_RUN, (run_id,))  # its result goes with it
 
         self.db.atomic(body, f"run {run_id}")
         self._drop_folder(run_id)
@@ -442,13 +402,7 @@ class PostgresStore:
 
         A run deleted meanwhile by another runner's prune is simply not counted twice.
         """
-        rows = self.db.atomic(
-            lambda cur: cur.execute(
-                "SELECT r.id, sum(p.size) FROM lrun_runs r JOIN lrun_result_parts p ON p.run_id = r.id"
-                " WHERE r.status NOT IN ('pending', 'running')"
-                " GROUP BY r.id, r.ended_at ORDER BY r.ended_at NULLS FIRST, r.id"
-            ).fetchall()
-        )
+        rows = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_PRUNABLE).fetchall())
         total = sum(int(size) for _, size in rows)
         deleted: builtins.list[str] = []
         for run_id, size in rows:
@@ -495,7 +449,7 @@ class PostgresStore:
         known = {
             row[0]
             for row in self.db.atomic(
-                lambda cur: cur.execute("SELECT id FROM lrun_runs WHERE id = ANY(%s)", (folders,)).fetchall()
+                lambda cur: cur.execute(pg_sql.SELECT_KNOWN_RUN_IDS, (folders,)).fetchall()
             )
         }
         candidates = [self.runs_dir / name for name in folders if name not in known]
@@ -520,14 +474,9 @@ class PostgresStore:
         """
 
         def body(cur: Cursor) -> tuple[Any, builtins.list[Any], builtins.list[Any]]:
-            guards = cur.execute(
-                "SELECT to_regclass('lrun_runs_one_live') IS NOT NULL,"
-                " EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'lrun_runs_final' AND NOT tgisinternal)"
-            ).fetchone()
-            runs = cur.execute(
-                "SELECT id, machine, key, status, record FROM lrun_runs ORDER BY id"
-            ).fetchall()
-            batches = cur.execute("SELECT id, record FROM lrun_batches ORDER BY id").fetchall()
+            guards = cur.execute(pg_sql.CHECK_GUARDS).fetchone()
+            runs = cur.execute(pg_sql.SELECT_RUNS_BY_ID).fetchall()
+            batches = cur.execute(pg_sql.SELECT_BATCHES_BY_ID).fetchall()
             return guards, runs, batches
 
         guards, runs, batches = self.db.atomic(body)
@@ -566,13 +515,7 @@ class PostgresStore:
         pid, start = owner.get("backend_pid"), owner.get("backend_start")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (pid, start)):
             return owner_alive(run)
-        row = self.db.atomic(
-            lambda cur: cur.execute(
-                "SELECT (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity"
-                " WHERE pid = %s",
-                (pid,),
-            ).fetchone()
-        )
+        row = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_SESSION_START, (pid,)).fetchone())
         # A session of another role may hide its start time from us: its pid is all we see.
         return row is not None and row[0] in (None, start)
 
@@ -582,9 +525,9 @@ class PostgresStore:
         lock = lock_id("watch", run_id)
         with self.db.spare() as conn:
             if wait:
-                conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
+                conn.execute(pg_sql.ADVISORY_LOCK, (lock,))
             else:
-                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock,)).fetchone()
+                row = conn.execute(pg_sql.ADVISORY_TRY_LOCK, (lock,)).fetchone()
                 if row is None or not row[0]:
                     yield False
                     return
@@ -594,7 +537,7 @@ class PostgresStore:
             finally:
                 released = None
                 with contextlib.suppress(psycopg.Error):
-                    released = conn.execute("SELECT pg_advisory_unlock(%s)", (lock,)).fetchone()
+                    released = conn.execute(pg_sql.ADVISORY_UNLOCK, (lock,)).fetchone()
                 if released is None or not released[0]:
                     conn.close()  # never back to the pool with the lock: closing the session drops it
 

@@ -1,0 +1,345 @@
+"""Every SQL statement the PostgreSQL store sends, and nothing else.
+
+The store's modules (:mod:`.pg_db`, :mod:`.postgres`, :mod:`.pg_batches`,
+:mod:`.pg_results`) execute these constants by name and hold no SQL text of their
+own; ``tests/unit/test_pg_sql.py`` fails if one does. Each statement is fixed
+text: every value travels as a parameter (``%s`` or ``%(name)s``, passed to
+``execute`` separately) and none is ever formatted in, so a name, a key or a
+record is data to the server, never SQL. No table or column name is chosen at run
+time either: where a statement depends on a kind of record, each kind has its own
+statement (:data:`MOVE_ASIDE`).
+
+The texts are the ones the store has always sent, whitespace included: the
+schema's function body is stored in the database as written.
+
+Grouped by concern: the session, the schema and its migrations, advisory locks,
+runs, batches, records moved aside, shared results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "ADVISORY_LOCK",
+    "ADVISORY_TRY_LOCK",
+    "ADVISORY_UNLOCK",
+    "ADVISORY_XACT_LOCK",
+    "CHECK_GUARDS",
+    "CREATE_BATCHES",
+    "CREATE_CORRUPT",
+    "CREATE_RESULT_CHUNKS",
+    "CREATE_RESULT_PARTS",
+    "CREATE_RUNS",
+    "CREATE_RUNS_BATCH_INDEX",
+    "CREATE_RUNS_COMPLETED_INDEX",
+    "CREATE_RUNS_CREATED_INDEX",
+    "CREATE_RUNS_FINAL_FUNCTION",
+    "CREATE_RUNS_FINAL_TRIGGER",
+    "CREATE_RUNS_ONE_LIVE_INDEX",
+    "CREATE_SCHEMA_TABLE",
+    "DELETE_RESULT_CHUNKS",
+    "DELETE_RESULT_PARTS",
+    "DELETE_RUN",
+    "INSERT_BATCH_IF_NEW",
+    "INSERT_RESULT_CHUNK",
+    "INSERT_RESULT_PART",
+    "INSERT_RUN",
+    "INSERT_RUN_IF_NEW",
+    "INSERT_SCHEMA",
+    "MIGRATIONS",
+    "MOVE_ASIDE",
+    "MOVE_BATCH_ASIDE",
+    "MOVE_RUN_ASIDE",
+    "SELECT_BATCH",
+    "SELECT_BATCHES",
+    "SELECT_BATCHES_BY_ID",
+    "SELECT_BATCH_FOR_UPDATE",
+    "SELECT_KNOWN_RUN_IDS",
+    "SELECT_LAST_COMPLETED",
+    "SELECT_LIVE_ON_MACHINE",
+    "SELECT_PRUNABLE",
+    "SELECT_RESULT_CHUNK",
+    "SELECT_RESULT_PARTS",
+    "SELECT_RUN",
+    "SELECT_RUNS",
+    "SELECT_RUNS_BY_ID",
+    "SELECT_RUN_FOR_UPDATE",
+    "SELECT_RUN_STATUSES",
+    "SELECT_RUN_STATUS_FOR_UPDATE",
+    "SELECT_SCHEMA",
+    "SELECT_SESSION",
+    "SELECT_SESSION_START",
+    "SET_LOCK_TIMEOUT",
+    "SET_SCHEMA_VERSION",
+    "SNAPSHOT",
+    "UPDATE_BATCH",
+    "UPDATE_RUN",
+]
+
+# -- the session ----------------------------------------------------------------------
+
+#: Set this session's ``lock_timeout``; parameter: the timeout as text (``'0'``: none, ``'250ms'``).
+SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, false)"
+
+#: This session's identity: its pid and its start in microseconds since the epoch.
+SELECT_SESSION = (
+    "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity"
+    " WHERE pid = pg_backend_pid()"
+)
+
+#: The start (microseconds since the epoch) of the session with pid ``%s``; no row once it is gone.
+SELECT_SESSION_START = (
+    "SELECT (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity WHERE pid = %s"
+)
+
+# -- the schema: its version table and its migrations ----------------------------------
+
+#: The table of the schema's version and the store's id, made if missing (under the migration lock).
+CREATE_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS lrun_schema (version integer NOT NULL, store_id text NOT NULL)"
+)
+
+#: The stored schema version and store id (no row on a new database).
+SELECT_SCHEMA = "SELECT version, store_id FROM lrun_schema"
+
+#: The first row of ``lrun_schema``; parameters: version, store id.
+INSERT_SCHEMA = "INSERT INTO lrun_schema (version, store_id) VALUES (%s, %s)"
+
+#: Record the schema version reached; parameter: the version.
+SET_SCHEMA_VERSION = "UPDATE lrun_schema SET version = %s"
+
+#: A run: its record as JSON in ``record``, the fields that queries look at in columns.
+CREATE_RUNS = """CREATE TABLE lrun_runs (
+            id text PRIMARY KEY,
+            machine text NOT NULL,
+            key text NOT NULL,
+            status text NOT NULL
+                CHECK (status IN ('pending', 'running', 'completed', 'failed', 'interrupted', 'timeout')),
+            batch_id text,
+            created_at double precision,
+            ended_at double precision,
+            record text NOT NULL)"""
+
+#: At most one live run per machine, whatever a client does.
+CREATE_RUNS_ONE_LIVE_INDEX = """CREATE UNIQUE INDEX lrun_runs_one_live ON lrun_runs (machine)
+            WHERE status IN ('pending', 'running')"""
+
+#: The newest completed run of a key on a machine, in one index lookup.
+CREATE_RUNS_COMPLETED_INDEX = (
+    "CREATE INDEX lrun_runs_completed ON lrun_runs (machine, key, ended_at) WHERE status = 'completed'"
+)
+
+#: Runs oldest first.
+CREATE_RUNS_CREATED_INDEX = "CREATE INDEX lrun_runs_created ON lrun_runs (created_at, id)"
+
+#: A batch's runs.
+CREATE_RUNS_BATCH_INDEX = "CREATE INDEX lrun_runs_batch ON lrun_runs (batch_id)"
+
+#: The trigger function that refuses any change to a terminal run (error code ``LR001``).
+#: Its ``%`` are PL/pgSQL's own ``RAISE`` placeholders: the statement is sent without parameters.
+CREATE_RUNS_FINAL_FUNCTION = """CREATE FUNCTION lrun_runs_final() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'run % is %: a terminal run is final', OLD.id, OLD.status
+                USING ERRCODE = 'LR001';
+        END $$"""
+
+#: A terminal record is final, whatever a client does.
+CREATE_RUNS_FINAL_TRIGGER = """CREATE TRIGGER lrun_runs_final BEFORE UPDATE ON lrun_runs FOR EACH ROW
+            WHEN (OLD.status NOT IN ('pending', 'running')) EXECUTE FUNCTION lrun_runs_final()"""
+
+#: A batch: its whole record as JSON.
+CREATE_BATCHES = """CREATE TABLE lrun_batches (
+            id text PRIMARY KEY, created_at double precision NOT NULL, record text NOT NULL)"""
+
+#: Records that did not parse, kept (never deleted) with the reason.
+CREATE_CORRUPT = """CREATE TABLE lrun_corrupt (
+            kind text NOT NULL, id text NOT NULL, record text NOT NULL, reason text NOT NULL,
+            moved_at timestamptz NOT NULL DEFAULT now())"""
+
+#: A shared result part's bytes, one chunk per row (see :mod:`.pg_results`).
+CREATE_RESULT_CHUNKS = """CREATE TABLE lrun_result_chunks (
+        run_id text NOT NULL REFERENCES lrun_runs (id) ON DELETE CASCADE,
+        part text NOT NULL,
+        seq integer NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (run_id, part, seq))"""
+
+#: A shared result part: its size, chunk count and digest (written after its chunks).
+CREATE_RESULT_PARTS = """CREATE TABLE lrun_result_parts (
+        run_id text NOT NULL REFERENCES lrun_runs (id) ON DELETE CASCADE,
+        part text NOT NULL CHECK (part IN ('junit', 'logs', 'artifacts')),
+        size bigint NOT NULL,
+        chunks integer NOT NULL,
+        digest text NOT NULL,
+        PRIMARY KEY (run_id, part))"""
+
+#: The statements that take the schema from version ``n - 1`` to ``n``, in order.
+MIGRATIONS: Mapping[int, tuple[str, ...]] = {
+    1: (
+        CREATE_RUNS,
+        CREATE_RUNS_ONE_LIVE_INDEX,
+        CREATE_RUNS_COMPLETED_INDEX,
+        CREATE_RUNS_CREATED_INDEX,
+        CREATE_RUNS_BATCH_INDEX,
+        CREATE_RUNS_FINAL_FUNCTION,
+        CREATE_RUNS_FINAL_TRIGGER,
+        CREATE_BATCHES,
+        CREATE_CORRUPT,
+        CREATE_RESULT_CHUNKS,
+        CREATE_RESULT_PARTS,
+    ),
+}
+
+# -- advisory locks (parameter: the lock's bigint, see pg_db.lock_id) ------------------
+
+#: Wait for a lock held until the transaction ends (the schema's, a machine's).
+ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+
+#: Wait for a lock held until unlocked or the session ends (a run's watch lock).
+ADVISORY_LOCK = "SELECT pg_advisory_lock(%s)"
+
+#: Take a session lock if free; one row: whether it was taken.
+ADVISORY_TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
+
+#: Release a session lock; one row: whether it was held.
+ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(%s)"
+
+# -- runs (lrun_runs) -----------------------------------------------------------------
+
+#: A new run; parameters: the columns by name (``id``, ``machine``, ``key``, ``status``,
+#: ``batch``, ``created``, ``ended``, ``record``).
+INSERT_RUN = """INSERT INTO lrun_runs (id, machine, key, status, batch_id, created_at, ended_at, record)
+    VALUES (%(id)s, %(machine)s, %(key)s, %(status)s, %(batch)s, %(created)s, %(ended)s, %(record)s)"""
+
+#: :data:`INSERT_RUN` unless the id exists; one row (the id) when inserted.
+INSERT_RUN_IF_NEW = INSERT_RUN + " ON CONFLICT (id) DO NOTHING RETURNING id"
+
+#: The live runs of machine ``%s`` (id, key, record), oldest first.
+SELECT_LIVE_ON_MACHINE = (
+    "SELECT id, key, record FROM lrun_runs"
+    " WHERE machine = %s AND status IN ('pending', 'running') ORDER BY created_at, id"
+)
+
+#: The record of run ``%s``.
+SELECT_RUN = "SELECT record FROM lrun_runs WHERE id = %s"
+
+#: Lock run ``%s``'s row for an update; its machine, key and status.
+SELECT_RUN_FOR_UPDATE = "SELECT machine, key, status FROM lrun_runs WHERE id = %s FOR UPDATE"
+
+#: Rewrite a live run; parameters as :data:`INSERT_RUN`'s (``machine`` and ``key`` unused).
+UPDATE_RUN = (
+    "UPDATE lrun_runs SET status = %(status)s, batch_id = %(batch)s, created_at = %(created)s,"
+    " ended_at = %(ended)s, record = %(record)s WHERE id = %(id)s"
+)
+
+#: The newest completed run (id, record) of machine and key ``%s, %s``.
+SELECT_LAST_COMPLETED = (
+    "SELECT id, record FROM lrun_runs WHERE machine = %s AND key = %s AND status = 'completed'"
+    " ORDER BY ended_at DESC NULLS LAST, id DESC LIMIT 1"
+)
+
+#: Runs (id, record) oldest first, filtered: ``machine``, ``status``, ``batch`` (NULL: any)
+#: and ``live`` (true: pending and running runs only).
+SELECT_RUNS = """SELECT id, record FROM lrun_runs
+    WHERE (%(machine)s::text IS NULL OR machine = %(machine)s)
+      AND (%(status)s::text IS NULL OR status = %(status)s)
+      AND (%(batch)s::text IS NULL OR batch_id = %(batch)s)
+      AND (NOT %(live)s OR status IN ('pending', 'running'))
+    ORDER BY COALESCE(created_at, 0), id"""
+
+#: Lock run ``%s``'s row before deleting it; its status.
+SELECT_RUN_STATUS_FOR_UPDATE = "SELECT status FROM lrun_runs WHERE id = %s FOR UPDATE"
+
+#: Delete run ``%s`` (its shared result goes with it, by the foreign keys' cascade).
+DELETE_RUN = "DELETE FROM lrun_runs WHERE id = %s"
+
+#: Terminal runs with saved results (id, total bytes), the first to prune first.
+SELECT_PRUNABLE = (
+    "SELECT r.id, sum(p.size) FROM lrun_runs r JOIN lrun_result_parts p ON p.run_id = r.id"
+    " WHERE r.status NOT IN ('pending', 'running')"
+    " GROUP BY r.id, r.ended_at ORDER BY r.ended_at NULLS FIRST, r.id"
+)
+
+#: Which of the run ids in the array ``%s`` exist.
+SELECT_KNOWN_RUN_IDS = "SELECT id FROM lrun_runs WHERE id = ANY(%s)"
+
+#: The status of each run of the array ``%s`` that exists (id, status).
+SELECT_RUN_STATUSES = "SELECT id, status FROM lrun_runs WHERE id = ANY(%s)"
+
+#: Whether the database's guards exist: the one-live-run index, the final-record trigger.
+CHECK_GUARDS = (
+    "SELECT to_regclass('lrun_runs_one_live') IS NOT NULL,"
+    " EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'lrun_runs_final' AND NOT tgisinternal)"
+)
+
+#: Every run's columns and record, for the store's check.
+SELECT_RUNS_BY_ID = "SELECT id, machine, key, status, record FROM lrun_runs ORDER BY id"
+
+# -- batches (lrun_batches) -----------------------------------------------------------
+
+#: A new batch (id, created_at, record) unless the id exists; one row (the id) when inserted.
+INSERT_BATCH_IF_NEW = (
+    "INSERT INTO lrun_batches (id, created_at, record) VALUES (%s, %s, %s)"
+    " ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+
+#: The record of batch ``%s``.
+SELECT_BATCH = "SELECT record FROM lrun_batches WHERE id = %s"
+
+#: The record of batch ``%s``, its row locked until the transaction ends.
+SELECT_BATCH_FOR_UPDATE = "SELECT record FROM lrun_batches WHERE id = %s FOR UPDATE"
+
+#: Replace a batch's record; parameters: record, id.
+UPDATE_BATCH = "UPDATE lrun_batches SET record = %s WHERE id = %s"
+
+#: Every batch (id, record), oldest first.
+SELECT_BATCHES = "SELECT id, record FROM lrun_batches ORDER BY created_at, id"
+
+#: Every batch (id, record) by id, for the store's check.
+SELECT_BATCHES_BY_ID = "SELECT id, record FROM lrun_batches ORDER BY id"
+
+# -- records moved aside (lrun_corrupt) -------------------------------------------------
+# Parameters: ``id``, ``record`` (the text that did not parse) and ``reason``. Nothing
+# moves when someone rewrote the record meanwhile.
+
+#: Move a run record that did not parse into ``lrun_corrupt``.
+MOVE_RUN_ASIDE = """WITH gone AS (
+            DELETE FROM lrun_runs WHERE id = %(id)s AND record = %(record)s RETURNING id, record)
+        INSERT INTO lrun_corrupt (kind, id, record, reason) SELECT 'run', id, record, %(reason)s FROM gone"""
+
+#: Move a batch record that did not parse into ``lrun_corrupt``.
+MOVE_BATCH_ASIDE = """WITH gone AS (
+            DELETE FROM lrun_batches WHERE id = %(id)s AND record = %(record)s RETURNING id, record)
+        INSERT INTO lrun_corrupt (kind, id, record, reason)
+        SELECT 'batch', id, record, %(reason)s FROM gone"""
+
+#: The statement that moves a record of each kind aside.
+MOVE_ASIDE: Mapping[str, str] = {"run": MOVE_RUN_ASIDE, "batch": MOVE_BATCH_ASIDE}
+
+# -- shared results (lrun_result_parts, lrun_result_chunks; see pg_results) -------------
+
+#: Forget run ``%s``'s stored parts (before its chunks, then store anew).
+DELETE_RESULT_PARTS = "DELETE FROM lrun_result_parts WHERE run_id = %s"
+
+#: Forget run ``%s``'s stored chunks.
+DELETE_RESULT_CHUNKS = "DELETE FROM lrun_result_chunks WHERE run_id = %s"
+
+#: One chunk; parameters: run id, part, seq, bytes.
+INSERT_RESULT_CHUNK = "INSERT INTO lrun_result_chunks (run_id, part, seq, data) VALUES (%s, %s, %s, %s)"
+
+#: A part whose chunks are all stored; parameters: run id, part, size, chunk count, digest.
+INSERT_RESULT_PART = (
+    "INSERT INTO lrun_result_parts (run_id, part, size, chunks, digest) VALUES (%s, %s, %s, %s, %s)"
+)
+
+#: One snapshot for the rest of the transaction (the first statement of a result's download).
+SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+
+#: Run ``%s``'s stored parts (part, size, chunks, digest).
+SELECT_RESULT_PARTS = (
+    "SELECT part, size, chunks, digest FROM lrun_result_parts WHERE run_id = %s ORDER BY part"
+)
+
+#: One chunk's bytes; parameters: run id, part, seq.
+SELECT_RESULT_CHUNK = "SELECT data FROM lrun_result_chunks WHERE run_id = %s AND part = %s AND seq = %s"
