@@ -208,7 +208,9 @@ class TarWriter:
     ``extra_dirs`` (relative to the archive root, not under the prefix; the last
     level of each mode 0o777: output directories such as ``lrun/out`` that the inner
     run must be able to write whatever user it runs as, since the Engine creates what
-    it unpacks as root). Each ``add_*`` then writes one member at ``prefix/relpath``,
+    it unpacks as root), then each of ``extra_files`` (``(path from the archive root,
+    bytes)``, mode 0o644: the inner reporter, which is no file of the tree). Each
+    ``add_*`` then writes one member at ``prefix/relpath``,
     in the order called (the caller puts parents first). Ownership is uid/gid 0 with
     empty names, directories are 0o755, files :func:`file_mode`, symlinks 0o777 with
     their target unchanged, mtimes ``mtime`` (see :data:`PACK_MTIME`).
@@ -217,11 +219,22 @@ class TarWriter:
     ``with`` block without finishing (an exception) discards the spool.
     """
 
-    def __init__(self, *, prefix: str = "", extra_dirs: Iterable[str] = (), mtime: int = PACK_MTIME) -> None:
+    def __init__(
+        self,
+        *,
+        prefix: str = "",
+        extra_dirs: Iterable[str] = (),
+        extra_files: Iterable[tuple[str, bytes]] = (),
+        mtime: int = PACK_MTIME,
+    ) -> None:
         self._prefix = _split_relpath(prefix, "prefix")
         writable = {_split_relpath(extra, "extra dir") for extra in extra_dirs}
         writable.discard(())
-        levels = {dirs[:depth] for dirs in (self._prefix, *writable) for depth in range(1, len(dirs) + 1)}
+        files = [(_split_relpath(path, "extra file"), data) for path, data in extra_files]
+        parents = [parts[:-1] for parts, _data in files]
+        levels = {
+            dirs[:depth] for dirs in (self._prefix, *writable, *parents) for depth in range(1, len(dirs) + 1)
+        }
         self._spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_SIZE)  # noqa: SIM115
         self._finished = False
         try:
@@ -230,6 +243,10 @@ class TarWriter:
             )
             for dirs in sorted(levels):
                 self._add(_info("/".join(dirs), tarfile.DIRTYPE, 0o777 if dirs in writable else 0o755, mtime))
+            for parts, data in files:
+                info = _info("/".join(parts), tarfile.REGTYPE, file_mode(False), mtime)
+                info.size = len(data)
+                self._add(info, io.BytesIO(data))
         except BaseException:
             self._spool.close()
             raise

@@ -13,6 +13,14 @@ image, a command...) into a terminal :class:`~pytest_lrun.store.Run` record:
    archive API (no bind mounts), start it, spool its logs, wait with the
    timeout, read the inner JUnit XML and the artifacts back, remove it.
 
+A run whose command is pytest (:func:`pytest_arguments_at`) also ships the inner
+reporter (:mod:`pytest_lrun.events`) with a fresh token kept in the run record:
+its events are split from the output as it streams and kept in the run's
+``events.jsonl`` (the log keeps the rest); the reporter's bytes are part of the
+key, the token is not. A run is stopped (timeout, Ctrl-C) with SIGINT first and
+SIGKILL only after ``stop_grace`` seconds (:func:`~pytest_lrun.engine.stop`), so
+the inner pytest can report the test it was running.
+
 Whoever *finishes* a run (waits for its container and writes its terminal
 status) holds the run's watch lock (:meth:`~pytest_lrun.store.RunStore.watching`).
 The process that created the run holds it from the start; a process that finds
@@ -54,6 +62,7 @@ from .engine import (
     ContainerSpec,
     Engine,
     connect,
+    stop,
 )
 from .errors import (
     EXIT_NONZERO,
@@ -71,12 +80,19 @@ from .errors import (
     MachineBusy,
     TerminalRunError,
 )
+from .events import Event, EventParser, new_token, reporter_file, reporter_wiring
 from .fsutil import ENTRY_BYTES
 from .hashing import Snapshot, hash_dir, snapshot
 from .junit import CaseResult, parse_junit
-from .logs import LogSpool
+from .logs import EventSpool, LogSpool, read_events
 from .machines import Machine
-from .settings import DEFAULT_ARTIFACTS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOG_MAX_BYTES, DEFAULT_TIMEOUT
+from .settings import (
+    DEFAULT_ARTIFACTS,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOG_MAX_BYTES,
+    DEFAULT_STOP_GRACE,
+    DEFAULT_TIMEOUT,
+)
 from .store import Decision, Run, RunStore, Status
 
 logger = logging.getLogger("pytest_lrun")
@@ -125,25 +141,40 @@ class RunResult:
     run: Run
     origin: str  # "created", "reused" or "cached"
     cases: list[CaseResult] | None = None  # None: the run left no JUnit XML
+    events: list[Event] | None = None  # None: the run has no reporter events (no pytest, an old run)
 
 
 def run_key(dir_hash: str, image_id: str, spec: RunSpec) -> str:
     """The idempotency key: everything that can change a run's result.
 
     Env values enter only as a digest, so a secret never appears in the key's inputs on disk.
+    A pytest command's key covers the reporter shipped with it: a new reporter is a new run.
     """
-    material = json.dumps(
-        {
-            "dir": dir_hash,
-            "image": image_id,
-            "command": list(spec.command),
-            "env": sorted(spec.env.items()),
-            "workdir": spec.machine.workdir,
-            "artifacts": list(spec.artifacts),
-        },
-        sort_keys=True,
-    )
-    return xxhash.xxh3_128_hexdigest(material.encode())
+    inputs: dict[str, object] = {
+        "dir": dir_hash,
+        "image": image_id,
+        "command": list(spec.command),
+        "env": sorted(spec.env.items()),
+        "workdir": spec.machine.workdir,
+        "artifacts": list(spec.artifacts),
+    }
+    if pytest_arguments_at(spec.command) is not None:
+        inputs["reporter"] = xxhash.xxh3_128_hexdigest(reporter_file()[1])
+    return xxhash.xxh3_128_hexdigest(json.dumps(inputs, sort_keys=True).encode())
+
+
+def pytest_arguments_at(command: tuple[str, ...]) -> int | None:
+    """Where pytest's own arguments start in ``command`` (the reporter's ``-p`` goes there);
+    None when the command runs no pytest.
+
+    pytest is ``pytest ...`` or ``python -m pytest ...`` (any ``python``/``python3.X``, with a path or not).
+    """
+    program = os.path.basename(command[0]) if command else ""
+    if program == "pytest":
+        return 1
+    if program.startswith("python") and command[1:3] == ("-m", "pytest"):
+        return 3
+    return None
 
 
 OutputSink = Callable[[RunSpec | Run, str], None]
@@ -185,6 +216,7 @@ class Dispatcher:
         keep: str = "never",
         reuse: str = "never",
         busy_wait: float = 0.0,
+        stop_grace: float = DEFAULT_STOP_GRACE,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
         on_output: OutputSink | None = None,
         on_prepared: Callable[[RunSpec, Run, str], None] | None = None,
@@ -194,6 +226,7 @@ class Dispatcher:
         self.keep = keep
         self.reuse = reuse
         self.busy_wait = busy_wait
+        self.stop_grace = stop_grace
         self.log_max_bytes = log_max_bytes
         self.on_output = on_output
         self.on_prepared = on_prepared  # (spec, run, origin) as soon as the run is known: batch records
@@ -239,22 +272,33 @@ class Dispatcher:
         return self.result(self._await(run, self.engines.get(machine)), "reused")
 
     def cancel_all(self) -> None:
-        """Kill the containers of every run this dispatcher is watching (Ctrl-C)."""
+        """Stop the containers of every run this dispatcher is watching (Ctrl-C), all at once:
+        SIGINT, and SIGKILL for those still running ``stop_grace`` seconds later."""
         self._cancelled.set()
         with self._live_lock:
             live = list(self._live.values())
-        for engine, container_id in live:
-            # The run is marked interrupted by its own thread whether the kill works or not.
-            with contextlib.suppress(EngineError):
-                engine.kill(container_id)
+        stoppers = [
+            threading.Thread(target=self._stop_quietly, args=(engine, container_id), daemon=True)
+            for engine, container_id in live
+        ]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(self.stop_grace + 60)  # engine calls have their own timeouts: a bound only
+
+    def _stop_quietly(self, engine: Engine, container_id: str) -> None:
+        # The run is marked interrupted by its own thread whether the stop works or not.
+        with contextlib.suppress(EngineError):
+            stop(engine, container_id, self.stop_grace)
 
     def result(self, run: Run, origin: str) -> RunResult:
         """The run's result for the report; a run that ended on another runner is fetched first."""
         if run.status.is_terminal:
             self.store.load_result(run)
-        junit = self.store.files(run.id).junit
-        cases = parse_junit(junit.read_bytes()) if junit.is_file() else None
-        return RunResult(run, origin, cases)
+        files = self.store.files(run.id)
+        cases = parse_junit(files.junit.read_bytes()) if files.junit.is_file() else None
+        events = read_events(files.events) if run.event_token else None
+        return RunResult(run, origin, cases, events)
 
     # -- steps ----------------------------------------------------------------
 
@@ -313,6 +357,7 @@ class Dispatcher:
             spec.test_dir,
             prefix=spec.machine.workdir.strip("/"),
             extra_dirs=LRUN_DIRS,
+            extra_files=[reporter_file()] if pytest_arguments_at(spec.command) is not None else [],
             cache_dir=self.store.hashcache_dir,
         )
         try:
@@ -343,6 +388,7 @@ class Dispatcher:
                 timeout=spec.timeout,
                 artifacts=list(spec.artifacts),
                 env_names=sorted({*spec.machine.env, *spec.env}),
+                event_token=new_token() if pytest_arguments_at(spec.command) is not None else None,
             )
 
         run, outcome = self.store.prepare(
@@ -371,11 +417,18 @@ class Dispatcher:
             LABEL_CREATED: str(int(time.time())),
             LABEL_STORE: self.store.store_id,
         }
+        env = {**spec.machine.env, **spec.env}
+        command = spec.command
+        at = pytest_arguments_at(command)
+        if run.event_token is not None and at is not None:
+            wiring = reporter_wiring(run.event_token, image_pythonpath=env.get("PYTHONPATH"))
+            command = (*command[:at], *wiring.args, *command[at:])
+            env.update(wiring.env)
         container_spec = ContainerSpec(
             image=spec.image,
-            command=spec.command,
+            command=command,
             labels=labels,
-            env={**spec.machine.env, **spec.env},
+            env=env,
             workdir=spec.machine.workdir,
             network=spec.machine.network,
             cpus=spec.machine.cpus,
@@ -402,12 +455,8 @@ class Dispatcher:
         assert run.container_id is not None
         container_id = run.container_id
         self._watch(run.id, engine, container_id)
-        spool = LogSpool(
-            self.store.files(run.id).logs,
-            max_bytes=self.log_max_bytes,
-            secrets=secrets,
-            fresh=fresh_logs,
-        )
+        files = self.store.files(run.id)
+        spool = _RunOutput(files.logs, files.events, run, self.log_max_bytes, secrets, fresh=fresh_logs)
         pump = threading.Thread(target=self._pump_logs, args=(run, engine, spool), daemon=True)
         pump.start()
         timeout = run.timeout or DEFAULT_TIMEOUT
@@ -423,7 +472,7 @@ class Dispatcher:
             spool.close()
             return self._end(run, Status.FAILED, error=e)
         if exit_code is None:
-            engine.kill(container_id)
+            stop(engine, container_id, self.stop_grace)
             engine.wait(container_id, 30)
         pump.join(30)
         spool.close()
@@ -458,7 +507,7 @@ class Dispatcher:
                 run = replace(run, error_code=EXIT_NONZERO, error_msg=f"exit code {exit_code}")
         return self._end(run, status, engine=engine)
 
-    def _pump_logs(self, run: Run, engine: Engine, spool: LogSpool) -> None:
+    def _pump_logs(self, run: Run, engine: Engine, spool: _RunOutput) -> None:
         assert run.container_id is not None
         try:
             for chunk in engine.logs(run.container_id, follow=True):
@@ -469,24 +518,29 @@ class Dispatcher:
             pass  # the container ended or vanished: the waiter decides the status
 
     def _respool(self, run: Run, engine: Engine, secrets: list[str]) -> None:
-        """Rewrite the log from the stopped container's complete log.
+        """Rewrite the log and the events from the stopped container's complete log.
 
         A follow stream opened on a container that exits at once can end before
         its last output (seen with Docker 20.10); the engine's stored log is whole.
         """
         assert run.container_id is not None
-        path = self.store.files(run.id).logs
-        fresh = path.with_name(f".{path.name}.respool.tmp")  # a leftover name the sweep knows
-        spool = LogSpool(fresh, max_bytes=self.log_max_bytes, secrets=secrets, fresh=True)
+        files = self.store.files(run.id)
+        paths = (files.logs, files.events)
+        # Leftover names the sweep knows, should this process die before the rename.
+        logs, events = (path.with_name(f".{path.name}.respool.tmp") for path in paths)
+        spool = _RunOutput(logs, events, run, self.log_max_bytes, secrets, fresh=True)
         try:
             for chunk in engine.logs(run.container_id, follow=False):
                 spool.write(chunk)
         except EngineError:
             spool.close()
-            fresh.unlink(missing_ok=True)  # keep what the follow stream gave
+            for fresh in (logs, events):
+                fresh.unlink(missing_ok=True)  # keep what the follow stream gave
             return
         spool.close()
-        os.replace(fresh, path)
+        for fresh, path in zip((logs, events), paths, strict=True):
+            if fresh.exists():
+                os.replace(fresh, path)
 
     def _collect(self, run: Run, engine: Engine) -> list[tuple[str, str]]:
         """Read the inner JUnit XML and the artifacts back; returns what extraction refused."""
@@ -611,6 +665,33 @@ class Dispatcher:
     def _watch(self, run_id: str, engine: Engine, container_id: str) -> None:
         with self._live_lock:
             self._live[run_id] = (engine, container_id)
+
+
+class _RunOutput:
+    """A run's output as it streams: its events (the run's token) to ``events.jsonl``, the rest to the log."""
+
+    def __init__(
+        self, logs: Path, events: Path, run: Run, max_bytes: int, secrets: list[str], *, fresh: bool
+    ) -> None:
+        self._log = LogSpool(logs, max_bytes=max_bytes, secrets=secrets, fresh=fresh)
+        self._parser = EventParser(run.event_token) if run.event_token else None
+        self._events = EventSpool(events, secrets=secrets, fresh=fresh) if run.event_token else None
+
+    def write(self, chunk: bytes) -> bytes:
+        """Take ``chunk``; returns the redacted complete log lines it completed (for live display)."""
+        if self._parser is None or self._events is None:
+            return self._log.write(chunk)
+        parsed = self._parser.feed(chunk)
+        self._events.write(parsed.events)
+        return self._log.write(parsed.output)
+
+    def close(self) -> None:
+        if self._parser is not None and self._events is not None:
+            parsed = self._parser.close()
+            self._events.write(parsed.events)
+            self._log.write(parsed.output)
+            self._events.close()
+        self._log.close()
 
 
 @contextlib.contextmanager

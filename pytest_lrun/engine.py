@@ -91,6 +91,7 @@ class Engine(Protocol):
     def get_archive(self, container_id: str, path: str) -> Iterator[bytes] | None: ...
     def inspect(self, container_id: str) -> ContainerState | None: ...
     def kill(self, container_id: str) -> None: ...
+    def interrupt(self, container_id: str) -> None: ...
     def remove(self, container_id: str) -> None: ...
     def list_labelled(self, label: str) -> list[ContainerState]: ...
     def close(self) -> None: ...
@@ -250,15 +251,22 @@ class DockerEngine:
         return _state(info)
 
     def kill(self, container_id: str) -> None:
+        self._signal(container_id, "SIGKILL")
+
+    def interrupt(self, container_id: str) -> None:
+        """Send SIGINT: an inner pytest then ends its session as after Ctrl-C, reports and all."""
+        self._signal(container_id, "SIGINT")
+
+    def _signal(self, container_id: str, signal: str) -> None:
         try:
-            self._api.kill(container_id)
+            self._api.kill(container_id, signal=signal)
         except docker.errors.APIError as e:
-            # Killing a container that already stopped (or vanished) is what we wanted anyway.
+            # Signalling a container that already stopped (or vanished) is what we wanted anyway.
             if e.status_code in (404, 409):
                 return
-            raise self._fail("kill container", e) from e
+            raise self._fail("signal container", e) from e
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise self._fail("kill container", e) from e
+            raise self._fail("signal container", e) from e
 
     def remove(self, container_id: str) -> None:
         try:
@@ -350,3 +358,17 @@ def connect(machine: Machine, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOU
         engine.close()
         raise
     return engine
+
+
+def stop(engine: Engine, container_id: str, grace: float) -> None:
+    """Stop a container gracefully: SIGINT, then SIGKILL if it still runs after ``grace`` seconds.
+
+    An engine made by a user's ``pytest_lrun_make_engine`` hook before
+    :meth:`Engine.interrupt` existed has none: its containers are killed at once.
+    """
+    interrupt = getattr(engine, "interrupt", None)
+    if interrupt is not None and grace > 0:
+        interrupt(container_id)
+        if engine.wait(container_id, grace) is not None:
+            return
+    engine.kill(container_id)

@@ -458,6 +458,7 @@ def snapshot(
     *,
     prefix: str = "",
     extra_dirs: Iterable[str] = (),
+    extra_files: Iterable[tuple[str, bytes]] = (),
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Snapshot:
     """Walk the tree at ``path`` once, read each file once, and return its digest and its archive.
@@ -466,7 +467,8 @@ def snapshot(
     ignore rules, same stream), so keys stored before stay valid. The archive is a
     :class:`~pytest_lrun.archive.TarWriter` tar of the tree's entries under
     ``prefix``, in the digest's order, after the directory entries of ``prefix`` and
-    ``extra_dirs``: each file holds the bytes that were hashed, with mode 0o755 or
+    ``extra_dirs`` and the ``extra_files`` (which the digest does not cover): each
+    file of the tree holds the bytes that were hashed, with mode 0o755 or
     0o644 by the owner-executable bit the digest covers.
 
     A file that changes while it is read -- it ends before, or goes on past, the size
@@ -482,7 +484,7 @@ def snapshot(
     items = _walk(top, _ignore_matcher(top))
     tree = _TreeStream()
     rows: dict[str, _CacheRow] = {}
-    with TarWriter(prefix=prefix, extra_dirs=extra_dirs) as writer:
+    with TarWriter(prefix=prefix, extra_dirs=extra_dirs, extra_files=extra_files) as writer:
         try:
             for relpath, name, abspath, kind, st, target in items:
                 if st is not None:

@@ -5,7 +5,8 @@ the command line) asks :class:`RunFiles` for the path instead of spelling it, so
 the layout below can change in one place::
 
     runs/<run-id>/run.json        the run record
-    runs/<run-id>/logs.txt        the container's log, redacted and capped
+    runs/<run-id>/logs.txt        the container's log, redacted and capped, without the reporter's events
+    runs/<run-id>/events.jsonl    the inner reporter's events, one JSON object a line (pytest runs only)
     runs/<run-id>/junit.xml       the inner JUnit XML, as the container wrote it
     runs/<run-id>/artifacts/      files copied out of the container
     runs/<run-id>/finish.lock     held by whoever watches the run to its end (never holds data)
@@ -30,6 +31,7 @@ __all__ = [
 
 RECORD = "run.json"
 LOGS = "logs.txt"
+EVENTS = "events.jsonl"
 JUNIT = "junit.xml"
 ARTIFACTS = "artifacts"
 FINISH_LOCK = "finish.lock"
@@ -53,6 +55,10 @@ class RunFiles:
     @property
     def logs(self) -> Path:
         return self.dir / LOGS
+
+    @property
+    def events(self) -> Path:
+        return self.dir / EVENTS
 
     @property
     def junit(self) -> Path:

@@ -1,4 +1,4 @@
-"""A run's log spool: redacted, size-capped, tail-keeping.
+"""A run's log spool (redacted, size-capped, tail-keeping) and its events file.
 
 The engine's output of a run is appended to ``runs/<id>/logs.txt``. Two rules
 hold for every byte written:
@@ -7,14 +7,34 @@ hold for every byte written:
   ``***`` before anything touches the disk or the terminal;
 * the file never grows past ``max_bytes``: when it would, the oldest output is
   dropped and a visible marker line says how much, so the tail survives.
+
+The inner reporter's events (:mod:`pytest_lrun.events`), split from that output,
+go to ``runs/<id>/events.jsonl`` through :class:`EventSpool`, one JSON object a
+line, redacted the same way (captured output may show a secret too);
+:func:`read_events` reads them back for the report.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+from .events import (
+    Collected,
+    CollectError,
+    CollectSkip,
+    Event,
+    Finished,
+    Location,
+    PhaseReport,
+    SkipInfo,
+    Start,
+)
 
 MARKER = b"[lrun: %d bytes of earlier output dropped to keep the log under %d bytes]\n"
 _MARKER_RE = re.compile(rb"^\[lrun: (\d+) bytes of earlier output dropped[^\n]*\n")
@@ -104,3 +124,91 @@ def tail(path: Path, max_bytes: int = 8192) -> str:
     if size > max_bytes:
         data = b"[...]\n" + data[data.find(b"\n") + 1 :]
     return data.decode("utf-8", "replace")
+
+
+_KINDS: dict[type[Any], str] = {
+    Collected: "collected",
+    Start: "start",
+    PhaseReport: "report",
+    Finished: "finish",
+}
+
+
+def _location(value: Any) -> Location | None:
+    return None if value is None else (value[0], value[1], value[2])
+
+
+def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    return tuple((first, second) for first, second in value)
+
+
+def _event(record: dict[str, Any]) -> Event:
+    """The event a line of ``events.jsonl`` holds; KeyError, TypeError or ValueError if it holds none."""
+    kind = record.pop("e")
+    if kind == "collected":
+        return Collected(
+            n=record["n"],
+            nodeids=tuple(record["nodeids"]),
+            errors=tuple(CollectError(**error) for error in record["errors"]),
+            skipped=tuple(CollectSkip(s["nodeid"], SkipInfo(**s["skip"])) for s in record["skipped"]),
+        )
+    if kind == "start":
+        return Start(n=record["n"], nodeid=record["nodeid"], location=_location(record["location"]))
+    if kind == "report":
+        skip = record["skip"]
+        return PhaseReport(
+            **{
+                **record,
+                "location": _location(record["location"]),
+                "skip": None if skip is None else SkipInfo(**skip),
+                "sections": _pairs(record["sections"]),
+                "keywords": tuple(record["keywords"]),
+                "user_properties": _pairs(record["user_properties"]),
+            }
+        )
+    if kind == "finish":
+        return Finished(**record)
+    raise ValueError(f"unknown event kind {kind!r}")
+
+
+class EventSpool:
+    """Appends a run's events to its ``events.jsonl``, redacted (see the module docstring)."""
+
+    def __init__(self, path: Path, *, secrets: Iterable[str] = (), fresh: bool = False) -> None:
+        # Secrets as they appear inside a JSON string (ensure_ascii, like the lines written).
+        self._redact = redactor(json.dumps(secret)[1:-1] for secret in secrets)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "wb" if fresh else "ab")  # noqa: SIM115 - closed in close()
+
+    def write(self, events: Iterable[Event]) -> None:
+        lines = b"".join(
+            json.dumps({"e": _KINDS[type(event)], **dataclasses.asdict(event)}).encode() + b"\n"
+            for event in events
+        )
+        if not lines:
+            return
+        if self._redact is not None:
+            lines = self._redact.sub(REDACTED, lines)
+        self._file.write(lines)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_events(path: Path) -> list[Event] | None:
+    """The events in ``path`` in order, or None when the run has none (no file).
+
+    A line that holds no event (a write cut short by a crash) ends the list: what came before stays.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    events: list[Event] = []
+    for line in data.splitlines():
+        try:
+            events.append(_event(json.loads(line)))
+        except (KeyError, TypeError, ValueError):
+            break
+    return events

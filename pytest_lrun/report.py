@@ -1,9 +1,12 @@
 """Runs as pytest nodes: the collector of a dispatched directory and its items.
 
-Every inner JUnit testcase of a run becomes an :class:`InnerItem` whose setup
-and call replay the inner outcome (passed, failed, error, skipped, xfailed), so
-the terminal, ``-k``, ``--junitxml`` and every other plugin see ordinary items
-and reports. A run without inner results (a crash, a timeout, a non-pytest
+Every inner test of a run becomes an :class:`InnerItem` whose setup and call
+replay the inner outcome (passed, failed, error, skipped, xfailed), so the
+terminal, ``-k``, ``--junitxml`` and every other plugin see ordinary items and
+reports. The inner tests come from the reporter's events when the run has them
+(:func:`cases_from_events`: one per test with a phase report, and after a stop
+the test that was running and those never started), else from the inner JUnit
+XML. A run without inner results (a crash, a timeout, a non-pytest
 command, a busy machine) is one :class:`RunItem` whose outcome follows the
 run's status. Each report carries the run's log tail as its ``log`` section and
 the run's facts as ``user_properties``; artifacts are listed as
@@ -23,8 +26,9 @@ import pluggy
 import pytest
 
 from .dispatch import RunResult, RunSpec
-from .errors import EXIT_NONZERO, LrunError
-from .junit import CaseResult
+from .errors import CANCELLED, EXIT_NONZERO, INTERRUPTED, OOM_KILLED, TIMED_OUT, ContainerGone, LrunError
+from .events import Collected, Event, Finished, PhaseReport, Start
+from .junit import CaseOutcome, CaseResult, When
 from .logs import tail
 from .store import Run, Status
 
@@ -104,25 +108,176 @@ class LrunDir(_HostHooks, pytest.Collector):
 
 
 def items_for(parent: LrunDir, spec: RunSpec, outcome: JobOutcome, suffix: str) -> Iterator[pytest.Item]:
-    if isinstance(outcome, LrunError | Detached) or outcome.cases is None:
+    if isinstance(outcome, LrunError | Detached):
         yield RunItem.from_parent(parent, spec=spec, outcome=outcome, suffix=suffix)
         return
-    for case in outcome.cases:
+    stop_named = False
+    cases = outcome.cases
+    if outcome.events:
+        cases, stop_named = cases_from_events(outcome.events, outcome.run)
+    if cases is None:
+        yield RunItem.from_parent(parent, spec=spec, outcome=outcome, suffix=suffix)
+        return
+    for case in cases:
         yield InnerItem.from_parent(parent, spec=spec, result=outcome, case=case, suffix=suffix)
-    if _run_level_failure(outcome):
+    if _run_level_failure(outcome.run, cases, stop_named):
         yield RunItem.from_parent(parent, spec=spec, outcome=outcome, suffix=suffix)
 
 
-def _run_level_failure(result: RunResult) -> bool:
-    """Whether the run failed beyond what its inner test results already say."""
-    run = result.run
+def _run_level_failure(run: Run, cases: list[CaseResult], stop_named: bool) -> bool:
+    """Whether the run failed beyond what its inner test results already say.
+
+    ``stop_named``: an inner test already fails with why the run was stopped.
+    """
+    if stop_named and run.error_code in _STOPPED_WHILE:
+        return False
     if run.error_code not in (None, EXIT_NONZERO):
         return True  # e.g. an artifact archive was refused, even from a run that passed
     if run.status is Status.COMPLETED:
         return False
     if run.status is not Status.FAILED or run.exit_code != 1:
         return True  # timeout, interrupted, pytest's exit 2-5...
-    return not any(case.outcome in ("failed", "error") for case in result.cases or ())
+    return not any(case.outcome in ("failed", "error") for case in cases)
+
+
+# How the test that was running when a run stopped fails, by the run's error code.
+_STOPPED_WHILE = {
+    TIMED_OUT: "timed out after {timeout:g} s while running this test",
+    CANCELLED: "cancelled while running this test",
+    INTERRUPTED: "interrupted while running this test",
+    OOM_KILLED: "killed by the OOM killer while running this test",
+    ContainerGone.code: "the container vanished while running this test",
+}
+
+
+def cases_from_events(events: Sequence[Event], run: Run) -> tuple[list[CaseResult], bool]:
+    """The inner tests of a run as the reporter's events tell them, and whether a stop was named.
+
+    One case per node id with a phase report, in the order they started, built as pytest's
+    JUnit XML would have it (outcome, failure text, captured output, summed duration);
+    collection errors and skipped modules come first. After a stop, the test that was
+    running (a ``start`` without a teardown report) fails with the stop's reason and the
+    inner traceback, and the collected tests never started are skipped as not run.
+    """
+    collected: Collected | None = None
+    finished: Finished | None = None
+    started: dict[str, Start] = {}
+    reports: dict[str, list[PhaseReport]] = {}
+    for event in events:
+        if isinstance(event, Collected):
+            collected = event
+        elif isinstance(event, Finished):
+            finished = event
+        elif isinstance(event, Start):
+            started.setdefault(event.nodeid, event)
+        else:
+            reports.setdefault(event.nodeid, []).append(event)
+            started.setdefault(event.nodeid, Start(event.n, event.nodeid, event.location))
+    cases: list[CaseResult] = []
+    if collected is not None:
+        cases += [
+            _case(e.nodeid, None, "error", "collect", "collection failure", e.longrepr)
+            for e in collected.errors
+        ]
+        cases += [_case(k.nodeid, None, "skipped", "collect", k.skip.reason, "") for k in collected.skipped]
+    stopped = run.status in (Status.TIMEOUT, Status.INTERRUPTED) or run.error_code in _STOPPED_WHILE
+    stop_named = False
+    for nodeid, start in started.items():
+        phases = reports.get(nodeid, [])
+        if any(report.when == "teardown" for report in phases):
+            cases += _cases_of(nodeid, start, phases)
+            continue
+        default = f"the run ended ({run.status.value}) while running this test"
+        reason = _STOPPED_WHILE.get(run.error_code or "", default).format(timeout=run.timeout or 0)
+        trace = finished.interrupt if finished is not None and finished.interrupt else ""
+        cases.append(_case(nodeid, start, "failed", "call", reason, trace, phases))
+        stop_named = True
+    if stopped and collected is not None:
+        reason = f"not run: the run was stopped ({run.status.value})"
+        cases += [
+            _case(n, None, "skipped", "setup", reason, "") for n in collected.nodeids if n not in started
+        ]
+    return cases, stop_named
+
+
+def _cases_of(nodeid: str, start: Start, phases: list[PhaseReport]) -> list[CaseResult]:
+    """A finished test's cases, as pytest's JUnit XML has them: a call failure followed by a
+    teardown error is two, anything else one (an error before a failure before a skip)."""
+    by_when = {report.when: report for report in phases}
+    setup, call, teardown = by_when.get("setup"), by_when.get("call"), by_when["teardown"]
+    main: CaseResult | None = None
+    if setup is not None and setup.outcome == "failed":
+        main = _case(
+            nodeid, start, "error", "setup", _crash_line(setup.longrepr), setup.longrepr or "", phases
+        )
+    elif setup is not None and setup.outcome == "skipped":
+        main = _skip_case(nodeid, start, setup, phases)
+    elif call is not None and call.outcome == "failed":
+        main = _case(nodeid, start, "failed", "call", _crash_line(call.longrepr), call.longrepr or "", phases)
+    elif call is not None and call.outcome == "skipped":
+        main = _skip_case(nodeid, start, call, phases)
+    if teardown.outcome == "failed":
+        error = _case(
+            nodeid,
+            start,
+            "error",
+            "teardown",
+            _crash_line(teardown.longrepr),
+            teardown.longrepr or "",
+            phases,
+        )
+        return [main, error] if main is not None and main.outcome == "failed" else [error]
+    if main is not None:
+        return [main]
+    outcome: CaseOutcome = "xpassed" if call is not None and call.wasxfail is not None else "passed"
+    return [_case(nodeid, start, outcome, "call", "", "", phases)]
+
+
+def _skip_case(nodeid: str, start: Start, report: PhaseReport, phases: list[PhaseReport]) -> CaseResult:
+    if report.wasxfail is not None:
+        return _case(nodeid, start, "xfailed", report.when, report.wasxfail, "", phases)
+    reason = report.skip.reason if report.skip is not None else report.longrepr or ""
+    return _case(nodeid, start, "skipped", report.when, reason, "", phases)
+
+
+def _case(
+    nodeid: str,
+    start: Start | None,
+    outcome: CaseOutcome,
+    when: When,
+    message: str,
+    text: str,
+    phases: Sequence[PhaseReport] = (),
+) -> CaseResult:
+    """One inner test's case; its duration, output and properties from its phase reports."""
+    location = start.location if start is not None else None
+    last = phases[-1] if phases else None  # pytest's sections accumulate: the last report has them all
+    sections = last.sections if last is not None else ()
+    out = "\n".join(text for name, text in sections if "stderr" not in name)
+    err = "\n".join(text for name, text in sections if "stderr" in name)
+    return CaseResult(
+        classname="",
+        name=location[2] if location else nodeid,
+        file=location[0] if location else None,
+        line=location[1] if location else None,
+        duration=sum(report.duration for report in phases),
+        outcome=outcome,
+        when=when,
+        message=message,
+        text=text,
+        system_out=out or None,
+        system_err=err or None,
+        properties=last.user_properties if last is not None else (),
+        nodeid_hint=nodeid,
+    )
+
+
+def _crash_line(longrepr: str | None) -> str:
+    """The exception line of a failure's text (pytest's ``E   ...``), which the short summary shows."""
+    for line in (longrepr or "").splitlines():
+        if line.startswith("E "):
+            return line[1:].strip()
+    return ""
 
 
 class InnerFailure(Exception):

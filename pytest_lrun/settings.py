@@ -48,6 +48,7 @@ GIB = 1024 * MIB
 # modules that need one (engine, dispatch, cli) name these constants.
 DEFAULT_TIMEOUT = 3600.0  # a run's limit when neither the option nor its machine sets one
 DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_STOP_GRACE = 10.0
 DEFAULT_LOG_MAX_BYTES = 16 * MIB
 DEFAULT_STATE_MAX_BYTES = 50 * MIB
 DEFAULT_REAP_AGE = 300.0
@@ -221,6 +222,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS",
     ),
     Option(
+        "stop_grace",
+        "seconds a stopped run (timeout, Ctrl-C, `lrun cancel`) gets after SIGINT to report its "
+        f"current test before SIGKILL (default: {DEFAULT_STOP_GRACE:g}; 0: SIGKILL at once).",
+        parse_seconds,
+        DEFAULT_STOP_GRACE,
+        metavar="SECONDS",
+    ),
+    Option(
         "live",
         "stream each run's output to the terminal as it comes (also on with -v).",
         parse_bool,
@@ -349,6 +358,7 @@ class Settings:
     image: str | None
     command: tuple[str, ...] | None
     timeout: float | None
+    stop_grace: float
     live: bool
     keep: str
     reuse: str

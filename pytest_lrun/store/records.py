@@ -160,6 +160,7 @@ _OPTIONAL_STR = (
     "error_msg",
     "batch_id",
     "plan_entry",
+    "event_token",
     "container_id",
     "image",
 )
@@ -202,6 +203,9 @@ class Run(MillisecondTimes):
     timeout: float | None = None
     artifacts: list[str] | None = None
     env_names: list[str] | None = None  # names only: values may be secrets and never reach the disk
+    # The inner reporter's per-run token (None: the command is no pytest, or an older run). Not a
+    # secret of the log and never part of the key: it only tells the reporter's lines from output.
+    event_token: str | None = None
 
     _times: ClassVar[tuple[str, ...]] = _TIMES
 
