@@ -234,6 +234,8 @@ start_postgres() {
 \set password '$password'
 SELECT 'CREATE ROLE lrun' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lrun') \gexec
 ALTER ROLE lrun LOGIN CREATEDB PASSWORD :'password';
+-- DROP DATABASE ... WITH (FORCE) of a test database must be able to end an autovacuum worker in it.
+GRANT pg_signal_backend TO lrun;
 SELECT 'CREATE DATABASE lrun_test OWNER lrun' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'lrun_test') \gexec
 SQL
   url=${url/PASSWORD/$password}
