@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     if admin_url is not None:
         reachable(admin_url)
 
+    if hasattr(os, "getloadavg"):  # the figures mean little on a machine busy with other work
+        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     results = {"file": {size: measure(None, size, single_cycles, contended_cycles) for size in SIZES}}
     if admin_url is not None:
         results["postgresql"] = {}
