@@ -68,7 +68,7 @@ def test_events_file_round_trip_redacts_secrets(tmp_path: Path) -> None:
     spool.write(events)
     spool.close()
     back = read_events(tmp_path / "events.jsonl") or []
-    assert back == events[:2] + [events[2]] + back[3:]  # the collection, start and setup, unchanged
+    assert back[:3] == events[:3]  # the collection, start and setup, unchanged
     call = back[3]
     assert isinstance(call, PhaseReport) and call.skip == SkipInfo("t.py", 4, "no '***'")
     assert len(read_events(tmp_path / "events.jsonl") or []) == len(events)
