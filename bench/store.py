@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a postgresql:// URL of a role that may CREATE DATABASE (default: $LRUN_TEST_POSTGRES)",
     )
     args = parser.parse_args(argv)
-    single_cycles, contended_cycles = (60, 30) if args.quick else (400, 100)
+    single_cycles, contended_cycles = (60, 30) if args.quick else (400, 300)
     admin_url: str | None = args.postgres
     if admin_url is not None:
         reachable(admin_url)

@@ -485,7 +485,7 @@ def _exit_note(run: Run) -> str:
 def _cmd_cancel(ctx: _Context) -> int:
     from .recovery import cancel
 
-    run = cancel(ctx.store, ctx.args.id, ctx.engine)
+    run = cancel(ctx.store, ctx.args.id, ctx.engine, grace=ctx.settings.stop_grace)
     if ctx.args.json:
         _print_json(run=run.to_dict())
     else:

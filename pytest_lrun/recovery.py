@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .dispatch import printable
-from .engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine
+from .engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine, stop
 from .errors import (
     CANCELLED,
     EXIT_NONZERO,
@@ -55,7 +55,7 @@ from .errors import (
     TerminalRunError,
 )
 from .fsutil import tree_size
-from .settings import DEFAULT_STORE_MAX_BYTES
+from .settings import DEFAULT_STOP_GRACE, DEFAULT_STORE_MAX_BYTES
 from .store import Run, RunStore, Status, Sweep
 
 if TYPE_CHECKING:
@@ -303,11 +303,14 @@ def watch(
 # --- cancel ---------------------------------------------------------------------------
 
 
-def cancel(store: RunStore, run_id: str, resolve_engine: ResolveEngine) -> Run:
-    """Stop a live run: kill its container, record ``interrupted``/``cancelled``, remove the container.
+def cancel(
+    store: RunStore, run_id: str, resolve_engine: ResolveEngine, *, grace: float = DEFAULT_STOP_GRACE
+) -> Run:
+    """Stop a live run: SIGINT to its container (SIGKILL after ``grace`` seconds), record
+    ``interrupted``/``cancelled``, remove the container.
 
     When nobody watches the run (the usual case: a detached run, or one whose
-    watcher died) this happens under the run's watch lock, kill first: an
+    watcher died) this happens under the run's watch lock, stop first: an
     engine failure then changes nothing. When a live process watches it, the
     record is written first, so the run ends ``cancelled`` however the watcher
     sees its container die (the store refuses the watcher's later status).
@@ -330,12 +333,12 @@ def cancel(store: RunStore, run_id: str, resolve_engine: ResolveEngine) -> Run:
             engine = resolve_engine(run.machine)  # it got a container since we first looked
         if free:
             if engine is not None and run.container_id is not None:
-                engine.kill(run.container_id)
+                stop(engine, run.container_id, grace)
             run = store.end(run, Status.INTERRUPTED, error_code=CANCELLED, error_msg=msg)
         else:
             run = store.end(run, Status.INTERRUPTED, error_code=CANCELLED, error_msg=msg)
             if engine is not None and run.container_id is not None:
-                _after_record(engine, run, engine.kill)
+                _after_record(engine, run, lambda container_id: stop(engine, container_id, grace))
         if engine is not None and run.container_id is not None:
             _after_record(engine, run, engine.remove)
     return run

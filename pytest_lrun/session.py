@@ -84,6 +84,7 @@ class LrunSession:
             reuse=settings.reuse,
             busy_wait=settings.busy_wait,
             log_max_bytes=settings.log_max_bytes,
+            stop_grace=settings.stop_grace,
             on_output=self._show_output if settings.live or config.option.verbose > 0 else None,
             on_prepared=self._prepared,
         )

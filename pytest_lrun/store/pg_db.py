@@ -173,13 +173,20 @@ class Database:
         return store_id
 
     def atomic(
-        self, body: Callable[[Cursor], T], what: str = "the store", *, retry_unique: bool = False
+        self,
+        body: Callable[[Cursor], T],
+        what: str = "the store",
+        *,
+        retry_unique: bool = False,
+        transaction: bool = True,
     ) -> T:
         """Run ``body`` in one transaction of the main connection, retried when the database says so.
 
         ``body`` may run again (keep it free of side effects outside the transaction);
         with ``retry_unique`` a unique violation is retried too (a race the body's own
-        lock lost). ``what`` names the lock for :class:`StoreLocked`.
+        lock lost). ``what`` names the lock for :class:`StoreLocked`. Without
+        ``transaction`` each statement of ``body`` commits on its own: one round trip for
+        a single read, where no BEGIN and COMMIT are needed.
         """
         with self._lock:
             attempt = 0
@@ -187,7 +194,8 @@ class Database:
                 attempt += 1
                 conn, fresh = self._connection()
                 try:
-                    with conn.transaction(), conn.cursor() as cur:
+                    scope = conn.transaction() if transaction else contextlib.nullcontext()
+                    with scope, conn.cursor() as cur:
                         return body(cur)
                 except psycopg.Error as exc:
                     if conn.broken or conn.closed:

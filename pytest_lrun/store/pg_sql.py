@@ -42,6 +42,7 @@ __all__ = [
     "DELETE_RESULT_PARTS",
     "DELETE_RUN",
     "INSERT_BATCH_IF_NEW",
+    "INSERT_LIVE_RUN_IF_FREE",
     "INSERT_RESULT_CHUNK",
     "INSERT_RESULT_PART",
     "INSERT_RUN",
@@ -214,6 +215,12 @@ INSERT_RUN = """INSERT INTO lrun_runs (id, machine, key, status, batch_id, creat
 
 #: :data:`INSERT_RUN` unless the id exists; one row (the id) when inserted.
 INSERT_RUN_IF_NEW = INSERT_RUN + " ON CONFLICT (id) DO NOTHING RETURNING id"
+
+#: :data:`INSERT_RUN` of a live run unless its machine has one already (the one-live-run
+#: index arbitrates between racing runners); one row (the id) when inserted.
+INSERT_LIVE_RUN_IF_FREE = (
+    INSERT_RUN + " ON CONFLICT (machine) WHERE status IN ('pending', 'running') DO NOTHING RETURNING id"
+)
 
 #: The live runs of machine ``%s`` (id, key, record), oldest first.
 SELECT_LIVE_ON_MACHINE = (

@@ -234,9 +234,12 @@ class PostgresStore:
     ) -> tuple[Run, Decision]:
         """Create a run on ``machine`` for ``key``, or find the live run that decides otherwise.
 
-        As :meth:`FileStore.prepare <pytest_lrun.store.files.FileStore.prepare>`, in one
-        transaction under the machine's advisory lock; ``make`` runs inside it (keep it
-        cheap, do not call the store from it) and may run again when the transaction is retried.
+        As :meth:`FileStore.prepare <pytest_lrun.store.files.FileStore.prepare>`. Each
+        answer is one statement, its own transaction: REUSE and BUSY come from one read of
+        the machine's live runs; CREATED is one ``INSERT ... ON CONFLICT DO NOTHING`` that the
+        database's one-live-run index lets through for exactly one of the runners racing on
+        a machine. ``make`` may run more than once (when a race is lost): keep it cheap and
+        free of side effects, and do not call the store from it.
         """
         check_request(machine, key)
         return retry_while_busy(lambda: self._prepare_once(machine, key, make, test_dir_hash), wait)
@@ -244,8 +247,7 @@ class PostgresStore:
     def _prepare_once(
         self, machine: str, key: str, make: Callable[[], Run], test_dir_hash: str | None
     ) -> tuple[Run, Decision]:
-        def body(cur: Cursor) -> tuple[Run | tuple[str, str], Decision]:
-            cur.execute(pg_sql.ADVISORY_XACT_LOCK, (lock_id("machine", machine),))
+        def decided(cur: Cursor) -> tuple[tuple[str, str], Decision] | None:
             cur.execute(pg_sql.SELECT_LIVE_ON_MACHINE, (_column(machine),))
             live = cur.fetchall()
             for run_id, stored_key, record in live:
@@ -253,16 +255,26 @@ class PostgresStore:
                     return (run_id, record), Decision.REUSE
             if live:
                 return (live[0][0], live[0][2]), Decision.BUSY
+            return None
+
+        def create(cur: Cursor) -> bool:
+            cur.execute(pg_sql.INSERT_LIVE_RUN_IF_FREE, self._row(run, owner=run.owner))
+            return cur.fetchone() is not None
+
+        # One statement each, no lock and no transaction: the one-live-run index decides between
+        # runners racing to create, and whoever loses reads the run that won. REUSE and BUSY
+        # change nothing, so a read answers them.
+        what = f"machine {machine!r}"
+        while True:
+            seen = self.db.atomic(decided, what, transaction=False)
+            if seen is not None:
+                return self._decode(*seen[0]), seen[1]
             run = make()
             fill_new(run, machine, key, test_dir_hash)
             run.id, run.owner = stamp(), self._stamped(run.owner)
-            cur.execute(pg_sql.INSERT_RUN, self._row(run, owner=run.owner))
-            return run, Decision.CREATED
-
-        found, outcome = self.db.atomic(body, f"machine {machine!r}", retry_unique=True)
-        if isinstance(found, Run):
-            return found, outcome
-        return self._decode(*found), outcome
+            if self.db.atomic(create, what, retry_unique=True, transaction=False):
+                return run, Decision.CREATED
+            # Lost the race to another runner's run, which may even have ended since: look again.
 
     def insert(self, run: Run) -> Run:
         """Record an already finished run as it is; an empty ``id`` gets a fresh one.

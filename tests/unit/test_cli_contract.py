@@ -67,6 +67,13 @@ class FakeEngine:
         state = self.containers[container_id]
         self.containers[container_id] = replace(state, status="exited", running=False, exit_code=137)
 
+    def interrupt(self, container_id: str) -> None:  # the inner pytest stops on SIGINT
+        state = self.containers[container_id]
+        self.containers[container_id] = replace(state, status="exited", running=False, exit_code=2)
+
+    def wait(self, container_id: str, timeout: float | None) -> int | None:
+        return self.containers[container_id].exit_code
+
     def remove(self, container_id: str) -> None:
         self.containers.pop(container_id, None)
 
@@ -76,7 +83,7 @@ class FakeEngine:
     def close(self) -> None:
         pass
 
-    def __getattr__(self, name: str) -> Any:  # create, start, wait, logs, ...: never needed by lrun
+    def __getattr__(self, name: str) -> Any:  # create, start, logs, ...: never needed by lrun
         raise AssertionError(f"lrun called engine.{name}")
 
 

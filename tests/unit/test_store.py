@@ -155,6 +155,7 @@ def test_record_json_has_every_field_snake_case_with_nulls(store: RunStore) -> N
         "timeout",
         "artifacts",
         "env_names",
+        "event_token",
     ]
     assert data["status"] == "pending"
     assert data["exit_code"] is None and data["ended_at"] is None and data["container_id"] is None

@@ -43,7 +43,7 @@ from pytest_lrun.errors import (
 )
 from pytest_lrun.plan import Plan, PlanEntry
 from pytest_lrun.store import Decision, Run, Status
-from pytest_lrun.store.pg_db import SCHEMA_VERSION, lock_id
+from pytest_lrun.store.pg_db import SCHEMA_VERSION
 from pytest_lrun.store.pg_results import CHUNK_BYTES
 from pytest_lrun.store.postgres import PostgresStore
 
@@ -197,14 +197,16 @@ def test_wait_retries_a_busy_machine_until_it_frees(store: PostgresStore, peer: 
     assert decision is Decision.CREATED and created.key == "k2"
 
 
-def test_a_stuck_machine_lock_times_out(url: str, tmp_path: Path) -> None:
+def test_a_stuck_row_lock_times_out(url: str, tmp_path: Path) -> None:
+    # prepare takes no lock (the one-live-run index decides); ending a run locks its row.
     with psycopg.connect(url) as holder, PostgresStore(url, tmp_path / "s", lock_timeout=0.2) as store:
-        holder.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id("machine", "m"),))
+        run = create(store)
+        holder.execute("SELECT 1 FROM lrun_runs WHERE id = %s FOR UPDATE", (run.id,))
         with pytest.raises(StoreLocked) as info:
-            store.prepare("m", "k", lambda: Run(test_dir="/x"))
-        assert info.value.what == "machine 'm'"
+            store.end(run, Status.COMPLETED)
+        assert info.value.what == f"run {run.id}"
         holder.rollback()
-        create(store)
+        assert store.end(run, Status.COMPLETED).status is Status.COMPLETED
 
 
 # --- races between processes and threads ------------------------------------------
