@@ -84,3 +84,19 @@ def wait_for_running(state_dir: Path, timeout: float = 60.0) -> str:
     wait_for(running, "a run to become running", timeout)
     time.sleep(0.5)  # let the inner command start
     return found[0]
+
+
+def lrun_containers(engines: list[str], run_ids: set[str], *, remove: bool = False) -> list[str]:
+    """The run ids of the lrun-labelled containers of ``run_ids`` on ``engines``; removed when asked."""
+    found: list[str] = []
+    for url in engines:
+        client = docker.APIClient(base_url=url, timeout=10, version="auto")
+        try:
+            for c in client.containers(all=True, filters={"label": "lrun.run-id"}):
+                if c["Labels"].get("lrun.run-id") in run_ids:
+                    found.append(c["Labels"]["lrun.run-id"])
+                    if remove:
+                        client.remove_container(c["Id"], force=True, v=True)
+        finally:
+            client.close()
+    return found

@@ -10,7 +10,7 @@ from typing import Any
 
 import docker
 import pytest
-from lrun_support import PYTHON_IMAGE, resolver_for
+from lrun_support import PYTHON_IMAGE, lrun_containers, resolver_for
 
 from pytest_lrun.dispatch import Dispatcher, EnginePool
 from pytest_lrun.machines import Machine
@@ -56,15 +56,7 @@ def _remove_test_containers(engines: list[str], state_dir: Path) -> Iterator[Non
     """Remove every container of a run recorded in this test's state dir."""
     yield
     runs = state_dir / "runs"
-    ids = {p.name for p in runs.iterdir()} if runs.is_dir() else set()
-    for url in engines:
-        client = docker.APIClient(base_url=url, timeout=10, version="auto")
-        try:
-            for c in client.containers(all=True, filters={"label": "lrun.run-id"}):
-                if c["Labels"].get("lrun.run-id") in ids:
-                    client.remove_container(c["Id"], force=True, v=True)
-        finally:
-            client.close()
+    lrun_containers(engines, {p.name for p in runs.iterdir()} if runs.is_dir() else set(), remove=True)
 
 
 @pytest.fixture

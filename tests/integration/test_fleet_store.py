@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker
 import pytest
-from lrun_support import wait_for, write_tests
+from lrun_support import lrun_containers, wait_for, write_tests
 
 from pytest_lrun.store import RunStore, Status, open_store
 
@@ -99,33 +98,13 @@ def runners(project: Path, fresh_database: str, tmp_path: Path, engines: list[st
     # Every container of a run in the shared store goes, whichever runner made it.
     store = open_store(tmp_path / "cleanup", fresh_database)
     try:
-        ids = {run.id for run in store.list()}
+        lrun_containers(engines, {run.id for run in store.list()}, remove=True)
     finally:
         store.close()
-    for url in engines:
-        client = docker.APIClient(base_url=url, timeout=10, version="auto")
-        try:
-            for c in client.containers(all=True, filters={"label": "lrun.run-id"}):
-                if c["Labels"].get("lrun.run-id") in ids:
-                    client.remove_container(c["Id"], force=True, v=True)
-        finally:
-            client.close()
 
 
 def _containers_of(store: RunStore, engines: list[str]) -> list[str]:
-    ids = {run.id for run in store.list()}
-    found = []
-    for url in engines:
-        client = docker.APIClient(base_url=url, timeout=10, version="auto")
-        try:
-            found += [
-                c["Labels"]["lrun.run-id"]
-                for c in client.containers(all=True, filters={"label": "lrun.run-id"})
-                if c["Labels"]["lrun.run-id"] in ids
-            ]
-        finally:
-            client.close()
-    return found
+    return lrun_containers(engines, {run.id for run in store.list()})
 
 
 def _wait_running(store: RunStore, timeout: float = 60) -> str:

@@ -10,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import docker
 import pytest
-from lrun_support import wait_for_running, write_tests
+from lrun_support import lrun_containers, wait_for_running, write_tests
 
 SLOW = """
     import time
@@ -20,15 +19,6 @@ SLOW = """
     def test_slow():
         time.sleep({seconds})
 """
-
-
-def _lrun_containers(url: str, run_ids: set[str]) -> list[dict[str, object]]:
-    client = docker.APIClient(base_url=url, timeout=10, version="auto")
-    try:
-        found = client.containers(all=True, filters={"label": "lrun.run-id"})
-    finally:
-        client.close()
-    return [c for c in found if c["Labels"]["lrun.run-id"] in run_ids]  # type: ignore[index]
 
 
 def _pytest(project: Path, *args: str) -> subprocess.Popen[str]:
@@ -109,7 +99,7 @@ def test_ctrl_c_leaves_no_container(project: Path, state_dir: Path, engines: lis
     assert proc.returncode == 2, out  # pytest's "interrupted"
     (run,) = _runs(state_dir)
     assert run["status"] == "interrupted"
-    assert _lrun_containers(engines[0], {run_id}) == []
+    assert lrun_containers(engines[:1], {run_id}) == []
 
 
 def test_unreachable_engine_is_a_clear_error(pytester: pytest.Pytester, project: Path) -> None:

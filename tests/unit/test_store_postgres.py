@@ -14,12 +14,10 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import signal
 import socket
 import threading
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +25,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
 import pytest
-from lrun_procs import MODES, WAIT_S, reap_processes
+from lrun_procs import WAIT_S, reap_processes
 
 from pytest_lrun.errors import (
-    OWNER_GONE,
     BatchPlanMismatch,
     ConfigError,
     CorruptRecord,
@@ -52,8 +49,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 CTX = multiprocessing.get_context(
     "fork"
 )  # bodies defined here; a child never touches the parent's connections
-WORKERS = 8
-ROUNDS = 20
 FREED_WITHIN_S = 5.0
 
 
@@ -209,150 +204,7 @@ def test_a_stuck_row_lock_times_out(url: str, tmp_path: Path) -> None:
         assert store.end(run, Status.COMPLETED).status is Status.COMPLETED
 
 
-# --- races between processes and threads ------------------------------------------
-
-
-def _contend(url: str, state_dir: str, mode: str, worker: int, barrier: Any, results: Any) -> None:
-    try:
-        with PostgresStore(url, Path(state_dir)) as store:
-            machine, key = MODES[mode](worker)
-            for round_no in range(ROUNDS):
-                barrier.wait(WAIT_S)
-                run, outcome = store.prepare(machine, key, lambda: Run(test_dir=f"/src/{key}"))
-                results.put((round_no, worker, outcome.value, run.id, os.getpid()))
-    except BaseException:
-        results.put(("error", worker, traceback.format_exc(), "", 0))
-        barrier.abort()
-
-
-@pytest.mark.parametrize("mode", ["same-key", "different-keys"])
-def test_racing_processes_create_one_run_per_round(
-    store: PostgresStore, url: str, tmp_path: Path, mode: str
-) -> None:
-    barrier = CTX.Barrier(WORKERS + 1)
-    results = CTX.Queue()
-    procs = [
-        CTX.Process(
-            target=_contend, args=(url, str(tmp_path / f"w{i}"), mode, i, barrier, results), daemon=True
-        )
-        for i in range(WORKERS)
-    ]
-    seen: set[str] = set()
-    try:
-        for proc in procs:
-            proc.start()
-        for round_no in range(ROUNDS):
-            barrier.wait(WAIT_S)
-            got = [results.get(timeout=WAIT_S) for _ in range(WORKERS)]
-            assert not [entry[2] for entry in got if entry[0] == "error"]
-            assert {entry[0] for entry in got} == {round_no}
-            other = "reuse" if mode == "same-key" else "busy"
-            assert Counter(entry[2] for entry in got) == {"created": 1, other: WORKERS - 1}, got
-            (run_id,) = {entry[3] for entry in got}  # every answer names the one created run
-            (creator,) = [entry[4] for entry in got if entry[2] == "created"]
-            run = store.get(run_id)
-            assert run.owner is not None and run.owner["pid"] == creator
-            assert run_id not in seen
-            seen.add(run_id)
-            store.end(run, Status.COMPLETED)
-    finally:
-        barrier.abort()
-        reap_processes(procs)
-    assert [proc.exitcode for proc in procs] == [0] * WORKERS
-    assert len(store.list()) == ROUNDS and store.active() == [] and store.check() == []
-
-
-def test_threads_share_one_store(store: PostgresStore) -> None:
-    barrier = threading.Barrier(WORKERS)
-    outcomes: list[str] = []
-    errors: list[str] = []
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(WAIT_S)
-            outcomes.append(store.prepare("shared", f"k{i}", lambda: Run(test_dir="/x"))[1].value)
-            for _ in range(5):  # and a machine of its own, to its end
-                run = create(store, f"own{i}")
-                with store.watching(run.id) as held:
-                    assert held
-                    store.end(run, Status.COMPLETED)
-        except BaseException:
-            errors.append(traceback.format_exc())
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(WORKERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(WAIT_S)
-    assert errors == []
-    assert Counter(outcomes) == {"created": 1, "busy": WORKERS - 1}
-    assert len(store.list(status=Status.COMPLETED)) == WORKERS * 5 and store.check() == []
-
-
-# --- sessions: watch locks and owners ----------------------------------------------
-
-
-def _watch_until_killed(url: str, state_dir: str, run_id: str, holding: Any) -> None:
-    store = PostgresStore(url, Path(state_dir))
-    with store.watching(run_id):
-        holding.set()
-        time.sleep(600)
-
-
-def test_a_sigkilled_watcher_frees_the_watch_lock_at_once(
-    store: PostgresStore, peer: PostgresStore, url: str, tmp_path: Path
-) -> None:
-    run = create(store)
-    holding = CTX.Event()
-    proc = CTX.Process(
-        target=_watch_until_killed, args=(url, str(tmp_path / "k"), run.id, holding), daemon=True
-    )
-    try:
-        proc.start()
-        assert holding.wait(WAIT_S)
-        with peer.watching(run.id, wait=False) as held:
-            assert not held
-        assert not peer.files(run.id).dir.exists()  # a lock not taken makes no folder
-        os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
-        proc.join(WAIT_S)
-
-        def free() -> bool:
-            with peer.watching(run.id, wait=False) as held:
-                return held
-
-        assert eventually(free)
-    finally:
-        reap_processes([proc])
-    assert peer.files(run.id).dir.is_dir()  # the watcher's folder on this host
-
-
-def _create_until_killed(url: str, state_dir: str, created: Any) -> None:
-    store = PostgresStore(url, Path(state_dir))
-    run, _ = store.prepare("m", "k", lambda: Run(test_dir="/src"))
-    created.put(run.id)
-    time.sleep(600)
-
-
-def test_the_owner_lives_as_long_as_the_creators_session(
-    store: PostgresStore, url: str, tmp_path: Path
-) -> None:
-    created = CTX.Queue()
-    proc = CTX.Process(target=_create_until_killed, args=(url, str(tmp_path / "c"), created), daemon=True)
-    try:
-        proc.start()
-        run = store.get(created.get(timeout=WAIT_S))
-        assert run.owner is not None and run.owner["pid"] == proc.pid
-        assert store.owner_alive(run)
-        assert store.sweep(grace=0).ended == []
-        os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
-        proc.join(WAIT_S)
-        assert eventually(lambda: not store.owner_alive(run))
-    finally:
-        reap_processes([proc])
-    assert store.sweep(grace=0).ended == [run.id]
-    ended = store.get(run.id)
-    assert (ended.status, ended.error_code) == (Status.INTERRUPTED, OWNER_GONE)
-    assert create(store, "m", "next").machine == "m"  # the machine is free again
+# --- owners (races, SIGKILL and owner liveness are in test_store_contract.py) --------------
 
 
 def test_an_adopter_becomes_the_owner(store: PostgresStore, peer: PostgresStore) -> None:
