@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from pytest_lrun import cli
-from pytest_lrun.settings import OPTIONS
 
 MACHINES = """
 [tool.lrun.machines.m1]
@@ -19,18 +18,6 @@ host = "tcp://127.0.0.1:1"
 image = "img:1"
 """
 DEEP = 5000  # levels of nested arrays: far past the interpreter's recursion limit
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A project with machine m1 (no engine behind it), a test directory `suite` and a state dir."""
-    for option in OPTIONS:
-        monkeypatch.delenv(option.env, raising=False)
-    monkeypatch.setenv("LRUN_STATE_DIR", str(pytester.path / "state"))
-    pytester.makepyprojecttoml(MACHINES)
-    pytester.mkdir("suite")
-    pytester.path.joinpath("suite", "test_inner.py").write_text("def test_inner():\n    pass\n")
-    return pytester
 
 
 def entry(dir: str = "suite", name: str = "e1") -> str:

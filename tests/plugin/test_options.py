@@ -6,26 +6,6 @@ import pytest
 
 from pytest_lrun.settings import OPTIONS
 
-MACHINES = """
-[tool.lrun.machines.m1]
-host = "tcp://127.0.0.1:1"
-image = "img:1"
-
-[tool.lrun.machines.m2]
-host = "tcp://127.0.0.1:1"
-"""
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    for option in OPTIONS:
-        monkeypatch.delenv(option.env, raising=False)
-    monkeypatch.setenv("LRUN_STATE_DIR", str(pytester.path / "state"))
-    pytester.makepyprojecttoml(MACHINES)
-    pytester.mkdir("suite")
-    pytester.path.joinpath("suite", "test_inner.py").write_text("def test_inner():\n    pass\n")
-    return pytester
-
 
 def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")

@@ -7,20 +7,7 @@ import socket
 
 import pytest
 
-from pytest_lrun.settings import OPTIONS
-
 PASSWORD = "s3cret-pa55word"
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    for option in OPTIONS:
-        monkeypatch.delenv(option.env, raising=False)
-    monkeypatch.setenv("LRUN_STATE_DIR", str(pytester.path / "state"))
-    pytester.makepyprojecttoml('[tool.lrun.machines.m1]\nhost = "tcp://127.0.0.1:1"\nimage = "img:1"\n')
-    pytester.mkdir("suite")
-    pytester.path.joinpath("suite", "test_inner.py").write_text("def test_inner():\n    pass\n")
-    return pytester
 
 
 def _closed_port() -> int:
