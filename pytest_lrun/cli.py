@@ -2,7 +2,8 @@
 
 This module owns argument parsing, output formats and exit statuses; the work is
 done by the store (:mod:`pytest_lrun.store`), recovery
-(:mod:`pytest_lrun.recovery`) and batch (:mod:`pytest_lrun.batch`) modules.
+(:mod:`pytest_lrun.recovery`), batch (:mod:`pytest_lrun.batch`) and follow
+(:mod:`pytest_lrun.follow`) modules; text is shown by :mod:`pytest_lrun.output`.
 
 Commands::
 
@@ -61,15 +62,16 @@ import logging
 import os
 import shlex
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import EXIT_ERROR, ConfigError, LrunError
+from .follow import Tail, follow
+from .output import age, binary_stdout, one_line, say, shown_dir, when
 from .settings import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REAP_AGE,
@@ -80,8 +82,7 @@ from .settings import (
     flag_type,
     resolve,
 )
-from .store import Run, RunStore, Status, open_store
-from .store.records import rfc3339
+from .store import RunStore, Status, open_store
 from .text import format_table
 
 if TYPE_CHECKING:
@@ -95,10 +96,6 @@ __all__ = ["JSON_SCHEMA_VERSION", "build_parser", "find_pyproject", "main"]
 JSON_SCHEMA_VERSION = 1
 
 EXIT_INTERRUPTED = 130
-FOLLOW_POLL_MIN_S = 0.05
-FOLLOW_POLL_MAX_S = 1.0
-_WATCHER_JOIN_S = 30.0
-_TAIL_KEEP = 4096  # bytes of printed log remembered to find our place again in a rewritten file
 
 _OPTION = {option.name: option for option in OPTIONS}
 
@@ -221,62 +218,16 @@ def _warnings_at_exit() -> Iterator[list[LrunError]]:
         for record in handler.records:
             args = record.args if isinstance(record.args, tuple) else ()
             if not any(arg is err for arg in args for err in printed):
-                _say(f"lrun: warning: {record.getMessage()}", err=True)
+                say(f"lrun: warning: {record.getMessage()}", err=True)
 
 
-# --- output helpers ---------------------------------------------------------------------
+# --- JSON output ------------------------------------------------------------------------
 
 
 def _print_json(**members: Any) -> None:
     """Print the ``--json`` envelope: ``schema_version`` and ``members`` (ASCII: escapes never fail)."""
     json.dump({"schema_version": JSON_SCHEMA_VERSION, **members}, sys.stdout, indent=2, ensure_ascii=True)
     sys.stdout.write("\n")
-
-
-def _say(line: str, *, err: bool = False) -> None:
-    """Print a line of text output; what the stream cannot encode is backslash-escaped.
-
-    Records may hold lone surrogates (file names that are not UTF-8, decoded by
-    ``os.fsdecode``), which a strict UTF-8 stream refuses with ``UnicodeEncodeError``.
-    """
-    stream = sys.stderr if err else sys.stdout
-    encoding = getattr(stream, "encoding", None) or "utf-8"
-    print(line.encode(encoding, "backslashreplace").decode(encoding), file=stream)
-
-
-def _age(since: float | None, now: float) -> str:
-    if since is None:
-        return "-"
-    seconds = max(0.0, now - since)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
-def _when(stamp: float | None, now: float) -> str:
-    if stamp is None:
-        return "-"
-    return f"{rfc3339(stamp)} ({_age(stamp, now)} ago)"
-
-
-def _shown_dir(test_dir: str) -> str:
-    try:
-        return str(Path(test_dir).relative_to(Path.cwd()))
-    except ValueError:
-        return test_dir
-
-
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-def _binary_stdout() -> IO[bytes]:
-    sys.stdout.flush()
-    buffer: IO[bytes] | None = getattr(sys.stdout, "buffer", None)
-    if buffer is None:  # a text-only replacement (some test harnesses)
-        raise LrunError("stdout cannot take bytes")
-    return buffer
 
 
 # --- runs, show ---------------------------------------------------------------------------
@@ -289,7 +240,7 @@ def _cmd_runs(ctx: _Context) -> int:
         _print_json(runs=[run.to_dict() for run in runs])
         return 0
     if not runs:
-        _say("no runs")
+        say("no runs")
         return 0
     now = time.time()
     rows = [["ID", "MACHINE", "STATUS", "EXIT", "DIR", "AGE"]]
@@ -301,12 +252,12 @@ def _cmd_runs(ctx: _Context) -> int:
                 run.machine,
                 run.status.value,
                 exit_code,
-                _shown_dir(run.test_dir),
-                _age(run.created_at, now),
+                shown_dir(run.test_dir),
+                age(run.created_at, now),
             ]
         )
     for line in format_table(rows):
-        _say(line)
+        say(line)
     return 0
 
 
@@ -320,7 +271,7 @@ def _cmd_show(ctx: _Context) -> int:
     width = max(len(key) for key in data)
     for key, value in data.items():
         if key in ("created_at", "started_at", "ended_at"):
-            shown = _when(getattr(run, key), now)
+            shown = when(getattr(run, key), now)
         elif value is None:
             shown = "-"
         elif key == "command":
@@ -331,152 +282,25 @@ def _cmd_show(ctx: _Context) -> int:
             shown = ", ".join(f"{k}={v}" for k, v in value.items())
         else:
             shown = str(value)
-        _say(f"{key.ljust(width)}  {shown}")
+        say(f"{key.ljust(width)}  {shown}")
     return 0
 
 
 # --- logs ------------------------------------------------------------------------------------
 
 
-class _Tail:
-    """Reads what a growing log file gained since the last read, surviving rewrites.
-
-    The log of a run is appended to, except when a process takes over the run
-    (the engine replays the whole log into a fresh file) or the size cap cuts it
-    to its tail (a new file). Then the last bytes already printed are searched
-    for in the new content, and printing continues after them.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.inode: int | None = None
-        self.last = b""
-
-    def read(self, *, final: bool) -> bytes:
-        try:
-            f = open(self.path, "rb")  # noqa: SIM115 - closed by the with below
-        except FileNotFoundError:
-            return b""
-        with f:
-            st = os.fstat(f.fileno())
-            same = self.inode in (None, st.st_ino)
-            if same and st.st_size >= self.offset:
-                f.seek(self.offset - len(self.last))
-                if f.read(len(self.last)) != self.last:
-                    return self._resync(f, st.st_ino)
-                data = f.read()
-            elif same and not final:
-                return b""  # rewritten in place by a take-over: wait until it catches up
-            else:
-                return self._resync(f, st.st_ino)
-        self._advance(data, st.st_ino, self.offset + len(data))
-        return data
-
-    def _resync(self, f: IO[bytes], inode: int) -> bytes:
-        f.seek(0)
-        content = f.read()
-        data = content[_resume_at(content, self.last) :]
-        self._advance(data, inode, len(content))
-        return data
-
-    def _advance(self, data: bytes, inode: int, offset: int) -> None:
-        self.inode = inode
-        self.offset = offset
-        self.last = (self.last + data)[-_TAIL_KEEP:]
-
-
-def _resume_at(content: bytes, printed: bytes) -> int:
-    """Where to continue printing ``content``, a rewrite of a log whose last printed bytes are ``printed``.
-
-    A replayed log contains ``printed`` whole; a log cut to its tail starts (after
-    its marker line) with the end of ``printed``, cut at a line boundary. When
-    neither is found, everything is printed: repeating beats losing output.
-    """
-    if not printed:
-        return 0
-    at = content.rfind(printed)
-    if at >= 0:
-        return at + len(printed)
-    # Where lines start in what was printed: the longest suffix of whole lines is tried first.
-    starts = [i for i in range(1, len(printed)) if printed[i - 1] == 0x0A]
-    for begin in dict.fromkeys((0, content.find(b"\n") + 1)):
-        for i in starts:
-            if content.startswith(printed[i:], begin):
-                return begin + len(printed) - i
-    return 0
-
-
 def _cmd_logs(ctx: _Context) -> int:
     store = ctx.store
     run = store.get(ctx.args.id)
     path = store.files(run.id).logs
-    out = _binary_stdout()
-    tail = _Tail(path)
+    out = binary_stdout()
+    tail = Tail(path)
     if not ctx.args.follow or run.status.is_terminal:
         out.write(tail.read(final=True))
         out.flush()
         return 0
-    return _follow(ctx, run, tail, out)
-
-
-def _follow(ctx: _Context, run: Run, tail: _Tail, out: IO[bytes]) -> int:
-    """Print the log as it grows until the run is terminal; watch the run ourselves when nobody does.
-
-    The watcher thread finishes the run (as ``pytest --lrun-attach`` would) only
-    while no other process watches it. Ctrl-C leaves at once: the run's finish
-    lock goes with this process and its container keeps running.
-    """
-    store = ctx.store
-    stop = threading.Event()
-    failure: list[str] = []
-
-    def watcher() -> None:
-        from .recovery import watch
-
-        try:
-            watch(ctx.dispatcher(), run.id, ctx.engine(run.machine), stop=stop)
-        except LrunError as e:
-            failure.append(_one_line(str(e)))
-        except Exception as e:  # an OSError of the state dir, say: report it, keep following
-            failure.append(f"{type(e).__name__}: {e}")
-
-    thread = threading.Thread(target=watcher, name=f"lrun-watch-{run.id}", daemon=True)
-    thread.start()
-    warned = False
-    delay = FOLLOW_POLL_MIN_S
-    try:
-        while True:
-            current = store.get(run.id)  # the record first: once it is terminal, the log is complete
-            data = tail.read(final=current.status.is_terminal)
-            if data:
-                out.write(data)
-                out.flush()
-                delay = FOLLOW_POLL_MIN_S
-            if current.status.is_terminal:
-                break
-            if failure and not warned:
-                warned = True
-                _say(
-                    f"lrun: warning: cannot watch run {run.id} ({failure[0]}); "
-                    "showing its log as another process writes it",
-                    err=True,
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, FOLLOW_POLL_MAX_S)
-    finally:
-        stop.set()
-    thread.join(timeout=_WATCHER_JOIN_S)  # if we finished the run, let it remove the container
-    _say(f"lrun: run {current.id} {current.status.value}" + _exit_note(current), err=True)
+    follow(ctx, run, tail, out)
     return 0
-
-
-def _exit_note(run: Run) -> str:
-    if run.exit_code is not None:
-        return f" (exit code {run.exit_code})"
-    if run.error_code is not None:
-        return f" ({run.error_code})"
-    return ""
 
 
 # --- cancel ------------------------------------------------------------------------------------
@@ -490,7 +314,7 @@ def _cmd_cancel(ctx: _Context) -> int:
         _print_json(run=run.to_dict())
     else:
         container = f", container {run.container_id[:12]} removed" if run.container_id else ""
-        _say(f"cancelled run {run.id} on {run.machine}{container}")
+        say(f"cancelled run {run.id} on {run.machine}{container}")
     return 0
 
 
@@ -506,9 +330,9 @@ def _cmd_batch(ctx: _Context) -> int:
     if ctx.args.json:
         _print_json(batch=batch.to_dict(), rows=entries)
         return 0
-    _say(f"batch {batch.id}: {batch.status.value} (plan {batch.plan})")
+    say(f"batch {batch.id}: {batch.status.value} (plan {batch.plan})")
     if not entries:
-        _say("no entries")
+        say("no entries")
         return 0
     table = [["ENTRY", "MACHINE", "STATUS", "EXIT", "DURATION", "RUN", "DIR"]]
     for row in entries:
@@ -520,11 +344,11 @@ def _cmd_batch(ctx: _Context) -> int:
                 "-" if row["exit_code"] is None else str(row["exit_code"]),
                 "-" if row["duration"] is None else f"{row['duration']:.1f}s",
                 row["run_id"] or "-",  # an entry no job has started yet has no run
-                _shown_dir(row["test_dir"]) if row["test_dir"] else "-",
+                shown_dir(row["test_dir"]) if row["test_dir"] else "-",
             ]
         )
     for line in format_table(table):
-        _say(line)
+        say(line)
     return 0
 
 
@@ -560,12 +384,12 @@ def _cmd_machines(ctx: _Context) -> int:
     for row in found:
         error = row["error"]
         why = (error.get("reason") or error["message"]) if error else ""
-        reachable = "yes" if row["reachable"] else f"no: {_one_line(str(why))}"
+        reachable = "yes" if row["reachable"] else f"no: {one_line(str(why))}"
         table.append(
             [row["name"], row["url"] or "-", row["source"] or "-", row["active_run_id"] or "-", reachable]
         )
     for line in format_table(table):
-        _say(line)
+        say(line)
     return 0
 
 
@@ -584,14 +408,14 @@ def _cmd_gc(ctx: _Context) -> int:
         _print_json(reconcile=reconciled.to_dict(), gc=collected.to_dict())
     else:
         for line in reconciled.lines():
-            _say(line)
-        _say(
+            say(line)
+        say(
             f"state dir {store.state_dir}: {collected.size_before} -> {collected.size_after} bytes "
             f"(cap {collected.max_bytes}); deleted {len(collected.deleted)} terminal run(s), "
             f"freed {collected.freed_bytes} bytes"
         )
     if not collected.cap_met:
-        _say(
+        say(
             f"lrun: warning: the state dir stays over its cap ({collected.size_after} > "
             f"{collected.max_bytes} bytes): what is left belongs to live runs or is not run data",
             err=True,
@@ -616,7 +440,7 @@ def _cmd_reap(ctx: _Context) -> int:
                 raise
             skipped.append({"machine": name, "error": e.to_dict()})
             if not args.json:
-                _say(f"lrun: skipping machine {name}: {_one_line(str(e))}", err=True)
+                say(f"lrun: skipping machine {name}: {one_line(str(e))}", err=True)
             continue
         if engine.url in seen_urls:  # two names for one engine: reap it once
             continue
@@ -627,8 +451,8 @@ def _cmd_reap(ctx: _Context) -> int:
         return 0
     for item in removed:
         container = item["container_id"][:12]
-        _say(f"removed container {container} on {item['machine']} (run {item['run_id']}: {item['reason']})")
-    _say(f"reaped {len(removed)} container(s) older than {ctx.settings.reap_age:g}s")
+        say(f"removed container {container} on {item['machine']} (run {item['run_id']}: {item['reason']})")
+    say(f"reaped {len(removed)} container(s) older than {ctx.settings.reap_age:g}s")
     return 0
 
 
@@ -740,7 +564,7 @@ def _fail(err: LrunError, as_json: bool) -> int:
     if as_json:
         _print_json(error=err.to_dict())
     else:
-        _say(f"lrun: error: {_one_line(str(err)) or err.code}", err=True)
+        say(f"lrun: error: {one_line(str(err)) or err.code}", err=True)
     return err.exit_code
 
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.cli import _Tail, find_pyproject, main
+from pytest_lrun.cli import find_pyproject, main
 from pytest_lrun.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND
+from pytest_lrun.follow import Tail
 from pytest_lrun.plan import load_plan
 from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
 
@@ -303,7 +304,7 @@ def test_logs_follow_prints_until_the_run_ends(lrun: Lrun, store: RunStore, proj
 
 def test_tail_follows_appends_rewrites_and_cuts(tmp_path: Path) -> None:
     path = tmp_path / "logs.txt"
-    tail = _Tail(path)
+    tail = Tail(path)
     assert tail.read(final=False) == b""  # not there yet
     path.write_bytes(b"a\nb\n")
     assert tail.read(final=False) == b"a\nb\n"
