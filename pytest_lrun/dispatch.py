@@ -51,7 +51,6 @@ from pathlib import Path
 
 import xxhash
 
-from .archive import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extract
 from .engine import (
     LABEL_BATCH,
     LABEL_CREATED,
@@ -81,6 +80,7 @@ from .errors import (
     TerminalRunError,
 )
 from .events import Event, EventParser, new_token, reporter_file, reporter_wiring
+from .extract import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extract
 from .fsutil import ENTRY_BYTES
 from .hashing import Snapshot, hash_dir, snapshot
 from .junit import CaseResult, parse_junit

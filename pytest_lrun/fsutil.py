@@ -31,7 +31,15 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["ENTRY_BYTES", "atomic_write_bytes", "atomic_write_json", "fsync_dir", "remove_tree", "tree_size"]
+__all__ = [
+    "ENTRY_BYTES",
+    "OPEN_NOFOLLOW",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "fsync_dir",
+    "remove_tree",
+    "tree_size",
+]
 
 # fsync on a directory descriptor is not supported everywhere (some network and
 # FUSE filesystems say EINVAL or ENOTSUP); that only weakens durability.
@@ -160,6 +168,12 @@ def parse_record(raw: bytes, from_dict: Callable[[Any], T]) -> T:
         return from_dict(json.loads(raw))
     except (ValueError, TypeError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
         raise Unparseable(str(exc) or type(exc).__name__) from exc
+
+
+#: Flags to add to ``os.open`` of a file in a tree we pack or extract: a symlink is not
+#: followed, the descriptor does not leak into child processes, and Windows does not
+#: translate newlines. Each is 0 where the platform lacks it.
+OPEN_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
 #: What a directory, symlink or other non-file entry is counted as in a size cap: the

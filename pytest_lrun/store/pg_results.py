@@ -19,7 +19,7 @@ A part is ``junit`` (the inner JUnit XML), ``logs`` (the capped log) or
   whose bytes are not all there.
 * A part comes down into a temporary file of the run's folder (a leftover name the
   sweep knows), its digest is checked, and only then does it take its place; the
-  artifacts are extracted with :func:`~pytest_lrun.archive.safe_extract` and its
+  artifacts are extracted with :func:`~pytest_lrun.extract.safe_extract` and its
   caps, as they were from the container. A digest that does not match is a
   :class:`~pytest_lrun.errors.StoreError` and leaves nothing behind.
 """
@@ -36,8 +36,9 @@ from typing import IO, Any
 import psycopg
 import xxhash
 
-from ..archive import pack, safe_extract
+from ..archive import pack
 from ..errors import StoreError
+from ..extract import safe_extract
 from ..fsutil import make_private_dir, remove_tree
 from ..layout import TMP_SUFFIX, RunFiles
 from . import pg_sql

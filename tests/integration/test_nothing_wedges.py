@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from lrun_support import busybox_spec, container_status
 
-from pytest_lrun.archive import MAX_EXTRACT_DEPTH, MAX_EXTRACT_ENTRIES
 from pytest_lrun.cli import main as lrun
 from pytest_lrun.dispatch import Dispatcher, RunSpec
 from pytest_lrun.errors import HOST_IO_ERROR, INTERNAL_ERROR, OOM_KILLED, UNSAFE_ARCHIVE, RunNotFound
+from pytest_lrun.extract import MAX_EXTRACT_DEPTH, MAX_EXTRACT_ENTRIES
 from pytest_lrun.machines import Machine
 from pytest_lrun.recovery import state_size
 from pytest_lrun.store import Decision, RunStore, Status

@@ -14,19 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lrun.archive import (
+from pytest_lrun.archive import PACK_MTIME, pack
+from pytest_lrun.errors import ArchiveError, BadInput
+from pytest_lrun.extract import (
     ENTRY_BYTES,
     MAX_EXTRACT_DEPTH,
     MAX_HEADER_BYTES,
-    PACK_MTIME,
     STREAM,
     STREAM_OVERHEAD,
     ExtractResult,
-    pack,
     read_member,
     safe_extract,
 )
-from pytest_lrun.errors import ArchiveError, BadInput
 
 # --- helpers ---------------------------------------------------------------
 
@@ -660,7 +659,7 @@ def test_a_name_the_file_system_encoding_cannot_represent_is_refused(tmp_path: P
     data = make_tar(member("caf\u00e9.txt", data=b"x"), member("ok.txt", data=b"y"))
     (tmp_path / "in.tar").write_bytes(data)
     script = (
-        "import sys, pathlib; from pytest_lrun.archive import safe_extract; "
+        "import sys, pathlib; from pytest_lrun.extract import safe_extract; "
         "print(sys.getfilesystemencoding()); "
         "r = safe_extract([pathlib.Path('in.tar').read_bytes()], pathlib.Path('out')); "
         "print(r.written, ascii(r.refused))"

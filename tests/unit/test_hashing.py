@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import xxhash
 
-from pytest_lrun.archive import PACK_MTIME, pack, safe_extract
+from pytest_lrun.archive import PACK_MTIME, pack
 from pytest_lrun.errors import ArchiveError, HashError
+from pytest_lrun.extract import safe_extract
 from pytest_lrun.hashing import CHUNK_SIZE, DEFAULT_IGNORES, Entry, Snapshot, hash_dir, iter_files, snapshot
 
 # The digest of the tree built by make_known_tree(). It must not change between
