@@ -94,6 +94,7 @@ from .settings import (
     DEFAULT_TIMEOUT,
 )
 from .store import Decision, Run, RunStore, Status
+from .text import printable
 
 logger = logging.getLogger("pytest_lrun")
 
@@ -722,9 +723,3 @@ def _secrets(spec: RunSpec) -> list[str]:
 
 def _me() -> dict[str, object]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def printable(text: str) -> str:
-    """``text`` with what a terminal cannot print escaped: lone surrogates (from file names
-    that are not valid UTF-8, made by a container or a user) become ``\\udcXX``."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")

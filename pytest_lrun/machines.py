@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 from pytest_lrun.errors import ConfigError, ImageNotSet, UnknownMachine
 from pytest_lrun.settings import SIZE_SPELLINGS, check_seconds, parse_size
+from pytest_lrun.text import printable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -487,7 +488,7 @@ class MachineResolver:
             return _machine_from_table(name, table, where, base_dir.absolute())
         if not name.isprintable() or not _utf8(name):
             # No table can name it (TOML is UTF-8), and Docker context names are UTF-8 too.
-            raise UnknownMachine(name.encode("utf-8", "backslashreplace").decode("utf-8"), self.known())
+            raise UnknownMachine(printable(name), self.known())
         if name != "default":
             machine = self._from_context(name)
             if machine is not None:

@@ -50,6 +50,7 @@ import xxhash
 from .errors import PlanError
 from .machines import FrozenEnv
 from .settings import check_seconds, parse_command
+from .text import printable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -105,7 +106,7 @@ def load_plan(path: str | os.PathLike[str], *, known_machines: Collection[str] |
     :param known_machines: when given, every entry's machine must be one of these
     :raises PlanError: the file is missing, unreadable, not TOML or not a valid plan
     """
-    shown = _printable(os.fspath(path))
+    shown = printable(os.fspath(path))
     raw = _read(Path(path), shown)
     try:
         text = raw.decode("utf-8")
@@ -119,8 +120,8 @@ def load_plan(path: str | os.PathLike[str], *, known_machines: Collection[str] |
         # The TOML parser recurses once per level of nested arrays and inline tables.
         raise PlanError(shown, "invalid TOML: nested too deeply") from None
     absolute = Path(path).resolve()
-    if _printable(str(absolute)) != str(absolute):
-        raise PlanError(shown, f"the plan's path {_printable(str(absolute))} is not valid UTF-8")
+    if printable(str(absolute)) != str(absolute):
+        raise PlanError(shown, f"the plan's path {printable(str(absolute))} is not valid UTF-8")
     parser = _Parser(shown, absolute.parent)
     entries = parser.parse(data)
     if known_machines is not None:
@@ -137,11 +138,6 @@ def _read(path: Path, shown: str) -> bytes:
         raise PlanError(shown, "is a directory, not a plan file") from None
     except OSError as e:
         raise PlanError(shown, f"cannot read the plan: {e.strerror or e}") from None
-
-
-def _printable(text: str) -> str:
-    """``text`` with what is not valid UTF-8 (undecodable file-name bytes) escaped as ``\\udcff``."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _shown(value: object) -> str:
@@ -297,7 +293,7 @@ class _Parser:
             exists, is_dir = path.exists(), path.is_dir()
         except OSError as e:  # e.g. ENAMETOOLONG, ELOOP, EACCES
             raise self.error(f"cannot use directory {raw!r}: {e.strerror or e}", entry, field) from None
-        shown = _printable(str(path))
+        shown = printable(str(path))
         if not exists:
             raise self.error(f"directory {raw!r} does not exist (looked for {shown})", entry, field)
         if not is_dir:

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .dispatch import printable
 from .engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine, stop
 from .errors import (
     CANCELLED,
@@ -57,6 +56,7 @@ from .errors import (
 from .fsutil import tree_size
 from .settings import DEFAULT_STOP_GRACE, DEFAULT_STORE_MAX_BYTES
 from .store import Run, RunStore, Status, Sweep
+from .text import printable
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher

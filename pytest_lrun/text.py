@@ -1,6 +1,12 @@
-"""Plain-text tables, shared by the pytest summary and the ``lrun`` command line."""
+"""Plain text shared by the pytest summary, error messages and the ``lrun`` command line."""
 
 from __future__ import annotations
+
+
+def printable(text: str) -> str:
+    """``text`` with what a terminal cannot print escaped: lone surrogates (from file names
+    that are not valid UTF-8, made by a container or a user) become ``\\udcXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def format_table(table: list[list[str]]) -> list[str]:
