@@ -10,8 +10,37 @@ hold for every byte written:
 
 The inner reporter's events (:mod:`pytest_lrun.events`), split from that output,
 go to ``runs/<id>/events.jsonl`` through :class:`EventSpool`, one JSON object a
-line, redacted the same way (captured output may show a secret too);
-:func:`read_events` reads them back for the report.
+line; :func:`read_event_file` (and :func:`read_events`) read them back for the
+report. Every string of an event is redacted the same way (captured output may
+show a secret too), but not its field names nor its phase and outcome (a fixed
+vocabulary): a secret that happens to be "stop" or "call" cannot break the file.
+
+The host reports from the events, so the events file is capped too, but not
+like the log: nothing written is ever dropped (an early test's result is worth
+as much as a late one's), and what must survive is each test's outcome, not the
+bytes of its texts. With ``max_bytes`` (the log's cap, ``--lrun-log-max-bytes``):
+
+* while the file is under ``max_bytes``, events are written whole;
+* past it, a ``report`` event is written reduced: its captured output
+  (``sections``) is dropped and its ``longrepr`` cut to its head and tail around
+  a marker, :data:`REDUCED_TEXT_CHARS` characters in all; ``collected``,
+  ``start`` and ``finish`` events are still whole (they are small, or written once);
+* past :data:`HARD_LIMIT_FACTOR` times ``max_bytes``, a test that starts is left
+  out whole, its ``start`` and its ``report`` events (never half a test: a
+  ``start`` without its reports would read as the test that was running when the
+  run stopped). ``collected`` and ``finish`` are always written, so the report
+  still knows what was collected and how the session ended. How many events were
+  left out is :attr:`EventSpool.dropped`, and it is written to the file as a
+  ``{"e": "dropped", "events": N}`` line when the spool closes
+  (:attr:`EventFile.dropped` once read back).
+
+So the file stays under about ``HARD_LIMIT_FACTOR * max_bytes``, plus the
+collection, the finish and the reports of the one test that crossed the limit
+(each event is at most :data:`~pytest_lrun.events.MAX_EVENT_BYTES`). A reduced
+test (a start and three reports) takes about 1 KiB, 5 KiB when it fails, so
+the room between the two limits (48 MiB with the default cap) holds the
+outcomes of about ten thousand failing tests, or forty thousand passing ones,
+before any is left out.
 """
 
 from __future__ import annotations
@@ -35,6 +64,7 @@ from .events import (
     SkipInfo,
     Start,
 )
+from .settings import DEFAULT_LOG_MAX_BYTES
 
 MARKER = b"[lrun: %d bytes of earlier output dropped to keep the log under %d bytes]\n"
 _MARKER_RE = re.compile(rb"^\[lrun: (\d+) bytes of earlier output dropped[^\n]*\n")
@@ -43,12 +73,15 @@ REDACTED = b"***"
 MIN_SECRET_LEN = 4
 
 
+def _secret_values(secrets: Iterable[str]) -> list[str]:
+    """The values worth hiding, longest first (so a secret that contains another is hidden whole)."""
+    return sorted({s for s in secrets if len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
+
+
 def redactor(secrets: Iterable[str]) -> re.Pattern[bytes] | None:
-    """A pattern matching any of ``secrets`` (longest first), or None when there is nothing to hide."""
-    values = sorted({s.encode() for s in secrets if len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
-    if not values:
-        return None
-    return re.compile(b"|".join(re.escape(v) for v in values))
+    """A pattern matching any of ``secrets`` in bytes, or None when there is nothing to hide."""
+    values = _secret_values(secrets)
+    return re.compile(b"|".join(re.escape(v.encode()) for v in values)) if values else None
 
 
 class LogSpool:
@@ -171,33 +204,125 @@ def _event(record: dict[str, Any]) -> Event:
     raise ValueError(f"unknown event kind {kind!r}")
 
 
-class EventSpool:
-    """Appends a run's events to its ``events.jsonl``, redacted (see the module docstring)."""
+#: The characters a report's ``longrepr`` keeps once the events file is past its cap (head and tail).
+REDUCED_TEXT_CHARS = 4096
+#: Past this many times its cap, the events file takes no more tests (see the module docstring).
+HARD_LIMIT_FACTOR = 4
+#: Fields whose values come from a fixed vocabulary ("call", "passed"), never from the test: not redacted.
+_VOCABULARY = frozenset({"when", "outcome"})
+#: The kind of the line that records how many events a spool left out.
+DROPPED = "dropped"
 
-    def __init__(self, path: Path, *, secrets: Iterable[str] = (), fresh: bool = False) -> None:
-        # Secrets as they appear inside a JSON string (ensure_ascii, like the lines written).
-        self._redact = redactor(json.dumps(secret)[1:-1] for secret in secrets)
+
+def _cut(text: str) -> str:
+    """``text`` within :data:`REDUCED_TEXT_CHARS`: its head and tail around a marker saying how much went.
+
+    The reporter cuts an event's texts the same way (it cannot import this module).
+    """
+    if len(text) <= REDUCED_TEXT_CHARS:
+        return text
+    keep = REDUCED_TEXT_CHARS // 2
+    cut = len(text) - 2 * keep
+    return f"{text[:keep]}\n[lrun: {cut} characters cut: the events file passed its cap]\n{text[-keep:]}"
+
+
+class EventSpool:
+    """Appends a run's events to its ``events.jsonl``, redacted and capped (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+        secrets: Iterable[str] = (),
+        fresh: bool = False,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.dropped = 0
+        """The ``start`` and ``report`` events this spool left out past ``HARD_LIMIT_FACTOR * max_bytes``."""
+        values = _secret_values(secrets)
+        self._redact = re.compile("|".join(re.escape(v) for v in values)) if values else None
+        self._left_out: set[str] = set()  # tests whose start was left out: their reports go too
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "wb" if fresh else "ab")  # noqa: SIM115 - closed in close()
+        # Appending (a reattach) continues the file: its size so far counts toward the cap.
+        self._size = self._file.seek(0, os.SEEK_END)
 
     def write(self, events: Iterable[Event]) -> None:
-        lines = b"".join(
-            json.dumps({"e": _KINDS[type(event)], **dataclasses.asdict(event)}).encode() + b"\n"
-            for event in events
-        )
-        if not lines:
-            return
-        if self._redact is not None:
-            lines = self._redact.sub(REDACTED, lines)
-        self._file.write(lines)
+        lines = [line for line in map(self._line, events) if line]
+        if lines:
+            self._append(b"".join(lines))
+
+    def _line(self, event: Event) -> bytes:
+        """``event``'s line as the cap allows (b"" when it is left out); counts its bytes as written."""
+        if isinstance(event, Start | PhaseReport) and not self._takes(event):
+            self.dropped += 1
+            return b""
+        fields = dataclasses.asdict(event).items()
+        record = {
+            "e": _KINDS[type(event)],
+            **{k: v if k in _VOCABULARY else self._redacted(v) for k, v in fields},
+        }
+        line = _encode(record)
+        if isinstance(event, PhaseReport) and self._size + len(line) > self.max_bytes:
+            longrepr = record["longrepr"]
+            line = _encode(
+                {**record, "sections": [], "longrepr": None if longrepr is None else _cut(longrepr)}
+            )
+        self._size += len(line)
+        return line
+
+    def _takes(self, event: Start | PhaseReport) -> bool:
+        """Whether the test of ``event`` is in the file (decided at its start, for all its events)."""
+        if isinstance(event, Start):
+            if self._size < HARD_LIMIT_FACTOR * self.max_bytes:
+                self._left_out.discard(event.nodeid)  # a test run again (a rerun plugin) may fit now
+                return True
+            self._left_out.add(event.nodeid)
+            return False
+        if event.nodeid not in self._left_out:
+            return True
+        if event.when == "teardown":  # the test's last event: forget it, memory stays flat
+            self._left_out.discard(event.nodeid)
+        return False
+
+    def _redacted(self, value: Any) -> Any:
+        """``value`` with every secret in its strings replaced; dict keys untouched."""
+        if self._redact is None:
+            return value
+        if isinstance(value, str):
+            return self._redact.sub(REDACTED.decode(), value)
+        if isinstance(value, dict):
+            return {key: self._redacted(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._redacted(item) for item in value]
+        return value
+
+    def _append(self, data: bytes) -> None:
+        self._file.write(data)
         self._file.flush()
 
     def close(self) -> None:
+        if self.dropped:
+            self._append(_encode({"e": DROPPED, "events": self.dropped}))
         self._file.close()
 
 
-def read_events(path: Path) -> list[Event] | None:
-    """The events in ``path`` in order, or None when the run has none (no file).
+def _encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record).encode() + b"\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class EventFile:
+    """What a run's ``events.jsonl`` holds."""
+
+    events: list[Event]
+    dropped: int
+    """Events its spools left out past their hard limit (0 in a file written before the cap)."""
+
+
+def read_event_file(path: Path) -> EventFile | None:
+    """The events in ``path`` in order and the count of those left out, or None when there is no file.
 
     A line that holds no event (a write cut short by a crash) ends the list: what came before stays.
     """
@@ -206,9 +331,20 @@ def read_events(path: Path) -> list[Event] | None:
     except FileNotFoundError:
         return None
     events: list[Event] = []
+    dropped = 0
     for line in data.splitlines():
         try:
-            events.append(_event(json.loads(line)))
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("e") == DROPPED:
+                dropped += int(record["events"])
+            else:
+                events.append(_event(record))
         except (KeyError, TypeError, ValueError):
             break
-    return events
+    return EventFile(events, dropped)
+
+
+def read_events(path: Path) -> list[Event] | None:
+    """The events in ``path`` in order, or None when the run has none (see :func:`read_event_file`)."""
+    found = read_event_file(path)
+    return None if found is None else found.events
