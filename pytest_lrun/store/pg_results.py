@@ -1,4 +1,4 @@
-"""The PostgreSQL store's shared results: each terminal run's JUnit XML, log and artifacts, in chunks.
+"""The PostgreSQL store's shared results: each terminal run's JUnit XML, log, events and artifacts, in chunks.
 
 A runner that never ran a run reports it from what the runner that ran it saved
 here (:meth:`PostgresStore.save_result <pytest_lrun.store.postgres.PostgresStore.save_result>`,
@@ -9,9 +9,10 @@ their statements in :mod:`.pg_sql`)::
     lrun_result_parts(run_id, part, size, chunks, digest)  one row per part: its size, chunk
                                                            count and xxh3-128 digest
 
-A part is ``junit`` (the inner JUnit XML), ``logs`` (the capped log) or
-``artifacts`` (a tar of the run's artifacts folder, made by
-:func:`~pytest_lrun.archive.pack`). Rules:
+A part is ``junit`` (the inner JUnit XML), ``logs`` (the capped log), ``events``
+(the inner reporter's capped events file, from which a runner reports the inner
+tests as the run's own runner did; schema version 2 admits it) or ``artifacts``
+(a tar of the run's artifacts folder, made by :func:`~pytest_lrun.archive.pack`). Rules:
 
 * Host memory stays flat: a part goes up and comes down one chunk at a time
   (the artifacts tar itself is spooled to disk past a few MiB).
@@ -55,7 +56,7 @@ def save(conn: Connection, run_id: str, files: RunFiles) -> None:
     """Store this host's result files of ``run_id`` (those that exist), replacing any stored before."""
     with contextlib.ExitStack() as stack:
         sources: list[tuple[str, IO[bytes]]] = []
-        for part, path in (("junit", files.junit), ("logs", files.logs)):
+        for part, path in (("junit", files.junit), ("logs", files.logs), ("events", files.events)):
             with contextlib.suppress(FileNotFoundError):
                 sources.append((part, stack.enter_context(path.open("rb"))))
         if files.artifacts.is_dir():
@@ -78,7 +79,7 @@ def load(conn: Connection, run_id: str, files: RunFiles, location: str) -> None:
 
     :raises StoreError: a stored part is incomplete or its digest does not match
     """
-    targets = {"junit": files.junit, "logs": files.logs, "artifacts": files.artifacts}
+    targets = {"junit": files.junit, "logs": files.logs, "events": files.events, "artifacts": files.artifacts}
     with conn.transaction():
         # One snapshot for the part rows and their chunks, whatever is saved meanwhile.
         conn.execute(pg_sql.SNAPSHOT)

@@ -25,6 +25,7 @@ __all__ = [
     "ADVISORY_TRY_LOCK",
     "ADVISORY_UNLOCK",
     "ADVISORY_XACT_LOCK",
+    "ALLOW_EVENTS_PART",
     "CHECK_GUARDS",
     "CREATE_BATCHES",
     "CREATE_CORRUPT",
@@ -175,6 +176,12 @@ CREATE_RESULT_PARTS = """CREATE TABLE lrun_result_parts (
         digest text NOT NULL,
         PRIMARY KEY (run_id, part))"""
 
+#: Version 2: a run's events file (``events``) is a shared result part too.
+ALLOW_EVENTS_PART = """ALTER TABLE lrun_result_parts
+        DROP CONSTRAINT lrun_result_parts_part_check,
+        ADD CONSTRAINT lrun_result_parts_part_check
+            CHECK (part IN ('junit', 'logs', 'events', 'artifacts'))"""
+
 #: The statements that take the schema from version ``n - 1`` to ``n``, in order.
 MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     1: (
@@ -190,6 +197,7 @@ MIGRATIONS: Mapping[int, tuple[str, ...]] = {
         CREATE_RESULT_CHUNKS,
         CREATE_RESULT_PARTS,
     ),
+    2: (ALLOW_EVENTS_PART,),
 }
 
 # -- advisory locks (parameter: the lock's bigint, see pg_db.lock_id) ------------------

@@ -562,7 +562,7 @@ class PostgresStore:
         return self._watch(run_id, wait)
 
     def save_result(self, run: Run) -> None:
-        """Store this host's JUnit XML, log and artifacts of ``run`` for every runner (in chunks)."""
+        """Store this host's JUnit XML, log, events and artifacts of ``run`` for every runner (in chunks)."""
         files = self.files(run.id)
         with self.db.spare() as conn:
             pg_results.save(conn, run.id, files)

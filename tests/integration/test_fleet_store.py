@@ -200,6 +200,44 @@ def test_a_cached_result_crosses_runners_with_its_artifacts(runners: list[Runner
     assert made.read_text() == "by the run\n"
 
 
+def _summary(out: str) -> list[str]:
+    """The short test summary's lines (one per inner test, with its outcome and reason)."""
+    return sorted(line for line in out.splitlines() if line.startswith(("PASSED ", "SKIPPED ", "XFAIL ")))
+
+
+def test_a_cached_result_crosses_runners_with_its_inner_events(
+    runners: list[Runner], shared: RunStore
+) -> None:
+    a, b = runners
+    write_tests(
+        a.project,
+        "inner",
+        """
+        import pytest
+
+        def test_passes():
+            print("said by the test")
+
+        def test_skips():
+            pytest.skip("no widget here")
+
+        @pytest.mark.xfail(reason="widgets are round")
+        def test_xfails():
+            assert False
+        """,
+    )
+    code, ran = a.run("--lrun-machine=m1", "inner")
+    assert code == 0 and "1 passed, 1 skipped, 1 xfailed" in ran, ran
+    code, replayed = b.run("--lrun-machine=m1", "--lrun-reuse=completed", "inner")
+    assert code == 0 and "1 passed, 1 skipped, 1 xfailed" in replayed, replayed
+    assert "cached" in replayed.split("lrun runs")[1], replayed
+    assert len(_summary(ran)) == 3 and _summary(replayed) == _summary(ran)
+    (run,) = shared.list()
+    events = [runner.state_dir / "runs" / run.id / "events.jsonl" for runner in runners]
+    assert events[1].read_bytes() == events[0].read_bytes()
+    assert b"said by the test" in events[1].read_bytes()
+
+
 def test_a_killed_runner_s_run_is_adopted_by_the_other(
     runners: list[Runner], shared: RunStore, engines: list[str]
 ) -> None:

@@ -39,7 +39,7 @@ from pytest_lrun.errors import (
     TerminalRunError,
 )
 from pytest_lrun.plan import Plan, PlanEntry
-from pytest_lrun.store import Decision, Run, Status
+from pytest_lrun.store import Decision, Run, Status, pg_sql
 from pytest_lrun.store.pg_db import SCHEMA_VERSION
 from pytest_lrun.store.pg_results import CHUNK_BYTES
 from pytest_lrun.store.postgres import PostgresStore
@@ -129,6 +129,22 @@ def test_schema_is_made_once_even_by_racing_processes(url: str, tmp_path: Path) 
     assert len({store_id for _, store_id in got}) == 1  # one schema, one store id for every runner
     with PostgresStore(url, tmp_path / "again") as again:
         assert again.store_id == got[0][1]
+    assert sql(url, "SELECT version FROM lrun_schema") == [(SCHEMA_VERSION,)]
+
+
+def test_a_version_1_store_is_upgraded_in_place_and_then_shares_events(url: str, tmp_path: Path) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:  # a store made by pytest-lrun 0.1
+        conn.execute(pg_sql.CREATE_SCHEMA_TABLE)
+        conn.execute(pg_sql.INSERT_SCHEMA, (1, "made-by-v1"))
+        for statement in pg_sql.MIGRATIONS[1]:
+            conn.execute(statement)
+    with PostgresStore(url, tmp_path / "state") as store, PostgresStore(url, tmp_path / "peer") as peer:
+        assert store.store_id == "made-by-v1"  # the same store, its runs kept
+        run = store.end(create(store), Status.COMPLETED)
+        written = _write_result(store, run)
+        store.save_result(run)
+        peer.load_result(run)
+        assert _contents(peer, run) == written
     assert sql(url, "SELECT version FROM lrun_schema") == [(SCHEMA_VERSION,)]
 
 
@@ -307,6 +323,7 @@ def _write_result(store: PostgresStore, run: Run) -> dict[str, bytes]:
     files.dir.mkdir(parents=True, exist_ok=True)
     files.junit.write_bytes(b"<testsuites/>")
     files.logs.write_bytes(os.urandom(2 * CHUNK_BYTES + 17))  # three chunks
+    files.events.write_bytes(b'{"e": "finish", "n": 1, "exitstatus": 0, "counts": {}, "interrupt": null}\n')
     (files.artifacts / "sub").mkdir(parents=True)
     (files.artifacts / "sub" / "report.txt").write_text("report")
     (files.artifacts / "tool").write_bytes(b"#!/bin/sh\n")
@@ -317,7 +334,11 @@ def _write_result(store: PostgresStore, run: Run) -> dict[str, bytes]:
 
 def _contents(store: PostgresStore, run: Run) -> dict[str, bytes]:
     files = store.files(run.id)
-    found = {"junit": files.junit.read_bytes(), "logs": files.logs.read_bytes()}
+    found = {
+        "junit": files.junit.read_bytes(),
+        "logs": files.logs.read_bytes(),
+        "events": files.events.read_bytes(),
+    }
     for path in sorted(files.artifacts.rglob("*")):
         rel = path.relative_to(files.artifacts).as_posix()
         found[rel] = (
