@@ -45,7 +45,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -70,11 +70,13 @@ from .errors import (
     INTERRUPTED,
     OOM_KILLED,
     OWNER_GONE,
+    SESSION_STOPPED,
     TIMED_OUT,
     UNSAFE_ARCHIVE,
     ContainerGone,
     EngineError,
     ImageMissing,
+    LeftRunning,
     LrunError,
     MachineBusy,
     TerminalRunError,
@@ -84,7 +86,7 @@ from .extract import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extra
 from .fsutil import ENTRY_BYTES
 from .hashing import Snapshot, hash_dir, snapshot
 from .junit import CaseResult, parse_junit
-from .logs import EventSpool, LogSpool, read_events
+from .logs import EventSpool, LogSpool, read_event_file
 from .machines import Machine
 from .settings import (
     DEFAULT_ARTIFACTS,
@@ -143,6 +145,7 @@ class RunResult:
     origin: str  # "created", "reused" or "cached"
     cases: list[CaseResult] | None = None  # None: the run left no JUnit XML
     events: list[Event] | None = None  # None: the run has no reporter events (no pytest, an old run)
+    dropped_events: int = 0  # left out past the events file's cap
 
 
 def run_key(dir_hash: str, image_id: str, spec: RunSpec) -> str:
@@ -179,6 +182,7 @@ def pytest_arguments_at(command: tuple[str, ...]) -> int | None:
 
 
 OutputSink = Callable[[RunSpec | Run, str], None]
+EventSink = Callable[[Run, Sequence[Event]], None]
 EngineFactory = Callable[[Machine], Engine]
 
 
@@ -220,6 +224,7 @@ class Dispatcher:
         stop_grace: float = DEFAULT_STOP_GRACE,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
         on_output: OutputSink | None = None,
+        on_events: EventSink | None = None,
         on_prepared: Callable[[RunSpec, Run, str], None] | None = None,
     ) -> None:
         self.store = store
@@ -230,10 +235,15 @@ class Dispatcher:
         self.stop_grace = stop_grace
         self.log_max_bytes = log_max_bytes
         self.on_output = on_output
+        self.on_events = on_events  # (run, events) as the log pump parses them: live reports
         self.on_prepared = on_prepared  # (spec, run, origin) as soon as the run is known: batch records
         self._live: dict[str, tuple[Engine, str]] = {}
+        self._created: set[str] = set()  # ids of the runs this dispatcher created
+        self._stopped_ids: set[str] = set()  # ids of the runs this dispatcher stopped
         self._live_lock = threading.Lock()
         self._cancelled = threading.Event()
+        # Why runs are being stopped, as (error code, message): Ctrl-C, or -x/--maxfail.
+        self._stop_reason: tuple[str, str] = (INTERRUPTED, "interrupted (Ctrl-C)")
 
     # -- entry points --------------------------------------------------------
 
@@ -272,12 +282,30 @@ class Dispatcher:
             return self.result(run, "reused")
         return self.result(self._await(run, self.engines.get(machine)), "reused")
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`cancel_all` or :meth:`stop_created` was called: start nothing new."""
+        return self._cancelled.is_set()
+
     def cancel_all(self) -> None:
         """Stop the containers of every run this dispatcher is watching (Ctrl-C), all at once:
         SIGINT, and SIGKILL for those still running ``stop_grace`` seconds later."""
+        self._stop(lambda run_id: True)
+
+    def stop_created(self) -> None:
+        """The session stopped early (``-x``, ``--maxfail``): stop the runs this dispatcher
+        created, which end ``interrupted`` with ``session_stopped``; runs it only waits for
+        (REUSE) go on for their owners, and the waits give up (:class:`LeftRunning`)."""
+        if not self._cancelled.is_set():
+            self._stop_reason = (SESSION_STOPPED, "the pytest session stopped early (-x, --maxfail)")
+        self._stop(lambda run_id: run_id in self._created)
+
+    def _stop(self, which: Callable[[str], bool]) -> None:
         self._cancelled.set()
         with self._live_lock:
-            live = list(self._live.values())
+            stopped = [run_id for run_id in self._live if which(run_id)]
+            self._stopped_ids.update(stopped)
+            live = [self._live[run_id] for run_id in stopped]
         stoppers = [
             threading.Thread(target=self._stop_quietly, args=(engine, container_id), daemon=True)
             for engine, container_id in live
@@ -298,8 +326,10 @@ class Dispatcher:
             self.store.load_result(run)
         files = self.store.files(run.id)
         cases = parse_junit(files.junit.read_bytes()) if files.junit.is_file() else None
-        events = read_events(files.events) if run.event_token else None
-        return RunResult(run, origin, cases, events)
+        stored = read_event_file(files.events) if run.event_token else None
+        if stored is None:
+            return RunResult(run, origin, cases)
+        return RunResult(run, origin, cases, stored.events, stored.dropped)
 
     # -- steps ----------------------------------------------------------------
 
@@ -437,13 +467,16 @@ class Dispatcher:
         )
         try:
             container_id = engine.create(container_spec)
+            with self._live_lock:
+                self._created.add(run.id)
             # Record the container before starting it, so a crash from here on can be reconciled.
             run = replace(run, container_id=container_id, logs_path=str(self.store.files(run.id).logs))
             self.store.update(run)
             self._watch(run.id, engine, container_id)
             engine.put_archive(container_id, "/", shipment.archive)
             if self._cancelled.is_set():
-                return self._end(run, Status.INTERRUPTED, engine=engine, code=INTERRUPTED, msg="cancelled")
+                code, msg = self._stop_reason
+                return self._end(run, Status.INTERRUPTED, engine=engine, code=code, msg=msg)
             engine.start(container_id)
         except LrunError as e:
             return self._end(run, Status.FAILED, engine=engine, error=e)
@@ -486,10 +519,11 @@ class Dispatcher:
                 error_code=UNSAFE_ARCHIVE,
                 error_msg="\n".join(printable(f"refused {n}: {r}") for n, r in refused),
             )
-        if self._cancelled.is_set():
-            return self._end(
-                run, Status.INTERRUPTED, engine=engine, code=INTERRUPTED, msg="interrupted (Ctrl-C)"
-            )
+        with self._live_lock:
+            stopped_here = run.id in self._stopped_ids
+        if stopped_here:
+            code, msg = self._stop_reason
+            return self._end(run, Status.INTERRUPTED, engine=engine, code=code, msg=msg)
         if exit_code is None:
             return self._end(
                 run, Status.TIMEOUT, engine=engine, code=TIMED_OUT, msg=f"timed out after {timeout:g}s"
@@ -512,7 +546,9 @@ class Dispatcher:
         assert run.container_id is not None
         try:
             for chunk in engine.logs(run.container_id, follow=True):
-                shown = spool.write(chunk)
+                shown, events = spool.write(chunk)
+                if events and self.on_events is not None:
+                    self.on_events(run, events)
                 if shown and self.on_output is not None:
                     self.on_output(run, shown.decode("utf-8", "replace"))
         except EngineError:
@@ -579,6 +615,8 @@ class Dispatcher:
             adopted = self.adopt(run, engine)
             if adopted is not None:
                 return adopted
+            if self._cancelled.is_set():
+                raise LeftRunning(run.id, self._stop_reason[1])
             time.sleep(POLL_S)
 
     def adopt(self, run: Run, engine: Engine) -> Run | None:
@@ -676,15 +714,18 @@ class _RunOutput:
     ) -> None:
         self._log = LogSpool(logs, max_bytes=max_bytes, secrets=secrets, fresh=fresh)
         self._parser = EventParser(run.event_token) if run.event_token else None
-        self._events = EventSpool(events, secrets=secrets, fresh=fresh) if run.event_token else None
+        self._events = (
+            EventSpool(events, max_bytes=max_bytes, secrets=secrets, fresh=fresh) if run.event_token else None
+        )
 
-    def write(self, chunk: bytes) -> bytes:
-        """Take ``chunk``; returns the redacted complete log lines it completed (for live display)."""
+    def write(self, chunk: bytes) -> tuple[bytes, tuple[Event, ...]]:
+        """Take ``chunk``; returns the redacted complete log lines it completed (for live display)
+        and the events it completed (for live reports)."""
         if self._parser is None or self._events is None:
-            return self._log.write(chunk)
+            return self._log.write(chunk), ()
         parsed = self._parser.feed(chunk)
         self._events.write(parsed.events)
-        return self._log.write(parsed.output)
+        return self._log.write(parsed.output), parsed.events
 
     def close(self) -> None:
         if self._parser is not None and self._events is not None:

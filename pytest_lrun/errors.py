@@ -65,8 +65,10 @@ EXIT_NONZERO = "exit_nonzero"
 TIMED_OUT = "timeout"
 #: The kernel's OOM killer stopped the container at its memory limit.
 OOM_KILLED = "oom_killed"
-#: The session that watched the run was interrupted (Ctrl-C, ``-x``, a stopping session).
+#: The session that watched the run was interrupted (Ctrl-C, a stopping session).
 INTERRUPTED = "interrupted"
+#: The pytest session that created the run stopped early (``-x``, ``--maxfail``) and no longer needed it.
+SESSION_STOPPED = "session_stopped"
 #: ``lrun cancel`` stopped the run.
 CANCELLED = "cancelled"
 #: The run's creator died before its container started.
@@ -84,6 +86,7 @@ RUN_CODES = (
     TIMED_OUT,
     OOM_KILLED,
     INTERRUPTED,
+    SESSION_STOPPED,
     CANCELLED,
     OWNER_GONE,
     UNSAFE_ARCHIVE,
@@ -268,6 +271,16 @@ class MachineBusy(LrunError):
         self.test_dir = test_dir
         self.age_s = age_s
         self.waited_s = waited_s
+
+
+class LeftRunning(LrunError):
+    """This session stopped waiting for a run another process owns; the run goes on for its owner."""
+
+    code = "left_running"
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(f"stopped waiting for run {run_id} ({reason}); it goes on for its owner")
+        self.run_id = run_id
 
 
 # --- engine ----------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 
 from . import hookspecs
 from .errors import LrunError
+from .select import dispatched_dir
 from .settings import OPTIONS, Settings, flag_type, redact_url, resolve
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -53,7 +54,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None
     if not _dispatches_directory_args(early_config):
         return (yield)
     given = namespace.file_or_dir
-    namespace.file_or_dir = [_anchor_beside(arg, early_config.invocation_params.dir) for arg in given]
+    where = (early_config.invocation_params.dir, early_config.rootpath)
+    namespace.file_or_dir = [_anchor_beside(arg, *where) for arg in given]
     try:
         return (yield)
     finally:
@@ -66,12 +68,14 @@ def _dispatches_directory_args(early_config: pytest.Config) -> bool:
     return bool(machine or _ini(early_config, "lrun_machine")) and bool(namespace.file_or_dir)
 
 
-def _anchor_beside(arg: str, invocation_dir: Path) -> str:
-    """A file in the parent of directory ``arg`` (so pytest's anchor is the parent, not ``arg``)."""
-    path = invocation_dir / arg.split("::")[0]
-    if not path.is_dir():
-        return arg
-    parent = path.resolve().parent
+def _anchor_beside(arg: str, invocation_dir: Path, rootpath: Path) -> str:
+    """A file in the parent of the directory ``arg`` dispatches (so pytest's anchor is that
+    parent, not the directory or a file in it)."""
+    try:
+        path, _ = dispatched_dir(arg, invocation_dir, rootpath)
+    except LrunError:
+        return arg  # the session reports it as a usage error
+    parent = path.parent
     files = sorted(child for child in parent.iterdir() if child.is_file())
     # With no file beside it, the parent itself; pytest then also scans its test* subdirectories.
     return str(files[0]) if files else str(parent)

@@ -1,35 +1,66 @@
-"""Runs as pytest nodes: the collector of a dispatched directory and its items.
+"""Inner results as pytest reports: what the host reports for each run, and when.
 
-Every inner test of a run becomes an :class:`InnerItem` whose setup and call
-replay the inner outcome (passed, failed, error, skipped, xfailed), so the
-terminal, ``-k``, ``--junitxml`` and every other plugin see ordinary items and
-reports. The inner tests come from the reporter's events when the run has them
-(:func:`cases_from_events`: one per test with a phase report, and after a stop
-the test that was running and those never started), else from the inner JUnit
-XML. A run without inner results (a crash, a timeout, a non-pytest
-command, a busy machine) is one :class:`RunItem` whose outcome follows the
-run's status. Each report carries the run's log tail as its ``log`` section and
-the run's facts as ``user_properties``; artifacts are listed as
-``[[ATTACHMENT|path]]`` lines that CI servers pick up from the JUnit XML.
+As pytest-xdist's controller does with its workers' reports, the host collects
+nothing of a dispatched directory: :class:`RunReports` turns one run's inner
+reporter events (:mod:`pytest_lrun.events`) into the ordinary hook calls as they
+arrive -- ``pytest_runtest_logstart``, ``pytest_runtest_logreport`` (one
+:class:`pytest.TestReport` per phase, with the inner outcome, duration, failure
+text and captured output) and ``pytest_runtest_logfinish``, plus
+``pytest_collectreport`` for inner collection errors and skipped modules -- so
+the terminal, ``--junitxml``, ``--durations``, ``-x``, ``--lf`` and other plugins
+need no special case. Its hooks are called on the main thread only.
+
+A host node id is the dispatched directory's node id, ``/``, the inner node id,
+and a suffix that tells apart runs of one directory (``@machine`` or ``@entry``).
+
+When the run ends, :meth:`RunReports.finish` reports what is left:
+
+* events the live stream did not deliver are replayed from the stored ones (a
+  cached, reused or attached run replays them all, so it reports exactly what the
+  live run did); a run without events but with an inner JUnit XML (a command that
+  writes one) gets a report per case;
+* after a stop (timeout, ``lrun cancel``, Ctrl-C, the OOM killer, a vanished
+  container) the test that was running fails with why, plus the inner traceback,
+  and the collected tests that never started are skipped as not run. A run this
+  session stopped itself (``-x``, ``--maxfail``) adds nothing: as with local
+  tests, nothing is reported after the session decided to stop;
+* a run without inner results (a non-pytest command, a busy machine, an engine
+  error, a detached run), or failing beyond them (a timeout before any test, an
+  unsafe artifact archive, pytest's exit 2-5), is one report of its own,
+  ``DIR::lrun[machine]``, with the run's log tail and its artifacts as
+  ``[[ATTACHMENT|path]]`` lines that CI servers pick up.
+
+Every report carries the run's facts as ``user_properties`` (``lrun_run_id``,
+``lrun_machine``, ``lrun_hash``, ``lrun_origin``, ``lrun_logs``, ``lrun_artifacts``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import pluggy
 import pytest
 
 from .dispatch import RunResult, RunSpec
-from .errors import CANCELLED, EXIT_NONZERO, INTERRUPTED, OOM_KILLED, TIMED_OUT, ContainerGone, LrunError
-from .events import Collected, Event, Finished, PhaseReport, Start
-from .junit import CaseOutcome, CaseResult, When
+from .errors import (
+    CANCELLED,
+    EXIT_NONZERO,
+    INTERRUPTED,
+    OOM_KILLED,
+    SESSION_STOPPED,
+    TIMED_OUT,
+    ContainerGone,
+    LrunError,
+)
+from .events import Collected, Event, Finished, Location, PhaseReport, Start
+from .junit import CaseResult
 from .logs import tail
+from .select import HostSelection
 from .store import Run, Status
 
 LOG_SECTION_BYTES = 4096
@@ -47,98 +78,9 @@ class Detached:
 # A spec's outcome: the result, the error that prevented the run (busy machine, engine down), or a
 # run left running.
 JobOutcome = RunResult | LrunError | Detached
-Waiter = Callable[[RunSpec], JobOutcome]
 
-
-class _HostHooks:
-    """Use the hooks of the directory *around* the dispatched one.
-
-    A dispatched directory's own conftest.py belongs to the container; computing
-    hooks for its path would import it on the host.
-    """
-
-    path: Path
-    session: pytest.Session
-
-    @property
-    def ihook(self) -> pluggy.HookRelay:
-        return self.session.gethookproxy(self._host_dir())
-
-    def _host_dir(self) -> Path:
-        raise NotImplementedError
-
-
-class LrunDir(_HostHooks, pytest.Collector):
-    """A dispatched test directory; its children appear once its runs are done.
-
-    Deliberately not a ``pytest.Directory``: pytest imports the conftest.py of
-    every Directory it collects, and this one's belongs to the container.
-    """
-
-    def __init__(self, *, specs: list[RunSpec], wait: Waiter, path: Path, **kwargs: Any) -> None:
-        rootpath = kwargs["parent"].config.rootpath
-        try:
-            nodeid = path.relative_to(rootpath).as_posix()
-        except ValueError:
-            nodeid = str(path)
-        super().__init__(name=path.name, path=path, nodeid=nodeid, **kwargs)
-        self.specs = specs
-        self.wait = wait
-
-    def _host_dir(self) -> Path:
-        return self.path.parent
-
-    def collect(self) -> Iterable[pytest.Item | pytest.Collector]:
-        for spec in self.specs:
-            suffix = self._suffix(spec)
-            if self.config.option.collectonly:
-                # --collect-only dispatches nothing: show what would run.
-                yield RunItem.from_parent(self, spec=spec, outcome=None, suffix=suffix)
-                continue
-            yield from items_for(self, spec, self.wait(spec), suffix)
-
-    def _suffix(self, spec: RunSpec) -> str:
-        """What tells apart the runs of one directory: its machine, else its plan entry."""
-        if len(self.specs) == 1:
-            return ""
-        machines = [s.machine.name for s in self.specs]
-        if machines.count(spec.machine.name) == 1:
-            return f"@{spec.machine.name}"
-        return f"@{spec.plan_entry}"
-
-
-def items_for(parent: LrunDir, spec: RunSpec, outcome: JobOutcome, suffix: str) -> Iterator[pytest.Item]:
-    if isinstance(outcome, LrunError | Detached):
-        yield RunItem.from_parent(parent, spec=spec, outcome=outcome, suffix=suffix)
-        return
-    stop_named = False
-    cases = outcome.cases
-    if outcome.events:
-        cases, stop_named = cases_from_events(outcome.events, outcome.run)
-    if cases is None:
-        yield RunItem.from_parent(parent, spec=spec, outcome=outcome, suffix=suffix)
-        return
-    for case in cases:
-        yield InnerItem.from_parent(parent, spec=spec, result=outcome, case=case, suffix=suffix)
-    if _run_level_failure(outcome.run, cases, stop_named):
-        yield RunItem.from_parent(parent, spec=spec, outcome=outcome, suffix=suffix)
-
-
-def _run_level_failure(run: Run, cases: list[CaseResult], stop_named: bool) -> bool:
-    """Whether the run failed beyond what its inner test results already say.
-
-    ``stop_named``: an inner test already fails with why the run was stopped.
-    """
-    if stop_named and run.error_code in _STOPPED_WHILE:
-        return False
-    if run.error_code not in (None, EXIT_NONZERO):
-        return True  # e.g. an artifact archive was refused, even from a run that passed
-    if run.status is Status.COMPLETED:
-        return False
-    if run.status is not Status.FAILED or run.exit_code != 1:
-        return True  # timeout, interrupted, pytest's exit 2-5...
-    return not any(case.outcome in ("failed", "error") for case in cases)
-
+Outcome = Literal["passed", "failed", "skipped"]
+Phase = Literal["setup", "call", "teardown"]
 
 # How the test that was running when a run stopped fails, by the run's error code.
 _STOPPED_WHILE = {
@@ -150,126 +92,437 @@ _STOPPED_WHILE = {
 }
 
 
-def cases_from_events(events: Sequence[Event], run: Run) -> tuple[list[CaseResult], bool]:
-    """The inner tests of a run as the reporter's events tell them, and whether a stop was named.
+@dataclass(frozen=True)
+class _Crash:
+    """Where a failure happened and its one-line message: what pytest's short summary and
+    ``--junitxml`` read from a ``longrepr.reprcrash``."""
 
-    One case per node id with a phase report, in the order they started, built as pytest's
-    JUnit XML would have it (outcome, failure text, captured output, summed duration);
-    collection errors and skipped modules come first. After a stop, the test that was
-    running (a ``start`` without a teardown report) fails with the stop's reason and the
-    inner traceback, and the collected tests never started are skipped as not run.
-    """
-    collected: Collected | None = None
-    finished: Finished | None = None
-    started: dict[str, Start] = {}
-    reports: dict[str, list[PhaseReport]] = {}
-    for event in events:
-        if isinstance(event, Collected):
-            collected = event
-        elif isinstance(event, Finished):
-            finished = event
-        elif isinstance(event, Start):
-            started.setdefault(event.nodeid, event)
+    path: str
+    lineno: int
+    message: str
+
+
+class InnerRepr:
+    """An inner failure's text as a report's ``longrepr`` (the terminal prints it as it is)."""
+
+    def __init__(self, text: str, crash: _Crash) -> None:
+        self.text = text
+        self.reprcrash = crash
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass
+class Progress:
+    """What a run has reported so far, for the per-run progress line."""
+
+    collected: int = 0
+    done: int = 0
+    failed: int = 0
+    running: str | None = None
+
+
+class RunReports:
+    """Fires the reports of one run (of one spec) on the main thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        session: pytest.Session,
+        spec: RunSpec,
+        *,
+        suffix: str,
+        selection: HostSelection | None = None,
+        say: Callable[[str], None] = lambda line: None,
+        write: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.session = session
+        self.config = session.config
+        self.spec = spec
+        self.suffix = suffix
+        self.selection = selection
+        self.say = say  # a progress line (the session prefixes "lrun: ")
+        self.write = write  # a bare terminal line (--collect-only's node ids)
+        self._by_keywords = selection is not None and selection.by_keywords
+        self.dir_nodeid = _dir_nodeid(spec.test_dir, self.config.rootpath)
+        self.progress = Progress()
+        self.run: Run | None = None
+        self.origin = "created"
+        self._seen = -1  # the highest event ``n`` handled: the end's replay skips what came live
+        self._collected: Collected | None = None
+        self._started: dict[str, Start] = {}  # tests started (logstart fired), in order
+        self._ended: set[str] = set()  # tests whose teardown was reported
+        self._pending: dict[str, Start] = {}  # host -k/-m: started, not yet decided
+        self._selected: dict[str, bool] = {}  # host -k/-m: decided by a test's first report
+        self._finish: Finished | None = None
+
+    # -- live --------------------------------------------------------------------------
+
+    def prepared(self, run: Run, origin: str) -> None:
+        """The store decided: ``run`` is this spec's run (``origin``: created, reused, cached)."""
+        self.run, self.origin = run, origin
+
+    def feed(self, events: Iterable[Event]) -> None:
+        """Report ``events`` (in the order written; any already handled are skipped)."""
+        for event in events:
+            if event.n <= self._seen:
+                continue
+            self._seen = event.n
+            if self._stopping():
+                return
+            if isinstance(event, Collected):
+                self._on_collected(event)
+            elif isinstance(event, Start):
+                self._on_start(event)
+            elif isinstance(event, PhaseReport):
+                self._on_report(event)
+            else:
+                self._finish = event
+
+    def _on_collected(self, event: Collected) -> None:
+        self._collected = event
+        nodeids = [nodeid for nodeid in event.nodeids if self._wanted_id(nodeid)]
+        if not self._by_keywords:  # otherwise each test counts once its keywords decide it
+            self._count(len(nodeids))
+        what = f"{self.dir_nodeid} on {self.spec.machine.name}"
+        self.say(f"{what}: {len(event.nodeids)} inner tests collected" + self._selected_note(nodeids))
+        if self.config.option.collectonly:
+            for nodeid in nodeids:
+                self.write(self.nodeid(nodeid))
+        for error in event.errors:
+            self._collectreport(error.nodeid, "failed", error.longrepr)
+        for skipped in event.skipped:
+            skip = skipped.skip
+            where = (self._host_path(skip.path), skip.lineno, skip.reason)
+            self._collectreport(skipped.nodeid, "skipped", where)
+
+    def _selected_note(self, nodeids: list[str]) -> str:
+        if self.selection is None:
+            return ""
+        return f" (host selection: {'by -k/-m' if self._by_keywords else len(nodeids)})"
+
+    def _on_start(self, event: Start) -> None:
+        if self._by_keywords:
+            self._pending[event.nodeid] = event  # logstart waits for the keywords of its first report
+        elif self._wanted_id(event.nodeid):
+            self._logstart(event)
+
+    def _on_report(self, event: PhaseReport) -> None:
+        nodeid = event.nodeid
+        if self._by_keywords and nodeid not in self._selected:
+            assert self.selection is not None
+            wanted = self.selection.wants_nodeid(nodeid) and self.selection.wants_keywords(event.keywords)
+            self._selected[nodeid] = wanted
+            if wanted:
+                self._count(1)
+        if not self._selected.get(nodeid, self._wanted_id(nodeid)):
+            return
+        if nodeid not in self._started:
+            start = self._pending.pop(nodeid) if nodeid in self._pending else None
+            self._logstart(start or Start(event.n, nodeid, event.location))
+        self._fire(self._test_report(event))
+        if event.when == "teardown":
+            self._ended.add(nodeid)
+            self._logfinish(nodeid)
+
+    def _count(self, tests: int) -> None:
+        self.session.testscollected += tests
+        self.progress.collected += tests
+
+    # -- the end -----------------------------------------------------------------------
+
+    def finish(self, outcome: JobOutcome) -> None:
+        """Report what the run's end adds (see the module docstring)."""
+        if isinstance(outcome, LrunError | Detached):
+            if isinstance(outcome, Detached):
+                self.prepared(outcome.run, "detached")
+            self._run_report(outcome)
+            return
+        self.prepared(outcome.run, outcome.origin)
+        run = outcome.run
+        if run.error_code == SESSION_STOPPED or self._stopping():
+            return
+        if outcome.events:
+            self.feed(outcome.events)
+        if outcome.dropped_events:
+            self.say(
+                f"{self.dir_nodeid} on {run.machine}: {outcome.dropped_events} inner events past the events "
+                f"file's cap (--lrun-log-max-bytes) were not kept; the run's log has the rest"
+            )
+        elif outcome.cases is not None and self._seen < 0:
+            for case in outcome.cases:
+                self._replay_case(case)
+        if self._stopping():
+            return
+        stop_named = self._report_stop(run)
+        if (outcome.events is None and outcome.cases is None) or self._fails_beyond(run, stop_named):
+            self._run_report(outcome)
+
+    def _report_stop(self, run: Run) -> bool:
+        """After a stop, fail the test that was running and skip those never started; whether
+        a test was named as the one running."""
+        named = False
+        for nodeid, start in list(self._started.items()):
+            if nodeid in self._ended:
+                continue
+            default = f"the run ended ({run.status.value}) while running this test"
+            reason = _STOPPED_WHILE.get(run.error_code or "", default).format(timeout=run.timeout or 0)
+            trace = self._finish.interrupt if self._finish is not None and self._finish.interrupt else ""
+            text = "\n\n".join(part for part in (reason, trace) if part)
+            self._fire(self._made_report(nodeid, start.location, "call", "failed", self._repr(text, reason)))
+            self._ended.add(nodeid)
+            self._logfinish(nodeid)
+            named = True
+        stopped = run.status in (Status.TIMEOUT, Status.INTERRUPTED) or run.error_code in _STOPPED_WHILE
+        # Under a host -k/-m, a test never started has no keywords to decide it by: not reported.
+        if stopped and self._collected is not None and not self._by_keywords:
+            reason = f"not run: the run was stopped ({run.status.value})"
+            for nodeid in self._collected.nodeids:
+                if nodeid in self._started or not self._wanted_id(nodeid):
+                    continue
+                where = (str(self.spec.test_dir / nodeid.split("::")[0]), None, reason)
+                self._logstart(Start(-1, nodeid, None))
+                self._fire(self._made_report(nodeid, None, "setup", "skipped", where))
+                self._logfinish(nodeid)
+        return named
+
+    def _fails_beyond(self, run: Run, stop_named: bool) -> bool:
+        """Whether the run failed beyond what its inner reports already say.
+
+        ``stop_named``: an inner test already fails with why the run was stopped.
+        """
+        if stop_named and run.error_code in _STOPPED_WHILE:
+            return False
+        if run.error_code not in (None, EXIT_NONZERO):
+            return True  # e.g. an artifact archive was refused, even from a run that passed
+        if run.status is Status.COMPLETED:
+            return False
+        if run.status is not Status.FAILED or run.exit_code not in (1, 2, 5):
+            return True  # timeout, interrupted, a usage error (4)...
+        if run.exit_code == 5:  # "no tests collected": a selection that picks nothing here is no failure
+            return self._collected is None
+        return self.progress.failed == 0  # exit 1 (failures) or 2 (collection errors) are explained
+
+    def finish_with_error(self, error: BaseException) -> None:
+        """A bug stopped the job, or a plugin's hook raised: the run's own report fails with it."""
+        self._run_report(error)
+
+    def _run_report(self, outcome: JobOutcome | BaseException) -> None:
+        """The run's own report, ``DIR::lrun[machine]``: its status, log tail and attachments."""
+        nodeid = f"{self.dir_nodeid}::lrun[{self.suffix.lstrip('@') or self.spec.machine.name}]"
+        location = (self.dir_nodeid, None, f"{self.spec.test_dir.name} on {self.spec.machine.name}")
+        sections: list[tuple[str, str]] = []
+        longrepr: Any = None
+        outcome_word: Outcome = "passed"
+        if isinstance(outcome, LrunError):
+            outcome_word, longrepr = "failed", self._repr(str(outcome), f"{outcome.code}: {outcome}")
+        elif isinstance(outcome, BaseException):
+            text = "".join(traceback.format_exception(type(outcome), outcome, outcome.__traceback__))
+            outcome_word, longrepr = "failed", self._repr(text, f"pytest-lrun internal error: {outcome!r}")
+        elif isinstance(outcome, Detached):
+            target = outcome.batch_id or outcome.run.id
+            reason = f"detached as run {outcome.run.id}; attach with --lrun-attach={target}"
+            outcome_word, longrepr = "skipped", (str(self.spec.test_dir), None, reason)
         else:
-            reports.setdefault(event.nodeid, []).append(event)
-            started.setdefault(event.nodeid, Start(event.n, event.nodeid, event.location))
-    cases: list[CaseResult] = []
-    if collected is not None:
-        cases += [
-            _case(e.nodeid, None, "error", "collect", "collection failure", e.longrepr)
-            for e in collected.errors
-        ]
-        cases += [_case(k.nodeid, None, "skipped", "collect", k.skip.reason, "") for k in collected.skipped]
-    stopped = run.status in (Status.TIMEOUT, Status.INTERRUPTED) or run.error_code in _STOPPED_WHILE
-    stop_named = False
-    for nodeid, start in started.items():
-        phases = reports.get(nodeid, [])
-        if any(report.when == "teardown" for report in phases):
-            cases += _cases_of(nodeid, start, phases)
-            continue
-        default = f"the run ended ({run.status.value}) while running this test"
-        reason = _STOPPED_WHILE.get(run.error_code or "", default).format(timeout=run.timeout or 0)
-        trace = finished.interrupt if finished is not None and finished.interrupt else ""
-        cases.append(_case(nodeid, start, "failed", "call", reason, trace, phases))
-        stop_named = True
-    if stopped and collected is not None:
-        reason = f"not run: the run was stopped ({run.status.value})"
-        cases += [
-            _case(n, None, "skipped", "setup", reason, "") for n in collected.nodeids if n not in started
-        ]
-    return cases, stop_named
-
-
-def _cases_of(nodeid: str, start: Start, phases: list[PhaseReport]) -> list[CaseResult]:
-    """A finished test's cases, as pytest's JUnit XML has them: a call failure followed by a
-    teardown error is two, anything else one (an error before a failure before a skip)."""
-    by_when = {report.when: report for report in phases}
-    setup, call, teardown = by_when.get("setup"), by_when.get("call"), by_when["teardown"]
-    main: CaseResult | None = None
-    if setup is not None and setup.outcome == "failed":
-        main = _case(
-            nodeid, start, "error", "setup", _crash_line(setup.longrepr), setup.longrepr or "", phases
-        )
-    elif setup is not None and setup.outcome == "skipped":
-        main = _skip_case(nodeid, start, setup, phases)
-    elif call is not None and call.outcome == "failed":
-        main = _case(nodeid, start, "failed", "call", _crash_line(call.longrepr), call.longrepr or "", phases)
-    elif call is not None and call.outcome == "skipped":
-        main = _skip_case(nodeid, start, call, phases)
-    if teardown.outcome == "failed":
-        error = _case(
+            run = outcome.run
+            if run.logs_path:
+                sections.append(("Captured log call", tail(Path(run.logs_path), LOG_SECTION_BYTES)))
+            attachments = attachment_lines(run)
+            if attachments:
+                sections.append(("Captured stdout call", attachments))
+            if run.status is not Status.COMPLETED or run.error_code is not None:
+                text = _run_text(run)
+                outcome_word, longrepr = "failed", self._repr(text, text.splitlines()[0])
+        self.session.testscollected += 1
+        self.config.hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+        report = pytest.TestReport(
             nodeid,
-            start,
-            "error",
-            "teardown",
-            _crash_line(teardown.longrepr),
-            teardown.longrepr or "",
-            phases,
+            location,
+            {"lrun": 1},
+            outcome_word,
+            longrepr,
+            "call",
+            sections,
+            _run_seconds(outcome),
+            user_properties=self._properties(),
         )
-        return [main, error] if main is not None and main.outcome == "failed" else [error]
-    if main is not None:
-        return [main]
-    outcome: CaseOutcome = "xpassed" if call is not None and call.wasxfail is not None else "passed"
-    return [_case(nodeid, start, outcome, "call", "", "", phases)]
+        self._fire(report)
+        self.config.hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
 
+    # -- building reports --------------------------------------------------------------
 
-def _skip_case(nodeid: str, start: Start, report: PhaseReport, phases: list[PhaseReport]) -> CaseResult:
-    if report.wasxfail is not None:
-        return _case(nodeid, start, "xfailed", report.when, report.wasxfail, "", phases)
-    reason = report.skip.reason if report.skip is not None else report.longrepr or ""
-    return _case(nodeid, start, "skipped", report.when, reason, "", phases)
+    def nodeid(self, inner: str) -> str:
+        return f"{self.dir_nodeid}/{inner}{self.suffix}"
 
+    def _location(self, inner: str, location: Location | None) -> tuple[str, int | None, str]:
+        if location is None:
+            return (f"{self.dir_nodeid}/{inner.split('::')[0]}", None, inner.split("::")[-1])
+        path, lineno, domain = location
+        return (f"{self.dir_nodeid}/{path}", lineno, domain + self.suffix)
 
-def _case(
-    nodeid: str,
-    start: Start | None,
-    outcome: CaseOutcome,
-    when: When,
-    message: str,
-    text: str,
-    phases: Sequence[PhaseReport] = (),
-) -> CaseResult:
-    """One inner test's case; its duration, output and properties from its phase reports."""
-    location = start.location if start is not None else None
-    last = phases[-1] if phases else None  # pytest's sections accumulate: the last report has them all
-    sections = last.sections if last is not None else ()
-    out = "\n".join(text for name, text in sections if "stderr" not in name)
-    err = "\n".join(text for name, text in sections if "stderr" in name)
-    return CaseResult(
-        classname="",
-        name=location[2] if location else nodeid,
-        file=location[0] if location else None,
-        line=location[1] if location else None,
-        duration=sum(report.duration for report in phases),
-        outcome=outcome,
-        when=when,
-        message=message,
-        text=text,
-        system_out=out or None,
-        system_err=err or None,
-        properties=last.user_properties if last is not None else (),
-        nodeid_hint=nodeid,
-    )
+    def _host_path(self, path: str) -> str:
+        """A path the container named, as the host has it (the inner files are the directory's)."""
+        workdir = self.spec.machine.workdir.rstrip("/") + "/"
+        if path.startswith(workdir):
+            return str(self.spec.test_dir / path[len(workdir) :])
+        if not os.path.isabs(path):
+            return str(self.spec.test_dir / path)
+        return path
+
+    def _test_report(self, event: PhaseReport) -> pytest.TestReport:
+        longrepr: Any = None
+        if event.skip is not None:
+            longrepr = (self._host_path(event.skip.path), event.skip.lineno, event.skip.reason)
+        elif event.longrepr is not None and event.outcome == "failed":
+            longrepr = self._repr(event.longrepr, _crash_line(event.longrepr), event.location)
+        elif event.longrepr is not None:
+            longrepr = event.longrepr
+        extra: dict[str, Any] = {}
+        if event.wasxfail is not None:
+            extra["wasxfail"] = event.wasxfail
+        report = self._made_report(
+            event.nodeid,
+            event.location,
+            event.when,
+            event.outcome,
+            longrepr,
+            sections=event.sections,
+            duration=event.duration,
+            keywords=event.keywords,
+            properties=event.user_properties,
+            **extra,
+        )
+        if event.start is not None and event.stop is not None:
+            report.start, report.stop = event.start, event.stop
+        return report
+
+    def _made_report(
+        self,
+        inner: str,
+        location: Location | None,
+        when: Phase,
+        outcome: Outcome,
+        longrepr: Any,
+        *,
+        sections: Sequence[tuple[str, str]] = (),
+        duration: float = 0.0,
+        keywords: Sequence[str] = (),
+        properties: Sequence[tuple[str, str]] = (),
+        **extra: Any,
+    ) -> pytest.TestReport:
+        return pytest.TestReport(
+            self.nodeid(inner),
+            self._location(inner, location),
+            {keyword: 1 for keyword in keywords},
+            outcome,
+            longrepr,
+            when,
+            sections,
+            duration,
+            user_properties=[*properties, *self._properties()],
+            **extra,
+        )
+
+    def _repr(self, text: str, message: str, location: Location | None = None) -> InnerRepr:
+        run = self.run
+        footer = f"\n\n[lrun] run {run.id} on {run.machine}" if run is not None else ""
+        path = str(self.spec.test_dir / location[0]) if location else str(self.spec.test_dir)
+        lineno = (location[1] or 0) + 1 if location else 0
+        return InnerRepr(text.rstrip("\n") + footer, _Crash(path, lineno, message))
+
+    def _properties(self) -> list[tuple[str, object]]:
+        run = self.run
+        if run is None:
+            return [("lrun_machine", self.spec.machine.name)]
+        return [
+            ("lrun_run_id", run.id),
+            ("lrun_machine", run.machine),
+            ("lrun_hash", run.test_dir_hash or ""),
+            ("lrun_origin", self.origin),
+            ("lrun_logs", run.logs_path or ""),
+            ("lrun_artifacts", run.artifacts_path or ""),
+        ]
+
+    def _replay_case(self, case: CaseResult) -> None:
+        """One case of an inner JUnit XML (a run without events) as a test's reports."""
+        inner = case.nodeid_hint
+        location: Location | None = (case.file, case.line, case.name) if case.file else None
+        message = case.message or f"{case.outcome} in the container"
+        text = "\n\n".join(part.strip("\n") for part in (case.message, case.text) if part) or message
+        sections = [(f"Captured {name} call", text) for name, text in _captured(case) if text]
+        phases: list[tuple[Phase, Outcome, Any, dict[str, Any]]] = []
+        if case.outcome == "error":
+            when: Phase = "teardown" if case.when == "teardown" else "setup"
+            phases.append((when, "failed", self._repr(text, message, location), {}))
+        elif case.outcome == "failed":
+            phases.append(("call", "failed", self._repr(text, message, location), {}))
+        elif case.outcome == "skipped":
+            where = (str(self.spec.test_dir / (case.file or "")), (case.line or 0) + 1, case.message)
+            phases.append(("setup", "skipped", where, {}))
+        elif case.outcome == "xfailed":
+            phases.append(("call", "skipped", None, {"wasxfail": case.message}))
+        elif case.outcome == "xpassed":
+            phases.append(("call", "passed", None, {"wasxfail": case.message}))
+        else:
+            phases.append(("call", "passed", None, {}))
+        self._logstart(Start(-1, inner, location))
+        for phase_when, outcome, longrepr, extra in phases:
+            report = self._made_report(
+                inner,
+                location,
+                phase_when,
+                outcome,
+                longrepr,
+                sections=sections,
+                duration=case.duration,
+                properties=case.properties,
+                **extra,
+            )
+            self._fire(report)
+        self._logfinish(inner)
+
+    # -- firing ------------------------------------------------------------------------
+
+    def _logstart(self, start: Start) -> None:
+        self._started.setdefault(start.nodeid, start)
+        self.progress.running = start.nodeid
+        self.config.hook.pytest_runtest_logstart(
+            nodeid=self.nodeid(start.nodeid), location=self._location(start.nodeid, start.location)
+        )
+
+    def _logfinish(self, inner: str) -> None:
+        start = self._started.get(inner)
+        self.progress.done += 1
+        if self.progress.running == inner:
+            self.progress.running = None
+        self.config.hook.pytest_runtest_logfinish(
+            nodeid=self.nodeid(inner), location=self._location(inner, start.location if start else None)
+        )
+
+    def _fire(self, report: pytest.TestReport) -> None:
+        if report.failed and not hasattr(report, "wasxfail"):
+            self.progress.failed += 1
+        self.config.hook.pytest_runtest_logreport(report=report)
+
+    def _collectreport(self, inner: str, outcome: Outcome, longrepr: Any) -> None:
+        if outcome == "failed":
+            longrepr = self._repr(str(longrepr), "collection failure")
+            self.progress.failed += 1
+        report = pytest.CollectReport(self.nodeid(inner), outcome, longrepr, [])
+        self.config.hook.pytest_collectreport(report=report)
+
+    def _stopping(self) -> bool:
+        """Whether the session decided to stop (``-x``, ``--maxfail``): nothing more is reported."""
+        return bool(self.session.shouldfail or self.session.shouldstop)
+
+    # -- selection on the host (--lrun-select=host) ------------------------------------
+
+    def _wanted_id(self, inner: str) -> bool:
+        return self.selection is None or self.selection.wants_nodeid(inner)
 
 
 def _crash_line(longrepr: str | None) -> str:
@@ -280,127 +533,27 @@ def _crash_line(longrepr: str | None) -> str:
     return ""
 
 
-class InnerFailure(Exception):
-    """An inner test failed (or errored); its text is the inner report."""
-
-
-class _LrunItem(_HostHooks, pytest.Item):
-    spec: RunSpec
-
-    def _host_dir(self) -> Path:
-        return self.spec.test_dir.parent
-
-    def _attach_run(self, result: RunResult, inner_out: str = "") -> None:
-        run = result.run
-        self.user_properties.extend(
-            [
-                ("lrun_run_id", run.id),
-                ("lrun_machine", run.machine),
-                ("lrun_hash", run.test_dir_hash or ""),
-                ("lrun_status", str(run.status.value)),
-                ("lrun_origin", result.origin),
-                ("lrun_duration", f"{run_duration(run):.3f}"),
-                ("lrun_artifacts", run.artifacts_path or ""),
-                ("lrun_logs", run.logs_path or ""),
-            ]
-        )
-        if run.logs_path:
-            self.add_report_section("call", "log", tail(Path(run.logs_path), LOG_SECTION_BYTES))
-        stdout = "\n".join(part for part in (inner_out, attachment_lines(run)) if part)
-        if stdout:
-            self.add_report_section("call", "stdout", stdout)
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | Any:
-        if isinstance(excinfo.value, InnerFailure | LrunError):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
-
-
-class InnerItem(_LrunItem):
-    """One inner test of a run, replaying its outcome on the host."""
-
-    def __init__(
-        self, *, spec: RunSpec, result: RunResult, case: CaseResult, suffix: str, **kwargs: Any
-    ) -> None:
-        parent = kwargs["parent"]
-        kwargs.setdefault("name", case.nodeid_hint + suffix)
-        kwargs.setdefault("nodeid", f"{parent.nodeid}/{case.nodeid_hint}{suffix}")
-        super().__init__(**kwargs)
-        self.spec = spec
-        self.result = result
-        self.case = case
-        if case.file:
-            self.path = spec.test_dir / case.file
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        line = self.case.line if self.case.line is not None else None
-        return self.path, line, self.case.nodeid_hint
-
-    def setup(self) -> None:
-        self._attach_run(self.result, inner_out=_captured(self.case.system_out))
-        inner_err = _captured(self.case.system_err)
-        if inner_err:
-            self.add_report_section("call", "stderr", inner_err)
-        if self.case.outcome == "error":
-            raise InnerFailure(_case_text(self.case, self.result.run))
-
-    def runtest(self) -> None:
-        outcome = self.case.outcome
-        if outcome == "failed":
-            raise InnerFailure(_case_text(self.case, self.result.run))
-        if outcome == "skipped":
-            # Item location: the skip summary then names the inner test, not this module.
-            raise pytest.skip.Exception(
-                self.case.message or "skipped in the container", _use_item_location=self.case.line is not None
-            )
-        if outcome == "xfailed":
-            pytest.xfail(self.case.message or "xfail")
-
-
-class RunItem(_LrunItem):
-    """The run itself, for runs without inner results or failing beyond them."""
-
-    def __init__(self, *, spec: RunSpec, outcome: JobOutcome | None, suffix: str, **kwargs: Any) -> None:
-        kwargs.setdefault("name", f"lrun[{suffix.lstrip('@') or spec.machine.name}]")
-        super().__init__(**kwargs)
-        self.spec = spec
-        self.outcome = outcome
-        self.path = spec.test_dir
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.spec.test_dir.name} on {self.spec.machine.name}"
-
-    def setup(self) -> None:
-        if isinstance(self.outcome, RunResult):
-            self._attach_run(self.outcome)
-
-    def runtest(self) -> None:
-        if self.outcome is None:
-            pytest.skip("--collect-only: not dispatched")
-        if isinstance(self.outcome, LrunError):
-            raise self.outcome
-        if isinstance(self.outcome, Detached):
-            target = self.outcome.batch_id or self.outcome.run.id
-            pytest.skip(f"detached as run {self.outcome.run.id}; attach with --lrun-attach={target}")
-        run = self.outcome.run
-        if run.status is not Status.COMPLETED or run.error_code is not None:
-            raise InnerFailure(_run_text(run))
-
-
 # pytest's junit_logging=all wraps each captured stream in such a header, empty or not.
 _CAPTURE_HEADER = re.compile(r"^-{5,} Captured (?:Log|Out|Err) -{5,}$", re.MULTILINE)
 
 
-def _captured(text: str | None) -> str:
-    """The inner test's captured output without pytest's headers; "" when there was none."""
-    return _CAPTURE_HEADER.sub("", text or "").strip()
+def _captured(case: CaseResult) -> list[tuple[str, str]]:
+    """The case's captured output without pytest's headers, as ``(stdout|stderr, text)``."""
+    return [
+        (name, _CAPTURE_HEADER.sub("", text or "").strip())
+        for name, text in (("stdout", case.system_out), ("stderr", case.system_err))
+    ]
 
 
-def _case_text(case: CaseResult, run: Run) -> str:
-    """The inner failure, message first (pytest's short summary shows the first line), then traceback."""
-    parts = [part.strip("\n") for part in (case.message, case.text) if part]
-    text = "\n\n".join(parts) or f"{case.outcome} in the container"
-    return f"{text}\n\n[lrun] run {run.id} on {run.machine}: {run.status.value}"
+def _dir_nodeid(path: Path, rootpath: Path) -> str:
+    try:
+        return path.relative_to(rootpath).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _run_seconds(outcome: JobOutcome | BaseException) -> float:
+    return run_duration(outcome.run) if isinstance(outcome, RunResult) else 0.0
 
 
 def _run_text(run: Run) -> str:
@@ -447,10 +600,7 @@ def summary_rows(rows: Sequence[tuple[RunSpec, JobOutcome]], rootpath: Path) -> 
     """The terminal summary table: (entry,) dir, machine, short hash, status, origin, duration, run id."""
     table = [["dir", "machine", "hash", "status", "origin", "duration", "run id"]]
     for spec, outcome in rows:
-        try:
-            shown_dir = str(spec.test_dir.relative_to(rootpath))
-        except ValueError:
-            shown_dir = str(spec.test_dir)
+        shown_dir = _dir_nodeid(spec.test_dir, rootpath)
         if isinstance(outcome, LrunError):
             row = [shown_dir, spec.machine.name, "-", outcome.code, "-", "-", getattr(outcome, "run_id", "-")]
         else:

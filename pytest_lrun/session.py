@@ -3,19 +3,25 @@
 Registered as a plugin (``lrun-session``) only when an ``--lrun-*`` switch turns
 dispatching on, so pytest without them pays nothing. At session start it
 resolves what to run into :class:`~pytest_lrun.dispatch.RunSpec` jobs (from
-directory arguments, a plan, or the runs to attach to; an unknown machine fails
-before anything runs) and reconciles the store's live runs on those machines.
-When collection starts it starts the jobs (one worker thread per machine:
-machines run in parallel, one machine's entries one after another) and hands
-each dispatched directory to :class:`~pytest_lrun.report.LrunDir`. It kills its
-containers on Ctrl-C, prints the summary table and keeps the state dir under
-its size cap.
+directory and node id arguments, a plan, or the runs to attach to; an unknown
+machine fails before anything runs) and reconciles the store's live runs on
+those machines.
 
-Worker threads never call a pytest hook or write to the terminal: as
-pytest-xdist's controller (``DSession.loop_once``) does, they put events on a
-queue (progress and output lines, finished runs), and the main thread handles
-them in order: while it waits for a directory's runs during collection, and
-what is left once the workers are shut down at session finish.
+It then works as pytest-xdist's controller (``DSession``) does: it collects
+nothing itself and takes over ``pytest_runtestloop``. The jobs run on worker
+threads (one per machine: machines in parallel, one machine's entries one after
+another); the main thread's loop turns what they report -- each run's inner
+events as the container writes them, and its end -- into ordinary report hooks
+through :class:`~pytest_lrun.report.RunReports`, so reports of runs on different
+machines interleave as those runs progress. When ``-x`` or ``--maxfail`` stops
+the session, the runs it created are stopped (``session_stopped``) and those it
+only attached to go on for their owners. It kills its containers on Ctrl-C,
+prints a progress line per live run every :data:`PROGRESS_EVERY_S` seconds and
+the summary table at the end, and keeps the state dir under its size cap.
+
+Worker threads never call a pytest hook or write to the terminal: they put
+events on a queue (progress and output lines, prepared runs, inner events,
+finished runs) and the main thread handles them in order.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,31 +37,53 @@ from typing import Any
 
 import pytest
 
-from .dispatch import Dispatcher, EnginePool, RunSpec
+from .dispatch import Dispatcher, EnginePool, RunSpec, pytest_arguments_at
 from .engine import Engine, connect
 from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
+from .events import Event as InnerEvent
 from .machines import Machine, MachineResolver, load_machine_tables, resolve_image
 from .plan import load_plan, select
 from .recovery import gc, reconcile
-from .report import Detached, JobOutcome, LrunDir, summary_rows
+from .report import Detached, JobOutcome, RunReports, summary_rows
+from .select import HostSelection, Selection, dispatched_dir
 from .settings import DEFAULT_COMMAND, DEFAULT_TIMEOUT, Settings
 from .store import Batch, Run, RunStore, open_store
 from .text import format_table
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A worker's word that the store decided a spec's run (created, reused, cached)."""
+
+    spec: RunSpec
+    run: Run
+    origin: str
+
+
+@dataclass(frozen=True)
+class Live:
+    """Inner events of a run, as its log pump parsed them."""
+
+    run_id: str
+    events: tuple[InnerEvent, ...]
+
+
+@dataclass(frozen=True)
 class Finished:
-    """A worker's word that a spec's run ended: its outcome, or the bug that stopped the worker."""
+    """A worker's word that a spec's job ended: its outcome, the bug that stopped the worker,
+    or neither (the session stopped before the job began)."""
 
     spec: RunSpec
     outcome: JobOutcome | None = None
     error: BaseException | None = None
 
 
-# What worker threads hand to the main thread: a line for the terminal, or a finished run.
-Event = str | Finished
+# What worker threads hand to the main thread.
+Event = str | Prepared | Live | Finished
 # How often the main thread's wait wakes up: a blocking get is deaf to Ctrl-C on Windows.
 POLL_S = 0.2
+# How often each live run's progress line is shown.
+PROGRESS_EVERY_S = 30.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,13 +113,17 @@ class LrunSession:
             busy_wait=settings.busy_wait,
             log_max_bytes=settings.log_max_bytes,
             stop_grace=settings.stop_grace,
-            on_output=self._show_output if settings.live or config.option.verbose > 0 else None,
+            on_output=self._show_output if settings.live else None,
+            on_events=lambda run, events: self._events.put(Live(run.id, tuple(events))),
             on_prepared=self._prepared,
         )
         self.batch_id: str | None = None
         self._batch: Batch | None = None  # the batch as refreshed at the end of the session
         self.jobs: list[Job] = []
+        self.selections: dict[RunSpec, Selection] = {}  # under --lrun-select=host
         self.outcomes: dict[RunSpec, Future[JobOutcome]] = {}
+        self.reports: dict[RunSpec, RunReports] = {}
+        self._by_run: dict[str, RunReports] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._counts_lock = threading.Lock()
@@ -133,14 +165,18 @@ class LrunSession:
             ]
         assert settings.machine is not None
         machine = self.resolver.resolve(settings.machine)
-        jobs = []
+        wanted: dict[Path, set[str] | None] = {}  # directory -> inner node ids (None: all of it)
         for arg in self.config.args:
-            path = Path(arg.split("::")[0])
-            path = path if path.is_absolute() else self.config.invocation_params.dir / path
-            if not path.is_dir():
-                raise ConfigError(arg, "pytest-lrun dispatches directories; this is not one")
-            jobs.append(Job(self.make_spec(path.resolve(), machine)))
-        return jobs
+            path, nodeid = dispatched_dir(arg, self.config.invocation_params.dir, self.config.rootpath)
+            ids = wanted.setdefault(path, set())
+            if nodeid is None or ids is None:
+                wanted[path] = None
+            else:
+                ids.add(nodeid)
+        return [
+            Job(self.make_spec(path, machine, nodeids=tuple(sorted(ids or ()))))
+            for path, ids in wanted.items()
+        ]
 
     def _attach_jobs(self, run_or_batch: str) -> list[Job]:
         try:
@@ -179,20 +215,39 @@ class LrunSession:
         timeout: float | None = None,
         artifacts: Sequence[str] | None = None,
         plan_entry: str | None = None,
+        nodeids: tuple[str, ...] = (),
     ) -> RunSpec:
-        """A spec with every default applied: plan entry, then ``--lrun-*``, then the machine table."""
+        """A spec with every default applied: plan entry, then ``--lrun-*``, then the machine table.
+
+        A pytest command gets the selection (``-k``, ``-m``, ``nodeids``) appended, unless
+        ``--lrun-select=host`` keeps it for the host, and ``--collect-only`` under
+        ``--collect-only``.
+        """
         settings = self.settings
-        return RunSpec(
+        option = self.config.option
+        selection = Selection(option.keyword or None, option.markexpr or None, nodeids)
+        inner = tuple(command or settings.command or DEFAULT_COMMAND)
+        if pytest_arguments_at(inner) is None:
+            if nodeids:
+                raise ConfigError(str(test_dir), "node ids select inner tests of a pytest command only")
+        elif settings.select == "container":
+            inner += selection.inner_arguments(machine.workdir)
+            if option.collectonly:
+                inner += ("--collect-only", "-q")
+        spec = RunSpec(
             test_dir=test_dir,
             machine=machine,
             image=resolve_image(machine, entry_image=image, option_image=settings.image),
-            command=tuple(command or settings.command or DEFAULT_COMMAND),
+            command=inner,
             env=dict(env or {}),
             timeout=timeout or settings.timeout or machine.timeout or DEFAULT_TIMEOUT,
             artifacts=tuple(artifacts or settings.artifacts),
             batch_id=self.batch_id or settings.batch_id,
             plan_entry=plan_entry,
         )
+        if settings.select == "host" and selection:
+            self.selections[spec] = selection
+        return spec
 
     # -- running ----------------------------------------------------------------
 
@@ -209,17 +264,24 @@ class LrunSession:
     def _run_machine(self, jobs: list[Job]) -> None:
         """A worker thread: run ``jobs`` in order, handing every event to the main thread."""
         for job in jobs:
+            if self.dispatcher.stopping:  # -x, --maxfail or Ctrl-C: start nothing new
+                self._events.put(Finished(job.spec))
+                continue
             self._events.put(self._run_job(job))
 
     def _run_job(self, job: Job) -> Finished:
         spec = job.spec
+        if self.config.option.collectonly and pytest_arguments_at(spec.command) is None:
+            what = f"{self._shown(spec)} on {spec.machine.name}"
+            self._events.put(f"{what}: not a pytest command, nothing to collect")
+            return Finished(spec)
         self._count("running", +1)
         started = time.monotonic()
         try:
             outcome = self._do(job)
         except LrunError as e:
             outcome = e
-        except BaseException as e:  # a bug: make it visible on the item, never hang the session
+        except BaseException as e:  # a bug: make it visible as a failure, never hang the session
             return Finished(spec, error=e)
         finally:
             self._count("running", -1)
@@ -247,62 +309,104 @@ class LrunSession:
 
     # -- the main thread's side of the event queue ------------------------------------
 
-    def wait(self, spec: RunSpec) -> JobOutcome:
-        """``spec``'s outcome, handling every event (of any machine) that comes before it."""
-        if spec not in self.outcomes:
-            raise ConfigError(str(spec.test_dir), "was not dispatched")
-        future = self.outcomes[spec]
-        while not future.done():  # only _handle, on this thread, completes a future
+    def loop(self, session: pytest.Session) -> None:
+        """Handle the workers' events until every job ended (pytest-xdist's ``DSession.loop``).
+
+        When a report makes the session stop (``-x``, ``--maxfail``), the runs this
+        session created are stopped and the loop waits for the jobs to wind up;
+        nothing more is reported.
+        """
+        shown_at = time.monotonic()
+        stopped = False
+        while not all(future.done() for future in self.outcomes.values()):
             try:
                 event = self._events.get(timeout=POLL_S)
             except queue.Empty:
-                continue
-            self._handle(event)
-        return future.result()
+                event = None
+            if event is not None:
+                self._handle(event)
+            if not stopped and (session.shouldfail or session.shouldstop):
+                stopped = True
+                why = session.shouldfail or session.shouldstop
+                self.progress(f"{why}: stopping the runs this session created")
+                self.dispatcher.stop_created()
+            if time.monotonic() - shown_at >= PROGRESS_EVERY_S:
+                shown_at = time.monotonic()
+                self._show_progress()
+        self._drain()
 
     def _drain(self) -> None:
-        """Handle the events still queued (after the workers stopped, nothing else comes)."""
+        """Handle the events still queued."""
         while True:
             try:
                 event = self._events.get_nowait()
             except queue.Empty:
                 return
             self._handle(event)
-            if isinstance(event, Finished):
-                error = self.outcomes[event.spec].exception()
-                if error is not None:  # no item shows it: nobody waited for this run
-                    spec = event.spec
-                    self.progress(f"warning: {self._shown(spec)} on {spec.machine.name}: {error!r}")
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, str):
             self.progress(event)
-            return
+        elif isinstance(event, Prepared):
+            reports = self.reports[event.spec]
+            reports.prepared(event.run, event.origin)
+            self._by_run[event.run.id] = reports
+        elif isinstance(event, Live):
+            if event.run_id in self._by_run:  # not a run reconcile adopted for nobody
+                self._by_run[event.run_id].feed(event.events)
+        else:
+            self._finished(event)
+
+    def _finished(self, event: Finished) -> None:
         future = self.outcomes[event.spec]
+        if future.done():
+            return
+        reports = self.reports[event.spec]
         if event.error is not None:
+            reports.finish_with_error(event.error)
             future.set_exception(event.error)
             return
-        assert event.outcome is not None
+        if event.outcome is None:
+            future.cancel()  # never began: the session stopped first, or nothing to collect
+            return
         try:
             self.config.hook.pytest_lrun_run_finished(
                 spec=event.spec, outcome=event.outcome, config=self.config
             )
-        except Exception as e:  # a plugin's bug: shown on the item of the run it was told about
-            future.set_exception(e)
+        except Exception as e:  # a plugin's bug: reported on the run, never a hang
+            reports.finish(event.outcome)
+            reports.finish_with_error(e)
+            future.set_result(event.outcome)
             return
+        reports.finish(event.outcome)
         future.set_result(event.outcome)
 
     def _prepared(self, spec: RunSpec, run: Run, origin: str) -> None:
         if self.batch_id is not None and spec.plan_entry is not None:
             self.batches.record(self.batch_id, spec.plan_entry, run.id)
+        self._events.put(Prepared(spec, run, origin))
+
+    def _show_progress(self) -> None:
+        for spec, reports in self.reports.items():
+            if self.outcomes[spec].done() or reports.run is None:
+                continue
+            p = reports.progress
+            running = f", running {p.running}" if p.running else ""
+            self.progress(
+                f"{spec.machine.name}: {self._shown(spec)}: {p.done}/{p.collected} tests done, "
+                f"{p.failed} failed{running}"
+            )
 
     # -- output -------------------------------------------------------------------
 
     def progress(self, line: str) -> None:
-        """Write ``line`` to the terminal; main thread only (workers queue their lines)."""
+        """Write ``lrun: line`` to the terminal; main thread only (workers queue their lines)."""
+        self._write_line(f"lrun: {line}")
+
+    def _write_line(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line(f"lrun: {line}")
+            reporter.write_line(line)
 
     def _count(self, what: str, delta: int) -> None:
         with self._counts_lock:
@@ -341,8 +445,7 @@ class LrunSession:
         if self.settings.plan or self.settings.attach:
             # The plan (or the attached runs) name the directories: collect exactly those.
             self.config.args[:] = sorted({str(spec.test_dir) for spec in self.specs})
-        if not self.config.option.collectonly:
-            self._reconcile()
+        self._reconcile()
 
     def _reconcile(self) -> None:
         """Settle live runs left by earlier processes on this invocation's machines."""
@@ -357,28 +460,39 @@ class LrunSession:
         for line in report.lines():
             self.progress(line)
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_collection(self, session: pytest.Session) -> Generator[None, object, object]:
-        if not self.config.option.collectonly:
-            self.start()
-        return (yield)
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session: pytest.Session) -> bool:
+        """Collect nothing on the host (as pytest-xdist's controller): start the jobs instead."""
+        for spec in self.specs:
+            selection = self.selections.get(spec)
+            self.reports[spec] = RunReports(
+                session,
+                spec,
+                suffix=self._suffix(spec),
+                selection=HostSelection(selection) if selection is not None else None,
+                say=self.progress,
+                write=self._write_line,
+            )
+        self.start()
+        return True
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_collect_directory(self, path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-        specs = [spec for spec in self.specs if spec.test_dir == path]
-        if not specs:
-            return None
-        return LrunDir.from_parent(parent, path=path, specs=specs, wait=self.wait)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        self.loop(session)
+        if session.shouldfail:
+            raise session.Failed(session.shouldfail)
+        if session.shouldstop:
+            raise session.Interrupted(session.shouldstop)
+        return True
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, Any, Any]:
-        report = yield
-        case = getattr(item, "case", None)
-        if case is not None and call.when == "call":
-            report.duration = case.duration  # the inner test's own duration, not the replay's
-        return report
+    def _suffix(self, spec: RunSpec) -> str:
+        """What tells apart the runs of one directory: its machine, else its plan entry."""
+        same_dir = [s for s in self.specs if s.test_dir == spec.test_dir]
+        if len(same_dir) == 1:
+            return ""
+        if [s.machine.name for s in same_dir].count(spec.machine.name) == 1:
+            return f"@{spec.machine.name}"
+        return f"@{spec.plan_entry}"
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         self.progress("interrupted: killing this session's containers")
@@ -386,10 +500,10 @@ class LrunSession:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self._executor is not None:
-            if session.shouldstop or session.shouldfail:
-                self.dispatcher.cancel_all()
+            if not all(future.done() for future in self.outcomes.values()):
+                self.dispatcher.cancel_all()  # the loop did not finish (a bug): leave nothing running
             self._executor.shutdown(wait=True, cancel_futures=True)
-        # Runs nobody waited for (not collected, or the session stopped early): their events now.
+        # After Ctrl-C the loop stopped early: the interrupted runs' ends are reported now.
         self._drain()
         self.engines.close()
         # Book-keeping after the tests: a problem here is reported, never turned into an internal error.
@@ -410,7 +524,7 @@ class LrunSession:
         rows = [
             (spec, future.result())
             for spec, future in self.outcomes.items()
-            if future.done() and future.exception() is None
+            if future.done() and not future.cancelled() and future.exception() is None
         ]
         if not rows:
             return

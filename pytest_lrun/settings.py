@@ -253,6 +253,16 @@ OPTIONS: tuple[Option, ...] = (
         metavar="WHEN",
     ),
     Option(
+        "select",
+        "where -k, -m and node ids below a dispatched directory select inner tests: "
+        "`container` forwards them into the inner pytest (only the selected tests run; the "
+        "selection is part of the run key), `host` runs every inner test and selects among "
+        "the reports (default: container).",
+        _choice("container", "host"),
+        "container",
+        metavar="WHERE",
+    ),
+    Option(
         "busy_wait",
         "seconds to wait for a machine busy with another directory before failing "
         "with machine_busy (default: 0, fail at once).",
@@ -362,6 +372,7 @@ class Settings:
     live: bool
     keep: str
     reuse: str
+    select: str
     busy_wait: float
     state_dir: Path | None
     store: str | None
