@@ -235,12 +235,13 @@ class RunReports:
 
     # -- the end -----------------------------------------------------------------------
 
-    def finish(self, outcome: JobOutcome) -> None:
-        """Report what the run's end adds (see the module docstring)."""
+    def finish(self, outcome: JobOutcome, hook_error: Exception | None = None) -> None:
+        """Report what the run's end adds (see the module docstring); ``hook_error``: a plugin's
+        ``pytest_lrun_run_finished`` raised, and the run's own report fails with it."""
         if isinstance(outcome, LrunError | Detached):
             if isinstance(outcome, Detached):
                 self.prepared(outcome.run, "detached")
-            self._run_report(outcome)
+            self._run_report(hook_error or outcome)
             return
         self.prepared(outcome.run, outcome.origin)
         run = outcome.run
@@ -248,18 +249,21 @@ class RunReports:
             return
         if outcome.events:
             self.feed(outcome.events)
+        elif outcome.cases is not None and self._seen < 0:
+            for case in outcome.cases:
+                self._replay_case(case)
         if outcome.dropped_events:
             self.say(
                 f"{self.dir_nodeid} on {run.machine}: {outcome.dropped_events} inner events past the events "
                 f"file's cap (--lrun-log-max-bytes) were not kept; the run's log has the rest"
             )
-        elif outcome.cases is not None and self._seen < 0:
-            for case in outcome.cases:
-                self._replay_case(case)
         if self._stopping():
             return
         stop_named = self._report_stop(run)
-        if (outcome.events is None and outcome.cases is None) or self._fails_beyond(run, stop_named):
+        inner = self._collected is not None or self._seen >= 0 or bool(outcome.cases)
+        if hook_error is not None:
+            self._run_report(hook_error)
+        elif not inner or self._fails_beyond(run, stop_named):
             self._run_report(outcome)
 
     def _report_stop(self, run: Run) -> bool:
@@ -308,7 +312,7 @@ class RunReports:
         return self.progress.failed == 0  # exit 1 (failures) or 2 (collection errors) are explained
 
     def finish_with_error(self, error: BaseException) -> None:
-        """A bug stopped the job, or a plugin's hook raised: the run's own report fails with it."""
+        """A bug stopped the job: the run's own report fails with it."""
         self._run_report(error)
 
     def _run_report(self, outcome: JobOutcome | BaseException) -> None:

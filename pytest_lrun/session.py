@@ -138,6 +138,8 @@ class LrunSession:
     def plan_jobs(self) -> list[Job]:
         """The jobs of this invocation, from --lrun-attach, --lrun-plan or the directory arguments."""
         settings = self.settings
+        option = self.config.option
+        HostSelection(Selection(option.keyword or None, option.markexpr or None))  # a bad -k/-m fails now
         if settings.attach:
             return self._attach_jobs(settings.attach)
         if settings.plan:
@@ -374,11 +376,9 @@ class LrunSession:
                 spec=event.spec, outcome=event.outcome, config=self.config
             )
         except Exception as e:  # a plugin's bug: reported on the run, never a hang
+            reports.finish(event.outcome, hook_error=e)
+        else:
             reports.finish(event.outcome)
-            reports.finish_with_error(e)
-            future.set_result(event.outcome)
-            return
-        reports.finish(event.outcome)
         future.set_result(event.outcome)
 
     def _prepared(self, spec: RunSpec, run: Run, origin: str) -> None:

@@ -164,7 +164,7 @@ def _index(events: list[str], pattern: str) -> int:
 
 
 def test_hooks_and_progress_of_both_machines_run_on_the_main_thread(project: pytest.Pytester) -> None:
-    result, events = _run(project, "-v")
+    result, events = _run(project, "--lrun-live")
     result.assert_outcomes(passed=2)
     for machine, name in (("m1", "a"), ("m2", "b")):
         dispatching = _index(events, f"lrun: {machine}: dispatching {name} *")
@@ -174,23 +174,16 @@ def test_hooks_and_progress_of_both_machines_run_on_the_main_thread(project: pyt
         assert dispatching < output < done < finished, events
 
 
-def test_a_worker_bug_shows_on_its_item_and_the_other_machine_goes_on(project: pytest.Pytester) -> None:
-    result, events = _run(project, "--continue-on-collection-errors", engine_bug=("m2",))
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*ERROR collecting b*", "*RuntimeError: engine bug on m2*"])
+def test_a_worker_bug_fails_its_run_and_the_other_machine_goes_on(project: pytest.Pytester) -> None:
+    result, events = _run(project, "-rA", engine_bug=("m2",))
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*RuntimeError: engine bug on m2*", "FAILED b::lrun[[]m2[]] - *internal error*"]
+    )
     assert "finished m1" in events and "finished m2" not in events
 
 
-def test_a_raising_hook_shows_on_its_item_instead_of_hanging(project: pytest.Pytester) -> None:
-    result, _ = _run(project, "--continue-on-collection-errors", hook_bug=("m2",))
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*ERROR collecting b*", "*ValueError: hook bug on m2*"])
-
-
-def test_runs_nobody_waited_for_get_their_events_at_session_finish(project: pytest.Pytester) -> None:
-    # -x stops at a's collection error: b is never collected, so its events are handled at session
-    # finish, and its hook's error, which no item can show, is a warning.
-    result, events = _run(project, "-x", engine_bug=("m1",), hook_bug=("m2",))
-    result.stdout.fnmatch_lines(["*ERROR collecting a*", "*RuntimeError: engine bug on m1*"])
-    assert _index(events, "lrun: m2: b * completed (created) *") < _index(events, "finished m2")
-    result.stdout.fnmatch_lines(["lrun: warning: b (b2) on m2: ValueError('hook bug on m2')"])
+def test_a_raising_hook_fails_its_run_instead_of_hanging(project: pytest.Pytester) -> None:
+    result, _ = _run(project, "-rA", hook_bug=("m2",))
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*ValueError: hook bug on m2*", "FAILED b::lrun[[]m2[]] - *internal error*"])

@@ -21,11 +21,11 @@ def test_plain_pytest_is_untouched(project: pytest.Pytester) -> None:
     assert not (project.path / "state").exists()
 
 
-def test_collect_only_dispatches_nothing(project: pytest.Pytester) -> None:
+def test_collect_only_has_nothing_to_collect_from_a_non_pytest_command(project: pytest.Pytester) -> None:
     # m1's engine does not exist: connecting would fail, so this proves nothing connects.
-    result = project.runpytest("--lrun-machine=m1", "--collect-only", "suite")
-    result.stdout.fnmatch_lines(["*<LrunDir suite>*", "*<RunItem lrun[[]m1[]]>*"])
-    assert result.ret == 0
+    result = project.runpytest("--lrun-machine=m1", "--lrun-command=make test", "--collect-only", "suite")
+    result.stdout.fnmatch_lines(["lrun: suite on m1: not a pytest command, nothing to collect"])
+    assert "engine_unreachable" not in result.stdout.str()
     assert not (project.path / "state" / "runs").exists() or not any(
         (project.path / "state" / "runs").iterdir()
     )
@@ -87,9 +87,16 @@ def test_missing_image_is_refused_before_anything_runs(project: pytest.Pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
-def test_only_directories_are_dispatched(project: pytest.Pytester) -> None:
-    result = project.runpytest("--lrun-machine=m1", "suite/test_inner.py")
-    result.stderr.fnmatch_lines(["*suite/test_inner.py: pytest-lrun dispatches directories*"])
+def test_only_what_is_below_a_directory_is_dispatched(project: pytest.Pytester) -> None:
+    project.makepyfile(test_top="def test_top():\n    pass\n")
+    result = project.runpytest("--lrun-machine=m1", "test_top.py")
+    result.stderr.fnmatch_lines(["*test_top.py: pytest-lrun dispatches directories; this file is in none*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_a_bad_keyword_expression_fails_before_anything_runs(project: pytest.Pytester) -> None:
+    result = project.runpytest("--lrun-machine=m1", "-k", "a and", "suite")
+    result.stderr.fnmatch_lines(["*-k: not a valid expression*"])
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
@@ -98,15 +105,20 @@ def test_detach_and_attach_are_exclusive(project: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*detach and attach cannot be combined*"])
 
 
-@pytest.mark.parametrize("name", ["suite", "tests"])
+@pytest.mark.parametrize(
+    ("name", "arg"), [("suite", "suite"), ("tests", "tests"), ("suite", "suite/test_inner.py")]
+)
 def test_a_dispatched_dirs_conftest_is_never_imported_on_the_host(
-    project: pytest.Pytester, name: str
+    project: pytest.Pytester, name: str, arg: str
 ) -> None:
     inner = project.path / name
     inner.mkdir(exist_ok=True)
     (inner / "test_inner.py").write_text("def test_inner():\n    pass\n")
     (inner / "conftest.py").write_text("import only_in_the_image  # noqa: F401\n")
     project.makeconftest("def pytest_report_header():\n    return 'host conftest loaded'\n")
-    result = project.runpytest("--lrun-machine=m1", "--collect-only", name)
-    assert result.ret == 0, result.stderr.str()
-    result.stdout.fnmatch_lines(["host conftest loaded", f"*<LrunDir {name}>*"])
+    result = project.runpytest("--lrun-machine=m1", arg)
+    # The engine does not exist: the run's own report fails; the conftest was never imported.
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stderr.str()
+    result.stdout.fnmatch_lines(
+        ["host conftest loaded", f"FAILED {name}::lrun[[]m1[]] - engine_unreachable*"]
+    )

@@ -1,15 +1,19 @@
-"""The pure parts of results from events: the pytest command, the events file, the cases."""
+"""Reports from a run's events (fired into a recording hook), the pytest command, the events file."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
-from pytest_lrun.dispatch import pytest_arguments_at
+from pytest_lrun.dispatch import RunResult, RunSpec, pytest_arguments_at
 from pytest_lrun.events import Collected, Event, Finished, PhaseReport, SkipInfo, Start
 from pytest_lrun.logs import EventSpool, read_events
-from pytest_lrun.report import cases_from_events
+from pytest_lrun.machines import Machine
+from pytest_lrun.report import RunReports
+from pytest_lrun.select import HostSelection, Selection
 from pytest_lrun.store import Run, Status
 
 
@@ -49,12 +53,14 @@ def report(nodeid: str, when: str, outcome: str = "passed", **fields: object) ->
     return PhaseReport(**values)  # type: ignore[arg-type]
 
 
-def finished_test(nodeid: str, call: str = "passed", **fields: object) -> list[Event]:
+def finished_test(nodeid: str, call: str = "passed", *, n: int = 1, **fields: object) -> list[Event]:
+    """A test's events from its start to its teardown, numbered from ``n``."""
+    keywords = fields.pop("keywords", ())
     return [
-        Start(0, nodeid, ("t.py", 3, nodeid)),
-        report(nodeid, "setup"),
-        report(nodeid, "call", call, **fields),
-        report(nodeid, "teardown", sections=(("Captured stdout call", "hello"),)),
+        Start(n, nodeid, ("t.py", 3, nodeid)),
+        report(nodeid, "setup", n=n + 1, keywords=keywords),
+        report(nodeid, "call", call, n=n + 2, keywords=keywords, **fields),
+        report(nodeid, "teardown", n=n + 3, keywords=keywords, sections=(("Captured stdout call", "hello"),)),
     ]
 
 
@@ -75,39 +81,169 @@ def test_events_file_round_trip_redacts_secrets(tmp_path: Path) -> None:
     assert read_events(tmp_path / "missing.jsonl") is None
 
 
+class Hooks:
+    """Stands in for ``config.hook``: records what the reports fire, and stops like pytest's -x."""
+
+    def __init__(self, session: SimpleNamespace, maxfail: int = 0) -> None:
+        self.session = session
+        self.maxfail = maxfail
+        self.calls: list[tuple[str, Any]] = []
+
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self.calls.append(("start", nodeid))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.calls.append(("report", report))
+        if report.failed and self.maxfail and len(self.failed()) >= self.maxfail:
+            self.session.shouldfail = f"stopping after {self.maxfail} failures"
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self.calls.append(("finish", nodeid))
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self.calls.append(("collect", report))
+
+    def reports(self) -> list[pytest.TestReport]:
+        return [call for kind, call in self.calls if kind == "report"]
+
+    def failed(self) -> list[pytest.TestReport]:
+        return [report for report in self.reports() if report.failed]
+
+    def outcomes(self) -> list[tuple[str, str, str]]:
+        """(node id, when, outcome) of each report fired, in order."""
+        return [(r.nodeid, r.when or "", r.outcome) for r in self.reports()]
+
+
+def reports_for(
+    *, maxfail: int = 0, selection: Selection | None = None, collectonly: bool = False
+) -> tuple[RunReports, Hooks]:
+    session = SimpleNamespace(testscollected=0, shouldfail=False, shouldstop=False)
+    hooks = Hooks(session, maxfail)
+    session.config = SimpleNamespace(
+        hook=hooks, rootpath=Path("/proj"), option=SimpleNamespace(collectonly=collectonly)
+    )
+    machine = Machine(name="m1", host="unix:///x.sock", source="pyproject")
+    spec = RunSpec(test_dir=Path("/proj/suite"), machine=machine, image="img", command=("pytest",))
+    reports = RunReports(
+        cast(pytest.Session, session),
+        spec,
+        suffix="",
+        selection=HostSelection(selection) if selection is not None else None,
+    )
+    reports.prepared(Run(id="r1", machine="m1", test_dir="/proj/suite"), "created")
+    return reports, hooks
+
+
+def test_reports_fire_as_events_arrive_with_the_inner_outcome_and_duration() -> None:
+    reports, hooks = reports_for()
+    reports.feed([Collected(0, ("t.py::a", "t.py::b"), (), ())])
+    assert reports.session.testscollected == 2 and hooks.calls == []
+    reports.feed(finished_test("t.py::a", n=1))
+    assert [kind for kind, _ in hooks.calls] == ["start", "report", "report", "report", "finish"]
+    call = hooks.reports()[1]
+    assert (call.nodeid, call.when, call.outcome, call.duration) == ("suite/t.py::a", "call", "passed", 0.25)
+    assert call.location == ("suite/t.py", 3, "a")
+    assert ("lrun_run_id", "r1") in call.user_properties
+    assert hooks.reports()[2].sections == [("Captured stdout call", "hello")]
+
+
+def test_a_failure_carries_its_text_and_the_line_the_short_summary_shows() -> None:
+    reports, hooks = reports_for()
+    text = "def test_f():\n>   assert 1 == 2\nE   assert 1 == 2"
+    reports.feed(finished_test("t.py::f", "failed", longrepr=text))
+    (failed,) = hooks.failed()
+    assert failed.longrepr.reprcrash.message == "assert 1 == 2"  # type: ignore[union-attr]
+    assert failed.longreprtext.startswith(text) and "[lrun] run r1 on m1" in failed.longreprtext
+
+
+def test_skips_and_xfails_report_as_pytest_does() -> None:
+    reports, hooks = reports_for()
+    reports.feed(
+        [
+            *finished_test("t.py::s", "skipped", skip=SkipInfo("/lrun/work/t.py", 4, "no db")),
+            *finished_test("t.py::x", "skipped", wasxfail="known", n=10),
+            *finished_test("t.py::p", "passed", wasxfail="", n=20),
+        ]
+    )
+    skip, xfail, xpass = (r for r in hooks.reports() if r.when == "call")
+    assert skip.longrepr == ("/proj/suite/t.py", 4, "no db")  # the container's path, as the host has it
+    assert xfail.skipped and xfail.wasxfail == "known"  # type: ignore[attr-defined]
+    assert xpass.passed and xpass.wasxfail == ""  # type: ignore[attr-defined]
+
+
 def test_a_timeout_keeps_finished_tests_names_the_running_one_and_skips_the_rest() -> None:
-    run = Run(test_dir="d", status=Status.TIMEOUT, error_code="timeout", timeout=8)
-    events: list[Event] = [
-        Collected(0, ("t.py::a", "t.py::b", "t.py::c"), (), ()),
-        *finished_test("t.py::a"),
-        Start(5, "t.py::b", ("t.py", 7, "b")),
-        report("t.py::b", "setup"),
-        Finished(7, 2, {}, "Traceback ... KeyboardInterrupt"),
+    reports, hooks = reports_for()
+    run = Run(
+        id="r1", machine="m1", test_dir="/proj/suite", status=Status.TIMEOUT, error_code="timeout", timeout=8
+    )
+    reports.feed(
+        [
+            Collected(0, ("t.py::a", "t.py::b", "t.py::c"), (), ()),
+            *finished_test("t.py::a", n=1),
+            Start(5, "t.py::b", ("t.py", 7, "b")),
+            report("t.py::b", "setup", n=6),
+        ]
+    )
+    reports.finish(RunResult(run, "created", None, [Finished(7, 2, {}, "Traceback ... KeyboardInterrupt")]))
+    assert [o for o in hooks.outcomes() if o[1] == "call" or o[2] == "skipped"] == [
+        ("suite/t.py::a", "call", "passed"),
+        ("suite/t.py::b", "call", "failed"),
+        ("suite/t.py::c", "setup", "skipped"),
     ]
-    cases, stop_named = cases_from_events(events, run)
-    assert [(c.nodeid_hint, c.outcome) for c in cases] == [
-        ("t.py::a", "passed"),
-        ("t.py::b", "failed"),
-        ("t.py::c", "skipped"),
-    ]
-    assert stop_named
-    assert cases[0].duration == 0.75 and cases[0].system_out == "hello"
-    assert cases[1].message == "timed out after 8 s while running this test"
-    assert "KeyboardInterrupt" in cases[1].text
-    assert cases[2].message == "not run: the run was stopped (timeout)"
+    hung = hooks.failed()[0]
+    assert hung.longrepr.reprcrash.message == "timed out after 8 s while running this test"  # type: ignore[union-attr]
+    assert "KeyboardInterrupt" in hung.longreprtext
+    assert hooks.reports()[-1].longrepr == (
+        "/proj/suite/t.py",
+        None,
+        "not run: the run was stopped (timeout)",
+    )
+    assert not any(r.nodeid.endswith("lrun[m1]") for r in hooks.reports())  # the hang says it all
 
 
-def test_a_completed_run_reports_each_outcome_as_pytest_does() -> None:
-    run = Run(test_dir="d", status=Status.FAILED, error_code="exit_nonzero", exit_code=1)
-    events: list[Event] = [
-        *finished_test("t.py::f", "failed", longrepr="def test_f():\n>   assert 1 == 2\nE   assert 1 == 2"),
-        *finished_test("t.py::x", "skipped", wasxfail="known"),
-        *finished_test("t.py::p", "passed", wasxfail=""),
-    ]
-    cases, stop_named = cases_from_events(events, run)
-    assert [(c.nodeid_hint, c.outcome, c.message) for c in cases] == [
-        ("t.py::f", "failed", "assert 1 == 2"),
-        ("t.py::x", "xfailed", "known"),
-        ("t.py::p", "xpassed", ""),
-    ]
-    assert not stop_named
+def test_the_end_replays_only_what_did_not_come_live() -> None:
+    events: list[Event] = [Collected(0, ("t.py::a", "t.py::b"), (), ()), *finished_test("t.py::a", n=1)]
+    events += finished_test("t.py::b", n=5)
+    run = Run(id="r1", machine="m1", test_dir="/proj/suite", status=Status.COMPLETED)
+    live, live_hooks = reports_for()
+    live.feed(events[:5])  # the follow stream ended early: b's events came only with the stored log
+    live.finish(RunResult(run, "created", None, events))
+    cached, cached_hooks = reports_for()
+    cached.finish(RunResult(run, "cached", None, events))
+    assert live_hooks.outcomes() == cached_hooks.outcomes()
+    assert len(live_hooks.outcomes()) == 6 and live.session.testscollected == 2
+
+
+def test_once_the_session_stops_nothing_more_is_reported() -> None:
+    reports, hooks = reports_for(maxfail=1)
+    reports.feed([*finished_test("t.py::a", "failed", longrepr="E   boom"), *finished_test("t.py::b", n=10)])
+    assert [o[0] for o in hooks.outcomes()] == ["suite/t.py::a"] * 2  # setup, the failing call: then -x
+    run = Run(
+        id="r1", machine="m1", test_dir="/proj/suite", status=Status.INTERRUPTED, error_code="session_stopped"
+    )
+    reports.finish(RunResult(run, "created", None, []))
+    assert len(hooks.outcomes()) == 2
+
+
+def test_host_selection_reports_only_the_selected_tests() -> None:
+    reports, hooks = reports_for(selection=Selection(keyword="b and not slow"))
+    reports.feed([Collected(0, ("t.py::a", "t.py::b"), (), ())])
+    reports.feed(finished_test("t.py::a", n=1, keywords=("a", "t.py")))
+    reports.feed(finished_test("t.py::b", n=5, keywords=("b", "t.py")))
+    assert {o[0] for o in hooks.outcomes()} == {"suite/t.py::b"}
+    assert reports.session.testscollected == 1
+
+
+def test_a_run_without_events_is_one_report_of_its_own() -> None:
+    reports, hooks = reports_for()
+    run = Run(
+        id="r1",
+        machine="m1",
+        test_dir="/proj/suite",
+        status=Status.FAILED,
+        exit_code=3,
+        error_code="exit_nonzero",
+    )
+    reports.finish(RunResult(run, "created"))
+    (only,) = hooks.reports()
+    assert only.nodeid == "suite::lrun[m1]" and only.failed and "exit code: 3" in only.longreprtext
