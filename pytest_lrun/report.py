@@ -182,6 +182,9 @@ class RunReports:
                 self._on_report(event)
             else:
                 self._finish = event
+                if event.counts.get("deselected"):
+                    what = f"{self.dir_nodeid} on {self.spec.machine.name}"
+                    self.say(f"{what}: {event.counts['deselected']} inner tests deselected")
 
     def _on_collected(self, event: Collected) -> None:
         self._collected = event
@@ -250,6 +253,7 @@ class RunReports:
         if outcome.events:
             self.feed(outcome.events)
         elif outcome.cases is not None and self._seen < 0:
+            self._count(len(outcome.cases))
             for case in outcome.cases:
                 self._replay_case(case)
         if outcome.dropped_events:
@@ -265,6 +269,8 @@ class RunReports:
             self._run_report(hook_error)
         elif not inner or self._fails_beyond(run, stop_named):
             self._run_report(outcome)
+        elif _has_artifacts(run):
+            self._run_report(outcome, explained=True)  # the run's artifacts, on a report CI servers show
 
     def _report_stop(self, run: Run) -> bool:
         """After a stop, fail the test that was running and skip those never started; whether
@@ -278,8 +284,7 @@ class RunReports:
             trace = self._finish.interrupt if self._finish is not None and self._finish.interrupt else ""
             text = "\n\n".join(part for part in (reason, trace) if part)
             self._fire(self._made_report(nodeid, start.location, "call", "failed", self._repr(text, reason)))
-            self._ended.add(nodeid)
-            self._logfinish(nodeid)
+            self._teardown(nodeid, start.location)
             named = True
         stopped = run.status in (Status.TIMEOUT, Status.INTERRUPTED) or run.error_code in _STOPPED_WHILE
         # Under a host -k/-m, a test never started has no keywords to decide it by: not reported.
@@ -291,8 +296,15 @@ class RunReports:
                 where = (str(self.spec.test_dir / nodeid.split("::")[0]), None, reason)
                 self._logstart(Start(-1, nodeid, None))
                 self._fire(self._made_report(nodeid, None, "setup", "skipped", where))
-                self._logfinish(nodeid)
+                self._teardown(nodeid, None)
         return named
+
+    def _teardown(self, inner: str, location: Location | None, **fields: Any) -> None:
+        """End a test the host reports on its own: a passed teardown (``--junitxml`` writes a
+        test's properties and output from it) and ``logfinish``."""
+        self._fire(self._made_report(inner, location, "teardown", "passed", None, **fields))
+        self._ended.add(inner)
+        self._logfinish(inner)
 
     def _fails_beyond(self, run: Run, stop_named: bool) -> bool:
         """Whether the run failed beyond what its inner reports already say.
@@ -315,8 +327,11 @@ class RunReports:
         """A bug stopped the job: the run's own report fails with it."""
         self._run_report(error)
 
-    def _run_report(self, outcome: JobOutcome | BaseException) -> None:
-        """The run's own report, ``DIR::lrun[machine]``: its status, log tail and attachments."""
+    def _run_report(self, outcome: JobOutcome | BaseException, *, explained: bool = False) -> None:
+        """The run's own report, ``DIR::lrun[machine]``: its status, log tail and attachments.
+
+        ``explained``: the inner reports already say how the run failed; this one passes.
+        """
         nodeid = f"{self.dir_nodeid}::lrun[{self.suffix.lstrip('@') or self.spec.machine.name}]"
         location = (self.dir_nodeid, None, f"{self.spec.test_dir.name} on {self.spec.machine.name}")
         sections: list[tuple[str, str]] = []
@@ -338,23 +353,32 @@ class RunReports:
             attachments = attachment_lines(run)
             if attachments:
                 sections.append(("Captured stdout call", attachments))
-            if run.status is not Status.COMPLETED or run.error_code is not None:
+            if not explained and (run.status is not Status.COMPLETED or run.error_code is not None):
                 text = _run_text(run)
                 outcome_word, longrepr = "failed", self._repr(text, text.splitlines()[0])
         self.session.testscollected += 1
         self.config.hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
-        report = pytest.TestReport(
-            nodeid,
-            location,
-            {"lrun": 1},
-            outcome_word,
-            longrepr,
-            "call",
-            sections,
-            _run_seconds(outcome),
-            user_properties=self._properties(),
-        )
-        self._fire(report)
+        # Three phases, as a real test has: --junitxml writes the output and properties from teardown.
+        phases: list[tuple[Phase, Outcome, Any, float]] = [
+            ("setup", "passed", None, 0.0),
+            ("call", outcome_word, longrepr, _run_seconds(outcome)),
+            ("teardown", "passed", None, 0.0),
+        ]
+        if outcome_word == "skipped":  # a skip is a setup's, as pytest.skip in a fixture
+            phases = [("setup", "skipped", longrepr, 0.0), ("teardown", "passed", None, 0.0)]
+        for when, word, text, seconds in phases:
+            report = pytest.TestReport(
+                nodeid,
+                location,
+                {"lrun": 1},
+                word,
+                text,
+                when,
+                sections,
+                seconds,
+                user_properties=self._properties(),
+            )
+            self._fire(report)
         self.config.hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
 
     # -- building reports --------------------------------------------------------------
@@ -487,7 +511,11 @@ class RunReports:
                 **extra,
             )
             self._fire(report)
-        self._logfinish(inner)
+        if phases[-1][0] != "teardown":
+            self._teardown(inner, location, sections=sections, properties=case.properties)
+        else:
+            self._ended.add(inner)
+            self._logfinish(inner)
 
     # -- firing ------------------------------------------------------------------------
 
@@ -577,6 +605,13 @@ def _run_text(run: Run) -> str:
         if log:
             lines += ["--- log tail ---", log.rstrip()]
     return "\n".join(lines)
+
+
+def _has_artifacts(run: Run) -> bool:
+    """Whether the run brought back any artifact file (the artifact folders exist in every run)."""
+    if not run.artifacts_path:
+        return False
+    return any(files for _dirpath, _dirs, files in os.walk(run.artifacts_path))
 
 
 def run_duration(run: Run) -> float:

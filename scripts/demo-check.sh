@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 # examples/passing: 6 passed, 1 skipped, 1 xfailed; examples/failing: 1 passed, 1 failed.
 EXPECTED_STATUS=1
-EXPECTED_COUNTS="failed=1 passed=7 skipped=1 xfailed=1"
+EXPECTED_COUNTS="failed=1 passed=8 skipped=1 xfailed=1"
 
 fail() {
   echo "demo-check: FAILED: $*" >&2
@@ -26,7 +26,7 @@ export LRUN_STATE_DIR="$work/state"
 status=0
 PATH="$work/venv/bin:$PATH" scripts/demo.sh --color=no 2>&1 | tee "$work/out" || status=$?
 
-# e.g. "=== 1 failed, 7 passed, 1 skipped, 1 xfailed in 1.15s ===": outcome=count pairs, sorted;
+# e.g. "=== 1 failed, 8 passed, 1 skipped, 1 xfailed in 1.15s ===": outcome=count pairs, sorted;
 # warnings are shown but not counted.
 summary=$(grep -E '^=+ .* in [0-9.]+s( \([0-9:]+\))? =+$' "$work/out" | tail -n 1) ||
   fail "the demo (exit status $status) printed no pytest summary line; its output is above"

@@ -1,9 +1,10 @@
-"""Inner results from the reporter's events on real engines: a stopped run keeps what it found.
+"""Inner results from the reporter's events on real engines, reported live.
 
-A pytest run ships the inner reporter; the host builds its items from the
-reporter's events (kept in the run's ``events.jsonl``), so a timeout still shows
-which tests passed, which one hung and which never ran, and a line a test prints
-cannot pass for an event.
+A pytest run ships the inner reporter; the host reports each inner test as its
+events arrive (and keeps them in the run's ``events.jsonl``), so results show
+while the container runs, a timeout still shows which tests passed, which one
+hung and which never ran, ``-x`` stops the run, selections run inside the
+container, and a line a test prints cannot pass for an event.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from lrun_support import write_tests
+from lrun_support import lrun_containers, write_tests
+
+from pytest_lrun.store.records import parse_time
 
 HANGS = """
     import time
@@ -107,3 +110,137 @@ def test_reattach_reports_what_the_live_run_did(pytester: pytest.Pytester, proje
     attached = pytester.runpytest_subprocess(f"--lrun-attach={run_id}", "-rA")
     attached.assert_outcomes(passed=1, failed=1, skipped=1)
     assert _outcomes(attached) == _outcomes(live)
+
+
+SECONDS = """
+    import time
+
+
+    def test_1():
+        time.sleep(1)
+
+
+    def test_2():
+        time.sleep(1)
+
+
+    def test_3():
+        time.sleep(1)
+
+
+    def test_4():
+        time.sleep(1)
+"""
+
+# A host plugin that notes when the first inner report reached the host.
+FIRST_REPORT = """
+import time
+from pathlib import Path
+
+
+def pytest_runtest_logreport(report):
+    marker = Path("first-report")
+    if report.when == "call" and not marker.exists():
+        marker.write_text(repr(time.time()))
+"""
+
+
+def _run_record(state_dir: Path) -> dict[str, object]:
+    (run_dir,) = (state_dir / "runs").iterdir()
+    record: dict[str, object] = json.loads((run_dir / "run.json").read_text())
+    return record
+
+
+def test_the_first_result_shows_while_the_container_still_runs(
+    pytester: pytest.Pytester, project: Path, state_dir: Path
+) -> None:
+    write_tests(project, "seconds", SECONDS)
+    pytester.makeconftest(FIRST_REPORT)
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "seconds")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["lrun: seconds on m1: 4 inner tests collected"])
+    first = float((project / "first-report").read_text())
+    ended = _run_record(state_dir)["ended_at"]
+    assert isinstance(ended, str)
+    # Three more one-second tests ran after the first report reached the host.
+    assert first < parse_time(ended) - 2
+
+
+FAILS_THEN_SLEEPS = """
+    import time
+
+
+    def test_fails():
+        assert False, "the first failure"
+
+
+    def test_slow_1():
+        time.sleep(60)
+
+
+    def test_slow_2():
+        time.sleep(60)
+"""
+
+
+def test_exitfirst_stops_the_run_this_session_created(
+    pytester: pytest.Pytester, project: Path, state_dir: Path, engines: list[str]
+) -> None:
+    write_tests(project, "stops", FAILS_THEN_SLEEPS)
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "stops", "-x", "--lrun-stop-grace=5")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*stopping after 1 failures: stopping the runs this session created*"])
+    assert "test_slow_1" not in result.stdout.str().split("stopping after")[-1].split("lrun runs")[0]
+    record = _run_record(state_dir)
+    assert (record["status"], record["error_code"]) == ("interrupted", "session_stopped")
+    assert lrun_containers(engines, {str(record["id"])}) == []  # stopped and removed, not left running
+    assert result.duration < 45  # far from the 120 s the slow tests would take
+
+
+SELECTED = """
+    def test_alpha():
+        pass
+
+
+    def test_beta():
+        pass
+
+
+    def test_gamma():
+        pass
+"""
+
+
+def _inner_junit_cases(state_dir: Path) -> list[str]:
+    (run_dir,) = (state_dir / "runs").iterdir()
+    return [case.get("name") or "" for case in ET.parse(run_dir / "junit.xml").getroot().iter("testcase")]
+
+
+def test_keyword_selection_runs_only_the_selected_inner_test(
+    pytester: pytest.Pytester, project: Path, state_dir: Path
+) -> None:
+    write_tests(project, "picked", SELECTED)
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "picked", "-k", "beta", "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["PASSED picked/test_picked.py::test_beta"])
+    assert _inner_junit_cases(state_dir) == ["test_beta"]  # the container ran only that one
+
+
+def test_a_node_id_below_the_directory_runs_only_that_test(
+    pytester: pytest.Pytester, project: Path, state_dir: Path
+) -> None:
+    write_tests(project, "picked", SELECTED)
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "picked/test_picked.py::test_gamma", "-rA")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["PASSED picked/test_picked.py::test_gamma"])
+    assert _inner_junit_cases(state_dir) == ["test_gamma"]
+
+
+def test_collect_only_shows_the_inner_node_ids_without_running_them(
+    pytester: pytest.Pytester, project: Path, state_dir: Path
+) -> None:
+    write_tests(project, "picked", SELECTED)
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "picked", "--collect-only", "-k", "not alpha")
+    result.stdout.fnmatch_lines(["picked/test_picked.py::test_beta", "picked/test_picked.py::test_gamma"])
+    assert "test_alpha" not in result.stdout.str()
+    assert _inner_junit_cases(state_dir) == []  # pytest --collect-only ran no test

@@ -43,7 +43,7 @@ def test_hook_and_progress_of_two_machines_run_on_the_main_thread(
         )
     )
     pytester.makeconftest(CONFTEST)
-    result = pytester.runpytest_subprocess("--lrun-plan=plan.toml", "-v")
+    result = pytester.runpytest_subprocess("--lrun-plan=plan.toml", "-v", "--lrun-live")
     result.assert_outcomes(passed=2)
     for machine, name, entry, host in (("m1", "a", "a1", engines[0]), ("m2", "b", "b2", engines[1])):
         # Each machine's run: dispatched ("collecting ... " may come first), its output, its progress

@@ -193,7 +193,7 @@ def test_a_timeout_keeps_finished_tests_names_the_running_one_and_skips_the_rest
     hung = hooks.failed()[0]
     assert hung.longrepr.reprcrash.message == "timed out after 8 s while running this test"  # type: ignore[union-attr]
     assert "KeyboardInterrupt" in hung.longreprtext
-    assert hooks.reports()[-1].longrepr == (
+    assert hooks.reports()[-2].longrepr == (
         "/proj/suite/t.py",
         None,
         "not run: the run was stopped (timeout)",
@@ -245,5 +245,8 @@ def test_a_run_without_events_is_one_report_of_its_own() -> None:
         error_code="exit_nonzero",
     )
     reports.finish(RunResult(run, "created"))
-    (only,) = hooks.reports()
-    assert only.nodeid == "suite::lrun[m1]" and only.failed and "exit code: 3" in only.longreprtext
+    assert hooks.outcomes() == [
+        ("suite::lrun[m1]", w, o)
+        for w, o in (("setup", "passed"), ("call", "failed"), ("teardown", "passed"))
+    ]
+    assert "exit code: 3" in hooks.failed()[0].longreprtext
