@@ -510,7 +510,7 @@ class Dispatcher:
             engine.wait(container_id, 30)
         pump.join(30)
         spool.close()
-        self._respool(run, engine, secrets)
+        self._respool(run, engine, secrets, spool.received)
         run = replace(run, exit_code=exit_code)
         refused = self._collect(run, engine)
         if refused:
@@ -554,13 +554,22 @@ class Dispatcher:
         except EngineError:
             pass  # the container ended or vanished: the waiter decides the status
 
-    def _respool(self, run: Run, engine: Engine, secrets: list[str]) -> None:
-        """Rewrite the log and the events from the stopped container's complete log.
+    def _respool(self, run: Run, engine: Engine, secrets: list[str], delivered: int) -> None:
+        """Rewrite the log and the events from the stopped container's complete log, if it is longer.
 
         A follow stream opened on a container that exits at once can end before
         its last output (seen with Docker 20.10); the engine's stored log is whole.
+        The stored log is counted first, and only when it has more bytes than the
+        follow stream ``delivered`` is it read again to be parsed and written: in
+        the common case, a run's end costs one read and no parse.
         """
         assert run.container_id is not None
+        try:
+            stored = sum(map(len, engine.logs(run.container_id, follow=False)))
+        except EngineError:
+            return  # keep what the follow stream gave
+        if stored <= delivered:
+            return
         files = self.store.files(run.id)
         paths = (files.logs, files.events)
         # Leftover names the sweep knows, should this process die before the rename.
@@ -717,10 +726,13 @@ class _RunOutput:
         self._events = (
             EventSpool(events, max_bytes=max_bytes, secrets=secrets, fresh=fresh) if run.event_token else None
         )
+        self.received = 0
+        """The engine's bytes taken so far, before any parse or redaction (what ``_respool`` compares)."""
 
     def write(self, chunk: bytes) -> tuple[bytes, tuple[Event, ...]]:
         """Take ``chunk``; returns the redacted complete log lines it completed (for live display)
         and the events it completed (for live reports)."""
+        self.received += len(chunk)
         if self._parser is None or self._events is None:
             return self._log.write(chunk), ()
         parsed = self._parser.feed(chunk)

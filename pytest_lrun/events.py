@@ -23,9 +23,10 @@ and counts one warning: a broken reporter line never raises here.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal, TypeAlias, cast
@@ -37,6 +38,7 @@ TOKEN_VARIABLE = "LRUN_EVENT_TOKEN"
 REPORTER_MODULE = "lrun_reporter"
 REPORTER_DIR = "/lrun"  # where the upload puts the reporter in the container
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
+_DECODER = json.JSONDecoder()
 
 When: TypeAlias = Literal["setup", "call", "teardown"]
 PhaseOutcome: TypeAlias = Literal["passed", "failed", "skipped"]
@@ -189,6 +191,13 @@ class _Fields:
             raise _Malformed(f"no {key!r}")
         return self._data[key]
 
+    def require(self, keys: Callable[[dict[str, object]], tuple[object, ...]]) -> tuple[object, ...]:
+        """The values of an :func:`operator.itemgetter`'s keys (the hot kinds: one call, not one a field)."""
+        try:
+            return keys(self._data)
+        except KeyError as e:
+            raise _Malformed(f"no {e.args[0]!r}") from None
+
     def text(self, key: str) -> str:
         return _as_str(self.get(key))
 
@@ -198,9 +207,6 @@ class _Fields:
 
     def integer(self, key: str) -> int:
         return _as_int(self.get(key))
-
-    def number(self, key: str) -> float:
-        return _as_number(self.get(key))
 
     def opt_number(self, key: str) -> float | None:
         value = self._data.get(key)
@@ -263,31 +269,60 @@ def _skip(value: object) -> SkipInfo | None:
     return SkipInfo(_as_str(path), _as_opt_int(lineno), _as_str(reason))
 
 
-def _choice(value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise _Malformed(f"{value!r} is not one of {allowed}")
+def _texts(value: object) -> tuple[str, ...]:
+    return tuple(map(_as_str, _as_list(value)))
+
+
+def _pairs(value: object) -> tuple[tuple[str, str], ...]:
+    return tuple(map(_pair, _as_list(value)))
+
+
+def _choice(value: object, allowed: frozenset[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise _Malformed(f"{value!r} is not one of {sorted(allowed)}")
     return value
 
 
+_WHENS = frozenset(("setup", "call", "teardown"))
+_OUTCOMES = frozenset(("passed", "failed", "skipped"))
+# The required fields of the two kinds that come for every test, read in one call each.
+_START_FIELDS = operator.itemgetter("n", "nodeid", "location")
+_REPORT_FIELDS = operator.itemgetter(
+    "n",
+    "nodeid",
+    "when",
+    "outcome",
+    "duration",
+    "location",
+    "skip",
+    "sections",
+    "keywords",
+    "user_properties",
+)
+
+
 def _start(f: _Fields) -> Start:
-    return Start(n=f.integer("n"), nodeid=f.text("nodeid"), location=_location(f.get("location")))
+    n, nodeid, location = f.require(_START_FIELDS)
+    return Start(n=_as_int(n), nodeid=_as_str(nodeid), location=_location(location))
 
 
 def _report(f: _Fields) -> PhaseReport:
-    skip = _skip(f.get("skip"))
+    n, nodeid, when, outcome, duration, location, skip, sections, keywords, properties = f.require(
+        _REPORT_FIELDS
+    )
     return PhaseReport(
-        n=f.integer("n"),
-        nodeid=f.text("nodeid"),
-        when=cast(When, _choice(f.text("when"), ("setup", "call", "teardown"))),
-        outcome=cast(PhaseOutcome, _choice(f.text("outcome"), ("passed", "failed", "skipped"))),
-        duration=f.number("duration"),
-        location=_location(f.get("location")),
+        n=_as_int(n),
+        nodeid=_as_str(nodeid),
+        when=cast(When, _choice(when, _WHENS)),
+        outcome=cast(PhaseOutcome, _choice(outcome, _OUTCOMES)),
+        duration=_as_number(duration),
+        location=_location(location),
         longrepr=f.opt_text("longrepr"),
-        skip=skip,
-        sections=tuple(_pair(s) for s in f.items("sections")),
+        skip=_skip(skip),
+        sections=_pairs(sections),
         wasxfail=f.opt_text("wasxfail"),
-        keywords=tuple(_as_str(k) for k in f.items("keywords")),
-        user_properties=tuple(_pair(p) for p in f.items("user_properties")),
+        keywords=_texts(keywords),
+        user_properties=_pairs(properties),
         start=f.opt_number("start"),
         stop=f.opt_number("stop"),
     )
@@ -319,7 +354,7 @@ def _collected_part(f: _Fields) -> Collected:
         skipped.append(CollectSkip(nodeid=skip.text("nodeid"), skip=info))
     return Collected(
         n=f.integer("n"),
-        nodeids=tuple(_as_str(i) for i in f.items("nodeids")),
+        nodeids=_texts(f.get("nodeids")),
         errors=tuple(errors),
         skipped=tuple(skipped),
     )
@@ -406,7 +441,8 @@ class EventParser:
         if len(payload) > MAX_EVENT_BYTES:
             raise _Malformed("longer than an event may be")
         try:
-            fields = _Fields(json.loads(payload))
+            # The reporter writes ASCII: no encoding to detect, as json.loads would for bytes.
+            fields = _Fields(_DECODER.decode(payload.decode("utf-8")))
         except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
             raise _Malformed(str(e)) from e
         kind = fields.text("e")

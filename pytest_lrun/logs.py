@@ -258,11 +258,12 @@ class EventSpool:
         if isinstance(event, Start | PhaseReport) and not self._takes(event):
             self.dropped += 1
             return b""
-        fields = dataclasses.asdict(event).items()
-        record = {
-            "e": _KINDS[type(event)],
-            **{k: v if k in _VOCABULARY else self._redacted(v) for k, v in fields},
-        }
+        # The event's own fields, not a copy (this runs for every event of a live run): the
+        # encoder writes nested parts (a SkipInfo, a CollectError) as objects, as asdict would.
+        fields: dict[str, Any] = vars(event)
+        if self._redact is not None:
+            fields = {k: v if k in _VOCABULARY else self._redacted(v) for k, v in fields.items()}
+        record = {"e": _KINDS[type(event)], **fields}
         line = _encode(record)
         if isinstance(event, PhaseReport) and self._size + len(line) > self.max_bytes:
             longrepr = record["longrepr"]
@@ -296,6 +297,8 @@ class EventSpool:
             return {key: self._redacted(item) for key, item in value.items()}
         if isinstance(value, list | tuple):
             return [self._redacted(item) for item in value]
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return self._redacted(vars(value))
         return value
 
     def _append(self, data: bytes) -> None:
@@ -308,8 +311,18 @@ class EventSpool:
         self._file.close()
 
 
+def _event_part(value: object) -> dict[str, Any]:
+    """A dataclass inside an event (a SkipInfo, a CollectError...) as the JSON object of its fields."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return vars(value)
+    raise TypeError(f"an event holds a {type(value).__name__}, which has no JSON form")
+
+
+_ENCODER = json.JSONEncoder(default=_event_part)
+
+
 def _encode(record: dict[str, Any]) -> bytes:
-    return json.dumps(record).encode() + b"\n"
+    return _ENCODER.encode(record).encode() + b"\n"
 
 
 @dataclasses.dataclass(frozen=True)
