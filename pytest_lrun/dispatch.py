@@ -325,6 +325,9 @@ class Dispatcher:
         if run.status.is_terminal:
             self.store.load_result(run)
         files = self.store.files(run.id)
+        if run.logs_path is not None:
+            # The files as this host has them (a shared store's record names the runner that ran it).
+            run = replace(run, logs_path=str(files.logs), artifacts_path=str(files.artifacts))
         cases = parse_junit(files.junit.read_bytes()) if files.junit.is_file() else None
         stored = read_event_file(files.events) if run.event_token else None
         if stored is None:

@@ -7,7 +7,7 @@ arrive -- ``pytest_runtest_logstart``, ``pytest_runtest_logreport`` (one
 :class:`pytest.TestReport` per phase, with the inner outcome, duration, failure
 text and captured output) and ``pytest_runtest_logfinish``, plus
 ``pytest_collectreport`` for inner collection errors and skipped modules -- so
-the terminal, ``--junitxml``, ``--durations``, ``-x``, ``--lf`` and other plugins
+the terminal, ``--junitxml``, ``--durations``, ``-x`` and other plugins
 need no special case. Its hooks are called on the main thread only.
 
 A host node id is the dispatched directory's node id, ``/``, the inner node id,

@@ -231,7 +231,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "live",
-        "stream each run's output to the terminal as it comes (also on with -v).",
+        "stream each run's output to the terminal as it comes, prefixed by machine and dir.",
         parse_bool,
         False,
         "flag",
