@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_lrun.plan import Plan, load_plan
-from pytest_lrun.store import FileStore, Run, RunStore
+from pytest_lrun.store import Candidate, FileStore, Run, RunStore
 
 WAIT_S = 60.0  # bound on every barrier, queue and join wait
 
@@ -161,4 +161,24 @@ def record_worker(
         results.put(("ok", worker, os.getpid()))
     except BaseException:
         results.put(("error", worker, traceback.format_exc()))
+        barrier.abort()
+
+
+#: The fleet the placement races share: two machines of two slots each.
+FLEET = (("f1", 2), ("f2", 2))
+
+
+def place_worker(spec: StoreSpec, key: str, barrier: Any, results: Any) -> None:
+    """Place one run of ``key`` on :data:`FLEET`, released with the others; report the answer."""
+    try:
+        store = spec.open()
+        try:
+            barrier.wait(WAIT_S)
+            candidates = [Candidate(machine, key, slots) for machine, slots in FLEET]
+            run, outcome = store.place(candidates, lambda c: Run(test_dir=f"/src/{key}"))
+            results.put((key, outcome.value, run.id, run.machine))
+        finally:
+            store.close()
+    except BaseException:
+        results.put(("error", traceback.format_exc()))
         barrier.abort()

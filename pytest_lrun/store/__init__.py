@@ -17,13 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ExtraMissing
-from .base import BatchStore, Decision, RunStore, Sweep
+from .base import BatchStore, Candidate, Decision, RunStore, Sweep
 from .files import FileStore, default_state_dir, machine_key
 from .records import Batch, Run, Status
 
 __all__ = [
     "Batch",
     "BatchStore",
+    "Candidate",
     "Decision",
     "FileStore",
     "Run",

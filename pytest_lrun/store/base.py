@@ -3,10 +3,12 @@
 A backend keeps run and batch records and enforces the run store's contract;
 the rest of the package sees only these protocols, never a backend:
 
-* :meth:`RunStore.prepare` is one atomic decision per machine (across threads,
-  processes and, for a shared backend, hosts): a live run with the same key is
-  REUSEd, a live run with another key makes the machine BUSY, else a pending run
-  is CREATED.
+* :meth:`RunStore.place` is one atomic decision over the candidate machines of a
+  request (across threads, processes and, for a shared backend, hosts): a live run
+  with the same key on any candidate is REUSEd (never a twin); else a pending run
+  is CREATED on the candidate with the most free slots (a machine runs up to its
+  ``slots`` runs at once); when every slot of every candidate holds another key,
+  the answer is BUSY. :meth:`RunStore.prepare` is the same for one machine.
 * A terminal record is written once, by :meth:`RunStore.end`.
 * Whoever finishes a run holds its watch lock (:meth:`RunStore.watching`); the
   lock goes with its holder's process (a file lock) or connection (a database
@@ -22,7 +24,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from ..errors import CorruptRecord
     from ..plan import Plan
 
-__all__ = ["BatchStore", "Decision", "RunStore", "Sweep"]
+__all__ = ["BatchStore", "Candidate", "Decision", "RunStore", "Sweep"]
 
 
 class Decision(enum.Enum):
@@ -44,6 +46,16 @@ class Decision(enum.Enum):
     CREATED = "created"  # a new pending run was recorded for the caller
     REUSE = "reuse"  # a live run with the same key exists: attach to it
     BUSY = "busy"  # a live run with a different key occupies the machine
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A machine a run may be placed on, the run's key there (its image id may differ per
+    engine) and how many runs the machine takes at once."""
+
+    machine: str
+    key: str
+    slots: int = 1
 
 
 @dataclass
@@ -91,7 +103,7 @@ class BatchStore(Protocol):
 
 
 class RunStore(Protocol):
-    """Run records and the one-live-run-per-machine rule (see the module docstring)."""
+    """Run records and the placement rule: slots per machine, no twins (see the module docstring)."""
 
     #: This host's state dir: run files (logs, JUnit XML, artifacts) and hash caches.
     state_dir: Path
@@ -130,12 +142,29 @@ class RunStore(Protocol):
         *,
         test_dir_hash: str | None = None,
         wait: float = 0,
+        slots: int = 1,
     ) -> tuple[Run, Decision]:
-        """Create a run on ``machine`` for ``key``, or return the live run that decides otherwise.
+        """:meth:`place` on one machine: ``[Candidate(machine, key, slots)]``."""
+        ...
 
-        ``make`` builds the pending run (no id); the store fills in ``id``,
-        ``machine``, ``key``, ``created_at``, ``owner`` and ``test_dir_hash``. While the
+    def place(
+        self,
+        candidates: Sequence[Candidate],
+        make: Callable[[Candidate], Run],
+        *,
+        test_dir_hash: str | None = None,
+        wait: float = 0,
+    ) -> tuple[Run, Decision]:
+        """Create a run on one of ``candidates``, or return the live run that decides otherwise.
+
+        REUSE: a live run with a candidate's key on that candidate. CREATED: on the
+        candidate with the most free slots (the first of equals); ``make(candidate)``
+        builds the pending run (no id) and the store fills in ``id``, ``machine``,
+        ``key``, ``created_at``, ``owner`` and ``test_dir_hash``. BUSY: every slot of
+        every candidate holds another key (the returned run is one of them). While the
         answer is BUSY and ``wait`` seconds have not passed, the call retries.
+
+        :raises ValueError: no candidate, a machine named twice, or slots below 1
         """
         ...
 

@@ -13,13 +13,13 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import StoreError
 from ..fsutil import remove_tree
 from ..layout import is_leftover
-from .base import Decision, Sweep
+from .base import Candidate, Decision, Sweep
 from .records import Run, Status
 
 __all__ = [
@@ -52,6 +52,27 @@ def check_request(machine: str, key: str) -> None:
     check_machine(machine)
     if not isinstance(key, str) or not key:
         raise ValueError(f"an idempotency key must be a non-empty string, not {key!r}")
+
+
+def check_candidates(candidates: Sequence[Candidate]) -> None:
+    """Refuse a ``place`` that names no machine, one machine twice, a bad key or slots below 1."""
+    if not candidates:
+        raise ValueError("place() needs at least one candidate machine")
+    machines = [candidate.machine for candidate in candidates]
+    if len(set(machines)) != len(machines):
+        raise ValueError(f"a candidate machine is named twice: {machines}")
+    for candidate in candidates:
+        check_request(candidate.machine, candidate.key)
+        if not isinstance(candidate.slots, int) or candidate.slots < 1:
+            raise ValueError(
+                f"machine {candidate.machine!r}: slots must be 1 or more, not {candidate.slots!r}"
+            )
+
+
+def choose(candidates: Sequence[Candidate], used: Mapping[str, int]) -> Candidate | None:
+    """The candidate with the most free slots (the first of equals), or None when all are full."""
+    free = [c for c in candidates if used.get(c.machine, 0) < c.slots]
+    return max(free, key=lambda c: c.slots - used.get(c.machine, 0), default=None)
 
 
 def retry_while_busy(once: Callable[[], tuple[Run, Decision]], wait: float) -> tuple[Run, Decision]:

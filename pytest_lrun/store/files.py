@@ -58,7 +58,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import filelock
@@ -77,10 +77,11 @@ from ..fsutil import (
 )
 from ..layout import DELETING_PREFIX, RECORD, RunFiles, is_leftover
 from ..locking import hold
-from .base import Decision, Sweep
+from .base import Candidate, Decision, Sweep
 from .common import (
     SWEEP_GRACE_S,
-    check_request,
+    check_candidates,
+    choose,
     ended,
     fill_new,
     leftovers_in,
@@ -386,46 +387,67 @@ class FileStore:
         *,
         test_dir_hash: str | None = None,
         wait: float = 0,
+        slots: int = 1,
     ) -> tuple[Run, Decision]:
-        """Create a run on ``machine`` for ``key``, or find the live run that decides otherwise.
+        """:meth:`place` on one machine."""
+        return self.place(
+            [Candidate(machine, key, slots)], lambda _: make(), test_dir_hash=test_dir_hash, wait=wait
+        )
 
-        In one critical section for the machine (across threads and processes):
-        a live run with the same ``key`` gives ``(run, REUSE)``; a live run with a
-        different key gives ``(run, BUSY)``; otherwise ``make()`` builds a pending
-        run (no id), the store fills in ``id``, ``machine``, ``key``, ``created_at``,
-        ``owner`` and ``test_dir_hash`` (``test_dir_hash`` argument, else the
-        run's own, else ``key``), records it and returns ``(run, CREATED)``.
-        ``make`` runs under the lock: keep it cheap and do not call the store from it.
+    def place(
+        self,
+        candidates: Sequence[Candidate],
+        make: Callable[[Candidate], Run],
+        *,
+        test_dir_hash: str | None = None,
+        wait: float = 0,
+    ) -> tuple[Run, Decision]:
+        """Create a run on one of ``candidates``, or find the live run that decides otherwise.
 
-        While the answer is BUSY and ``wait`` seconds have not passed, the lock is
+        In one critical section over the candidates' machine locks (taken in the
+        order of their keys, so two placements never deadlock): a live run with a
+        candidate's key gives ``(run, REUSE)``; else ``make(candidate)`` builds a
+        pending run (no id) for the candidate with the most free slots, the store
+        fills in ``id``, ``machine``, ``key``, ``created_at``, ``owner`` and
+        ``test_dir_hash`` (``test_dir_hash`` argument, else the run's own, else
+        ``key``), records it and returns ``(run, CREATED)``; with every slot taken,
+        ``(a live run, BUSY)``. ``make`` runs under the locks: keep it cheap and do
+        not call the store from it.
+
+        While the answer is BUSY and ``wait`` seconds have not passed, the locks are
         released and the call retries after a bounded, growing sleep.
 
-        :raises StoreLocked: the machine's lock stayed held for ``lock_timeout``
+        :raises StoreLocked: a machine's lock stayed held for ``lock_timeout``
         :raises StoreError: ``make`` returned something other than a fresh pending run
         """
-        mkey = machine_key(machine)
-        check_request(machine, key)
-        return retry_while_busy(lambda: self._prepare_once(machine, mkey, key, make, test_dir_hash), wait)
+        check_candidates(candidates)
+        return retry_while_busy(lambda: self._place_once(candidates, make, test_dir_hash), wait)
 
-    def _prepare_once(
-        self, machine: str, mkey: str, key: str, make: Callable[[], Run], test_dir_hash: str | None
+    def _place_once(
+        self, candidates: Sequence[Candidate], make: Callable[[Candidate], Run], test_dir_hash: str | None
     ) -> tuple[Run, Decision]:
-        with self._locked(mkey, machine):
-            live = self._live_locked(mkey, machine)
-            for run in live:
-                if run.key == key:
-                    return run, Decision.REUSE
-            if live:
-                return live[0], Decision.BUSY
-            run = make()
-            fill_new(run, machine, key, test_dir_hash)
+        mkeys = {c.machine: machine_key(c.machine) for c in candidates}
+        with contextlib.ExitStack() as locks:
+            for c in sorted(candidates, key=lambda c: mkeys[c.machine]):
+                locks.enter_context(self._locked(mkeys[c.machine], c.machine))
+            live = {c.machine: self._live_locked(mkeys[c.machine], c.machine) for c in candidates}
+            for c in candidates:
+                for run in live[c.machine]:
+                    if run.key == c.key:
+                        return run, Decision.REUSE
+            chosen = choose(candidates, {machine: len(runs) for machine, runs in live.items()})
+            if chosen is None:
+                return next(run for c in candidates for run in live[c.machine]), Decision.BUSY
+            run = make(chosen)
+            fill_new(run, chosen.machine, chosen.key, test_dir_hash)
             run.id = self._claim_run_dir()
             try:
                 self._write_record(run)  # payload first ...
-                self._write_index(mkey, machine, [run.id])  # ... pointer second
+                mkey = mkeys[chosen.machine]
+                self._write_index(mkey, chosen.machine, [*(r.id for r in live[chosen.machine]), run.id])
             except BaseException:
                 # Never returned to anyone: take the half-made run back (a crash here leaves an
-                # unindexed pending record, which prepare ignores).
+                # unindexed pending record, which place ignores).
                 with contextlib.suppress(OSError):
                     remove_tree(self._run_dir(run.id))
                 run.id = ""
@@ -708,9 +730,9 @@ class FileStore:
                 problems.append(f"{where} lists run {run_id}, which is {run.status.value}")
             else:
                 keys.setdefault(run.key, []).append(run_id)
-        if len(keys) > 1:
-            detail = "; ".join(f"{key!r}: {ids}" for key, ids in keys.items())
-            problems.append(f"{where}: active runs with {len(keys)} different keys ({detail})")
+        for key, ids in keys.items():
+            if len(ids) > 1:  # slots hold different keys; one key twice is a twin
+                problems.append(f"{where}: {len(ids)} active runs of key {key!r} (twins): {ids}")
         return problems
 
 

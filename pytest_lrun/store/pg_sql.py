@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 __all__ = [
+    "ADD_RUNS_SLOT",
     "ADVISORY_LOCK",
     "ADVISORY_TRY_LOCK",
     "ADVISORY_UNLOCK",
@@ -37,11 +38,13 @@ __all__ = [
     "CREATE_RUNS_CREATED_INDEX",
     "CREATE_RUNS_FINAL_FUNCTION",
     "CREATE_RUNS_FINAL_TRIGGER",
+    "CREATE_RUNS_LIVE_SLOT_INDEX",
     "CREATE_RUNS_ONE_LIVE_INDEX",
     "CREATE_SCHEMA_TABLE",
     "DELETE_RESULT_CHUNKS",
     "DELETE_RESULT_PARTS",
     "DELETE_RUN",
+    "DROP_RUNS_ONE_LIVE_INDEX",
     "INSERT_BATCH_IF_NEW",
     "INSERT_LIVE_RUN_IF_FREE",
     "INSERT_RESULT_CHUNK",
@@ -59,7 +62,7 @@ __all__ = [
     "SELECT_BATCH_FOR_UPDATE",
     "SELECT_KNOWN_RUN_IDS",
     "SELECT_LAST_COMPLETED",
-    "SELECT_LIVE_ON_MACHINE",
+    "SELECT_LIVE_ON_MACHINES",
     "SELECT_PRUNABLE",
     "SELECT_RESULT_CHUNK",
     "SELECT_RESULT_PARTS",
@@ -182,6 +185,13 @@ ALLOW_EVENTS_PART = """ALTER TABLE lrun_result_parts
         ADD CONSTRAINT lrun_result_parts_part_check
             CHECK (part IN ('junit', 'logs', 'events', 'artifacts'))"""
 
+#: Slots: a machine runs up to N runs at once, each in its own slot (0 .. N-1); the index
+#: keeps two live runs out of one slot, whatever a client does.
+ADD_RUNS_SLOT = "ALTER TABLE lrun_runs ADD COLUMN slot integer NOT NULL DEFAULT 0"
+DROP_RUNS_ONE_LIVE_INDEX = "DROP INDEX lrun_runs_one_live"
+CREATE_RUNS_LIVE_SLOT_INDEX = """CREATE UNIQUE INDEX lrun_runs_live_slot ON lrun_runs (machine, slot)
+            WHERE status IN ('pending', 'running')"""
+
 #: The statements that take the schema from version ``n - 1`` to ``n``, in order.
 MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     1: (
@@ -198,6 +208,7 @@ MIGRATIONS: Mapping[int, tuple[str, ...]] = {
         CREATE_RESULT_PARTS,
     ),
     2: (ALLOW_EVENTS_PART,),
+    3: (ADD_RUNS_SLOT, DROP_RUNS_ONE_LIVE_INDEX, CREATE_RUNS_LIVE_SLOT_INDEX),
 }
 
 # -- advisory locks (parameter: the lock's bigint, see pg_db.lock_id) ------------------
@@ -217,23 +228,24 @@ ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(%s)"
 # -- runs (lrun_runs) -----------------------------------------------------------------
 
 #: A new run; parameters: the columns by name (``id``, ``machine``, ``key``, ``status``,
-#: ``batch``, ``created``, ``ended``, ``record``).
-INSERT_RUN = """INSERT INTO lrun_runs (id, machine, key, status, batch_id, created_at, ended_at, record)
-    VALUES (%(id)s, %(machine)s, %(key)s, %(status)s, %(batch)s, %(created)s, %(ended)s, %(record)s)"""
+#: ``batch``, ``created``, ``ended``, ``record``, ``slot``).
+INSERT_RUN = """INSERT INTO lrun_runs (id, machine, key, status, batch_id, created_at, ended_at, record, slot)
+    VALUES (%(id)s, %(machine)s, %(key)s, %(status)s, %(batch)s, %(created)s, %(ended)s, %(record)s,
+        %(slot)s)"""
 
 #: :data:`INSERT_RUN` unless the id exists; one row (the id) when inserted.
 INSERT_RUN_IF_NEW = INSERT_RUN + " ON CONFLICT (id) DO NOTHING RETURNING id"
 
-#: :data:`INSERT_RUN` of a live run unless its machine has one already (the one-live-run
+#: :data:`INSERT_RUN` of a live run unless its slot of its machine is taken (the live-slot
 #: index arbitrates between racing runners); one row (the id) when inserted.
 INSERT_LIVE_RUN_IF_FREE = (
-    INSERT_RUN + " ON CONFLICT (machine) WHERE status IN ('pending', 'running') DO NOTHING RETURNING id"
+    INSERT_RUN + " ON CONFLICT (machine, slot) WHERE status IN ('pending', 'running') DO NOTHING RETURNING id"
 )
 
-#: The live runs of machine ``%s`` (id, key, record), oldest first.
-SELECT_LIVE_ON_MACHINE = (
-    "SELECT id, key, record FROM lrun_runs"
-    " WHERE machine = %s AND status IN ('pending', 'running') ORDER BY created_at, id"
+#: The live runs of the machines in the array ``%s`` (id, machine, key, slot, record), oldest first.
+SELECT_LIVE_ON_MACHINES = (
+    "SELECT id, machine, key, slot, record FROM lrun_runs"
+    " WHERE machine = ANY(%s) AND status IN ('pending', 'running') ORDER BY created_at, id"
 )
 
 #: The record of run ``%s``.
@@ -282,9 +294,9 @@ SELECT_KNOWN_RUN_IDS = "SELECT id FROM lrun_runs WHERE id = ANY(%s)"
 #: The status of each run of the array ``%s`` that exists (id, status).
 SELECT_RUN_STATUSES = "SELECT id, status FROM lrun_runs WHERE id = ANY(%s)"
 
-#: Whether the database's guards exist: the one-live-run index, the final-record trigger.
+#: Whether the database's guards exist: the live-slot index, the final-record trigger.
 CHECK_GUARDS = (
-    "SELECT to_regclass('lrun_runs_one_live') IS NOT NULL,"
+    "SELECT to_regclass('lrun_runs_live_slot') IS NOT NULL,"
     " EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'lrun_runs_final' AND NOT tgisinternal)"
 )
 

@@ -16,11 +16,13 @@ ended_at, record)``: ``record`` is the whole record as JSON in ASCII (``text``, 
 UTF-8); the other columns are what queries look at. Names are stored in an
 injective form (:func:`_column`). The database enforces the invariants itself:
 
-* at most one live run per machine (a unique index over the pending and running
+* at most one live run per slot of a machine (a unique index over the pending and running
   rows) and unique run ids (the primary key);
 * a terminal record is final (a trigger refuses any ``UPDATE`` of a terminal row);
-* :meth:`PostgresStore.prepare` is one transaction under an advisory lock on the
-  machine, retried on serialization failures, deadlocks and unique violations.
+* :meth:`PostgresStore.place` on one single-slot machine takes no lock (the index
+  arbitrates); with slots or several candidates it is one transaction under the
+  candidates' advisory locks, retried on serialization failures, deadlocks and
+  unique violations.
 
 Liveness across hosts: a run's watch lock (:meth:`PostgresStore.watching`) is a
 session-level advisory lock on a connection of its own, and a run's owner records
@@ -45,7 +47,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -57,11 +59,12 @@ from ..fsutil import Unparseable, make_private_dir, parse_record, remove_tree, s
 from ..layout import DELETING_PREFIX, RunFiles
 from ..settings import DEFAULT_CONNECT_TIMEOUT
 from . import pg_results, pg_sql
-from .base import Decision, Sweep
+from .base import Candidate, Decision, Sweep
 from .common import (
     SWEEP_GRACE_S,
+    check_candidates,
     check_machine,
-    check_request,
+    choose,
     ended,
     fill_new,
     leftovers_in,
@@ -165,8 +168,8 @@ class PostgresStore:
 
     # -- records ----------------------------------------------------------------------
 
-    def _row(self, run: Run, *, owner: dict[str, Any] | None) -> dict[str, Any]:
-        """The column values of ``run``, its record with ``owner``."""
+    def _row(self, run: Run, *, owner: dict[str, Any] | None, slot: int = 0) -> dict[str, Any]:
+        """The column values of ``run``, its record with ``owner``, in ``slot`` of its machine."""
         record = run.to_dict()
         record["owner"] = owner
         return {
@@ -178,6 +181,7 @@ class PostgresStore:
             "created": run.created_at,
             "ended": run.ended_at,
             "record": dump(record),
+            "slot": slot,
         }
 
     def _stamped(self, owner: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -231,50 +235,70 @@ class PostgresStore:
         *,
         test_dir_hash: str | None = None,
         wait: float = 0,
+        slots: int = 1,
     ) -> tuple[Run, Decision]:
-        """Create a run on ``machine`` for ``key``, or find the live run that decides otherwise.
+        """:meth:`place` on one machine."""
+        one = [Candidate(machine, key, slots)]
+        return self.place(one, lambda _: make(), test_dir_hash=test_dir_hash, wait=wait)
 
-        As :meth:`FileStore.prepare <pytest_lrun.store.files.FileStore.prepare>`. Each
-        answer is one statement, its own transaction: REUSE and BUSY come from one read of
-        the machine's live runs; CREATED is one ``INSERT ... ON CONFLICT DO NOTHING`` that the
-        database's one-live-run index lets through for exactly one of the runners racing on
-        a machine. ``make`` may run more than once (when a race is lost): keep it cheap and
-        free of side effects, and do not call the store from it.
+    def place(
+        self,
+        candidates: Sequence[Candidate],
+        make: Callable[[Candidate], Run],
+        *,
+        test_dir_hash: str | None = None,
+        wait: float = 0,
+    ) -> tuple[Run, Decision]:
+        """Create a run on one of ``candidates``, or find the live run that decides otherwise.
+
+        As :meth:`FileStore.place <pytest_lrun.store.files.FileStore.place>`. One machine
+        with one slot takes no lock: REUSE and BUSY come from one read of its live runs,
+        and CREATED is one ``INSERT ... ON CONFLICT DO NOTHING`` that the live-slot index
+        lets through for exactly one of the runners racing for the slot. With more slots or
+        more machines, a read alone could let two runners of one key create twins in two
+        free slots: the decision is one transaction holding the candidates' advisory locks
+        (taken in a fixed order). Either way the index keeps two live runs out of one slot.
+        ``make`` may run more than once (when a race is lost): keep it cheap and free of
+        side effects, and do not call the store from it.
         """
-        check_request(machine, key)
-        return retry_while_busy(lambda: self._prepare_once(machine, key, make, test_dir_hash), wait)
+        check_candidates(candidates)
+        return retry_while_busy(lambda: self._place_once(candidates, make, test_dir_hash), wait)
 
-    def _prepare_once(
-        self, machine: str, key: str, make: Callable[[], Run], test_dir_hash: str | None
+    def _place_once(
+        self, candidates: Sequence[Candidate], make: Callable[[Candidate], Run], test_dir_hash: str | None
     ) -> tuple[Run, Decision]:
-        def decided(cur: Cursor) -> tuple[tuple[str, str], Decision] | None:
-            cur.execute(pg_sql.SELECT_LIVE_ON_MACHINE, (_column(machine),))
+        by_name = {_column(c.machine): c for c in candidates}
+        locked = len(candidates) > 1 or candidates[0].slots > 1
+        what = ", ".join(f"machine {c.machine!r}" for c in candidates)
+
+        def attempt(cur: Cursor) -> tuple[Run, Decision] | None:
+            if locked:
+                for name in sorted(by_name):
+                    cur.execute(pg_sql.ADVISORY_XACT_LOCK, (lock_id("place", name),))
+            cur.execute(pg_sql.SELECT_LIVE_ON_MACHINES, (list(by_name),))
             live = cur.fetchall()
-            for run_id, stored_key, record in live:
-                if stored_key == _column(key):
-                    return (run_id, record), Decision.REUSE
-            if live:
-                return (live[0][0], live[0][2]), Decision.BUSY
-            return None
-
-        def create(cur: Cursor) -> bool:
-            cur.execute(pg_sql.INSERT_LIVE_RUN_IF_FREE, self._row(run, owner=run.owner))
-            return cur.fetchone() is not None
-
-        # One statement each, no lock and no transaction: the one-live-run index decides between
-        # runners racing to create, and whoever loses reads the run that won. REUSE and BUSY
-        # change nothing, so a read answers them.
-        what = f"machine {machine!r}"
-        while True:
-            seen = self.db.atomic(decided, what, transaction=False)
-            if seen is not None:
-                return self._decode(*seen[0]), seen[1]
-            run = make()
-            fill_new(run, machine, key, test_dir_hash)
+            for run_id, machine, stored_key, _slot, record in live:
+                if stored_key == _column(by_name[machine].key):
+                    return self._decode(run_id, record), Decision.REUSE
+            taken: dict[str, set[int]] = {}
+            for _id, machine, _key, slot, _record in live:
+                taken.setdefault(machine, set()).add(slot)
+            chosen = choose(candidates, {by_name[m].machine: len(slots) for m, slots in taken.items()})
+            if chosen is None:
+                return self._decode(live[0][0], live[0][4]), Decision.BUSY
+            used = taken.get(_column(chosen.machine), set())
+            slot = min(set(range(chosen.slots)) - used)
+            run = make(chosen)
+            fill_new(run, chosen.machine, chosen.key, test_dir_hash)
             run.id, run.owner = stamp(), self._stamped(run.owner)
-            if self.db.atomic(create, what, retry_unique=True, transaction=False):
-                return run, Decision.CREATED
-            # Lost the race to another runner's run, which may even have ended since: look again.
+            cur.execute(pg_sql.INSERT_LIVE_RUN_IF_FREE, self._row(run, owner=run.owner, slot=slot))
+            return (run, Decision.CREATED) if cur.fetchone() is not None else None
+
+        while True:
+            decided = self.db.atomic(attempt, what, retry_unique=True, transaction=locked)
+            if decided is not None:
+                return decided
+            # Lost the slot to another runner's run, which may even have ended since: look again.
 
     def insert(self, run: Run) -> Run:
         """Record an already finished run as it is; an empty ``id`` gets a fresh one.
@@ -481,7 +505,7 @@ class PostgresStore:
     def check(self) -> builtins.list[str]:
         """The store's invariant violations, one sentence each; ``[]`` when healthy. Changes nothing.
 
-        Checks: the database's guards (the one-live-run index, the final-record trigger)
+        Checks: the database's guards (the live-slot index, the final-record trigger)
         exist; every run and batch record parses, and a run's columns agree with its record.
         """
 
@@ -495,7 +519,7 @@ class PostgresStore:
         problems = [
             f"lrun_runs lacks its guard {name}"
             for name, present in zip(
-                ("lrun_runs_one_live (index)", "lrun_runs_final (trigger)"), guards, strict=True
+                ("lrun_runs_live_slot (index)", "lrun_runs_final (trigger)"), guards, strict=True
             )
             if not present
         ]

@@ -430,11 +430,11 @@ def test_check_reports_broken_invariants(store: RunStore) -> None:
     a = create(store, "m", "k1")
     index = store.state_dir / "active" / f"{machine_key('m')}.json"
     index.write_text(json.dumps({"machine": "m", "runs": []}))  # forget a: the machine looks free
-    b = create(store, "m", "k2")
+    b = create(store, "m", "k1")
     index.write_text(json.dumps({"machine": "m", "runs": [a.id, b.id, "20200101T000000-00000000"]}))
     problems = store.check()
     assert any("no record" in p for p in problems)
-    assert any("2 different keys" in p for p in problems)
+    assert any("2 active runs of key 'k1' (twins)" in p for p in problems)
     assert len(problems) == 2
 
 

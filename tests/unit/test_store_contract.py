@@ -40,6 +40,7 @@ from lrun_procs import (
     create_until_killed,
     hold_prepare_until_killed,
     hold_watch_until_killed,
+    place_worker,
     process_worker,
     reap_processes,
     record_worker,
@@ -58,7 +59,7 @@ from pytest_lrun.errors import (
 )
 from pytest_lrun.layout import RunFiles
 from pytest_lrun.plan import Plan
-from pytest_lrun.store import Decision, Run, RunStore, Status, Sweep
+from pytest_lrun.store import Candidate, Decision, Run, RunStore, Status, Sweep
 from pytest_lrun.store.records import derive_status, valid_id
 
 CTX = multiprocessing.get_context("spawn")
@@ -1060,3 +1061,79 @@ def test_a_saved_result_loads_on_another_runner(store: RunStore, peer: RunStore)
     for name in ("junit.xml", "logs.txt", "artifacts/out/report.txt", "artifacts/blob.bin"):
         assert _contents(there.dir)[name] == here[name], name
     assert store.check() == []
+
+
+# --- place: slots and candidate machines -----------------------------------------------
+
+
+def placed(store: RunStore, key: str, *candidates: tuple[str, int]) -> tuple[Run, Decision]:
+    """``store.place`` of ``key`` on ``candidates`` ((machine, slots), the key the same on each)."""
+    return store.place(
+        [Candidate(m, key, slots) for m, slots in candidates], lambda c: Run(test_dir=f"/src/{key}")
+    )
+
+
+def test_a_machine_with_slots_runs_that_many_keys_and_is_busy_only_when_all_are_taken(
+    store: RunStore,
+) -> None:
+    first, a = placed(store, "k1", ("m", 2))
+    second, b = placed(store, "k2", ("m", 2))
+    assert (a, b) == (Decision.CREATED, Decision.CREATED) and first.id != second.id
+    assert placed(store, "k1", ("m", 2)) == (first, Decision.REUSE)
+    blocker, busy = placed(store, "k3", ("m", 2))
+    assert busy is Decision.BUSY and blocker.id in (first.id, second.id)
+    store.end(first, Status.COMPLETED)
+    third, c = placed(store, "k3", ("m", 2))
+    assert c is Decision.CREATED and {r.id for r in store.active("m")} == {second.id, third.id}
+    assert store.check() == []
+
+
+def test_placement_takes_the_candidate_with_the_most_free_slots_and_reuses_across_them(
+    store: RunStore,
+) -> None:
+    one, _ = placed(store, "k1", ("a", 3), ("b", 1))
+    assert one.machine == "a"  # 3 free against 1
+    two, _ = placed(store, "k2", ("a", 3), ("b", 1))
+    assert two.machine == "a"  # 2 free against 1
+    three, _ = placed(store, "k3", ("a", 3), ("b", 1))
+    assert three.machine == "a"  # 1 free against 1: the first of equals
+    four, _ = placed(store, "k4", ("a", 3), ("b", 1))
+    assert four.machine == "b"
+    assert placed(store, "k5", ("a", 3), ("b", 1))[1] is Decision.BUSY
+    # A live run of the key on any candidate is reused, never twinned on another.
+    assert placed(store, "k4", ("a", 3), ("b", 1)) == (four, Decision.REUSE)
+    assert placed(store, "k4", ("b", 1), ("c", 5)) == (four, Decision.REUSE)
+    # make() learns where the run goes: the key may differ per machine (its image id does).
+    made = store.place(
+        [Candidate("c", "kc", 1), Candidate("d", "kd", 1)], lambda c: Run(test_dir=f"/src/{c.machine}")
+    )
+    assert (made[0].machine, made[0].key, made[0].test_dir) == ("c", "kc", "/src/c")
+
+
+@pytest.mark.parametrize(
+    "candidates",
+    [[], [Candidate("m", "k"), Candidate("m", "k")], [Candidate("m", "k", 0)], [Candidate("", "k")]],
+)
+def test_a_bad_placement_request_is_refused(store: RunStore, candidates: list[Candidate]) -> None:
+    with pytest.raises(ValueError):
+        store.place(candidates, lambda c: Run(test_dir="/src/k"))
+
+
+def test_racing_placements_never_twin_a_key_nor_overfill_a_machine(backend: StoreSpec) -> None:
+    # Twelve processes: three of each of four keys, on two machines of two slots each.
+    keys = [f"k{i % 4}" for i in range(12)]
+    barrier, results = CTX.Barrier(len(keys)), CTX.Queue()
+    procs = [CTX.Process(target=place_worker, args=(backend, key, barrier, results)) for key in keys]
+    for proc in procs:
+        proc.start()
+    try:
+        answers = [results.get(timeout=RACE_TIMEOUT_S) for _ in procs]
+    finally:
+        reap_processes(procs)
+    assert not [a for a in answers if a[0] == "error"], answers
+    created = [a for a in answers if a[1] == "created"]
+    assert sorted(a[0] for a in created) == ["k0", "k1", "k2", "k3"]  # each key once
+    assert Counter(a[3] for a in created) == Counter({"f1": 2, "f2": 2})
+    for key, outcome, run_id, _machine in answers:
+        if outcome == "reuse":
+            assert run_id == next(a[2] for a in created if a[0] == key)
