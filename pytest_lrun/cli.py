@@ -33,6 +33,7 @@ shape. The other members, per command::
     cancel     {"schema_version": 1, "run": RUN}            (the record after cancelling)
     batch      {"schema_version": 1, "batch": BATCH, "rows": [ROW, ...]}
     machines   {"schema_version": 1, "machines": [{"name", "url", "source", "reachable", "error",
+                                                  "tags", "slots", "in_use", "free", "runs",
                                                   "active_run_id"}, ...]}
     gc         {"schema_version": 1, "reconcile": {...}, "gc": {...}}
     reap       {"schema_version": 1, "removed": [...], "skipped": [{"machine", "error"}, ...]}
@@ -357,9 +358,10 @@ def _cmd_batch(ctx: _Context) -> int:
 
 def _check_machine(ctx: _Context, name: str) -> dict[str, Any]:
     row: dict[str, Any] = {"name": name, "url": None, "source": None, "reachable": False, "error": None}
+    row.update(tags=[], slots=1)
     try:
         machine = ctx.resolver.resolve(name)
-        row["url"], row["source"] = machine.host, machine.source
+        row.update(url=machine.host, source=machine.source, tags=list(machine.tags), slots=machine.slots)
         ctx.connect(machine).close()  # not the shared pool: machines are pinged in parallel
     except LrunError as e:
         row["error"] = e.to_dict()
@@ -370,23 +372,34 @@ def _check_machine(ctx: _Context, name: str) -> dict[str, Any]:
 
 def _cmd_machines(ctx: _Context) -> int:
     names = ctx.resolver.known()
-    active: dict[str, str] = {}
+    active: dict[str, list[str]] = {}
     for run in ctx.store.active():
-        active.setdefault(run.machine, run.id)
+        active.setdefault(run.machine, []).append(run.id)
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(names))), thread_name_prefix="lrun-ping") as pool:
         found = list(pool.map(lambda name: _check_machine(ctx, name), names))
     for row in found:
-        row["active_run_id"] = active.get(row["name"])
+        runs = active.get(row["name"], [])
+        row.update(in_use=len(runs), free=max(0, row["slots"] - len(runs)), runs=runs)
+        row["active_run_id"] = runs[0] if runs else None
     if ctx.args.json:
         _print_json(machines=found)
         return 0
-    table = [["NAME", "URL", "SOURCE", "ACTIVE RUN", "REACHABLE"]]
+    table = [["NAME", "URL", "SOURCE", "TAGS", "SLOTS", "RUNS", "REACHABLE"]]
     for row in found:
         error = row["error"]
         why = (error.get("reason") or error["message"]) if error else ""
         reachable = "yes" if row["reachable"] else f"no: {one_line(str(why))}"
+        slots = f"{row['in_use']}/{row['slots']}"
         table.append(
-            [row["name"], row["url"] or "-", row["source"] or "-", row["active_run_id"] or "-", reachable]
+            [
+                row["name"],
+                row["url"] or "-",
+                row["source"] or "-",
+                ",".join(row["tags"]) or "-",
+                slots,
+                " ".join(row["runs"]) or "-",
+                reachable,
+            ]
         )
     for line in format_table(table):
         say(line)

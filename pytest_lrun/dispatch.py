@@ -42,6 +42,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -75,6 +76,7 @@ from .errors import (
     UNSAFE_ARCHIVE,
     ContainerGone,
     EngineError,
+    HashError,
     ImageMissing,
     LeftRunning,
     LrunError,
@@ -95,7 +97,7 @@ from .settings import (
     DEFAULT_STOP_GRACE,
     DEFAULT_TIMEOUT,
 )
-from .store import Decision, Run, RunStore, Status
+from .store import Candidate, Decision, Run, RunStore, Status
 from .text import printable
 
 logger = logging.getLogger("pytest_lrun")
@@ -121,10 +123,24 @@ class RunSpec:
     artifacts: tuple[str, ...] = DEFAULT_ARTIFACTS
     batch_id: str | None = None
     plan_entry: str | None = None
+    candidates: tuple[Machine, ...] = ()
+    """For a ``tag:NAME`` target: every machine the run may be placed on (``machine`` is the first)."""
+    target: str | None = None
+    """What the user named when it was not one machine (``tag:NAME``)."""
 
     @property
     def label(self) -> str:
         return f"{self.machine.name} {self.test_dir.name}"
+
+    @property
+    def pool(self) -> tuple[Machine, ...]:
+        """The machines the run may go to: the candidates, or the one machine."""
+        return self.candidates or (self.machine,)
+
+    @property
+    def where(self) -> str:
+        """The target as the user named it: ``tag:NAME`` or the machine."""
+        return self.target or self.machine.name
 
 
 @dataclass
@@ -134,7 +150,18 @@ class _Prepared:
     run: Run
     origin: str  # "created", "reused" or "cached"
     engine: Engine
+    spec: RunSpec  # the spec on the machine the run was placed on
     shipment: Snapshot | None = None  # the directory as hashed: set for created runs only
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One candidate machine of a spec, with its engine and the image's id there."""
+
+    spec: RunSpec  # the spec on this machine
+    engine: Engine
+    image_id: str
+    image_error: ImageMissing | None
 
 
 @dataclass
@@ -226,6 +253,7 @@ class Dispatcher:
         on_output: OutputSink | None = None,
         on_events: EventSink | None = None,
         on_prepared: Callable[[RunSpec, Run, str], None] | None = None,
+        on_queued: Callable[[RunSpec, Run], None] | None = None,
     ) -> None:
         self.store = store
         self.engines = engines
@@ -237,6 +265,7 @@ class Dispatcher:
         self.on_output = on_output
         self.on_events = on_events  # (run, events) as the log pump parses them: live reports
         self.on_prepared = on_prepared  # (spec, run, origin) as soon as the run is known: batch records
+        self.on_queued = on_queued  # (spec, a run in the way) once, when a spec waits for a free slot
         self._live: dict[str, tuple[Engine, str]] = {}
         self._created: set[str] = set()  # ids of the runs this dispatcher created
         self._stopped_ids: set[str] = set()  # ids of the runs this dispatcher stopped
@@ -256,9 +285,9 @@ class Dispatcher:
         if prepared.origin == "reused":
             return self.result(self._await(run, engine), "reused")
         with _shipping(prepared), self._ends_on_error(run, engine), self.store.watching(run.id):
-            run = self._launch(prepared, spec)
+            run = self._launch(prepared)
             if not run.status.is_terminal:
-                run = self._finish(run, engine, _secrets(spec), fresh_logs=False)
+                run = self._finish(run, engine, _secrets(prepared.spec), fresh_logs=False)
         return self.result(run, "created")
 
     def start(self, spec: RunSpec) -> RunResult:
@@ -268,7 +297,7 @@ class Dispatcher:
         if prepared.origin != "created":
             return RunResult(run, prepared.origin)
         with _shipping(prepared), self._ends_on_error(run, engine), self.store.watching(run.id):
-            run = self._launch(prepared, spec)
+            run = self._launch(prepared)
             if not run.status.is_terminal:
                 # Nobody watches a detached run: whoever attaches next takes over.
                 run = replace(run, owner=None)
@@ -375,18 +404,66 @@ class Dispatcher:
             logger.exception("could not record the end of run %s after %s", run_id, code)
 
     def _decide(self, spec: RunSpec) -> _Prepared:
-        engine = self.engines.get(spec.machine)
-        image_error: ImageMissing | None = None
-        try:
-            image_id = engine.image_id(spec.image, spec.machine.pull)
-        except ImageMissing as e:
-            image_id, image_error = spec.image, e
+        options = self._options(spec)
         if self.reuse == "completed":
             # A stat-cached hash reads no file of an unchanged tree: a cached result costs no read.
             dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.hashcache_dir)
-            cached = self.store.last_completed(spec.machine.name, run_key(dir_hash, image_id, spec))
-            if cached is not None:
-                return _Prepared(cached, "cached", engine)
+            for option in options:
+                key = run_key(dir_hash, option.image_id, option.spec)
+                cached = self.store.last_completed(option.spec.machine.name, key)
+                if cached is not None:
+                    return _Prepared(cached, "cached", option.engine, option.spec)
+        shipment = self._snapshot(options[0].spec)
+        try:
+            run, outcome, option = self._place(spec, options, shipment.digest)
+            if outcome is Decision.CREATED and option.spec.machine.workdir != options[0].spec.machine.workdir:
+                shipment.close()  # the archive's paths are under the workdir: pack it for this machine
+                shipment = self._snapshot(option.spec, expect=shipment.digest)
+        except BaseException:
+            shipment.close()
+            raise
+        if outcome is not Decision.CREATED:
+            shipment.close()
+            return _Prepared(run, "reused", option.engine, option.spec)
+        if option.image_error is not None:
+            shipment.close()
+            run = self._end(run, Status.FAILED, error=option.image_error)
+            return _Prepared(run, "created", option.engine, option.spec)
+        return _Prepared(run, "created", option.engine, option.spec, shipment)
+
+    def _options(self, spec: RunSpec) -> list[_Option]:
+        """The spec's candidate machines that answer, with the image's id on each.
+
+        A candidate whose engine does not answer is left out while another one does (a
+        fleet goes on without a host that is down); when none answers, the first error is raised.
+        """
+        options: list[_Option] = []
+        errors: list[EngineError] = []
+        for machine in spec.pool:
+            try:
+                engine = self.engines.get(machine)
+                try:
+                    option = _Option(
+                        replace(spec, machine=machine),
+                        engine,
+                        engine.image_id(spec.image, machine.pull),
+                        None,
+                    )
+                except ImageMissing as e:
+                    option = _Option(replace(spec, machine=machine), engine, spec.image, e)
+            except EngineError as e:
+                if len(spec.pool) == 1:
+                    raise
+                logger.warning("%s: machine %s left out: %s", spec.where, machine.name, e)
+                errors.append(e)
+                continue
+            options.append(option)
+        if not options:
+            raise errors[0]
+        return options
+
+    def _snapshot(self, spec: RunSpec, *, expect: str | None = None) -> Snapshot:
+        """Read the directory once: its digest and the upload archive for ``spec``'s machine."""
         shipment = snapshot(
             spec.test_dir,
             prefix=spec.machine.workdir.strip("/"),
@@ -394,53 +471,68 @@ class Dispatcher:
             extra_files=[reporter_file()] if pytest_arguments_at(spec.command) is not None else [],
             cache_dir=self.store.hashcache_dir,
         )
-        try:
-            run, outcome = self._prepare_key(spec, shipment.digest, run_key(shipment.digest, image_id, spec))
-        except BaseException:
+        if expect is not None and shipment.digest != expect:
             shipment.close()
-            raise
-        if outcome is not Decision.CREATED:
-            shipment.close()
-            return _Prepared(run, "reused", engine)
-        if image_error is not None:
-            shipment.close()
-            return _Prepared(self._end(run, Status.FAILED, error=image_error), "created", engine)
-        return _Prepared(run, "created", engine, shipment)
+            raise HashError(str(spec.test_dir), "the directory changed while it was being dispatched")
+        return shipment
 
-    def _prepare_key(self, spec: RunSpec, dir_hash: str, key: str) -> tuple[Run, Decision]:
-        """The store's decision for ``key`` on the spec's machine: CREATED or REUSE (BUSY raises)."""
+    def _place(self, spec: RunSpec, options: list[_Option], dir_hash: str) -> tuple[Run, Decision, _Option]:
+        """The store's placement of the spec on its candidates: CREATED or REUSE, and where.
 
-        def make() -> Run:
+        BUSY waits in line when the spec names a tag, when the machine is taken by this
+        dispatcher's own runs, or for ``busy_wait`` seconds; then it raises ``machine_busy``.
+        A stop (Ctrl-C, ``-x``) ends the wait with :class:`LeftRunning`.
+        """
+        by_name = {option.spec.machine.name: option for option in options}
+        candidates = [
+            Candidate(name, run_key(dir_hash, option.image_id, option.spec), option.spec.machine.slots)
+            for name, option in by_name.items()
+        ]
+
+        def make(candidate: Candidate) -> Run:
+            placed = by_name[candidate.machine].spec
             return Run(
-                machine=spec.machine.name,
-                test_dir=str(spec.test_dir),
+                machine=candidate.machine,
+                test_dir=str(placed.test_dir),
                 test_dir_hash=dir_hash,
-                image=spec.image,
-                command=list(spec.command),
-                batch_id=spec.batch_id,
-                plan_entry=spec.plan_entry,
-                timeout=spec.timeout,
-                artifacts=list(spec.artifacts),
-                env_names=sorted({*spec.machine.env, *spec.env}),
-                event_token=new_token() if pytest_arguments_at(spec.command) is not None else None,
+                image=placed.image,
+                command=list(placed.command),
+                batch_id=placed.batch_id,
+                plan_entry=placed.plan_entry,
+                timeout=placed.timeout,
+                artifacts=list(placed.artifacts),
+                env_names=sorted({*placed.machine.env, *placed.env}),
+                event_token=new_token() if pytest_arguments_at(placed.command) is not None else None,
             )
 
-        run, outcome = self.store.prepare(
-            spec.machine.name, key, make, test_dir_hash=dir_hash, wait=self.busy_wait
-        )
-        if outcome is Decision.BUSY:
-            raise MachineBusy(
-                spec.machine.name,
-                run.id,
-                run.test_dir,
-                time.time() - (run.started_at or run.created_at or time.time()),
-                waited_s=self.busy_wait or None,
-            )
-        return run, outcome
+        deadline = time.monotonic() + self.busy_wait
+        delay = POLL_S / 4
+        queued = False
+        while True:
+            run, outcome = self.store.place(candidates, make, test_dir_hash=dir_hash)
+            if outcome is not Decision.BUSY:
+                return run, outcome, by_name[run.machine]
+            with self._live_lock:
+                ours = run.id in self._created
+            if not (spec.candidates or ours or time.monotonic() < deadline):
+                raise MachineBusy(
+                    run.machine,
+                    run.id,
+                    run.test_dir,
+                    time.time() - (run.started_at or run.created_at or time.time()),
+                    waited_s=self.busy_wait or None,
+                )
+            if self._cancelled.is_set():
+                raise LeftRunning(run.id, f"{self._stop_reason[1]} while {spec.where} had no free slot")
+            if not queued and self.on_queued is not None:
+                self.on_queued(spec, run)
+                queued = True
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 2.0)
 
-    def _launch(self, prepared: _Prepared, spec: RunSpec) -> Run:
+    def _launch(self, prepared: _Prepared) -> Run:
         """Create the container, ship the directory in and start it; the run is ``running`` after."""
-        run, engine, shipment = prepared.run, prepared.engine, prepared.shipment
+        run, engine, shipment, spec = prepared.run, prepared.engine, prepared.shipment, prepared.spec
         if run.status.is_terminal or shipment is None:  # failed before it began (image missing)
             return run
         labels = {

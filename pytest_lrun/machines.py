@@ -20,7 +20,9 @@ A name resolves to the first of, in this order:
    (source ``"environment"``).
 
 Any other name raises :class:`~pytest_lrun.errors.UnknownMachine` listing the
-known names. The image of a run is chosen by :func:`resolve_image`: plan entry,
+known names. ``tag:NAME`` (:meth:`MachineResolver.resolve_all`) names every machine
+table whose ``tags`` carry NAME, in table order; a table's ``slots`` says how many
+runs its engine takes at once (default 1). The image of a run is chosen by :func:`resolve_image`: plan entry,
 then ``--lrun-image``, then the machine table.
 """
 
@@ -53,6 +55,7 @@ __all__ = [
     "DEFAULT_DOCKER_HOST",
     "ENVIRONMENT_NAMES",
     "PULL_POLICIES",
+    "TAG_PREFIX",
     "Machine",
     "MachineResolver",
     "MachineSource",
@@ -93,8 +96,14 @@ _TABLE_KEYS = (
     "timeout",
     "pull",
     "workdir",
+    "tags",
+    "slots",
     *_TLS_KEYS,
 )
+TAG_PREFIX = "tag:"
+_TAG_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# One engine running more runs at once than this is a typo, not a fleet.
+_MAX_SLOTS = 1024
 
 
 # --- records ---------------------------------------------------------------
@@ -158,6 +167,8 @@ class Machine:
     timeout: float | None = None
     pull: PullPolicy = "missing"
     workdir: str = "/lrun/work"
+    tags: tuple[str, ...] = ()
+    slots: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.env, FrozenEnv):
@@ -400,6 +411,17 @@ def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_di
     if network is not None:
         given["network"] = network
 
+    if "tags" in table:
+        tags = table["tags"]
+        if not isinstance(tags, list) or not all(isinstance(t, str) and _TAG_RE.match(t) for t in tags):
+            raise reader.error("tags", f'expected a list of names such as ["linux", "big"], {_found(tags)}')
+        given["tags"] = tuple(tags)
+    if "slots" in table:
+        slots = table["slots"]
+        if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= _MAX_SLOTS:
+            raise reader.error("slots", f"expected a whole number from 1 to {_MAX_SLOTS}, {_found(slots)}")
+        given["slots"] = slots
+
     env: dict[str, str] = {}
     if "env" in table:
         raw_env = table["env"]
@@ -497,12 +519,36 @@ class MachineResolver:
             return self._from_environment(name)
         raise UnknownMachine(name, self.known())
 
+    def resolve_all(self, target: str) -> list[Machine]:
+        """The machines ``target`` names: ``tag:NAME`` gives every table tagged NAME (in table
+        order), any other name the one machine :meth:`resolve` gives.
+
+        :raises UnknownMachine: no table carries the tag (the known tags are listed)
+        """
+        if not target.startswith(TAG_PREFIX):
+            return [self.resolve(target)]
+        tag = target[len(TAG_PREFIX) :]
+        machines = [self.resolve(name) for name in self.tables]
+        tagged = [machine for machine in machines if tag in machine.tags]
+        if not tagged:
+            raise UnknownMachine(printable(target), [t for t in self.targets() if t.startswith(TAG_PREFIX)])
+        return tagged
+
     def known(self) -> list[str]:
-        """Every name :meth:`resolve` accepts: config tables, Docker contexts and ``local``.
+        """Every machine name :meth:`resolve` accepts: config tables, Docker contexts and ``local``.
 
         A context whose metadata cannot be read is left out here (resolving it reports why).
         """
         names = set(self.tables) | set(self._context_names()) | {"local"}
+        return sorted(names)
+
+    def targets(self) -> list[str]:
+        """What a run may name (:meth:`resolve_all`): :meth:`known` and ``tag:NAME`` of the tables' tags."""
+        names = set(self.known())
+        for table in self.tables.values():  # unchecked here: resolving a table reports its problems
+            tags = table.get("tags") if isinstance(table, Mapping) else None
+            if isinstance(tags, list):
+                names.update(f"{TAG_PREFIX}{tag}" for tag in tags if isinstance(tag, str))
         return sorted(names)
 
     # --- contexts ---

@@ -183,7 +183,7 @@ class RunReports:
             else:
                 self._finish = event
                 if event.counts.get("deselected"):
-                    what = f"{self.dir_nodeid} on {self.spec.machine.name}"
+                    what = f"{self.dir_nodeid} on {self.spec.where}"
                     self.say(f"{what}: {event.counts['deselected']} inner tests deselected")
 
     def _on_collected(self, event: Collected) -> None:
@@ -191,7 +191,7 @@ class RunReports:
         nodeids = [nodeid for nodeid in event.nodeids if self._wanted_id(nodeid)]
         if not self._by_keywords:  # otherwise each test counts once its keywords decide it
             self._count(len(nodeids))
-        what = f"{self.dir_nodeid} on {self.spec.machine.name}"
+        what = f"{self.dir_nodeid} on {self.spec.where}"
         self.say(f"{what}: {len(event.nodeids)} inner tests collected" + self._selected_note(nodeids))
         if self.config.option.collectonly:
             for nodeid in nodeids:
@@ -332,8 +332,8 @@ class RunReports:
 
         ``explained``: the inner reports already say how the run failed; this one passes.
         """
-        nodeid = f"{self.dir_nodeid}::lrun[{self.suffix.lstrip('@') or self.spec.machine.name}]"
-        location = (self.dir_nodeid, None, f"{self.spec.test_dir.name} on {self.spec.machine.name}")
+        nodeid = f"{self.dir_nodeid}::lrun[{self.suffix.lstrip('@') or self.spec.where}]"
+        location = (self.dir_nodeid, None, f"{self.spec.test_dir.name} on {self.spec.where}")
         sections: list[tuple[str, str]] = []
         longrepr: Any = None
         outcome_word: Outcome = "passed"
@@ -465,7 +465,7 @@ class RunReports:
     def _properties(self) -> list[tuple[str, object]]:
         run = self.run
         if run is None:
-            return [("lrun_machine", self.spec.machine.name)]
+            return [("lrun_machine", self.spec.where)]
         return [
             ("lrun_run_id", run.id),
             ("lrun_machine", run.machine),

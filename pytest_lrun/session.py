@@ -41,7 +41,7 @@ from .dispatch import Dispatcher, EnginePool, RunSpec, pytest_arguments_at
 from .engine import Engine, connect
 from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
 from .events import Event as InnerEvent
-from .machines import Machine, MachineResolver, load_machine_tables, resolve_image
+from .machines import TAG_PREFIX, Machine, MachineResolver, load_machine_tables, resolve_image
 from .plan import load_plan, select
 from .recovery import gc, reconcile
 from .report import Detached, JobOutcome, RunReports, summary_rows
@@ -116,6 +116,7 @@ class LrunSession:
             on_output=self._show_output if settings.live else None,
             on_events=lambda run, events: self._events.put(Live(run.id, tuple(events))),
             on_prepared=self._prepared,
+            on_queued=self._queued,
         )
         self.batch_id: str | None = None
         self._batch: Batch | None = None  # the batch as refreshed at the end of the session
@@ -147,14 +148,14 @@ class LrunSession:
                 raise ConfigError(
                     "--lrun-plan", "the plan names the directories; give no directory arguments"
                 )
-            plan = load_plan(settings.plan, known_machines=self.resolver.known())
+            plan = load_plan(settings.plan, known_machines=self.resolver.targets())
             entries = select(plan, settings.plan_entry)
             self.batch_id = self.batches.open(plan, settings.batch_id).id
             return [
                 Job(
                     self.make_spec(
                         entry.dir,
-                        self.resolver.resolve(entry.machine),
+                        entry.machine,
                         image=entry.image,
                         command=entry.command,
                         env=entry.env,
@@ -166,7 +167,7 @@ class LrunSession:
                 for entry in entries
             ]
         assert settings.machine is not None
-        machine = self.resolver.resolve(settings.machine)
+        machine = settings.machine
         wanted: dict[Path, set[str] | None] = {}  # directory -> inner node ids (None: all of it)
         for arg in self.config.args:
             path, nodeid = dispatched_dir(arg, self.config.invocation_params.dir, self.config.rootpath)
@@ -209,7 +210,7 @@ class LrunSession:
     def make_spec(
         self,
         test_dir: Path,
-        machine: Machine,
+        target: str,
         *,
         image: str | None = None,
         command: Sequence[str] | None = None,
@@ -221,11 +222,21 @@ class LrunSession:
     ) -> RunSpec:
         """A spec with every default applied: plan entry, then ``--lrun-*``, then the machine table.
 
-        A pytest command gets the selection (``-k``, ``-m``, ``nodeids``) appended, unless
-        ``--lrun-select=host`` keeps it for the host, and ``--collect-only`` under
-        ``--collect-only``.
+        ``target`` is a machine name or ``tag:NAME`` (every machine carrying the tag is a
+        candidate; they must agree on the image). A pytest command gets the selection
+        (``-k``, ``-m``, ``nodeids``) appended, unless ``--lrun-select=host`` keeps it for
+        the host, and ``--collect-only`` under ``--collect-only``.
         """
         settings = self.settings
+        pool = self.resolver.resolve_all(target)
+        machine = pool[0]
+        images = {resolve_image(m, entry_image=image, option_image=settings.image) for m in pool}
+        if len(images) > 1:
+            raise ConfigError(
+                target,
+                f"its machines name different images ({', '.join(sorted(images))}); "
+                "give --lrun-image or the plan entry's image",
+            )
         option = self.config.option
         selection = Selection(option.keyword or None, option.markexpr or None, nodeids)
         inner = tuple(command or settings.command or DEFAULT_COMMAND)
@@ -246,6 +257,8 @@ class LrunSession:
             artifacts=tuple(artifacts or settings.artifacts),
             batch_id=self.batch_id or settings.batch_id,
             plan_entry=plan_entry,
+            candidates=tuple(pool) if target.startswith(TAG_PREFIX) else (),
+            target=target if target.startswith(TAG_PREFIX) else None,
         )
         if settings.select == "host" and selection:
             self.selections[spec] = selection
@@ -254,18 +267,29 @@ class LrunSession:
     # -- running ----------------------------------------------------------------
 
     def start(self) -> None:
-        """Start every job: one thread per machine, that machine's jobs in order."""
-        by_machine: dict[str, list[Job]] = {}
+        """Start every job: per target (a machine or a tag), as many threads as its machines
+        have slots, taking that target's jobs in order."""
+        by_target: dict[str, list[Job]] = {}
         for job in self.jobs:
-            by_machine.setdefault(job.spec.machine.name, []).append(job)
+            by_target.setdefault(job.spec.where, []).append(job)
             self.outcomes[job.spec] = Future()
-        self._executor = ThreadPoolExecutor(max_workers=max(1, len(by_machine)), thread_name_prefix="lrun")
-        for jobs in by_machine.values():
-            self._executor.submit(self._run_machine, jobs)
+        lines = {target: sum(m.slots for m in jobs[0].spec.pool) for target, jobs in by_target.items()}
+        workers = sum(min(lines[target], len(jobs)) for target, jobs in by_target.items())
+        self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lrun")
+        for target, jobs in by_target.items():
+            line: queue.SimpleQueue[Job] = queue.SimpleQueue()
+            for job in jobs:
+                line.put(job)
+            for _ in range(min(lines[target], len(jobs))):
+                self._executor.submit(self._run_line, line)
 
-    def _run_machine(self, jobs: list[Job]) -> None:
-        """A worker thread: run ``jobs`` in order, handing every event to the main thread."""
-        for job in jobs:
+    def _run_line(self, line: queue.SimpleQueue[Job]) -> None:
+        """A worker thread: take the target's jobs in order, handing every event to the main thread."""
+        while True:
+            try:
+                job = line.get_nowait()
+            except queue.Empty:
+                return
             if self.dispatcher.stopping:  # -x, --maxfail or Ctrl-C: start nothing new
                 self._events.put(Finished(job.spec))
                 continue
@@ -274,7 +298,7 @@ class LrunSession:
     def _run_job(self, job: Job) -> Finished:
         spec = job.spec
         if self.config.option.collectonly and pytest_arguments_at(spec.command) is None:
-            what = f"{self._shown(spec)} on {spec.machine.name}"
+            what = f"{self._shown(spec)} on {spec.where}"
             self._events.put(f"{what}: not a pytest command, nothing to collect")
             return Finished(spec)
         self._count("running", +1)
@@ -290,18 +314,16 @@ class LrunSession:
             self._count("done", +1)
         took = time.monotonic() - started
         what = f"{self._shown(spec)} {_describe(outcome)} in {took:.1f}s"
-        self._events.put(f"{spec.machine.name}: {what}{self._batch_progress()}")
+        if spec.target is not None and not isinstance(outcome, LrunError):
+            what += f" on {outcome.run.machine}"
+        self._events.put(f"{spec.where}: {what}{self._batch_progress()}")
         return Finished(spec, outcome)
 
     def _do(self, job: Job) -> JobOutcome:
         if job.attach_to is not None:
-            self._events.put(
-                f"{job.spec.machine.name}: attaching to run {job.attach_to} ({self._shown(job.spec)})"
-            )
+            self._events.put(f"{job.spec.where}: attaching to run {job.attach_to} ({self._shown(job.spec)})")
             return self.dispatcher.attach(job.attach_to, job.spec.machine)
-        self._events.put(
-            f"{job.spec.machine.name}: dispatching {self._shown(job.spec)}" + self._batch_progress()
-        )
+        self._events.put(f"{job.spec.where}: dispatching {self._shown(job.spec)}" + self._batch_progress())
         if self.settings.detach:
             result = self.dispatcher.start(job.spec)
             if result.run.status.is_terminal:
@@ -386,6 +408,12 @@ class LrunSession:
             self.batches.record(self.batch_id, spec.plan_entry, run.id)
         self._events.put(Prepared(spec, run, origin))
 
+    def _queued(self, spec: RunSpec, blocker: Run) -> None:
+        """The dispatcher's word (on a worker thread) that ``spec`` waits for a free slot."""
+        slots = sum(m.slots for m in spec.pool)
+        busy = f"all {slots} slots busy, e.g. with run {blocker.id} on {blocker.machine}"
+        self._events.put(f"{spec.where}: {self._shown(spec)} waits for a free slot ({busy})")
+
     def _show_progress(self) -> None:
         for spec, reports in self.reports.items():
             if self.outcomes[spec].done() or reports.run is None:
@@ -393,7 +421,7 @@ class LrunSession:
             p = reports.progress
             running = f", running {p.running}" if p.running else ""
             self.progress(
-                f"{spec.machine.name}: {self._shown(spec)}: {p.done}/{p.collected} tests done, "
+                f"{reports.run.machine}: {self._shown(spec)}: {p.done}/{p.collected} tests done, "
                 f"{p.failed} failed{running}"
             )
 
@@ -449,7 +477,7 @@ class LrunSession:
 
     def _reconcile(self) -> None:
         """Settle live runs left by earlier processes on this invocation's machines."""
-        machines = {spec.machine.name: spec.machine for spec in self.specs}
+        machines = {machine.name: machine for spec in self.specs for machine in spec.pool}
 
         def engine_of(name: str) -> Engine:
             if name not in machines:
@@ -490,8 +518,8 @@ class LrunSession:
         same_dir = [s for s in self.specs if s.test_dir == spec.test_dir]
         if len(same_dir) == 1:
             return ""
-        if [s.machine.name for s in same_dir].count(spec.machine.name) == 1:
-            return f"@{spec.machine.name}"
+        if [s.where for s in same_dir].count(spec.where) == 1:
+            return f"@{spec.where}"
         return f"@{spec.plan_entry}"
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:

@@ -552,4 +552,7 @@ def test_machines_lists_known_names_without_an_engine(
     assert rows["broken"]["reachable"] is False and rows["broken"]["error"]["code"] == "config_invalid"
     assert rows["local"]["reachable"] is False and rows["local"]["error"]["code"] == "engine_unreachable"
     assert rows["local"]["url"] == "tcp://127.0.0.1:1" and rows["local"]["source"] == "environment"
-    assert set(rows["local"]) == {"name", "url", "source", "reachable", "error", "active_run_id"}
+    assert set(rows["local"]) == {
+        *("name", "url", "source", "reachable", "error", "active_run_id"),
+        *("tags", "slots", "in_use", "free", "runs"),
+    }

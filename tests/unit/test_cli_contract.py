@@ -116,6 +116,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
         "".join(
             f'[tool.lrun.machines.{name}]\nhost = "tcp://{name}.invalid:2375"\n\n' for name in ("m1", "m2")
         )
+        + '[tool.lrun.machines.pair]\nhost = "tcp://pair.invalid:2375"\n'
+        + 'tags = ["fleet", "big"]\nslots = 2\n\n'
         + '[tool.lrun.machines.down]\nhost = "tcp://down.invalid:2375"\n'
     )
     monkeypatch.chdir(project)

@@ -163,6 +163,11 @@ def test_machine_record_is_frozen_hashable_and_picklable(tmp_path: Path) -> None
         ('workdir = "work"', "workdir", "expected an absolute container path other than '/', found 'work'"),
         ("cpu = 2", "cpu", "unknown key; did you mean 'cpus'?"),
         ('pull = "sometimes"', "pull", "expected one of never, missing, always, found 'sometimes'"),
+        ('tags = "linux"', "tags", "expected a list of names"),
+        ('tags = ["a b"]', "tags", "expected a list of names"),
+        ("slots = 0", "slots", "expected a whole number from 1 to 1024, found integer 0"),
+        ("slots = 2.5", "slots", "expected a whole number from 1 to 1024"),
+        ("slots = true", "slots", "expected a whole number from 1 to 1024"),
     ],
 )
 def test_bad_value_names_the_key_path(tmp_path: Path, line: str, key: str, expected: str) -> None:
@@ -552,3 +557,35 @@ def test_memory_reaches_the_engine_as_bytes(tmp_path: Path, monkeypatch: pytest.
     finally:
         docker_engine.close()
     assert created["host_config"]["Memory"] == 1536 * 1024**2
+
+
+FLEET = """
+[tool.lrun.machines.a]
+host = "tcp://a:2375"
+tags = ["fleet", "big"]
+slots = 2
+
+[tool.lrun.machines.b]
+host = "tcp://b:2375"
+
+[tool.lrun.machines.c]
+host = "tcp://c:2375"
+tags = ["fleet"]
+"""
+
+
+def test_a_tag_names_every_machine_that_carries_it_in_table_order(tmp_path: Path) -> None:
+    resolver = make_resolver(tmp_path, FLEET)
+    assert [m.name for m in resolver.resolve_all("tag:fleet")] == ["a", "c"]
+    (big,) = resolver.resolve_all("tag:big")
+    assert (big.name, big.slots, big.tags) == ("a", 2, ("fleet", "big"))
+    assert [m.name for m in resolver.resolve_all("b")] == ["b"]
+    assert resolver.resolve("b").slots == 1 and resolver.resolve("b").tags == ()
+    assert {"tag:fleet", "tag:big", "a", "b", "c"} <= set(resolver.targets())
+    assert "tag:fleet" not in resolver.known()  # machines only: what lrun machines and reap go over
+
+
+def test_an_unknown_tag_lists_the_known_ones(tmp_path: Path) -> None:
+    resolver = make_resolver(tmp_path, FLEET)
+    with pytest.raises(UnknownMachine, match=r"machine 'tag:gpu'; known machines: tag:big, tag:fleet$"):
+        resolver.resolve_all("tag:gpu")

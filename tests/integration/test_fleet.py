@@ -1,0 +1,97 @@
+"""Fleets on real engines: machines chosen by tag, several runs at once on an engine with slots.
+
+The project's machines m1 (two slots) and m2 (one slot) both carry the tag
+``pool``; a plan of five two-second entries on ``tag:pool`` must use both
+engines, never run more at once on one than its slots, and finish in far less
+than the sum of its entries.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from lrun_support import PYTHON_IMAGE, write_tests
+
+from pytest_lrun.store.records import parse_time
+
+SLEEPS = """
+    import time
+
+
+    def test_sleeps():
+        time.sleep(2)
+"""
+
+
+@pytest.fixture
+def pool(pytester: pytest.Pytester, project: Path, engines: list[str]) -> Path:
+    pytester.makepyprojecttoml(
+        textwrap.dedent(
+            f"""
+            [tool.lrun.machines.m1]
+            host = "{engines[0]}"
+            image = "{PYTHON_IMAGE}"
+            tags = ["pool"]
+            slots = 2
+
+            [tool.lrun.machines.m2]
+            host = "{engines[1]}"
+            image = "{PYTHON_IMAGE}"
+            tags = ["pool"]
+            """
+        )
+    )
+    write_tests(project, "sleeps", SLEEPS)
+    # Five entries with five keys (the env is part of the key): five runs, not one reused.
+    entries = "".join(
+        f'[[entry]]\nname = "e{i}"\ndir = "sleeps"\nmachine = "tag:pool"\nenv = {{ N = "{i}" }}\n\n'
+        for i in range(5)
+    )
+    (project / "plan.toml").write_text(entries)
+    return project
+
+
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
+
+
+def test_a_tag_spreads_runs_over_its_machines_within_their_slots(
+    pytester: pytest.Pytester, pool: Path, state_dir: Path
+) -> None:
+    result = pytester.runpytest_subprocess("--lrun-plan=plan.toml", "-rA")
+    result.assert_outcomes(passed=5)
+    records = [json.loads((d / "run.json").read_text()) for d in (state_dir / "runs").iterdir()]
+    assert len(records) == 5 and all(r["status"] == "completed" for r in records)
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        spans.setdefault(r["machine"], []).append((parse_time(r["started_at"]), parse_time(r["ended_at"])))
+    assert set(spans) == {"m1", "m2"}, spans  # both machines of the tag were used
+    assert _most_at_once(spans["m1"]) <= 2 and _most_at_once(spans["m2"]) <= 1
+    assert _most_at_once([span for machine in spans.values() for span in machine]) >= 2
+    result.stdout.fnmatch_lines(["lrun: tag:pool: dispatching sleeps (e0)*"])
+    assert result.duration < 5 * 2 + 8  # far less than five entries one after another, with start-up
+
+
+def test_lrun_machines_shows_tags_and_slots_in_use(pool: Path, state_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest_lrun", "machines", "--json"],
+        cwd=pool,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    rows = {row["name"]: row for row in json.loads(out)["machines"]}
+    assert (rows["m1"]["tags"], rows["m1"]["slots"], rows["m1"]["free"]) == (["pool"], 2, 2)
+    assert rows["m2"]["reachable"] is True and rows["m2"]["slots"] == 1
