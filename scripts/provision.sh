@@ -21,6 +21,12 @@
 # and its database `lrun_test`; the password is made once and kept beside the
 # cluster.
 #
+# Also installs Debian's openssh-server when missing and, with scripts/sshd.sh,
+# runs the test suite's own sshd on 127.0.0.1:$LRUN_SSHD_PORT (default 2222;
+# keys and config under $LRUN_SSHD_DIR, default /var/lib/lrun-sshd): root logs
+# in with a client key made there, and a login's `docker system dial-stdio`
+# reaches the first engine, so ssh://root@127.0.0.1:PORT is that engine over ssh.
+#
 # Prints `export LRUN_TEST_...=...` lines on stdout for `eval`; progress goes
 # to stderr.
 set -euo pipefail
@@ -36,6 +42,10 @@ PYTHON_CURRENT_IMAGE=lrun-python-current:latest
 export LRUN_POSTGRES_DIR=${LRUN_POSTGRES_DIR:-/var/lib/lrun-postgres}
 export LRUN_POSTGRES_PORT=${LRUN_POSTGRES_PORT:-55432}
 PG=$(dirname "$0")/pg.sh
+# Exported for the same reason: scripts/sshd.sh finds the same server and keys.
+export LRUN_SSHD_DIR=${LRUN_SSHD_DIR:-/var/lib/lrun-sshd}
+export LRUN_SSHD_PORT=${LRUN_SSHD_PORT:-2222}
+SSHD=$(dirname "$0")/sshd.sh
 
 log() { printf 'provision: %s\n' "$*" >&2; }
 
@@ -53,6 +63,7 @@ install_packages() {
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   if [ ${#missing[@]} -gt 0 ]; then
     need_root "installing ${missing[*]}"
     log "installing ${missing[*]}"
@@ -264,10 +275,12 @@ main() {
   done
   local pg_url
   pg_url=$(start_postgres)
-  log "ready: engines $ENGINE1_SOCK $ENGINE2_SOCK, images $BUSYBOX_IMAGE $PYTHON_IMAGE $PYTHON_CURRENT_IMAGE, PostgreSQL 127.0.0.1:$LRUN_POSTGRES_PORT"
+  LRUN_SSHD_DOCKER_HOST=unix://$ENGINE1_SOCK "$SSHD" start >&2
+  log "ready: engines $ENGINE1_SOCK $ENGINE2_SOCK, images $BUSYBOX_IMAGE $PYTHON_IMAGE $PYTHON_CURRENT_IMAGE, PostgreSQL 127.0.0.1:$LRUN_POSTGRES_PORT, sshd 127.0.0.1:$LRUN_SSHD_PORT"
   echo "export LRUN_TEST_ENGINES=unix://$ENGINE1_SOCK,unix://$ENGINE2_SOCK"
   echo "export LRUN_TEST_TLS_ENGINE=tcp://$ENGINE2_TLS LRUN_TEST_TLS_DIR=$CACHE_DIR/tls"
   echo "export LRUN_TEST_POSTGRES=$pg_url LRUN_POSTGRES_DIR=$LRUN_POSTGRES_DIR LRUN_POSTGRES_PORT=$LRUN_POSTGRES_PORT"
+  echo "export LRUN_TEST_SSH_HOST=ssh://root@127.0.0.1:$LRUN_SSHD_PORT LRUN_TEST_SSH_DIR=$LRUN_SSHD_DIR/client"
 }
 
 main "$@"
