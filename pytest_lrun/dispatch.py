@@ -127,6 +127,8 @@ class RunSpec:
     """For a ``tag:NAME`` target: every machine the run may be placed on (``machine`` is the first)."""
     target: str | None = None
     """What the user named when it was not one machine (``tag:NAME``)."""
+    shard: str | None = None
+    """``K/N`` when the spec is one shard of its directory (its node ids are in ``command``)."""
 
     @property
     def label(self) -> str:

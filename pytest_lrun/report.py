@@ -332,7 +332,10 @@ class RunReports:
 
         ``explained``: the inner reports already say how the run failed; this one passes.
         """
-        nodeid = f"{self.dir_nodeid}::lrun[{self.suffix.lstrip('@') or self.spec.where}]"
+        name = self.suffix.lstrip("@") or self.spec.where
+        if self.spec.shard is not None:
+            name += f" shard {self.spec.shard}"
+        nodeid = f"{self.dir_nodeid}::lrun[{name}]"
         location = (self.dir_nodeid, None, f"{self.spec.test_dir.name} on {self.spec.where}")
         sections: list[tuple[str, str]] = []
         longrepr: Any = None
@@ -640,6 +643,8 @@ def summary_rows(rows: Sequence[tuple[RunSpec, JobOutcome]], rootpath: Path) -> 
     table = [["dir", "machine", "hash", "status", "origin", "duration", "run id"]]
     for spec, outcome in rows:
         shown_dir = _dir_nodeid(spec.test_dir, rootpath)
+        if spec.shard is not None:
+            shown_dir += f" [{spec.shard}]"
         if isinstance(outcome, LrunError):
             row = [shown_dir, spec.machine.name, "-", outcome.code, "-", "-", getattr(outcome, "run_id", "-")]
         else:

@@ -31,15 +31,16 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .dispatch import Dispatcher, EnginePool, RunSpec, pytest_arguments_at
+from .dispatch import Dispatcher, EnginePool, RunResult, RunSpec, pytest_arguments_at
 from .engine import Engine, connect
 from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
+from .events import Collected
 from .events import Event as InnerEvent
 from .machines import TAG_PREFIX, Machine, MachineResolver, load_machine_tables, resolve_image
 from .plan import load_plan, select
@@ -47,7 +48,8 @@ from .recovery import gc, reconcile
 from .report import Detached, JobOutcome, RunReports, summary_rows
 from .select import HostSelection, Selection, dispatched_dir
 from .settings import DEFAULT_COMMAND, DEFAULT_TIMEOUT, Settings
-from .store import Batch, Run, RunStore, open_store
+from .shard import balance, by_hash, durations_of
+from .store import Batch, Run, RunStore, Status, open_store
 from .text import format_table
 
 
@@ -177,9 +179,53 @@ class LrunSession:
             else:
                 ids.add(nodeid)
         return [
-            Job(self.make_spec(path, machine, nodeids=tuple(sorted(ids or ()))))
+            Job(shard)
             for path, ids in wanted.items()
+            for shard in self._sharded(self.make_spec(path, machine, nodeids=tuple(sorted(ids or ()))))
         ]
+
+    def _sharded(self, spec: RunSpec) -> list[RunSpec]:
+        """``spec`` split into its shards (``--lrun-shards``, ``--lrun-shard``), or ``[spec]``.
+
+        Splitting needs the inner node ids: the inner collection runs first (a run of its
+        own, ``--collect-only`` appended), and its node ids are dealt out (:mod:`.shard`).
+        """
+        settings = self.settings
+        count = settings.shards if settings.shards else self._free_slots(spec)
+        if (count == 1 and settings.shard is None) or self.config.option.collectonly:
+            return [spec]
+        if pytest_arguments_at(spec.command) is None:
+            raise ConfigError(str(spec.test_dir), "shards split the inner tests of a pytest command only")
+        self.progress(f"{spec.where}: {self._shown(spec)}: collecting the inner tests to split them")
+        collecting = self.dispatcher.dispatch(replace(spec, command=(*spec.command, "--collect-only", "-q")))
+        collected = next((e for e in collecting.events or () if isinstance(e, Collected)), None)
+        if collected is None or collecting.run.status is not Status.COMPLETED:
+            raise ConfigError(
+                str(spec.test_dir),
+                f"its inner collection failed (run {collecting.run.id}, {collecting.run.status.value}); "
+                f"see lrun logs {collecting.run.id}",
+            )
+        if settings.shard is not None:
+            picked = [by_hash(collected.nodeids, settings.shard)]
+            labels = [str(settings.shard)]
+        else:
+            suite = _suite(spec, self.config.rootpath)
+            picked = balance(collected.nodeids, count, self.store.durations(suite))
+            labels = [f"{k}/{len(picked)}" for k in range(1, len(picked) + 1)]
+        self.progress(
+            f"{spec.where}: {self._shown(spec)}: {len(collected.nodeids)} inner tests in "
+            + ", ".join(f"shard {label} ({len(ids)})" for label, ids in zip(labels, picked, strict=True))
+        )
+        return [
+            self.make_spec(spec.test_dir, spec.where, nodeids=tuple(ids), shard=label)
+            for label, ids in zip(labels, picked, strict=True)
+            if ids
+        ]
+
+    def _free_slots(self, spec: RunSpec) -> int:
+        """``auto``: the slots of the spec's machines that no live run holds (at least 1)."""
+        busy = {machine.name: len(self.store.active(machine.name)) for machine in spec.pool}
+        return max(1, sum(max(0, machine.slots - busy[machine.name]) for machine in spec.pool))
 
     def _attach_jobs(self, run_or_batch: str) -> list[Job]:
         try:
@@ -219,6 +265,7 @@ class LrunSession:
         artifacts: Sequence[str] | None = None,
         plan_entry: str | None = None,
         nodeids: tuple[str, ...] = (),
+        shard: str | None = None,
     ) -> RunSpec:
         """A spec with every default applied: plan entry, then ``--lrun-*``, then the machine table.
 
@@ -259,6 +306,7 @@ class LrunSession:
             plan_entry=plan_entry,
             candidates=tuple(pool) if target.startswith(TAG_PREFIX) else (),
             target=target if target.startswith(TAG_PREFIX) else None,
+            shard=shard,
         )
         if settings.select == "host" and selection:
             self.selections[spec] = selection
@@ -372,9 +420,10 @@ class LrunSession:
         if isinstance(event, str):
             self.progress(event)
         elif isinstance(event, Prepared):
-            reports = self.reports[event.spec]
-            reports.prepared(event.run, event.origin)
-            self._by_run[event.run.id] = reports
+            reports = self.reports.get(event.spec)
+            if reports is not None:  # not a run of its own (the inner collection before shards)
+                reports.prepared(event.run, event.origin)
+                self._by_run[event.run.id] = reports
         elif isinstance(event, Live):
             if event.run_id in self._by_run:  # not a run reconcile adopted for nobody
                 self._by_run[event.run_id].feed(event.events)
@@ -393,6 +442,7 @@ class LrunSession:
         if event.outcome is None:
             future.cancel()  # never began: the session stopped first, or nothing to collect
             return
+        self._save_durations(event.spec, event.outcome)
         try:
             self.config.hook.pytest_lrun_run_finished(
                 spec=event.spec, outcome=event.outcome, config=self.config
@@ -402,6 +452,15 @@ class LrunSession:
         else:
             reports.finish(event.outcome)
         future.set_result(event.outcome)
+
+    def _save_durations(self, spec: RunSpec, outcome: JobOutcome) -> None:
+        """Keep the inner tests' durations of a run that ran them, for shards balanced by duration."""
+        if not isinstance(outcome, RunResult) or outcome.origin != "created" or not outcome.events:
+            return
+        try:
+            self.store.save_durations(_suite(spec, self.config.rootpath), durations_of(outcome.events))
+        except (LrunError, OSError) as e:  # costs the next split its balance, never this run
+            self.progress(f"warning: the inner durations of {self._shown(spec)} were not kept: {e}")
 
     def _prepared(self, spec: RunSpec, run: Run, origin: str) -> None:
         if self.batch_id is not None and spec.plan_entry is not None:
@@ -516,7 +575,7 @@ class LrunSession:
     def _suffix(self, spec: RunSpec) -> str:
         """What tells apart the runs of one directory: its machine, else its plan entry."""
         same_dir = [s for s in self.specs if s.test_dir == spec.test_dir]
-        if len(same_dir) == 1:
+        if len(same_dir) == 1 or spec.shard is not None:  # shards: node ids as without sharding
             return ""
         if [s.where for s in same_dir].count(spec.where) == 1:
             return f"@{spec.where}"
@@ -572,6 +631,14 @@ class LrunSession:
     @pytest.hookimpl(trylast=True)
     def pytest_lrun_make_engine(self, machine: Machine, config: pytest.Config) -> Engine:
         return connect(machine, connect_timeout=self.settings.connect_timeout)
+
+
+def _suite(spec: RunSpec, rootpath: Path) -> str:
+    """Under which name a directory's inner durations are kept: its path from the rootdir."""
+    try:
+        return spec.test_dir.relative_to(rootpath).as_posix()
+    except ValueError:
+        return str(spec.test_dir)
 
 
 def _describe(outcome: JobOutcome) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .shard import ShardOf, parse_shard_of, parse_shards
 
 DEFAULT_COMMAND = (
     "python3",
@@ -171,6 +172,16 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _shards(text: str) -> int:
+    """A shard count; 0 stands for ``auto``."""
+    count = parse_shards(text)
+    return 0 if count is None else count
+
+
+def _shard_of(text: str) -> ShardOf:
+    return parse_shard_of(text)
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its flag, ini key and env var share the name and the help text."""
@@ -261,6 +272,23 @@ OPTIONS: tuple[Option, ...] = (
         _choice("container", "host"),
         "container",
         metavar="WHERE",
+    ),
+    Option(
+        "shards",
+        "split each dispatched directory into N runs, balanced by the inner tests' recorded "
+        "durations (round-robin without history); `auto`: the free slots of its machines "
+        "(default: 1).",
+        _shards,
+        1,
+        metavar="N",
+    ),
+    Option(
+        "shard",
+        "run only shard K of N of each directory (CI matrix jobs; a test's shard follows "
+        "from its node id, so every job computes the same split).",
+        _shard_of,
+        None,
+        metavar="K/N",
     ),
     Option(
         "busy_wait",
@@ -373,6 +401,8 @@ class Settings:
     keep: str
     reuse: str
     select: str
+    shards: int  # 0: auto
+    shard: ShardOf | None
     busy_wait: float
     state_dir: Path | None
     store: str | None
@@ -418,7 +448,7 @@ def resolve(
         if raw_env not in (None, ""):
             value = _parse(option, str(raw_env), f"environment variable {option.env}")
         flag_value = cli.get(option.name)
-        if flag_value not in (None, [], False):
+        if flag_value is not None and flag_value is not False and flag_value != []:  # 0 is a value
             # A repeated flag gives one parsed list per use ("--x=a,b --x=c"): flatten them.
             value = (
                 tuple(v for used in flag_value for v in used) if isinstance(flag_value, list) else flag_value
@@ -441,6 +471,8 @@ def _check_combinations(settings: Settings) -> None:
         raise ConfigError("--lrun-detach/--lrun-attach", "detach and attach cannot be combined")
     if settings.plan_entry and not settings.plan:
         raise ConfigError("--lrun-plan-entry", "selects entries of a plan; give --lrun-plan too")
+    if settings.shard is not None and settings.shards != 1:
+        raise ConfigError("--lrun-shard/--lrun-shards", "a matrix job runs one shard K/N: give one of them")
 
 
 def flag_type(option: Option) -> Callable[[str], Any]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +258,14 @@ class RunStore(Protocol):
 
     def save_result(self, run: Run) -> None:
         """Share a terminal run's result files from this host with every runner of the store."""
+        ...
+
+    def save_durations(self, suite: str, durations: Mapping[str, float]) -> None:
+        """Record how long inner tests of directory ``suite`` took (kept per node id, newest wins)."""
+        ...
+
+    def durations(self, suite: str) -> dict[str, float]:
+        """The recorded durations of ``suite``'s inner tests by node id (``{}`` when none)."""
         ...
 
     def load_result(self, run: Run) -> None:

@@ -58,7 +58,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import filelock
@@ -229,6 +229,31 @@ class FileStore:
 
     def load_result(self, run: Run) -> None:
         """Nothing to fetch: a run's files are where it ran."""
+
+    def save_durations(self, suite: str, durations: Mapping[str, float]) -> None:
+        """Merge ``durations`` into ``durations/<digest of suite>.json`` under its own lock."""
+        path = self._durations_path(suite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with hold(str(path) + ".lock", self.lock_timeout, f"durations of {suite!r}"):
+            kept = self.durations(suite)
+            kept.update(durations)
+            atomic_write_json(path, {"suite": suite, "durations": kept}, durable=self.durable)
+
+    def durations(self, suite: str) -> dict[str, float]:
+        """The durations kept for ``suite``; a file that does not parse counts as none (it is rewritten)."""
+        try:
+            data = json.loads(self._durations_path(suite).read_bytes())
+            kept = data["durations"]
+            return {str(k): float(v) for k, v in kept.items() if isinstance(v, int | float)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def _durations_path(self, suite: str) -> Path:
+        return (
+            self.state_dir
+            / "durations"
+            / f"{xxhash.xxh3_128_hexdigest(suite.encode('utf-8', 'surrogatepass'))}.json"
+        )
 
     def close(self) -> None:
         """Nothing to release: locks are taken and dropped per call."""

@@ -30,6 +30,7 @@ __all__ = [
     "CHECK_GUARDS",
     "CREATE_BATCHES",
     "CREATE_CORRUPT",
+    "CREATE_DURATIONS",
     "CREATE_RESULT_CHUNKS",
     "CREATE_RESULT_PARTS",
     "CREATE_RUNS",
@@ -60,6 +61,7 @@ __all__ = [
     "SELECT_BATCHES",
     "SELECT_BATCHES_BY_ID",
     "SELECT_BATCH_FOR_UPDATE",
+    "SELECT_DURATIONS",
     "SELECT_KNOWN_RUN_IDS",
     "SELECT_LAST_COMPLETED",
     "SELECT_LIVE_ON_MACHINES",
@@ -80,6 +82,7 @@ __all__ = [
     "SNAPSHOT",
     "UPDATE_BATCH",
     "UPDATE_RUN",
+    "UPSERT_DURATION",
 ]
 
 # -- the session ----------------------------------------------------------------------
@@ -192,6 +195,13 @@ DROP_RUNS_ONE_LIVE_INDEX = "DROP INDEX lrun_runs_one_live"
 CREATE_RUNS_LIVE_SLOT_INDEX = """CREATE UNIQUE INDEX lrun_runs_live_slot ON lrun_runs (machine, slot)
             WHERE status IN ('pending', 'running')"""
 
+#: The inner tests' durations of each directory (``suite``), for shards balanced by duration.
+CREATE_DURATIONS = """CREATE TABLE lrun_durations (
+            suite text NOT NULL,
+            nodeid text NOT NULL,
+            seconds double precision NOT NULL,
+            PRIMARY KEY (suite, nodeid))"""
+
 #: The statements that take the schema from version ``n - 1`` to ``n``, in order.
 MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     1: (
@@ -209,6 +219,7 @@ MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     ),
     2: (ALLOW_EVENTS_PART,),
     3: (ADD_RUNS_SLOT, DROP_RUNS_ONE_LIVE_INDEX, CREATE_RUNS_LIVE_SLOT_INDEX),
+    4: (CREATE_DURATIONS,),
 }
 
 # -- advisory locks (parameter: the lock's bigint, see pg_db.lock_id) ------------------
@@ -302,6 +313,15 @@ CHECK_GUARDS = (
 
 #: Every run's columns and record, for the store's check.
 SELECT_RUNS_BY_ID = "SELECT id, machine, key, status, record FROM lrun_runs ORDER BY id"
+
+# -- durations (lrun_durations) -------------------------------------------------------
+
+#: Record one inner test's duration (``%s``: suite, node id, seconds); the newest wins.
+UPSERT_DURATION = """INSERT INTO lrun_durations (suite, nodeid, seconds) VALUES (%s, %s, %s)
+    ON CONFLICT (suite, nodeid) DO UPDATE SET seconds = EXCLUDED.seconds"""
+
+#: The durations of suite ``%s`` (node id, seconds).
+SELECT_DURATIONS = "SELECT nodeid, seconds FROM lrun_durations WHERE suite = %s"
 
 # -- batches (lrun_batches) -----------------------------------------------------------
 

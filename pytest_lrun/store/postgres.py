@@ -47,7 +47,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -90,6 +90,14 @@ def _column(text: str) -> str:
     share a column value, and storable (PostgreSQL text refuses NUL and surrogates).
     """
     return _UNSAFE_TEXT.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+_ESCAPE = re.compile(r"\\u([0-9a-f]{4})")
+
+
+def _uncolumn(value: str) -> str:
+    """The text :func:`_column` made ``value`` from."""
+    return _ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), value)
 
 
 class PostgresStore:
@@ -590,6 +598,18 @@ class PostgresStore:
         files = self.files(run.id)
         with self.db.spare() as conn:
             pg_results.save(conn, run.id, files)
+
+    def save_durations(self, suite: str, durations: Mapping[str, float]) -> None:
+        """Upsert each node id's duration, in one transaction."""
+        rows = [(_column(suite), _column(nodeid), float(seconds)) for nodeid, seconds in durations.items()]
+        if rows:
+            self.db.atomic(
+                lambda cur: cur.executemany(pg_sql.UPSERT_DURATION, rows), f"durations of {suite!r}"
+            )
+
+    def durations(self, suite: str) -> dict[str, float]:
+        rows = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_DURATIONS, (_column(suite),)).fetchall())
+        return {_uncolumn(nodeid): float(seconds) for nodeid, seconds in rows}
 
     def load_result(self, run: Run) -> None:
         """Fetch the stored result files of ``run`` that this host lacks.

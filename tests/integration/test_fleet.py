@@ -95,3 +95,38 @@ def test_lrun_machines_shows_tags_and_slots_in_use(pool: Path, state_dir: Path) 
     rows = {row["name"]: row for row in json.loads(out)["machines"]}
     assert (rows["m1"]["tags"], rows["m1"]["slots"], rows["m1"]["free"]) == (["pool"], 2, 2)
     assert rows["m2"]["reachable"] is True and rows["m2"]["slots"] == 1
+
+
+MANY = "\n".join(f"def test_{i}():\n    assert {i} != 7\n" for i in range(12))
+
+
+def _shard_rows(result: pytest.RunResult) -> dict[str, str]:
+    """Shard -> origin, from the summary table."""
+    rows = [line.split() for line in result.outlines if line.startswith("many [")]
+    return {row[1]: row[5] for row in rows}
+
+
+def test_shards_split_a_suite_report_each_test_once_and_rerun_only_the_failed_shard(
+    pytester: pytest.Pytester, pool: Path, state_dir: Path
+) -> None:
+    write_tests(pool, "many", MANY)
+    first = pytester.runpytest_subprocess("--lrun-machine=tag:pool", "many", "--lrun-shards=3", "-rA")
+    first.assert_outcomes(passed=11, failed=1)
+    reported = [line.split()[1] for line in first.outlines if line.startswith(("PASSED ", "FAILED "))]
+    # Each inner test once, with the node id it has without sharding.
+    assert sorted(reported) == sorted(f"many/test_many.py::test_{i}" for i in range(12))
+    assert set(_shard_rows(first)) == {"[1/3]", "[2/3]", "[3/3]"}
+    runs = [json.loads((d / "run.json").read_text()) for d in (state_dir / "runs").iterdir()]
+    shards = [r for r in runs if "--collect-only" not in r["command"]]
+    assert len(shards) == 3 and {r["machine"] for r in shards} == {"m1", "m2"}
+    # Each shard's container ran only its own tests: their node ids are in its command.
+    ran = sorted(arg for r in shards for arg in r["command"] if arg.startswith("test_many.py::"))
+    assert ran == sorted(f"test_many.py::test_{i}" for i in range(12))
+
+    again = pytester.runpytest_subprocess(
+        "--lrun-machine=tag:pool", "many", "--lrun-shards=3", "--lrun-reuse=completed", "-rA"
+    )
+    again.assert_outcomes(passed=11, failed=1)
+    # Quick tests split the same with their recorded durations: the same keys. The two shards that
+    # completed are cached; only the one holding the failure runs again.
+    assert sorted(_shard_rows(again).values()) == ["cached", "cached", "created"]

@@ -1137,3 +1137,13 @@ def test_racing_placements_never_twin_a_key_nor_overfill_a_machine(backend: Stor
     for key, outcome, run_id, _machine in answers:
         if outcome == "reuse":
             assert run_id == next(a[2] for a in created if a[0] == key)
+
+
+def test_durations_are_kept_per_suite_and_node_id_newest_first(store: RunStore, peer: RunStore) -> None:
+    assert store.durations("suite") == {}
+    store.save_durations("suite", {"t.py::a": 1.5, "t.py::b[\\u00e9 \udcff]": 0.25})
+    store.save_durations("suite", {"t.py::a": 2.0})
+    store.save_durations("other", {"t.py::a": 9.0})
+    # Another runner of the store sees them (a shared store balances the whole fleet).
+    assert peer.durations("suite") == {"t.py::a": 2.0, "t.py::b[\\u00e9 \udcff]": 0.25}
+    assert peer.durations("other") == {"t.py::a": 9.0}
