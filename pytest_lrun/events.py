@@ -1,8 +1,9 @@
 """The inner reporter's events on the host: wiring the reporter into a run, and reading its output.
 
 The reporter (``pytest_lrun/inner/lrun_reporter.py``, shipped as
-``/lrun/lrun_reporter.py``) writes each event as one line of the container's
-output; its docstring describes the kinds. This module owns the other half:
+``/lrun/lrun_reporter.py``) writes its events, several to a line, in the
+container's output; its docstring describes the kinds. This module owns the
+other half:
 
 * :func:`reporter_file` and :func:`reporter_wiring` give what a run needs to load
   the reporter (the file for the upload, the ``-p`` arguments, the environment)
@@ -11,13 +12,16 @@ output; its docstring describes the kinds. This module owns the other half:
   into the human log (every valid event line removed) and typed events;
   :func:`parse_log` does the same for a whole stored log (replay).
 
-A line is an event only when it carries this run's token: ``\\x1e`` ``lrun:``
-TOKEN, a space, a JSON object of at most :data:`MAX_EVENT_BYTES`, ``\\n``. The
-``\\x1e`` may come mid-line (the reporter writes between pytest's progress dots);
-what precedes it is output. Anything else -- another token, no token, a line cut
-off by the end of the stream -- is output, byte for byte. A line with the right
-token that is not a valid event (bad JSON, a wrong field, too long) is output too
-and counts one warning: a broken reporter line never raises here.
+A line holds events only when it carries this run's token: ``\\x1e`` ``lrun:``
+TOKEN, a space, JSON of at most :data:`MAX_EVENT_BYTES`, ``\\n``. The JSON is one
+event object, or a non-empty array of event objects (the reporter batches
+events: every line costs the engine and the host). The ``\\x1e`` may come
+mid-line (the reporter writes between pytest's progress dots); what precedes it
+is output. Anything else -- another token, no token, a line cut off by the end of
+the stream -- is output, byte for byte. A line with the right token that is not
+valid (bad JSON, a wrong field in any of its events, too long) is output too,
+none of its events counts, and it is one warning: a broken reporter line never
+raises here.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal, TypeAlias, cast
 
-# The most JSON one event may carry; equal to the reporter's own constant (a unit test checks).
+# The most JSON one line (one event, or a batch) may carry; equal to the reporter's own
+# constant (a unit test checks).
 MAX_EVENT_BYTES = 1024 * 1024
 MARKER = b"\x1elrun:"
 TOKEN_VARIABLE = "LRUN_EVENT_TOKEN"
@@ -426,25 +431,37 @@ class EventParser:
                 break
             pos = end + 1
             try:
-                event = self._decode(data[start + len(prefix) : end])
+                events += self._decode(data[start + len(prefix) : end])
             except _Malformed:
                 output += data[start:pos]
                 warnings += 1
-                continue
-            if event is not None:
-                events.append(event)
         self.warnings += warnings
         return Parsed(bytes(output), tuple(events), warnings)
 
-    def _decode(self, payload: bytes) -> Event | None:
-        """The event ``payload`` carries; None when it is a collection part that more parts follow."""
+    def _decode(self, payload: bytes) -> list[Event]:
+        """The events of one line's JSON: all of them, or :class:`_Malformed` and none."""
         if len(payload) > MAX_EVENT_BYTES:
-            raise _Malformed("longer than an event may be")
+            raise _Malformed("longer than a line may be")
         try:
             # The reporter writes ASCII: no encoding to detect, as json.loads would for bytes.
-            fields = _Fields(_DECODER.decode(payload.decode("utf-8")))
+            data = _DECODER.decode(payload.decode("utf-8"))
         except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
             raise _Malformed(str(e)) from e
+        if not isinstance(data, list):
+            event = self._event(_Fields(data))
+            return [] if event is None else [event]
+        if not data:
+            raise _Malformed("an empty array")
+        # A bad element voids the whole line: collection parts it brought are taken back.
+        parts = self._parts.copy()
+        try:
+            return [event for item in data if (event := self._event(_Fields(item))) is not None]
+        except _Malformed:
+            self._parts = parts
+            raise
+
+    def _event(self, fields: _Fields) -> Event | None:
+        """The event ``fields`` hold; None when it is a collection part that more parts follow."""
         kind = fields.text("e")
         if kind == "start":
             return _start(fields)

@@ -5,12 +5,13 @@ Shipped in a run's upload as ``/lrun/lrun_reporter.py`` and loaded with
 It runs with the image's Python (>= 3.8) and pytest (>= 7.0), so it imports only
 the standard library and pytest, never pytest_lrun.
 
-With ``LRUN_EVENT_TOKEN`` in the environment, it writes one event per line to the
-process's original standard output::
+With ``LRUN_EVENT_TOKEN`` in the environment, it writes events to the process's
+original standard output, several to a line::
 
     \\x1e lrun:<token> <compact JSON>\\n      (no spaces around "lrun:"; one space before the JSON)
 
-Each JSON object has ``"e"`` (its kind) and ``"n"`` (0, 1, 2, ... in the order
+The JSON is one event object or an array of event objects, in the order written.
+Each event has ``"e"`` (its kind) and ``"n"`` (0, 1, 2, ... in the order
 written). The kinds, and the host's parser, are in ``pytest_lrun/events.py``:
 
 * ``collected`` after collection: ``nodeids``, ``errors`` (failed collectors with
@@ -39,13 +40,22 @@ Why this way:
   pytest they start, such as xdist's workers) cannot read it from there, and a
   line printed by a test is never taken for an event by accident.
 * An event's JSON is at most ``MAX_EVENT_BYTES``: long texts are cut in the
-  middle with a marker, so one test cannot flood the host.
+  middle with a marker, so one test cannot flood the host. So is a line's.
+* Events are buffered and written several to a line, because every line costs:
+  the engine's log driver, the host's log pump and its parser each pay per line,
+  and a run writes four events per test. What is buffered is written when the
+  next event would make the line longer than ``MAX_EVENT_BYTES``; every
+  ``FLUSH_S`` by a daemon thread, so a test that runs long (or hangs) has its
+  ``start`` on the host within that; on Ctrl-C/SIGINT, so a stopped session
+  still reports what it found; at the session's end; and at the process's exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import threading
 from typing import Any
 
 import pytest
@@ -58,6 +68,8 @@ MARKER = b"\x1elrun:"
 COLLECT_ERROR_CHARS = MAX_EVENT_BYTES // 8
 # Room for a `collected` part's own keys around its lists.
 PART_OVERHEAD = 256
+# The longest an event waits in the buffer: how late a test's start may reach the host.
+FLUSH_S = 0.2
 
 
 def _open_channel() -> tuple[str, int]:
@@ -122,13 +134,79 @@ def _location(location: Any) -> list[Any] | None:
     return [str(path), lineno, str(domain)]
 
 
+class Channel:
+    """Event lines to ``fd``: events buffered and written several to a line (see the module docstring).
+
+    The buffer and the writes are under one lock: the flushing thread and the
+    session's hooks never interleave their lines, and none is written after
+    :meth:`close`.
+    """
+
+    def __init__(self, fd: int, token: str, flush_s: float = FLUSH_S) -> None:
+        self._fd = fd
+        self._prefix = MARKER + token.encode("ascii") + b" "
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._batch: list[str] = []
+        self._size = 0  # the batch's events and a comma after each: its array is one byte more
+        self._closed = threading.Event()
+        # A daemon: a session that never ends (a hang, os._exit) does not keep the process alive.
+        self._timer = threading.Thread(
+            target=self._flush_every, args=(flush_s,), name="lrun-reporter-flush", daemon=True
+        )
+        self._timer.start()
+        atexit.register(self.close)
+
+    def send(self, data: str) -> None:
+        """Buffer an event's JSON; write the buffer first if the line would outgrow ``MAX_EVENT_BYTES``."""
+        with self._lock:
+            if self._fd < 0:
+                return
+            if self._batch and self._size + len(data) + 2 > MAX_EVENT_BYTES:
+                self._write()
+            self._batch.append(data)
+            self._size += len(data) + 1
+
+    def flush(self) -> None:
+        """Write what is buffered, now."""
+        with self._lock:
+            self._write()
+
+    def close(self) -> None:
+        """Write what is buffered and stop: the timer ends, later events are dropped."""
+        # A process forked from this one (by a test) inherits the buffer and maybe a held
+        # lock, but not the timer: only the process that buffered the events writes them.
+        if os.getpid() != self._pid:
+            return
+        with self._lock:
+            self._write()
+            self._fd = -1
+        self._closed.set()
+
+    def _flush_every(self, seconds: float) -> None:
+        while not self._closed.wait(seconds):
+            self.flush()
+
+    def _write(self) -> None:
+        """Write the buffer as one line, whole: one event as itself, several as an array (lock held)."""
+        batch, self._batch, self._size = self._batch, [], 0
+        if not batch or self._fd < 0:
+            return
+        payload = batch[0] if len(batch) == 1 else "[" + ",".join(batch) + "]"
+        view = memoryview(self._prefix + payload.encode("ascii") + b"\n")
+        try:
+            while view:  # a pipe may take a long line in several writes
+                view = view[os.write(self._fd, view) :]
+        except OSError:  # the host stopped reading: stay silent rather than fail the tests
+            self._fd = -1
+
+
 class Reporter:
-    """Writes the events of one pytest session to ``fd`` (see the module docstring)."""
+    """Sends the events of one pytest session to ``fd`` through a :class:`Channel` (module docstring)."""
 
     def __init__(self, config: pytest.Config, fd: int, token: str) -> None:
         self._config = config
-        self._fd = fd
-        self._prefix = MARKER + token.encode("ascii") + b" "
+        self._channel = Channel(fd, token)
         self._n = 0
         self._collect_errors: list[dict[str, Any]] = []
         self._collect_skips: list[dict[str, Any]] = []
@@ -136,18 +214,11 @@ class Reporter:
         self._interrupt: str | None = None
 
     def emit(self, kind: str, fields: dict[str, Any]) -> None:
-        """Write one event line, whole, straight to the duplicated stdout."""
-        if self._fd < 0:
-            return
+        """Number one event and send it."""
         event = {"e": kind, "n": self._n}
         event.update(fields)
         self._n += 1
-        view = memoryview(self._prefix + encode(event).encode("ascii") + b"\n")
-        try:
-            while view:  # a pipe may take a long line in several writes
-                view = view[os.write(self._fd, view) :]
-        except OSError:  # the host stopped reading: stay silent rather than fail the tests
-            self._fd = -1
+        self._channel.send(encode(event))
 
     def _count(self, category: str, by: int = 1) -> None:
         self._counts[category] = self._counts.get(category, 0) + by
@@ -221,11 +292,14 @@ class Reporter:
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         # Where the test was when SIGINT came (a timeout, a cancel): the host names it.
         self._interrupt = str(excinfo.getrepr(funcargs=True))
+        # What was buffered goes now, whatever the rest of the session's end does.
+        self._channel.flush()
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, exitstatus: int) -> None:
         fields = {"exitstatus": int(exitstatus), "counts": self._counts, "interrupt": self._interrupt}
         self.emit("finish", fields)
+        self._channel.close()
 
 
 def pytest_configure(config: pytest.Config) -> None:

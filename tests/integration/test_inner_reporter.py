@@ -57,13 +57,25 @@ def test_forge():
 """
 
 
-def upload() -> bytes:
-    """The reporter and the suite, as a tar for ``put_archive`` at ``/``."""
+# Many quick tests: their events share lines.
+MANY_TESTS = 200
+MANY = f"""
+import pytest
+
+
+@pytest.mark.parametrize("i", range({MANY_TESTS}))
+def test_quick(i):
+    pass
+"""
+
+
+def upload(suite: str) -> bytes:
+    """The reporter and ``suite``, as a tar for ``put_archive`` at ``/``."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path, data in (
             events.reporter_file(),
-            ("lrun/work/test_inner.py", textwrap.dedent(SUITE).encode()),
+            ("lrun/work/test_inner.py", textwrap.dedent(suite).encode()),
         ):
             info = tarfile.TarInfo(path)
             info.size = len(data)
@@ -80,8 +92,10 @@ def containers(api: Any) -> Iterator[list[str]]:
         api.remove_container(container_id, force=True, v=True)
 
 
-def run_in(api: Any, image: str, created: list[str], *args: str) -> tuple[Parsed, Parsed]:
-    """Run the suite in ``image``: the log parsed as it streamed, and parsed again whole (a replay)."""
+def run_in(
+    api: Any, image: str, created: list[str], *args: str, suite: str = SUITE, status: int = 1
+) -> tuple[Parsed, Parsed, bytes]:
+    """Run ``suite`` in ``image``: the log parsed as it streamed, parsed again whole (a replay), and raw."""
     try:
         api.inspect_image(image)
     except docker.errors.ImageNotFound:
@@ -97,16 +111,17 @@ def run_in(api: Any, image: str, created: list[str], *args: str) -> tuple[Parsed
     )
     container_id = str(container["Id"])
     created.append(container_id)
-    api.put_archive(container_id, "/", upload())
+    api.put_archive(container_id, "/", upload(suite))
     api.start(container_id)
     parser = EventParser(TOKEN)
     pieces = [parser.feed(chunk) for chunk in api.logs(container_id, stream=True, follow=True)]
     pieces.append(parser.close())
-    assert api.wait(container_id, timeout=120)["StatusCode"] == 1
+    assert api.wait(container_id, timeout=120)["StatusCode"] == status
     live = Parsed(
         b"".join(p.output for p in pieces), tuple(e for p in pieces for e in p.events), parser.warnings
     )
-    return live, parse_log(api.logs(container_id, stream=False), TOKEN)
+    log = api.logs(container_id, stream=False)
+    return live, parse_log(log, TOKEN), log
 
 
 @pytest.mark.parametrize("capture", [[], ["-s"]], ids=["captured", "-s"])
@@ -114,7 +129,7 @@ def run_in(api: Any, image: str, created: list[str], *args: str) -> tuple[Parsed
 def test_the_reporter_reports_every_phase_from_the_images_pytest(
     api: Any, containers: list[str], image: str, majors: set[int], capture: list[str]
 ) -> None:
-    live, replay = run_in(api, image, containers, *capture)
+    live, replay, _ = run_in(api, image, containers, *capture)
     assert live == replay
     assert live.warnings == 0
     version = re.search(rb"platform linux -- Python 3\.\d+\.\d+, pytest-(\d+)\.", live.output)
@@ -144,3 +159,16 @@ def test_the_reporter_reports_every_phase_from_the_images_pytest(
     assert finish.counts == {"passed": 2, "failed": 1, "error": 1, "xfailed": 1}
     assert b"\x1elrun:" + TOKEN.encode() not in live.output
     assert b"1 failed, 2 passed, 1 xfailed, 1 error" in live.output
+
+
+@pytest.mark.parametrize("image", [PYTHON_IMAGE, PYTHON_CURRENT_IMAGE])
+def test_the_reporter_writes_many_events_to_a_line(api: Any, containers: list[str], image: str) -> None:
+    live, replay, log = run_in(api, image, containers, suite=MANY, status=0)
+    assert live == replay
+    assert live.warnings == 0
+    # The collection, a start and three reports a test, the finish: every one arrives...
+    assert len(live.events) == 1 + 4 * MANY_TESTS + 1
+    assert [e.n for e in live.events] == list(range(len(live.events)))
+    assert isinstance(live.events[-1], Finished) and live.events[-1].counts == {"passed": MANY_TESTS}
+    # ...in a few lines: the engine stores (and the host reads) one log line for many events.
+    assert log.count(b"\x1elrun:" + TOKEN.encode()) <= len(live.events) // 10

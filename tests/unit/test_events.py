@@ -5,7 +5,12 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +25,7 @@ from pytest_lrun.events import (
     CollectSkip,
     EventParser,
     Finished,
+    Parsed,
     PhaseReport,
     SkipInfo,
     Start,
@@ -32,7 +38,8 @@ TOKEN = "5eb1e2c0ffee"
 REPORTER_PATH = Path(events.__file__).parent / "inner" / "lrun_reporter.py"
 
 
-def line(fields: dict[str, Any], token: str = TOKEN) -> bytes:
+def line(fields: dict[str, Any] | list[dict[str, Any]], token: str = TOKEN) -> bytes:
+    """An event line: one event, or a batch of them (a list)."""
     return b"\x1elrun:" + token.encode() + b" " + json.dumps(fields).encode() + b"\n"
 
 
@@ -78,6 +85,14 @@ STREAM = (
     + b"\n=== 1 failed ===\n"
 )
 HUMAN = b"collected 1 item\n\nt.py F\n=== 1 failed ===\n"
+# The same run as the reporter batches it: several events to a line, and one alone.
+BATCHED = (
+    b"collected 1 item\n\nt.py "
+    + line([COLLECTED, START, report()])
+    + b"F"
+    + line(FINISH)
+    + b"\n=== 1 failed ===\n"
+)
 EVENTS = (
     Collected(n=0, nodeids=("t.py::test_a",), errors=(), skipped=()),
     Start(n=1, nodeid="t.py::test_a", location=("t.py", 3, "test_a")),
@@ -112,22 +127,28 @@ def feed_in_pieces(data: bytes, cuts: list[int]) -> tuple[bytes, list[Any], int]
     return output + last.output, found + list(last.events), parser.warnings
 
 
-def test_a_whole_log_splits_into_the_human_log_and_typed_events() -> None:
-    parsed = parse_log(STREAM, TOKEN)
+STREAMS = pytest.mark.parametrize("stream", [STREAM, BATCHED], ids=["one-a-line", "batched"])
+
+
+@STREAMS
+def test_a_whole_log_splits_into_the_human_log_and_typed_events(stream: bytes) -> None:
+    parsed = parse_log(stream, TOKEN)
     assert parsed.output == HUMAN
     assert parsed.events == EVENTS
     assert parsed.warnings == 0
 
 
+@STREAMS
 @pytest.mark.parametrize("seed", range(20))
-def test_chunks_split_anywhere_give_the_same_result(seed: int) -> None:
+def test_chunks_split_anywhere_give_the_same_result(stream: bytes, seed: int) -> None:
     rng = random.Random(seed)
-    cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(1, 40)))
-    assert feed_in_pieces(STREAM, cuts) == (HUMAN, list(EVENTS), 0)
+    cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 40)))
+    assert feed_in_pieces(stream, cuts) == (HUMAN, list(EVENTS), 0)
 
 
-def test_byte_by_byte_feeding_gives_the_same_result() -> None:
-    assert feed_in_pieces(STREAM, list(range(1, len(STREAM)))) == (HUMAN, list(EVENTS), 0)
+@STREAMS
+def test_byte_by_byte_feeding_gives_the_same_result(stream: bytes) -> None:
+    assert feed_in_pieces(stream, list(range(1, len(stream)))) == (HUMAN, list(EVENTS), 0)
 
 
 def test_output_is_returned_at_once_and_only_a_possible_event_waits() -> None:
@@ -176,6 +197,12 @@ def test_a_line_without_this_runs_token_is_plain_output(forged: bytes) -> None:
         json.dumps(dict(FINISH, counts={"passed": True})).encode(),
         json.dumps(dict(COLLECTED, more="no")).encode(),
         json.dumps(dict(COLLECTED, skipped=[{"nodeid": "t.py", "skip": None}])).encode(),
+        # A batch is void when any of its events is.
+        b"[]",
+        json.dumps([START, FINISH, 7]).encode(),
+        json.dumps([START, [START]]).encode(),
+        json.dumps([START, report(outcome="exploded"), FINISH]).encode(),
+        json.dumps([dict(COLLECTED, more=True), {"e": "teleport", "n": 1}]).encode(),
     ],
     ids=lambda p: p[:30].decode(errors="replace"),
 )
@@ -244,6 +271,23 @@ def test_the_parts_of_a_long_collection_make_one_collected_event() -> None:
             skipped=(CollectSkip("d.py", SkipInfo("d.py", 1, "no")),),
         ),
     )
+
+
+def test_the_parts_of_a_collection_may_share_lines_with_other_events() -> None:
+    parts = [dict(COLLECTED, n=0, nodeids=["a::1"], more=True), dict(COLLECTED, n=1, nodeids=["b::1"])]
+    parsed = parse_log(line([parts[0]]) + line([parts[1], START]), TOKEN)
+    assert parsed.events == (Collected(n=1, nodeids=("a::1", "b::1"), errors=(), skipped=()), EVENTS[1])
+    assert parsed.warnings == 0
+
+
+def test_a_void_batch_takes_back_the_collection_parts_it_brought() -> None:
+    first = dict(COLLECTED, n=0, nodeids=["a::1"], more=True)
+    bad = line([dict(COLLECTED, n=1, nodeids=["b::1"], more=True), report(when="lunch")])
+    last = dict(COLLECTED, n=2, nodeids=["c::1"], more=False)
+    parsed = parse_log(line(first) + bad + line(last), TOKEN)
+    assert parsed.output == bad
+    assert parsed.events == (Collected(n=2, nodeids=("a::1", "c::1"), errors=(), skipped=()),)
+    assert parsed.warnings == 1
 
 
 def test_a_collection_whose_last_part_never_came_warns() -> None:
@@ -339,3 +383,106 @@ def test_the_reporter_cuts_long_texts_so_an_event_fits(reporter: ModuleType) -> 
 def test_the_reporter_leaves_an_event_that_fits_unchanged(reporter: ModuleType) -> None:
     fields = report(longrepr="é" * 1000)
     assert json.loads(reporter.encode(fields)) == fields
+
+
+# --- the reporter's batching -------------------------------------------------------------------
+
+
+@pytest.fixture
+def channel(reporter: ModuleType, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Makes reporter Channels writing to a file (it never blocks, unlike a pipe), closed after the test."""
+    fd = os.open(tmp_path / "stdout", os.O_WRONLY | os.O_CREAT)
+    made: list[Any] = []
+
+    def make(flush_s: float = 60.0) -> Any:
+        made.append(reporter.Channel(fd, TOKEN, flush_s))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()  # before the fd closes: a Channel left open would write to it at exit
+    os.close(fd)
+
+
+def written(tmp_path: Path) -> bytes:
+    return (tmp_path / "stdout").read_bytes()
+
+
+def event_json(reporter: ModuleType, fields: dict[str, Any]) -> str:
+    return str(reporter.encode(fields))
+
+
+def test_the_reporter_writes_the_events_it_buffered_as_one_line(
+    reporter: ModuleType, channel: Callable[..., Any], tmp_path: Path
+) -> None:
+    sent = [COLLECTED, START, report(), FINISH]
+    out = channel()
+    for fields in sent:
+        out.send(event_json(reporter, fields))
+    assert written(tmp_path) == b""  # buffered: the flush period (a minute here) has not passed
+    out.close()
+    assert written(tmp_path).count(b"\n") == 1
+    assert parse_log(written(tmp_path), TOKEN) == Parsed(b"", EVENTS, 0)
+    out.send(event_json(reporter, START))
+    out.flush()
+    assert parse_log(written(tmp_path), TOKEN).events == EVENTS  # closed: nothing more is written
+
+
+def test_the_reporter_writes_a_buffered_event_within_its_flush_period(
+    reporter: ModuleType, channel: Callable[..., Any], tmp_path: Path
+) -> None:
+    out = channel(reporter.FLUSH_S)
+    sent = time.monotonic()
+    out.send(event_json(reporter, START))
+    while not written(tmp_path) and time.monotonic() - sent < 10:
+        time.sleep(0.01)
+    # FLUSH_S (0.2 s) in theory; the bound leaves room for a loaded machine.
+    assert time.monotonic() - sent < 2
+    assert parse_log(written(tmp_path), TOKEN).events == (EVENTS[1],)
+
+
+def test_the_reporter_starts_a_new_line_before_one_would_outgrow_the_limit(
+    reporter: ModuleType, channel: Callable[..., Any], tmp_path: Path
+) -> None:
+    sent = [dict(START, n=n) for n in range(3)]
+    sent += [report(n=n, longrepr="x" * (MAX_EVENT_BYTES // 3)) for n in range(3, 10)]
+    sent.append(report(n=10, longrepr="y" * (2 * MAX_EVENT_BYTES)))  # cut to the limit: alone on its line
+    out = channel()
+    for fields in sent:
+        out.send(event_json(reporter, fields))
+    out.close()
+    lines = written(tmp_path).splitlines()
+    assert all(len(raw) <= len(f"\x1elrun:{TOKEN} ") + MAX_EVENT_BYTES for raw in lines)
+    assert 4 <= len(lines) <= 6
+    parsed = parse_log(written(tmp_path), TOKEN)
+    assert parsed.warnings == 0
+    assert [e.n for e in parsed.events] == list(range(11))
+
+
+def test_a_process_forked_from_the_inner_pytest_does_not_write_what_it_inherited(
+    reporter: ModuleType, channel: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = channel()
+    out.send(event_json(reporter, START))
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "getpid", lambda: -1)  # as the child of a fork sees it
+        out.close()  # what atexit does in that child
+    assert written(tmp_path) == b""
+    out.close()
+    assert parse_log(written(tmp_path), TOKEN).events == (EVENTS[1],)
+
+
+def test_the_reporter_writes_what_is_buffered_at_exit_and_its_timer_does_not_keep_the_process_alive(
+    tmp_path: Path,
+) -> None:
+    # A Channel that nothing closes: the process still ends, and atexit writes the event.
+    script = (
+        "import json, lrun_reporter as r\n"
+        f"r.Channel(1, {TOKEN!r}, 60.0).send(r.encode(json.loads({json.dumps(json.dumps(START))})))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPORTER_PATH.parent)}
+    env.pop("LRUN_EVENT_TOKEN", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, timeout=60, check=True
+    )
+    assert parse_log(done.stdout, TOKEN) == Parsed(b"", (EVENTS[1],), 0)
