@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import socket
 import threading
 import time
@@ -97,7 +98,7 @@ from .settings import (
     DEFAULT_STOP_GRACE,
     DEFAULT_TIMEOUT,
 )
-from .store import Candidate, Decision, Run, RunStore, Status
+from .store import Candidate, Decision, Run, RunStore, Status, Ticket
 from .text import printable
 
 logger = logging.getLogger("pytest_lrun")
@@ -509,14 +510,20 @@ class Dispatcher:
 
         deadline = time.monotonic() + self.busy_wait
         delay = POLL_S / 4
-        queued = False
+        # A waiter holds its place in line (the store gives a free slot to the oldest ticket).
+        ticket = _ticket() if spec.candidates or self.busy_wait > 0 else None
         while True:
-            run, outcome = self.store.place(candidates, make, test_dir_hash=dir_hash)
+            run, outcome = self.store.place(candidates, make, test_dir_hash=dir_hash, ticket=ticket)
             if outcome is not Decision.BUSY:
                 return run, outcome, by_name[run.machine]
             with self._live_lock:
                 ours = run.id in self._created
-            if not (spec.candidates or ours or time.monotonic() < deadline):
+            waits = spec.candidates or ours or time.monotonic() < deadline
+            if not waits or self._cancelled.is_set():
+                if ticket is not None:
+                    self.store.leave_line(ticket, list(by_name))
+                if self._cancelled.is_set():
+                    raise LeftRunning(run.id, f"{self._stop_reason[1]} while {spec.where} had no free slot")
                 raise MachineBusy(
                     run.machine,
                     run.id,
@@ -524,13 +531,13 @@ class Dispatcher:
                     time.time() - (run.started_at or run.created_at or time.time()),
                     waited_s=self.busy_wait or None,
                 )
-            if self._cancelled.is_set():
-                raise LeftRunning(run.id, f"{self._stop_reason[1]} while {spec.where} had no free slot")
-            if not queued and self.on_queued is not None:
+            if ticket is None:
+                ticket = _ticket()
+                continue  # in line at once
+            if delay == POLL_S / 4 and self.on_queued is not None:
                 self.on_queued(spec, run)
-                queued = True
             time.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, 2.0)  # well under the line's TICKET_TTL_S: a waiter keeps its place
 
     def _launch(self, prepared: _Prepared) -> Run:
         """Create the container, ship the directory in and start it; the run is ``running`` after."""
@@ -869,6 +876,10 @@ def _shipping(prepared: _Prepared) -> Iterator[None]:
 def _secrets(spec: RunSpec) -> list[str]:
     """Env values the log must never show: the machine's and the entry's."""
     return [*spec.machine.env.values(), *spec.env.values()]
+
+
+def _ticket() -> Ticket:
+    return Ticket(secrets.token_hex(8), time.time())
 
 
 def _me() -> dict[str, object]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ExtraMissing
-from .base import BatchStore, Candidate, Decision, RunStore, Sweep
+from .base import BatchStore, Candidate, Decision, RunStore, Sweep, Ticket
 from .files import FileStore, default_state_dir, machine_key
 from .records import Batch, Run, Status
 
@@ -31,6 +31,7 @@ __all__ = [
     "RunStore",
     "Status",
     "Sweep",
+    "Ticket",
     "default_state_dir",
     "machine_key",
     "open_store",

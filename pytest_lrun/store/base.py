@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..errors import CorruptRecord
     from ..plan import Plan
 
-__all__ = ["BatchStore", "Candidate", "Decision", "RunStore", "Sweep"]
+__all__ = ["BatchStore", "Candidate", "Decision", "RunStore", "Sweep", "Ticket"]
 
 
 class Decision(enum.Enum):
@@ -56,6 +56,14 @@ class Candidate:
     machine: str
     key: str
     slots: int = 1
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A waiter's place in line for a slot: created once, when it first found every slot taken."""
+
+    id: str
+    created: float
 
 
 @dataclass
@@ -154,6 +162,7 @@ class RunStore(Protocol):
         *,
         test_dir_hash: str | None = None,
         wait: float = 0,
+        ticket: Ticket | None = None,
     ) -> tuple[Run, Decision]:
         """Create a run on one of ``candidates``, or return the live run that decides otherwise.
 
@@ -161,11 +170,22 @@ class RunStore(Protocol):
         candidate with the most free slots (the first of equals); ``make(candidate)``
         builds the pending run (no id) and the store fills in ``id``, ``machine``,
         ``key``, ``created_at``, ``owner`` and ``test_dir_hash``. BUSY: every slot of
-        every candidate holds another key (the returned run is one of them). While the
-        answer is BUSY and ``wait`` seconds have not passed, the call retries.
+        every candidate holds another key (the returned run is one of them), or is owed
+        to an older waiter. While the answer is BUSY and ``wait`` seconds have not
+        passed, the call retries.
+
+        Waiting in line: a caller that will ask again passes its ``ticket``; a BUSY answer
+        puts it in line on every candidate, and a free slot goes to the oldest ticket
+        in line there, never to a newer caller (with a ticket or without), so no waiter
+        starves. A ticket not seen for :data:`~pytest_lrun.store.common.TICKET_TTL_S`
+        seconds leaves the line; CREATED takes it out.
 
         :raises ValueError: no candidate, a machine named twice, or slots below 1
         """
+        ...
+
+    def leave_line(self, ticket: Ticket, machines: Sequence[str]) -> None:
+        """Take ``ticket`` out of line on ``machines`` (a waiter that gives up)."""
         ...
 
     def insert(self, run: Run) -> Run:

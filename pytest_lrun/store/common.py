@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import StoreError
 from ..fsutil import remove_tree
 from ..layout import is_leftover
-from .base import Candidate, Decision, Sweep
+from .base import Candidate, Decision, Sweep, Ticket
 from .records import Run, Status
 
 __all__ = [
@@ -39,6 +39,9 @@ _BUSY_BACKOFF_MAX_S = 1.0
 #: How old a leftover must be before a sweep removes it: younger ones may belong to a
 #: write or a prepare that is still under way in another process.
 SWEEP_GRACE_S = 300.0
+#: A ticket in line for a slot that is not seen again for this long leaves the line (its waiter
+#: died or gave up). Waiters ask again at least every couple of seconds.
+TICKET_TTL_S = 10.0
 
 
 def check_machine(machine: str) -> None:
@@ -67,6 +70,22 @@ def check_candidates(candidates: Sequence[Candidate]) -> None:
             raise ValueError(
                 f"machine {candidate.machine!r}: slots must be 1 or more, not {candidate.slots!r}"
             )
+
+
+def ahead_of(line: Mapping[str, float], ticket: Ticket | None) -> int:
+    """How many tickets in ``line`` (ticket id -> created) come before ``ticket`` (all: no ticket)."""
+    if ticket is None:
+        return len(line)
+    return sum(
+        1
+        for other, created in line.items()
+        if other != ticket.id and (created, other) < (ticket.created, ticket.id)
+    )
+
+
+def queued_blocker(machine: str) -> Run:
+    """What a BUSY answer returns when the free slots are owed to waiters and no run holds them."""
+    return Run(machine=machine, test_dir="(a slot owed to an earlier waiter)")
 
 
 def choose(candidates: Sequence[Candidate], used: Mapping[str, int]) -> Candidate | None:

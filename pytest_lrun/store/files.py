@@ -77,15 +77,18 @@ from ..fsutil import (
 )
 from ..layout import DELETING_PREFIX, RECORD, RunFiles, is_leftover
 from ..locking import hold
-from .base import Candidate, Decision, Sweep
+from .base import Candidate, Decision, Sweep, Ticket
 from .common import (
     SWEEP_GRACE_S,
+    TICKET_TTL_S,
+    ahead_of,
     check_candidates,
     choose,
     ended,
     fill_new,
     leftovers_in,
     owner_alive,
+    queued_blocker,
     remove_leftovers,
     retry_while_busy,
 )
@@ -426,6 +429,7 @@ class FileStore:
         *,
         test_dir_hash: str | None = None,
         wait: float = 0,
+        ticket: Ticket | None = None,
     ) -> tuple[Run, Decision]:
         """Create a run on one of ``candidates``, or find the live run that decides otherwise.
 
@@ -437,7 +441,9 @@ class FileStore:
         ``test_dir_hash`` (``test_dir_hash`` argument, else the run's own, else
         ``key``), records it and returns ``(run, CREATED)``; with every slot taken,
         ``(a live run, BUSY)``. ``make`` runs under the locks: keep it cheap and do
-        not call the store from it.
+        not call the store from it. The line of waiters (``ticket``, see
+        :meth:`RunStore.place <pytest_lrun.store.base.RunStore.place>`) of a machine is
+        ``queue/<machine key>.json``, read and written under the machine's lock.
 
         While the answer is BUSY and ``wait`` seconds have not passed, the locks are
         released and the call retries after a bounded, growing sleep.
@@ -446,10 +452,14 @@ class FileStore:
         :raises StoreError: ``make`` returned something other than a fresh pending run
         """
         check_candidates(candidates)
-        return retry_while_busy(lambda: self._place_once(candidates, make, test_dir_hash), wait)
+        return retry_while_busy(lambda: self._place_once(candidates, make, test_dir_hash, ticket), wait)
 
     def _place_once(
-        self, candidates: Sequence[Candidate], make: Callable[[Candidate], Run], test_dir_hash: str | None
+        self,
+        candidates: Sequence[Candidate],
+        make: Callable[[Candidate], Run],
+        test_dir_hash: str | None,
+        ticket: Ticket | None,
     ) -> tuple[Run, Decision]:
         mkeys = {c.machine: machine_key(c.machine) for c in candidates}
         with contextlib.ExitStack() as locks:
@@ -460,9 +470,20 @@ class FileStore:
                 for run in live[c.machine]:
                     if run.key == c.key:
                         return run, Decision.REUSE
-            chosen = choose(candidates, {machine: len(runs) for machine, runs in live.items()})
+            now = time.time()
+            lines = {c.machine: self._line_locked(mkeys[c.machine], now) for c in candidates}
+            used = {
+                machine: len(runs) + ahead_of({t: times[0] for t, times in lines[machine].items()}, ticket)
+                for machine, runs in live.items()
+            }
+            chosen = choose(candidates, used)
             if chosen is None:
-                return next(run for c in candidates for run in live[c.machine]), Decision.BUSY
+                if ticket is not None:  # in line on every candidate: the next free slot there is ours
+                    for c in candidates:
+                        line = {**lines[c.machine], ticket.id: (ticket.created, now)}
+                        self._write_line(mkeys[c.machine], line)
+                blocker = next((run for c in candidates for run in live[c.machine]), None)
+                return blocker or queued_blocker(candidates[0].machine), Decision.BUSY
             run = make(chosen)
             fill_new(run, chosen.machine, chosen.key, test_dir_hash)
             run.id = self._claim_run_dir()
@@ -477,7 +498,39 @@ class FileStore:
                     remove_tree(self._run_dir(run.id))
                 run.id = ""
                 raise
+            if ticket is not None:
+                for c in candidates:
+                    if lines[c.machine].pop(ticket.id, None) is not None:
+                        self._write_line(mkeys[c.machine], lines[c.machine])
             return run, Decision.CREATED
+
+    def leave_line(self, ticket: Ticket, machines: Sequence[str]) -> None:
+        now = time.time()
+        for machine in machines:
+            mkey = machine_key(machine)
+            with self._locked(mkey, machine):
+                line = self._line_locked(mkey, now)
+                if line.pop(ticket.id, None) is not None:
+                    self._write_line(mkey, line)
+
+    def _line_path(self, mkey: str) -> Path:
+        return self.state_dir / "queue" / f"{mkey}.json"
+
+    def _line_locked(self, mkey: str, now: float) -> dict[str, tuple[float, float]]:
+        """The machine's waiters still in line (ticket id -> (created, last seen)); an unreadable
+        line counts as empty (waiters still waiting are back in it on their next try)."""
+        try:
+            tickets = json.loads(self._line_path(mkey).read_bytes())["tickets"]
+            line = {str(ticket): (float(created), float(seen)) for ticket, (created, seen) in tickets.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+        return {ticket: times for ticket, times in line.items() if now - times[1] < TICKET_TTL_S}
+
+    def _write_line(self, mkey: str, line: dict[str, tuple[float, float]]) -> None:
+        path = self._line_path(mkey)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tickets = {ticket: list(times) for ticket, times in line.items()}
+        atomic_write_json(path, {"tickets": tickets}, durable=self.durable)
 
     def _claim_run_dir(self) -> str:
         for _ in range(100):

@@ -31,6 +31,7 @@ __all__ = [
     "CREATE_BATCHES",
     "CREATE_CORRUPT",
     "CREATE_DURATIONS",
+    "CREATE_LINE",
     "CREATE_RESULT_CHUNKS",
     "CREATE_RESULT_PARTS",
     "CREATE_RUNS",
@@ -45,6 +46,8 @@ __all__ = [
     "DELETE_RESULT_CHUNKS",
     "DELETE_RESULT_PARTS",
     "DELETE_RUN",
+    "DELETE_STALE_TICKETS",
+    "DELETE_TICKET",
     "DROP_RUNS_ONE_LIVE_INDEX",
     "INSERT_BATCH_IF_NEW",
     "INSERT_LIVE_RUN_IF_FREE",
@@ -64,6 +67,7 @@ __all__ = [
     "SELECT_DURATIONS",
     "SELECT_KNOWN_RUN_IDS",
     "SELECT_LAST_COMPLETED",
+    "SELECT_LINE",
     "SELECT_LIVE_ON_MACHINES",
     "SELECT_PRUNABLE",
     "SELECT_RESULT_CHUNK",
@@ -83,6 +87,7 @@ __all__ = [
     "UPDATE_BATCH",
     "UPDATE_RUN",
     "UPSERT_DURATION",
+    "UPSERT_TICKET",
 ]
 
 # -- the session ----------------------------------------------------------------------
@@ -202,6 +207,14 @@ CREATE_DURATIONS = """CREATE TABLE lrun_durations (
             seconds double precision NOT NULL,
             PRIMARY KEY (suite, nodeid))"""
 
+#: Waiters in line for a slot of a machine: the oldest ticket still seen gets the next free slot.
+CREATE_LINE = """CREATE TABLE lrun_line (
+            machine text NOT NULL,
+            ticket text NOT NULL,
+            created double precision NOT NULL,
+            seen double precision NOT NULL,
+            PRIMARY KEY (machine, ticket))"""
+
 #: The statements that take the schema from version ``n - 1`` to ``n``, in order.
 MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     1: (
@@ -220,6 +233,7 @@ MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     2: (ALLOW_EVENTS_PART,),
     3: (ADD_RUNS_SLOT, DROP_RUNS_ONE_LIVE_INDEX, CREATE_RUNS_LIVE_SLOT_INDEX),
     4: (CREATE_DURATIONS,),
+    5: (CREATE_LINE,),
 }
 
 # -- advisory locks (parameter: the lock's bigint, see pg_db.lock_id) ------------------
@@ -313,6 +327,22 @@ CHECK_GUARDS = (
 
 #: Every run's columns and record, for the store's check.
 SELECT_RUNS_BY_ID = "SELECT id, machine, key, status, record FROM lrun_runs ORDER BY id"
+
+# -- the line of waiters (lrun_line) ------------------------------------------------------
+
+#: The tickets in line on the machines in the array ``%s`` seen after ``%s`` (machine, ticket, created).
+SELECT_LINE = "SELECT machine, ticket, created FROM lrun_line WHERE machine = ANY(%s) AND seen > %s"
+
+#: Put ticket ``%(ticket)s`` (created ``%(created)s``) in line on ``%(machine)s``, seen ``%(seen)s``.
+UPSERT_TICKET = """INSERT INTO lrun_line (machine, ticket, created, seen)
+    VALUES (%(machine)s, %(ticket)s, %(created)s, %(seen)s)
+    ON CONFLICT (machine, ticket) DO UPDATE SET seen = EXCLUDED.seen"""
+
+#: Take ticket ``%s`` out of line on the machines in the array ``%s``.
+DELETE_TICKET = "DELETE FROM lrun_line WHERE ticket = %s AND machine = ANY(%s)"
+
+#: Forget tickets not seen since ``%s`` (their waiters are gone).
+DELETE_STALE_TICKETS = "DELETE FROM lrun_line WHERE seen <= %s"
 
 # -- durations (lrun_durations) -------------------------------------------------------
 

@@ -59,9 +59,11 @@ from ..fsutil import Unparseable, make_private_dir, parse_record, remove_tree, s
 from ..layout import DELETING_PREFIX, RunFiles
 from ..settings import DEFAULT_CONNECT_TIMEOUT
 from . import pg_results, pg_sql
-from .base import Candidate, Decision, Sweep
+from .base import Candidate, Decision, Sweep, Ticket
 from .common import (
     SWEEP_GRACE_S,
+    TICKET_TTL_S,
+    ahead_of,
     check_candidates,
     check_machine,
     choose,
@@ -69,6 +71,7 @@ from .common import (
     fill_new,
     leftovers_in,
     owner_alive,
+    queued_blocker,
     remove_leftovers,
     retry_while_busy,
 )
@@ -256,11 +259,13 @@ class PostgresStore:
         *,
         test_dir_hash: str | None = None,
         wait: float = 0,
+        ticket: Ticket | None = None,
     ) -> tuple[Run, Decision]:
         """Create a run on one of ``candidates``, or find the live run that decides otherwise.
 
-        As :meth:`FileStore.place <pytest_lrun.store.files.FileStore.place>`. One machine
-        with one slot takes no lock: REUSE and BUSY come from one read of its live runs,
+        As :meth:`FileStore.place <pytest_lrun.store.files.FileStore.place>`; the line of
+        waiters is the table ``lrun_line``. One machine with one slot, asked without a
+        ticket, takes no lock: REUSE and BUSY come from one read of its live runs,
         and CREATED is one ``INSERT ... ON CONFLICT DO NOTHING`` that the live-slot index
         lets through for exactly one of the runners racing for the slot. With more slots or
         more machines, a read alone could let two runners of one key create twins in two
@@ -270,13 +275,17 @@ class PostgresStore:
         side effects, and do not call the store from it.
         """
         check_candidates(candidates)
-        return retry_while_busy(lambda: self._place_once(candidates, make, test_dir_hash), wait)
+        return retry_while_busy(lambda: self._place_once(candidates, make, test_dir_hash, ticket), wait)
 
     def _place_once(
-        self, candidates: Sequence[Candidate], make: Callable[[Candidate], Run], test_dir_hash: str | None
+        self,
+        candidates: Sequence[Candidate],
+        make: Callable[[Candidate], Run],
+        test_dir_hash: str | None,
+        ticket: Ticket | None,
     ) -> tuple[Run, Decision]:
         by_name = {_column(c.machine): c for c in candidates}
-        locked = len(candidates) > 1 or candidates[0].slots > 1
+        locked = len(candidates) > 1 or candidates[0].slots > 1 or ticket is not None
         what = ", ".join(f"machine {c.machine!r}" for c in candidates)
 
         def attempt(cur: Cursor) -> tuple[Run, Decision] | None:
@@ -291,22 +300,48 @@ class PostgresStore:
             taken: dict[str, set[int]] = {}
             for _id, machine, _key, slot, _record in live:
                 taken.setdefault(machine, set()).add(slot)
-            chosen = choose(candidates, {by_name[m].machine: len(slots) for m, slots in taken.items()})
+            now = time.time()
+            cur.execute(pg_sql.SELECT_LINE, (list(by_name), now - TICKET_TTL_S))
+            lines: dict[str, dict[str, float]] = {}
+            for machine, waiter, created in cur.fetchall():
+                lines.setdefault(machine, {})[waiter] = created
+            used = {
+                c.machine: len(taken.get(name, ())) + ahead_of(lines.get(name, {}), ticket)
+                for name, c in by_name.items()
+            }
+            chosen = choose(candidates, used)
             if chosen is None:
-                return self._decode(live[0][0], live[0][4]), Decision.BUSY
-            used = taken.get(_column(chosen.machine), set())
-            slot = min(set(range(chosen.slots)) - used)
+                if ticket is not None:  # in line on every candidate: the next free slot there is ours
+                    cur.execute(pg_sql.DELETE_STALE_TICKETS, (now - TICKET_TTL_S,))
+                    rows = [
+                        {"machine": name, "ticket": ticket.id, "created": ticket.created, "seen": now}
+                        for name in by_name
+                    ]
+                    cur.executemany(pg_sql.UPSERT_TICKET, rows)
+                if live:
+                    return self._decode(live[0][0], live[0][4]), Decision.BUSY
+                return queued_blocker(candidates[0].machine), Decision.BUSY
+            held = taken.get(_column(chosen.machine), set())
+            slot = min(set(range(chosen.slots)) - held)
             run = make(chosen)
             fill_new(run, chosen.machine, chosen.key, test_dir_hash)
             run.id, run.owner = stamp(), self._stamped(run.owner)
             cur.execute(pg_sql.INSERT_LIVE_RUN_IF_FREE, self._row(run, owner=run.owner, slot=slot))
-            return (run, Decision.CREATED) if cur.fetchone() is not None else None
+            if cur.fetchone() is None:
+                return None
+            if ticket is not None:
+                cur.execute(pg_sql.DELETE_TICKET, (ticket.id, list(by_name)))
+            return run, Decision.CREATED
 
         while True:
             decided = self.db.atomic(attempt, what, retry_unique=True, transaction=locked)
             if decided is not None:
                 return decided
             # Lost the slot to another runner's run, which may even have ended since: look again.
+
+    def leave_line(self, ticket: Ticket, machines: Sequence[str]) -> None:
+        names = [_column(machine) for machine in machines]
+        self.db.atomic(lambda cur: cur.execute(pg_sql.DELETE_TICKET, (ticket.id, names)), "the line")
 
     def insert(self, run: Run) -> Run:
         """Record an already finished run as it is; an empty ``id`` gets a fresh one.

@@ -94,7 +94,7 @@ def test_machines_reports_reachability_within_the_timeout(
     assert elapsed < 20
 
     table = lrun("machines", "--project", str(root), "--connect-timeout", "3").stdout.splitlines()
-    assert table[0].split() == ["NAME", "URL", "SOURCE", "ACTIVE", "RUN", "REACHABLE"]
+    assert table[0].split() == ["NAME", "URL", "SOURCE", "TAGS", "SLOTS", "RUNS", "REACHABLE"]
     down = next(line for line in table if line.startswith("down "))
     assert " no: " in down
 

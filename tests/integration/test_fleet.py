@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from lrun_support import PYTHON_IMAGE, write_tests
+from lrun_support import PYTHON_IMAGE, wait_for, write_tests
 
 from pytest_lrun.store.records import parse_time
 
@@ -130,3 +130,39 @@ def test_shards_split_a_suite_report_each_test_once_and_rerun_only_the_failed_sh
     # Quick tests split the same with their recorded durations: the same keys. The two shards that
     # completed are cached; only the one holding the failure runs again.
     assert sorted(_shard_rows(again).values()) == ["cached", "cached", "created"]
+
+
+def test_waiting_invocations_get_the_machine_in_the_order_they_came(
+    pytester: pytest.Pytester, project: Path, state_dir: Path
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    for name, seconds in (("holder", 4), ("early", 1), ("late", 1)):
+        write_tests(project, name, f"import time\n\ndef test_it():\n    time.sleep({seconds})\n")
+
+    def start(name: str) -> subprocess.Popen[str]:
+        args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--lrun-machine=m1", name]
+        return subprocess.Popen(
+            [*args, "--lrun-busy-wait=120"],
+            cwd=project,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    procs = [start("holder")]
+    wait_for(lambda: any(state_dir.glob("runs/*/run.json")), "the holder's run to be recorded")
+    time.sleep(1)
+    procs.append(start("early"))
+    time.sleep(2)  # early is in line before late comes
+    procs.append(start("late"))
+    outs = [proc.communicate(timeout=180)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outs
+    records = {
+        Path(r["test_dir"]).name: r
+        for r in (json.loads((d / "run.json").read_text()) for d in (state_dir / "runs").iterdir())
+    }
+    order = sorted(records, key=lambda name: parse_time(records[name]["started_at"]))
+    assert order == ["holder", "early", "late"], order

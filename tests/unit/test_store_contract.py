@@ -59,7 +59,8 @@ from pytest_lrun.errors import (
 )
 from pytest_lrun.layout import RunFiles
 from pytest_lrun.plan import Plan
-from pytest_lrun.store import Candidate, Decision, Run, RunStore, Status, Sweep
+from pytest_lrun.store import Candidate, Decision, Run, RunStore, Status, Sweep, Ticket
+from pytest_lrun.store.common import TICKET_TTL_S
 from pytest_lrun.store.records import derive_status, valid_id
 
 CTX = multiprocessing.get_context("spawn")
@@ -1147,3 +1148,40 @@ def test_durations_are_kept_per_suite_and_node_id_newest_first(store: RunStore, 
     # Another runner of the store sees them (a shared store balances the whole fleet).
     assert peer.durations("suite") == {"t.py::a": 2.0, "t.py::b[\\u00e9 \udcff]": 0.25}
     assert peer.durations("other") == {"t.py::a": 9.0}
+
+
+def test_a_free_slot_goes_to_the_oldest_waiter_never_to_a_newcomer(store: RunStore, peer: RunStore) -> None:
+    def ask(on: RunStore, key: str, ticket: Ticket | None = None) -> tuple[Run, Decision]:
+        return on.place([Candidate("m", key)], lambda c: Run(test_dir=f"/src/{key}"), ticket=ticket)
+
+    holder, _ = ask(store, "k-holder")
+    first, second = Ticket("t-first", 100.0), Ticket("t-second", 200.0)
+    assert ask(peer, "k-first", first)[1] is Decision.BUSY  # in line
+    assert ask(store, "k-second", second)[1] is Decision.BUSY  # in line behind it
+    store.end(holder, Status.COMPLETED)
+    # The slot is free, but owed: neither a newcomer nor the second waiter may take it.
+    assert ask(store, "k-newcomer")[1] is Decision.BUSY
+    assert ask(store, "k-second", second)[1] is Decision.BUSY
+    run, decision = ask(peer, "k-first", first)
+    assert decision is Decision.CREATED
+    peer.end(run, Status.COMPLETED)
+    assert ask(store, "k-newcomer")[1] is Decision.BUSY  # the second waiter is next
+    assert ask(store, "k-second", second)[1] is Decision.CREATED
+
+
+def test_a_waiter_that_leaves_or_goes_silent_gives_its_place_up(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def ask(key: str, ticket: Ticket | None = None) -> Decision:
+        return store.place([Candidate("m", key)], lambda c: Run(test_dir=f"/src/{key}"), ticket=ticket)[1]
+
+    holder = create(store, "m", "k-holder")
+    assert ask("k-gone", Ticket("t-gone", 1.0)) is Decision.BUSY
+    assert ask("k-left", Ticket("t-left", 2.0)) is Decision.BUSY
+    store.end(holder, Status.COMPLETED)
+    store.leave_line(Ticket("t-left", 2.0), ["m"])
+    assert ask("k-newcomer") is Decision.BUSY  # t-gone is still in line
+    # Not seen for the line's time to live: its waiter died; the newcomer gets the slot.
+    later = time.time() + TICKET_TTL_S + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert ask("k-newcomer") is Decision.CREATED
