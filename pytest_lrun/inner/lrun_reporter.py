@@ -43,11 +43,14 @@ Why this way:
   middle with a marker, so one test cannot flood the host. So is a line's.
 * Events are buffered and written several to a line, because every line costs:
   the engine's log driver, the host's log pump and its parser each pay per line,
-  and a run writes four events per test. What is buffered is written when the
-  next event would make the line longer than ``MAX_EVENT_BYTES``; every
-  ``FLUSH_S`` by a daemon thread, so a test that runs long (or hangs) has its
-  ``start`` on the host within that; on Ctrl-C/SIGINT, so a stopped session
-  still reports what it found; at the session's end; and at the process's exit.
+  and a run writes four events per test. What is buffered is written when its
+  oldest event has waited ``FLUSH_S`` -- by a daemon thread if the session's
+  does not write it first, so a test that runs long (or hangs) has its ``start``
+  on the host within that; when the next event would make the line longer than
+  ``MAX_EVENT_BYTES``; on Ctrl-C/SIGINT, so a stopped session still reports what
+  it found; at the session's end; and at the process's exit. The daemon's lines
+  are short enough for a pipe to keep whole among pytest's own output
+  (:class:`Channel`).
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -137,40 +142,55 @@ def _location(location: Any) -> list[Any] | None:
 class Channel:
     """Event lines to ``fd``: events buffered and written several to a line (see the module docstring).
 
-    The buffer and the writes are under one lock: the flushing thread and the
-    session's hooks never interleave their lines, and none is written after
-    :meth:`close`.
+    The buffer and the writes are under one lock: none is written after
+    :meth:`close`. Two threads write: the session's (pytest's hooks call
+    :meth:`send`, :meth:`flush` and :meth:`close`), which also writes pytest's
+    own output, and the timer. A line the timer writes may meet pytest's output
+    in the pipe, and a pipe keeps a write whole only up to ``PIPE_BUF`` bytes: so
+    the timer writes lines of at most that, and the session's thread writes the
+    long lines itself. It writes an event too long for the timer's lines at once,
+    and the buffer when its oldest event has waited half of ``flush_s``: while
+    tests run fast it writes every line, and the timer writes only when no event
+    came for a while (a test that runs long), ``flush_s`` after the oldest.
     """
 
     def __init__(self, fd: int, token: str, flush_s: float = FLUSH_S) -> None:
         self._fd = fd
         self._prefix = MARKER + token.encode("ascii") + b" "
+        self._atomic = select.PIPE_BUF - len(self._prefix) - 1  # the JSON of a line the timer writes
+        self._flush_s = flush_s
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._due = threading.Condition(self._lock)  # wakes the timer when a batch begins, or at close
+        self._closed = False
         self._batch: list[str] = []
         self._size = 0  # the batch's events and a comma after each: its array is one byte more
-        self._closed = threading.Event()
+        self._since = 0.0  # when the batch's oldest event came
         # A daemon: a session that never ends (a hang, os._exit) does not keep the process alive.
-        self._timer = threading.Thread(
-            target=self._flush_every, args=(flush_s,), name="lrun-reporter-flush", daemon=True
-        )
+        self._timer = threading.Thread(target=self._flush_when_due, name="lrun-reporter-flush", daemon=True)
         self._timer.start()
         atexit.register(self.close)
 
     def send(self, data: str) -> None:
-        """Buffer an event's JSON; write the buffer first if the line would outgrow ``MAX_EVENT_BYTES``."""
+        """Buffer an event's JSON (from the session's thread); write the buffer when it is due."""
         with self._lock:
             if self._fd < 0:
                 return
             if self._batch and self._size + len(data) + 2 > MAX_EVENT_BYTES:
-                self._write()
+                self._write(MAX_EVENT_BYTES)
+            now = time.monotonic()
+            if not self._batch:
+                self._since = now
+                self._due.notify()
             self._batch.append(data)
             self._size += len(data) + 1
+            if len(data) > self._atomic or now - self._since >= self._flush_s / 2:
+                self._write(MAX_EVENT_BYTES)
 
     def flush(self) -> None:
-        """Write what is buffered, now."""
+        """Write what is buffered, now (from the session's thread)."""
         with self._lock:
-            self._write()
+            self._write(MAX_EVENT_BYTES)
 
     def close(self) -> None:
         """Write what is buffered and stop: the timer ends, later events are dropped."""
@@ -179,26 +199,49 @@ class Channel:
         if os.getpid() != self._pid:
             return
         with self._lock:
-            self._write()
+            self._write(MAX_EVENT_BYTES)
             self._fd = -1
-        self._closed.set()
+            self._closed = True
+            self._due.notify()
 
-    def _flush_every(self, seconds: float) -> None:
-        while not self._closed.wait(seconds):
-            self.flush()
+    def _flush_when_due(self) -> None:
+        with self._lock:
+            while not self._closed:
+                if not self._batch:
+                    self._due.wait()
+                    continue
+                left = self._since + self._flush_s - time.monotonic()
+                if left > 0:
+                    self._due.wait(left)
+                else:
+                    self._write(self._atomic)
 
-    def _write(self) -> None:
-        """Write the buffer as one line, whole: one event as itself, several as an array (lock held)."""
+    def _write(self, limit: int) -> None:
+        """Write the buffer in lines of at most ``limit`` bytes of JSON, each in one write (lock held).
+
+        A line holds one event as itself, several as an array. ``send`` keeps the
+        buffer within ``MAX_EVENT_BYTES``, and events longer than the timer's
+        ``limit`` out of it: with either limit, every event fits in a line.
+        """
         batch, self._batch, self._size = self._batch, [], 0
-        if not batch or self._fd < 0:
-            return
-        payload = batch[0] if len(batch) == 1 else "[" + ",".join(batch) + "]"
-        view = memoryview(self._prefix + payload.encode("ascii") + b"\n")
-        try:
-            while view:  # a pipe may take a long line in several writes
-                view = view[os.write(self._fd, view) :]
-        except OSError:  # the host stopped reading: stay silent rather than fail the tests
-            self._fd = -1
+        lines: list[list[str]] = []
+        size = limit  # the line being filled: its events, a comma after each, one bracket
+        for data in batch:
+            if size + len(data) + 2 > limit:
+                lines.append([])
+                size = 0
+            lines[-1].append(data)
+            size += len(data) + 1
+        for events in lines:
+            if self._fd < 0:
+                return
+            payload = events[0] if len(events) == 1 else "[" + ",".join(events) + "]"
+            view = memoryview(self._prefix + payload.encode("ascii") + b"\n")
+            try:
+                while view:  # a pipe may take a long line in several writes
+                    view = view[os.write(self._fd, view) :]
+            except OSError:  # the host stopped reading: stay silent rather than fail the tests
+                self._fd = -1
 
 
 class Reporter:

@@ -170,5 +170,7 @@ def test_the_reporter_writes_many_events_to_a_line(api: Any, containers: list[st
     assert len(live.events) == 1 + 4 * MANY_TESTS + 1
     assert [e.n for e in live.events] == list(range(len(live.events)))
     assert isinstance(live.events[-1], Finished) and live.events[-1].counts == {"passed": MANY_TESTS}
-    # ...in a few lines: the engine stores (and the host reads) one log line for many events.
-    assert log.count(b"\x1elrun:" + TOKEN.encode()) <= len(live.events) // 10
+    # ...in a few lines: the engine stores (and the host reads) one log line for many events. The
+    # bound also needs the session's thread to write the long lines: the timer's (4 KiB) need ~60.
+    lines = log.count(b"\x1elrun:" + TOKEN.encode())
+    assert lines <= len(live.events) // 25, lines

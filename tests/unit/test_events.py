@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import random
+import select
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from pytest_lrun.events import (
 
 TOKEN = "5eb1e2c0ffee"
 REPORTER_PATH = Path(events.__file__).parent / "inner" / "lrun_reporter.py"
+PREFIX = b"\x1elrun:" + TOKEN.encode() + b" "
 
 
 def line(fields: dict[str, Any] | list[dict[str, Any]], token: str = TOKEN) -> bytes:
@@ -444,19 +446,44 @@ def test_the_reporter_writes_a_buffered_event_within_its_flush_period(
 def test_the_reporter_starts_a_new_line_before_one_would_outgrow_the_limit(
     reporter: ModuleType, channel: Callable[..., Any], tmp_path: Path
 ) -> None:
-    sent = [dict(START, n=n) for n in range(3)]
-    sent += [report(n=n, longrepr="x" * (MAX_EVENT_BYTES // 3)) for n in range(3, 10)]
-    sent.append(report(n=10, longrepr="y" * (2 * MAX_EVENT_BYTES)))  # cut to the limit: alone on its line
+    # Short events (each fits in a line the timer writes) that come faster than the flush period.
+    sent = [report(n=n, longrepr="x" * 3000) for n in range(400)]
     out = channel()
     for fields in sent:
         out.send(event_json(reporter, fields))
     out.close()
     lines = written(tmp_path).splitlines()
-    assert all(len(raw) <= len(f"\x1elrun:{TOKEN} ") + MAX_EVENT_BYTES for raw in lines)
-    assert 4 <= len(lines) <= 6
+    assert len(lines) == 2
+    assert all(len(raw) <= len(PREFIX) + MAX_EVENT_BYTES for raw in lines)
     parsed = parse_log(written(tmp_path), TOKEN)
     assert parsed.warnings == 0
-    assert [e.n for e in parsed.events] == list(range(11))
+    assert [e.n for e in parsed.events] == list(range(400))
+
+
+def test_an_event_too_long_for_a_pipe_to_keep_whole_is_written_at_once(
+    reporter: ModuleType, channel: Callable[..., Any], tmp_path: Path
+) -> None:
+    # The sending thread writes it: a line the timer wrote could be split by pytest's own output.
+    out = channel()
+    out.send(event_json(reporter, START))
+    out.send(event_json(reporter, report(n=2, longrepr="x" * select.PIPE_BUF)))
+    parsed = parse_log(written(tmp_path), TOKEN)
+    assert [type(e) for e in parsed.events] == [Start, PhaseReport]
+
+
+def test_the_lines_the_timer_writes_fit_in_one_pipe_write(
+    reporter: ModuleType, channel: Callable[..., Any], tmp_path: Path
+) -> None:
+    out = channel(1.0)
+    for n in range(30):
+        out.send(event_json(reporter, report(n=n, longrepr="x" * 1000)))
+    deadline = time.monotonic() + 10
+    while len(parse_log(written(tmp_path), TOKEN).events) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = written(tmp_path).splitlines(keepends=True)
+    assert all(len(raw) <= select.PIPE_BUF for raw in lines)
+    assert len(lines) >= 8
+    assert [e.n for e in parse_log(written(tmp_path), TOKEN).events] == list(range(30))
 
 
 def test_a_process_forked_from_the_inner_pytest_does_not_write_what_it_inherited(
