@@ -26,6 +26,7 @@ finished runs) and the main thread handles them in order.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 
 from .dispatch import Dispatcher, EnginePool, RunResult, RunSpec, pytest_arguments_at
 from .engine import Engine, connect
@@ -43,7 +45,7 @@ from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
 from .events import Collected
 from .events import Event as InnerEvent
 from .machines import TAG_PREFIX, Machine, MachineResolver, load_machine_tables, resolve_image
-from .plan import load_plan, select
+from .plan import Plan, PlanEntry, load_plan, select
 from .recovery import gc, reconcile
 from .report import Detached, JobOutcome, RunReports, summary_rows
 from .select import HostSelection, Selection, dispatched_dir
@@ -205,22 +207,48 @@ class LrunSession:
                 f"its inner collection failed (run {collecting.run.id}, {collecting.run.status.value}); "
                 f"see lrun logs {collecting.run.id}",
             )
+        suite = _suite(spec, self.config.rootpath)
         if settings.shard is not None:
             picked = [by_hash(collected.nodeids, settings.shard)]
             labels = [str(settings.shard)]
+            every = [f"{k}/{settings.shard.count}" for k in range(1, settings.shard.count + 1)]
         else:
-            suite = _suite(spec, self.config.rootpath)
             picked = balance(collected.nodeids, count, self.store.durations(suite))
-            labels = [f"{k}/{len(picked)}" for k in range(1, len(picked) + 1)]
+            labels = every = [f"{k}/{len(picked)}" for k in range(1, len(picked) + 1)]
         self.progress(
             f"{spec.where}: {self._shown(spec)}: {len(collected.nodeids)} inner tests in "
             + ", ".join(f"shard {label} ({len(ids)})" for label, ids in zip(labels, picked, strict=True))
         )
+        entry = None
+        if settings.batch_id is not None:  # the matrix jobs' shards make one batch
+            self._open_shard_batch(spec, suite, collected.nodeids, every)
+            entry = f"{suite} [{{}}]"
         return [
-            self.make_spec(spec.test_dir, spec.where, nodeids=tuple(ids), shard=label)
+            self.make_spec(
+                spec.test_dir,
+                spec.where,
+                nodeids=tuple(ids),
+                shard=label,
+                plan_entry=entry.format(label) if entry else None,
+            )
             for label, ids in zip(labels, picked, strict=True)
             if ids
         ]
+
+    def _open_shard_batch(self, spec: RunSpec, suite: str, nodeids: Sequence[str], labels: list[str]) -> None:
+        """Open (or join) ``--lrun-batch-id`` as a plan of the directory's shards.
+
+        The plan's digest covers the directory, the shard count and the inner node ids,
+        so every matrix job of the same suite joins one batch, and a job that collected
+        something else is refused (``batch_plan_mismatch``).
+        """
+        inputs = json.dumps([suite, labels, list(nodeids)]).encode("utf-8", "surrogatepass")
+        plan = Plan(
+            path=spec.test_dir,
+            digest=xxhash.xxh3_128_hexdigest(inputs),
+            entries=tuple(PlanEntry(f"{suite} [{label}]", spec.test_dir, spec.where) for label in labels),
+        )
+        self.batch_id = self.batches.open(plan, self.settings.batch_id).id
 
     def _free_slots(self, spec: RunSpec) -> int:
         """``auto``: the slots of the spec's machines that no live run holds (at least 1)."""

@@ -21,6 +21,7 @@ import pytest
 from lrun_support import lrun_containers, wait_for, write_tests
 
 from pytest_lrun.store import RunStore, Status, open_store
+from pytest_lrun.store.records import new_batch_id
 
 pytestmark = pytest.mark.postgres
 
@@ -271,3 +272,23 @@ def test_a_database_restart_mid_run_loses_nothing(
     wait_for(lambda: all(run.status.is_terminal for run in shared.list()), "the run to be settled", 120)
     (run,) = shared.list()
     assert run.status is Status.COMPLETED, (run, out)
+
+
+def test_matrix_jobs_each_run_one_shard_and_the_batch_shows_the_whole_suite(
+    runners: list[Runner], shared: RunStore
+) -> None:
+    a, b = runners
+    write_tests(a.project, "suite", "\n".join(f"def test_{i}():\n    pass\n" for i in range(10)))
+    batch = new_batch_id()
+    outs = [
+        runner.run("--lrun-machine=m1", "suite", f"--lrun-shard={k}/2", f"--lrun-batch-id={batch}", "-rA")
+        for k, runner in ((1, a), (2, b))
+    ]
+    assert all(code == 0 for code, _ in outs), outs
+    ran = [line.split()[1] for _, out in outs for line in out.splitlines() if line.startswith("PASSED ")]
+    assert sorted(ran) == sorted(f"suite/test_suite.py::test_{i}" for i in range(10))  # each test once
+    code, out = a.lrun("batch", batch, "--json")
+    assert code == 0, out
+    record = json.loads(out)["batch"]
+    assert record["status"] == "completed"
+    assert sorted(record["entries"]) == ["suite [1/2]", "suite [2/2]"] == sorted(record["planned"])
