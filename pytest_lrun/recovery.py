@@ -422,6 +422,8 @@ def reap(
         if status is None:
             if state.labels.get(LABEL_STORE) != store.store_id:
                 continue  # another state dir's run, sharing this engine: not ours to judge
+            if state.running:
+                continue  # its record may be torn or on its way: a running container is never orphaned
             reason = "its run is unknown to the store"
         elif status.is_terminal:
             reason = f"its run is {status.value}"

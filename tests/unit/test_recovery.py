@@ -598,12 +598,16 @@ def test_reap_removes_old_containers_of_terminal_and_unknown_runs(
     engine.add(labelled("live", live.id, age=4000, status="running"))
     # Unknown to this store and labelled by another: another state dir's run sharing the engine.
     engine.add(labelled("unknown-running", "20000101T000000-11111111", age=4000, status="running", store="x"))
+    # Ours but unknown (its record torn or on its way) and still running: never an orphan.
+    engine.add(
+        labelled("ours-running", "20000101T000000-22222222", age=4000, status="running", store=store.store_id)
+    )
     engine.add(FakeContainer("empty-label", labels={LABEL_RUN: "", LABEL_CREATED: "0"}, status="exited"))
 
     reaped = reap(store, engine, max_age=300, now=NOW)
 
     assert {r.container_id for r in reaped} == {"terminal", "unknown"}
-    assert set(engine.containers) == {"young", "live", "unknown-running", "empty-label"}
+    assert set(engine.containers) == {"young", "live", "unknown-running", "ours-running", "empty-label"}
     by_id = {r.container_id: r for r in reaped}
     assert by_id["terminal"].run_status == "completed" and by_id["terminal"].reason == "its run is completed"
     assert by_id["unknown"].run_status is None and "unknown" in by_id["unknown"].reason
