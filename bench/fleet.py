@@ -1,0 +1,435 @@
+"""Benchmark: does a fleet of engines run a plan and a sharded suite as fast as its slots allow?
+
+Usage: ``python bench/fleet.py [--quick]``, as root (it starts engines), with the
+``lrun-python:bookworm`` image on the engine of the environment (``DOCKER_HOST``,
+else ``/var/run/docker.sock``: ``scripts/provision.sh``).
+
+It starts 4 engines of its own on this machine (``dockerd`` on separate sockets,
+data roots and exec roots under one temporary folder), loads the image into each,
+names them in a ``pyproject.toml`` as 4 machine tables with ``tags = ["bench"]``
+and ``slots = 2``, and stops them and deletes their folders at the end, also when
+a step fails or the benchmark is interrupted. Measured in one run:
+
+* baselines on one of those engines: ``docker run --rm IMAGE true`` (one
+  container start) and the inner collection of the sharded suite in a plain
+  ``docker run`` (the directory bind-mounted), medians of 3; plain ``pytest`` of
+  one trivial test on the host (pytest's own start-up, shown for reference);
+  and, right before each pytest-lrun measurement, the same work as plain
+  ``docker run --rm`` commands of the inner pytest, 2 at once per engine (what
+  the machine itself allows: 8 slots on 2 CPUs are CPU-bound while each inner
+  pytest starts). The ``/docker`` column is pytest-lrun's wall time over it;
+* a plan of 40 entries of 1 s each (one test directory, 40 keys: each entry has
+  its own ``env`` value) on ``tag:bench``. Ideal: total work over total slots
+  (40 * 1 / 8 = 5 s) plus one container start. Target: within 1.3x;
+* one directory of 200 tests of 0.2 s each with ``--lrun-machine=tag:bench
+  --lrun-shards=auto``, cold (a fresh state dir: no recorded durations), then in
+  the same state dir again (durations known; ``--lrun-reuse=never``, the
+  default, so it runs again). Ideal: total work over total slots plus one
+  container start plus the inner collection run. Target: within 1.3x once
+  durations are known;
+* for each pytest invocation, the dispatcher's CPU time (user + system) and peak
+  resident memory, from ``wait4`` of that process.
+
+Where the time goes comes from the run records the invocation wrote (their
+``created_at``, ``started_at``, ``ended_at``): the time before the first run is
+created, the median time from a run's record to its container start, the median
+time in the container, the time after the last run ended, and how full the slots
+were. Prints a table and PASS/MISS lines; always exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from _timing import timed
+
+from pytest_lrun.layout import RECORD
+from pytest_lrun.settings import DEFAULT_COMMAND
+from pytest_lrun.store.records import Run
+
+IMAGE = "lrun-python:bookworm"
+ENGINES, SLOTS = 4, 2
+TAG = "bench"
+RATIO_TARGET = 1.3
+ENGINE_START_TIMEOUT_S = 60.0
+ENGINE_STOP_TIMEOUT_S = 60.0
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One dockerd this benchmark started, and where its files are."""
+
+    url: str
+    root: Path
+    process: subprocess.Popen[bytes]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One pytest invocation: when it began (unix time), its wall time, CPU time and peak memory."""
+
+    began: float
+    wall: float
+    cpu: float
+    peak_mib: float
+
+
+def answers(url: str) -> bool:
+    """The engine at ``url`` answers a version request."""
+    done = subprocess.run(
+        ["docker", "-H", url, "version", "--format", "{{.Server.Version}}"],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def launch_engine(root: Path) -> Engine:
+    """A dockerd with its socket, data root, exec root and pidfile under ``root`` (not yet answering)."""
+    root.mkdir()
+    url = f"unix://{root / 'docker.sock'}"
+    with (root / "dockerd.log").open("wb") as log:
+        # A session of its own: Ctrl-C on the benchmark must not reach dockerd before stop_engine does.
+        process = subprocess.Popen(
+            [
+                "dockerd",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--host",
+                url,
+                "--data-root",
+                str(root / "data"),
+                "--exec-root",
+                str(root / "exec"),
+                "--pidfile",
+                str(root / "dockerd.pid"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Engine(url, root, process)
+
+
+def wait_until_up(engine: Engine) -> None:
+    """Return once the engine answers; stop the benchmark with its log if it dies or takes too long."""
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+    while not answers(engine.url):
+        if engine.process.poll() is not None or time.monotonic() > deadline:
+            tail = (engine.root / "dockerd.log").read_bytes()[-3000:].decode(errors="replace")
+            raise SystemExit(f"bench: dockerd on {engine.url} did not come up; its log ends with:\n{tail}")
+        time.sleep(0.3)
+
+
+def stop_engine(engine: Engine) -> None:
+    """Stop a dockerd this benchmark started (and the containerd it runs), unmount and delete its folder."""
+    engine.process.terminate()
+    try:
+        engine.process.wait(ENGINE_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print(f"bench: dockerd {engine.process.pid} did not stop within {ENGINE_STOP_TIMEOUT_S:g}s; killed")
+        os.killpg(engine.process.pid, signal.SIGKILL)
+        engine.process.wait()
+        # dockerd runs containerd in a process group of its own; a killed dockerd leaves it behind.
+        containerd = engine.root / "exec" / "containerd" / "containerd.pid"
+        if containerd.exists():
+            with suppress(ValueError, ProcessLookupError):
+                os.kill(int(containerd.read_text().strip()), signal.SIGKILL)
+    # A clean stop unmounts everything; after a kill, overlay mounts may remain and must go before rmtree.
+    prefix = str(engine.root) + "/"
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    shutil.rmtree(engine.root, ignore_errors=True)
+
+
+@contextmanager
+def fleet(root: Path, source: str) -> Iterator[list[Engine]]:
+    """Start ``ENGINES`` engines holding ``IMAGE`` (saved once from ``source``); always stop them after."""
+    engines: list[Engine] = []
+    try:
+        root.mkdir()
+        for i in range(ENGINES):
+            engines.append(launch_engine(root / f"engine{i + 1}"))
+        for engine in engines:
+            wait_until_up(engine)
+        image_tar = root / "image.tar"
+        subprocess.run(
+            ["docker", "-H", source, "save", "-o", str(image_tar), IMAGE], capture_output=True, check=True
+        )
+        loads = [
+            subprocess.Popen(
+                ["docker", "-H", e.url, "load", "-q", "-i", str(image_tar)], stdout=subprocess.DEVNULL
+            )
+            for e in engines
+        ]
+        if any(load.wait() != 0 for load in loads):
+            raise SystemExit(f"bench: docker load of {IMAGE} failed on one of the new engines")
+        image_tar.unlink()
+        yield engines
+    finally:
+        for engine in engines:
+            stop_engine(engine)
+
+
+def measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> Usage:
+    """Run ``cmd``; its wall time, and its own CPU time and peak RSS (``wait4``: this process alone)."""
+    began = time.time()
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            out.seek(0)
+            output = out.read().decode(errors="replace")
+            raise SystemExit(f"bench: {' '.join(cmd)} failed ({process.returncode}):\n{output}")
+    return Usage(began, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)  # KiB on Linux
+
+
+def write_project(
+    root: Path, engines: list[Engine], entries: int, entry_s: float, tests: int, test_s: float
+) -> None:
+    """The machine tables, the plan's directory and plan, and the suite to shard."""
+    (root / "pyproject.toml").write_text(
+        "".join(
+            f'[tool.lrun.machines.fleet{i + 1}]\nhost = "{e.url}"\nimage = "{IMAGE}"\n'
+            f'tags = ["{TAG}"]\nslots = {SLOTS}\n\n'
+            for i, e in enumerate(engines)
+        )
+    )
+    (root / "entry").mkdir()
+    (root / "entry" / "test_entry.py").write_text(
+        f"import time\n\n\ndef test_sleep():\n    time.sleep({entry_s})\n"
+    )
+    # One directory, many keys: the entry's env is part of its run key.
+    (root / "plan.toml").write_text(
+        "\n".join(
+            f'[[entry]]\nname = "e{i}"\ndir = "entry"\nmachine = "tag:{TAG}"\n'
+            f'env = {{ BENCH_ENTRY = "{i}" }}\n'
+            for i in range(entries)
+        )
+    )
+    (root / "suite").mkdir()
+    (root / "suite" / "test_suite.py").write_text(
+        textwrap.dedent(
+            f"""
+            import time
+
+            import pytest
+
+
+            @pytest.mark.parametrize("n", range({tests}))
+            def test_sleep(n):
+                time.sleep({test_s})
+            """
+        )
+    )
+    (root / "floor").mkdir()
+    (root / "floor" / "test_floor.py").write_text("def test_floor():\n    pass\n")
+
+
+@dataclass(frozen=True)
+class Times:
+    """One run's record, as far as where the time goes is concerned (unix seconds)."""
+
+    machine: str
+    collection: bool  # the inner collection run before the shards
+    created: float
+    started: float
+    ended: float
+
+
+def times_of(state: Path, usage: Usage) -> list[Times]:
+    """The runs an invocation created (after it began) and that ran to an end, oldest first."""
+    found = []
+    for path in (state / "runs").glob(f"*/{RECORD}"):
+        run = Run.from_dict(json.loads(path.read_text()))
+        if run.created_at is None or run.started_at is None or run.ended_at is None:
+            continue
+        if run.created_at >= usage.began:
+            collection = "--collect-only" in (run.command or [])
+            found.append(Times(run.machine, collection, run.created_at, run.started_at, run.ended_at))
+    return sorted(found, key=lambda t: t.created)
+
+
+def where(usage: Usage, runs: list[Times]) -> list[str]:
+    """Where an invocation's wall time went, from its run records."""
+    if not runs:
+        return ["  (no run records)"]
+    lines = [f"  before the first run record: {runs[0].created - usage.began:6.2f}s"]
+    work = [t for t in runs if not t.collection]
+    for what, group in (
+        ("inner collection run", [t for t in runs if t.collection]),
+        (f"{len(work)} runs", work),
+    ):
+        if not group:
+            continue
+        span = max(t.ended for t in group) - min(t.created for t in group)
+        inside = [t.ended - t.started for t in group]
+        starting = [t.started - t.created for t in group]
+        busy = (
+            f"; slots busy {sum(inside) / (span * ENGINES * SLOTS):.0%} of the span" if group is work else ""
+        )
+        lines.append(
+            f"  {what}: span {span:6.2f}s; record to container start median "
+            f"{statistics.median(starting):.2f}s (max {max(starting):.2f}s); "
+            f"in the container median {statistics.median(inside):.2f}s{busy}"
+        )
+    lines.append(
+        f"  after the last run ended:    {usage.began + usage.wall - max(t.ended for t in runs):6.2f}s"
+    )
+    per_machine = Counter(t.machine for t in work)
+    lines.append("  runs per machine: " + ", ".join(f"{m} {n}" for m, n in sorted(per_machine.items())))
+    return lines
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def docker_pool(engines: list[Engine], jobs: list[list[str]], cwd: Path, env: dict[str, str]) -> float:
+    """Wall time of a plain ``docker run --rm`` of each job (arguments after ``run``), SLOTS per engine."""
+    free: queue.Queue[str] = queue.Queue()
+    for engine in engines:
+        for _ in range(SLOTS):
+            free.put(engine.url)
+
+    def one(args: list[str]) -> None:
+        url = free.get()
+        try:
+            timed(["docker", "-H", url, "run", "--rm", "--network", "none", *args], cwd, env)
+        finally:
+            free.put(url)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(free.qsize()) as pool:
+        list(pool.map(one, jobs))
+    return time.perf_counter() - started
+
+
+def in_container(test_dir: Path, *args: str) -> list[str]:
+    """``docker run`` arguments of the inner pytest over ``test_dir``, bind-mounted (no bytecode written)."""
+    mount = ["-v", f"{test_dir}:/lrun/work", "-w", "/lrun/work", "-e", "PYTHONDONTWRITEBYTECODE=1"]
+    return [*mount, IMAGE, *DEFAULT_COMMAND, *args]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter tests (a smoke run)")
+    args = parser.parse_args()
+    entries, entry_s, tests, test_s = (16, 0.5, 80, 0.1) if args.quick else (40, 1.0, 200, 0.2)
+    if os.geteuid() != 0 or shutil.which("dockerd") is None or shutil.which("docker") is None:
+        raise SystemExit("bench: starting engines needs root, dockerd and the docker CLI")
+    source = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    # SIGTERM ends the benchmark as Ctrl-C does: through the finally blocks that stop the engines.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
+    slots = ENGINES * SLOTS
+    load = os.getloadavg()[0]
+
+    with tempfile.TemporaryDirectory(prefix="lrun-fleet-", dir="/var/tmp") as tmp:
+        root = Path(tmp)
+        with fleet(root / "engines", source) as engines:
+            project = root / "project"
+            project.mkdir()
+            write_project(project, engines, entries, entry_s, tests, test_s)
+            env = dict(os.environ)
+            env.pop("DOCKER_HOST", None)  # the machine tables name the engines
+            one = ["docker", "-H", engines[0].url, "run", "--rm", "--network", "none"]
+            start = statistics.median(timed([*one, IMAGE, "true"], project, env) for _ in range(3))
+            suite = project / "suite"
+            collect = statistics.median(
+                timed([*one, *in_container(suite, "--collect-only", "-q")], project, env) for _ in range(3)
+            )
+            floor = statistics.median(timed([*PYTEST, "floor"], project, env) for _ in range(3))
+
+            # Each baseline right before its pytest-lrun run: the shared machine's load drifts.
+            plan_pool = docker_pool(
+                engines,
+                [["-e", f"BENCH_ENTRY={i}", *in_container(project / "entry")] for i in range(entries)],
+                project,
+                env,
+            )
+            plan_state = root / "plan-state"
+            plan_env = {**env, "LRUN_STATE_DIR": str(plan_state)}
+            plan = measured([*PYTEST, "--lrun-plan=plan.toml"], project, plan_env)
+            plan_runs = times_of(plan_state, plan)
+
+            nodeids = [f"test_suite.py::test_sleep[{n}]" for n in range(tests)]
+            shards = [in_container(suite, *nodeids[k::slots]) for k in range(slots)]
+            shard_pool = collect + docker_pool(engines, shards, project, env)
+            shard_state = root / "shard-state"
+            shard_env = {**env, "LRUN_STATE_DIR": str(shard_state)}
+            shard_cmd = [
+                *PYTEST,
+                f"--lrun-machine=tag:{TAG}",
+                "--lrun-shards=auto",
+                "--lrun-reuse=never",
+                "suite",
+            ]
+            cold = measured(shard_cmd, project, shard_env)
+            cold_runs = times_of(shard_state, cold)
+            warm = measured(shard_cmd, project, shard_env)
+            warm_runs = times_of(shard_state, warm)
+
+    plan_ideal = entries * entry_s / slots + start
+    shard_ideal = tests * test_s / slots + start + collect
+    rows = [
+        (f"plan: {entries} entries of {entry_s}s on tag:{TAG}", plan, plan_ideal, plan_pool, plan_runs),
+        (f"{tests} tests of {test_s}s, --lrun-shards=auto, cold", cold, shard_ideal, shard_pool, cold_runs),
+        (f"{tests} tests of {test_s}s, shards, durations known", warm, shard_ideal, shard_pool, warm_runs),
+    ]
+    print(f"{ENGINES} engines x {SLOTS} slots ({os.cpu_count()} CPUs, load average {load:.1f} at the start)")
+    print(f"docker run --rm {IMAGE} true (one container start): {start:.2f}s")
+    print(f"docker run of the suite's inner collection:         {collect:.2f}s")
+    print(f"plain pytest of one host test (pytest start-up):     {floor:.2f}s")
+    print(f"docker run pool, the plan's entries ({SLOTS} per engine):   {plan_pool:.2f}s")
+    print(f"docker run pool, collection + {slots} shards:            {shard_pool:.2f}s\n")
+    print(
+        f"{'measure':48} {'wall s':>7} {'ideal s':>7} {'/ideal':>7} {'/docker':>7} "
+        f"{'CPU s':>6} {'peak MiB':>8}"
+    )
+    for name, usage, ideal, pool, _ in rows:
+        print(
+            f"{name:48} {usage.wall:7.2f} {ideal:7.2f} {usage.wall / ideal:6.2f}x {usage.wall / pool:6.2f}x "
+            f"{usage.cpu:6.2f} {usage.peak_mib:8.1f}"
+        )
+    for name, usage, _, _, runs in rows:
+        print(f"\nwhere the time goes: {name}")
+        print("\n".join(where(usage, runs)))
+    print()
+    print(
+        f"plan wall / ideal: {plan.wall / plan_ideal:.2f}x (target <= {RATIO_TARGET}x): "
+        f"{verdict(plan.wall / plan_ideal <= RATIO_TARGET)}"
+    )
+    print(f"sharded suite, cold, wall / ideal: {cold.wall / shard_ideal:.2f}x (no target)")
+    print(
+        f"sharded suite, durations known, wall / ideal: {warm.wall / shard_ideal:.2f}x "
+        f"(target <= {RATIO_TARGET}x): {verdict(warm.wall / shard_ideal <= RATIO_TARGET)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
