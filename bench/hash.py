@@ -6,10 +6,13 @@ in a temporary directory, prints a table and a PASS/MISS line per target, and
 always exits 0: it is a report, not a gate.
 
 Targets: a cold ``hash_dir`` (no stat cache) is at least 2x as fast as a plain
-sha256 pass with the same 1 MiB chunked reads over the same files; a warm
-re-hash of 100k unchanged files takes under 1 s; and a run's cold path, the
-directory hashed and packed for upload with a fresh stat cache, is no slower as
-one ``snapshot`` than as the two walks of ``hash_dir`` then ``pack`` (ratio <= 1).
+sha256 pass with the same 1 MiB chunked reads over the same files on the big
+tree, and at least as fast (1x) on the 100k small files, where the cost per file
+dominates; a warm re-hash of 100k unchanged files takes under 1 s; and a run's
+cold path, the directory hashed and packed for upload with a fresh stat cache,
+is no slower as one ``snapshot`` than as the two walks of ``hash_dir`` then
+``pack`` (ratio <= 1). Cold hash and sha256 pass take turns, best of N each, so
+a busy machine slows both alike.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pytest_lrun.hashing import CHUNK_SIZE, hash_dir, iter_files, snapshot
 
 MIB = 1 << 20
 COLD_RATIO_TARGET = 2.0
+SMALL_RATIO_TARGET = 1.0
 WARM_TARGET_S = 1.0
 SHIP_RATIO_TARGET = 1.0
 SHIP_PREFIX, SHIP_EXTRA = "lrun/work", ("lrun/out", "lrun/artifacts")  # what dispatch ships
@@ -101,6 +105,22 @@ def sha256_pass(paths: list[str]) -> None:
         h.digest()
 
 
+def race(
+    repeats: int, first: Callable[[], object], second: Callable[[], object]
+) -> tuple[float, float, object]:
+    """Best seconds of ``first`` and of ``second``, taking turns; what ``first`` returned."""
+    best = [float("inf"), float("inf")]
+    result: object = None
+    for round_ in range(repeats):
+        for k in (0, 1) if round_ % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            got = (first, second)[k]()
+            best[k] = min(best[k], time.perf_counter() - t0)
+            if k == 0:
+                result = got
+    return best[0], best[1], result
+
+
 def best_of(repeats: int, fn: Callable[[], object]) -> tuple[float, object]:
     best = float("inf")
     result: object = None
@@ -125,16 +145,14 @@ def one_walk(tree: Path, cache: Path) -> str:
 
 
 def ship_race(repeats: int, tree: Path, scratch: Path) -> tuple[float, float, bool]:
-    """Best seconds of the two walks and of one snapshot, alternated, each with a fresh stat cache."""
-    best = {two_walks: float("inf"), one_walk: float("inf")}
+    """Best seconds of the two walks and of one snapshot, taking turns, each with a fresh stat cache."""
     digests = set()
-    for round_ in range(repeats):
-        for fn in (two_walks, one_walk) if round_ % 2 == 0 else (one_walk, two_walks):
-            cache = Path(tempfile.mkdtemp(dir=scratch))
-            t0 = time.perf_counter()
-            digests.add(fn(tree, cache))
-            best[fn] = min(best[fn], time.perf_counter() - t0)
-    return best[two_walks], best[one_walk], len(digests) == 1
+
+    def fresh(fn: Callable[[Path, Path], str]) -> Callable[[], None]:
+        return lambda: digests.add(fn(tree, Path(tempfile.mkdtemp(dir=scratch))))
+
+    two, one, _ = race(repeats, fresh(two_walks), fresh(one_walk))
+    return two, one, len(digests) == 1
 
 
 def peak_rss_mib() -> float:
@@ -174,14 +192,17 @@ def main(argv: list[str] | None = None) -> int:
 
         # Page cache is warm for both passes (the trees were just written): this measures
         # hashing and syscall cost, not the disk. Best of N.
-        rss_before = peak_rss_mib()
-        cold_big, digest_big = best_of(sizes.repeats, lambda: hash_dir(big))
-        rss_growth = peak_rss_mib() - rss_before
         big_paths = [e.abspath for e in iter_files(big) if e.kind == "file"]
         small_paths = [e.abspath for e in iter_files(small) if e.kind == "file"]
-        sha_big, _ = best_of(sizes.repeats, lambda: sha256_pass(big_paths))
-        cold_small, digest_small = best_of(sizes.repeats, lambda: hash_dir(small))
-        sha_small, _ = best_of(sizes.repeats, lambda: sha256_pass(small_paths))
+        rss_before = peak_rss_mib()
+        hash_dir(big)
+        rss_growth = peak_rss_mib() - rss_before
+        cold_big, sha_big, digest_big = race(
+            sizes.repeats, lambda: hash_dir(big), lambda: sha256_pass(big_paths)
+        )
+        cold_small, sha_small, digest_small = race(
+            sizes.repeats, lambda: hash_dir(small), lambda: sha256_pass(small_paths)
+        )
         add("big", "hash_dir cold (no cache)", cold_big, big_bytes, len(big_paths))
         add("big", "sha256 pass (files pre-listed)", sha_big, big_bytes, len(big_paths))
         add("small", "hash_dir cold (no cache)", cold_small, small_bytes, len(small_paths))
@@ -229,8 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
         ratio = sha_big / cold_big
-        print(f"{verdict(ratio >= COLD_RATIO_TARGET)}  cold hash_dir vs sha256 on the big tree: {ratio:.1f}x")
-        print(f"      (target >= {COLD_RATIO_TARGET:.0f}x; small tree: {sha_small / cold_small:.1f}x)")
+        print(
+            f"{verdict(ratio >= COLD_RATIO_TARGET)}  cold hash_dir vs sha256 on the big tree: {ratio:.1f}x "
+            f"(target >= {COLD_RATIO_TARGET:.0f}x)"
+        )
+        note = "" if len(small_paths) == 100_000 else f" (measured on {len(small_paths)} files)"
+        small_ratio = sha_small / cold_small
+        print(
+            f"{verdict(small_ratio >= SMALL_RATIO_TARGET)}  cold 100k small files >= "
+            f"{SMALL_RATIO_TARGET:.0f}x sha256: {small_ratio:.2f}x{note}"
+        )
         scaled = warm * (100_000 / len(small_paths))
         note = "" if len(small_paths) == 100_000 else f" (measured on {len(small_paths)} files, scaled)"
         print(

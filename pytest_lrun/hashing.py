@@ -53,12 +53,9 @@ import stat
 import struct
 import sys
 import tempfile
-import threading
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Literal
@@ -88,7 +85,7 @@ DEFAULT_IGNORES: tuple[str, ...] = ("__pycache__/", "*.pyc", ".pytest_cache/", "
 #: Name of the per-tree ignore file, read at the tree's root only. It is hashed itself.
 IGNORE_FILE = ".lrunignore"
 
-#: Read size for file contents; each reading thread reuses one buffer of this size.
+#: Read size for file contents; one buffer of this size is reused for a whole hash.
 CHUNK_SIZE = 1 << 20
 
 EntryKind = Literal["file", "dir", "symlink"]
@@ -237,8 +234,8 @@ _BACKREF = re.compile(r"\\[1-9]|\(\?P=")
 def _walk(top: str, ignored: Callable[[str], bool], *, stat_files: bool = True) -> Iterator[_Item]:
     # Depth first with an explicit stack (no recursion limit on deep trees); each
     # directory's children sorted, a directory keyed with a trailing "/". Without
-    # stat_files, a file the directory listing says is regular is not lstat'ed: whoever
-    # reads it takes its fstat instead, one system call per file fewer.
+    # stat_files, a file that the directory listing says is regular is not lstat'ed:
+    # whoever reads it takes its fstat instead, one system call per file fewer.
     stack = [iter(_list_dir(top, "", ignored, stat_files))]
     while stack:
         item = next(stack[-1], None)
@@ -303,19 +300,6 @@ _CacheRow = tuple[int, int, int, int, bytes]  # size, mtime_ns, ino, ctime_ns, c
 _U64 = struct.Struct("<Q").pack
 
 
-def _file_record(name: bytes, executable: bool, digest: bytes) -> bytes:
-    return b"f" + _U64(len(name)) + name + (b"x" if executable else b"-") + digest
-
-
-def _dir_record(name: bytes) -> bytes:
-    return b"d" + _U64(len(name)) + name
-
-
-def _symlink_record(name: bytes, target: str) -> bytes:
-    link = target.encode(_FSENC, _FSERR)
-    return b"l" + _U64(len(name)) + name + _U64(len(link)) + link
-
-
 class _TreeStream:
     """The digest's byte stream (see "Stream format"), records batched into one xxh3-128 hasher."""
 
@@ -325,11 +309,21 @@ class _TreeStream:
         self._hasher = xxhash.xxh3_128(_HEADER)
         self._pending = bytearray()
 
-    def add(self, records: bytes | bytearray) -> None:
-        self._pending += records
+    def _add(self, record: bytes) -> None:
+        self._pending += record
         if len(self._pending) >= _FLUSH_AT:
             self._hasher.update(self._pending)
             self._pending.clear()
+
+    def file(self, name: bytes, executable: bool, digest: bytes) -> None:
+        self._add(b"f" + _U64(len(name)) + name + (b"x" if executable else b"-") + digest)
+
+    def dir(self, name: bytes) -> None:
+        self._add(b"d" + _U64(len(name)) + name)
+
+    def symlink(self, name: bytes, target: str) -> None:
+        link = target.encode(_FSENC, _FSERR)
+        self._add(b"l" + _U64(len(name)) + name + _U64(len(link)) + link)
 
     def hexdigest(self) -> str:
         self._hasher.update(self._pending)
@@ -350,8 +344,7 @@ def hash_dir(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] 
     be read or written is ignored. Keep ``cache_dir`` out of the tree (or in an
     ignored directory such as ``.lrun/``): a cache file inside it would be hashed. Raises
     :class:`HashError` naming the path for a missing root, a root that is not a
-    directory, an unreadable entry or an unsupported file type (fifo, socket, device);
-    with several such problems, the first in stream order.
+    directory, an unreadable entry or an unsupported file type (fifo, socket, device).
     """
     top = _check_root(path)
     started_ns = time.time_ns()
@@ -363,164 +356,53 @@ def hash_dir(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] 
         cache_file = _cache_path(cache_dir, top)
         old = _load_cache(cache_file, top)
     new: dict[str, _CacheRow] = {}
+    added = False
 
     tree = _TreeStream()
-    with _Reads(tree, new, started_ns) as reads:
-        try:
-            # Without cached rows every file is read, and its fstat tells what an lstat would.
-            for relpath, name, abspath, kind, st, target in _walk(top, ignored, stat_files=bool(old)):
-                if kind == "file":
-                    if (
-                        st is None
-                        or (row := old.get(relpath)) is None
-                        or row[0] != st.st_size
-                        or row[1] != st.st_mtime_ns
-                        or row[2] != st.st_ino
-                        or row[3] != st.st_ctime_ns
-                    ):
-                        reads.file(relpath, name, abspath, st)
-                        continue
-                    new[relpath] = row
-                    reads.record(_file_record(name, bool(st.st_mode & stat.S_IXUSR), row[4]))
-                elif kind == "dir":
-                    reads.record(_dir_record(name))
-                else:
-                    reads.record(_symlink_record(name, target or ""))
-        except HashError:
-            reads.finish()  # a file before the walk's problem that cannot be read is the one reported
-            raise
-        reads.finish()
+    view = memoryview(bytearray(CHUNK_SIZE))
+    # Without cached rows every file is read, and its fstat tells what an lstat would.
+    for relpath, name, abspath, kind, st, target in _walk(top, ignored, stat_files=bool(old)):
+        if kind == "file":
+            if (
+                st is None
+                or (row := old.get(relpath)) is None
+                or row[0] != st.st_size
+                or row[1] != st.st_mtime_ns
+                or row[2] != st.st_ino
+                or row[3] != st.st_ctime_ns
+            ):
+                digest, executable, fresh = _file_digest(abspath, st, view)
+                if fresh is not None and cache_file is not None and _settled(fresh[3], started_ns):
+                    new[relpath] = fresh
+                    added = True
+            else:
+                digest, executable = row[4], bool(st.st_mode & stat.S_IXUSR)
+                new[relpath] = row
+            tree.file(name, executable, digest)
+        elif kind == "dir":
+            tree.dir(name)
+        else:
+            tree.symlink(name, target or "")
 
     # Without additions the new rows are a subset of the old ones: equal iff as many.
-    if cache_file is not None and (reads.added or len(new) != len(old)):
+    if cache_file is not None and (added or len(new) != len(old)):
         _save_cache(cache_file, top, new)
     return tree.hexdigest()
 
 
-# A cold hash reads its files on a few threads. Opening, reading and closing a small file is
-# mostly system calls, which release the GIL, so the threads overlap them with each other.
-# The walk stops while they read: a thread back from a system call waits for the GIL as long
-# as the walk, pure Python, holds it (up to the 5 ms switch interval), which would starve the
-# readers. More than about two threads per core only queue for the GIL; eight outstanding
-# reads are plenty for a cold disk or a network file system.
-_READERS = min(8, 2 * (os.cpu_count() or 1))
-# A task reads up to _BATCH_FILES files or _BATCH_BYTES (by the walk's sizes, when it took
-# them): the pool's own cost, some microseconds per task, is paid once per many small files,
-# while big files still spread over the threads. A batch also closes after _BATCH_RECORDS
-# records, so a mostly cached tree does not pile records up behind one read. The walk stops
-# for the reads after _AHEAD batches, which bounds memory.
-_BATCH_FILES = 64
-_BATCH_BYTES = 8 * CHUNK_SIZE
-_BATCH_RECORDS = 1024
-_AHEAD = 4 * _READERS
+# Files are read one after another on the calling thread. Reading them on a pool of 2-8
+# threads (batches of 64 files, fed to the digest in walk order) was measured and dropped:
+# on 100k small files and 2 CPUs it took 10-20% more CPU time and more wall time than this
+# loop, as each of a small file's four short system calls hands the GIL to another thread.
+def _file_digest(
+    abspath: str, seen: os.stat_result | None, view: memoryview
+) -> tuple[bytes, bool, _CacheRow | None]:
+    """A file's content digest, its owner-executable bit, and its cache row unless it changed since ``seen``.
 
-_ToRead = tuple[str, bytes, str, os.stat_result | None]  # relpath, name, abspath, the walk's lstat
-_Read = tuple[list[bytes], list[tuple[str, _CacheRow]]]  # the files' records, their settled cache rows
-
-
-class _Reads:
-    """The files of a hash that the stat cache cannot vouch for, read on threads; records kept in order.
-
-    A record goes straight to the digest while no read waits before it, so a warm hash
-    starts no thread at all. Otherwise it queues behind the reads, in batches (a file's
-    place held by ``None``); once the walk has queued _AHEAD batches, it waits for their
-    reads, feeds them to the digest and adds the files' cache rows to ``rows``. The first
-    read that fails raises, and ends the reads.
+    ``seen`` is the walk's lstat of the file, if it took one. A file under a chunk is read
+    whole by one read of a byte more than its fstat size (which also tells that it did not
+    grow): open, fstat, read and close are all the system calls it costs.
     """
-
-    def __init__(self, tree: _TreeStream, rows: dict[str, _CacheRow], started_ns: int) -> None:
-        self.tree = tree
-        self.rows = rows
-        self.started_ns = started_ns
-        self.added = False  # whether a row was added to ``rows``
-        self._pool: ThreadPoolExecutor | None = None
-        self._queue: deque[tuple[Future[_Read] | None, list[bytes | None]]] = deque()
-        self._parts: list[bytes | None] = []
-        self._files: list[_ToRead] = []
-        self._nbytes = 0
-
-    def __enter__(self) -> _Reads:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._close()
-
-    def record(self, record: bytes) -> None:
-        if not self._parts and not self._queue:
-            self.tree.add(record)
-            return
-        self._parts.append(record)
-        if len(self._parts) >= _BATCH_RECORDS:
-            self._submit()
-
-    def file(self, relpath: str, name: bytes, abspath: str, seen: os.stat_result | None) -> None:
-        """A file to read, ``seen`` its lstat by the walk if any; its record goes where the next one would."""
-        self._parts.append(None)
-        self._files.append((relpath, name, abspath, seen))
-        if seen is not None:
-            self._nbytes += seen.st_size
-        if len(self._files) >= _BATCH_FILES or self._nbytes >= _BATCH_BYTES:
-            self._submit()
-
-    def finish(self) -> None:
-        """Wait for the reads and feed everything queued to the digest."""
-        if self._parts:
-            self._submit()
-        while self._queue:
-            self._feed(*self._queue.popleft())
-
-    def _submit(self) -> None:
-        future = None
-        if self._files:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(_READERS, thread_name_prefix="lrun-hash")
-            future = self._pool.submit(_read_files, self._files, self.started_ns)
-        self._queue.append((future, self._parts))
-        self._parts, self._files, self._nbytes = [], [], 0
-        if len(self._queue) >= _AHEAD:
-            self.finish()
-
-    def _feed(self, future: Future[_Read] | None, parts: list[bytes | None]) -> None:
-        records: list[bytes] = []
-        if future is not None:
-            try:
-                records, rows = future.result()
-            except BaseException:
-                self._close()
-                raise
-            if rows:
-                self.rows.update(rows)
-                self.added = True
-        read = iter(records)
-        self.tree.add(b"".join([next(read) if part is None else part for part in parts]))
-
-    def _close(self) -> None:
-        for future, _ in self._queue:
-            if future is not None:
-                future.cancel()
-        self._queue.clear()
-        self._parts, self._files = [], []
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-
-def _read_files(files: list[_ToRead], started_ns: int) -> _Read:
-    """Read files on a reading thread: their records, and the cache rows of those settled."""
-    records = []
-    rows = []
-    for relpath, name, abspath, seen in files:
-        digest, executable, row = _file_digest(abspath, seen)
-        records.append(_file_record(name, executable, digest))
-        if row is not None and _settled(row[3], started_ns):
-            rows.append((relpath, row))
-    return records, rows
-
-
-def _file_digest(abspath: str, seen: os.stat_result | None) -> tuple[bytes, bool, _CacheRow | None]:
-    """A file's content digest, its executable bit, and its cache row unless it changed since ``seen``."""
     try:
         fd = os.open(abspath, _OPEN_FLAGS)
     except OSError as exc:
@@ -529,45 +411,24 @@ def _file_digest(abspath: str, seen: os.stat_result | None) -> tuple[bytes, bool
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise HashError(abspath, "changed while hashing: no longer a regular file")
-        digest = _content_digest(fd, st.st_size)
+        size = st.st_size
+        data = os.read(fd, size + 1) if size < CHUNK_SIZE else b""
+        if len(data) == size:
+            digest = xxhash.xxh3_128_digest(data)
+        else:
+            hasher = xxhash.xxh3_128(data)
+            while n := _readinto(fd, view):
+                hasher.update(view[:n])
+            digest = hasher.digest()
     except OSError as exc:
         raise HashError(abspath, _reason(exc)) from exc
     finally:
         os.close(fd)
-    row = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest)
-    if seen is not None and row[:4] != (seen.st_size, seen.st_mtime_ns, seen.st_ino, seen.st_ctime_ns):
-        return digest, bool(st.st_mode & stat.S_IXUSR), None
-    return digest, bool(st.st_mode & stat.S_IXUSR), row
-
-
-def _content_digest(fd: int, size: int) -> bytes:
-    """The xxh3-128 of what ``fd`` holds up to its end; ``size`` is its size by ``fstat``.
-
-    A file under one chunk takes one read when it holds exactly ``size`` bytes (asking one
-    byte more tells a file that grew); anything else streams through this thread's buffer.
-    """
-    if size < CHUNK_SIZE:
-        data = os.read(fd, size + 1)
-        if len(data) == size:
-            return xxhash.xxh3_128_digest(data)
-        hasher = xxhash.xxh3_128(data)
-    else:
-        hasher = xxhash.xxh3_128()
-    view = _buffer()
-    while n := _readinto(fd, view):
-        hasher.update(view[:n])
-    return hasher.digest()
-
-
-_local = threading.local()
-
-
-def _buffer() -> memoryview:
-    """This thread's read buffer of CHUNK_SIZE bytes, reused for all the big files it reads."""
-    view: memoryview | None = getattr(_local, "view", None)
-    if view is None:
-        view = _local.view = memoryview(bytearray(CHUNK_SIZE))
-    return view
+    executable = bool(st.st_mode & stat.S_IXUSR)
+    key = (size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    if seen is not None and key != (seen.st_size, seen.st_mtime_ns, seen.st_ino, seen.st_ctime_ns):
+        return digest, executable, None
+    return digest, executable, (*key, digest)
 
 
 if hasattr(os, "readv"):
@@ -642,23 +503,23 @@ def snapshot(
     """
     top = _check_root(path)
     started_ns = time.time_ns()
-    items = _walk(top, _ignore_matcher(top))
+    items = _walk(top, _ignore_matcher(top), stat_files=False)  # _ship_file takes each file's fstat
     tree = _TreeStream()
     rows: dict[str, _CacheRow] = {}
     with TarWriter(prefix=prefix, extra_dirs=extra_dirs, extra_files=extra_files) as writer:
         try:
-            for relpath, name, abspath, kind, st, target in items:
-                if st is not None:
+            for relpath, name, abspath, kind, _, target in items:
+                if kind == "file":
                     executable, row = _ship_file(writer, relpath, abspath)
-                    tree.add(_file_record(name, executable, row[4]))
+                    tree.file(name, executable, row[4])
                     if _settled(row[3], started_ns):
                         rows[relpath] = row
                 elif kind == "dir":
                     writer.add_dir(relpath)
-                    tree.add(_dir_record(name))
+                    tree.dir(name)
                 else:
                     writer.add_symlink(relpath, target or "")
-                    tree.add(_symlink_record(name, target or ""))
+                    tree.symlink(name, target or "")
             archive = writer.finish()
         except OSError as exc:  # reading errors are HashErrors by now: this is the spool
             raise ArchiveError(f"cannot write the archive of {top}: {_reason(exc)}") from exc

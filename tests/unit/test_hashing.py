@@ -582,6 +582,66 @@ def test_cold_hash_does_read_the_files(tmp_path: Path, monkeypatch: pytest.Monke
     )
 
 
+def test_a_cold_hash_reads_each_small_file_in_one_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Per-file cost is what a cold hash of many small files pays: a second read to find
+    # the end of each file was a quarter of its system calls.
+    root = make_base_tree(tmp_path / "t")
+    write(root / "empty.txt")
+    write(root / "almost_a_chunk.bin", b"x" * (CHUNK_SIZE - 1))
+    reads: list[int] = []
+    for name in ("read", "readv"):
+        real = getattr(os, name)
+
+        def counted(fd: int, *args: Any, _real: Any = real) -> Any:
+            reads.append(fd)
+            return _real(fd, *args)
+
+        monkeypatch.setattr(os, name, counted)
+    hash_dir(root)
+    assert len(reads) == 5  # test_a.py, helper.py, script.sh, empty.txt, almost_a_chunk.bin
+
+
+def _short_reads(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Every os.read returns half of what it read (and puts the rest back), as a network file system may."""
+    real_read = os.read
+
+    def half(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        keep = len(data) // 2
+        os.lseek(fd, keep - len(data), os.SEEK_CUR)
+        return data[:keep]
+
+    monkeypatch.setattr(os, "read", half)
+
+
+def _grows_after_fstat(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """A file grows between the fstat that gives its size and the read, as a log being written does."""
+    real_fstat = os.fstat
+    target = root / "sub" / "deep" / "data.bin"
+
+    def fstat(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if st.st_ino == target.stat().st_ino:
+            with open(target, "ab") as f:
+                f.write(b"more")
+        return st
+
+    monkeypatch.setattr(os, "fstat", fstat)
+
+
+@pytest.mark.parametrize("interfere", [_short_reads, _grows_after_fstat])
+def test_a_file_read_in_pieces_is_hashed_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interfere: Callable[[pytest.MonkeyPatch, Path], None]
+) -> None:
+    root = make_known_tree(tmp_path / "t")
+    with monkeypatch.context() as m:
+        interfere(m, root)
+        digest = hash_dir(root)
+    assert digest == hash_dir(root)  # what is on disk now, read the usual way
+
+
 def test_cache_notices_an_edit_that_keeps_size_and_mtime(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
