@@ -33,7 +33,8 @@ Why this way:
 * The standard output is duplicated when this module is imported, which ``-p``
   does before pytest's capture redirects file descriptor 1, and events are
   written with ``os.write`` on that duplicate: capture never swallows them, and
-  nothing buffers them behind the test's own output.
+  no stdio buffer holds them behind the test's own output (only the reporter's
+  own batching, below, delays them).
 * Events may land in the middle of pytest's progress line (``test_x.py ..``): the
   host looks for ``\\x1e`` anywhere in a line and keeps what precedes it as output.
 * The token is removed from ``os.environ`` on import, so the tests (and any
