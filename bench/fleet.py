@@ -11,13 +11,13 @@ and ``slots = 2``, and stops them and deletes their folders at the end, also whe
 a step fails or the benchmark is interrupted. Measured in one run:
 
 * baselines on one of those engines: ``docker run --rm IMAGE true`` (one
-  container start) and the inner collection of the sharded suite in a plain
-  ``docker run`` (the directory bind-mounted), medians of 3; plain ``pytest`` of
-  one trivial test on the host (pytest's own start-up, shown for reference);
+  container start), and plain ``docker run``s of the sharded suite's inner
+  collection and of one plan entry (the directory bind-mounted), medians of 3;
+  plain ``pytest`` of one trivial test on the host (pytest's own start-up);
   and, right before each pytest-lrun measurement, the same work as plain
-  ``docker run --rm`` commands of the inner pytest, 2 at once per engine (what
-  the machine itself allows: 8 slots on 2 CPUs are CPU-bound while each inner
-  pytest starts). The ``/docker`` column is pytest-lrun's wall time over it;
+  ``docker run --rm`` commands of the inner pytest, 2 at once per engine: what
+  8 containers at once on this machine allow. The ``/docker`` column is
+  pytest-lrun's wall time over that;
 * a plan of 40 entries of 1 s each (one test directory, 40 keys: each entry has
   its own ``env`` value) on ``tag:bench``. Ideal: total work over total slots
   (40 * 1 / 8 = 5 s) plus one container start. Target: within 1.3x;
@@ -28,13 +28,16 @@ a step fails or the benchmark is interrupted. Measured in one run:
   container start plus the inner collection run. Target: within 1.3x once
   durations are known;
 * for each pytest invocation, the dispatcher's CPU time (user + system) and peak
-  resident memory, from ``wait4`` of that process.
+  resident memory, from ``wait4`` of that process; and for it and each plain
+  ``docker run`` pool, the share of the machine's CPU time busy meanwhile (all
+  processes, engines and other users included: ``/proc/stat``).
 
 Where the time goes comes from the run records the invocation wrote (their
 ``created_at``, ``started_at``, ``ended_at``): the time before the first run is
 created, the median time from a run's record to its container start, the median
-time in the container, the time after the last run ended, and how full the slots
-were. Prints a table and PASS/MISS lines; always exits 0.
+time in the container, the time after the last run ended, how full the slots
+were, and how soon a run waiting in line is created after a slot frees. Prints a
+table and PASS/MISS lines; exits 0 unless a step fails.
 """
 
 from __future__ import annotations
@@ -84,12 +87,29 @@ class Engine:
 
 @dataclass(frozen=True)
 class Usage:
-    """One pytest invocation: when it began (unix time), its wall time, CPU time and peak memory."""
+    """One pytest invocation: when it began (unix time), its wall time, CPU time and peak memory,
+    and the share of the machine's CPUs that all its processes kept busy meanwhile."""
 
     began: float
     wall: float
     cpu: float
     peak_mib: float
+    host_busy: float
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """Busy and total ticks of all CPUs since boot (the ``cpu`` line of ``/proc/stat``)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split()[1:9]
+    )
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+def busy_since(mark: tuple[int, int]) -> float:
+    """The share of the machine's CPU time that was busy since ``mark`` (of :func:`cpu_ticks`)."""
+    busy, total = cpu_ticks()
+    return (busy - mark[0]) / max(1, total - mark[1])
 
 
 def answers(url: str) -> bool:
@@ -197,16 +217,19 @@ def measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> Usage:
     """Run ``cmd``; its wall time, and its own CPU time and peak RSS (``wait4``: this process alone)."""
     began = time.time()
     started = time.perf_counter()
+    mark = cpu_ticks()
     with tempfile.TemporaryFile() as out:
         process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
+        host_busy = busy_since(mark)
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             out.seek(0)
             output = out.read().decode(errors="replace")
             raise SystemExit(f"bench: {' '.join(cmd)} failed ({process.returncode}):\n{output}")
-    return Usage(began, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)  # KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return Usage(began, wall, cpu, usage.ru_maxrss / 1024, host_busy)  # ru_maxrss: KiB on Linux
 
 
 def write_project(
@@ -301,6 +324,16 @@ def where(usage: Usage, runs: list[Times]) -> list[str]:
     lines.append(
         f"  after the last run ended:    {usage.began + usage.wall - max(t.ended for t in runs):6.2f}s"
     )
+    # A run that waited in line is created when a slot frees: after the latest end before it, on any machine.
+    ends = [t.ended for t in work]
+    waits = [
+        t.created - max(e for e in ends if e <= t.created) for t in work if ends and min(ends) <= t.created
+    ]
+    if waits:
+        lines.append(
+            f"  {len(waits)} runs waited for a slot: each created {statistics.median(waits):.2f}s (median) "
+            "after the latest run end before it"
+        )
     per_machine = Counter(t.machine for t in work)
     lines.append("  runs per machine: " + ", ".join(f"{m} {n}" for m, n in sorted(per_machine.items())))
     return lines
@@ -310,8 +343,11 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def docker_pool(engines: list[Engine], jobs: list[list[str]], cwd: Path, env: dict[str, str]) -> float:
-    """Wall time of a plain ``docker run --rm`` of each job (arguments after ``run``), SLOTS per engine."""
+def docker_pool(
+    engines: list[Engine], jobs: list[list[str]], cwd: Path, env: dict[str, str]
+) -> tuple[float, float]:
+    """A plain ``docker run --rm`` of each job (arguments after ``run``), SLOTS per engine at once:
+    the wall time, and the share of the machine's CPUs busy meanwhile."""
     free: queue.Queue[str] = queue.Queue()
     for engine in engines:
         for _ in range(SLOTS):
@@ -325,9 +361,10 @@ def docker_pool(engines: list[Engine], jobs: list[list[str]], cwd: Path, env: di
             free.put(url)
 
     started = time.perf_counter()
+    mark = cpu_ticks()
     with ThreadPoolExecutor(free.qsize()) as pool:
         list(pool.map(one, jobs))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, busy_since(mark)
 
 
 def in_container(test_dir: Path, *args: str) -> list[str]:
@@ -363,10 +400,13 @@ def main() -> None:
             collect = statistics.median(
                 timed([*one, *in_container(suite, "--collect-only", "-q")], project, env) for _ in range(3)
             )
+            alone = statistics.median(
+                timed([*one, *in_container(project / "entry")], project, env) for _ in range(3)
+            )
             floor = statistics.median(timed([*PYTEST, "floor"], project, env) for _ in range(3))
 
             # Each baseline right before its pytest-lrun run: the shared machine's load drifts.
-            plan_pool = docker_pool(
+            plan_pool, plan_pool_busy = docker_pool(
                 engines,
                 [["-e", f"BENCH_ENTRY={i}", *in_container(project / "entry")] for i in range(entries)],
                 project,
@@ -379,7 +419,8 @@ def main() -> None:
 
             nodeids = [f"test_suite.py::test_sleep[{n}]" for n in range(tests)]
             shards = [in_container(suite, *nodeids[k::slots]) for k in range(slots)]
-            shard_pool = collect + docker_pool(engines, shards, project, env)
+            shard_pool, shard_pool_busy = docker_pool(engines, shards, project, env)
+            shard_pool += collect
             shard_state = root / "shard-state"
             shard_env = {**env, "LRUN_STATE_DIR": str(shard_state)}
             shard_cmd = [
@@ -404,17 +445,24 @@ def main() -> None:
     print(f"{ENGINES} engines x {SLOTS} slots ({os.cpu_count()} CPUs, load average {load:.1f} at the start)")
     print(f"docker run --rm {IMAGE} true (one container start): {start:.2f}s")
     print(f"docker run of the suite's inner collection:         {collect:.2f}s")
+    print(f"docker run of one plan entry, alone:                 {alone:.2f}s")
     print(f"plain pytest of one host test (pytest start-up):     {floor:.2f}s")
-    print(f"docker run pool, the plan's entries ({SLOTS} per engine):   {plan_pool:.2f}s")
-    print(f"docker run pool, collection + {slots} shards:            {shard_pool:.2f}s\n")
+    print(
+        f"docker run pool, the plan's entries ({SLOTS} per engine):   {plan_pool:.2f}s "
+        f"(machine CPUs {plan_pool_busy:.0%} busy)"
+    )
+    print(
+        f"docker run pool, collection + {slots} shards:            {shard_pool:.2f}s "
+        f"(machine CPUs {shard_pool_busy:.0%} busy in the shards)\n"
+    )
     print(
         f"{'measure':48} {'wall s':>7} {'ideal s':>7} {'/ideal':>7} {'/docker':>7} "
-        f"{'CPU s':>6} {'peak MiB':>8}"
+        f"{'CPU s':>6} {'peak MiB':>8} {'machine busy':>12}"
     )
     for name, usage, ideal, pool, _ in rows:
         print(
             f"{name:48} {usage.wall:7.2f} {ideal:7.2f} {usage.wall / ideal:6.2f}x {usage.wall / pool:6.2f}x "
-            f"{usage.cpu:6.2f} {usage.peak_mib:8.1f}"
+            f"{usage.cpu:6.2f} {usage.peak_mib:8.1f} {usage.host_busy:12.0%}"
         )
     for name, usage, _, _, runs in rows:
         print(f"\nwhere the time goes: {name}")
