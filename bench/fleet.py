@@ -88,7 +88,7 @@ class Engine:
 @dataclass(frozen=True)
 class Usage:
     """One pytest invocation: when it began (unix time), its wall time, CPU time and peak memory,
-    and the share of the machine's CPUs that all its processes kept busy meanwhile."""
+    and how busy the machine's CPUs were meanwhile (every process's work, not only its own)."""
 
     began: float
     wall: float
@@ -113,13 +113,16 @@ def busy_since(mark: tuple[int, int]) -> float:
 
 
 def answers(url: str) -> bool:
-    """The engine at ``url`` answers a version request."""
-    done = subprocess.run(
-        ["docker", "-H", url, "version", "--format", "{{.Server.Version}}"],
-        capture_output=True,
-        timeout=10,
-        check=False,
-    )
+    """The engine at ``url`` answers a version request within 10 s."""
+    try:
+        done = subprocess.run(
+            ["docker", "-H", url, "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
     return done.returncode == 0
 
 
@@ -204,7 +207,7 @@ def fleet(root: Path, source: str) -> Iterator[list[Engine]]:
             )
             for e in engines
         ]
-        if any(load.wait() != 0 for load in loads):
+        if any([load.wait() != 0 for load in loads]):  # a list: wait for every load, not the first failure
             raise SystemExit(f"bench: docker load of {IMAGE} failed on one of the new engines")
         image_tar.unlink()
         yield engines
