@@ -86,8 +86,10 @@ class Finished:
 Event = str | Prepared | Live | Finished
 # How often the main thread's wait wakes up: a blocking get is deaf to Ctrl-C on Windows.
 POLL_S = 0.2
-# How often each live run's progress line is shown.
+# How often each live run's progress line is shown (when it changed), and at most how long a run
+# whose progress stands still (a long test) goes without one.
 PROGRESS_EVERY_S = 30.0
+QUIET_PROGRESS_S = 300.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,6 +131,8 @@ class LrunSession:
         self.outcomes: dict[RunSpec, Future[JobOutcome]] = {}
         self.reports: dict[RunSpec, RunReports] = {}
         self._by_run: dict[str, RunReports] = {}
+        # Per spec: the progress last shown, since when it stands still, when it was shown.
+        self._shown_progress: dict[RunSpec, tuple[tuple[int, int, str | None], float, float]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._counts_lock = threading.Lock()
@@ -502,11 +506,22 @@ class LrunSession:
         self._events.put(f"{spec.where}: {self._shown(spec)} waits for a free slot ({busy})")
 
     def _show_progress(self) -> None:
+        """A line per live run whose progress changed since its last line; an unchanged one (a
+        long test) gets a line every :data:`QUIET_PROGRESS_S`, saying for how long."""
+        now = time.monotonic()
         for spec, reports in self.reports.items():
             if self.outcomes[spec].done() or reports.run is None:
                 continue
             p = reports.progress
+            state = (p.done, p.failed, p.running)
+            last = self._shown_progress.get(spec)
+            if last is not None and last[0] == state and now - last[2] < QUIET_PROGRESS_S:
+                continue
+            since = last[1] if last is not None and last[0] == state else now
+            self._shown_progress[spec] = (state, since, now)
             running = f", running {p.running}" if p.running else ""
+            if running and now - since >= PROGRESS_EVERY_S:
+                running += f" for {now - since:.0f}s"
             self.progress(
                 f"{reports.run.machine}: {self._shown(spec)}: {p.done}/{p.collected} tests done, "
                 f"{p.failed} failed{running}"
