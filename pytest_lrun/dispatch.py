@@ -21,6 +21,12 @@ key, the token is not. A run is stopped (timeout, Ctrl-C) with SIGINT first and
 SIGKILL only after ``stop_grace`` seconds (:func:`~pytest_lrun.engine.stop`), so
 the inner pytest can report the test it was running.
 
+Steps 1 and 2 (candidate machines, snapshot, key, the store's placement and the
+wait in line) live in :mod:`pytest_lrun.placement`, which also defines
+:func:`run_key` and :func:`pytest_arguments_at` (importable from here as well);
+what the container gives back in step 3 (streamed log and events, the stored
+log, the JUnit XML and artifacts) lives in :mod:`pytest_lrun.readback`.
+
 Whoever *finishes* a run (waits for its container and writes its terminal
 status) holds the run's watch lock (:meth:`~pytest_lrun.store.RunStore.watching`).
 The process that created the run holds it from the start; a process that finds
@@ -39,19 +45,14 @@ then is the exception passed on. The machine is free for the next run.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import random
-import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import xxhash
 
 from .engine import (
     LABEL_BATCH,
@@ -77,20 +78,19 @@ from .errors import (
     UNSAFE_ARCHIVE,
     ContainerGone,
     EngineError,
-    HashError,
-    ImageMissing,
     LeftRunning,
     LrunError,
-    MachineBusy,
     TerminalRunError,
 )
-from .events import Event, EventParser, new_token, reporter_file, reporter_wiring
-from .extract import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extract
-from .fsutil import ENTRY_BYTES
-from .hashing import Snapshot, hash_dir, snapshot
+from .events import Event, reporter_wiring
+from .hashing import Snapshot, hash_dir
 from .junit import CaseResult, parse_junit
-from .logs import EventSpool, LogSpool, read_event_file
+from .logs import read_event_file
 from .machines import Machine
+from .placement import POLL_S, options_for, place, snapshot_for
+from .placement import pytest_arguments_at as pytest_arguments_at
+from .placement import run_key as run_key
+from .readback import RunOutput, collect, pump_logs, respool
 from .settings import (
     DEFAULT_ARTIFACTS,
     DEFAULT_CONNECT_TIMEOUT,
@@ -98,17 +98,10 @@ from .settings import (
     DEFAULT_STOP_GRACE,
     DEFAULT_TIMEOUT,
 )
-from .store import Candidate, Decision, Run, RunStore, Status, Ticket
+from .store import Decision, Run, RunStore, Status
 from .text import printable
 
 logger = logging.getLogger("pytest_lrun")
-
-JUNIT_PATH = "/lrun/out/junit.xml"
-# Shipped as empty dirs with every run, so commands can write results and artifacts without mkdir.
-LRUN_DIRS = ("lrun/out", "lrun/artifacts")
-JUNIT_MAX_BYTES = 64 * 1024 * 1024
-ARTIFACTS_MAX_BYTES = 512 * 1024 * 1024
-POLL_S = 0.2
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: specs key the session's outcome table
@@ -157,16 +150,6 @@ class _Prepared:
     shipment: Snapshot | None = None  # the directory as hashed: set for created runs only
 
 
-@dataclass(frozen=True)
-class _Option:
-    """One candidate machine of a spec, with its engine and the image's id there."""
-
-    spec: RunSpec  # the spec on this machine
-    engine: Engine
-    image_id: str
-    image_error: ImageMissing | None
-
-
 @dataclass
 class RunResult:
     """A terminal run plus what the report needs: how it was obtained and its inner results."""
@@ -176,39 +159,6 @@ class RunResult:
     cases: list[CaseResult] | None = None  # None: the run left no JUnit XML
     events: list[Event] | None = None  # None: the run has no reporter events (no pytest, an old run)
     dropped_events: int = 0  # left out past the events file's cap
-
-
-def run_key(dir_hash: str, image_id: str, spec: RunSpec) -> str:
-    """The idempotency key: everything that can change a run's result.
-
-    Env values enter only as a digest, so a secret never appears in the key's inputs on disk.
-    A pytest command's key covers the reporter shipped with it: a new reporter is a new run.
-    """
-    inputs: dict[str, object] = {
-        "dir": dir_hash,
-        "image": image_id,
-        "command": list(spec.command),
-        "env": sorted(spec.env.items()),
-        "workdir": spec.machine.workdir,
-        "artifacts": list(spec.artifacts),
-    }
-    if pytest_arguments_at(spec.command) is not None:
-        inputs["reporter"] = xxhash.xxh3_128_hexdigest(reporter_file()[1])
-    return xxhash.xxh3_128_hexdigest(json.dumps(inputs, sort_keys=True).encode())
-
-
-def pytest_arguments_at(command: tuple[str, ...]) -> int | None:
-    """Where pytest's own arguments start in ``command`` (the reporter's ``-p`` goes there);
-    None when the command runs no pytest.
-
-    pytest is ``pytest ...`` or ``python -m pytest ...`` (any ``python``/``python3.X``, with a path or not).
-    """
-    program = os.path.basename(command[0]) if command else ""
-    if program == "pytest":
-        return 1
-    if program.startswith("python") and command[1:3] == ("-m", "pytest"):
-        return 3
-    return None
 
 
 OutputSink = Callable[[RunSpec | Run, str], None]
@@ -407,7 +357,7 @@ class Dispatcher:
             logger.exception("could not record the end of run %s after %s", run_id, code)
 
     def _decide(self, spec: RunSpec) -> _Prepared:
-        options = self._options(spec)
+        options = options_for(spec, self.engines)
         if self.reuse == "completed":
             # A stat-cached hash reads no file of an unchanged tree: a cached result costs no read.
             dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.hashcache_dir)
@@ -416,12 +366,21 @@ class Dispatcher:
                 cached = self.store.last_completed(option.spec.machine.name, key)
                 if cached is not None:
                     return _Prepared(cached, "cached", option.engine, option.spec)
-        shipment = self._snapshot(options[0].spec)
+        shipment = snapshot_for(options[0].spec, self.store.hashcache_dir)
         try:
-            run, outcome, option = self._place(spec, options, shipment.digest)
+            run, outcome, option = place(
+                self.store,
+                spec,
+                options,
+                shipment.digest,
+                busy_wait=self.busy_wait,
+                ours=self._ours,
+                stopping=lambda: self._stop_reason[1] if self._cancelled.is_set() else None,
+                on_queued=self.on_queued,
+            )
             if outcome is Decision.CREATED and option.spec.machine.workdir != options[0].spec.machine.workdir:
                 shipment.close()  # the archive's paths are under the workdir: pack it for this machine
-                shipment = self._snapshot(option.spec, expect=shipment.digest)
+                shipment = snapshot_for(option.spec, self.store.hashcache_dir, expect=shipment.digest)
         except BaseException:
             shipment.close()
             raise
@@ -433,111 +392,6 @@ class Dispatcher:
             run = self._end(run, Status.FAILED, error=option.image_error)
             return _Prepared(run, "created", option.engine, option.spec)
         return _Prepared(run, "created", option.engine, option.spec, shipment)
-
-    def _options(self, spec: RunSpec) -> list[_Option]:
-        """The spec's candidate machines that answer, with the image's id on each.
-
-        A candidate whose engine does not answer is left out while another one does (a
-        fleet goes on without a host that is down); when none answers, the first error is raised.
-        """
-        options: list[_Option] = []
-        errors: list[EngineError] = []
-        for machine in spec.pool:
-            try:
-                engine = self.engines.get(machine)
-                try:
-                    option = _Option(
-                        replace(spec, machine=machine),
-                        engine,
-                        engine.image_id(spec.image, machine.pull),
-                        None,
-                    )
-                except ImageMissing as e:
-                    option = _Option(replace(spec, machine=machine), engine, spec.image, e)
-            except EngineError as e:
-                if len(spec.pool) == 1:
-                    raise
-                logger.warning("%s: machine %s left out: %s", spec.where, machine.name, e)
-                errors.append(e)
-                continue
-            options.append(option)
-        if not options:
-            raise errors[0]
-        return options
-
-    def _snapshot(self, spec: RunSpec, *, expect: str | None = None) -> Snapshot:
-        """Read the directory once: its digest and the upload archive for ``spec``'s machine."""
-        shipment = snapshot(
-            spec.test_dir,
-            prefix=spec.machine.workdir.strip("/"),
-            extra_dirs=LRUN_DIRS,
-            extra_files=[reporter_file()] if pytest_arguments_at(spec.command) is not None else [],
-            cache_dir=self.store.hashcache_dir,
-        )
-        if expect is not None and shipment.digest != expect:
-            shipment.close()
-            raise HashError(str(spec.test_dir), "the directory changed while it was being dispatched")
-        return shipment
-
-    def _place(self, spec: RunSpec, options: list[_Option], dir_hash: str) -> tuple[Run, Decision, _Option]:
-        """The store's placement of the spec on its candidates: CREATED or REUSE, and where.
-
-        BUSY waits in line when the spec names a tag, when the machine is taken by this
-        dispatcher's own runs, or for ``busy_wait`` seconds; then it raises ``machine_busy``.
-        A stop (Ctrl-C, ``-x``) ends the wait with :class:`LeftRunning`.
-        """
-        by_name = {option.spec.machine.name: option for option in options}
-        candidates = [
-            Candidate(name, run_key(dir_hash, option.image_id, option.spec), option.spec.machine.slots)
-            for name, option in by_name.items()
-        ]
-
-        def make(candidate: Candidate) -> Run:
-            placed = by_name[candidate.machine].spec
-            return Run(
-                machine=candidate.machine,
-                test_dir=str(placed.test_dir),
-                test_dir_hash=dir_hash,
-                image=placed.image,
-                command=list(placed.command),
-                batch_id=placed.batch_id,
-                plan_entry=placed.plan_entry,
-                timeout=placed.timeout,
-                artifacts=list(placed.artifacts),
-                env_names=sorted({*placed.machine.env, *placed.env}),
-                event_token=new_token() if pytest_arguments_at(placed.command) is not None else None,
-            )
-
-        deadline = time.monotonic() + self.busy_wait
-        delay = POLL_S / 4
-        # A waiter holds its place in line (the store gives a free slot to the oldest ticket).
-        ticket = _ticket() if spec.candidates or self.busy_wait > 0 else None
-        while True:
-            run, outcome = self.store.place(candidates, make, test_dir_hash=dir_hash, ticket=ticket)
-            if outcome is not Decision.BUSY:
-                return run, outcome, by_name[run.machine]
-            with self._live_lock:
-                ours = run.id in self._created
-            waits = spec.candidates or ours or time.monotonic() < deadline
-            if not waits or self._cancelled.is_set():
-                if ticket is not None:
-                    self.store.leave_line(ticket, list(by_name))
-                if self._cancelled.is_set():
-                    raise LeftRunning(run.id, f"{self._stop_reason[1]} while {spec.where} had no free slot")
-                raise MachineBusy(
-                    run.machine,
-                    run.id,
-                    run.test_dir,
-                    time.time() - (run.started_at or run.created_at or time.time()),
-                    waited_s=self.busy_wait or None,
-                )
-            if ticket is None:
-                ticket = _ticket()
-                continue  # in line at once
-            if delay == POLL_S / 4 and self.on_queued is not None:
-                self.on_queued(spec, run)
-            time.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 2.0)  # well under the line's TICKET_TTL_S: a waiter keeps its place
 
     def _launch(self, prepared: _Prepared) -> Run:
         """Create the container, ship the directory in and start it; the run is ``running`` after."""
@@ -594,8 +448,10 @@ class Dispatcher:
         container_id = run.container_id
         self._watch(run.id, engine, container_id)
         files = self.store.files(run.id)
-        spool = _RunOutput(files.logs, files.events, run, self.log_max_bytes, secrets, fresh=fresh_logs)
-        pump = threading.Thread(target=self._pump_logs, args=(run, engine, spool), daemon=True)
+        spool = RunOutput(files.logs, files.events, run, self.log_max_bytes, secrets, fresh=fresh_logs)
+        pump = threading.Thread(
+            target=pump_logs, args=(run, engine, spool, self.on_events, self.on_output), daemon=True
+        )
         pump.start()
         timeout = run.timeout or DEFAULT_TIMEOUT
         remaining = max(0.0, timeout - (time.time() - (run.started_at or time.time())))
@@ -614,9 +470,9 @@ class Dispatcher:
             engine.wait(container_id, 30)
         pump.join(30)
         spool.close()
-        self._respool(run, engine, secrets, spool.received)
+        respool(files, run, engine, self.log_max_bytes, secrets, spool.received)
         run = replace(run, exit_code=exit_code)
-        refused = self._collect(run, engine)
+        refused = collect(files, run, engine)
         if refused:
             run = replace(
                 run,
@@ -645,82 +501,6 @@ class Dispatcher:
             elif run.error_code is None:
                 run = replace(run, error_code=EXIT_NONZERO, error_msg=f"exit code {exit_code}")
         return self._end(run, status, engine=engine)
-
-    def _pump_logs(self, run: Run, engine: Engine, spool: _RunOutput) -> None:
-        assert run.container_id is not None
-        try:
-            for chunk in engine.logs(run.container_id, follow=True):
-                shown, events = spool.write(chunk)
-                if events and self.on_events is not None:
-                    self.on_events(run, events)
-                if shown and self.on_output is not None:
-                    self.on_output(run, shown.decode("utf-8", "replace"))
-        except EngineError:
-            pass  # the container ended or vanished: the waiter decides the status
-
-    def _respool(self, run: Run, engine: Engine, secrets: list[str], delivered: int) -> None:
-        """Rewrite the log and the events from the stopped container's complete log, if it is longer.
-
-        A follow stream opened on a container that exits at once can end before
-        its last output (seen with Docker 20.10); the engine's stored log is whole.
-        The stored log is counted first, and only when it has more bytes than the
-        follow stream ``delivered`` is it read again to be parsed and written: in
-        the common case, a run's end costs one read and no parse.
-        """
-        assert run.container_id is not None
-        try:
-            stored = sum(map(len, engine.logs(run.container_id, follow=False)))
-        except EngineError:
-            return  # keep what the follow stream gave
-        if stored <= delivered:
-            return
-        files = self.store.files(run.id)
-        paths = (files.logs, files.events)
-        # Leftover names the sweep knows, should this process die before the rename.
-        logs, events = (path.with_name(f".{path.name}.respool.tmp") for path in paths)
-        spool = _RunOutput(logs, events, run, self.log_max_bytes, secrets, fresh=True)
-        try:
-            for chunk in engine.logs(run.container_id, follow=False):
-                spool.write(chunk)
-        except EngineError:
-            spool.close()
-            for fresh in (logs, events):
-                fresh.unlink(missing_ok=True)  # keep what the follow stream gave
-            return
-        spool.close()
-        for fresh, path in zip((logs, events), paths, strict=True):
-            if fresh.exists():
-                os.replace(fresh, path)
-
-    def _collect(self, run: Run, engine: Engine) -> list[tuple[str, str]]:
-        """Read the inner JUnit XML and the artifacts back; returns what extraction refused."""
-        assert run.container_id is not None
-        files = self.store.files(run.id)
-        try:
-            chunks = engine.get_archive(run.container_id, JUNIT_PATH)
-            if chunks is not None:
-                data = read_member(chunks, Path(JUNIT_PATH).name, max_bytes=JUNIT_MAX_BYTES)
-                if data is not None:
-                    files.junit.write_bytes(data)
-        except LrunError as e:
-            return [(JUNIT_PATH, str(e))]
-        refused: list[tuple[str, str]] = []
-        dest = files.artifacts
-        # One budget per run, however many paths it declares: each extraction gets what is left
-        # (an entry counted at a block, so a budget is never overspent).
-        budget_bytes, budget_entries = ARTIFACTS_MAX_BYTES, MAX_EXTRACT_ENTRIES
-        for path in run.artifacts or ():
-            chunks = engine.get_archive(run.container_id, path)
-            if chunks is None:
-                continue
-            dest.mkdir(parents=True, exist_ok=True)
-            result: ExtractResult = safe_extract(
-                chunks, dest, max_bytes=max(0, budget_bytes), max_entries=max(0, budget_entries)
-            )
-            refused.extend(result.refused)
-            budget_bytes -= result.bytes_written + result.entries * ENTRY_BYTES
-            budget_entries -= result.entries
-        return refused
 
     def _await(self, run: Run, engine: Engine) -> Run:
         """Wait for a live run someone else owns; take it over if nobody watches it any more."""
@@ -818,38 +598,10 @@ class Dispatcher:
         with self._live_lock:
             self._live[run_id] = (engine, container_id)
 
-
-class _RunOutput:
-    """A run's output as it streams: its events (the run's token) to ``events.jsonl``, the rest to the log."""
-
-    def __init__(
-        self, logs: Path, events: Path, run: Run, max_bytes: int, secrets: list[str], *, fresh: bool
-    ) -> None:
-        self._log = LogSpool(logs, max_bytes=max_bytes, secrets=secrets, fresh=fresh)
-        self._parser = EventParser(run.event_token) if run.event_token else None
-        self._events = (
-            EventSpool(events, max_bytes=max_bytes, secrets=secrets, fresh=fresh) if run.event_token else None
-        )
-        self.received = 0
-        """The engine's bytes taken so far, before any parse or redaction (what ``_respool`` compares)."""
-
-    def write(self, chunk: bytes) -> tuple[bytes, tuple[Event, ...]]:
-        """Take ``chunk``; returns the redacted complete log lines it completed (for live display)
-        and the events it completed (for live reports)."""
-        self.received += len(chunk)
-        if self._parser is None or self._events is None:
-            return self._log.write(chunk), ()
-        parsed = self._parser.feed(chunk)
-        self._events.write(parsed.events)
-        return self._log.write(parsed.output), parsed.events
-
-    def close(self) -> None:
-        if self._parser is not None and self._events is not None:
-            parsed = self._parser.close()
-            self._events.write(parsed.events)
-            self._log.write(parsed.output)
-            self._events.close()
-        self._log.close()
+    def _ours(self, run_id: str) -> bool:
+        """Whether this dispatcher created the run."""
+        with self._live_lock:
+            return run_id in self._created
 
 
 @contextlib.contextmanager
@@ -876,10 +628,6 @@ def _shipping(prepared: _Prepared) -> Iterator[None]:
 def _secrets(spec: RunSpec) -> list[str]:
     """Env values the log must never show: the machine's and the entry's."""
     return [*spec.machine.env.values(), *spec.env.values()]
-
-
-def _ticket() -> Ticket:
-    return Ticket(secrets.token_hex(8), time.time())
 
 
 def _me() -> dict[str, object]:

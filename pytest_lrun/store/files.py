@@ -5,6 +5,10 @@ contents of a run's directory written by other modules (logs, artifacts). It
 decides, atomically across threads and processes, whether a request for a
 machine creates a run, reuses the live run with the same idempotency key, or
 finds the machine busy with a different key (:meth:`FileStore.prepare`).
+Parts of the file store's work live in helper modules of their own, each
+owning its folder: :mod:`.file_place` (placing a new run on one of its candidate
+machines, and the lines of waiters in ``queue/``), :mod:`.file_check` (sweep and
+check), :mod:`.file_durations` (``durations/``) and :mod:`.file_batches` (``batches/``).
 
 State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700)::
 
@@ -16,6 +20,7 @@ State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700):
                                   (h = xxh64 of the key), for cached results
     corrupt/                      state files that did not parse, moved aside, never deleted
     hashcache/                    stat caches of hashed trees (hashing's; rebuilt when missing)
+    queue/, durations/, batches/  lines of waiters, test durations, batch records (see above)
 
 ``<run-id>`` is time-sortable: ``YYYYmmddTHHMMSS-<8 hex>`` (UTC). ``<machine-key>``
 is the machine name made filesystem-safe plus the full xxh3-128 digest of the
@@ -44,7 +49,7 @@ Rules the store keeps:
   lists, so its cost does not grow with the number of finished runs.
 * What a crash leaves behind (temporary files, half-deleted run folders, a run
   folder with no record, a pending record its machine's index never listed) is
-  found and settled by :meth:`FileStore.sweep`.
+  found and settled by :meth:`FileStore.sweep` (:mod:`.file_check`).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ from pathlib import Path
 import filelock
 import xxhash
 
-from ..errors import OWNER_GONE, ConfigError, CorruptRecord, RunNotFound, StoreError, TerminalRunError
+from ..errors import ConfigError, CorruptRecord, RunNotFound, StoreError, TerminalRunError
 from ..fsutil import (
     Unparseable,
     atomic_write_json,
@@ -75,24 +80,13 @@ from ..fsutil import (
     remove_tree,
     stamp,
 )
-from ..layout import DELETING_PREFIX, RECORD, RunFiles, is_leftover
+from ..layout import DELETING_PREFIX, RunFiles
 from ..locking import hold
+from . import file_check, file_durations
 from .base import Candidate, Decision, Sweep, Ticket
-from .common import (
-    SWEEP_GRACE_S,
-    TICKET_TTL_S,
-    ahead_of,
-    check_candidates,
-    choose,
-    ended,
-    fill_new,
-    leftovers_in,
-    owner_alive,
-    queued_blocker,
-    remove_leftovers,
-    retry_while_busy,
-)
+from .common import SWEEP_GRACE_S, check_candidates, ended, owner_alive, retry_while_busy
 from .file_batches import FileBatchStore
+from .file_place import line_locked, place_once, write_line
 from .records import Run, Status, valid_id
 
 __all__ = ["FileStore", "default_state_dir", "machine_key"]
@@ -235,28 +229,11 @@ class FileStore:
 
     def save_durations(self, suite: str, durations: Mapping[str, float]) -> None:
         """Merge ``durations`` into ``durations/<digest of suite>.json`` under its own lock."""
-        path = self._durations_path(suite)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with hold(str(path) + ".lock", self.lock_timeout, f"durations of {suite!r}"):
-            kept = self.durations(suite)
-            kept.update(durations)
-            atomic_write_json(path, {"suite": suite, "durations": kept}, durable=self.durable)
+        file_durations.save(self, suite, durations)
 
     def durations(self, suite: str) -> dict[str, float]:
         """The durations kept for ``suite``; a file that does not parse counts as none (it is rewritten)."""
-        try:
-            data = json.loads(self._durations_path(suite).read_bytes())
-            kept = data["durations"]
-            return {str(k): float(v) for k, v in kept.items() if isinstance(v, int | float)}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}
-
-    def _durations_path(self, suite: str) -> Path:
-        return (
-            self.state_dir
-            / "durations"
-            / f"{xxhash.xxh3_128_hexdigest(suite.encode('utf-8', 'surrogatepass'))}.json"
-        )
+        return file_durations.load(self, suite)
 
     def close(self) -> None:
         """Nothing to release: locks are taken and dropped per call."""
@@ -452,85 +429,19 @@ class FileStore:
         :raises StoreError: ``make`` returned something other than a fresh pending run
         """
         check_candidates(candidates)
-        return retry_while_busy(lambda: self._place_once(candidates, make, test_dir_hash, ticket), wait)
-
-    def _place_once(
-        self,
-        candidates: Sequence[Candidate],
-        make: Callable[[Candidate], Run],
-        test_dir_hash: str | None,
-        ticket: Ticket | None,
-    ) -> tuple[Run, Decision]:
         mkeys = {c.machine: machine_key(c.machine) for c in candidates}
-        with contextlib.ExitStack() as locks:
-            for c in sorted(candidates, key=lambda c: mkeys[c.machine]):
-                locks.enter_context(self._locked(mkeys[c.machine], c.machine))
-            live = {c.machine: self._live_locked(mkeys[c.machine], c.machine) for c in candidates}
-            for c in candidates:
-                for run in live[c.machine]:
-                    if run.key == c.key:
-                        return run, Decision.REUSE
-            now = time.time()
-            lines = {c.machine: self._line_locked(mkeys[c.machine], now) for c in candidates}
-            used = {
-                machine: len(runs) + ahead_of({t: times[0] for t, times in lines[machine].items()}, ticket)
-                for machine, runs in live.items()
-            }
-            chosen = choose(candidates, used)
-            if chosen is None:
-                if ticket is not None:  # in line on every candidate: the next free slot there is ours
-                    for c in candidates:
-                        line = {**lines[c.machine], ticket.id: (ticket.created, now)}
-                        self._write_line(mkeys[c.machine], line)
-                blocker = next((run for c in candidates for run in live[c.machine]), None)
-                return blocker or queued_blocker(candidates[0].machine), Decision.BUSY
-            run = make(chosen)
-            fill_new(run, chosen.machine, chosen.key, test_dir_hash)
-            run.id = self._claim_run_dir()
-            try:
-                self._write_record(run)  # payload first ...
-                mkey = mkeys[chosen.machine]
-                self._write_index(mkey, chosen.machine, [*(r.id for r in live[chosen.machine]), run.id])
-            except BaseException:
-                # Never returned to anyone: take the half-made run back (a crash here leaves an
-                # unindexed pending record, which place ignores).
-                with contextlib.suppress(OSError):
-                    remove_tree(self._run_dir(run.id))
-                run.id = ""
-                raise
-            if ticket is not None:
-                for c in candidates:
-                    if lines[c.machine].pop(ticket.id, None) is not None:
-                        self._write_line(mkeys[c.machine], lines[c.machine])
-            return run, Decision.CREATED
+        return retry_while_busy(
+            lambda: place_once(self, candidates, mkeys, make, test_dir_hash, ticket), wait
+        )
 
     def leave_line(self, ticket: Ticket, machines: Sequence[str]) -> None:
         now = time.time()
         for machine in machines:
             mkey = machine_key(machine)
             with self._locked(mkey, machine):
-                line = self._line_locked(mkey, now)
+                line = line_locked(self, mkey, now)
                 if line.pop(ticket.id, None) is not None:
-                    self._write_line(mkey, line)
-
-    def _line_path(self, mkey: str) -> Path:
-        return self.state_dir / "queue" / f"{mkey}.json"
-
-    def _line_locked(self, mkey: str, now: float) -> dict[str, tuple[float, float]]:
-        """The machine's waiters still in line (ticket id -> (created, last seen)); an unreadable
-        line counts as empty (waiters still waiting are back in it on their next try)."""
-        try:
-            tickets = json.loads(self._line_path(mkey).read_bytes())["tickets"]
-            line = {str(ticket): (float(created), float(seen)) for ticket, (created, seen) in tickets.items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}
-        return {ticket: times for ticket, times in line.items() if now - times[1] < TICKET_TTL_S}
-
-    def _write_line(self, mkey: str, line: dict[str, tuple[float, float]]) -> None:
-        path = self._line_path(mkey)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tickets = {ticket: list(times) for ticket, times in line.items()}
-        atomic_write_json(path, {"tickets": tickets}, durable=self.durable)
+                    write_line(self, mkey, line)
 
     def _claim_run_dir(self) -> str:
         for _ in range(100):
@@ -710,111 +621,12 @@ class FileStore:
         return []
 
     def sweep(self, *, grace: float = SWEEP_GRACE_S, now: float | None = None) -> Sweep:
-        """Settle what crashes left behind, once it is older than ``grace`` seconds.
-
-        * temporary files of interrupted writes and half-deleted run folders are removed;
-        * a run folder with no record (a crash between claiming an id and writing the
-          record, or a record moved aside as corrupt) is removed;
-        * a pending record its machine's index never listed (a crash between writing
-          the record and the index), with no container and an owner that is gone, is
-          ended ``interrupted`` with ``owner_gone``: nobody else would ever look at it.
-
-        One entry that cannot be settled is reported in :attr:`Sweep.problems`; the
-        others are still settled. Lists every run folder but reads only the records of
-        folders that hold nothing else.
-        """
-        now = time.time() if now is None else now
-        report = Sweep()
-        candidates = leftovers_in([self.state_dir, *(p for p in self.state_dir.iterdir() if p.is_dir())])
-        bare: builtins.list[str] = []  # run folders holding their record and nothing else
-        for name in sorted(os.listdir(self.runs_dir)):
-            folder = self.runs_dir / name
-            if not valid_id(name) or not folder.is_dir():
-                continue
-            contents = os.listdir(folder)
-            candidates.extend(folder / entry for entry in contents if is_leftover(entry))
-            if RECORD not in contents:
-                candidates.append(folder)
-            elif contents == [RECORD]:
-                bare.append(name)
-        remove_leftovers(self.state_dir, candidates, report, grace=grace, now=now)
-        # A pending run that prepare recorded but never indexed has a bare folder: nothing
-        # was ever started for it. Only those records need reading, not every run's.
-        indexed: set[str] | None = None
-        for run_id in bare:
-            try:
-                run = self._load(run_id)
-            except (RunNotFound, CorruptRecord):
-                continue
-            if run.status is not Status.PENDING or run.container_id is not None or owner_alive(run):
-                continue
-            if run.created_at is not None and now - run.created_at < grace:
-                continue
-            indexed = {live.id for live in self.active()} if indexed is None else indexed
-            if run.id in indexed:
-                continue
-            try:
-                self.end(run, Status.INTERRUPTED, error_code=OWNER_GONE, error_msg=_UNINDEXED)
-            except (RunNotFound, CorruptRecord, TerminalRunError):
-                continue  # ended or removed meanwhile
-            report.ended.append(run.id)
-        return report
+        """Settle what crashes left behind, once it is older than ``grace`` seconds (:mod:`.file_check`)."""
+        return file_check.sweep(self, grace=grace, now=now)
 
     def check(self) -> builtins.list[str]:
-        """The store's invariant violations, one sentence each; ``[]`` when healthy. Changes nothing.
-
-        Checks: every record parses and its id names its directory; every index
-        parses and lists only existing, non-terminal records of its machine; at
-        most one distinct key among a machine's active runs.
-        """
-        problems: builtins.list[str] = []
-        for name in sorted(os.listdir(self.runs_dir)):
-            if not valid_id(name) or not self.files(name).record.exists():
-                continue
-            try:
-                self._parse_record(name)
-            except FileNotFoundError:
-                continue
-            except Unparseable as exc:
-                problems.append(f"runs/{name}/{RECORD} is not a valid run record: {exc}")
-        for index in sorted(self.active_dir.glob("*.json")):
-            mkey = index.stem
-            with self._locked(mkey, mkey):
-                problems.extend(self._check_index(mkey))
-        return problems
-
-    def _check_index(self, mkey: str) -> builtins.list[str]:
-        where = f"active/{mkey}.json"
-        try:
-            _, run_ids = self._parse_index(mkey)
-        except Unparseable as exc:
-            return [f"{where} does not parse: {exc}"]
-        problems: builtins.list[str] = []
-        if len(set(run_ids)) != len(run_ids):
-            problems.append(f"{where} lists a run more than once: {run_ids}")
-        keys: dict[str, builtins.list[str]] = {}
-        for run_id in run_ids:
-            try:
-                run = self._parse_record(run_id)
-            except FileNotFoundError:
-                problems.append(f"{where} lists run {run_id}, which has no record")
-                continue
-            except Unparseable:
-                problems.append(f"{where} lists run {run_id}, whose record is not valid")
-                continue
-            if machine_key(run.machine) != mkey:
-                problems.append(f"{where} lists run {run_id}, which belongs to machine {run.machine!r}")
-            elif run.status.is_terminal:
-                problems.append(f"{where} lists run {run_id}, which is {run.status.value}")
-            else:
-                keys.setdefault(run.key, []).append(run_id)
-        for key, ids in keys.items():
-            if len(ids) > 1:  # slots hold different keys; one key twice is a twin
-                problems.append(f"{where}: {len(ids)} active runs of key {key!r} (twins): {ids}")
-        return problems
-
-
-_UNINDEXED = "a crash left it pending and unlisted in its machine's index; its creator is gone"
+        """The store's invariant violations, one sentence each; ``[]`` when healthy (:mod:`.file_check`)."""
+        return file_check.check(self)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,151 @@
+"""What a run's container gives back, written into the run's folder (:class:`~pytest_lrun.layout.RunFiles`).
+
+Split out of :mod:`pytest_lrun.dispatch`, whose :class:`~pytest_lrun.dispatch.Dispatcher`
+calls it while it watches a container to its end (its ``_finish``):
+
+* the output as it streams (:func:`pump_logs` into a :class:`RunOutput`): the
+  inner reporter's events (the run's token) go to ``events.jsonl`` and to the
+  live reports, the rest to the redacted, capped log and to the live display;
+* the engine's stored log once the container stopped, when the follow stream
+  ended short of it (:func:`respool`);
+* the inner JUnit XML and the artifacts, read back through the Engine's archive
+  API and extracted under caps (:func:`collect`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .engine import Engine
+from .errors import EngineError, LrunError
+from .events import Event, EventParser
+from .extract import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extract
+from .fsutil import ENTRY_BYTES
+from .layout import RunFiles
+from .logs import EventSpool, LogSpool
+from .store import Run
+
+JUNIT_PATH = "/lrun/out/junit.xml"
+JUNIT_MAX_BYTES = 64 * 1024 * 1024
+ARTIFACTS_MAX_BYTES = 512 * 1024 * 1024
+
+
+class RunOutput:
+    """A run's output as it streams: its events (the run's token) to ``events.jsonl``, the rest to the log."""
+
+    def __init__(
+        self, logs: Path, events: Path, run: Run, max_bytes: int, secrets: list[str], *, fresh: bool
+    ) -> None:
+        self._log = LogSpool(logs, max_bytes=max_bytes, secrets=secrets, fresh=fresh)
+        self._parser = EventParser(run.event_token) if run.event_token else None
+        self._events = (
+            EventSpool(events, max_bytes=max_bytes, secrets=secrets, fresh=fresh) if run.event_token else None
+        )
+        self.received = 0
+        """The engine's bytes taken so far, before any parse or redaction (what :func:`respool` compares)."""
+
+    def write(self, chunk: bytes) -> tuple[bytes, tuple[Event, ...]]:
+        """Take ``chunk``; returns the redacted complete log lines it completed (for live display)
+        and the events it completed (for live reports)."""
+        self.received += len(chunk)
+        if self._parser is None or self._events is None:
+            return self._log.write(chunk), ()
+        parsed = self._parser.feed(chunk)
+        self._events.write(parsed.events)
+        return self._log.write(parsed.output), parsed.events
+
+    def close(self) -> None:
+        if self._parser is not None and self._events is not None:
+            parsed = self._parser.close()
+            self._events.write(parsed.events)
+            self._log.write(parsed.output)
+            self._events.close()
+        self._log.close()
+
+
+def pump_logs(
+    run: Run,
+    engine: Engine,
+    spool: RunOutput,
+    on_events: Callable[[Run, Sequence[Event]], None] | None,
+    on_output: Callable[[Run, str], None] | None,
+) -> None:
+    """Follow the container's log into ``spool`` until it ends, passing what it completes on."""
+    assert run.container_id is not None
+    try:
+        for chunk in engine.logs(run.container_id, follow=True):
+            shown, events = spool.write(chunk)
+            if events and on_events is not None:
+                on_events(run, events)
+            if shown and on_output is not None:
+                on_output(run, shown.decode("utf-8", "replace"))
+    except EngineError:
+        pass  # the container ended or vanished: the waiter decides the status
+
+
+def respool(
+    files: RunFiles, run: Run, engine: Engine, max_bytes: int, secrets: list[str], delivered: int
+) -> None:
+    """Rewrite the log and the events from the stopped container's complete log, if it is longer.
+
+    A follow stream opened on a container that exits at once can end before
+    its last output (seen with Docker 20.10); the engine's stored log is whole.
+    The stored log is counted first, and only when it has more bytes than the
+    follow stream ``delivered`` is it read again to be parsed and written: in
+    the common case, a run's end costs one read and no parse.
+    """
+    assert run.container_id is not None
+    try:
+        stored = sum(map(len, engine.logs(run.container_id, follow=False)))
+    except EngineError:
+        return  # keep what the follow stream gave
+    if stored <= delivered:
+        return
+    paths = (files.logs, files.events)
+    # Leftover names the sweep knows, should this process die before the rename.
+    logs, events = (path.with_name(f".{path.name}.respool.tmp") for path in paths)
+    spool = RunOutput(logs, events, run, max_bytes, secrets, fresh=True)
+    try:
+        for chunk in engine.logs(run.container_id, follow=False):
+            spool.write(chunk)
+    except EngineError:
+        spool.close()
+        for fresh in (logs, events):
+            fresh.unlink(missing_ok=True)  # keep what the follow stream gave
+        return
+    spool.close()
+    for fresh, path in zip((logs, events), paths, strict=True):
+        if fresh.exists():
+            os.replace(fresh, path)
+
+
+def collect(files: RunFiles, run: Run, engine: Engine) -> list[tuple[str, str]]:
+    """Read the inner JUnit XML and the artifacts back; returns what extraction refused."""
+    assert run.container_id is not None
+    try:
+        chunks = engine.get_archive(run.container_id, JUNIT_PATH)
+        if chunks is not None:
+            data = read_member(chunks, Path(JUNIT_PATH).name, max_bytes=JUNIT_MAX_BYTES)
+            if data is not None:
+                files.junit.write_bytes(data)
+    except LrunError as e:
+        return [(JUNIT_PATH, str(e))]
+    refused: list[tuple[str, str]] = []
+    dest = files.artifacts
+    # One budget per run, however many paths it declares: each extraction gets what is left
+    # (an entry counted at a block, so a budget is never overspent).
+    budget_bytes, budget_entries = ARTIFACTS_MAX_BYTES, MAX_EXTRACT_ENTRIES
+    for path in run.artifacts or ():
+        chunks = engine.get_archive(run.container_id, path)
+        if chunks is None:
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        result: ExtractResult = safe_extract(
+            chunks, dest, max_bytes=max(0, budget_bytes), max_entries=max(0, budget_entries)
+        )
+        refused.extend(result.refused)
+        budget_bytes -= result.bytes_written + result.entries * ENTRY_BYTES
+        budget_entries -= result.entries
+    return refused

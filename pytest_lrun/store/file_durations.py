@@ -1,0 +1,56 @@
+"""The file store's durations of inner tests, kept per suite for sharding.
+
+Split out of :mod:`.files`, whose :meth:`FileStore.save_durations
+<pytest_lrun.store.files.FileStore.save_durations>` and ``durations`` call
+:func:`save` and :func:`load`. This module owns ``durations/``
+under the state directory::
+
+    durations/<h>.json        {"suite": ..., "durations": {"<node id>": seconds, ...}}
+                              (h = xxh3-128 of the suite's name)
+    durations/<h>.json.lock   its lock file (a sidecar: never holds data)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import xxhash
+
+from ..fsutil import atomic_write_json
+from ..locking import hold
+
+if TYPE_CHECKING:
+    from .files import FileStore
+
+__all__ = ["load", "save"]
+
+
+def save(store: FileStore, suite: str, durations: Mapping[str, float]) -> None:
+    """Merge ``durations`` into ``durations/<digest of suite>.json`` under its own lock."""
+    path = _durations_path(store, suite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with hold(str(path) + ".lock", store.lock_timeout, f"durations of {suite!r}"):
+        kept = store.durations(suite)
+        kept.update(durations)
+        atomic_write_json(path, {"suite": suite, "durations": kept}, durable=store.durable)
+
+
+def load(store: FileStore, suite: str) -> dict[str, float]:
+    """The durations kept for ``suite``; a file that does not parse counts as none (it is rewritten)."""
+    try:
+        data = json.loads(_durations_path(store, suite).read_bytes())
+        kept = data["durations"]
+        return {str(k): float(v) for k, v in kept.items() if isinstance(v, int | float)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _durations_path(store: FileStore, suite: str) -> Path:
+    return (
+        store.state_dir
+        / "durations"
+        / f"{xxhash.xxh3_128_hexdigest(suite.encode('utf-8', 'surrogatepass'))}.json"
+    )
