@@ -229,9 +229,13 @@ class Dispatcher:
 
     # -- entry points --------------------------------------------------------
 
-    def dispatch(self, spec: RunSpec) -> RunResult:
-        """Run ``spec`` to a terminal status (or attach to / reuse an equal run)."""
-        prepared = self._prepare(spec)
+    def dispatch(self, spec: RunSpec, *, reuse: str | None = None) -> RunResult:
+        """Run ``spec`` to a terminal status (or attach to / reuse an equal run).
+
+        ``reuse`` overrides the dispatcher's for this spec (the inner collection before
+        shards always takes a completed one: its key says all its result depends on).
+        """
+        prepared = self._prepare(spec, reuse or self.reuse)
         run, engine = prepared.run, prepared.engine
         if prepared.origin == "cached":
             return self.result(run, "cached")
@@ -245,7 +249,7 @@ class Dispatcher:
 
     def start(self, spec: RunSpec) -> RunResult:
         """Create and start the run, then leave it running (``--lrun-detach``)."""
-        prepared = self._prepare(spec)
+        prepared = self._prepare(spec, self.reuse)
         run, engine = prepared.run, prepared.engine
         if prepared.origin != "created":
             return RunResult(run, prepared.origin)
@@ -318,9 +322,9 @@ class Dispatcher:
 
     # -- steps ----------------------------------------------------------------
 
-    def _prepare(self, spec: RunSpec) -> _Prepared:
+    def _prepare(self, spec: RunSpec, reuse: str) -> _Prepared:
         """Decide created / reused / cached (or raise ``machine_busy``) for ``spec``."""
-        prepared = self._decide(spec)
+        prepared = self._decide(spec, reuse)
         if self.on_prepared is not None:
             if prepared.origin == "created":
                 with self._ends_on_error(prepared.run, prepared.engine), _closed_on_error(prepared):
@@ -356,9 +360,9 @@ class Dispatcher:
         except Exception:  # the state dir itself fails: the reap and sweep settle what is left
             logger.exception("could not record the end of run %s after %s", run_id, code)
 
-    def _decide(self, spec: RunSpec) -> _Prepared:
+    def _decide(self, spec: RunSpec, reuse: str) -> _Prepared:
         options = options_for(spec, self.engines)
-        if self.reuse == "completed":
+        if reuse == "completed":
             # A stat-cached hash reads no file of an unchanged tree: a cached result costs no read.
             dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.hashcache_dir)
             for option in options:

@@ -203,7 +203,8 @@ class LrunSession:
         if pytest_arguments_at(spec.command) is None:
             raise ConfigError(str(spec.test_dir), "shards split the inner tests of a pytest command only")
         self.progress(f"{spec.where}: {self._shown(spec)}: collecting the inner tests to split them")
-        collecting = self.dispatcher.dispatch(replace(spec, command=(*spec.command, "--collect-only", "-q")))
+        collect = replace(spec, command=(*spec.command, "--collect-only", "-q"))
+        collecting = self.dispatcher.dispatch(collect, reuse="completed")
         collected = next((e for e in collecting.events or () if isinstance(e, Collected)), None)
         if collected is None or collecting.run.status is not Status.COMPLETED:
             raise ConfigError(
