@@ -130,7 +130,10 @@ def test_shards_split_a_suite_report_each_test_once_and_rerun_only_the_failed_sh
     # Quick tests split the same with their recorded durations: the same keys. The two shards that
     # completed are cached; only the one holding the failure runs again.
     assert sorted(_shard_rows(again).values()) == ["cached", "cached", "created"]
-    # The inner collection ran once: the same directory and command collect the same tests.
+    # The inner collection ran once, even for an invocation that reuses nothing else: the same
+    # directory and command collect the same tests.
+    third = pytester.runpytest_subprocess("--lrun-machine=tag:pool", "many", "--lrun-shards=3")
+    third.assert_outcomes(passed=11, failed=1)
     records = [json.loads((d / "run.json").read_text()) for d in (state_dir / "runs").iterdir()]
     assert sum("--collect-only" in r["command"] for r in records) == 1
 
