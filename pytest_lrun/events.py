@@ -203,6 +203,10 @@ class _Fields:
         except KeyError as e:
             raise _Malformed(f"no {e.args[0]!r}") from None
 
+    def optional(self, key: str, default: object = None) -> object:
+        """The value of ``key``, ``default`` when it is absent."""
+        return self._data.get(key, default)
+
     def text(self, key: str) -> str:
         return _as_str(self.get(key))
 
@@ -292,18 +296,7 @@ _WHENS = frozenset(("setup", "call", "teardown"))
 _OUTCOMES = frozenset(("passed", "failed", "skipped"))
 # The required fields of the two kinds that come for every test, read in one call each.
 _START_FIELDS = operator.itemgetter("n", "nodeid", "location")
-_REPORT_FIELDS = operator.itemgetter(
-    "n",
-    "nodeid",
-    "when",
-    "outcome",
-    "duration",
-    "location",
-    "skip",
-    "sections",
-    "keywords",
-    "user_properties",
-)
+_REPORT_FIELDS = operator.itemgetter("n", "nodeid", "when", "outcome", "duration")
 
 
 def _start(f: _Fields) -> Start:
@@ -312,22 +305,23 @@ def _start(f: _Fields) -> Start:
 
 
 def _report(f: _Fields) -> PhaseReport:
-    n, nodeid, when, outcome, duration, location, skip, sections, keywords, properties = f.require(
-        _REPORT_FIELDS
-    )
+    """A phase report. Only its first five fields are required: the reporter leaves out what is
+    empty (``longrepr``, ``skip``, ``sections``, ``user_properties``), a location equal to the
+    start's, and the keywords it already sent with the test's first report (see the reporter)."""
+    n, nodeid, when, outcome, duration = f.require(_REPORT_FIELDS)
     return PhaseReport(
         n=_as_int(n),
         nodeid=_as_str(nodeid),
         when=cast(When, _choice(when, _WHENS)),
         outcome=cast(PhaseOutcome, _choice(outcome, _OUTCOMES)),
         duration=_as_number(duration),
-        location=_location(location),
+        location=_location(f.optional("location")),
         longrepr=f.opt_text("longrepr"),
-        skip=_skip(skip),
-        sections=_pairs(sections),
+        skip=_skip(f.optional("skip")),
+        sections=_pairs(f.optional("sections", [])),
         wasxfail=f.opt_text("wasxfail"),
-        keywords=_texts(keywords),
-        user_properties=_pairs(properties),
+        keywords=_texts(f.optional("keywords", [])),
+        user_properties=_pairs(f.optional("user_properties", [])),
         start=f.opt_number("start"),
         stop=f.opt_number("stop"),
     )

@@ -158,6 +158,7 @@ class RunReports:
         self._ended: set[str] = set()  # tests whose teardown was reported
         self._pending: dict[str, Start] = {}  # host -k/-m: started, not yet decided
         self._selected: dict[str, bool] = {}  # host -k/-m: decided by a test's first report
+        self._keywords: dict[str, tuple[str, ...]] = {}  # a running test's, from its first report
         self._finish: Finished | None = None
 
     # -- live --------------------------------------------------------------------------
@@ -405,11 +406,19 @@ class RunReports:
         return path
 
     def _test_report(self, event: PhaseReport) -> pytest.TestReport:
+        # The reporter leaves out a location equal to the start's and keywords it sent already.
+        start = self._started.get(event.nodeid)
+        location = event.location or (start.location if start is not None else None)
+        keywords = event.keywords or self._keywords.get(event.nodeid, ())
+        if event.when == "teardown":
+            self._keywords.pop(event.nodeid, None)
+        elif event.keywords:
+            self._keywords[event.nodeid] = event.keywords
         longrepr: Any = None
         if event.skip is not None:
             longrepr = (self._host_path(event.skip.path), event.skip.lineno, event.skip.reason)
         elif event.longrepr is not None and event.outcome == "failed":
-            longrepr = self._repr(event.longrepr, _crash_line(event.longrepr), event.location)
+            longrepr = self._repr(event.longrepr, _crash_line(event.longrepr), location)
         elif event.longrepr is not None:
             longrepr = event.longrepr
         extra: dict[str, Any] = {}
@@ -417,13 +426,13 @@ class RunReports:
             extra["wasxfail"] = event.wasxfail
         report = self._made_report(
             event.nodeid,
-            event.location,
+            location,
             event.when,
             event.outcome,
             longrepr,
             sections=event.sections,
             duration=event.duration,
-            keywords=event.keywords,
+            keywords=keywords,
             properties=event.user_properties,
             **extra,
         )

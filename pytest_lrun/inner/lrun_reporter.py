@@ -20,10 +20,12 @@ written). The kinds, and the host's parser, are in ``pytest_lrun/events.py``:
   ``"more": true``;
 * ``start`` when a test starts (``pytest_runtest_logstart``): ``nodeid``, ``location``;
 * ``report`` for each phase (``pytest_runtest_logreport``): ``nodeid``, ``when``,
-  ``outcome``, ``duration``, ``location``, ``longrepr`` (text), ``skip`` (the
+  ``outcome``, ``duration``, and only when they say something: ``location`` (when
+  it differs from the start's), ``longrepr`` (text), ``skip`` (the
   ``[path, lineno, reason]`` of a skip), ``sections`` (captured output),
-  ``wasxfail`` (only when the report has it), ``keywords``, ``user_properties``,
-  ``start``/``stop`` (when pytest records them);
+  ``wasxfail``, ``keywords`` (with a test's first report only: the host keeps them
+  for the test's other phases), ``user_properties``, ``start``/``stop`` (when pytest
+  records them);
 * ``finish`` at the end (``pytest_sessionfinish``): ``exitstatus``, ``counts`` (the
   categories pytest's own summary counts) and ``interrupt`` (the traceback of a
   Ctrl-C/SIGINT, or null).
@@ -255,6 +257,8 @@ class Reporter:
         self._collect_errors: list[dict[str, Any]] = []
         self._collect_skips: list[dict[str, Any]] = []
         self._counts: dict[str, int] = {}
+        self._started: tuple[str, Any] = ("", None)  # the test last started and its location
+        self._keyworded = ""  # the test whose keywords were last sent
         self._interrupt: str | None = None
 
     def emit(self, kind: str, fields: dict[str, Any]) -> None:
@@ -263,6 +267,19 @@ class Reporter:
         event.update(fields)
         self._n += 1
         self._channel.send(encode(event))
+
+    def _tally(self) -> dict[str, int]:
+        """What pytest's summary counts: the terminal reporter's tally when it runs (asking each
+        report's status as it came would cost a hook call per report), else the collection's."""
+        terminal = self._config.pluginmanager.get_plugin("terminalreporter")
+        stats = getattr(terminal, "stats", None)
+        if not isinstance(stats, dict):
+            return dict(self._counts)
+        return {
+            category: len(reports)
+            for category, reports in stats.items()
+            if category and category != "warnings"
+        }
 
     def _count(self, category: str, by: int = 1) -> None:
         self._counts[category] = self._counts.get(category, 0) + by
@@ -303,27 +320,38 @@ class Reporter:
 
     @pytest.hookimpl
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        self.emit("start", {"nodeid": nodeid, "location": _location(location)})
+        self._started = (nodeid, _location(location))
+        self.emit("start", {"nodeid": nodeid, "location": self._started[1]})
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        status = self._config.hook.pytest_report_teststatus(report=report, config=self._config)
-        if status and status[0]:
-            self._count(status[0])
-        longrepr = report.longrepr
-        skip = _skip_info(longrepr)
+        # Compact: what is empty, a location equal to the start's and keywords already sent with
+        # the test's first report are left out (the host fills them in): a suite of quick tests
+        # sends about half the bytes through the engine's log.
+        nodeid = report.nodeid
         fields: dict[str, Any] = {
-            "nodeid": report.nodeid,
+            "nodeid": nodeid,
             "when": report.when,
             "outcome": report.outcome,
             "duration": report.duration,
-            "location": _location(report.location),
-            "longrepr": skip[2] if skip else (None if longrepr is None else str(longrepr)),
-            "skip": skip,
-            "sections": [[name, content] for name, content in report.sections],
-            "keywords": sorted(report.keywords),
-            "user_properties": [[str(name), str(value)] for name, value in report.user_properties],
         }
+        location = _location(report.location)
+        if self._started != (nodeid, location):
+            fields["location"] = location
+        longrepr = report.longrepr
+        skip = _skip_info(longrepr)
+        if skip:
+            fields["skip"] = skip
+            fields["longrepr"] = skip[2]
+        elif longrepr is not None:
+            fields["longrepr"] = str(longrepr)
+        if report.sections:
+            fields["sections"] = [[name, content] for name, content in report.sections]
+        if report.when == "setup" or nodeid != self._keyworded:
+            fields["keywords"] = sorted(report.keywords)
+            self._keyworded = nodeid
+        if report.user_properties:
+            fields["user_properties"] = [[str(name), str(value)] for name, value in report.user_properties]
         if hasattr(report, "wasxfail"):
             fields["wasxfail"] = str(report.wasxfail)
         for stamp in ("start", "stop"):  # newer pytest only
@@ -341,7 +369,7 @@ class Reporter:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, exitstatus: int) -> None:
-        fields = {"exitstatus": int(exitstatus), "counts": self._counts, "interrupt": self._interrupt}
+        fields = {"exitstatus": int(exitstatus), "counts": self._tally(), "interrupt": self._interrupt}
         self.emit("finish", fields)
         self._channel.close()
 

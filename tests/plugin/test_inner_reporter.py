@@ -151,6 +151,7 @@ def test_every_phase_of_every_test_is_reported(suite: Path, capture: list[str]) 
     assert phases(parsed) == PHASES
 
     by = reports(parsed)
+    starts = {e.nodeid: e for e in parsed.events if isinstance(e, Start)}
     assert "assert 1 == 2" in (by["test_suite.py::test_fail", "call"].longrepr or "")
     assert "setup boom" in (by["test_suite.py::test_error", "setup"].longrepr or "")
     skip = by["test_suite.py::test_skip", "call"].skip
@@ -159,9 +160,11 @@ def test_every_phase_of_every_test_is_reported(suite: Path, capture: list[str]) 
     assert by["test_suite.py::test_xpass", "call"].wasxfail == ""
     assert by["test_suite.py::test_pass", "call"].wasxfail is None
     assert by["test_suite.py::test_pass", "call"].user_properties == (("ticket", "42"),)
-    assert "xfail" in by["test_suite.py::test_xfail", "call"].keywords
+    assert "xfail" in by["test_suite.py::test_xfail", "setup"].keywords  # sent once, with the first report
+    assert by["test_suite.py::test_xfail", "call"].keywords == ()  # the host reuses them
     lineno = (suite / "test_suite.py").read_text().splitlines().index("def test_fail():")
-    assert by["test_suite.py::test_fail", "call"].location == ("test_suite.py", lineno, "test_fail")
+    assert starts["test_suite.py::test_fail"].location == ("test_suite.py", lineno, "test_fail")
+    assert by["test_suite.py::test_fail", "call"].location is None  # equal to the start's: left out
     assert all(r.duration >= 0 for r in by.values())
 
     # The forged lines are output (captured, or in the log with -s), never events.

@@ -195,6 +195,8 @@ def test_a_line_without_this_runs_token_is_plain_output(forged: bytes) -> None:
         json.dumps(report(when="lunch")).encode(),
         json.dumps(report(duration="slow")).encode(),
         json.dumps(report(sections=[["only a name"]])).encode(),
+        json.dumps(report(sections="none")).encode(),  # optional, but not anything
+        json.dumps(report(keywords=None, location=7)).encode(),
         json.dumps({k: v for k, v in report().items() if k != "nodeid"}).encode(),
         json.dumps(dict(FINISH, counts={"passed": True})).encode(),
         json.dumps(dict(COLLECTED, more="no")).encode(),
@@ -306,6 +308,26 @@ def test_a_skip_and_an_xfail_keep_their_details() -> None:
     assert skip.skip == SkipInfo("t.py", 7, "Skipped: no db")
     assert skip.wasxfail is None
     assert (xfail.wasxfail, xfail.start, xfail.stop) == ("", 10.0, 10.5)
+
+
+def test_a_compact_report_needs_only_its_phase_and_outcome() -> None:
+    compact = {
+        "e": "report",
+        "n": 3,
+        "nodeid": "t.py::a",
+        "when": "call",
+        "outcome": "passed",
+        "duration": 0.5,
+    }
+    (event,) = parse_log(line(compact), TOKEN).events
+    assert isinstance(event, PhaseReport)
+    assert (event.location, event.longrepr, event.skip, event.sections, event.keywords) == (
+        None,
+        None,
+        None,
+        (),
+        (),
+    )
 
 
 @pytest.mark.parametrize("token", ["", "has space", "new\nline", "\x1e"])

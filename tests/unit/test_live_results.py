@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -250,3 +251,14 @@ def test_a_run_without_events_is_one_report_of_its_own() -> None:
         for w, o in (("setup", "passed"), ("call", "failed"), ("teardown", "passed"))
     ]
     assert "exit code: 3" in hooks.failed()[0].longreprtext
+
+
+def test_a_compact_report_takes_its_location_from_the_start_and_keywords_from_the_first_report() -> None:
+    reports, hooks = reports_for()
+    start, setup, call, teardown = finished_test("t.py::a", keywords=("a", "slow"))
+    compact_call = dataclasses.replace(call, location=None, keywords=())  # type: ignore[type-var]
+    compact_teardown = dataclasses.replace(teardown, location=None, keywords=())  # type: ignore[type-var]
+    reports.feed([start, setup, compact_call, compact_teardown])
+    fired = hooks.reports()
+    assert [r.location for r in fired][1:] == [("suite/t.py", 3, "t.py::a")] * 2  # the start's
+    assert all({"a", "slow"} <= set(r.keywords) for r in fired)
