@@ -177,6 +177,7 @@ def place(
 
     deadline = time.monotonic() + busy_wait
     delay = POLL_S / 4
+    queued = False  # on_queued was told
     # A waiter holds its place in line (the store gives a free slot to the oldest ticket).
     ticket = _ticket() if spec.candidates or busy_wait > 0 else None
     while True:
@@ -200,8 +201,9 @@ def place(
         if ticket is None:
             ticket = _ticket()
             continue  # in line at once
-        if delay == POLL_S / 4 and on_queued is not None:
+        if not queued and on_queued is not None:
             on_queued(spec, run)
+            queued = True
         time.sleep(delay * random.uniform(0.5, 1.0))
         delay = min(delay * 2, 2.0)  # well under the line's TICKET_TTL_S: a waiter keeps its place
 

@@ -148,7 +148,7 @@ class RunReports:
         self.say = say  # a progress line (the session prefixes "lrun: ")
         self.write = write  # a bare terminal line (--collect-only's node ids)
         self._by_keywords = selection is not None and selection.by_keywords
-        self.dir_nodeid = _dir_nodeid(spec.test_dir, self.config.rootpath)
+        self.dir_nodeid = dir_nodeid(spec.test_dir, self.config.rootpath)
         self.progress = Progress()
         self.run: Run | None = None
         self.origin = "created"
@@ -589,7 +589,11 @@ def _captured(case: CaseResult) -> list[tuple[str, str]]:
     ]
 
 
-def _dir_nodeid(path: Path, rootpath: Path) -> str:
+def dir_nodeid(path: Path, rootpath: Path) -> str:
+    """A dispatched directory as pytest names it: its path from the rootdir (absolute outside it).
+
+    Also the name under which the store keeps the directory's inner durations.
+    """
     try:
         return path.relative_to(rootpath).as_posix()
     except ValueError:
@@ -651,7 +655,7 @@ def summary_rows(rows: Sequence[tuple[RunSpec, JobOutcome]], rootpath: Path) -> 
     """The terminal summary table: (entry,) dir, machine, short hash, status, origin, duration, run id."""
     table = [["dir", "machine", "hash", "status", "origin", "duration", "run id"]]
     for spec, outcome in rows:
-        shown_dir = _dir_nodeid(spec.test_dir, rootpath)
+        shown_dir = dir_nodeid(spec.test_dir, rootpath)
         if spec.shard is not None:
             shown_dir += f" [{spec.shard}]"
         if isinstance(outcome, LrunError):

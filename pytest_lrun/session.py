@@ -47,7 +47,7 @@ from .events import Event as InnerEvent
 from .machines import TAG_PREFIX, Machine, MachineResolver, load_machine_tables, resolve_image
 from .plan import Plan, PlanEntry, load_plan, select
 from .recovery import gc, reconcile
-from .report import Detached, JobOutcome, RunReports, summary_rows
+from .report import Detached, JobOutcome, RunReports, dir_nodeid, summary_rows
 from .select import HostSelection, Selection, dispatched_dir
 from .settings import DEFAULT_COMMAND, DEFAULT_TIMEOUT, Settings
 from .shard import balance, by_hash, durations_of
@@ -212,7 +212,7 @@ class LrunSession:
                 f"its inner collection failed (run {collecting.run.id}, {collecting.run.status.value}); "
                 f"see lrun logs {collecting.run.id}",
             )
-        suite = _suite(spec, self.config.rootpath)
+        suite = dir_nodeid(spec.test_dir, self.config.rootpath)
         if settings.shard is not None:
             picked = [by_hash(collected.nodeids, settings.shard)]
             labels = [str(settings.shard)]
@@ -491,7 +491,8 @@ class LrunSession:
         if not isinstance(outcome, RunResult) or outcome.origin != "created" or not outcome.events:
             return
         try:
-            self.store.save_durations(_suite(spec, self.config.rootpath), durations_of(outcome.events))
+            suite = dir_nodeid(spec.test_dir, self.config.rootpath)
+            self.store.save_durations(suite, durations_of(outcome.events))
         except (LrunError, OSError) as e:  # costs the next split its balance, never this run
             self.progress(f"warning: the inner durations of {self._shown(spec)} were not kept: {e}")
 
@@ -559,10 +560,7 @@ class LrunSession:
             self._events.put(f"[{machine} {name}] {line}")
 
     def _shown(self, spec: RunSpec) -> str:
-        try:
-            shown = str(spec.test_dir.relative_to(self.config.rootpath))
-        except ValueError:
-            shown = str(spec.test_dir)
+        shown = dir_nodeid(spec.test_dir, self.config.rootpath)
         return f"{shown} ({spec.plan_entry})" if spec.plan_entry else shown
 
     # -- hooks ----------------------------------------------------------------------
@@ -675,14 +673,6 @@ class LrunSession:
     @pytest.hookimpl(trylast=True)
     def pytest_lrun_make_engine(self, machine: Machine, config: pytest.Config) -> Engine:
         return connect(machine, connect_timeout=self.settings.connect_timeout)
-
-
-def _suite(spec: RunSpec, rootpath: Path) -> str:
-    """Under which name a directory's inner durations are kept: its path from the rootdir."""
-    try:
-        return spec.test_dir.relative_to(rootpath).as_posix()
-    except ValueError:
-        return str(spec.test_dir)
 
 
 def _describe(outcome: JobOutcome) -> str:

@@ -178,10 +178,6 @@ def _shards(text: str) -> int:
     return 0 if count is None else count
 
 
-def _shard_of(text: str) -> ShardOf:
-    return parse_shard_of(text)
-
-
 @dataclass(frozen=True)
 class Option:
     """One setting: its flag, ini key and env var share the name and the help text."""
@@ -286,7 +282,7 @@ OPTIONS: tuple[Option, ...] = (
         "shard",
         "run only shard K of N of each directory (CI matrix jobs; a test's shard follows "
         "from its node id, so every job computes the same split).",
-        _shard_of,
+        parse_shard_of,
         None,
         metavar="K/N",
     ),
