@@ -276,6 +276,15 @@ class RunStore(Protocol):
         """
         ...
 
+    def exclusive(self, name: str) -> AbstractContextManager[None]:
+        """Hold the store-wide lock named ``name`` for the block, waiting until it is free.
+
+        One holder at a time among every user of the store (threads, processes and,
+        for a shared backend, runners): e.g. one build of an image on an engine.
+        The lock goes with its holder's process or connection, like the watch lock.
+        """
+        ...
+
     def save_result(self, run: Run) -> None:
         """Share a terminal run's result files from this host with every runner of the store."""
         ...

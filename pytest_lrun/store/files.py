@@ -16,6 +16,7 @@ State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700):
     active/<machine-key>.json     index of the machine's non-terminal runs:
                                   {"machine": "<name>", "runs": ["<run-id>", ...]}
     locks/<machine-key>.lock      the machine's lock file (a sidecar: never holds data)
+    locks/named-<h>.lock          a lock of :meth:`FileRunStore.exclusive` (h = xxh3-64 of its name)
     completed/<machine-key>-<h>.json  {"run_id": ...}: the newest completed run of a key
                                   (h = xxh64 of the key), for cached results
     corrupt/                      state files that did not parse, moved aside, never deleted
@@ -220,6 +221,11 @@ class FileStore:
 
     def owner_alive(self, run: Run) -> bool:
         return owner_alive(run)
+
+    def exclusive(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Hold ``locks/named-<digest of name>.lock`` for the block, waiting for it as long as it takes."""
+        path = self.locks_dir / f"named-{xxhash.xxh3_64_hexdigest(name.encode('utf-8', 'surrogatepass'))}.lock"
+        return hold(str(path), None, name)
 
     def save_result(self, run: Run) -> None:
         """Nothing to share: every user of this store reads the same state dir."""

@@ -599,9 +599,9 @@ class PostgresStore:
         return row is not None and row[0] in (None, start)
 
     @contextlib.contextmanager
-    def _watch(self, run_id: str, wait: bool) -> Iterator[bool]:
-        files = self.files(run_id)
-        lock = lock_id("watch", run_id)
+    def _advisory(self, kind: str, name: str, wait: bool) -> Iterator[bool]:
+        """Hold a session-level advisory lock on a connection of its own; yields whether it is held."""
+        lock = lock_id(kind, name)
         with self.db.spare() as conn:
             if wait:
                 conn.execute(pg_sql.ADVISORY_LOCK, (lock,))
@@ -611,7 +611,6 @@ class PostgresStore:
                     yield False
                     return
             try:
-                make_private_dir(files.dir)  # the watcher writes the log and artifacts here
                 yield True
             finally:
                 released = None
@@ -620,6 +619,13 @@ class PostgresStore:
                 if released is None or not released[0]:
                     conn.close()  # never back to the pool with the lock: closing the session drops it
 
+    @contextlib.contextmanager
+    def _watch(self, run_id: str, wait: bool) -> Iterator[bool]:
+        with self._advisory("watch", run_id, wait) as held:
+            if held:
+                make_private_dir(self.files(run_id).dir)  # the watcher writes the log and artifacts here
+            yield held
+
     def watching(self, run_id: str, *, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
         """Hold the run's watch lock (a session-level advisory lock on a connection of its own).
 
@@ -627,6 +633,12 @@ class PostgresStore:
         When it is taken, this host's run folder is made if missing.
         """
         return self._watch(run_id, wait)
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the advisory lock on ``name`` for the block: one holder across every runner."""
+        with self._advisory("named", name, wait=True):
+            yield
 
     def save_result(self, run: Run) -> None:
         """Store this host's JUnit XML, log, events and artifacts of ``run`` for every runner (in chunks)."""

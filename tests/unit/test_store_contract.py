@@ -618,6 +618,25 @@ def test_the_watch_lock_has_one_holder_and_a_sigkill_frees_it(
         assert held is True
 
 
+def test_a_named_lock_has_one_holder_across_store_objects(store: RunStore, peer: RunStore) -> None:
+    order: list[str] = []
+
+    def second() -> None:
+        with store.exclusive("build m1 abc"):
+            order.append("second")
+
+    with peer.exclusive("build m1 abc"):
+        with store.exclusive("build m2 abc"):  # another name is another lock
+            order.append("other name")
+        waiter = threading.Thread(target=second, daemon=True)
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive(), "exclusive() did not wait for the holder"
+        order.append("first released")
+    waiter.join(WAIT_S)
+    assert order == ["other name", "first released", "second"]
+
+
 @pytest.mark.timeout(120)
 def test_owner_alive_follows_the_creating_process(
     backend: StoreSpec, store: RunStore, tmp_path: Path
