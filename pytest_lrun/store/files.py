@@ -224,7 +224,8 @@ class FileStore:
 
     def exclusive(self, name: str) -> contextlib.AbstractContextManager[None]:
         """Hold ``locks/named-<digest of name>.lock`` for the block, waiting for it as long as it takes."""
-        path = self.locks_dir / f"named-{xxhash.xxh3_64_hexdigest(name.encode('utf-8', 'surrogatepass'))}.lock"
+        digest = xxhash.xxh3_64_hexdigest(name.encode("utf-8", "surrogatepass"))
+        path = self.locks_dir / f"named-{digest}.lock"
         return hold(str(path), None, name)
 
     def save_result(self, run: Run) -> None:
