@@ -58,6 +58,9 @@ Extraction rules (:func:`safe_extract`)
 * A truncated, corrupt or capped stream is not an exception: what was extracted
   stays, and a ``("<stream>", reason)`` entry is added to
   :attr:`ExtractResult.refused`. Callers put that in the run's error fields.
+* Only the first :data:`MAX_REFUSALS_LISTED` refused members are listed by name; the
+  rest are counted in one ``("<more>", reason)`` entry, so a stream of a hundred
+  thousand bad names gives the run's record a bounded error message, not megabytes.
 
 The destination is assumed not to be modified concurrently by anyone else while the
 extraction runs (it is a fresh directory of ours); the checks are made with
@@ -90,6 +93,8 @@ __all__ = [
     "MAX_EXTRACT_ENTRIES",
     "MAX_EXTRACT_MEMBERS",
     "MAX_HEADER_BYTES",
+    "MAX_REFUSALS_LISTED",
+    "MORE",
     "STREAM",
     "STREAM_OVERHEAD",
     "ExtractResult",
@@ -115,6 +120,12 @@ STREAM_OVERHEAD = 64 * 1024 * 1024
 STREAM = "<stream>"
 """The name under which problems of the stream itself (truncation, corruption, caps) are refused."""
 
+MAX_REFUSALS_LISTED = 100
+"""Refused members listed by name in :attr:`ExtractResult.refused`; the rest are counted (:data:`MORE`)."""
+
+MORE = "<more>"
+"""The name of the entry that counts the refused members not listed."""
+
 _BLOCKSIZE = tarfile.BLOCKSIZE
 
 
@@ -124,7 +135,8 @@ class ExtractResult:
 
     ``written`` holds the normalized member names (``a/b``, relative to the
     destination) of the files, directories and symlinks written, in stream order;
-    ``refused`` holds ``(name, reason)`` for every member not written, plus
+    ``refused`` holds ``(name, reason)`` for the first :data:`MAX_REFUSALS_LISTED`
+    members not written, then ``("<more>", reason)`` counting the others, plus
     ``("<stream>", reason)`` when the stream itself was truncated, corrupt or cut at
     a cap; ``bytes_written`` counts regular-file content; ``entries`` counts every
     entry created on disk, the parent directories made on the way included.
@@ -318,9 +330,15 @@ class _Extractor:
         self.files: set[tuple[str, ...]] = set()  # regular files written, by parts
         self.refused_parts: set[tuple[str, ...]] = set()
         self.dir_modes: list[tuple[Path, int]] = []
+        self.listed = 0  # refused members listed by name
+        self.unlisted = 0  # refused members past MAX_REFUSALS_LISTED
 
     def refuse(self, name: str, reason: str, parts: tuple[str, ...] | None = None) -> None:
-        self.result.refused.append((name, reason))
+        if self.listed < MAX_REFUSALS_LISTED:
+            self.result.refused.append((name, reason))
+            self.listed += 1
+        else:
+            self.unlisted += 1
         if parts:
             self.refused_parts.add(parts)
 
@@ -502,6 +520,10 @@ class _Extractor:
         self.result.written.append("/".join(parts))
 
     def finish(self) -> None:
+        if self.unlisted:
+            self.result.refused.append(
+                (MORE, f"{self.unlisted} more members refused; the first {MAX_REFUSALS_LISTED} are listed")
+            )
         # Directory modes last, so a read-only directory member does not stop its own content.
         for path, mode in self.dir_modes:
             try:
@@ -590,7 +612,7 @@ def safe_extract(
                     break
                 count += 1
                 if count > max_members:
-                    result.refused.append((member.name, "member cap"))
+                    extractor.refuse(member.name, "member cap")
                     result.refused.append(
                         (STREAM, f"member cap of {max_members} reached; the rest was not read")
                     )
@@ -598,7 +620,7 @@ def safe_extract(
                 try:
                     extractor.extract(tar, member)
                 except (tarfile.TarError, _SourceError) as exc:
-                    result.refused.append((member.name, "truncated data"))
+                    extractor.refuse(member.name, "truncated data")
                     result.refused.append((STREAM, _stream_reason(exc)))
                     break
     finally:
