@@ -59,15 +59,21 @@ _RFC3339 = re.compile(
 )
 
 
-def _millis(ts: object) -> int | None:
-    """``ts`` unix seconds in whole milliseconds (nearest); None unless a number in the years 1 to 9999."""
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+def _finite_float(value: object) -> float | None:
+    """``value`` as a finite float; None for a bool, a non-number, NaN, infinity or ``10**400``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
-        scaled = float(ts) * 1000
+        number = float(value)
     except OverflowError:  # an int beyond any float
         return None
-    if not math.isfinite(scaled):
+    return number if math.isfinite(number) else None
+
+
+def _millis(ts: object) -> int | None:
+    """``ts`` unix seconds in whole milliseconds (nearest); None unless a number in the years 1 to 9999."""
+    seconds = _finite_float(ts)
+    if seconds is None or not math.isfinite(scaled := seconds * 1000):
         return None
     millis = round(scaled)
     return millis if _MIN_MS <= millis <= _MAX_MS else None
@@ -101,20 +107,20 @@ def parse_time(value: object, what: str = "a time") -> float:
     else:
         match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
         if match is None:
-            raise ValueError(f"{what} must be an RFC 3339 time, not {value!r}")
+            raise ValueError(f"{what} must be an RFC 3339 time, not {_shown(value)}")
         year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
         try:
             moment = datetime.datetime(
                 int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=_UTC
             )
         except ValueError as exc:  # 2026-02-30, 25:00, ...
-            raise ValueError(f"{what} is not a valid time: {value!r} ({exc})") from None
+            raise ValueError(f"{what} is not a valid time: {_shown(value)} ({exc})") from None
         offset_s = 0 if sign is None else (int(off_h) * 60 + int(off_m)) * (-60 if sign == "-" else 60)
         millis = (moment - _EPOCH) // _MS - offset_s * 1000 + int((fraction or "0")[:3].ljust(3, "0"))
         if not _MIN_MS <= millis <= _MAX_MS:
             millis = None
     if millis is None:
-        raise ValueError(f"{what} must be a finite time in the years 1 to 9999, not {value!r}")
+        raise ValueError(f"{what} must be a finite time in the years 1 to 9999, not {_shown(value)}")
     return millis / 1000
 
 
@@ -242,38 +248,46 @@ class Run(MillisecondTimes):
         try:
             kwargs["status"] = Status(data["status"])
         except ValueError:
-            raise ValueError(f"run record has an unknown status {data['status']!r}") from None
+            raise ValueError(f"run record has an unknown status {_shown(data['status'])}") from None
         for name in _OPTIONAL_STR:
             kwargs[name] = _expect_optional(name, data.get(name), str)
         for name in _TIMES:
             value = data.get(name)
             kwargs[name] = None if value is None else parse_time(value, f"run record field {name!r}")
         timeout = data.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout)
-        ):
+        kwargs["timeout"] = None if timeout is None else _finite_float(timeout)
+        if timeout is not None and kwargs["timeout"] is None:
             raise ValueError(
-                f"run record field 'timeout' must be a finite number of seconds or null: {timeout!r}"
+                f"run record field 'timeout' must be a finite number of seconds or null: {_shown(timeout)}"
             )
-        kwargs["timeout"] = None if timeout is None else float(timeout)
         exit_code = data.get("exit_code")
         if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):
-            raise ValueError(f"run record field 'exit_code' must be an integer or null, not {exit_code!r}")
+            raise ValueError(
+                f"run record field 'exit_code' must be an integer or null, not {_shown(exit_code)}"
+            )
         kwargs["exit_code"] = exit_code
         for name in ("command", "artifacts", "env_names"):
             words = data.get(name)
             if words is not None and (
                 not isinstance(words, list) or not all(isinstance(part, str) for part in words)
             ):
-                raise ValueError(f"run record field {name!r} must be a list of strings or null: {words!r}")
+                raise ValueError(
+                    f"run record field {name!r} must be a list of strings or null: {_shown(words)}"
+                )
             kwargs[name] = None if words is None else list(words)
         kwargs["owner"] = _expect_optional("owner", data.get("owner"), dict)
         return cls(**kwargs)
 
 
+def _shown(value: object) -> str:
+    """``value`` for an error message, cut short: a hostile record's value can be megabytes."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _expect(name: str, value: Any, kind: type) -> Any:
     if not isinstance(value, kind):
-        raise ValueError(f"run record field {name!r} must be a {kind.__name__}, not {value!r}")
+        raise ValueError(f"run record field {name!r} must be a {kind.__name__}, not {_shown(value)}")
     return value
 
 
@@ -307,7 +321,7 @@ def validate_batch_id(value: object, source: str = "batch id") -> str:
     if not isinstance(value, str) or ID_RE.fullmatch(value) is None:
         raise ConfigError(
             source,
-            f"invalid batch id {value!r}: use 1-{BATCH_ID_MAX} characters from A-Z, a-z, 0-9, "
+            f"invalid batch id {_shown(value)}: use 1-{BATCH_ID_MAX} characters from A-Z, a-z, 0-9, "
             "'_', '.' and '-', starting with a letter or digit",
         )
     return value
@@ -382,7 +396,7 @@ class Batch(MillisecondTimes):
             raise ValueError(f"batch record lacks required field(s): {', '.join(missing)}")
         for key in ("id", "plan", "plan_digest"):
             if not isinstance(data[key], str):
-                raise ValueError(f"batch record field {key!r} must be a string, not {data[key]!r}")
+                raise ValueError(f"batch record field {key!r} must be a string, not {_shown(data[key])}")
         created_at = parse_time(data["created_at"], "batch record field 'created_at'")
         entries = data["entries"]
         if not isinstance(entries, dict) or not all(
@@ -393,7 +407,7 @@ class Batch(MillisecondTimes):
         try:
             status = Status(data["status"])
         except ValueError:
-            raise ValueError(f"batch record has an unknown status {data['status']!r}") from None
+            raise ValueError(f"batch record has an unknown status {_shown(data['status'])}") from None
         planned = data.get("planned", [])
         if not isinstance(planned, list) or not all(isinstance(name, str) for name in planned):
             raise ValueError("batch record field 'planned' must be a list of entry names")
