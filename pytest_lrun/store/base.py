@@ -286,7 +286,8 @@ class RunStore(Protocol):
         ...
 
     def save_result(self, run: Run) -> None:
-        """Share a terminal run's result files from this host with every runner of the store."""
+        """Share a terminal run's result files from this host with every runner of the store
+        (nothing, once the run is deleted: another runner's gc may take it as soon as it ends)."""
         ...
 
     def save_durations(self, suite: str, durations: Mapping[str, float]) -> None:

@@ -53,7 +53,8 @@ Connection = psycopg.Connection[Any]
 
 
 def save(conn: Connection, run_id: str, files: RunFiles) -> None:
-    """Store this host's result files of ``run_id`` (those that exist), replacing any stored before."""
+    """Store this host's result files of ``run_id`` (those that exist), replacing any stored before;
+    nothing when the run is gone."""
     with contextlib.ExitStack() as stack:
         sources: list[tuple[str, IO[bytes]]] = []
         for part, path in (("junit", files.junit), ("logs", files.logs), ("events", files.events)):
@@ -61,7 +62,9 @@ def save(conn: Connection, run_id: str, files: RunFiles) -> None:
                 sources.append((part, stack.enter_context(path.open("rb"))))
         if files.artifacts.is_dir():
             sources.append(("artifacts", stack.enter_context(pack(files.artifacts, _tree(files.artifacts)))))
-        with conn.transaction():
+        # A run deleted since it ended (another runner's gc) has nobody to share it with: its
+        # chunks would break the foreign key, and nothing is saved.
+        with contextlib.suppress(psycopg.errors.ForeignKeyViolation), conn.transaction():
             conn.execute(pg_sql.DELETE_RESULT_PARTS, (run_id,))
             conn.execute(pg_sql.DELETE_RESULT_CHUNKS, (run_id,))
             for part, source in sources:

@@ -1083,6 +1083,19 @@ def test_a_saved_result_loads_on_another_runner(store: RunStore, peer: RunStore)
     assert store.check() == []
 
 
+def test_saving_the_result_of_a_run_gc_took_meanwhile_saves_nothing(store: RunStore, peer: RunStore) -> None:
+    # Another runner's `lrun gc` may delete a run between its end and the share of its result.
+    run = create(store)
+    _write_result(store.files(run.id))
+    ended = store.end(run, Status.COMPLETED)
+    peer.delete(run.id)
+    store.save_result(ended)  # the dispatcher would log a failure as a lost share
+    for where in (store, peer):
+        with pytest.raises(RunNotFound):
+            where.get(run.id)
+    assert store.prune(0) == [] and store.check() == []
+
+
 # --- place: slots and candidate machines -----------------------------------------------
 
 
