@@ -288,25 +288,37 @@ BILLION_LAUGHS = (
 )
 
 
-def test_billion_laughs_in_the_junit_xml_is_refused(host: Host) -> None:
-    assert host.collect(junit=junit_stream(BILLION_LAUGHS)) == []
+def test_billion_laughs_in_the_junit_xml_is_refused() -> None:
     started = time.monotonic()
     with pytest.raises(JunitError, match="document type declaration <!DOCTYPE testsuites> is not allowed"):
-        parse_junit(host.files.junit.read_bytes())
+        parse_junit(BILLION_LAUGHS)
     assert time.monotonic() - started < 5
 
 
-def test_an_external_entity_in_the_junit_xml_never_reads_the_host_file(host: Host) -> None:
-    xml = (
+def xxe(target: Path) -> bytes:
+    return (
         b'<?xml version="1.0"?><!DOCTYPE testsuites [<!ENTITY xxe SYSTEM "file://%s">]>'
         b'<testsuites><testsuite><testcase classname="t" name="&xxe;"><failure message="&xxe;">&xxe;'
-        b"</failure></testcase></testsuite></testsuites>" % os.fsencode(host.secret)
+        b"</failure></testcase></testsuite></testsuites>" % os.fsencode(target)
     )
-    host.collect(junit=junit_stream(xml))
+
+
+def test_an_external_entity_in_the_junit_xml_never_reads_the_host_file(host: Host) -> None:
     with pytest.raises(JunitError) as excinfo:
-        parse_junit(host.files.junit.read_bytes())
+        parse_junit(xxe(host.secret))
     assert "document type declaration" in str(excinfo.value)
     assert "host secret" not in str(excinfo.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="readback.collect keeps the JUnit XML unparsed; Dispatcher.result parses it after the record "
+    "ended, so the refusal reaches the terminal (junit_invalid) but not the run's record",
+)
+def test_a_refused_junit_xml_is_recorded_on_the_run(host: Host) -> None:
+    refused = host.collect(junit=junit_stream(xxe(host.secret)))
+    assert len(refused) == 1
+    assert refused[0][0] == JUNIT_PATH and "document type declaration" in refused[0][1]
 
 
 def test_an_element_bomb_in_the_junit_xml_is_refused() -> None:
@@ -335,6 +347,18 @@ def test_a_junit_xml_that_is_a_symlink_to_a_host_file_is_refused(host: Host) -> 
     refused = host.collect(junit=tar(entry("junit.xml", tarfile.SYMTYPE, linkname="/etc/passwd")))
     assert refused == [(JUNIT_PATH, "junit.xml: archive member is not a regular file")]
     assert not host.files.junit.exists()
+
+
+@pytest.mark.xfail(
+    strict=True, reason="readback.collect returns at a refused JUnit XML without reading the artifacts"
+)
+def test_the_artifacts_come_back_when_the_junit_xml_is_refused(host: Host) -> None:
+    refused = host.collect(
+        artifacts=tar((entry("report.txt", data=b"42\n"), b"42\n")),
+        junit=tar(entry("junit.xml", tarfile.SYMTYPE, linkname="/etc/passwd")),
+    )
+    assert refused == [(JUNIT_PATH, "junit.xml: archive member is not a regular file")]
+    assert host.artifact_names() == ["report.txt"]
 
 
 def test_a_junit_xml_claiming_a_terabyte_is_refused_unread(host: Host) -> None:
