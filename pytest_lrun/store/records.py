@@ -321,7 +321,7 @@ def validate_batch_id(value: object, source: str = "batch id") -> str:
     if not isinstance(value, str) or ID_RE.fullmatch(value) is None:
         raise ConfigError(
             source,
-            f"invalid batch id {_shown(value)}: use 1-{BATCH_ID_MAX} characters from A-Z, a-z, 0-9, "
+            f"invalid batch id {value!r}: use 1-{BATCH_ID_MAX} characters from A-Z, a-z, 0-9, "
             "'_', '.' and '-', starting with a letter or digit",
         )
     return value
