@@ -47,6 +47,7 @@ root is ignored and rebuilt: it is a cache, not state.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -58,7 +59,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, Literal, TypeVar
 
 import pathspec
 import xxhash
@@ -100,10 +101,11 @@ _FLUSH_AT = 1 << 16  # bytes of stream records batched before feeding the tree h
 _RACY_NS = 100_000_000
 _RACY_COARSE_NS = 2_100_000_000
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _OPEN_FLAGS = (
     os.O_RDONLY
     | getattr(os, "O_BINARY", 0)
-    | getattr(os, "O_NOFOLLOW", 0)  # a file swapped for a symlink mid-walk is not followed
+    | _NOFOLLOW  # a file swapped for a symlink mid-walk is not followed
     | getattr(os, "O_NONBLOCK", 0)  # ... nor does one swapped for a fifo block the open
 )
 
@@ -129,13 +131,32 @@ class Entry:
 
 # --- the walk ---------------------------------------------------------------
 
-# What the walk yields: relpath, relpath as file-system bytes, abspath, kind, lstat
-# result (files only, and only if asked for), link text (symlinks only). Plain tuples,
-# as hash_dir goes through 100k of them per warm hash.
-_Item = tuple[str, bytes, str, EntryKind, os.stat_result | None, str | None]
+_L = TypeVar("_L")
+
+# What the walk yields per entry: relpath, relpath as file-system bytes, abspath, and
+# None for a directory or what the caller's leaf function made of anything else. Plain
+# tuples, as a hash goes through 100k of them.
+_Walked = tuple[str, bytes, str, _L | None]
+
+# A leaf function gets an entry that is not a directory, its directory's fd (None where
+# the walk goes by path), its relpath, the relpath as bytes and its abspath, and says
+# what the walk yields for it. ``os.open(entry.path, ..., dir_fd=fd)`` opens the entry
+# either way. It runs while the directory is listed, so it may read the entry then.
+_LeafFn = Callable[[os.DirEntry[str], int | None, str, bytes, str], _L]
+
+# What iter_files and snapshot make of a leaf: kind, lstat result (files only, and
+# only if asked for), link text (symlinks only).
+_Leaf = tuple[EntryKind, os.stat_result | None, str | None]
 
 _FSENC = sys.getfilesystemencoding()
 _FSERR = sys.getfilesystemencodeerrors()
+
+# Each directory below the root is opened without following a symlink (one swapped in
+# for it mid-walk is refused, never followed out of the tree) and listed through its
+# fd; files are opened relative to it, so the kernel resolves one path component per
+# file, not all of them. Where directories cannot be opened (Windows) the walk goes by path.
+_DIR_FDS = os.scandir in os.supports_fd and os.open in os.supports_dir_fd
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 
 
 def iter_files(root: str | os.PathLike[str]) -> Iterator[Entry]:
@@ -146,11 +167,15 @@ def iter_files(root: str | os.PathLike[str]) -> Iterator[Entry]:
     iterating if an entry cannot be read or is not a file, directory or symlink.
     """
     top = _check_root(root)
-    return _entries(_walk(top, _ignore_matcher(top)))
+    return _entries(_walk(top, _ignore_matcher(top), _stat_leaf))
 
 
-def _entries(items: Iterator[_Item]) -> Iterator[Entry]:
-    for relpath, _, abspath, kind, st, target in items:
+def _entries(items: Iterator[_Walked[_Leaf]]) -> Iterator[Entry]:
+    for relpath, _, abspath, leaf in items:
+        if leaf is None:
+            yield Entry(relpath, "dir", False, 0, abspath)
+            continue
+        kind, st, target = leaf
         if st is None:
             yield Entry(relpath, kind, False, 0, abspath, target)
         else:
@@ -231,53 +256,84 @@ _NAMED_GROUP = re.compile(r"\(\?P<[A-Za-z_]\w*>")
 _BACKREF = re.compile(r"\\[1-9]|\(\?P=")
 
 
-def _walk(top: str, ignored: Callable[[str], bool], *, stat_files: bool = True) -> Iterator[_Item]:
+def _walk(top: str, ignored: Callable[[str], bool], leaf: _LeafFn[_L]) -> Iterator[_Walked[_L]]:
     # Depth first with an explicit stack (no recursion limit on deep trees); each
-    # directory's children sorted, a directory keyed with a trailing "/". Without
-    # stat_files, a file that the directory listing says is regular is not lstat'ed:
-    # whoever reads it takes its fstat instead, one system call per file fewer.
-    stack = [iter(_list_dir(top, "", ignored, stat_files))]
+    # directory's children sorted, a directory keyed with a trailing "/". A directory
+    # is listed whole and its fd closed before any of it is yielded: one directory fd
+    # is open at a time, however deep the tree.
+    stack = [iter(_list_dir(top, "", ignored, leaf, follow=True))]
     while stack:
         item = next(stack[-1], None)
         if item is None:
             stack.pop()
             continue
         yield item
-        if item[3] == "dir":
-            stack.append(iter(_list_dir(item[2], item[0] + "/", ignored, stat_files)))
+        if item[3] is None:
+            stack.append(iter(_list_dir(item[2], item[0] + "/", ignored, leaf)))
 
 
-def _list_dir(dirpath: str, prefix: str, ignored: Callable[[str], bool], stat_files: bool) -> list[_Item]:
+def _list_dir(
+    dirpath: str, prefix: str, ignored: Callable[[str], bool], leaf: _LeafFn[_L], *, follow: bool = False
+) -> list[_Walked[_L]]:
     # Sorted by file-system bytes, not str: the order must not depend on the locale.
-    keyed: list[tuple[bytes, _Item]] = []
+    keyed: list[tuple[bytes, _Walked[_L]]] = []
+    base = dirpath if dirpath.endswith(os.sep) else dirpath + os.sep
+    dir_fd = _open_dir(dirpath, follow) if _DIR_FDS else None
     try:
-        with os.scandir(dirpath) as it:
+        with os.scandir(dirpath if dir_fd is None else dir_fd) as it:
             for de in it:
                 relpath = prefix + de.name
                 name = relpath.encode(_FSENC, _FSERR)
+                abspath = base + de.name
                 try:
                     if de.is_dir(follow_symlinks=False):
                         if not ignored(relpath + "/"):
-                            keyed.append((name + b"/", (relpath, name, de.path, "dir", None, None)))
+                            keyed.append((name + b"/", (relpath, name, abspath, None)))
                     elif relpath == IGNORE_FILE or not ignored(relpath):
-                        keyed.append((name, _leaf(de, relpath, name, stat_files)))
+                        keyed.append(
+                            (name, (relpath, name, abspath, leaf(de, dir_fd, relpath, name, abspath)))
+                        )
                 except OSError as exc:
-                    raise HashError(de.path, _reason(exc)) from exc
+                    raise HashError(abspath, _reason(exc)) from exc
     except OSError as exc:
         raise HashError(dirpath, _reason(exc)) from exc
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
     keyed.sort()
     return [item for _, item in keyed]
 
 
-def _leaf(de: os.DirEntry[str], relpath: str, name: bytes, stat_files: bool) -> _Item:
+def _open_dir(dirpath: str, follow: bool) -> int:
+    try:
+        return os.open(dirpath, _DIR_FLAGS if follow else _DIR_FLAGS | _NOFOLLOW)
+    except OSError as exc:
+        if not follow and exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise HashError(dirpath, "changed while hashing: no longer a directory") from exc
+        raise HashError(dirpath, _reason(exc)) from exc
+
+
+def _stat_leaf(de: os.DirEntry[str], dir_fd: int | None, relpath: str, name: bytes, abspath: str) -> _Leaf:
+    """iter_files' leaf: a file with its lstat result, or a symlink with its text."""
     if de.is_symlink():
-        return (relpath, name, de.path, "symlink", None, os.readlink(de.path))
-    if not stat_files and de.is_file(follow_symlinks=False):
-        return (relpath, name, de.path, "file", None, None)
+        return ("symlink", None, os.readlink(de.path, dir_fd=dir_fd))
     st = de.stat(follow_symlinks=False)
     if not stat.S_ISREG(st.st_mode):
-        raise HashError(de.path, f"unsupported file type ({_kind_name(st.st_mode)})")
-    return (relpath, name, de.path, "file", st, None)
+        raise _unsupported(abspath, st.st_mode)
+    return ("file", st, None)
+
+
+def _kind_leaf(de: os.DirEntry[str], dir_fd: int | None, relpath: str, name: bytes, abspath: str) -> _Leaf:
+    """snapshot's leaf: a file the listing says is regular is not lstat'ed (its read takes an fstat)."""
+    if de.is_file(follow_symlinks=False):
+        return ("file", None, None)
+    return _stat_leaf(de, dir_fd, relpath, name, abspath)
+
+
+def _unsupported(abspath: str, mode: int) -> HashError:
+    # Found by the listing, a fifo, socket or device is never opened: opening a fifo
+    # for reading waits for a writer, and opening a device may act on it.
+    return HashError(abspath, f"unsupported file type ({_kind_name(mode)})")
 
 
 def _kind_name(mode: int) -> str:
@@ -300,6 +356,19 @@ _CacheRow = tuple[int, int, int, int, bytes]  # size, mtime_ns, ino, ctime_ns, c
 _U64 = struct.Struct("<Q").pack
 
 
+def _file_record(name: bytes, executable: bool, digest: bytes) -> bytes:
+    return b"".join((b"f", _U64(len(name)), name, b"x" if executable else b"-", digest))
+
+
+def _dir_record(name: bytes) -> bytes:
+    return b"d" + _U64(len(name)) + name
+
+
+def _symlink_record(name: bytes, target: str) -> bytes:
+    link = target.encode(_FSENC, _FSERR)
+    return b"".join((b"l", _U64(len(name)), name, _U64(len(link)), link))
+
+
 class _TreeStream:
     """The digest's byte stream (see "Stream format"), records batched into one xxh3-128 hasher."""
 
@@ -309,21 +378,11 @@ class _TreeStream:
         self._hasher = xxhash.xxh3_128(_HEADER)
         self._pending = bytearray()
 
-    def _add(self, record: bytes) -> None:
+    def add(self, record: bytes) -> None:
         self._pending += record
         if len(self._pending) >= _FLUSH_AT:
             self._hasher.update(self._pending)
             self._pending.clear()
-
-    def file(self, name: bytes, executable: bool, digest: bytes) -> None:
-        self._add(b"f" + _U64(len(name)) + name + (b"x" if executable else b"-") + digest)
-
-    def dir(self, name: bytes) -> None:
-        self._add(b"d" + _U64(len(name)) + name)
-
-    def symlink(self, name: bytes, target: str) -> None:
-        link = target.encode(_FSENC, _FSERR)
-        self._add(b"l" + _U64(len(name)) + name + _U64(len(link)) + link)
 
     def hexdigest(self) -> str:
         self._hasher.update(self._pending)
@@ -335,7 +394,11 @@ def _cache_path(cache_dir: str | os.PathLike[str], top: str) -> str:
     return os.path.join(os.fspath(cache_dir), xxhash.xxh64_hexdigest(top.encode(_FSENC, _FSERR)) + ".stat")
 
 
-def hash_dir(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None) -> str:
+def hash_dir(
+    path: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> str:
     """The hex xxh3-128 digest of the tree at ``path`` (see the module docstring).
 
     With ``cache_dir``, per-file content digests are kept in a stat cache under it
@@ -356,57 +419,80 @@ def hash_dir(path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] 
         cache_file = _cache_path(cache_dir, top)
         old = _load_cache(cache_file, top)
     new: dict[str, _CacheRow] = {}
-    added = False
-
     tree = _TreeStream()
-    view = memoryview(bytearray(CHUNK_SIZE))
-    # Without cached rows every file is read, and its fstat tells what an lstat would.
-    for relpath, name, abspath, kind, st, target in _walk(top, ignored, stat_files=bool(old)):
-        if kind == "file":
-            if (
-                st is None
-                or (row := old.get(relpath)) is None
-                or row[0] != st.st_size
-                or row[1] != st.st_mtime_ns
-                or row[2] != st.st_ino
-                or row[3] != st.st_ctime_ns
-            ):
-                digest, executable, fresh = _file_digest(abspath, st, view)
-                if fresh is not None and cache_file is not None and _settled(fresh[3], started_ns):
-                    new[relpath] = fresh
-                    added = True
-            else:
-                digest, executable = row[4], bool(st.st_mode & stat.S_IXUSR)
-                new[relpath] = row
-            tree.file(name, executable, digest)
-        elif kind == "dir":
-            tree.dir(name)
-        else:
-            tree.symlink(name, target or "")
+    add = tree.add
+    for relpath, name, _, leaf in _walk(top, ignored, _digester(old, started_ns if cache_file else None)):
+        if leaf is None:
+            add(_dir_record(name))
+            continue
+        record, row = leaf
+        add(record)
+        if row is not None:
+            new[relpath] = row
 
-    # Without additions the new rows are a subset of the old ones: equal iff as many.
-    if cache_file is not None and (added or len(new) != len(old)):
+    if cache_file is not None and new != old:
         _save_cache(cache_file, top, new)
     return tree.hexdigest()
 
 
-# Files are read one after another on the calling thread. Reading them on a pool of 2-8
-# threads (batches of 64 files, fed to the digest in walk order) was measured and dropped:
-# on 100k small files and 2 CPUs it took 10-20% more CPU time and more wall time than this
-# loop, as each of a small file's four short system calls hands the GIL to another thread.
-def _file_digest(
-    abspath: str, seen: os.stat_result | None, view: memoryview
-) -> tuple[bytes, bool, _CacheRow | None]:
-    """A file's content digest, its owner-executable bit, and its cache row unless it changed since ``seen``.
+# Files are read on the calling thread, each as soon as its directory is listed (the
+# records wait in the listing for their turn in the stream). A pool of 2-8 reading
+# threads was measured twice and dropped: on 100k small files and 2 CPUs it cost more
+# wall and CPU time than one thread (0.65-0.69 s against 0.55 s for the bare reads),
+# as each of a small file's four short system calls hands the GIL to another thread.
+def _digester(
+    old: Mapping[str, _CacheRow], started_ns: int | None
+) -> _LeafFn[tuple[bytes, _CacheRow | None]]:
+    """hash_dir's leaf function: an entry's stream record, and a file's stat cache row or None.
 
-    ``seen`` is the walk's lstat of the file, if it took one. A file under a chunk is read
-    whole by one read of a byte more than its fstat size (which also tells that it did not
-    grow): open, fstat, read and close are all the system calls it costs.
+    A file whose lstat matches its row in ``old`` is not read. Without rows (a cold
+    hash) no file is lstat'ed: the read's fstat tells what an lstat would. A row is
+    made for a file read only when caching (``started_ns`` given), the file had
+    settled before the hash began, and it did not change since the walk's lstat.
     """
-    try:
-        fd = os.open(abspath, _OPEN_FLAGS)
-    except OSError as exc:
-        raise HashError(abspath, _reason(exc)) from exc
+    view = memoryview(bytearray(CHUNK_SIZE))  # one buffer for every large file's chunks
+
+    def leaf(
+        de: os.DirEntry[str], dir_fd: int | None, relpath: str, name: bytes, abspath: str
+    ) -> tuple[bytes, _CacheRow | None]:
+        if de.is_symlink():
+            return _symlink_record(name, os.readlink(de.path, dir_fd=dir_fd)), None
+        if not de.is_file(follow_symlinks=False):
+            raise _unsupported(abspath, de.stat(follow_symlinks=False).st_mode)
+        seen = None
+        if old:
+            seen = de.stat(follow_symlinks=False)
+            row = old.get(relpath)
+            if (
+                row is not None
+                and row[0] == seen.st_size
+                and row[1] == seen.st_mtime_ns
+                and row[2] == seen.st_ino
+                and row[3] == seen.st_ctime_ns
+            ):
+                return _file_record(name, bool(seen.st_mode & stat.S_IXUSR), row[4]), row
+        digest, st = _file_digest(de.path, dir_fd, abspath, view)
+        record = _file_record(name, bool(st.st_mode & stat.S_IXUSR), digest)
+        if started_ns is None or not _settled(st.st_ctime_ns, started_ns):
+            return record, None
+        key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        if seen is not None and key != (seen.st_size, seen.st_mtime_ns, seen.st_ino, seen.st_ctime_ns):
+            return record, None
+        return record, (*key, digest)
+
+    return leaf
+
+
+def _file_digest(
+    path: str, dir_fd: int | None, abspath: str, view: memoryview
+) -> tuple[bytes, os.stat_result]:
+    """A file's content digest and its fstat; ``path`` is opened relative to ``dir_fd`` (see :data:`_LeafFn`).
+
+    A file under a chunk is read whole by one read of a byte more than its fstat size
+    (which also tells that it did not grow): open, fstat, read and close are all the
+    system calls it costs.
+    """
+    fd = _open_file(path, dir_fd, abspath)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -414,21 +500,24 @@ def _file_digest(
         size = st.st_size
         data = os.read(fd, size + 1) if size < CHUNK_SIZE else b""
         if len(data) == size:
-            digest = xxhash.xxh3_128_digest(data)
-        else:
-            hasher = xxhash.xxh3_128(data)
-            while n := _readinto(fd, view):
-                hasher.update(view[:n])
-            digest = hasher.digest()
+            return xxhash.xxh3_128_digest(data), st
+        hasher = xxhash.xxh3_128(data)
+        while n := _readinto(fd, view):
+            hasher.update(view[:n])
+        return hasher.digest(), st
     except OSError as exc:
         raise HashError(abspath, _reason(exc)) from exc
     finally:
         os.close(fd)
-    executable = bool(st.st_mode & stat.S_IXUSR)
-    key = (size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-    if seen is not None and key != (seen.st_size, seen.st_mtime_ns, seen.st_ino, seen.st_ctime_ns):
-        return digest, executable, None
-    return digest, executable, (*key, digest)
+
+
+def _open_file(path: str, dir_fd: int | None, abspath: str) -> int:
+    try:
+        return os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise HashError(abspath, "changed while hashing: now a symlink") from exc
+        raise HashError(abspath, _reason(exc)) from exc
 
 
 if hasattr(os, "readv"):
@@ -503,23 +592,24 @@ def snapshot(
     """
     top = _check_root(path)
     started_ns = time.time_ns()
-    items = _walk(top, _ignore_matcher(top), stat_files=False)  # _ship_file takes each file's fstat
+    items = _walk(top, _ignore_matcher(top), _kind_leaf)  # _ship_file takes each file's fstat
     tree = _TreeStream()
     rows: dict[str, _CacheRow] = {}
     with TarWriter(prefix=prefix, extra_dirs=extra_dirs, extra_files=extra_files) as writer:
         try:
-            for relpath, name, abspath, kind, _, target in items:
-                if kind == "file":
+            for relpath, name, abspath, leaf in items:
+                if leaf is None:
+                    writer.add_dir(relpath)
+                    tree.add(_dir_record(name))
+                elif leaf[0] == "file":
                     executable, row = _ship_file(writer, relpath, abspath)
-                    tree.file(name, executable, row[4])
+                    tree.add(_file_record(name, executable, row[4]))
                     if _settled(row[3], started_ns):
                         rows[relpath] = row
-                elif kind == "dir":
-                    writer.add_dir(relpath)
-                    tree.dir(name)
                 else:
-                    writer.add_symlink(relpath, target or "")
-                    tree.symlink(name, target or "")
+                    target = leaf[2] or ""
+                    writer.add_symlink(relpath, target)
+                    tree.add(_symlink_record(name, target))
             archive = writer.finish()
         except OSError as exc:  # reading errors are HashErrors by now: this is the spool
             raise ArchiveError(f"cannot write the archive of {top}: {_reason(exc)}") from exc
@@ -563,10 +653,7 @@ class _OneRead:
 
 def _ship_file(writer: TarWriter, relpath: str, abspath: str) -> tuple[bool, _CacheRow]:
     """Copy one file into the archive while hashing it; its executable bit and cache row."""
-    try:
-        fd = os.open(abspath, _OPEN_FLAGS)
-    except OSError as exc:
-        raise HashError(abspath, _reason(exc)) from exc
+    fd = _open_file(abspath, None, abspath)
     try:
         try:
             before = os.fstat(fd)
