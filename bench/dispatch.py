@@ -14,10 +14,15 @@ Measured in the same run, on the engine of the environment (machine ``local``):
   paid once per invocation however many runs it dispatches;
 * cached -- a whole ``pytest --lrun-reuse=completed`` invocation that returns
   a stored result, next to plain ``pytest`` of one trivial test on the host
-  (the floor: starting pytest itself).
+  (the floor: starting pytest itself);
+* warm build -- a whole invocation with ``--lrun-build`` whose image is already
+  built on the engine, against the same invocation with the plain image, the
+  two taken in turns (the build is made once before, and removed at the end).
+  It pays the context's hash (stat-cached) and one image inspect.
 
 Targets: overhead under 0.3 s per run; a cached result in under 0.5 s for the
-whole invocation. Prints a table and PASS/MISS lines; always exits 0.
+whole invocation; a warm build within 0.1 s of the plain image. Prints a table
+and PASS/MISS lines; always exits 0.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -38,6 +44,7 @@ from pytest_lrun.settings import DEFAULT_COMMAND
 IMAGE = "lrun-python:bookworm"
 OVERHEAD_TARGET_S = 0.3
 CACHED_TARGET_S = 0.5
+WARM_BUILD_TARGET_S = 0.1
 
 
 def make_dirs(root: Path, count: int) -> list[str]:
@@ -108,6 +115,25 @@ def main() -> None:
             for _ in range(repeats)
         ]
 
+        context = root / "context"
+        context.mkdir()
+        (context / "Dockerfile").write_text(f"FROM {IMAGE}\nCOPY marker /marker\n")
+        (context / "marker").write_text(root.name)  # a tag of its own: this benchmark's build
+        build_cmd = [*pytest_cmd[:-1], "--lrun-build=context", dirs[0]]
+        timed(build_cmd, root, env)  # the build itself, not measured
+        plain, warm = [], []
+        for _ in range(repeats):
+            plain.append(timed([*pytest_cmd, dirs[0]], root, env))
+            warm.append(timed(build_cmd, root, env))
+        subprocess.run(
+            "docker images -q --filter label=lrun.build-context="
+            + str(context)
+            + " | xargs -r docker rmi -f",
+            shell=True,
+            capture_output=True,
+            check=False,
+        )
+
     rows = [
         ("docker run (baseline), one dir", statistics.median(baseline)),
         ("pytest --lrun-machine, 1 dir", statistics.median(one)),
@@ -115,6 +141,8 @@ def main() -> None:
         ("marginal cost of one more dir", marginal),
         ("pytest --lrun-reuse=completed (cached)", statistics.median(cached)),
         ("plain pytest, one host test (floor)", statistics.median(floor)),
+        ("pytest --lrun-image, 1 dir (in turns)", statistics.median(plain)),
+        ("pytest --lrun-build, built already, 1 dir", statistics.median(warm)),
     ]
     print(f"{'measure':44} {'seconds':>8}")
     for name, seconds in rows:
@@ -129,6 +157,12 @@ def main() -> None:
     print(
         f"cached result, whole invocation: {best_cached:.3f}s (target < {CACHED_TARGET_S}s; pytest floor "
         f"{statistics.median(floor):.3f}s): {'PASS' if best_cached < CACHED_TARGET_S else 'MISS'}"
+    )
+    extra = statistics.median(warm) - statistics.median(plain)
+    ratio = statistics.median(warm) / statistics.median(plain)
+    print(
+        f"warm build over the plain image: {extra:+.3f}s, ratio {ratio:.2f}x "
+        f"(target < {WARM_BUILD_TARGET_S}s): {'PASS' if extra < WARM_BUILD_TARGET_S else 'MISS'}"
     )
 
 

@@ -13,7 +13,8 @@ Commands::
     lrun cancel ID [--json]
     lrun batch ID [--json]
     lrun machines [--json]
-    lrun gc [--max-bytes SIZE] [--json]
+    lrun images [--machine M] [--json]
+    lrun gc [--max-bytes SIZE] [--images [--image-max-age SECONDS]] [--json]
     lrun reap [--age SECONDS] [--machine M] [--json]
 
 Global options (before or after the command): ``--state-dir`` (default
@@ -35,10 +36,16 @@ shape. The other members, per command::
     machines   {"schema_version": 1, "machines": [{"name", "url", "source", "reachable", "error",
                                                   "tags", "slots", "in_use", "free", "runs",
                                                   "active_run_id"}, ...]}
+    images     {"schema_version": 1, "images": [IMAGE, ...], "skipped": [{"machine", "error"}, ...]}
     gc         {"schema_version": 1, "reconcile": {...}, "gc": {...}}
+               with --images also "images": {"max_age", "removed": [IMAGE, ...], "in_use": [IMAGE, ...],
+                                             "skipped": [{"machine", "error"}, ...]}
     reap       {"schema_version": 1, "removed": [...], "skipped": [{"machine", "error"}, ...]}
     any error  {"schema_version": 1, "error": {"code": ..., "message": ..., ...}}
 
+An IMAGE is an image pytest-lrun built (a :class:`~pytest_lrun.build.BuiltImage`):
+``machine``, ``tag``, ``digest``, ``image_id``, ``size`` (bytes), ``created``, ``context``
+and ``last_used`` (the newest run's creation; ``null`` when no run used it).
 RUN and BATCH are exactly the stored records (:meth:`Run.to_dict
 <pytest_lrun.store.records.Run.to_dict>`, :meth:`Batch.to_dict <pytest_lrun.store.records.Batch.to_dict>`);
 a ROW is :func:`pytest_lrun.batch.rows`' dict (``run_id`` ``null`` for an entry
@@ -75,6 +82,7 @@ from .follow import Tail, follow
 from .output import age, binary_stdout, one_line, say, shown_dir, when
 from .settings import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IMAGE_MAX_AGE,
     DEFAULT_REAP_AGE,
     DEFAULT_STATE_MAX_BYTES,
     MIB,
@@ -84,9 +92,11 @@ from .settings import (
     resolve,
 )
 from .store import RunStore, Status, open_store
+from .store.records import rfc3339
 from .text import format_table
 
 if TYPE_CHECKING:
+    from .build import BuiltImage
     from .dispatch import Dispatcher, EnginePool
     from .engine import Engine
     from .machines import Machine, MachineResolver
@@ -135,12 +145,14 @@ class _Context:
                 "connect_timeout": args.connect_timeout,
                 "state_max_bytes": getattr(args, "max_bytes", None),
                 "reap_age": getattr(args, "age", None),
+                "image_max_age": getattr(args, "image_max_age", None),
             },
             lambda _key: None,
         )
         self._store: RunStore | None = None
         self._resolver: MachineResolver | None = None
         self._pool: EnginePool | None = None
+        self.skipped: list[dict[str, Any]] = []  # machines a command went without: {"machine", "error"}
 
     @property
     def store(self) -> RunStore:
@@ -409,6 +421,109 @@ def _cmd_machines(ctx: _Context) -> int:
 # --- gc, reap ------------------------------------------------------------------------------------------
 
 
+def _each_engine(ctx: _Context, explicit: str | None) -> Iterator[tuple[Engine, list[str]]]:
+    """Each engine once, with the names it is known by: machine ``explicit``'s, else every known one's.
+
+    A machine table's name comes before ``local``/``default`` for the same engine. A
+    machine that does not answer is skipped with a warning (``explicit``: its error is
+    raised); ``ctx.skipped`` collects them for ``--json``.
+    """
+    from .machines import ENVIRONMENT_NAMES
+
+    names = [explicit] if explicit is not None else ctx.resolver.known()
+    by_url: dict[str, list[str]] = {}
+    for name in sorted(names, key=lambda name: name in ENVIRONMENT_NAMES):
+        try:
+            by_url.setdefault(ctx.resolver.resolve(name).host, []).append(name)
+        except LrunError as e:
+            _skip(ctx, name, e, explicit)
+    for same in by_url.values():
+        try:
+            engine = ctx.engine(same[0])
+        except LrunError as e:
+            _skip(ctx, same[0], e, explicit)
+            continue
+        yield engine, same
+
+
+def _skip(ctx: _Context, name: str, e: LrunError, explicit: str | None) -> None:
+    if explicit is not None:
+        raise e
+    ctx.skipped.append({"machine": name, "error": e.to_dict()})
+    if not ctx.args.json:
+        say(f"lrun: skipping machine {name}: {one_line(str(e))}", err=True)
+
+
+def _image_json(image: BuiltImage) -> dict[str, Any]:
+    return {
+        "machine": image.machine,
+        "tag": image.tag,
+        "digest": image.digest,
+        "image_id": image.image_id,
+        "size": image.size,
+        "created": rfc3339(image.created),
+        "context": image.context,
+        "last_used": rfc3339(image.last_used) if image.last_used is not None else None,
+    }
+
+
+def _image_rows(images: list[BuiltImage], now: float) -> list[list[str]]:
+    table = [["MACHINE", "TAG", "IMAGE", "SIZE", "AGE", "LAST USED", "CONTEXT"]]
+    for image in images:
+        table.append(
+            [
+                image.machine,
+                image.tag,
+                image.image_id.removeprefix("sha256:")[:12],
+                f"{image.size / MIB:.1f}MiB",
+                age(image.created, now),
+                f"{age(image.last_used, now)} ago" if image.last_used is not None else "never",
+                image.context or "-",
+            ]
+        )
+    return table
+
+
+def _cmd_images(ctx: _Context) -> int:
+    from .build import built_images
+
+    images = [
+        image
+        for engine, names in _each_engine(ctx, ctx.args.machine)
+        for image in built_images(ctx.store, engine, names)
+    ]
+    if ctx.args.json:
+        _print_json(images=[_image_json(image) for image in images], skipped=ctx.skipped)
+        return 0
+    for line in format_table(_image_rows(images, time.time())):
+        say(line)
+    return 0
+
+
+def _gc_images(ctx: _Context) -> dict[str, Any]:
+    from .build import gc_images
+
+    max_age = ctx.settings.image_max_age
+    removed: list[BuiltImage] = []
+    in_use: list[BuiltImage] = []
+    for engine, names in _each_engine(ctx, None):
+        swept = gc_images(ctx.store, engine, names, max_age=max_age)
+        removed += swept.removed
+        in_use += swept.in_use
+    if not ctx.args.json:
+        for image in removed:
+            say(f"removed image {image.tag} on {image.machine} ({image.size / MIB:.1f}MiB)")
+        for image in in_use:
+            say(f"kept image {image.tag} on {image.machine}: a run or container still uses it")
+        say(f"removed {len(removed)} built image(s) unused for {max_age:g}s")
+    return {
+        "max_age": max_age,
+        "removed": [_image_json(image) for image in removed],
+        "in_use": [_image_json(image) for image in in_use],
+        "skipped": ctx.skipped,
+    }
+
+
 def _cmd_gc(ctx: _Context) -> int:
     from .recovery import gc, reconcile
 
@@ -417,8 +532,11 @@ def _cmd_gc(ctx: _Context) -> int:
     collected = gc(
         store, max_bytes=ctx.settings.state_max_bytes, store_max_bytes=ctx.settings.store_max_bytes
     )
+    images = _gc_images(ctx) if ctx.args.images else None
     if ctx.args.json:
-        _print_json(reconcile=reconciled.to_dict(), gc=collected.to_dict())
+        _print_json(
+            reconcile=reconciled.to_dict(), gc=collected.to_dict(), **({"images": images} if images else {})
+        )
     else:
         for line in reconciled.lines():
             say(line)
@@ -440,27 +558,11 @@ def _cmd_reap(ctx: _Context) -> int:
     from .recovery import reap
 
     args = ctx.args
-    explicit = args.machine is not None
-    names = [args.machine] if explicit else ctx.resolver.known()
     removed: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    seen_urls: set[str] = set()
-    for name in names:
-        try:
-            engine = ctx.engine(name)
-        except LrunError as e:
-            if explicit:
-                raise
-            skipped.append({"machine": name, "error": e.to_dict()})
-            if not args.json:
-                say(f"lrun: skipping machine {name}: {one_line(str(e))}", err=True)
-            continue
-        if engine.url in seen_urls:  # two names for one engine: reap it once
-            continue
-        seen_urls.add(engine.url)
+    for engine, _names in _each_engine(ctx, args.machine):
         removed.extend(c.to_dict() for c in reap(ctx.store, engine, max_age=ctx.settings.reap_age))
     if args.json:
-        _print_json(removed=removed, skipped=skipped)
+        _print_json(removed=removed, skipped=ctx.skipped)
         return 0
     for item in removed:
         container = item["container_id"][:12]
@@ -553,6 +655,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("machines", _cmd_machines, "list known machines, whether their engines answer, their active run")
 
+    images = command(
+        "images", _cmd_images, "list the images pytest-lrun built, per machine, with their last use"
+    )
+    images.add_argument("--machine", metavar="M", help="only this machine (default: every known machine)")
+
     gc = command("gc", _cmd_gc, "settle runs nobody watches, then delete old terminal runs over the size cap")
     gc.add_argument(
         "--max-bytes",
@@ -560,6 +667,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="size cap of the state dir "
         f"(default: $LRUN_STATE_MAX_BYTES, else {DEFAULT_STATE_MAX_BYTES // MIB}MiB)",
+    )
+    gc.add_argument(
+        "--images",
+        action="store_true",
+        help="also remove the images pytest-lrun built that no run has used for --image-max-age",
+    )
+    gc.add_argument(
+        "--image-max-age",
+        type=flag_type(_OPTION["image_max_age"]),
+        metavar="SECONDS",
+        help=f"with --images (default: $LRUN_IMAGE_MAX_AGE, else {DEFAULT_IMAGE_MAX_AGE:g})",
     )
 
     reap = command("reap", _cmd_reap, "remove old labelled containers of terminal or unknown runs")

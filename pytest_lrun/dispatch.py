@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .build import Build, Builder, BuildSink
 from .engine import (
     LABEL_BATCH,
     LABEL_CREATED,
@@ -111,6 +112,7 @@ class RunSpec:
     test_dir: Path
     machine: Machine
     image: str
+    """The image reference; for a build, its tag ``lrun-build:<digest of the build's inputs>``."""
     command: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT
@@ -123,6 +125,8 @@ class RunSpec:
     """What the user named when it was not one machine (``tag:NAME``)."""
     shard: str | None = None
     """``K/N`` when the spec is one shard of its directory (its node ids are in ``command``)."""
+    build: Build | None = None
+    """The build ``image`` is made by on a machine that does not have it yet."""
 
     @property
     def label(self) -> str:
@@ -207,6 +211,7 @@ class Dispatcher:
         on_events: EventSink | None = None,
         on_prepared: Callable[[RunSpec, Run, str], None] | None = None,
         on_queued: Callable[[RunSpec, Run], None] | None = None,
+        on_build: BuildSink | None = None,
     ) -> None:
         self.store = store
         self.engines = engines
@@ -219,6 +224,7 @@ class Dispatcher:
         self.on_events = on_events  # (run, events) as the log pump parses them: live reports
         self.on_prepared = on_prepared  # (spec, run, origin) as soon as the run is known: batch records
         self.on_queued = on_queued  # (spec, a run in the way) once, when a spec waits for a free slot
+        self.builder = Builder(store, on_line=on_build)  # (machine, line) as an image builds
         self._live: dict[str, tuple[Engine, str]] = {}
         self._created: set[str] = set()  # ids of the runs this dispatcher created
         self._stopped_ids: set[str] = set()  # ids of the runs this dispatcher stopped
@@ -361,7 +367,7 @@ class Dispatcher:
             logger.exception("could not record the end of run %s after %s", run_id, code)
 
     def _decide(self, spec: RunSpec, reuse: str) -> _Prepared:
-        options = options_for(spec, self.engines)
+        options = options_for(spec, self.engines, self.builder)
         if reuse == "completed":
             # A stat-cached hash reads no file of an unchanged tree: a cached result costs no read.
             dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.hashcache_dir)

@@ -43,6 +43,8 @@ LABEL_HASH = "lrun.hash"
 LABEL_BATCH = "lrun.batch"
 LABEL_CREATED = "lrun.created"
 LABEL_STORE = "lrun.store"  # which state dir owns the run: reaping spares other stores' runs
+# A build's output may be silent this long (one long RUN step) before the engine counts as gone.
+BUILD_SILENCE_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,25 @@ class ContainerState:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BuildChunk:
+    """One piece of a build's output stream: text, or the error that ended the build."""
+
+    text: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image on an engine, as ``lrun images`` shows it."""
+
+    id: str
+    tags: tuple[str, ...]
+    labels: Mapping[str, str]
+    size: int  # bytes
+    created: float  # seconds since the epoch
+
+
 class Engine(Protocol):
     """The operations pytest-lrun needs from a Docker Engine."""
 
@@ -90,6 +111,18 @@ class Engine(Protocol):
 
     def ping(self) -> None: ...
     def image_id(self, image: str, pull: str) -> str: ...
+    def build_image(
+        self,
+        context: IO[bytes],
+        *,
+        tag: str,
+        dockerfile: str,
+        build_args: Mapping[str, str],
+        target: str | None,
+        labels: Mapping[str, str],
+    ) -> Iterator[BuildChunk]: ...
+    def images(self, label: str) -> list[ImageInfo]: ...
+    def remove_image(self, image: str) -> bool: ...
     def create(self, spec: ContainerSpec) -> str: ...
     def put_archive(self, container_id: str, path: str, data: IO[bytes]) -> None: ...
     def start(self, container_id: str) -> None: ...
@@ -169,6 +202,77 @@ class DockerEngine:
                 return str(self._api.inspect_image(image)["Id"])
             except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
                 raise ImageMissing(self.machine, image, f"pull failed: {_reason(e)}") from e
+
+    def build_image(
+        self,
+        context: IO[bytes],
+        *,
+        tag: str,
+        dockerfile: str,
+        build_args: Mapping[str, str],
+        target: str | None,
+        labels: Mapping[str, str],
+    ) -> Iterator[BuildChunk]:
+        """Build ``tag`` from the tar ``context`` on this engine, streaming its output.
+
+        Never pulls (``FROM`` names an image on the engine, or a registry it reaches
+        itself); intermediate containers are removed even when a step fails.
+        """
+        try:
+            stream = self._api.build(
+                fileobj=context,
+                custom_context=True,
+                tag=tag,
+                dockerfile=dockerfile,
+                buildargs=dict(build_args),
+                target=target,
+                labels=dict(labels),
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+                timeout=BUILD_SILENCE_S,
+            )
+            for chunk in stream:
+                if "error" in chunk or "errorDetail" in chunk:
+                    detail = chunk.get("errorDetail") or {}
+                    yield BuildChunk(error=str(chunk.get("error") or detail.get("message") or detail))
+                    return
+                if "stream" in chunk:
+                    yield BuildChunk(text=str(chunk["stream"]))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise self._fail(f"build image {tag}", e) from e
+
+    def images(self, label: str) -> list[ImageInfo]:
+        """The images on this engine that carry ``label``."""
+        try:
+            found = self._api.images(filters={"label": label})
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise self._fail("list images", e) from e
+        return [
+            ImageInfo(
+                id=str(image["Id"]),
+                tags=tuple(t for t in image.get("RepoTags") or () if t != "<none>:<none>"),
+                labels=dict(image.get("Labels") or {}),
+                size=int(image.get("Size") or 0),
+                created=float(image.get("Created") or 0),
+            )
+            for image in found
+        ]
+
+    def remove_image(self, image: str) -> bool:
+        """Remove ``image``; False when a container still uses it (the engine refuses, rightly)."""
+        try:
+            self._api.remove_image(image, force=False, noprune=False)
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError as e:
+            if e.status_code == 409:
+                return False
+            raise self._fail(f"remove image {image}", e) from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise self._fail(f"remove image {image}", e) from e
+        return True
 
     def create(self, spec: ContainerSpec) -> str:
         host_config = self._api.create_host_config(

@@ -322,6 +322,27 @@ class ImageMissing(EngineError):
         self.reason = reason
 
 
+class ImageBuildFailed(ImageMissing):
+    """The image's build on the engine failed: its runs fail before any test container starts."""
+
+    code = "image_build_failed"
+
+    def __init__(self, machine: str, image: str, step: str | None, error: str, tail: str, log: str) -> None:
+        at = f" at {step}" if step else ""
+        LrunError.__init__(
+            self,
+            f"machine {machine!r}: the build of image {image!r} failed{at}: {error}\n"
+            f"--- build log tail ({log}) ---\n{tail}",
+        )
+        self.machine = machine
+        self.image = image
+        self.step = step
+        self.error = error
+        self.tail = tail
+        self.log = log
+        self.reason = error
+
+
 class ContainerGone(EngineError):
     """The run's container vanished before its exit status was known."""
 

@@ -1,11 +1,13 @@
-"""Content hashing of a test directory: the walk, the ignore rules, the stat cache and the snapshot.
+"""Content hashing of a test directory (or a build context): the walk, the stat cache and the snapshot.
 
 This module owns four things and nothing else:
 
 * **What a tree contains** -- :func:`iter_files` walks a directory with ``os.scandir``
-  (symlinks are never followed), applies the ignore rules (:data:`DEFAULT_IGNORES`
-  plus a ``.lrunignore`` file in gitignore syntax at the tree's root) and yields one
-  :class:`Entry` per file, directory and symlink, in a fixed order.
+  (symlinks are never followed), leaves out what the ignore rules say
+  (:mod:`pytest_lrun.ignores`: for a test directory :data:`DEFAULT_IGNORES` plus a
+  ``.lrunignore`` file in gitignore syntax at the tree's root; for a build context its
+  ``.dockerignore``) and yields one :class:`Entry` per file, directory and symlink, in
+  a fixed order.
 * **The tree digest** -- :func:`hash_dir` returns the hex xxh3-128 digest of an
   unambiguous byte stream describing those entries (see "Stream format" below).
   It is the same on every machine and independent of file-system listing order.
@@ -16,6 +18,27 @@ This module owns four things and nothing else:
   container (:class:`pytest_lrun.archive.TarWriter`): what is shipped is exactly
   what the digest describes. A file that changes while it is read fails the
   snapshot (:class:`HashError`) rather than shipping a mix of two versions.
+
+A hostile tree gets a :class:`HashError` naming the path and what is wrong, or the
+handling said here; never a hang:
+
+* a symlink is hashed and shipped as its text, wherever it points (out of the tree,
+  to ``/``, nowhere): nothing is read and no folder is walked through one, and a
+  folder or file swapped for one mid-walk is refused ("changed while hashing");
+* a fifo, socket or device is refused ("unsupported file type (a fifo)") and never
+  opened, unless an ignore rule leaves it out; a file swapped for one after its
+  folder was listed is opened non-blocking (no wait for a writer), then refused;
+* a file or folder that cannot be read or listed is refused with the system's
+  reason ("Permission denied");
+* names that are not UTF-8 are hashed and shipped as the file system's bytes; an
+  error names them decoded with ``surrogateescape`` (``os.fsencode(err.path)`` is
+  the name's bytes, :func:`pytest_lrun.text.printable` shows it);
+* a file that changes while it is read fails :func:`snapshot` (nothing ships), as
+  said above; :func:`hash_dir` digests what it read, and no stat cache entry vouches
+  for the changed file, so the next hash reads it again;
+* a tree of 100k files is walked with one folder open at a time, each folder's
+  listing in memory while it is walked; ``python bench/hash.py`` hashes, snapshots
+  and re-hashes such a tree.
 
 Stream format (version 1), fed to one xxh3-128 hasher::
 
@@ -49,7 +72,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import stat
 import struct
 import sys
@@ -61,11 +83,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Literal, TypeVar
 
-import pathspec
 import xxhash
 
 from pytest_lrun.archive import TarWriter
 from pytest_lrun.errors import ArchiveError, HashError
+from pytest_lrun.ignores import DEFAULT_IGNORES, IGNORE_FILE, TEST_DIR_IGNORES, IgnoreRules, matcher
 
 __all__ = [
     "CHUNK_SIZE",
@@ -78,13 +100,6 @@ __all__ = [
     "iter_files",
     "snapshot",
 ]
-
-#: Ignore patterns (gitignore syntax) applied to every tree before its ``.lrunignore``;
-#: a ``!pattern`` line in ``.lrunignore`` can re-include what they exclude.
-DEFAULT_IGNORES: tuple[str, ...] = ("__pycache__/", "*.pyc", ".pytest_cache/", ".git/", ".lrun/")
-
-#: Name of the per-tree ignore file, read at the tree's root only. It is hashed itself.
-IGNORE_FILE = ".lrunignore"
 
 #: Read size for file contents; one buffer of this size is reused for a whole hash.
 CHUNK_SIZE = 1 << 20
@@ -159,7 +174,7 @@ _DIR_FDS = os.scandir in os.supports_fd and os.open in os.supports_dir_fd
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 
 
-def iter_files(root: str | os.PathLike[str]) -> Iterator[Entry]:
+def iter_files(root: str | os.PathLike[str], *, ignores: IgnoreRules = TEST_DIR_IGNORES) -> Iterator[Entry]:
     """The entries of the tree at ``root`` that are hashed and shipped, in stream order.
 
     Parents come before their contents. Raises :class:`HashError` at once if ``root``
@@ -167,7 +182,7 @@ def iter_files(root: str | os.PathLike[str]) -> Iterator[Entry]:
     iterating if an entry cannot be read or is not a file, directory or symlink.
     """
     top = _check_root(root)
-    return _entries(_walk(top, _ignore_matcher(top), _stat_leaf))
+    return _entries(_walk(top, matcher(top, ignores), _stat_leaf))
 
 
 def _entries(items: Iterator[_Walked[_Leaf]]) -> Iterator[Entry]:
@@ -193,67 +208,6 @@ def _check_root(root: str | os.PathLike[str]) -> str:
     if not stat.S_ISDIR(st.st_mode):
         raise HashError(top, "not a directory")
     return top
-
-
-def _ignore_matcher(top: str) -> Callable[[str], bool]:
-    """Whether a relative path (a directory's with a trailing ``/``) is ignored."""
-    path = os.path.join(top, IGNORE_FILE)
-    lines = list(DEFAULT_IGNORES)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise HashError(path, _reason(exc)) from exc
-    if st is not None:
-        if not stat.S_ISREG(st.st_mode):
-            raise HashError(path, f"{IGNORE_FILE} must be a regular file")
-        try:
-            with open(path, "rb") as f:
-                text = f.read().decode("utf-8")
-        except OSError as exc:
-            raise HashError(path, _reason(exc)) from exc
-        except UnicodeDecodeError as exc:
-            raise HashError(path, f"{IGNORE_FILE} is not UTF-8 text: {exc.reason}") from exc
-        for number, line in enumerate(text.splitlines(), 1):
-            try:
-                pathspec.GitIgnoreSpec.from_lines([line])
-            except ValueError as exc:
-                raise HashError(path, f"line {number}: invalid pattern {line!r}") from exc
-            lines.append(line)
-    spec = pathspec.GitIgnoreSpec.from_lines(lines)
-    any_pattern = _any_pattern(spec)
-    if any_pattern is None:
-        return spec.match_file
-    search, match_file = any_pattern.search, spec.match_file
-    # Most paths match no pattern at all; one combined regex settles those in one call
-    # and only the rest pay for the spec's exact last-match-wins evaluation.
-    return lambda relpath: search(relpath) is not None and match_file(relpath)
-
-
-def _any_pattern(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
-    """One regex matching wherever any of the spec's patterns matches; None if unsure."""
-    parts = []
-    for pattern in spec.patterns:
-        if getattr(pattern, "include", None) is None:
-            continue  # blank lines and comments
-        regex = getattr(pattern, "regex", None)
-        if (
-            not isinstance(regex, re.Pattern)
-            or not isinstance(regex.pattern, str)
-            or regex.flags != re.UNICODE
-            or _BACKREF.search(regex.pattern)
-        ):
-            return None
-        parts.append("(?:" + _NAMED_GROUP.sub("(?:", regex.pattern) + ")")
-    try:
-        return re.compile("|".join(parts) or "(?!)")
-    except re.error:
-        return None
-
-
-_NAMED_GROUP = re.compile(r"\(\?P<[A-Za-z_]\w*>")
-_BACKREF = re.compile(r"\\[1-9]|\(\?P=")
 
 
 def _walk(top: str, ignored: Callable[[str], bool], leaf: _LeafFn[_L]) -> Iterator[_Walked[_L]]:
@@ -289,7 +243,7 @@ def _list_dir(
                     if de.is_dir(follow_symlinks=False):
                         if not ignored(relpath + "/"):
                             keyed.append((name + b"/", (relpath, name, abspath, None)))
-                    elif relpath == IGNORE_FILE or not ignored(relpath):
+                    elif not ignored(relpath):
                         keyed.append(
                             (name, (relpath, name, abspath, leaf(de, dir_fd, relpath, name, abspath)))
                         )
@@ -398,6 +352,7 @@ def hash_dir(
     path: str | os.PathLike[str],
     *,
     cache_dir: str | os.PathLike[str] | None = None,
+    ignores: IgnoreRules = TEST_DIR_IGNORES,
 ) -> str:
     """The hex xxh3-128 digest of the tree at ``path`` (see the module docstring).
 
@@ -411,7 +366,7 @@ def hash_dir(
     """
     top = _check_root(path)
     started_ns = time.time_ns()
-    ignored = _ignore_matcher(top)
+    ignored = matcher(top, ignores)
 
     cache_file: str | None = None
     old: Mapping[str, _CacheRow] = {}
@@ -571,6 +526,7 @@ def snapshot(
     extra_dirs: Iterable[str] = (),
     extra_files: Iterable[tuple[str, bytes]] = (),
     cache_dir: str | os.PathLike[str] | None = None,
+    ignores: IgnoreRules = TEST_DIR_IGNORES,
 ) -> Snapshot:
     """Walk the tree at ``path`` once, read each file once, and return its digest and its archive.
 
@@ -592,7 +548,7 @@ def snapshot(
     """
     top = _check_root(path)
     started_ns = time.time_ns()
-    items = _walk(top, _ignore_matcher(top), _kind_leaf)  # _ship_file takes each file's fstat
+    items = _walk(top, matcher(top, ignores), _kind_leaf)  # _ship_file takes each file's fstat
     tree = _TreeStream()
     rows: dict[str, _CacheRow] = {}
     with TarWriter(prefix=prefix, extra_dirs=extra_dirs, extra_files=extra_files) as writer:

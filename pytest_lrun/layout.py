@@ -11,6 +11,9 @@ the layout below can change in one place::
     runs/<run-id>/artifacts/      files copied out of the container
     runs/<run-id>/finish.lock     held by whoever watches the run to its end (never holds data)
 
+Files kept per machine are named by :func:`machine_key`, e.g. an image build's log
+``builds/<machine key>-<digest>.log`` (:mod:`pytest_lrun.build`).
+
 Leftovers a crash can leave behind are named here too, so the sweeper can tell
 them from live files: temporary files of atomic writes (``.<name>.<random>.tmp``)
 and run folders being deleted (``runs/.deleting-<run-id>-<random>``).
@@ -18,8 +21,11 @@ and run folders being deleted (``runs/.deleting-<run-id>-<random>``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import xxhash
 
 __all__ = [
     "DELETING_PREFIX",
@@ -27,6 +33,7 @@ __all__ = [
     "TMP_SUFFIX",
     "RunFiles",
     "is_leftover",
+    "machine_key",
 ]
 
 RECORD = "run.json"
@@ -35,6 +42,8 @@ EVENTS = "events.jsonl"
 JUNIT = "junit.xml"
 ARTIFACTS = "artifacts"
 FINISH_LOCK = "finish.lock"
+
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 #: A run folder renamed to ``.deleting-...`` is on its way out (see ``RunStore.delete``).
 DELETING_PREFIX = ".deleting-"
@@ -71,6 +80,20 @@ class RunFiles:
     @property
     def finish_lock(self) -> Path:
         return self.dir / FINISH_LOCK
+
+
+def machine_key(machine: str) -> str:
+    """A filesystem-safe, collision-resistant file stem for a machine name.
+
+    The readable part keeps ``[A-Za-z0-9_.-]`` (other runs become ``_``, at most 48
+    characters, no leading dot); the suffix is the full xxh3-128 digest of the
+    exact name (32 hex digits), so two names collide only by a 128-bit accident.
+    """
+    if not isinstance(machine, str) or not machine:
+        raise ValueError(f"a machine name must be a non-empty string, not {machine!r}")
+    readable = _UNSAFE_CHARS.sub("_", machine).lstrip(".")[:48] or "m"
+    digest = xxhash.xxh3_128_hexdigest(machine.encode("utf-8", "surrogatepass"))
+    return f"{readable}-{digest}"
 
 
 def is_leftover(name: str) -> bool:

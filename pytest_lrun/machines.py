@@ -23,7 +23,9 @@ Any other name raises :class:`~pytest_lrun.errors.UnknownMachine` listing the
 known names. ``tag:NAME`` (:meth:`MachineResolver.resolve_all`) names every machine
 table whose ``tags`` carry NAME, in table order; a table's ``slots`` says how many
 runs its engine takes at once (default 1). The image of a run is chosen by :func:`resolve_image`: plan entry,
-then ``--lrun-image``, then the machine table.
+then ``--lrun-image`` or ``--lrun-build``, then the machine table. Each of them names an image or a
+build (a :class:`~pytest_lrun.build.Build`: ``build = "CONTEXT"`` with optional ``dockerfile``,
+``build_args`` and ``target``), never both.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
+from pytest_lrun.build import Build, make_build
 from pytest_lrun.errors import ConfigError, ImageNotSet, UnknownMachine
 from pytest_lrun.settings import SIZE_SPELLINGS, check_seconds, parse_size
 from pytest_lrun.text import printable
@@ -52,10 +55,12 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 __all__ = [
+    "BUILD_KEYS",
     "DEFAULT_DOCKER_HOST",
     "ENVIRONMENT_NAMES",
     "PULL_POLICIES",
     "TAG_PREFIX",
+    "ImageSource",
     "Machine",
     "MachineResolver",
     "MachineSource",
@@ -85,6 +90,8 @@ _SOURCE_LABELS: dict[str, str] = {
 # The engine counts CPUs in int64 nano-CPUs.
 _MAX_CPUS = (2**63 - 1) // 10**9
 _BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+#: A machine table's (and a plan entry's) keys of a build, ``build`` first.
+BUILD_KEYS: tuple[str, ...] = ("build", "dockerfile", "build_args", "target")
 _TLS_KEYS = ("tls_verify", "tls_ca_cert", "tls_client_cert", "tls_client_key")
 _TABLE_KEYS = (
     "host",
@@ -98,6 +105,7 @@ _TABLE_KEYS = (
     "workdir",
     "tags",
     "slots",
+    *BUILD_KEYS,
     *_TLS_KEYS,
 )
 TAG_PREFIX = "tag:"
@@ -160,6 +168,7 @@ class Machine:
     source: MachineSource
     tls: TLSConfig | None = None
     image: str | None = None
+    build: Build | None = None  # instead of an image: built on the engine before its first run
     cpus: float | None = None
     memory: int | None = None  # bytes, parsed from the table's size text
     network: str = "none"
@@ -337,6 +346,42 @@ class _TableReader:
             raise self.error(key, f"expected true or false, {_found(value)}")
         return value
 
+    def names_to_strings(self, key: str, what: str) -> dict[str, str] | None:
+        """A table of ``NAME = "value"`` strings (``env``, ``build_args``)."""
+        if key not in self.table:
+            return None
+        raw = self.table[key]
+        if not isinstance(raw, dict):
+            raise self.error(key, f'expected a table of NAME = "value" strings, {_found(raw)}')
+        for var, value in raw.items():
+            if not var or "=" in var:
+                raise self.error(f"{key}.{var}", f"expected {what} name without '='")
+            if not isinstance(value, str):
+                raise self.error(f"{key}.{var}", f"expected a string (quote it), {_found(value)}")
+        return dict(raw)
+
+    def build(self) -> Build | None:
+        """The table's build (``build`` and its ``dockerfile``, ``build_args``, ``target``), if any."""
+        context = self.string("build")
+        if context is None:
+            stray = [key for key in BUILD_KEYS if key in self.table]
+            if stray:
+                raise self.error(stray[0], 'belongs to a build; add build = "CONTEXT FOLDER"')
+            return None
+        if "image" in self.table:
+            raise self.error("build", "give an image or a build, not both (this table has image and build)")
+        try:
+            return make_build(
+                context,
+                base=self.base_dir,
+                dockerfile=self.string("dockerfile"),
+                args=self.names_to_strings("build_args", "a build arg"),
+                target=self.string("target"),
+                origin=self.source("build"),
+            )
+        except ValueError as e:
+            raise self.error("build", str(e)) from None
+
     def file(self, key: str) -> str | None:
         value = self.string(key)
         if value is None:
@@ -422,27 +467,16 @@ def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_di
             raise reader.error("slots", f"expected a whole number from 1 to {_MAX_SLOTS}, {_found(slots)}")
         given["slots"] = slots
 
-    env: dict[str, str] = {}
-    if "env" in table:
-        raw_env = table["env"]
-        if not isinstance(raw_env, dict):
-            raise reader.error("env", f'expected a table of NAME = "value" strings, {_found(raw_env)}')
-        for var, value in raw_env.items():
-            if not var or "=" in var:
-                raise reader.error(f"env.{var}", "expected a variable name without '='")
-            if not isinstance(value, str):
-                raise reader.error(f"env.{var}", f"expected a string (quote it), {_found(value)}")
-            env[var] = value
-
     return Machine(
         name=name,
         host=host,
         source="config",
         tls=tls,
         image=reader.string("image"),
+        build=reader.build(),
         cpus=reader.number("cpus", "a number of CPUs above zero", _MAX_CPUS),
         memory=reader.size("memory"),
-        env=env,
+        env=reader.names_to_strings("env", "a variable") or {},
         timeout=reader.seconds("timeout"),
         **given,
     )
@@ -638,9 +672,15 @@ class MachineResolver:
         return Machine(name=name, host=host, source="environment", tls=tls)
 
 
-def resolve_image(machine: Machine, *, entry_image: str | None, option_image: str | None) -> str:
-    """The image of a run: the plan entry's, else ``--lrun-image``, else the machine table's."""
-    image = entry_image or option_image or machine.image
+#: Where a run's image comes from: an image reference, or a build of one.
+ImageSource: TypeAlias = str | Build
+
+
+def resolve_image(
+    machine: Machine, *, entry_image: ImageSource | None, option_image: ImageSource | None
+) -> ImageSource:
+    """A run's image or build: the plan entry's, else the option's, else the machine table's."""
+    image = entry_image or option_image or machine.image or machine.build
     if not image:
         raise ImageNotSet(machine.name)
     return image

@@ -4,7 +4,8 @@ Split out of :mod:`pytest_lrun.dispatch`, whose :class:`~pytest_lrun.dispatch.Di
 calls it before a run exists (its ``_decide``):
 
 * the spec's candidate machines that answer, with the image's id on each
-  (:func:`options_for`): a fleet goes on without a host that is down;
+  (:func:`options_for`; a build is built where it is missing): a fleet goes on
+  without a host that is down;
 * the directory read once for a machine (:func:`snapshot_for`): its digest and
   the upload archive come from the same bytes, with the empty ``lrun/`` dirs and,
   for a pytest command, the inner reporter;
@@ -23,6 +24,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +38,9 @@ from .hashing import Snapshot, snapshot
 from .store import Candidate, Decision, Run, RunStore, Ticket
 
 if TYPE_CHECKING:
+    from .build import Builder
     from .dispatch import EnginePool, RunSpec
+    from .machines import Machine
 
 logger = logging.getLogger("pytest_lrun")
 
@@ -52,7 +56,7 @@ class Option:
     spec: RunSpec  # the spec on this machine
     engine: Engine
     image_id: str
-    image_error: ImageMissing | None
+    image_error: ImageMissing | None  # ImageBuildFailed when its build failed
 
 
 def run_key(dir_hash: str, image_id: str, spec: RunSpec) -> str:
@@ -88,36 +92,41 @@ def pytest_arguments_at(command: tuple[str, ...]) -> int | None:
     return None
 
 
-def options_for(spec: RunSpec, engines: EnginePool) -> list[Option]:
+def options_for(spec: RunSpec, engines: EnginePool, builder: Builder) -> list[Option]:
     """The spec's candidate machines that answer, with the image's id on each.
 
     A candidate whose engine does not answer is left out while another one does (a
     fleet goes on without a host that is down); when none answers, the first error is raised.
+    A build is built on every candidate that lacks it, all at once.
     """
-    found: list[Option] = []
-    errors: list[EngineError] = []
-    for machine in spec.pool:
-        try:
-            engine = engines.get(machine)
-            try:
-                option = Option(
-                    replace(spec, machine=machine),
-                    engine,
-                    engine.image_id(spec.image, machine.pull),
-                    None,
-                )
-            except ImageMissing as e:
-                option = Option(replace(spec, machine=machine), engine, spec.image, e)
-        except EngineError as e:
-            if len(spec.pool) == 1:
-                raise
-            logger.warning("%s: machine %s left out: %s", spec.where, machine.name, e)
-            errors.append(e)
-            continue
-        found.append(option)
+    pool = spec.pool
+    if len(pool) > 1 and spec.build is not None:
+        with ThreadPoolExecutor(len(pool), thread_name_prefix="lrun-build") as threads:
+            tried = list(threads.map(lambda m: _option(spec, m, engines, builder), pool))
+    else:
+        tried = [_option(spec, machine, engines, builder) for machine in pool]
+    found = [option for option in tried if isinstance(option, Option)]
+    errors = [error for error in tried if isinstance(error, EngineError)]
+    for error in errors:
+        if len(pool) == 1:
+            raise error
+        logger.warning("%s: machine %s left out: %s", spec.where, error.machine, error)
     if not found:
         raise errors[0]
     return found
+
+
+def _option(spec: RunSpec, machine: Machine, engines: EnginePool, builder: Builder) -> Option | EngineError:
+    """``spec`` on ``machine``, or why its engine cannot take it (an image it lacks is the run's error)."""
+    try:
+        engine = engines.get(machine)
+        placed = replace(spec, machine=machine)
+        try:
+            return Option(placed, engine, builder.image_id(engine, machine, spec.image, spec.build), None)
+        except ImageMissing as e:  # a failed build too: the run fails with it, before any container
+            return Option(placed, engine, spec.image, e)
+    except EngineError as e:
+        return e
 
 
 def snapshot_for(spec: RunSpec, cache_dir: Path, *, expect: str | None = None) -> Snapshot:

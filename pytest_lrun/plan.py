@@ -10,7 +10,11 @@ Format::
     name = "passing-m1"              # required, unique in the plan
     dir = "passing"                  # required; relative to the plan file's directory
     machine = "m1"                   # required
-    image = "lrun-python:bookworm"   # optional
+    image = "lrun-python:bookworm"   # optional; or a build, built on each machine before its first run:
+    # build = "docker/test"          #   a context folder, relative to the plan file's directory
+    # dockerfile = "Dockerfile"      #   optional, a path in the context
+    # build_args = { PY = "3.11" }   #   optional, a table of strings
+    # target = "test"                #   optional, a build stage
     command = "python3 -m pytest -q" # optional: a string (shell words) or a list of strings
     env = { FOO = "bar" }            # optional: a table of strings
     timeout = 60                     # optional: seconds > 0
@@ -19,7 +23,7 @@ Format::
     [matrix]                         # optional: one entry per dir and machine, named "<dir>@<machine>"
     dirs = ["passing", "failing"]
     machines = ["m1", "m2"]
-    # image, command, env, timeout and artifacts, when given, apply to every expanded entry
+    # image (or build), command, env, timeout and artifacts, when given, apply to every expanded entry
 
 Entries keep plan order: the ``[[entry]]`` tables as written, then the matrix
 expansion (for each dir in ``dirs``, each machine in ``machines``).
@@ -47,8 +51,9 @@ from typing import Any
 
 import xxhash
 
+from .build import Build, make_build
 from .errors import PlanError
-from .machines import FrozenEnv
+from .machines import BUILD_KEYS, FrozenEnv
 from .settings import check_seconds, parse_command
 from .text import printable
 
@@ -60,7 +65,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["ENTRY_FIELDS", "MATRIX_FIELDS", "FrozenEnv", "Plan", "PlanEntry", "load_plan", "select"]
 
 #: Options an ``[[entry]]`` and the ``[matrix]`` share.
-_SHARED_FIELDS = ("image", "command", "env", "timeout", "artifacts")
+_SHARED_FIELDS = ("image", *BUILD_KEYS, "command", "env", "timeout", "artifacts")
 #: Keys allowed in an ``[[entry]]`` table.
 ENTRY_FIELDS = ("name", "dir", "machine", *_SHARED_FIELDS)
 #: Keys allowed in the ``[matrix]`` table.
@@ -77,6 +82,7 @@ class PlanEntry:
     dir: Path  # absolute, symlinks resolved
     machine: str
     image: str | None = None
+    build: Build | None = None
     command: tuple[str, ...] | None = None
     env: Mapping[str, str] = field(default_factory=FrozenEnv)
     timeout: float | None = None
@@ -313,6 +319,9 @@ class _Parser:
                     f"an image reference has no whitespace, got {_shown(image)}", entry, f"{prefix}image"
                 )
             options["image"] = image
+        build = self.build(table, entry, prefix)
+        if build is not None:
+            options["build"] = build
         if "command" in table:
             options["command"] = self.command(table["command"], entry, f"{prefix}command")
         if "env" in table:
@@ -322,6 +331,38 @@ class _Parser:
         if "artifacts" in table:
             options["artifacts"] = self.artifacts(table["artifacts"], entry, f"{prefix}artifacts")
         return options
+
+    def build(self, table: Mapping[str, Any], entry: str | None, prefix: str) -> Build | None:
+        if "build" not in table:
+            stray = [key for key in BUILD_KEYS if key in table]
+            if stray:
+                raise self.error('belongs to a build; add build = "CONTEXT FOLDER"', entry, prefix + stray[0])
+            return None
+        if "image" in table:
+            raise self.error(
+                "give an image or a build, not both (found image and build)", entry, prefix + "build"
+            )
+        context = self.text(table["build"], entry, prefix + "build")
+        dockerfile = (
+            self.text(table["dockerfile"], entry, prefix + "dockerfile") if "dockerfile" in table else None
+        )
+        args = (
+            self.env(table["build_args"], entry, prefix + "build_args", "build arg")
+            if "build_args" in table
+            else None
+        )
+        target = self.text(table["target"], entry, prefix + "target") if "target" in table else None
+        try:
+            return make_build(
+                context,
+                base=self.base,
+                dockerfile=dockerfile,
+                args=args,
+                target=target,
+                origin=f"{self.shown} {entry or 'matrix'} {prefix}build",
+            )
+        except ValueError as e:
+            raise self.error(str(e), entry, prefix + "build") from None
 
     def command(self, value: object, entry: str | None, field: str) -> tuple[str, ...]:
         if isinstance(value, str):
@@ -340,12 +381,14 @@ class _Parser:
             f"expected a command string or a non-empty array of strings, got {_shown(value)}", entry, field
         )
 
-    def env(self, value: object, entry: str | None, field: str) -> FrozenEnv:
+    def env(
+        self, value: object, entry: str | None, field: str, what: str = "environment variable"
+    ) -> FrozenEnv:
         if not isinstance(value, dict):
             raise self.error(f"expected a table of strings, got {_shown(value)}", entry, field)
         for key, item in value.items():
             if not key or "=" in key or "\x00" in key:
-                raise self.error(f"{key!r} is not a valid environment variable name", entry, field)
+                raise self.error(f"{key!r} is not a valid {what} name", entry, field)
             if not isinstance(item, str) or "\x00" in item:
                 raise self.error(f"variable {key!r}: expected a string, got {_shown(item)}", entry, field)
         return FrozenEnv(value)

@@ -39,12 +39,13 @@ from typing import Any
 import pytest
 import xxhash
 
+from .build import Build, build_digest, image_tag, make_build
 from .dispatch import Dispatcher, EnginePool, RunResult, RunSpec, pytest_arguments_at
 from .engine import Engine, connect
 from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
 from .events import Collected
 from .events import Event as InnerEvent
-from .machines import TAG_PREFIX, Machine, MachineResolver, load_machine_tables, resolve_image
+from .machines import TAG_PREFIX, ImageSource, Machine, MachineResolver, load_machine_tables, resolve_image
 from .plan import Plan, PlanEntry, load_plan, select
 from .recovery import gc, reconcile
 from .report import Detached, JobOutcome, RunReports, dir_nodeid, summary_rows
@@ -123,6 +124,7 @@ class LrunSession:
             on_events=lambda run, events: self._events.put(Live(run.id, tuple(events))),
             on_prepared=self._prepared,
             on_queued=self._queued,
+            on_build=lambda machine, line: self._events.put(f"{machine}: {line}"),
         )
         self.batch_id: str | None = None
         self._batch: Batch | None = None  # the batch as refreshed at the end of the session
@@ -137,6 +139,8 @@ class LrunSession:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._counts_lock = threading.Lock()
         self._counts = {"done": 0, "running": 0}
+        self._build_tags: dict[Build, str] = {}  # each build's context is hashed once per invocation
+        self.option_image: ImageSource | None = settings.image or self._option_build(settings.build)
 
     @property
     def specs(self) -> list[RunSpec]:
@@ -164,7 +168,7 @@ class LrunSession:
                     self.make_spec(
                         entry.dir,
                         entry.machine,
-                        image=entry.image,
+                        image=entry.image or entry.build,
                         command=entry.command,
                         env=entry.env,
                         timeout=entry.timeout,
@@ -278,7 +282,7 @@ class LrunSession:
         return RunSpec(
             test_dir=Path(run.test_dir),
             machine=machine,
-            image=run.image or resolve_image(machine, entry_image=None, option_image=self.settings.image),
+            image=run.image or self._image(resolve_image(machine, entry_image=None, option_image=None))[0],
             command=tuple(run.command or DEFAULT_COMMAND),
             timeout=run.timeout or DEFAULT_TIMEOUT,
             artifacts=tuple(run.artifacts or ()),
@@ -286,12 +290,32 @@ class LrunSession:
             plan_entry=run.plan_entry,
         )
 
+    def _option_build(self, context: Path | None) -> Build | None:
+        """``--lrun-build``'s build, its context relative to the directory pytest was started in."""
+        if context is None:
+            return None
+        try:
+            return make_build(context, base=self.config.invocation_params.dir, origin="--lrun-build")
+        except ValueError as e:
+            raise ConfigError("--lrun-build", str(e)) from None
+
+    def _image(self, source: ImageSource) -> tuple[str, Build | None]:
+        """A run's image reference and, for a build, the build (its tag says its inputs' digest)."""
+        if isinstance(source, str):
+            return source, None
+        tag = self._build_tags.get(source)
+        if tag is None:
+            tag = self._build_tags[source] = image_tag(
+                build_digest(source, cache_dir=self.store.hashcache_dir)
+            )
+        return tag, source
+
     def make_spec(
         self,
         test_dir: Path,
         target: str,
         *,
-        image: str | None = None,
+        image: ImageSource | None = None,
         command: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
@@ -310,13 +334,15 @@ class LrunSession:
         settings = self.settings
         pool = self.resolver.resolve_all(target)
         machine = pool[0]
-        images = {resolve_image(m, entry_image=image, option_image=settings.image) for m in pool}
-        if len(images) > 1:
+        sources = {resolve_image(m, entry_image=image, option_image=self.option_image) for m in pool}
+        if len(sources) > 1:
+            named = sorted(s if isinstance(s, str) else f"build {s.describe()}" for s in sources)
             raise ConfigError(
                 target,
-                f"its machines name different images ({', '.join(sorted(images))}); "
-                "give --lrun-image or the plan entry's image",
+                f"its machines name different images ({', '.join(named)}); "
+                "give --lrun-image, --lrun-build or the plan entry's image or build",
             )
+        image_ref, build = self._image(sources.pop())
         option = self.config.option
         selection = Selection(option.keyword or None, option.markexpr or None, nodeids)
         inner = tuple(command or settings.command or DEFAULT_COMMAND)
@@ -330,7 +356,8 @@ class LrunSession:
         spec = RunSpec(
             test_dir=test_dir,
             machine=machine,
-            image=resolve_image(machine, entry_image=image, option_image=settings.image),
+            image=image_ref,
+            build=build,
             command=inner,
             env=dict(env or {}),
             timeout=timeout or settings.timeout or machine.timeout or DEFAULT_TIMEOUT,

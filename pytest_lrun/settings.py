@@ -53,6 +53,7 @@ DEFAULT_STOP_GRACE = 10.0
 DEFAULT_LOG_MAX_BYTES = 16 * MIB
 DEFAULT_STATE_MAX_BYTES = 50 * MIB
 DEFAULT_REAP_AGE = 300.0
+DEFAULT_IMAGE_MAX_AGE = 7 * 86400.0
 DEFAULT_STORE_MAX_BYTES = 1024 * MIB
 # Waits, socket timeouts and lock timeouts overflow near 9.2e9 s: refuse long before that.
 MAX_SECONDS = 1e9
@@ -216,6 +217,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="IMAGE",
     ),
     Option(
+        "build",
+        "build the runs' image from this context folder (its Dockerfile) on each machine before its "
+        "first run there, instead of --lrun-image; relative to the current directory "
+        "(default: the machine's image or build).",
+        Path,
+        metavar="DIR",
+    ),
+    Option(
         "command",
         f"command run in the container's workdir (shell words; default: `{shlex.join(DEFAULT_COMMAND)}`).",
         parse_command,
@@ -355,6 +364,14 @@ OPTIONS: tuple[Option, ...] = (
         DEFAULT_REAP_AGE,
         metavar="SECONDS",
     ),
+    Option(
+        "image_max_age",
+        "seconds after which `lrun gc --images` removes an image pytest-lrun built that no run "
+        f"has used since (default: {DEFAULT_IMAGE_MAX_AGE:g}, a week).",
+        parse_seconds,
+        DEFAULT_IMAGE_MAX_AGE,
+        metavar="SECONDS",
+    ),
     Option("plan", "a TOML plan file whose entries are dispatched as one batch.", Path, metavar="FILE"),
     Option(
         "plan_entry",
@@ -390,6 +407,7 @@ class Settings:
 
     machine: str | None
     image: str | None
+    build: Path | None
     command: tuple[str, ...] | None
     timeout: float | None
     stop_grace: float
@@ -408,6 +426,7 @@ class Settings:
     state_max_bytes: int
     store_max_bytes: int
     reap_age: float
+    image_max_age: float
     plan: Path | None
     plan_entry: tuple[str, ...]
     batch_id: str | None
@@ -463,6 +482,8 @@ def _parse(option: Option, raw: str, source: str) -> Any:
 
 
 def _check_combinations(settings: Settings) -> None:
+    if settings.image and settings.build:
+        raise ConfigError("--lrun-image/--lrun-build", "give an image or a build, not both")
     if settings.detach and settings.attach:
         raise ConfigError("--lrun-detach/--lrun-attach", "detach and attach cannot be combined")
     if settings.plan_entry and not settings.plan:

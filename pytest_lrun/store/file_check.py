@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import OWNER_GONE, CorruptRecord, RunNotFound, TerminalRunError
 from ..fsutil import Unparseable
-from ..layout import RECORD, is_leftover
+from ..layout import RECORD, is_leftover, machine_key
 from .base import Sweep
 from .common import leftovers_in, owner_alive, remove_leftovers
 from .records import Status, valid_id
@@ -106,7 +106,6 @@ def check(store: FileStore) -> builtins.list[str]:
 
 
 def _check_index(store: FileStore, mkey: str) -> builtins.list[str]:
-    from .files import machine_key  # not at the top: files imports this module
 
     where = f"active/{mkey}.json"
     try:

@@ -60,7 +60,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 import socket
 import time
@@ -81,7 +80,7 @@ from ..fsutil import (
     remove_tree,
     stamp,
 )
-from ..layout import DELETING_PREFIX, RunFiles
+from ..layout import DELETING_PREFIX, RunFiles, machine_key
 from ..locking import hold
 from . import file_check, file_durations
 from .base import Candidate, Decision, Sweep, Ticket
@@ -94,8 +93,6 @@ __all__ = ["FileStore", "default_state_dir", "machine_key"]
 
 logger = logging.getLogger("pytest_lrun")
 
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-
 
 def default_state_dir() -> Path:
     """``$LRUN_STATE_DIR`` when set and non-empty, else ``~/.lrun``."""
@@ -103,20 +100,6 @@ def default_state_dir() -> Path:
     if configured:
         return Path(configured).expanduser()
     return Path.home() / ".lrun"
-
-
-def machine_key(machine: str) -> str:
-    """A filesystem-safe, collision-resistant file stem for a machine name.
-
-    The readable part keeps ``[A-Za-z0-9_.-]`` (other runs become ``_``, at most 48
-    characters, no leading dot); the suffix is the full xxh3-128 digest of the
-    exact name (32 hex digits), so two names collide only by a 128-bit accident.
-    """
-    if not isinstance(machine, str) or not machine:
-        raise ValueError(f"a machine name must be a non-empty string, not {machine!r}")
-    readable = _UNSAFE_CHARS.sub("_", machine).lstrip(".")[:48] or "m"
-    digest = xxhash.xxh3_128_hexdigest(machine.encode("utf-8", "surrogatepass"))
-    return f"{readable}-{digest}"
 
 
 # --- the store -------------------------------------------------------------

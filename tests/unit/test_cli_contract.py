@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from pytest_lrun import cli
-from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine
+from pytest_lrun.build import LABEL_BUILD, LABEL_BUILD_CONTEXT
+from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine, ImageInfo
 from pytest_lrun.errors import EngineUnreachable
 from pytest_lrun.machines import Machine
 from pytest_lrun.plan import load_plan
@@ -49,6 +50,7 @@ class FakeEngine:
         self.machine = machine
         self.url = f"tcp://{machine}.invalid:2375"
         self.containers: dict[str, ContainerState] = {}
+        self.built: dict[str, ImageInfo] = {}  # images pytest-lrun built, by id
 
     def add(self, container_id: str, run_id: str, store: RunStore, *, age: float, running: bool) -> None:
         labels = {LABEL_RUN: run_id, LABEL_STORE: store.store_id, LABEL_CREATED: str(time.time() - age)}
@@ -79,6 +81,12 @@ class FakeEngine:
 
     def list_labelled(self, label: str) -> list[ContainerState]:
         return [state for state in self.containers.values() if label in state.labels]
+
+    def images(self, label: str) -> list[ImageInfo]:
+        return [image for image in self.built.values() if label in image.labels]
+
+    def remove_image(self, image: str) -> bool:
+        return self.built.pop(image, None) is not None
 
     def close(self) -> None:
         pass
@@ -124,7 +132,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     monkeypatch.setenv("LRUN_STATE_DIR", str(state))
     monkeypatch.setenv("DOCKER_HOST", "tcp://local.invalid:2375")
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
-    for name in ("LRUN_STATE_MAX_BYTES", "LRUN_REAP_AGE", "LRUN_CONNECT_TIMEOUT"):
+    for name in ("LRUN_STATE_MAX_BYTES", "LRUN_REAP_AGE", "LRUN_CONNECT_TIMEOUT", "LRUN_IMAGE_MAX_AGE"):
         monkeypatch.delenv(name, raising=False)
     engines = {name: FakeEngine(name) for name in ("m1", "m2")}
 
@@ -219,6 +227,12 @@ def populated(world: World) -> Populated:
     os.utime(orphan, (STAMP, STAMP))
     world.engines["m1"].add("c-done", done.id, store, age=3600, running=False)
     world.engines["m1"].add("c-running", running.id, store, age=3600, running=True)
+    digest = "0123456789abcdef" * 2
+    labels = {LABEL_BUILD: digest, LABEL_BUILD_CONTEXT: "/src/docker/test"}
+    image_id = "sha256:" + "ab" * 32
+    world.engines["m1"].built[image_id] = ImageInfo(
+        image_id, (f"lrun-build:{digest}",), labels, 123456, STAMP
+    )
     batches = FileStore(store.state_dir, durable=False).batches
     batch = batches.open(load_plan(plan(world, "done", "gone", "later")), "b-golden")
     batches.record(batch.id, "done", done.id)
@@ -295,6 +309,8 @@ CASES: dict[str, Case] = {
     "machines": Case(("machines", "--json")),
     "gc": Case(("gc", "--max-bytes", "1", "--json")),  # deletes every terminal run; live ones stay
     "reap": Case(("reap", "--json")),
+    "images": Case(("images", "--json")),
+    "gc_images": Case(("gc", "--images", "--image-max-age", "0", "--json")),
     "error": Case(("show", MISSING_RUN, "--json"), status=3),
 }
 
@@ -393,6 +409,8 @@ COMMANDS: list[tuple[tuple[str, ...], int, int]] = [
     (("machines",), 0, 0),
     (("gc",), 0, 0),
     (("reap",), 0, 0),
+    (("images",), 0, 0),
+    (("gc", "--images"), 0, 0),
 ]
 
 
