@@ -432,6 +432,7 @@ class Dispatcher:
             network=spec.machine.network,
             cpus=spec.machine.cpus,
             memory=spec.machine.memory,
+            pids_limit=spec.machine.pids_limit,
         )
         try:
             container_id = engine.create(container_spec)

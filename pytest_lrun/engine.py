@@ -46,13 +46,29 @@ LABEL_STORE = "lrun.store"  # which state dir owns the run: reaping spares other
 # A build's output may be silent this long (one long RUN step) before the engine counts as gone.
 BUILD_SILENCE_S = 1800.0
 
+# Every run container drops all capabilities and gets back only these, which a test suite run as
+# root in its image may need; Docker's default set also has MKNOD, NET_RAW, NET_BIND_SERVICE,
+# SETPCAP, SETFCAP, FSETID, SYS_CHROOT and AUDIT_WRITE, none of which a test run needs.
+RUN_CAPABILITIES: tuple[str, ...] = (
+    "CHOWN",  # chown a file: tarfile and shutil.chown as root, pip and tests that set owners
+    "DAC_OVERRIDE",  # root reads and writes files whatever their owner and mode (an image's user files)
+    "FOWNER",  # chmod and utime on files root does not own (another uid's files, kept mtimes)
+    "SETUID",  # drop to another user (su, os.setuid): tests of permissions run as an unprivileged uid
+    "SETGID",  # the same for groups (setgid, setgroups), which dropping to a user needs first
+    "KILL",  # signal the processes of another uid, e.g. a child that dropped to that user
+)
+# A setuid binary or file capability never raises a process's privileges in a run container.
+NO_NEW_PRIVILEGES = "no-new-privileges"
+
 
 @dataclass(frozen=True)
 class ContainerSpec:
     """What to create: image, command, limits and the lrun labels.
 
-    ``workdir`` and ``network`` have no defaults here: they are the machine's
-    (:class:`~pytest_lrun.machines.Machine` declares the defaults).
+    ``workdir``, ``network`` and ``pids_limit`` have no defaults here: they are the
+    machine's (:class:`~pytest_lrun.machines.Machine` declares the defaults). What
+    no machine changes (:data:`RUN_CAPABILITIES`, :data:`NO_NEW_PRIVILEGES`, never
+    privileged, no host mounts) is :meth:`DockerEngine.create`'s.
     """
 
     image: str
@@ -60,6 +76,7 @@ class ContainerSpec:
     labels: Mapping[str, str]
     workdir: str
     network: str
+    pids_limit: int  # processes and threads at once (Machine.pids_limit)
     env: Mapping[str, str] = field(default_factory=dict)
     cpus: float | None = None
     memory: int | None = None  # bytes (Machine.memory)
@@ -279,6 +296,11 @@ class DockerEngine:
             network_mode=spec.network,
             nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
             mem_limit=spec.memory,
+            pids_limit=spec.pids_limit,
+            cap_drop=["ALL"],
+            cap_add=list(RUN_CAPABILITIES),
+            security_opt=[NO_NEW_PRIVILEGES],
+            privileged=False,  # the default, said here: nothing of the host's reaches a run (no binds)
         )
         try:
             created = self._api.create_container(

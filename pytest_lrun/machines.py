@@ -22,7 +22,8 @@ A name resolves to the first of, in this order:
 Any other name raises :class:`~pytest_lrun.errors.UnknownMachine` listing the
 known names. ``tag:NAME`` (:meth:`MachineResolver.resolve_all`) names every machine
 table whose ``tags`` carry NAME, in table order; a table's ``slots`` says how many
-runs its engine takes at once (default 1). The image of a run is chosen by :func:`resolve_image`: plan entry,
+runs its engine takes at once (default 1), its ``pids_limit`` how many processes a
+run's container may hold (default 4096). The image of a run is chosen by :func:`resolve_image`: plan entry,
 then ``--lrun-image`` or ``--lrun-build``, then the machine table. Each of them names an image or a
 build (a :class:`~pytest_lrun.build.Build`: ``build = "CONTEXT"`` with optional ``dockerfile``,
 ``build_args`` and ``target``), never both.
@@ -57,6 +58,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = [
     "BUILD_KEYS",
     "DEFAULT_DOCKER_HOST",
+    "DEFAULT_PIDS_LIMIT",
     "ENVIRONMENT_NAMES",
     "PULL_POLICIES",
     "TAG_PREFIX",
@@ -105,6 +107,7 @@ _TABLE_KEYS = (
     "workdir",
     "tags",
     "slots",
+    "pids_limit",
     *BUILD_KEYS,
     *_TLS_KEYS,
 )
@@ -112,6 +115,12 @@ TAG_PREFIX = "tag:"
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # One engine running more runs at once than this is a typo, not a fleet.
 _MAX_SLOTS = 1024
+#: Processes (and threads) a run's container may hold at once unless its table says otherwise:
+#: room for a parallel test run, and a fork bomb ends there instead of on the engine's host.
+DEFAULT_PIDS_LIMIT = 4096
+# Fewer than this and a Python interpreter with a few workers cannot start; above it is the
+# kernel's own ceiling (pid_max at most 2**22).
+_PIDS_LIMIT_RANGE = (16, 2**22)
 
 
 # --- records ---------------------------------------------------------------
@@ -178,6 +187,7 @@ class Machine:
     workdir: str = "/lrun/work"
     tags: tuple[str, ...] = ()
     slots: int = 1
+    pids_limit: int = DEFAULT_PIDS_LIMIT  # processes and threads in a run's container at once
 
     def __post_init__(self) -> None:
         if not isinstance(self.env, FrozenEnv):
@@ -338,6 +348,14 @@ class _TableReader:
         except ValueError as e:
             raise self.error(key, f"{e}; found {value!r}") from None
 
+    def whole_number(self, key: str, low: int, high: int) -> int | None:
+        if key not in self.table:
+            return None
+        value = self.table[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.error(key, f"expected a whole number from {low} to {high}, {_found(value)}")
+        return value
+
     def boolean(self, key: str) -> bool | None:
         if key not in self.table:
             return None
@@ -461,11 +479,10 @@ def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_di
         if not isinstance(tags, list) or not all(isinstance(t, str) and _TAG_RE.match(t) for t in tags):
             raise reader.error("tags", f'expected a list of names such as ["linux", "big"], {_found(tags)}')
         given["tags"] = tuple(tags)
-    if "slots" in table:
-        slots = table["slots"]
-        if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= _MAX_SLOTS:
-            raise reader.error("slots", f"expected a whole number from 1 to {_MAX_SLOTS}, {_found(slots)}")
-        given["slots"] = slots
+    for key, (low, high) in (("slots", (1, _MAX_SLOTS)), ("pids_limit", _PIDS_LIMIT_RANGE)):
+        whole = reader.whole_number(key, low, high)
+        if whole is not None:
+            given[key] = whole
 
     return Machine(
         name=name,

@@ -128,6 +128,16 @@ def test_minimal_table_gets_defaults(tmp_path: Path) -> None:
         {},
     )
     assert machine.describe() == "box (ssh://ci@box.example, from pyproject.toml)"
+    assert machine.pids_limit == 4096
+
+
+def test_pids_limit_is_read_from_the_table(tmp_path: Path) -> None:
+    body = '[tool.lrun.machines.m1]\nhost = "unix:///var/run/docker.sock"\npids_limit = 64\n'
+    assert make_resolver(tmp_path, body).resolve("m1").pids_limit == 64
+
+
+def test_machines_not_from_a_table_get_the_default_pids_limit(tmp_path: Path) -> None:
+    assert make_resolver(tmp_path).resolve("local").pids_limit == 4096
 
 
 def test_machine_record_is_frozen_hashable_and_picklable(tmp_path: Path) -> None:
@@ -168,6 +178,14 @@ def test_machine_record_is_frozen_hashable_and_picklable(tmp_path: Path) -> None
         ("slots = 0", "slots", "expected a whole number from 1 to 1024, found integer 0"),
         ("slots = 2.5", "slots", "expected a whole number from 1 to 1024"),
         ("slots = true", "slots", "expected a whole number from 1 to 1024"),
+        ("pids_limit = 0", "pids_limit", "expected a whole number from 16 to 4194304, found integer 0"),
+        ("pids_limit = -1", "pids_limit", "expected a whole number from 16 to 4194304, found integer -1"),
+        ("pids_limit = 8", "pids_limit", "expected a whole number from 16 to 4194304, found integer 8"),
+        ("pids_limit = 4194305", "pids_limit", "from 16 to 4194304, found integer 4194305"),
+        ("pids_limit = 100.0", "pids_limit", "from 16 to 4194304, found float 100.0"),
+        ('pids_limit = "4096"', "pids_limit", "from 16 to 4194304, found string '4096'"),
+        ("pids_limit = true", "pids_limit", "from 16 to 4194304, found boolean True"),
+        ("pid_limit = 64", "pid_limit", "unknown key; did you mean 'pids_limit'?"),
     ],
 )
 def test_bad_value_names_the_key_path(tmp_path: Path, line: str, key: str, expected: str) -> None:
@@ -523,14 +541,14 @@ def test_container_state_says_whether_the_kernel_killed_it_for_memory(
     assert _state(info).oom_killed is oom_killed
 
 
-def test_memory_reaches_the_engine_as_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # "1.5g" passed machine validation, then a second parser refused it at container create.
+def _created_host_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str) -> dict[str, Any]:
+    """The HostConfig a DockerEngine sends to create a container of machine m1 (``table``'s keys)."""
     import docker
 
     from pytest_lrun import engine
 
     machine = make_resolver(
-        tmp_path, '[tool.lrun.machines.m1]\nhost = "tcp://127.0.0.1:1"\nmemory = "1.5g"\n'
+        tmp_path, f'[tool.lrun.machines.m1]\nhost = "tcp://127.0.0.1:1"\n{table}'
     ).resolve("m1")
     # A client with a fixed API version does not dial the engine; create_container is faked below.
     monkeypatch.setattr(
@@ -551,12 +569,31 @@ def test_memory_reaches_the_engine_as_bytes(tmp_path: Path, monkeypatch: pytest.
         workdir=machine.workdir,
         network=machine.network,
         memory=machine.memory,
+        pids_limit=machine.pids_limit,
     )
     try:
         assert docker_engine.create(spec) == "c1"
     finally:
         docker_engine.close()
-    assert created["host_config"]["Memory"] == 1536 * 1024**2
+    host_config: dict[str, Any] = created["host_config"]
+    return host_config
+
+
+def test_memory_reaches_the_engine_as_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "1.5g" passed machine validation, then a second parser refused it at container create.
+    assert _created_host_config(tmp_path, monkeypatch, 'memory = "1.5g"\n')["Memory"] == 1536 * 1024**2
+
+
+def test_container_defaults_reach_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host_config = _created_host_config(tmp_path, monkeypatch, "")
+    assert host_config["PidsLimit"] == 4096
+    assert host_config["CapDrop"] == ["ALL"]
+    assert host_config["CapAdd"] == ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"]
+    assert host_config["SecurityOpt"] == ["no-new-privileges"]
+    assert host_config["NetworkMode"] == "none"
+    assert not any(host_config.get(key) for key in ("Privileged", "Binds", "Mounts"))
+    assert "Memory" not in host_config  # no cap unless the machine sets one
+    assert _created_host_config(tmp_path, monkeypatch, "pids_limit = 64\n")["PidsLimit"] == 64
 
 
 FLEET = """
