@@ -30,7 +30,10 @@ a step fails or the benchmark is interrupted. Measured in one run:
 * for each pytest invocation, the dispatcher's CPU time (user + system) and peak
   resident memory, from ``wait4`` of that process; and for it and each plain
   ``docker run`` pool, the share of the machine's CPU time busy meanwhile (all
-  processes, engines and other users included: ``/proc/stat``).
+  processes, engines and other users included: ``/proc/stat``);
+* before the engines start, a cold ``hash_dir`` of 100k small files (5k with
+  ``--quick``) against a sha256 pass over the same files, as ``bench/hash.py``
+  races them. Target: at least 1x.
 
 Where the time goes comes from the run records the invocation wrote (their
 ``created_at``, ``started_at``, ``ended_at``): the time before the first run is
@@ -46,6 +49,7 @@ import argparse
 import json
 import os
 import queue
+import random
 import shutil
 import signal
 import statistics
@@ -62,7 +66,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _timing import timed
+from hash import SMALL_RATIO_TARGET, make_small_tree, race, sha256_pass
 
+from pytest_lrun.hashing import hash_dir, iter_files
 from pytest_lrun.layout import RECORD
 from pytest_lrun.settings import DEFAULT_COMMAND
 from pytest_lrun.store.records import Run
@@ -376,6 +382,15 @@ def in_container(test_dir: Path, *args: str) -> list[str]:
     return [*mount, IMAGE, *DEFAULT_COMMAND, *args]
 
 
+def cold_hash(tree: Path, files: int) -> float:
+    """sha256 pass time over cold ``hash_dir`` time, best of 5, on ``files`` small files made in ``tree``."""
+    tree.mkdir()
+    make_small_tree(tree, files, random.Random(20240601))
+    paths = [e.abspath for e in iter_files(tree) if e.kind == "file"]
+    cold, sha = race(5, lambda: hash_dir(tree), lambda: sha256_pass(paths)).wall
+    return sha / cold
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter tests (a smoke run)")
@@ -391,6 +406,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="lrun-fleet-", dir="/var/tmp") as tmp:
         root = Path(tmp)
+        small_files = 5_000 if args.quick else 100_000
+        hash_ratio = cold_hash(root / "small-files", small_files)
         with fleet(root / "engines", source) as engines:
             project = root / "project"
             project.mkdir()
@@ -479,6 +496,10 @@ def main() -> None:
     print(
         f"sharded suite, durations known, wall / ideal: {warm.wall / shard_ideal:.2f}x "
         f"(target <= {RATIO_TARGET}x): {verdict(warm.wall / shard_ideal <= RATIO_TARGET)}"
+    )
+    print(
+        f"cold hash_dir of {small_files} small files, sha256 pass / hash_dir: {hash_ratio:.2f}x "
+        f"(target >= {SMALL_RATIO_TARGET:g}x): {verdict(hash_ratio >= SMALL_RATIO_TARGET)}"
     )
 
 

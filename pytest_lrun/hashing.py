@@ -410,9 +410,9 @@ def _digester(
     def leaf(
         de: os.DirEntry[str], dir_fd: int | None, relpath: str, name: bytes, abspath: str
     ) -> tuple[bytes, _CacheRow | None]:
-        if de.is_symlink():
-            return _symlink_record(name, os.readlink(de.path, dir_fd=dir_fd)), None
         if not de.is_file(follow_symlinks=False):
+            if de.is_symlink():
+                return _symlink_record(name, os.readlink(de.path, dir_fd=dir_fd)), None
             raise _unsupported(abspath, de.stat(follow_symlinks=False).st_mode)
         seen = None
         if old:

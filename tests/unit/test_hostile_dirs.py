@@ -144,9 +144,25 @@ def test_an_ignore_file_that_is_a_fifo_is_refused_and_never_opened(
     assert spy.opened == []
 
 
-def test_a_file_swapped_for_a_fifo_after_the_listing_is_refused_without_a_hang(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _fifo(path: Path, outside: Path) -> None:
+    os.mkfifo(path)
+
+
+def _symlink_out(path: Path, outside: Path) -> None:
+    os.symlink(outside, path)
+
+
+@pytest.mark.parametrize(
+    ("swap", "says"),
+    [
+        (_fifo, "changed while hashing: no longer a regular file"),
+        (_symlink_out, "changed while hashing: now a symlink"),
+    ],
+)
+def test_a_file_swapped_after_the_listing_is_refused_without_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: Callable[[Path, Path], None], says: str
 ) -> None:
+    outside = write(tmp_path / "outside.txt", "outside the tree")
     root = make_base_tree(tmp_path / "t")
     victim = root / "test_a.py"
     real_open = os.open
@@ -154,17 +170,14 @@ def test_a_file_swapped_for_a_fifo_after_the_listing_is_refused_without_a_hang(
     def swap_then_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
         if os.fsdecode(path) in (victim.name, str(victim)) and stat.S_ISREG(victim.lstat().st_mode):
             victim.unlink()
-            os.mkfifo(victim)
+            swap(victim, outside)
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", swap_then_open)
     for attempt in (hash_dir, snapshot):
         with pytest.raises(HashError) as err:
             attempt(root)
-        assert (err.value.path, err.value.reason) == (
-            str(victim),
-            "changed while hashing: no longer a regular file",
-        )
+        assert (err.value.path, err.value.reason) == (str(victim), says)
         victim.unlink()
         write(victim, "def test_a():\n    assert True\n")
 
