@@ -13,6 +13,10 @@ target. Scanners of a directory should ignore names that start with a dot.
 
 ``durable=False`` skips both fsyncs (atomicity is kept, durability across a power
 cut is not): for tests, benchmarks and caches that can be rebuilt.
+
+A store opens its state dir with :func:`make_state_dir`: created private (0700), or
+refused when it exists and is another user's or writable by group or others, since
+whoever can write it can forge run records or plant a symlink where a run's files go.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .errors import ConfigError
 
 T = TypeVar("T")
 
@@ -37,6 +43,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "fsync_dir",
+    "make_state_dir",
     "remove_tree",
     "tree_size",
 ]
@@ -126,6 +133,35 @@ def make_private_dir(path: Path) -> None:
             raise
         return
     os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def make_state_dir(root: Path, subdirs: Iterable[Path] = ()) -> None:
+    """Create the state dir ``root`` and its ``subdirs`` (:func:`make_private_dir`), and check
+    that each one that already existed is private: owned by this user, not writable by group or others.
+
+    :raises ConfigError: a path cannot be made a directory, or is not private (the message names
+        it and the fix)
+    """
+    for directory in (root, *subdirs):
+        try:
+            make_private_dir(directory)
+            st = os.stat(directory)  # a symlinked state dir is judged by the folder it leads to
+        except OSError as exc:
+            reason = "exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+            raise ConfigError(f"state dir {root}", f"cannot use it: {reason or exc}") from exc
+        me = os.geteuid()
+        if st.st_uid != me:
+            raise ConfigError(
+                f"state dir {directory}",
+                f"owned by uid {st.st_uid}, not by you (uid {me}): its owner could forge your runs' "
+                "records; use a state dir of your own (--lrun-state-dir, LRUN_STATE_DIR)",
+            )
+        if st.st_mode & 0o022:
+            raise ConfigError(
+                f"state dir {directory}",
+                f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): they could forge "
+                f"run records or plant links; fix it with: chmod 700 {directory}",
+            )
 
 
 def move_aside(path: Path, corrupt_dir: Path, label: str, *, durable: bool = True) -> Path | None:

@@ -69,12 +69,12 @@ from pathlib import Path
 import filelock
 import xxhash
 
-from ..errors import ConfigError, CorruptRecord, RunNotFound, StoreError, TerminalRunError
+from ..errors import CorruptRecord, RunNotFound, StoreError, TerminalRunError
 from ..fsutil import (
     Unparseable,
     atomic_write_json,
     fsync_dir,
-    make_private_dir,
+    make_state_dir,
     move_aside,
     parse_record,
     remove_tree,
@@ -108,7 +108,9 @@ def default_state_dir() -> Path:
 class FileStore:
     """Run records under one state directory; safe to share between threads and processes.
 
-    :param state_dir: the state directory (default: :func:`default_state_dir`); created with mode 0700
+    :param state_dir: the state directory (default: :func:`default_state_dir`); created with mode 0700,
+        refused when another user owns it or group or others may write it
+        (:func:`~pytest_lrun.fsutil.make_state_dir`)
     :param lock_timeout: seconds to wait for a machine's lock before raising
         :class:`~pytest_lrun.errors.StoreLocked` (``None``: wait forever). The lock is held
         for milliseconds, and a dead holder releases it, so this only fires for a stuck holder.
@@ -133,19 +135,9 @@ class FileStore:
         self.completed_dir = self.state_dir / "completed"
         #: Where :func:`pytest_lrun.hashing.hash_dir` keeps its stat caches (a cache: any file may go).
         self.hashcache_dir = self.state_dir / "hashcache"
-        try:
-            make_private_dir(root)
-            for directory in (
-                self.runs_dir,
-                self.active_dir,
-                self.locks_dir,
-                self.corrupt_dir,
-                self.completed_dir,
-            ):
-                make_private_dir(directory)
-        except OSError as exc:
-            reason = "exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
-            raise ConfigError(f"state dir {root}", f"cannot use it: {reason or exc}") from exc
+        make_state_dir(
+            root, (self.runs_dir, self.active_dir, self.locks_dir, self.corrupt_dir, self.completed_dir)
+        )
         if lock_timeout is not None and lock_timeout < 0:
             raise ValueError(f"lock_timeout must be >= 0 or None, not {lock_timeout!r}")
         self.lock_timeout = lock_timeout

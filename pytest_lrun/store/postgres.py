@@ -54,8 +54,8 @@ from typing import Any
 
 import psycopg
 
-from ..errors import OWNER_GONE, ConfigError, CorruptRecord, RunNotFound, StoreError, TerminalRunError
-from ..fsutil import Unparseable, make_private_dir, parse_record, remove_tree, stamp
+from ..errors import OWNER_GONE, CorruptRecord, RunNotFound, StoreError, TerminalRunError
+from ..fsutil import Unparseable, make_private_dir, make_state_dir, parse_record, remove_tree, stamp
 from ..layout import DELETING_PREFIX, RunFiles
 from ..settings import DEFAULT_CONNECT_TIMEOUT
 from . import pg_results, pg_sql
@@ -107,7 +107,8 @@ class PostgresStore:
     """Run records in a PostgreSQL database, this host's run files in ``state_dir``.
 
     :param url: a ``postgresql://`` URL as libpq reads it
-    :param state_dir: this host's state dir (created with mode 0700)
+    :param state_dir: this host's state dir (created with mode 0700; refused when not private, as
+        :class:`~pytest_lrun.store.files.FileStore` refuses it)
     :param lock_timeout: seconds a statement waits for a machine's or a batch's lock
         before :class:`~pytest_lrun.errors.StoreLocked` (``None``: forever)
     :param connect_timeout: seconds to wait for the database to answer a connection
@@ -128,12 +129,7 @@ class PostgresStore:
         self.state_dir = Path(os.path.realpath(root))
         self.runs_dir = self.state_dir / "runs"
         self.hashcache_dir = self.state_dir / "hashcache"
-        try:
-            make_private_dir(root)
-            make_private_dir(self.runs_dir)
-        except OSError as exc:
-            reason = "exists and is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
-            raise ConfigError(f"state dir {root}", f"cannot use it: {reason or exc}") from exc
+        make_state_dir(root, (self.runs_dir,))
         self.problems: builtins.list[CorruptRecord] = []
         #: The connections; every statement goes through it.
         self.db = Database(url, lock_timeout=lock_timeout, connect_timeout=connect_timeout)

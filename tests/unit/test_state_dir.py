@@ -1,0 +1,134 @@
+"""The state dir must be private, and a run's folder never leads writes elsewhere.
+
+Whoever can write a state dir can forge run records (a cached "completed" result for a
+suite that never ran) or plant a symlink where a run's files go. So both stores refuse a
+state dir (or one of its folders) that another user owns or that group or others may
+write, with an error naming it and the fix; one the store creates is 0700. And artifacts
+read back from a container are never written through a symlink planted in a run's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pytest_lrun.cli import main
+from pytest_lrun.errors import EXIT_BAD_INPUT, ConfigError
+from pytest_lrun.store import FileStore
+from pytest_lrun.store.postgres import PostgresStore
+
+STRANGER = 4242  # a uid that is not the test's
+
+
+def make_dir(path: Path, mode: int) -> Path:
+    path.mkdir()
+    os.chmod(path, mode)  # past the umask
+    return path
+
+
+def open_file_store(path: Path) -> None:
+    FileStore(path, durable=False)
+
+
+def open_postgres_store(path: Path) -> None:
+    # The state dir is checked before the database is ever asked: no server needed to refuse it.
+    PostgresStore("postgresql://lrun@127.0.0.1:1/none", path)
+
+
+StoreOpener = Callable[[Path], None]
+STORES = pytest.mark.parametrize(
+    "open_store", [open_file_store, open_postgres_store], ids=["files", "postgres"]
+)
+
+
+def test_a_state_dir_the_store_creates_is_private(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    FileStore(state, durable=False)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "runs").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o750, 0o755])
+def test_a_private_or_read_only_shared_state_dir_is_used(tmp_path: Path, mode: int) -> None:
+    state = make_dir(tmp_path / "state", mode)
+    FileStore(state, durable=False)
+    assert (state / "runs").is_dir()
+
+
+@pytest.mark.postgres
+def test_the_postgres_store_uses_a_private_state_dir_and_creates_one(
+    tmp_path: Path, fresh_database: str
+) -> None:
+    kept = make_dir(tmp_path / "kept", 0o755)
+    for state in (kept, tmp_path / "fresh"):
+        PostgresStore(fresh_database, state).close()
+    assert stat.S_IMODE((tmp_path / "fresh").stat().st_mode) == 0o700
+    assert stat.S_IMODE((kept / "runs").stat().st_mode) == 0o700
+
+
+@STORES
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777, 0o1777, 0o720])
+def test_a_state_dir_others_may_write_is_refused_with_the_fix(
+    tmp_path: Path, open_store: StoreOpener, mode: int
+) -> None:
+    state = make_dir(tmp_path / "state", mode)
+    with pytest.raises(ConfigError) as info:
+        open_store(state)
+    assert info.value.source == f"state dir {state}"
+    assert f"writable by group or others (mode {stat.S_IMODE(mode):04o})" in info.value.reason
+    assert info.value.reason.endswith(f"fix it with: chmod 700 {state}")
+    assert not (state / "runs").exists()  # nothing is written into it
+
+
+@STORES
+def test_a_state_dir_of_another_user_is_refused(tmp_path: Path, open_store: StoreOpener) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder to another uid needs root")
+    state = make_dir(tmp_path / "state", 0o700)
+    os.chown(state, STRANGER, STRANGER)
+    with pytest.raises(ConfigError) as info:
+        open_store(state)
+    assert info.value.source == f"state dir {state}"
+    assert info.value.reason.startswith(f"owned by uid {STRANGER}, not by you (uid 0)")
+    assert "use a state dir of your own" in info.value.reason
+
+
+def test_ownership_is_judged_against_the_effective_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = make_dir(tmp_path / "state", 0o700)
+    owner = state.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)
+    with pytest.raises(ConfigError, match=rf"owned by uid {owner}, not by you \(uid {owner + 1}\)"):
+        FileStore(state, durable=False)
+
+
+def test_a_folder_of_the_state_dir_others_may_write_is_refused_by_name(tmp_path: Path) -> None:
+    state = make_dir(tmp_path / "state", 0o755)
+    runs = make_dir(state / "runs", 0o777)
+    with pytest.raises(ConfigError) as info:
+        FileStore(state, durable=False)
+    assert info.value.source == f"state dir {runs}"
+    assert info.value.reason.endswith(f"chmod 700 {runs}")
+
+
+def test_a_symlinked_state_dir_is_judged_by_the_folder_it_leads_to(tmp_path: Path) -> None:
+    shared = make_dir(tmp_path / "shared", 0o777)
+    link = tmp_path / "state"
+    link.symlink_to(shared)
+    with pytest.raises(ConfigError, match="writable by group or others"):
+        FileStore(link, durable=False)
+
+
+def test_lrun_names_the_state_dir_and_exits_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = make_dir(tmp_path / "state", 0o777)
+    assert main(["runs", "--state-dir", str(state)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"state dir {state}: writable by group or others" in err
+    assert f"chmod 700 {state}" in err
