@@ -84,6 +84,7 @@ from .errors import (
     TerminalRunError,
 )
 from .events import Event, reporter_wiring
+from .faults import crash_point
 from .hashing import Snapshot, hash_dir
 from .junit import CaseResult, parse_junit
 from .logs import read_event_file
@@ -331,6 +332,7 @@ class Dispatcher:
     def _prepare(self, spec: RunSpec, reuse: str) -> _Prepared:
         """Decide created / reused / cached (or raise ``machine_busy``) for ``spec``."""
         prepared = self._decide(spec, reuse)
+        crash_point("after_prepare")
         if self.on_prepared is not None:
             if prepared.origin == "created":
                 with self._ends_on_error(prepared.run, prepared.engine), _closed_on_error(prepared):
@@ -436,6 +438,7 @@ class Dispatcher:
         )
         try:
             container_id = engine.create(container_spec)
+            crash_point("after_create")
             with self._live_lock:
                 self._created.add(run.id)
             # Record the container before starting it, so a crash from here on can be reconciled.

@@ -22,7 +22,8 @@ from .engine import Engine
 from .errors import EngineError, LrunError
 from .events import Event, EventParser
 from .extract import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extract
-from .fsutil import ENTRY_BYTES
+from .faults import crash_point
+from .fsutil import ENTRY_BYTES, remove_tree
 from .layout import RunFiles
 from .logs import EventSpool, LogSpool
 from .store import Run
@@ -78,6 +79,7 @@ def pump_logs(
         for chunk in engine.logs(run.container_id, follow=True):
             shown, events = spool.write(chunk)
             if events and on_events is not None:
+                crash_point("mid_run")
                 on_events(run, events)
             if shown and on_output is not None:
                 on_output(run, shown.decode("utf-8", "replace"))
@@ -134,6 +136,9 @@ def collect(files: RunFiles, run: Run, engine: Engine) -> list[tuple[str, str]]:
         return [(JUNIT_PATH, str(e))]
     refused: list[tuple[str, str]] = []
     dest = files.artifacts
+    # What a collection cut short (its host killed) left is replaced whole: merged, its files would be
+    # refused as already there, and the completed run would fail with unsafe_archive.
+    remove_tree(dest)
     # One budget per run, however many paths it declares: each extraction gets what is left
     # (an entry counted at a block, so a budget is never overspent).
     budget_bytes, budget_entries = ARTIFACTS_MAX_BYTES, MAX_EXTRACT_ENTRIES
@@ -146,6 +151,7 @@ def collect(files: RunFiles, run: Run, engine: Engine) -> list[tuple[str, str]]:
             chunks, dest, max_bytes=max(0, budget_bytes), max_entries=max(0, budget_entries)
         )
         refused.extend(result.refused)
+        crash_point("during_artifacts")
         budget_bytes -= result.bytes_written + result.entries * ENTRY_BYTES
         budget_entries -= result.entries
     return refused

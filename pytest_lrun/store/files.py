@@ -70,6 +70,7 @@ import filelock
 import xxhash
 
 from ..errors import CorruptRecord, RunNotFound, StoreError, TerminalRunError
+from ..faults import crash_point
 from ..fsutil import (
     Unparseable,
     atomic_write_json,
@@ -360,6 +361,8 @@ class FileStore:
             mine = run.machine == machine if machine is not None else machine_key(run.machine) == mkey
             if not run.status.is_terminal and mine:
                 live.append(run)
+            elif run.status is Status.COMPLETED and mine and not self._completed_path(mkey, run.key).exists():
+                self._point_to(mkey, run)  # its writer died between the record and the pointer (update)
         if [run.id for run in live] != run_ids:
             self._write_index(mkey, machine, [run.id for run in live])
         return live
@@ -499,14 +502,15 @@ class FileStore:
             if stored.status.is_terminal:
                 raise TerminalRunError(run.id, stored.status.value, run.status.value)
             self._write_record(run)
+            if run.status is Status.COMPLETED:
+                crash_point("during_final_update")
+                # Pointer second: the newest completed run of this key, for cached results. Index last:
+                # while the index lists the run, a read of it writes a pointer a crash left out.
+                self._point_to(mkey, run)
             if run.status.is_terminal:
                 _, run_ids = self._index_locked(mkey, run.machine)
                 if run.id in run_ids:
                     self._write_index(mkey, run.machine, [rid for rid in run_ids if rid != run.id])
-            if run.status is Status.COMPLETED:
-                # Pointer second: the newest completed run of this key, for cached results.
-                pointer = self._completed_path(mkey, run.key)
-                atomic_write_json(pointer, {"run_id": run.id}, durable=self.durable)
 
     def end(
         self, run: Run, status: Status, *, error_code: str | None = None, error_msg: str | None = None
@@ -539,6 +543,10 @@ class FileStore:
 
     def _completed_path(self, mkey: str, key: str) -> Path:
         return self.completed_dir / f"{mkey}-{xxhash.xxh64_hexdigest(key.encode())}.json"
+
+    def _point_to(self, mkey: str, run: Run) -> None:
+        """Make ``run`` (completed) the newest completed run of its key (under the machine's lock)."""
+        atomic_write_json(self._completed_path(mkey, run.key), {"run_id": run.id}, durable=self.durable)
 
     def list(
         self,

@@ -55,6 +55,7 @@ from typing import Any
 import psycopg
 
 from ..errors import OWNER_GONE, CorruptRecord, RunNotFound, StoreError, TerminalRunError
+from ..faults import crash_point
 from ..fsutil import Unparseable, make_private_dir, make_state_dir, parse_record, remove_tree, stamp
 from ..layout import DELETING_PREFIX, RunFiles
 from ..settings import DEFAULT_CONNECT_TIMEOUT
@@ -397,6 +398,8 @@ class PostgresStore:
             if Status(row[2]).is_terminal:
                 raise TerminalRunError(run.id, row[2], run.status.value)
             cur.execute(pg_sql.UPDATE_RUN, self._row(run, owner=self._stamped(run.owner)))
+            if run.status.is_terminal:
+                crash_point("during_final_update")  # inside the transaction, before its commit
 
         self.db.atomic(body, f"run {run.id}")
 
