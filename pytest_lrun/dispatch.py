@@ -77,6 +77,7 @@ from .errors import (
     SESSION_STOPPED,
     TIMED_OUT,
     UNSAFE_ARCHIVE,
+    ConfigError,
     ContainerGone,
     EngineError,
     LeftRunning,
@@ -87,7 +88,7 @@ from .events import Event, reporter_wiring
 from .faults import crash_point
 from .hashing import Snapshot, hash_dir
 from .junit import CaseResult, parse_junit
-from .logs import read_event_file
+from .logs import hidden_values, read_event_file
 from .machines import Machine
 from .placement import POLL_S, options_for, place, snapshot_for
 from .placement import pytest_arguments_at as pytest_arguments_at
@@ -128,6 +129,9 @@ class RunSpec:
     """``K/N`` when the spec is one shard of its directory (its node ids are in ``command``)."""
     build: Build | None = None
     """The build ``image`` is made by on a machine that does not have it yet."""
+    secret_env: tuple[str, ...] = ()
+    """Host env vars passed in as secrets (``--lrun-secret-env``, the plan entry's); the machine adds its
+    own (:attr:`secret_names`)."""
 
     @property
     def label(self) -> str:
@@ -137,6 +141,21 @@ class RunSpec:
     def pool(self) -> tuple[Machine, ...]:
         """The machines the run may go to: the candidates, or the one machine."""
         return self.candidates or (self.machine,)
+
+    @property
+    def secret_names(self) -> tuple[str, ...]:
+        """Every secret the run gets, its machine's too: names only ever (the values are the host's)."""
+        return tuple(sorted({*self.secret_env, *self.machine.secret_env}))
+
+    def environment(self) -> dict[str, str]:
+        """The container's environment: the machine's, the entry's, then the secrets from the host.
+
+        :raises ConfigError: a secret is not set on this host
+        """
+        missing = [name for name in self.secret_names if name not in os.environ]
+        if missing:
+            raise ConfigError(", ".join(missing), f"a secret of {self.where} is not set in this environment")
+        return {**self.machine.env, **self.env, **{name: os.environ[name] for name in self.secret_names}}
 
     @property
     def where(self) -> str:
@@ -418,7 +437,7 @@ class Dispatcher:
             LABEL_CREATED: str(int(time.time())),
             LABEL_STORE: self.store.store_id,
         }
-        env = {**spec.machine.env, **spec.env}
+        env = spec.environment()
         command = spec.command
         at = pytest_arguments_at(command)
         if run.event_token is not None and at is not None:
@@ -486,7 +505,7 @@ class Dispatcher:
         spool.close()
         respool(files, run, engine, self.log_max_bytes, secrets, spool.received)
         run = replace(run, exit_code=exit_code)
-        refused = collect(files, run, engine)
+        refused = collect(files, run, engine, secrets=secrets)
         if refused:
             run = replace(
                 run,
@@ -566,7 +585,8 @@ class Dispatcher:
                     code=OWNER_GONE,
                     msg="its creator died before starting its container",
                 )
-            secrets = [state.env[name] for name in run.env_names or () if name in state.env]
+            env = {name: state.env[name] for name in run.env_names or () if name in state.env}
+            secrets = hidden_values(env, ())
             return self._finish(replace(run, owner=_me()), engine, secrets, fresh_logs=True)
 
     def _end(
@@ -640,8 +660,8 @@ def _shipping(prepared: _Prepared) -> Iterator[None]:
 
 
 def _secrets(spec: RunSpec) -> list[str]:
-    """Env values the log must never show: the machine's and the entry's."""
-    return [*spec.machine.env.values(), *spec.env.values()]
+    """Env values the log must never show (:func:`~pytest_lrun.logs.hidden_values`)."""
+    return hidden_values(spec.environment(), spec.secret_names)
 
 
 def _me() -> dict[str, object]:

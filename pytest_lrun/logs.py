@@ -3,8 +3,10 @@
 The engine's output of a run is appended to ``runs/<id>/logs.txt``. Two rules
 hold for every byte written:
 
-* values of the run's environment (which may be secrets) are replaced by
-  ``***`` before anything touches the disk or the terminal;
+* the values to hide (:func:`hidden_values`: every named secret's, whatever its
+  length, and the run's other environment values of :data:`MIN_SECRET_LEN`
+  characters or more, which may be secrets too) are replaced by ``***`` before
+  anything touches the disk or the terminal;
 * the file never grows past ``max_bytes``: when it would, the oldest output is
   dropped and a visible marker line says how much, so the tail survives.
 
@@ -46,10 +48,12 @@ before any is left out.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import os
 import re
-from collections.abc import Iterable
+import xml.sax.saxutils
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,19 +73,66 @@ from .settings import DEFAULT_LOG_MAX_BYTES
 MARKER = b"[lrun: %d bytes of earlier output dropped to keep the log under %d bytes]\n"
 _MARKER_RE = re.compile(rb"^\[lrun: (\d+) bytes of earlier output dropped[^\n]*\n")
 REDACTED = b"***"
-# Short values ("1", "on") are not secrets, and redacting them would garble every log.
+# A short plain env value ("1", "on") is not taken for a secret: hiding it would garble every log.
 MIN_SECRET_LEN = 4
 
 
+def hidden_values(env: Mapping[str, str], secret_names: Iterable[str]) -> list[str]:
+    """What a run's output must never show: each named secret's value (``--lrun-secret-env``),
+    however short, and the other values of its environment from :data:`MIN_SECRET_LEN` characters."""
+    named = set(secret_names)
+    return [value for name, value in env.items() if name in named or len(value) >= MIN_SECRET_LEN]
+
+
 def _secret_values(secrets: Iterable[str]) -> list[str]:
-    """The values worth hiding, longest first (so a secret that contains another is hidden whole)."""
-    return sorted({s for s in secrets if len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
+    """The values to hide, longest first (so a secret that contains another is hidden whole)."""
+    return sorted({s for s in secrets if s}, key=len, reverse=True)
 
 
 def redactor(secrets: Iterable[str]) -> re.Pattern[bytes] | None:
     """A pattern matching any of ``secrets`` in bytes, or None when there is nothing to hide."""
     values = _secret_values(secrets)
     return re.compile(b"|".join(re.escape(v.encode()) for v in values)) if values else None
+
+
+def redact_xml(data: bytes, secrets: Iterable[str]) -> bytes:
+    """``data`` (an XML document) with each secret masked in its text, attribute values,
+    comments and CDATA, never in its markup, so that however short a secret is (``x``
+    appears in ``<?xml``) the document stays well-formed. A masked piece is compared
+    and written unescaped-then-escaped, so a secret written as ``a&amp;b`` is found too."""
+    values = _secret_values(secrets)
+    if not values:
+        return data
+    pattern = re.compile("|".join(re.escape(v) for v in values))
+    text = data.decode("utf-8", "surrogateescape")
+
+    def masked(piece: str, escapes: dict[str, str]) -> str:
+        plain = html.unescape(piece)
+        hidden = pattern.sub(REDACTED.decode(), plain)
+        return piece if hidden == plain else xml.sax.saxutils.escape(hidden, escapes)
+
+    def in_markup(match: re.Match[str]) -> str:
+        token = match.group()
+        for start, end in (("<!--", "-->"), ("<![CDATA[", "]]>")):
+            if token.startswith(start):
+                return start + pattern.sub(REDACTED.decode(), token[len(start) : -len(end)]) + end
+        if token.startswith(("<?", "<!")):  # the XML declaration, a doctype: no test wrote them
+            return token
+        return _XML_QUOTED.sub(lambda q: q[1] + masked(q[2], _ATTRIBUTE_ESCAPES[q[1]]) + q[1], token)
+
+    out, at = [], 0
+    for match in _XML_MARKUP.finditer(text):
+        out += [masked(text[at : match.start()], {}), in_markup(match)]
+        at = match.end()
+    out.append(masked(text[at:], {}))
+    return "".join(out).encode("utf-8", "surrogateescape")
+
+
+_XML_MARKUP = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<[^>]*>", re.DOTALL)
+_XML_QUOTED = re.compile(r"([\"'])(.*?)\1", re.DOTALL)
+# An attribute value keeps its whitespace characters only as character references.
+_WHITESPACE_REFS = {"\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
+_ATTRIBUTE_ESCAPES = {'"': {'"': "&quot;", **_WHITESPACE_REFS}, "'": {"'": "&apos;", **_WHITESPACE_REFS}}
 
 
 class LogSpool:
@@ -248,10 +299,13 @@ class EventSpool:
         # Appending (a reattach) continues the file: its size so far counts toward the cap.
         self._size = self._file.seek(0, os.SEEK_END)
 
-    def write(self, events: Iterable[Event]) -> None:
-        lines = [line for line in map(self._line, events) if line]
+    def write(self, events: Iterable[Event]) -> list[Event]:
+        """Append ``events``, redacted; returns them as written (what a live report may show)."""
+        written = [self._redacted(event) for event in events]
+        lines = [line for line in map(self._line, written) if line]
         if lines:
             self._append(b"".join(lines))
+        return written
 
     def _line(self, event: Event) -> bytes:
         """``event``'s line as the cap allows (b"" when it is left out); counts its bytes as written."""
@@ -261,8 +315,6 @@ class EventSpool:
         # The event's own fields, not a copy (this runs for every event of a live run): the
         # encoder writes nested parts (a SkipInfo, a CollectError) as objects, as asdict would.
         fields: dict[str, Any] = vars(event)
-        if self._redact is not None:
-            fields = {k: v if k in _VOCABULARY else self._redacted(v) for k, v in fields.items()}
         record = {"e": _KINDS[type(event)], **fields}
         line = _encode(record)
         if isinstance(event, PhaseReport) and self._size + len(line) > self.max_bytes:
@@ -288,7 +340,8 @@ class EventSpool:
         return False
 
     def _redacted(self, value: Any) -> Any:
-        """``value`` with every secret in its strings replaced; dict keys untouched."""
+        """``value`` of the same type with every secret in its strings replaced; dict keys and
+        an event's vocabulary fields (its phase, outcome...) untouched."""
         if self._redact is None:
             return value
         if isinstance(value, str):
@@ -296,9 +349,14 @@ class EventSpool:
         if isinstance(value, dict):
             return {key: self._redacted(item) for key, item in value.items()}
         if isinstance(value, list | tuple):
-            return [self._redacted(item) for item in value]
+            return type(value)(self._redacted(item) for item in value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return self._redacted(vars(value))
+            changes = {
+                f.name: self._redacted(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if f.init and f.name not in _VOCABULARY
+            }
+            return dataclasses.replace(value, **changes)
         return value
 
     def _append(self, data: bytes) -> None:

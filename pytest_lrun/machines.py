@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 from pytest_lrun.build import Build, make_build
 from pytest_lrun.errors import ConfigError, ImageNotSet, UnknownMachine
-from pytest_lrun.settings import SIZE_SPELLINGS, check_seconds, parse_size
+from pytest_lrun.settings import ENV_NAMES_EXPECTED, SIZE_SPELLINGS, check_seconds, env_names_of, parse_size
 from pytest_lrun.text import printable
 
 if sys.version_info >= (3, 11):
@@ -109,6 +109,7 @@ _TABLE_KEYS = (
     "slots",
     "pids_limit",
     *BUILD_KEYS,
+    "secret_env",
     *_TLS_KEYS,
 )
 TAG_PREFIX = "tag:"
@@ -182,6 +183,7 @@ class Machine:
     memory: int | None = None  # bytes, parsed from the table's size text
     network: str = "none"
     env: Mapping[str, str] = field(default_factory=FrozenEnv)
+    secret_env: tuple[str, ...] = ()  # host env vars passed in as secrets (``--lrun-secret-env``)
     timeout: float | None = None
     pull: PullPolicy = "missing"
     workdir: str = "/lrun/work"
@@ -479,6 +481,11 @@ def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_di
         if not isinstance(tags, list) or not all(isinstance(t, str) and _TAG_RE.match(t) for t in tags):
             raise reader.error("tags", f'expected a list of names such as ["linux", "big"], {_found(tags)}')
         given["tags"] = tuple(tags)
+    if "secret_env" in table:
+        names = env_names_of(table["secret_env"])
+        if names is None:
+            raise reader.error("secret_env", f"{ENV_NAMES_EXPECTED}, {_found(table['secret_env'])}")
+        given["secret_env"] = names
     for key, (low, high) in (("slots", (1, _MAX_SLOTS)), ("pids_limit", _PIDS_LIMIT_RANGE)):
         whole = reader.whole_number(key, low, high)
         if whole is not None:

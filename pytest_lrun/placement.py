@@ -62,7 +62,8 @@ class Option:
 def run_key(dir_hash: str, image_id: str, spec: RunSpec) -> str:
     """The idempotency key: everything that can change a run's result.
 
-    Env values enter only as a digest, so a secret never appears in the key's inputs on disk.
+    Env values enter only as a digest, so a secret never appears in the key's inputs on disk;
+    a named secret (``--lrun-secret-env``) enters by its name only: a new token is the same run.
     A pytest command's key covers the reporter shipped with it: a new reporter is a new run.
     """
     inputs: dict[str, object] = {
@@ -70,6 +71,7 @@ def run_key(dir_hash: str, image_id: str, spec: RunSpec) -> str:
         "image": image_id,
         "command": list(spec.command),
         "env": sorted(spec.env.items()),
+        **({"secret_env": list(spec.secret_names)} if spec.secret_names else {}),
         "workdir": spec.machine.workdir,
         "artifacts": list(spec.artifacts),
     }
@@ -180,7 +182,7 @@ def place(
             plan_entry=placed.plan_entry,
             timeout=placed.timeout,
             artifacts=list(placed.artifacts),
-            env_names=sorted({*placed.machine.env, *placed.env}),
+            env_names=sorted({*placed.machine.env, *placed.env, *placed.secret_names}),
             event_token=new_token() if pytest_arguments_at(placed.command) is not None else None,
         )
 

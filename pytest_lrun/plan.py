@@ -17,6 +17,7 @@ Format::
     # target = "test"                #   optional, a build stage
     command = "python3 -m pytest -q" # optional: a string (shell words) or a list of strings
     env = { FOO = "bar" }            # optional: a table of strings
+    secret_env = ["TOKEN"]           # optional: host env vars passed in as secrets (masked, not in the key)
     timeout = 60                     # optional: seconds > 0
     artifacts = ["/lrun/artifacts"]  # optional: absolute container paths
 
@@ -54,7 +55,7 @@ import xxhash
 from .build import Build, make_build
 from .errors import PlanError
 from .machines import BUILD_KEYS, FrozenEnv
-from .settings import check_seconds, parse_command
+from .settings import ENV_NAMES_EXPECTED, check_seconds, env_names_of, parse_command
 from .text import printable
 
 if sys.version_info >= (3, 11):
@@ -65,7 +66,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["ENTRY_FIELDS", "MATRIX_FIELDS", "FrozenEnv", "Plan", "PlanEntry", "load_plan", "select"]
 
 #: Options an ``[[entry]]`` and the ``[matrix]`` share.
-_SHARED_FIELDS = ("image", *BUILD_KEYS, "command", "env", "timeout", "artifacts")
+_SHARED_FIELDS = ("image", *BUILD_KEYS, "command", "env", "secret_env", "timeout", "artifacts")
 #: Keys allowed in an ``[[entry]]`` table.
 ENTRY_FIELDS = ("name", "dir", "machine", *_SHARED_FIELDS)
 #: Keys allowed in the ``[matrix]`` table.
@@ -85,6 +86,7 @@ class PlanEntry:
     build: Build | None = None
     command: tuple[str, ...] | None = None
     env: Mapping[str, str] = field(default_factory=FrozenEnv)
+    secret_env: tuple[str, ...] = ()
     timeout: float | None = None
     artifacts: tuple[str, ...] | None = None
 
@@ -326,6 +328,8 @@ class _Parser:
             options["command"] = self.command(table["command"], entry, f"{prefix}command")
         if "env" in table:
             options["env"] = self.env(table["env"], entry, f"{prefix}env")
+        if "secret_env" in table:
+            options["secret_env"] = self.env_names(table["secret_env"], entry, f"{prefix}secret_env")
         if "timeout" in table:
             options["timeout"] = self.timeout(table["timeout"], entry, f"{prefix}timeout")
         if "artifacts" in table:
@@ -392,6 +396,12 @@ class _Parser:
             if not isinstance(item, str) or "\x00" in item:
                 raise self.error(f"variable {key!r}: expected a string, got {_shown(item)}", entry, field)
         return FrozenEnv(value)
+
+    def env_names(self, value: object, entry: str | None, field: str) -> tuple[str, ...]:
+        names = env_names_of(value)
+        if names is None:
+            raise self.error(f"{ENV_NAMES_EXPECTED}, got {_shown(value)}", entry, field)
+        return names
 
     def timeout(self, value: object, entry: str | None, field: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -25,7 +25,7 @@ from .extract import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extra
 from .faults import crash_point
 from .fsutil import ENTRY_BYTES, remove_tree
 from .layout import RunFiles
-from .logs import EventSpool, LogSpool
+from .logs import EventSpool, LogSpool, redact_xml
 from .store import Run
 
 JUNIT_PATH = "/lrun/out/junit.xml"
@@ -54,8 +54,8 @@ class RunOutput:
         if self._parser is None or self._events is None:
             return self._log.write(chunk), ()
         parsed = self._parser.feed(chunk)
-        self._events.write(parsed.events)
-        return self._log.write(parsed.output), parsed.events
+        events = self._events.write(parsed.events)  # redacted: what the host reports never shows a secret
+        return self._log.write(parsed.output), tuple(events)
 
     def close(self) -> None:
         if self._parser is not None and self._events is not None:
@@ -123,15 +123,17 @@ def respool(
             os.replace(fresh, path)
 
 
-def collect(files: RunFiles, run: Run, engine: Engine) -> list[tuple[str, str]]:
-    """Read the inner JUnit XML and the artifacts back; returns what extraction refused."""
+def collect(
+    files: RunFiles, run: Run, engine: Engine, *, secrets: Sequence[str] = ()
+) -> list[tuple[str, str]]:
+    """Read the inner JUnit XML (``secrets`` masked) and the artifacts back; returns what was refused."""
     assert run.container_id is not None
     try:
         chunks = engine.get_archive(run.container_id, JUNIT_PATH)
         if chunks is not None:
             data = read_member(chunks, Path(JUNIT_PATH).name, max_bytes=JUNIT_MAX_BYTES)
             if data is not None:
-                files.junit.write_bytes(data)
+                files.junit.write_bytes(redact_xml(data, secrets))
     except LrunError as e:
         return [(JUNIT_PATH, str(e))]
     refused: list[tuple[str, str]] = []

@@ -171,6 +171,7 @@ class LrunSession:
                         image=entry.image or entry.build,
                         command=entry.command,
                         env=entry.env,
+                        secret_env=entry.secret_env,
                         timeout=entry.timeout,
                         artifacts=entry.artifacts,
                         plan_entry=entry.name,
@@ -318,6 +319,7 @@ class LrunSession:
         image: ImageSource | None = None,
         command: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
+        secret_env: Sequence[str] = (),
         timeout: float | None = None,
         artifacts: Sequence[str] | None = None,
         plan_entry: str | None = None,
@@ -360,6 +362,7 @@ class LrunSession:
             build=build,
             command=inner,
             env=dict(env or {}),
+            secret_env=tuple(sorted({*settings.secret_env, *secret_env})),
             timeout=timeout or settings.timeout or machine.timeout or DEFAULT_TIMEOUT,
             artifacts=tuple(artifacts or settings.artifacts),
             batch_id=self.batch_id or settings.batch_id,
@@ -368,6 +371,8 @@ class LrunSession:
             target=target if target.startswith(TAG_PREFIX) else None,
             shard=shard,
         )
+        for placed in spec.pool:  # a secret missing here fails before anything runs, not in a worker
+            replace(spec, machine=placed).environment()
         if settings.select == "host" and selection:
             self.selections[spec] = selection
         return spec

@@ -60,6 +60,9 @@ MAX_SECONDS = 1e9
 # The engine stores sizes as int64.
 MAX_SIZE = 2**63 - 1
 
+#: An environment variable name a secret may have (``--lrun-secret-env``, ``secret_env``).
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 #: What :func:`parse_size` accepts, for help texts and error messages.
 SIZE_SPELLINGS = (
     "a byte count (1048576) or a number with a unit k, m or g, optionally followed by b or ib, "
@@ -155,6 +158,26 @@ def parse_bool(text: str) -> bool:
 
 def parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.replace("\n", ",").split(",") if part.strip())
+
+
+def parse_env_names(text: str) -> tuple[str, ...]:
+    """Environment variable names, comma separated."""
+    names = parse_list(text)
+    for name in names:
+        if not ENV_NAME_RE.fullmatch(name):
+            raise ValueError(f"{name!r} is not an environment variable name (letters, digits and _)")
+    return names
+
+
+def env_names_of(value: object) -> tuple[str, ...] | None:
+    """``value`` (a TOML list) as environment variable names, or None when it is not such a list."""
+    if isinstance(value, list) and all(isinstance(n, str) and ENV_NAME_RE.fullmatch(n) for n in value):
+        return tuple(value)
+    return None
+
+
+#: What a list of environment variable names looks like, for error messages.
+ENV_NAMES_EXPECTED = 'expected a list of environment variable names such as ["TOKEN"]'
 
 
 def parse_command(text: str) -> tuple[str, ...]:
@@ -319,6 +342,16 @@ OPTIONS: tuple[Option, ...] = (
         shown=lambda raw: repr(redact_url(raw)),
     ),
     Option(
+        "secret_env",
+        "pass this host environment variable into the runs as a secret: the container gets its value, "
+        "the state dir, logs, reports and --json output show *** instead, and only its name is part of "
+        "the run key (repeatable; comma separated in ini and env).",
+        parse_env_names,
+        (),
+        "append",
+        metavar="NAME",
+    ),
+    Option(
         "artifacts",
         "container paths copied out after each run, comma separated (default: /lrun/artifacts).",
         parse_list,
@@ -420,6 +453,7 @@ class Settings:
     busy_wait: float
     state_dir: Path | None
     store: str | None
+    secret_env: tuple[str, ...]
     artifacts: tuple[str, ...]
     connect_timeout: float
     log_max_bytes: int
