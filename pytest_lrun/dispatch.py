@@ -82,6 +82,7 @@ from .errors import (
     EngineError,
     LeftRunning,
     LrunError,
+    StateFull,
     TerminalRunError,
 )
 from .events import Event, reporter_wiring
@@ -94,11 +95,13 @@ from .placement import POLL_S, options_for, place, snapshot_for
 from .placement import pytest_arguments_at as pytest_arguments_at
 from .placement import run_key as run_key
 from .readback import RunOutput, collect, pump_logs, respool
+from .reserve import check_room, claim, full
 from .settings import (
     DEFAULT_ARTIFACTS,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LOG_MAX_BYTES,
     DEFAULT_STOP_GRACE,
+    DEFAULT_TERMINAL_RESERVE_BYTES,
     DEFAULT_TIMEOUT,
 )
 from .store import Decision, Run, RunStore, Status
@@ -227,6 +230,7 @@ class Dispatcher:
         busy_wait: float = 0.0,
         stop_grace: float = DEFAULT_STOP_GRACE,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+        terminal_reserve: int = DEFAULT_TERMINAL_RESERVE_BYTES,
         on_output: OutputSink | None = None,
         on_events: EventSink | None = None,
         on_prepared: Callable[[RunSpec, Run, str], None] | None = None,
@@ -240,6 +244,7 @@ class Dispatcher:
         self.busy_wait = busy_wait
         self.stop_grace = stop_grace
         self.log_max_bytes = log_max_bytes
+        self.terminal_reserve = terminal_reserve  # bytes each live run keeps for its final record
         self.on_output = on_output
         self.on_events = on_events  # (run, events) as the log pump parses them: live reports
         self.on_prepared = on_prepared  # (spec, run, origin) as soon as the run is known: batch records
@@ -397,6 +402,7 @@ class Dispatcher:
                 cached = self.store.last_completed(option.spec.machine.name, key)
                 if cached is not None:
                     return _Prepared(cached, "cached", option.engine, option.spec)
+        check_room(self.store.state_dir, self.terminal_reserve)  # state_full before anything is recorded
         shipment = snapshot_for(options[0].spec, self.store.hashcache_dir)
         try:
             run, outcome, option = place(
@@ -418,9 +424,15 @@ class Dispatcher:
         if outcome is not Decision.CREATED:
             shipment.close()
             return _Prepared(run, "reused", option.engine, option.spec)
-        if option.image_error is not None:
+        refusal: LrunError | None = option.image_error
+        if refusal is None:
+            try:
+                claim(self.store.files(run.id).reserve, self.terminal_reserve, self.store.state_dir)
+            except StateFull as e:
+                refusal = e  # the disk filled since check_room: no container, the run says why
+        if refusal is not None:
             shipment.close()
-            run = self._end(run, Status.FAILED, error=option.image_error)
+            run = self._end(run, Status.FAILED, error=refusal)
             return _Prepared(run, "created", option.engine, option.spec)
         return _Prepared(run, "created", option.engine, option.spec, shipment)
 
@@ -505,8 +517,21 @@ class Dispatcher:
         spool.close()
         respool(files, run, engine, self.log_max_bytes, secrets, spool.received)
         run = replace(run, exit_code=exit_code)
-        refused = collect(files, run, engine, secrets=secrets)
-        if refused:
+        lost = spool.lost
+        try:
+            refused = collect(files, run, engine, secrets=secrets)
+        except OSError as e:
+            if not full(e):
+                raise
+            refused, lost = [], True
+        if lost:
+            run = replace(
+                run,
+                error_code=StateFull.code,
+                error_msg=f"the state dir's file system filled during the run: output or artifacts "
+                f"were not all kept (exit code {exit_code})",
+            )
+        elif refused:
             run = replace(
                 run,
                 error_code=UNSAFE_ARCHIVE,

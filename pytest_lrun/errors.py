@@ -382,6 +382,21 @@ class CorruptRecord(StoreError):
         self.reason = reason
 
 
+class StateFull(StoreError):
+    """The state dir's file system cannot hold a new run's terminal reserve: the run is refused."""
+
+    code = "state_full"
+
+    def __init__(self, state_dir: str, free: int, reserve: int) -> None:
+        super().__init__(
+            f"the state dir {state_dir} has {free} bytes free, less than the {reserve} bytes each run keeps "
+            "for its final record (--lrun-terminal-reserve-bytes): free some space (lrun gc) and run again"
+        )
+        self.state_dir = state_dir
+        self.free = free
+        self.reserve = reserve
+
+
 class StoreUnreachable(StoreError):
     """The store's database did not answer, or refused us; ``location`` never holds a password."""
 

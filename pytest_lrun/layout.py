@@ -10,6 +10,7 @@ the layout below can change in one place::
     runs/<run-id>/junit.xml       the inner JUnit XML, as the container wrote it
     runs/<run-id>/artifacts/      files copied out of the container
     runs/<run-id>/finish.lock     held by whoever watches the run to its end (never holds data)
+    runs/<run-id>/reserve         room kept for the final record while the run lives (pytest_lrun.reserve)
 
 Files kept per machine are named by :func:`machine_key`, e.g. an image build's log
 ``builds/<machine key>-<digest>.log`` (:mod:`pytest_lrun.build`).
@@ -42,6 +43,7 @@ EVENTS = "events.jsonl"
 JUNIT = "junit.xml"
 ARTIFACTS = "artifacts"
 FINISH_LOCK = "finish.lock"
+RESERVE = "reserve"
 
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -80,6 +82,10 @@ class RunFiles:
     @property
     def finish_lock(self) -> Path:
         return self.dir / FINISH_LOCK
+
+    @property
+    def reserve(self) -> Path:
+        return self.dir / RESERVE
 
 
 def machine_key(machine: str) -> str:

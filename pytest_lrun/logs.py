@@ -68,6 +68,7 @@ from .events import (
     SkipInfo,
     Start,
 )
+from .reserve import full
 from .settings import DEFAULT_LOG_MAX_BYTES
 
 MARKER = b"[lrun: %d bytes of earlier output dropped to keep the log under %d bytes]\n"
@@ -145,9 +146,12 @@ class LogSpool:
         self.max_bytes = max_bytes
         self._redact = redactor(secrets)
         self._pending = b""  # an incomplete last line, so a secret split across chunks is still caught
+        self.lost = False
+        """Whether output was dropped because the state dir's file system was full."""
         path.parent.mkdir(parents=True, exist_ok=True)
         # fresh: the engine replays the whole log (a run taken over), so start the file anew.
-        self._file = open(path, "wb" if fresh else "ab")  # noqa: SIM115 - closed in close()
+        # Unbuffered: a write the disk refuses fails at once, with nothing left to flush at close.
+        self._file = open(path, "wb" if fresh else "ab", buffering=0)  # noqa: SIM115 - closed in close()
 
     def write(self, chunk: bytes) -> bytes:
         """Append ``chunk``; returns the redacted complete lines written (for live display)."""
@@ -163,10 +167,15 @@ class LogSpool:
             return b""
         if self._redact is not None:
             data = self._redact.sub(REDACTED, data)
-        self._file.write(data)
-        self._file.flush()
-        if self._file.tell() > self.max_bytes:
-            self._truncate()
+        if not self.lost:
+            try:
+                self._file.write(data)
+                if self._file.tell() > self.max_bytes:
+                    self._truncate()
+            except OSError as e:
+                if not full(e):
+                    raise
+                self.lost = True  # the run goes on; its final record has its reserve
         return data
 
     def _truncate(self) -> None:
@@ -185,9 +194,14 @@ class LogSpool:
             dropped += newline + 1
             tail = tail[newline + 1 :]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(MARKER % (dropped, self.max_bytes) + tail)
-        os.replace(tmp, self.path)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        try:
+            tmp.write_bytes(MARKER % (dropped, self.max_bytes) + tail)
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
 
     def close(self) -> None:
         self._emit(self._pending)
@@ -294,8 +308,10 @@ class EventSpool:
         values = _secret_values(secrets)
         self._redact = re.compile("|".join(re.escape(v) for v in values)) if values else None
         self._left_out: set[str] = set()  # tests whose start was left out: their reports go too
+        self.lost = False
+        """Whether events were dropped because the state dir's file system was full."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "wb" if fresh else "ab")  # noqa: SIM115 - closed in close()
+        self._file = open(path, "wb" if fresh else "ab", buffering=0)  # noqa: SIM115 - closed in close()
         # Appending (a reattach) continues the file: its size so far counts toward the cap.
         self._size = self._file.seek(0, os.SEEK_END)
 
@@ -360,8 +376,14 @@ class EventSpool:
         return value
 
     def _append(self, data: bytes) -> None:
-        self._file.write(data)
-        self._file.flush()
+        if self.lost:
+            return
+        try:
+            self._file.write(data)
+        except OSError as e:
+            if not full(e):
+                raise
+            self.lost = True  # as the log spool: the run goes on, its final record has its reserve
 
     def close(self) -> None:
         if self.dropped:

@@ -57,6 +57,11 @@ class RunOutput:
         events = self._events.write(parsed.events)  # redacted: what the host reports never shows a secret
         return self._log.write(parsed.output), tuple(events)
 
+    @property
+    def lost(self) -> bool:
+        """Whether output was dropped because the state dir's file system was full."""
+        return self._log.lost or (self._events is not None and self._events.lost)
+
     def close(self) -> None:
         if self._parser is not None and self._events is not None:
             parsed = self._parser.close()
@@ -118,6 +123,10 @@ def respool(
             fresh.unlink(missing_ok=True)  # keep what the follow stream gave
         return
     spool.close()
+    if spool.lost:  # a full disk cut the rewrite short: what the follow stream gave is more
+        for fresh in (logs, events):
+            fresh.unlink(missing_ok=True)
+        return
     for fresh, path in zip((logs, events), paths, strict=True):
         if fresh.exists():
             os.replace(fresh, path)

@@ -119,6 +119,7 @@ class LrunSession:
             reuse=settings.reuse,
             busy_wait=settings.busy_wait,
             log_max_bytes=settings.log_max_bytes,
+            terminal_reserve=settings.terminal_reserve_bytes,
             stop_grace=settings.stop_grace,
             on_output=self._show_output if settings.live else None,
             on_events=lambda run, events: self._events.put(Live(run.id, tuple(events))),

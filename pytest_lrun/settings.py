@@ -54,6 +54,7 @@ DEFAULT_LOG_MAX_BYTES = 16 * MIB
 DEFAULT_STATE_MAX_BYTES = 50 * MIB
 DEFAULT_REAP_AGE = 300.0
 DEFAULT_IMAGE_MAX_AGE = 7 * 86400.0
+DEFAULT_TERMINAL_RESERVE_BYTES = MIB
 DEFAULT_STORE_MAX_BYTES = 1024 * MIB
 # Waits, socket timeouts and lock timeouts overflow near 9.2e9 s: refuse long before that.
 MAX_SECONDS = 1e9
@@ -374,6 +375,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SIZE",
     ),
     Option(
+        "terminal_reserve_bytes",
+        "room each live run keeps on the state dir's file system for its final record; a new run "
+        "is refused with state_full when there is less free "
+        f"(default: {DEFAULT_TERMINAL_RESERVE_BYTES // MIB}MiB).",
+        parse_size,
+        DEFAULT_TERMINAL_RESERVE_BYTES,
+        metavar="SIZE",
+    ),
+    Option(
         "state_max_bytes",
         "cap of the state dir; terminal runs are deleted oldest first, never a live one "
         f"(default: {DEFAULT_STATE_MAX_BYTES // MIB}MiB).",
@@ -457,6 +467,7 @@ class Settings:
     artifacts: tuple[str, ...]
     connect_timeout: float
     log_max_bytes: int
+    terminal_reserve_bytes: int
     state_max_bytes: int
     store_max_bytes: int
     reap_age: float

@@ -83,6 +83,7 @@ from ..fsutil import (
 )
 from ..layout import DELETING_PREFIX, RunFiles, machine_key
 from ..locking import hold
+from ..reserve import release
 from . import file_check, file_durations
 from .base import Candidate, Decision, Sweep, Ticket
 from .common import SWEEP_GRACE_S, check_candidates, ended, owner_alive, retry_while_busy
@@ -524,6 +525,7 @@ class FileStore:
         :raises RunNotFound: no such run
         """
         run = ended(run, status, error_code, error_msg)
+        release(self.files(run.id).reserve)  # its room goes to the record about to be written
         self.update(run)
         return run
 

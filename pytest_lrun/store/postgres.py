@@ -58,6 +58,7 @@ from ..errors import OWNER_GONE, CorruptRecord, RunNotFound, StoreError, Termina
 from ..faults import crash_point
 from ..fsutil import Unparseable, make_private_dir, make_state_dir, parse_record, remove_tree, stamp
 from ..layout import DELETING_PREFIX, RunFiles
+from ..reserve import release
 from ..settings import DEFAULT_CONNECT_TIMEOUT
 from . import pg_results, pg_sql
 from .base import Candidate, Decision, Sweep, Ticket
@@ -413,6 +414,7 @@ class PostgresStore:
         """
         # The owner as update() stores it: the run returned is the run stored.
         run = ended(dataclasses.replace(run, owner=self._stamped(run.owner)), status, error_code, error_msg)
+        release(self.files(run.id).reserve)  # this host's room: its log and the shared result get it
         self.update(run)
         return run
 
