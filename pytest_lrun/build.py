@@ -113,15 +113,18 @@ def make_build(
         context is not a folder, the Dockerfile is not a file inside it, a build arg's
         name is empty or holds ``=``, the target is empty
     """
-    root = (base / context).resolve()
-    if not root.is_dir():
-        raise ValueError(f"the build context {str(root)!r} is not a folder")
     name = dockerfile if dockerfile is not None else DEFAULT_DOCKERFILE
     relative = PurePosixPath(name)
     if not name or relative.is_absolute() or ".." in relative.parts:
         raise ValueError(f"dockerfile {name!r} must be a path inside the build context")
-    if not (root / relative).is_file():
-        raise ValueError(f"dockerfile {name!r} is not a file in the build context {str(root)!r}")
+    try:
+        root = (base / context).resolve()
+        if not root.is_dir():
+            raise ValueError(f"the build context {str(root)!r} is not a folder")
+        if not (root / relative).is_file():
+            raise ValueError(f"dockerfile {name!r} is not a file in the build context {str(root)!r}")
+    except OSError as e:  # a name too long, a loop of links
+        raise ValueError(f"cannot use the build context {str(context)[:200]!r}: {e.strerror or e}") from None
     for arg in args or {}:
         if not arg or "=" in arg:
             raise ValueError(f"build arg {arg!r}: expected a name without '='")

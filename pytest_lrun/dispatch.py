@@ -80,6 +80,7 @@ from .errors import (
     ConfigError,
     ContainerGone,
     EngineError,
+    JunitError,
     LeftRunning,
     LrunError,
     StateFull,
@@ -345,7 +346,10 @@ class Dispatcher:
         if run.logs_path is not None:
             # The files as this host has them (a shared store's record names the runner that ran it).
             run = replace(run, logs_path=str(files.logs), artifacts_path=str(files.artifacts))
-        cases = parse_junit(files.junit.read_bytes()) if files.junit.is_file() else None
+        try:
+            cases = parse_junit(files.junit.read_bytes()) if files.junit.is_file() else None
+        except JunitError:
+            cases = None  # kept by an older version: today collect refuses it, on the run's record
         stored = read_event_file(files.events) if run.event_token else None
         if stored is None:
             return RunResult(run, origin, cases)

@@ -406,10 +406,14 @@ class _TableReader:
         value = self.string(key)
         if value is None:
             return None
-        path = Path(value).expanduser()
-        if not path.is_absolute():
-            path = self.base_dir / path
-        if not path.is_file():
+        try:
+            path = Path(value).expanduser()
+            if not path.is_absolute():
+                path = self.base_dir / path
+            found = path.is_file()
+        except (OSError, RuntimeError) as e:  # a name too long, ~user of no such user
+            raise self.error(key, f"cannot use the path {printable(value)!r}: {e}") from None
+        if not found:
             raise self.error(
                 key, f"expected a path to an existing file, found {value!r} ({path} does not exist)"
             )

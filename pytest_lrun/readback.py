@@ -24,6 +24,7 @@ from .events import Event, EventParser
 from .extract import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extract
 from .faults import crash_point
 from .fsutil import ENTRY_BYTES, remove_tree
+from .junit import parse_junit
 from .layout import RunFiles
 from .logs import EventSpool, LogSpool, redact_xml
 from .store import Run
@@ -135,17 +136,22 @@ def respool(
 def collect(
     files: RunFiles, run: Run, engine: Engine, *, secrets: Sequence[str] = ()
 ) -> list[tuple[str, str]]:
-    """Read the inner JUnit XML (``secrets`` masked) and the artifacts back; returns what was refused."""
+    """Read the inner JUnit XML (``secrets`` masked) and the artifacts back; returns what was refused.
+
+    A JUnit XML the report could not read is refused here, so the refusal is on the run's
+    record, and the artifacts are read all the same.
+    """
     assert run.container_id is not None
+    refused: list[tuple[str, str]] = []
     try:
         chunks = engine.get_archive(run.container_id, JUNIT_PATH)
         if chunks is not None:
             data = read_member(chunks, Path(JUNIT_PATH).name, max_bytes=JUNIT_MAX_BYTES)
             if data is not None:
+                parse_junit(data)
                 files.junit.write_bytes(redact_xml(data, secrets))
     except LrunError as e:
-        return [(JUNIT_PATH, str(e))]
-    refused: list[tuple[str, str]] = []
+        refused.append((JUNIT_PATH, str(e)))
     dest = files.artifacts
     # What a collection cut short (its host killed) left is replaced whole: merged, its files would be
     # refused as already there, and the completed run would fail with unsafe_archive.

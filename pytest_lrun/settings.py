@@ -126,8 +126,12 @@ def parse_size(text: str) -> int:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password (``user:PASSWORD@`` or ``?password=...``) shown as ``***``."""
-    parts = urllib.parse.urlsplit(url)
+    """``url`` with its password (``user:PASSWORD@`` or ``?password=...``) shown as ``***``;
+    a URL that does not even split is shown as ``***`` whole (it may hold a password anywhere)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "***"
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
@@ -145,6 +149,10 @@ def parse_store_url(text: str) -> str:
     url = text.strip()
     if not url.startswith(("postgresql://", "postgres://")):
         raise ValueError("expected a postgresql:// URL (leave it unset for the file store in the state dir)")
+    try:
+        urllib.parse.urlsplit(url).port  # noqa: B018 - what raises for a bad host or port
+    except ValueError as e:
+        raise ValueError(f"not a valid URL: {e}") from None
     return url
 
 

@@ -271,42 +271,25 @@ def test_a_bad_batch_field_is_named(field: str, value: Any) -> None:
         assert repr(field) in str(e) or field in ("status", "entries", "planned"), str(e)
 
 
-# --- found by fuzzing, in files the lead is changing: each stays xfail until fixed ------------------
+# --- found by fuzzing: each once escaped as a traceback ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="settings.redact_url raises urlsplit's ValueError while the error is formatted",
-)
 def test_a_store_url_urlsplit_refuses_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="ini option lrun_store"):
         resolve({}, {"lrun_store": "http://["}.get, {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settings.parse_store_url accepts it; plugin's report header then raises in redact_url",
-)
 def test_a_postgresql_url_urlsplit_refuses_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="environment variable LRUN_STORE"):
         resolve({}, {}.get, {"LRUN_STORE": "postgresql://u:pw@[::1"})
 
 
-@pytest.mark.xfail(
-    strict=True, raises=OSError, reason="machines._TableReader.file: Path.is_file raises ENAMETOOLONG"
-)
 @pytest.mark.parametrize("key", ["tls_ca_cert", "tls_client_cert", "tls_client_key"])
 def test_a_tls_file_name_too_long_is_a_config_error(tmp_path: Path, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         resolve_machine(tmp_path, {"host": "tcp://engine.example:2376", key: "x" * 5000})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="machines._TableReader.file: Path.expanduser raises for an unknown user",
-)
 def test_a_tls_file_under_an_unknown_home_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tls_ca_cert"):
         resolve_machine(
@@ -314,17 +297,11 @@ def test_a_tls_file_under_an_unknown_home_is_a_config_error(tmp_path: Path) -> N
         )
 
 
-@pytest.mark.xfail(
-    strict=True, raises=OSError, reason="build.make_build: Path.resolve/is_dir raise ENAMETOOLONG"
-)
 def test_a_machine_build_context_name_too_long_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="build"):
         resolve_machine(tmp_path, {"host": "tcp://engine.example:2376", "build": "x" * 5000})
 
 
-@pytest.mark.xfail(
-    strict=True, raises=OSError, reason="build.make_build (from plan._Parser.build): ENAMETOOLONG escapes"
-)
 @pytest.mark.parametrize("where", ["entry", "matrix"])
 def test_a_plan_build_context_name_too_long_is_a_plan_error(tmp_path: Path, where: str) -> None:
     path = plan_project(tmp_path)

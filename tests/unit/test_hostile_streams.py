@@ -310,11 +310,6 @@ def test_an_external_entity_in_the_junit_xml_never_reads_the_host_file(host: Hos
     assert "host secret" not in str(excinfo.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readback.collect keeps the JUnit XML unparsed; Dispatcher.result parses it after the record "
-    "ended, so the refusal reaches the terminal (junit_invalid) but not the run's record",
-)
 def test_a_refused_junit_xml_is_recorded_on_the_run(host: Host) -> None:
     refused = host.collect(junit=junit_stream(xxe(host.secret)))
     assert len(refused) == 1
@@ -349,9 +344,6 @@ def test_a_junit_xml_that_is_a_symlink_to_a_host_file_is_refused(host: Host) -> 
     assert not host.files.junit.exists()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="readback.collect returns at a refused JUnit XML without reading the artifacts"
-)
 def test_the_artifacts_come_back_when_the_junit_xml_is_refused(host: Host) -> None:
     refused = host.collect(
         artifacts=tar((entry("report.txt", data=b"42\n"), b"42\n")),
