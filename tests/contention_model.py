@@ -9,12 +9,12 @@ workers can import it; the bench puts ``tests`` on ``sys.path``.
 (:class:`~lrun_procs.StoreSpec`), on the machines of :data:`MACHINES` (each with its
 slots). Rounds are fenced by two barriers. In a round every worker does
 ``ops_per_round`` operations picked by a generator seeded with (seed, worker,
-round): ``place``/``prepare`` with slots, ``update`` and ``end`` of the runs it
-created, ``list``, gc (``gc``, ``delete``, ``prune``, ``sweep``, and a ``delete`` of
-its own live run, which must be refused), ``hash`` (a tree of its own it changes,
-and trees every worker shares, with the store's hash cache) and batch joins
-(``batches.open`` and ``record``). Each operation and its result is one JSON line
-in the worker's log (``w<NN>.jsonl``).
+round): ``place``/``prepare`` with slots (some waiting in line with a ticket),
+``update`` and ``end`` of the runs it created, ``list``, gc (``gc``, ``delete``,
+``prune``, ``sweep``, and a ``delete`` of its own live run, which must be
+refused), ``hash`` (a tree of its own it changes, and trees every worker shares,
+with the store's hash cache) and batch joins (``batches.open`` and ``record``).
+Each operation and its result is one JSON line in the worker's log (``w<NN>.jsonl``).
 
 The checker (this process) verifies, against the store itself:
 
@@ -55,7 +55,7 @@ from pytest_lrun.errors import RunNotFound, TerminalRunError
 from pytest_lrun.hashing import hash_dir
 from pytest_lrun.plan import load_plan
 from pytest_lrun.recovery import gc
-from pytest_lrun.store import Candidate, Decision, Run, RunStore, Status
+from pytest_lrun.store import Candidate, Decision, Run, RunStore, Status, Ticket
 
 __all__ = ["MACHINES", "Config", "Report", "Violation", "recheck", "run"]
 
@@ -67,12 +67,16 @@ BATCH_ID = "contention"
 SHARED_TREES = 2
 #: Bound on each barrier: one round of every worker, on a loaded two-core machine.
 WAIT_S = 180.0
+#: How long a waiter in line (a placement with a ticket) asks again before it leaves the line.
+WAITER_S = 0.5
 #: How many live runs a worker keeps at most before it ends one instead of placing another.
 MAX_LIVE = 2
 TERMINAL = (Status.COMPLETED, Status.FAILED, Status.TIMEOUT, Status.INTERRUPTED)
 CTX = multiprocessing.get_context("spawn")
 
 Op = dict[str, Any]
+#: The logged names of a placement: on one machine, on candidates, and in line for a slot.
+PLACEMENTS = ("prepare", "place", "wait")
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,8 @@ class Report:
     seconds: float
     logs: Path
 
-    def describe(self, max_ops: int = 25) -> str:
-        """The seed, how to replay it, and each violation with the logged operations on its ids."""
+    def describe(self, max_ops: int = 25, max_violations: int = 20) -> str:
+        """The seed, how to replay it, and the first violations with the logged operations on their ids."""
         c = self.config
         lines = [
             f"contention on the {self.backend} store: seed {c.seed}, {c.processes} processes, "
@@ -123,10 +127,13 @@ class Report:
             f"replay the same choices: {c.rerun} --store {self.backend}; the logs: {self.logs}",
         ]
         ops = read_logs(self.logs)
-        for v in self.violations:
+        for v in self.violations[:max_violations]:
             lines.append(f"* {v.invariant}: {v.message}")
-            about = [op for op in ops if any(i in json.dumps(op) for i in v.ids)] if v.ids else []
+            ids = [i for i in v.ids if i]  # a BUSY answer's blocker may be a run without an id
+            about = [op for op in ops if any(i in json.dumps(op) for i in ids)]
             lines.extend(f"    {json.dumps(op, sort_keys=True)}" for op in about[-max_ops:])
+        if len(self.violations) > max_violations:
+            lines.append(f"... and {len(self.violations) - max_violations} more")
         return "\n".join(lines)
 
 
@@ -211,6 +218,13 @@ class _Worker:
             op["op"] = "prepare"
             (m,) = machines
             run, decision = self.store.prepare(m, key, lambda: make(Candidate(m, key)), slots=MACHINES[m])
+        elif self.rng.random() < 0.25:  # a waiter in line: it asks again for a while, then gives up
+            op["op"] = "wait"
+            ticket = Ticket(f"w{self.index}-n{self.n}", time.time())
+            candidates = [Candidate(m, key, MACHINES[m]) for m in machines]
+            run, decision = self.store.place(candidates, make, wait=WAITER_S, ticket=ticket)
+            if decision is Decision.BUSY:
+                self.store.leave_line(ticket, machines)
         else:
             candidates = [Candidate(m, key, MACHINES[m]) for m in machines]
             run, decision = self.store.place(candidates, make)
@@ -450,7 +464,7 @@ class _Checker:
         if "violation" in op:
             self.fail(op["op"], f"{where}: {op['violation']}", [op["id"]] if "id" in op else [])
         run_id = op.get("id")
-        if op["op"] in ("place", "prepare") and op.get("decision") == "created":
+        if op["op"] in PLACEMENTS and op.get("decision") == "created":
             if run_id in self._created:
                 self.fail("unique", f"{where}: run id {run_id} was created twice", [run_id])
             self._created[run_id] = op
@@ -554,9 +568,12 @@ def run(spec: StoreSpec, config: Config, workdir: Path) -> Report:
         # Release the workers (only now: an abort would also break those still leaving a barrier).
         start.abort()
         end.abort()
-        if not isinstance(exc, threading.BrokenBarrierError):
+        if not isinstance(exc, Exception):
             raise
-        checker.fail("harness", "a barrier broke: a worker died or a round outlasted the wait")
+        broke = isinstance(exc, threading.BrokenBarrierError)
+        checker.fail(
+            "harness", "a worker died or a round outlasted the wait" if broke else traceback.format_exc()
+        )
     finally:
         stop.set()
         poller.join(WAIT_S)
@@ -565,7 +582,11 @@ def run(spec: StoreSpec, config: Config, workdir: Path) -> Report:
             checker.fail("harness", errors.get(timeout=5))
         errors.close()
         errors.join_thread()
+    try:
         checker.at_barrier(store, "at the end")
+    except Exception:  # say, the database went away: a failed run, with its seed and logs
+        checker.fail("harness", traceback.format_exc())
+    finally:
         store.close()
     return Report(
         spec.backend, config, checker.operations, checker.violations, time.monotonic() - began, logs

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from contention_model import Config, read_logs, recheck, run
+from contention_model import PLACEMENTS, Config, read_logs, recheck, run
 from lrun_procs import StoreSpec
 
 from pytest_lrun.store import Decision, Run, Status
@@ -43,7 +43,7 @@ def test_sixteen_processes_on_four_machines_break_no_invariant(
     # The contention the invariants are about happened: placements of every outcome,
     # runs removed by gc, and live runs that gc had to leave alone.
     ops = read_logs(report.logs)
-    decisions = Counter(op.get("decision") for op in ops if op["op"] in ("place", "prepare"))
+    decisions = Counter(op.get("decision") for op in ops if op["op"] in PLACEMENTS)
     assert {d.value for d in Decision} <= set(decisions), decisions
     assert any(op.get("removed") or op.get("pruned") for op in ops), "gc removed nothing"
     assert any(op.get("refused") for op in ops), "no delete of a live run was tried"
