@@ -80,13 +80,15 @@ from .errors import (
     ConfigError,
     ContainerGone,
     EngineError,
+    EngineUnreachable,
+    ImagePullFailed,
     JunitError,
     LeftRunning,
     LrunError,
     StateFull,
     TerminalRunError,
 )
-from .events import Event, reporter_wiring
+from .events import Event, PhaseReport, Start, reporter_wiring
 from .faults import crash_point
 from .hashing import Snapshot, hash_dir
 from .junit import CaseResult, parse_junit
@@ -100,6 +102,7 @@ from .reserve import check_room, claim, full
 from .settings import (
     DEFAULT_ARTIFACTS,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_INFRA_RETRIES,
     DEFAULT_LOG_MAX_BYTES,
     DEFAULT_STOP_GRACE,
     DEFAULT_TERMINAL_RESERVE_BYTES,
@@ -237,6 +240,8 @@ class Dispatcher:
         on_prepared: Callable[[RunSpec, Run, str], None] | None = None,
         on_queued: Callable[[RunSpec, Run], None] | None = None,
         on_build: BuildSink | None = None,
+        on_retry: Callable[[RunSpec, Run, int], None] | None = None,
+        infra_retries: int = DEFAULT_INFRA_RETRIES,
     ) -> None:
         self.store = store
         self.engines = engines
@@ -251,6 +256,8 @@ class Dispatcher:
         self.on_prepared = on_prepared  # (spec, run, origin) as soon as the run is known: batch records
         self.on_queued = on_queued  # (spec, a run in the way) once, when a spec waits for a free slot
         self.builder = Builder(store, on_line=on_build)  # (machine, line) as an image builds
+        self.on_retry = on_retry  # (spec, the failed run, the attempt about to start)
+        self.infra_retries = infra_retries
         self._live: dict[str, tuple[Engine, str]] = {}
         self._created: set[str] = set()  # ids of the runs this dispatcher created
         self._stopped_ids: set[str] = set()  # ids of the runs this dispatcher stopped
@@ -266,8 +273,21 @@ class Dispatcher:
 
         ``reuse`` overrides the dispatcher's for this spec (the inner collection before
         shards always takes a completed one: its key says all its result depends on).
+        A run this dispatcher created that failed for its infrastructure
+        (:func:`infra_failure`) is tried again, up to ``infra_retries`` times, as a new
+        run whose ``retry_of`` names the one before; a test that failed never is.
         """
-        prepared = self._prepare(spec, reuse or self.reuse)
+        result = self._dispatch_once(spec, reuse or self.reuse, None)
+        for attempt in range(2, self.infra_retries + 2):
+            if result.origin != "created" or self._cancelled.is_set() or not infra_failure(result):
+                break
+            if self.on_retry is not None:
+                self.on_retry(spec, result.run, attempt)
+            result = self._dispatch_once(spec, reuse or self.reuse, result.run.id)
+        return result
+
+    def _dispatch_once(self, spec: RunSpec, reuse: str, retry_of: str | None) -> RunResult:
+        prepared = self._prepare(spec, reuse, retry_of)
         run, engine = prepared.run, prepared.engine
         if prepared.origin == "cached":
             return self.result(run, "cached")
@@ -281,7 +301,7 @@ class Dispatcher:
 
     def start(self, spec: RunSpec) -> RunResult:
         """Create and start the run, then leave it running (``--lrun-detach``)."""
-        prepared = self._prepare(spec, self.reuse)
+        prepared = self._prepare(spec, self.reuse, None)
         run, engine = prepared.run, prepared.engine
         if prepared.origin != "created":
             return RunResult(run, prepared.origin)
@@ -357,9 +377,9 @@ class Dispatcher:
 
     # -- steps ----------------------------------------------------------------
 
-    def _prepare(self, spec: RunSpec, reuse: str) -> _Prepared:
+    def _prepare(self, spec: RunSpec, reuse: str, retry_of: str | None) -> _Prepared:
         """Decide created / reused / cached (or raise ``machine_busy``) for ``spec``."""
-        prepared = self._decide(spec, reuse)
+        prepared = self._decide(spec, reuse, retry_of)
         crash_point("after_prepare")
         if self.on_prepared is not None:
             if prepared.origin == "created":
@@ -396,7 +416,7 @@ class Dispatcher:
         except Exception:  # the state dir itself fails: the reap and sweep settle what is left
             logger.exception("could not record the end of run %s after %s", run_id, code)
 
-    def _decide(self, spec: RunSpec, reuse: str) -> _Prepared:
+    def _decide(self, spec: RunSpec, reuse: str, retry_of: str | None) -> _Prepared:
         options = options_for(spec, self.engines, self.builder)
         if reuse == "completed":
             # A stat-cached hash reads no file of an unchanged tree: a cached result costs no read.
@@ -418,6 +438,7 @@ class Dispatcher:
                 ours=self._ours,
                 stopping=lambda: self._stop_reason[1] if self._cancelled.is_set() else None,
                 on_queued=self.on_queued,
+                retry_of=retry_of,
             )
             if outcome is Decision.CREATED and option.spec.machine.workdir != options[0].spec.machine.workdir:
                 shipment.close()  # the archive's paths are under the workdir: pack it for this machine
@@ -615,7 +636,7 @@ class Dispatcher:
                     msg="its creator died before starting its container",
                 )
             env = {name: state.env[name] for name in run.env_names or () if name in state.env}
-            secrets = hidden_values(env, ())
+            secrets = hidden_values(env, run.secret_env or ())
             return self._finish(replace(run, owner=_me()), engine, secrets, fresh_logs=True)
 
     def _end(
@@ -686,6 +707,28 @@ def _shipping(prepared: _Prepared) -> Iterator[None]:
     finally:
         if prepared.shipment is not None:
             prepared.shipment.close()
+
+
+#: What a run that failed for its infrastructure, not its tests, ends with (``--lrun-infra-retries``).
+INFRA_CODES = frozenset(
+    {EngineUnreachable.code, EngineError.code, ContainerGone.code, ImagePullFailed.code, OOM_KILLED}
+)
+
+
+#: The exit code of a container killed by SIGKILL (128 + 9): the OOM killer, a daemon restart, an admin.
+KILLED_EXIT = 137
+
+
+def infra_failure(result: RunResult) -> bool:
+    """Whether ``result`` failed for its infrastructure before any inner test began: the engine
+    went away, the container vanished or was killed (SIGKILL, the OOM killer), its image could
+    not be pulled."""
+    run = result.run
+    killed = run.error_code == EXIT_NONZERO and run.exit_code == KILLED_EXIT
+    if run.status is Status.COMPLETED or not (killed or run.error_code in INFRA_CODES):
+        return False
+    began = any(isinstance(event, Start | PhaseReport) for event in result.events or ())
+    return not began and not result.cases
 
 
 def _secrets(spec: RunSpec) -> list[str]:

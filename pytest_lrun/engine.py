@@ -32,7 +32,7 @@ import docker.tls
 import requests.adapters
 import requests.exceptions
 
-from .errors import ContainerGone, EngineError, EngineUnreachable, ExtraMissing, ImageMissing
+from .errors import ContainerGone, EngineError, EngineUnreachable, ExtraMissing, ImageMissing, ImagePullFailed
 from .machines import Machine
 from .settings import DEFAULT_CONNECT_TIMEOUT
 
@@ -218,7 +218,7 @@ class DockerEngine:
                 self._api.pull(repo, tag=tag or "latest")
                 return str(self._api.inspect_image(image)["Id"])
             except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-                raise ImageMissing(self.machine, image, f"pull failed: {_reason(e)}") from e
+                raise ImagePullFailed(self.machine, image, f"pull failed: {_reason(e)}") from e
 
     def build_image(
         self,

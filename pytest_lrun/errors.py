@@ -322,6 +322,12 @@ class ImageMissing(EngineError):
         self.reason = reason
 
 
+class ImagePullFailed(ImageMissing):
+    """The image is not on the engine and pulling it failed (a registry down): worth a retry."""
+
+    code = "image_pull_failed"
+
+
 class ImageBuildFailed(ImageMissing):
     """The image's build on the engine failed: its runs fail before any test container starts."""
 

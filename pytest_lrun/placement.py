@@ -156,6 +156,7 @@ def place(
     ours: Callable[[str], bool],
     stopping: Callable[[], str | None],
     on_queued: Callable[[RunSpec, Run], None] | None,
+    retry_of: str | None = None,
 ) -> tuple[Run, Decision, Option]:
     """The store's placement of the spec on its candidates: CREATED or REUSE, and where.
 
@@ -183,6 +184,8 @@ def place(
             timeout=placed.timeout,
             artifacts=list(placed.artifacts),
             env_names=sorted({*placed.machine.env, *placed.env, *placed.secret_names}),
+            secret_env=list(placed.secret_names) or None,
+            retry_of=retry_of,
             event_token=new_token() if pytest_arguments_at(placed.command) is not None else None,
         )
 

@@ -60,6 +60,7 @@ from .errors import (
 from .events import Collected, Event, Finished, Location, PhaseReport, Start
 from .junit import CaseResult
 from .logs import tail
+from .output import one_line
 from .select import HostSelection
 from .store import Run, Status
 
@@ -160,12 +161,18 @@ class RunReports:
         self._selected: dict[str, bool] = {}  # host -k/-m: decided by a test's first report
         self._keywords: dict[str, tuple[str, ...]] = {}  # a running test's, from its first report
         self._finish: Finished | None = None
+        self.earlier: list[Run] = []  # attempts that failed for their infrastructure, retried
 
     # -- live --------------------------------------------------------------------------
 
     def prepared(self, run: Run, origin: str) -> None:
         """The store decided: ``run`` is this spec's run (``origin``: created, reused, cached)."""
         self.run, self.origin = run, origin
+
+    def retried(self, failed: Run) -> None:
+        """``failed`` (no inner test began) is tried again: the next attempt's events count from 0."""
+        self.earlier.append(failed)
+        self._seen, self._collected = -1, None
 
     def feed(self, events: Iterable[Event]) -> None:
         """Report ``events`` (in the order written; any already handled are skipped)."""
@@ -485,7 +492,21 @@ class RunReports:
             ("lrun_origin", self.origin),
             ("lrun_logs", run.logs_path or ""),
             ("lrun_artifacts", run.artifacts_path or ""),
+            *self._attempts(),
         ]
+
+    def _attempts(self) -> list[tuple[str, object]]:
+        """The attempts before this one, as a CI server shows flaky infrastructure (none: no property)."""
+        if not self.earlier:
+            return []
+        earlier = [
+            (
+                f"lrun_attempt_{number}",
+                f"run {run.id}: {run.error_code}: {one_line(run.error_msg or '')[:200]}",
+            )
+            for number, run in enumerate(self.earlier, 1)
+        ]
+        return [("lrun_attempts", len(self.earlier) + 1), *earlier]
 
     def _replay_case(self, case: CaseResult) -> None:
         """One case of an inner JUnit XML (a run without events) as a test's reports."""

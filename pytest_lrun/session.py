@@ -46,6 +46,7 @@ from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
 from .events import Collected
 from .events import Event as InnerEvent
 from .machines import TAG_PREFIX, ImageSource, Machine, MachineResolver, load_machine_tables, resolve_image
+from .output import one_line
 from .plan import Plan, PlanEntry, load_plan, select
 from .recovery import gc, reconcile
 from .report import Detached, JobOutcome, RunReports, dir_nodeid, summary_rows
@@ -63,6 +64,14 @@ class Prepared:
     spec: RunSpec
     run: Run
     origin: str
+
+
+@dataclass(frozen=True)
+class Retried:
+    """A worker's word that a spec's run failed for its infrastructure and is tried again."""
+
+    spec: RunSpec
+    failed: Run
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ class Finished:
 
 
 # What worker threads hand to the main thread.
-Event = str | Prepared | Live | Finished
+Event = str | Prepared | Retried | Live | Finished
 # How often the main thread's wait wakes up: a blocking get is deaf to Ctrl-C on Windows.
 POLL_S = 0.2
 # How often each live run's progress line is shown (when it changed), and at most how long a run
@@ -126,6 +135,8 @@ class LrunSession:
             on_prepared=self._prepared,
             on_queued=self._queued,
             on_build=lambda machine, line: self._events.put(f"{machine}: {line}"),
+            on_retry=self._retried,
+            infra_retries=settings.infra_retries,
         )
         self.batch_id: str | None = None
         self._batch: Batch | None = None  # the batch as refreshed at the end of the session
@@ -490,6 +501,10 @@ class LrunSession:
             if reports is not None:  # not a run of its own (the inner collection before shards)
                 reports.prepared(event.run, event.origin)
                 self._by_run[event.run.id] = reports
+        elif isinstance(event, Retried):
+            reports = self.reports.get(event.spec)
+            if reports is not None:
+                reports.retried(event.failed)
         elif isinstance(event, Live):
             if event.run_id in self._by_run:  # not a run reconcile adopted for nobody
                 self._by_run[event.run_id].feed(event.events)
@@ -533,6 +548,15 @@ class LrunSession:
         if self.batch_id is not None and spec.plan_entry is not None:
             self.batches.record(self.batch_id, spec.plan_entry, run.id)
         self._events.put(Prepared(spec, run, origin))
+
+    def _retried(self, spec: RunSpec, failed: Run, attempt: int) -> None:
+        """The dispatcher's word (on a worker thread) that ``failed`` is tried again, as ``attempt``."""
+        why = f"{failed.error_code}: {one_line(failed.error_msg or '')[:200]}"
+        self._events.put(
+            f"{failed.machine}: {self._shown(spec)}: run {failed.id} failed for its infrastructure ({why}); "
+            f"trying again (attempt {attempt} of {self.settings.infra_retries + 1})"
+        )
+        self._events.put(Retried(spec, failed))
 
     def _queued(self, spec: RunSpec, blocker: Run) -> None:
         """The dispatcher's word (on a worker thread) that ``spec`` waits for a free slot."""

@@ -55,6 +55,9 @@ DEFAULT_STATE_MAX_BYTES = 50 * MIB
 DEFAULT_REAP_AGE = 300.0
 DEFAULT_IMAGE_MAX_AGE = 7 * 86400.0
 DEFAULT_TERMINAL_RESERVE_BYTES = MIB
+DEFAULT_INFRA_RETRIES = 1
+# Retrying an infrastructure failure more often than this hides a broken fleet.
+MAX_INFRA_RETRIES = 10
 DEFAULT_STORE_MAX_BYTES = 1024 * MIB
 # Waits, socket timeouts and lock timeouts overflow near 9.2e9 s: refuse long before that.
 MAX_SECONDS = 1e9
@@ -167,6 +170,17 @@ def parse_bool(text: str) -> bool:
 
 def parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.replace("\n", ",").split(",") if part.strip())
+
+
+def parse_retries(text: str) -> int:
+    """A count of retries, 0 to :data:`MAX_INFRA_RETRIES`."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if not 0 <= count <= MAX_INFRA_RETRIES:
+        raise ValueError(f"expected a whole number from 0 to {MAX_INFRA_RETRIES}")
+    return count
 
 
 def parse_env_names(text: str) -> tuple[str, ...]:
@@ -328,6 +342,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="K/N",
     ),
     Option(
+        "infra_retries",
+        "times a run is tried again after an infrastructure failure (the engine unreachable, the "
+        "container gone or OOM-killed before any inner test, an image pull that failed); a test "
+        f"that failed is never retried (default: {DEFAULT_INFRA_RETRIES}).",
+        parse_retries,
+        DEFAULT_INFRA_RETRIES,
+        metavar="N",
+    ),
+    Option(
         "busy_wait",
         "seconds to wait for a machine busy with another directory before failing "
         "with machine_busy (default: 0, fail at once).",
@@ -468,6 +491,7 @@ class Settings:
     select: str
     shards: int  # 0: auto
     shard: ShardOf | None
+    infra_retries: int
     busy_wait: float
     state_dir: Path | None
     store: str | None

@@ -160,6 +160,7 @@ class Status(str, enum.Enum):
 # Field kinds drive from_dict's validation.
 _REQUIRED_STR = ("id", "machine", "test_dir", "test_dir_hash", "key")
 _OPTIONAL_STR = (
+    "retry_of",
     "artifacts_path",
     "logs_path",
     "error_code",
@@ -209,6 +210,9 @@ class Run(MillisecondTimes):
     timeout: float | None = None
     artifacts: list[str] | None = None
     env_names: list[str] | None = None  # names only: values may be secrets and never reach the disk
+    secret_env: list[str] | None = None  # which of env_names are named secrets (masked however short)
+    # The run this one repeats after an infrastructure failure (--lrun-infra-retries); None for a first try.
+    retry_of: str | None = None
     # The inner reporter's per-run token (None: the command is no pytest, or an older run). Not a
     # secret of the log and never part of the key: it only tells the reporter's lines from output.
     event_token: str | None = None
@@ -266,7 +270,7 @@ class Run(MillisecondTimes):
                 f"run record field 'exit_code' must be an integer or null, not {_shown(exit_code)}"
             )
         kwargs["exit_code"] = exit_code
-        for name in ("command", "artifacts", "env_names"):
+        for name in ("command", "artifacts", "env_names", "secret_env"):
             words = data.get(name)
             if words is not None and (
                 not isinstance(words, list) or not all(isinstance(part, str) for part in words)

@@ -155,6 +155,8 @@ def test_record_json_has_every_field_snake_case_with_nulls(store: RunStore) -> N
         "timeout",
         "artifacts",
         "env_names",
+        "secret_env",
+        "retry_of",
         "event_token",
     ]
     assert data["status"] == "pending"

@@ -1,0 +1,97 @@
+"""Infrastructure failures are retried, test failures never: real engines, a container removed mid-run.
+
+The suite's conftest sleeps while it is imported, so the container can be taken away
+before any inner test begins: that is the engine's fault, not the tests'.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import docker
+from lrun_support import wait_for_running, write_tests
+
+SLOW_START = "import time\n\ntime.sleep(4)  # the container is removed meanwhile, on the first attempt\n"
+
+
+def records(state_dir: Path) -> list[dict[str, object]]:
+    found = [json.loads(p.read_text()) for p in state_dir.glob("runs/*/run.json")]
+    return sorted(found, key=lambda record: str(record["created_at"]))
+
+
+def remove_container(engine: str, run_id: str) -> None:
+    client = docker.APIClient(base_url=engine, timeout=30, version="auto")
+    try:  # SIGKILL, then gone: what a daemon restart or an admin's `docker rm -f` does
+        for container in client.containers(all=True, filters={"label": f"lrun.run-id={run_id}"}):
+            client.remove_container(container["Id"], force=True)
+    finally:
+        client.close()
+
+
+def start(project: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--lrun-machine=m1",
+            "-rA",
+            *args,
+            "suite",
+        ],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_container_lost_before_any_test_is_tried_again_and_the_attempts_are_shown(
+    project: Path, state_dir: Path, engines: list[str]
+) -> None:
+    suite = write_tests(project, "suite", "def test_it():\n    pass\n")
+    (suite / "conftest.py").write_text(SLOW_START)
+    proc = start(project, "--junitxml=host.xml")
+    first = wait_for_running(state_dir)
+    remove_container(engines[0], first)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert f"run {first} failed for its infrastructure (exit_nonzero: exit code 137" in out
+    assert "trying again (attempt 2 of 2)" in out
+    failed, retried = records(state_dir)
+    assert failed["id"] == first and failed["exit_code"] == 137  # killed, as by a daemon restart
+    assert retried["retry_of"] == first and retried["status"] == "completed"
+    properties = {
+        prop.get("name"): prop.get("value")
+        for prop in ET.parse(project / "host.xml").getroot().iter("property")
+    }
+    assert properties["lrun_attempts"] == "2"
+    assert properties["lrun_attempt_1"] == f"run {first}: exit_nonzero: exit code 137"
+    assert properties["lrun_run_id"] == retried["id"]
+
+
+def test_no_retry_when_retries_are_off(project: Path, state_dir: Path, engines: list[str]) -> None:
+    suite = write_tests(project, "suite", "def test_it():\n    pass\n")
+    (suite / "conftest.py").write_text(SLOW_START)
+    proc = start(project, "--lrun-infra-retries=0")
+    remove_container(engines[0], wait_for_running(state_dir))
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode != 0 and "exit code 137" in out
+    assert "trying again" not in out
+    assert len(records(state_dir)) == 1
+
+
+def test_a_test_that_failed_is_never_retried(project: Path, state_dir: Path) -> None:
+    write_tests(project, "suite", "def test_it():\n    assert False, 'a real failure'\n")
+    proc = start(project, "--lrun-infra-retries=3")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 1 and "a real failure" in out
+    assert "trying again" not in out
+    (only,) = records(state_dir)
+    assert only["error_code"] == "exit_nonzero" and only["retry_of"] is None

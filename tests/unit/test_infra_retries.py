@@ -1,0 +1,68 @@
+"""Which failed runs are the infrastructure's (tried again) and which the tests' (never)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_lrun.dispatch import RunResult, infra_failure
+from pytest_lrun.errors import ConfigError
+from pytest_lrun.events import Start
+from pytest_lrun.junit import parse_junit
+from pytest_lrun.settings import resolve
+from pytest_lrun.store import Run, Status
+
+
+def failed(status: Status = Status.FAILED, **fields: object) -> Run:
+    return Run(test_dir="/t", status=status, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        failed(error_code="engine_unreachable"),
+        failed(Status.INTERRUPTED, error_code="container_gone"),
+        failed(error_code="image_pull_failed"),
+        failed(error_code="oom_killed", exit_code=137),
+        failed(error_code="exit_nonzero", exit_code=137),
+    ],
+    ids=["engine-unreachable", "container-gone", "pull-failed", "oom-killed", "sigkilled"],
+)
+def test_the_infrastructures_failures_before_any_test_are_retried(run: Run) -> None:
+    assert infra_failure(RunResult(run, "created"))
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        failed(error_code="exit_nonzero", exit_code=1),
+        failed(Status.TIMEOUT, error_code="timeout"),
+        failed(Status.INTERRUPTED, error_code="interrupted"),
+        failed(Status.INTERRUPTED, error_code="cancelled"),
+        failed(Status.INTERRUPTED, error_code="session_stopped"),
+        failed(error_code="image_missing"),
+        failed(error_code="image_build_failed"),
+        failed(error_code="unsafe_archive"),
+        failed(Status.COMPLETED, error_code="state_full"),
+    ],
+    ids=["tests-failed", "timeout", "ctrl-c", "cancelled", "x", "no-image", "build", "archive", "full"],
+)
+def test_other_failures_are_never_retried(run: Run) -> None:
+    assert not infra_failure(RunResult(run, "created"))
+
+
+def test_once_a_test_began_its_failure_is_the_tests() -> None:
+    lost = failed(error_code="engine_unreachable")
+    began = [Start(0, "test_x.py::test_x", None)]
+    assert not infra_failure(RunResult(lost, "created", events=began))  # type: ignore[arg-type]
+    assert infra_failure(RunResult(lost, "created", events=[]))
+    case = parse_junit(
+        b'<testsuite><testcase classname="test_x" name="test_x"><failure/></testcase></testsuite>'
+    )
+    assert not infra_failure(RunResult(lost, "created", cases=case))
+
+
+def test_the_retries_option_is_a_small_count() -> None:
+    assert resolve({}, lambda _key: None, environ={}).infra_retries == 1
+    assert resolve({}, lambda _key: None, environ={"LRUN_INFRA_RETRIES": "0"}).infra_retries == 0
+    with pytest.raises(ConfigError, match=r"LRUN_INFRA_RETRIES.*from 0 to 10"):
+        resolve({}, lambda _key: None, environ={"LRUN_INFRA_RETRIES": "many"})
