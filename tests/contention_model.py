@@ -459,11 +459,11 @@ class _Checker:
     def _learn(self, op: Op) -> None:
         """Fold one logged operation into the model of what the store must hold."""
         where = f"worker {op['w']} op {op['n']} ({op['op']})"
+        run_id: str = op.get("id", "")
         if "error" in op:
-            self.fail("error", f"{where} raised: {op['error']}", [op.get("id", "")] if "id" in op else [])
+            self.fail("error", f"{where} raised: {op['error']}", [run_id])
         if "violation" in op:
-            self.fail(op["op"], f"{where}: {op['violation']}", [op["id"]] if "id" in op else [])
-        run_id = op.get("id")
+            self.fail(op["op"], f"{where}: {op['violation']}", [run_id])
         if op["op"] in PLACEMENTS and op.get("decision") == "created":
             if run_id in self._created:
                 self.fail("unique", f"{where}: run id {run_id} was created twice", [run_id])
