@@ -252,7 +252,9 @@ class _Packer:
 
     def _add_file(self, path: Path, relpath: str, mtime: int) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | OPEN_NOFOLLOW)
+            # Non-blocking: a file swapped for a fifo after the lstat cannot make the open
+            # wait for a writer; the fstat below refuses it.
+            fd = os.open(path, os.O_RDONLY | OPEN_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
         except OSError as exc:
             raise ArchiveError(f"cannot pack: {exc.strerror}", str(path)) from exc
         with os.fdopen(fd, "rb") as fileobj:

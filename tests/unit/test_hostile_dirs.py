@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from unit.test_hashing import OpenSpy, cache_files, make_base_tree, settle, write
 
-from pytest_lrun.errors import HashError
+from pytest_lrun.archive import pack
+from pytest_lrun.errors import ArchiveError, HashError
 from pytest_lrun.extract import safe_extract
 from pytest_lrun.hashing import CHUNK_SIZE, hash_dir, iter_files, snapshot
 from pytest_lrun.text import printable
@@ -180,6 +181,27 @@ def test_a_file_swapped_after_the_listing_is_refused_without_a_hang(
         assert (err.value.path, err.value.reason) == (str(victim), says)
         victim.unlink()
         write(victim, "def test_a():\n    assert True\n")
+
+
+def test_pack_refuses_a_file_swapped_for_a_fifo_without_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pack (the artifacts of a run, for the shared store) lists its paths itself.
+    root = make_base_tree(tmp_path / "t")
+    victim = root / "test_a.py"
+    real_open = os.open
+
+    def swap_then_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) == str(victim) and stat.S_ISREG(victim.lstat().st_mode):
+            victim.unlink()
+            os.mkfifo(victim)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", swap_then_open)
+    with pytest.raises(ArchiveError, match="changed type while packing") as err:
+        pack(root, ["test_a.py"])
+    assert err.value.code == "archive_invalid"
+    assert str(victim) in str(err.value)
 
 
 def test_a_socket_is_refused_naming_it(tmp_path: Path) -> None:
