@@ -50,7 +50,6 @@ import json
 import os
 import queue
 import random
-import shutil
 import signal
 import statistics
 import subprocess
@@ -61,12 +60,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# The engines of its own are started as the tests start theirs (tests/private_engines.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 from _timing import timed
 from hash import SMALL_RATIO_TARGET, make_small_tree, race, sha256_pass
+from private_engines import Engine, can_start_engines, launch_engine, load_image, stop_engine, wait_until_up
 
 from pytest_lrun.hashing import hash_dir, iter_files
 from pytest_lrun.layout import RECORD
@@ -77,18 +80,7 @@ IMAGE = "lrun-python:bookworm"
 ENGINES, SLOTS = 4, 2
 TAG = "bench"
 RATIO_TARGET = 1.3
-ENGINE_START_TIMEOUT_S = 60.0
-ENGINE_STOP_TIMEOUT_S = 60.0
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-
-
-@dataclass(frozen=True)
-class Engine:
-    """One dockerd this benchmark started, and where its files are."""
-
-    url: str
-    root: Path
-    process: subprocess.Popen[bytes]
 
 
 @dataclass(frozen=True)
@@ -118,81 +110,6 @@ def busy_since(mark: tuple[int, int]) -> float:
     return (busy - mark[0]) / max(1, total - mark[1])
 
 
-def answers(url: str) -> bool:
-    """The engine at ``url`` answers a version request within 10 s."""
-    try:
-        done = subprocess.run(
-            ["docker", "-H", url, "version", "--format", "{{.Server.Version}}"],
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return False
-    return done.returncode == 0
-
-
-def launch_engine(root: Path) -> Engine:
-    """A dockerd with its socket, data root, exec root and pidfile under ``root`` (not yet answering)."""
-    root.mkdir()
-    url = f"unix://{root / 'docker.sock'}"
-    with (root / "dockerd.log").open("wb") as log:
-        # A session of its own: Ctrl-C on the benchmark must not reach dockerd before stop_engine does.
-        process = subprocess.Popen(
-            [
-                "dockerd",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--bridge=none",
-                "--host",
-                url,
-                "--data-root",
-                str(root / "data"),
-                "--exec-root",
-                str(root / "exec"),
-                "--pidfile",
-                str(root / "dockerd.pid"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Engine(url, root, process)
-
-
-def wait_until_up(engine: Engine) -> None:
-    """Return once the engine answers; stop the benchmark with its log if it dies or takes too long."""
-    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
-    while not answers(engine.url):
-        if engine.process.poll() is not None or time.monotonic() > deadline:
-            tail = (engine.root / "dockerd.log").read_bytes()[-3000:].decode(errors="replace")
-            raise SystemExit(f"bench: dockerd on {engine.url} did not come up; its log ends with:\n{tail}")
-        time.sleep(0.3)
-
-
-def stop_engine(engine: Engine) -> None:
-    """Stop a dockerd this benchmark started (and the containerd it runs), unmount and delete its folder."""
-    engine.process.terminate()
-    try:
-        engine.process.wait(ENGINE_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        print(f"bench: dockerd {engine.process.pid} did not stop within {ENGINE_STOP_TIMEOUT_S:g}s; killed")
-        os.killpg(engine.process.pid, signal.SIGKILL)
-        engine.process.wait()
-        # dockerd runs containerd in a process group of its own; a killed dockerd leaves it behind.
-        containerd = engine.root / "exec" / "containerd" / "containerd.pid"
-        if containerd.exists():
-            with suppress(ValueError, ProcessLookupError):
-                os.kill(int(containerd.read_text().strip()), signal.SIGKILL)
-    # A clean stop unmounts everything; after a kill, overlay mounts may remain and must go before rmtree.
-    prefix = str(engine.root) + "/"
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    for point in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-    shutil.rmtree(engine.root, ignore_errors=True)
-
-
 @contextmanager
 def fleet(root: Path, source: str) -> Iterator[list[Engine]]:
     """Start ``ENGINES`` engines holding ``IMAGE`` (saved once from ``source``); always stop them after."""
@@ -203,19 +120,7 @@ def fleet(root: Path, source: str) -> Iterator[list[Engine]]:
             engines.append(launch_engine(root / f"engine{i + 1}"))
         for engine in engines:
             wait_until_up(engine)
-        image_tar = root / "image.tar"
-        subprocess.run(
-            ["docker", "-H", source, "save", "-o", str(image_tar), IMAGE], capture_output=True, check=True
-        )
-        loads = [
-            subprocess.Popen(
-                ["docker", "-H", e.url, "load", "-q", "-i", str(image_tar)], stdout=subprocess.DEVNULL
-            )
-            for e in engines
-        ]
-        if any([load.wait() != 0 for load in loads]):  # a list: wait for every load, not the first failure
-            raise SystemExit(f"bench: docker load of {IMAGE} failed on one of the new engines")
-        image_tar.unlink()
+        load_image(engines, source, IMAGE, root)
         yield engines
     finally:
         for engine in engines:
@@ -396,7 +301,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter tests (a smoke run)")
     args = parser.parse_args()
     entries, entry_s, tests, test_s = (16, 0.5, 80, 0.1) if args.quick else (40, 1.0, 200, 0.2)
-    if os.geteuid() != 0 or shutil.which("dockerd") is None or shutil.which("docker") is None:
+    if not can_start_engines():
         raise SystemExit("bench: starting engines needs root, dockerd and the docker CLI")
     source = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     # SIGTERM ends the benchmark as Ctrl-C does: through the finally blocks that stop the engines.

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # The round lives with the tests, which run it short; the database set-up is bench/store.py's.
@@ -58,7 +58,7 @@ class Tally:
     twins: int = 0
     stuck: int = 0
     orphans: int = 0
-    broken: list[RoundResult] = field(default_factory=list)
+    broken: int = 0
 
     def add(self, result: RoundResult) -> None:
         self.rounds += 1
@@ -67,8 +67,7 @@ class Tally:
         self.twins += len(result.twins)
         self.stuck += len(result.stuck)
         self.orphans += len(result.orphans)
-        if not result.ok:
-            self.broken.append(result)
+        self.broken += not result.ok
 
     @property
     def ok(self) -> bool:
@@ -109,6 +108,10 @@ def matrix(backend: str, points: list[str], rounds: int, lanes: int, admin_url: 
             with ThreadPoolExecutor(lanes) as pool:
                 for point, result in pool.map(one, [p for p in points for _ in range(rounds)]):
                     tallies[point].add(result)
+                    if not result.ok:  # said at once: a long run's first broken round is worth reading early
+                        print(f"--- {point} on {backend}: {result}", file=sys.stderr, flush=True)
+                        for note in result.notes:
+                            print(note, file=sys.stderr, flush=True)
         finally:
             store = spec.open()
             try:
@@ -146,11 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     tallies = [
         t for backend in backends for t in matrix(backend, points, args.rounds, args.lanes, args.postgres)
     ]
-    for tally in tallies:
-        for result in tally.broken:
-            print(f"--- {tally.point} on {tally.store}: {result}", file=sys.stderr)
-            for note in result.notes:
-                print(note, file=sys.stderr)
     columns = ("rounds", "killed", "lost", "twins", "stuck", "orphans")
     print(f"{'point':<20} {'store':<9} " + " ".join(f"{c:>7}" for c in columns))
     for t in tallies:

@@ -19,25 +19,44 @@ store and the engine:
 :func:`crash_round` is the round, shared with ``bench/reliability.py``, which runs
 the same matrix long (20 rounds per point and store) and prints the table.
 Here ``LRUN_CRASH_ROUNDS`` rounds (default 2) run per point and store.
+
+Services restarted mid-run: an engine of the module's own (``tests/private_engines.py``)
+and a PostgreSQL cluster of the test's own (``scripts/pg.sh`` with a folder and port of
+its own), since the shared ones serve other people's runs. The run ends ``interrupted``
+or with its real status, never stuck, and the next invocation on the machine passes.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from lrun_procs import StoreSpec
-from lrun_support import PYTHON_IMAGE, lrun_containers
+from lrun_support import PYTHON_IMAGE, lrun_containers, wait_for
+from private_engines import (
+    Engine,
+    can_start_engines,
+    launch_engine,
+    load_image,
+    restart_engine,
+    stop_engine,
+    wait_until_up,
+)
 
 from pytest_lrun.faults import POINTS
-from pytest_lrun.store import Status
+from pytest_lrun.store import Run, Status
 
 ROUNDS = int(os.environ.get("LRUN_CRASH_ROUNDS", "2"))
 ROUND_TIMEOUT_S = 120.0
@@ -121,40 +140,50 @@ def _run(cmd: list[str], lane: Lane, **extra: str) -> subprocess.CompletedProces
     )
 
 
+def fresh_dir(lane: Lane, prefix: str, source: str = TESTS) -> Path:
+    """A new test directory of the lane's project holding ``source``; a marker file makes its key new."""
+    test_dir = lane.project / "dirs" / f"{prefix}-{secrets.token_hex(4)}"
+    test_dir.mkdir(parents=True)
+    (test_dir / "test_crash.py").write_text(source)
+    (test_dir / "marker.txt").write_text(test_dir.name)
+    return test_dir
+
+
+def pytest_cmd(lane: Lane) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--lrun-machine={lane.machine}"]
+
+
+def runs_of(lane: Lane, test_dir: Path) -> list[Run]:
+    """The runs of ``test_dir`` on the lane's machine, as the store has them now."""
+    store = lane.store.open()
+    try:
+        return [run for run in store.list(machine=lane.machine) if Path(run.test_dir).name == test_dir.name]
+    finally:
+        store.close()
+
+
+def reap(lane: Lane) -> subprocess.CompletedProcess[str]:
+    """``lrun reap --age 0`` on the lane's machine."""
+    return _run([sys.executable, "-m", "pytest_lrun", "reap", "--age", "0", "--machine", lane.machine], lane)
+
+
 def crash_round(lane: Lane, point: str) -> RoundResult:
     """One round at ``point`` in a fresh directory of the lane's project (see module docstring)."""
     result = RoundResult()
-    test_dir = lane.project / "dirs" / f"{point}-{secrets.token_hex(4)}"
-    test_dir.mkdir(parents=True)
-    (test_dir / "test_crash.py").write_text(TESTS)
-    (test_dir / "marker.txt").write_text(test_dir.name)  # a new key every round
-    pytest_cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        f"--lrun-machine={lane.machine}",
-    ]
-
-    first = _run([*pytest_cmd, str(test_dir)], lane, LRUN_TEST_CRASH_AT=point)
+    test_dir = fresh_dir(lane, point)
+    first = _run([*pytest_cmd(lane), str(test_dir)], lane, LRUN_TEST_CRASH_AT=point)
     result.killed = first.returncode == -signal.SIGKILL
     if not result.killed:
         result.notes.append(f"not killed at {point}: exit {first.returncode}\n{first.stdout}{first.stderr}")
-    second = _run([*pytest_cmd, "--lrun-reuse=completed", str(test_dir)], lane)
+    second = _run([*pytest_cmd(lane), "--lrun-reuse=completed", str(test_dir)], lane)
     if second.returncode != 0 or "3 passed" not in second.stdout:  # the directory's item and its 2 tests
         result.lost.append(f"the next invocation: exit {second.returncode}")
         result.notes.append(f"next invocation:\n{second.stdout}{second.stderr}")
-    reap = _run([sys.executable, "-m", "pytest_lrun", "reap", "--age", "0", "--machine", lane.machine], lane)
-    if reap.returncode != 0:
-        result.notes.append(f"reap exited {reap.returncode}: {reap.stderr}")
+    reaped = reap(lane)
+    if reaped.returncode != 0:
+        result.notes.append(f"reap exited {reaped.returncode}: {reaped.stderr}")
 
-    store = lane.store.open()
-    try:
-        runs = [run for run in store.list(machine=lane.machine) if Path(run.test_dir).name == test_dir.name]
-    finally:
-        store.close()
+    runs = runs_of(lane, test_dir)
     started = [run for run in runs if run.started_at is not None]
     result.twins = [run.id for run in started[1:]]
     result.lost.extend(
@@ -192,3 +221,150 @@ def test_a_host_killed_at_a_crash_point_loses_nothing(
     for _ in range(ROUNDS):
         result = crash_round(lane, point)
         assert result.ok, result
+
+
+# --- services restarted mid-run ----------------------------------------------------------------------
+
+# One test that is still running when its engine or database restarts.
+LONG_TEST = "import time\n\n\ndef test_long():\n    time.sleep({seconds})\n"
+PG_SH = Path(__file__).parents[2] / "scripts" / "pg.sh"
+
+
+def start_long_run(lane: Lane, seconds: float) -> tuple[subprocess.Popen[str], Path]:
+    """A pytest process dispatching a test of ``seconds`` seconds; returns once its run is running."""
+    test_dir = fresh_dir(lane, "long", LONG_TEST.format(seconds=seconds))
+    proc = subprocess.Popen(
+        [*pytest_cmd(lane), str(test_dir)],
+        cwd=lane.project,
+        env=lane.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: any(run.status is Status.RUNNING for run in runs_of(lane, test_dir)), "the run to start"
+        )
+    except BaseException as e:
+        proc.kill()
+        output, _ = proc.communicate()
+        raise AssertionError(f"{e}; the pytest process said:\n{output}") from e
+    time.sleep(1)  # the inner pytest is in its test
+    return proc, test_dir
+
+
+def assert_ended_and_next_works(lane: Lane, proc: subprocess.Popen[str], test_dir: Path) -> Run:
+    """The restarted run's process ends, its run is terminal (now, or after the next invocation on the
+    machine, which must pass); returns that run."""
+    output, _ = proc.communicate(timeout=ROUND_TIMEOUT_S)  # never stuck: it ends
+    following = _run([*pytest_cmd(lane), str(fresh_dir(lane, "next"))], lane)
+    assert following.returncode == 0 and "3 passed" in following.stdout, (output, following.stdout)
+    (run,) = runs_of(lane, test_dir)
+    assert run.status.is_terminal, (run, output)
+    store = lane.store.open()
+    try:
+        assert store.active(lane.machine) == []
+    finally:
+        store.close()
+    return run
+
+
+class PrivateEngine:
+    """An engine of this module's own (``tests/private_engines.py``): restarting it disturbs nobody."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def restart(self) -> None:
+        self.engine = restart_engine(self.engine)
+
+
+@pytest.fixture(scope="module")
+def private_engine(engines: list[str]) -> Iterator[PrivateEngine]:
+    """A dockerd of its own holding the Python image, stopped and deleted after the module."""
+    if not can_start_engines():
+        pytest.skip("starting an engine of its own needs root, dockerd and the docker CLI")
+    # Under /var/tmp, short: the engine's sockets live under it (a unix socket path has 108 bytes).
+    root = Path(tempfile.mkdtemp(prefix="lrun-engine-", dir="/var/tmp"))
+    holder = PrivateEngine(launch_engine(root / "engine"))
+    try:
+        wait_until_up(holder.engine)
+        load_image([holder.engine], engines[0], PYTHON_IMAGE, root)
+        yield holder
+    finally:
+        stop_engine(holder.engine)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.timeout(600)
+def test_an_engine_restarted_mid_run_ends_the_run_and_the_machine_works_after(
+    private_engine: PrivateEngine, store_spec: StoreSpec, tmp_path: Path
+) -> None:
+    url = private_engine.engine.url
+    lane = Lane(write_project(tmp_path / "project", {"private": url}), "private", url, store_spec)
+    proc, test_dir = start_long_run(lane, 60)
+
+    private_engine.restart()  # stops the container with the engine: the test cannot pass any more
+
+    run = assert_ended_and_next_works(lane, proc, test_dir)
+    assert run.status in (Status.INTERRUPTED, Status.FAILED) and run.error_code is not None, run
+    # Its container could not be removed while the engine was down: reap removes it.
+    assert reap(lane).returncode == 0
+    assert lrun_containers([url], {run.id}) == []
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of this test's own, made and controlled by ``scripts/pg.sh``."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.env = {**os.environ, "LRUN_POSTGRES_DIR": str(root), "LRUN_POSTGRES_PORT": str(port)}
+        self.port = port
+
+    def pg(self, *args: str) -> str:
+        done = subprocess.run(
+            [str(PG_SH), *args], env=self.env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, f"pg.sh {' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[tuple[PrivateCluster, str]]:
+    """A cluster of its own (the shared one must never restart) and the URL of a database in it."""
+    if os.geteuid() != 0 or not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
+        pytest.skip("a cluster of its own needs root and the PostgreSQL server binaries")
+    base = Path(tempfile.mkdtemp(prefix="lrun-pg-", dir="/var/tmp"))
+    base.chmod(0o755)  # the server runs as the postgres user, under it
+    cluster = PrivateCluster(base / "cluster", free_port())
+    try:
+        cluster.pg("init")
+        cluster.pg("start")
+        password = secrets.token_hex(12)
+        cluster.pg("psql", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE ROLE lrun LOGIN PASSWORD '{password}'")
+        cluster.pg("psql", "-v", "ON_ERROR_STOP=1", "-c", "CREATE DATABASE lrun OWNER lrun")
+        yield cluster, f"postgresql://lrun:{password}@127.0.0.1:{cluster.port}/lrun"
+    finally:
+        subprocess.run([str(PG_SH), "stop"], env=cluster.env, capture_output=True, timeout=120, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.timeout(600)
+def test_a_database_restarted_mid_run_leaves_every_run_settled(
+    private_cluster: tuple[PrivateCluster, str], engines: list[str], tmp_path: Path
+) -> None:
+    cluster, url = private_cluster
+    spec = StoreSpec("postgres", str(tmp_path / "state"), url)
+    lane = Lane(write_project(tmp_path / "project", {"m1": engines[0]}), "m1", engines[0], spec)
+    proc, test_dir = start_long_run(lane, 6)
+
+    cluster.pg("restart")  # every session ends: the run's watch lock and its owner's session with them
+
+    run = assert_ended_and_next_works(lane, proc, test_dir)
+    # The container was never touched: its real result, from its own process or from a take-over.
+    assert run.status is Status.COMPLETED and run.exit_code == 0, run
