@@ -89,6 +89,12 @@ def matcher(top: str, rules: IgnoreRules) -> Callable[[str], bool]:
 
 
 def _read(path: str, name: str) -> list[str]:
+    """The ignore file's lines ([] when there is none).
+
+    Anything but a regular file is refused unopened; the file is then opened without
+    following a symlink and without blocking, and checked again, so one swapped for a
+    fifo meanwhile cannot hang the hash.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -98,12 +104,18 @@ def _read(path: str, name: str) -> list[str]:
     if not stat.S_ISREG(st.st_mode):
         raise HashError(path, f"{name} must be a regular file")
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8").splitlines()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise HashError(path, exc.strerror or str(exc)) from exc
-    except UnicodeDecodeError as exc:
-        raise HashError(path, f"{name} is not UTF-8 text: {exc.reason}") from exc
+        raise HashError(path, f"changed while hashing: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HashError(path, f"changed while hashing: {name} is no longer a regular file")
+        try:
+            return f.read().decode("utf-8").splitlines()
+        except OSError as exc:
+            raise HashError(path, exc.strerror or str(exc)) from exc
+        except UnicodeDecodeError as exc:
+            raise HashError(path, f"{name} is not UTF-8 text: {exc.reason}") from exc
 
 
 def _anchored(line: str) -> str:

@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 
 from .errors import StateFull
+from .fsutil import make_private_dir
 
 __all__ = ["check_room", "claim", "full", "release"]
 
@@ -52,6 +53,7 @@ def claim(path: Path, reserve: int, state_dir: Path) -> None:
     :raises StateFull: the file system cannot hold them (nothing is left behind)
     """
     try:
+        make_private_dir(path.parent)  # a shared store makes this host's run folder on demand
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             try:

@@ -98,3 +98,10 @@ def test_another_write_error_is_not_taken_for_a_full_disk(tmp_path: Path) -> Non
     log._file = Broken()  # type: ignore[assignment]
     with pytest.raises(OSError, match="Input/output error"):
         log.write(b"x\n")
+
+
+def test_the_reserve_makes_the_run_folder_a_shared_store_has_not_made_yet(tmp_path: Path) -> None:
+    folder = tmp_path / "runs" / "20261125T000000-0000abcd"
+    claim(folder / "reserve", 4096, tmp_path)
+    assert (folder / "reserve").stat().st_size == 4096
+    assert folder.stat().st_mode & 0o777 == 0o700
