@@ -1,6 +1,7 @@
 """Contention, long: the harness of ``tests/contention_model.py`` on both store backends.
 
-Usage: ``python bench/contention.py [--rounds 200] [--seed N] [--store files|postgres|both] [--postgres URL]``
+Usage: ``python bench/contention.py [--rounds 200 | --quick] [--seed N] [--store files|postgres|both]
+[--postgres URL]``
 
 16 processes on 4 machines with slots mix placements, updates to terminal,
 ``list``, gc, hashing and batch joins for ``--rounds`` rounds, checked against the
@@ -61,6 +62,7 @@ def one(backend: str, config: Config, admin_url: str | None) -> Report:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200, help="rounds of every process (default: 200)")
+    parser.add_argument("--quick", action="store_true", help="5 rounds: a smoke run")
     parser.add_argument("--seed", type=int, default=1, help="picks the operations (default: 1)")
     parser.add_argument("--processes", type=int, default=16, help="worker processes (default: 16)")
     parser.add_argument("--ops", type=int, default=6, help="operations per process and round (default: 6)")
@@ -71,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a postgresql:// URL of a role that may CREATE DATABASE (default: $LRUN_TEST_POSTGRES)",
     )
     args = parser.parse_args(argv)
-    config = Config(seed=args.seed, rounds=args.rounds, processes=args.processes, ops_per_round=args.ops)
+    config = Config(
+        seed=args.seed,
+        rounds=5 if args.quick else args.rounds,
+        processes=args.processes,
+        ops_per_round=args.ops,
+    )
     backends = ["files", "postgres"] if args.store == "both" else [args.store]
     if "postgres" in backends:
         if args.postgres:
