@@ -63,6 +63,7 @@ from .logs import tail
 from .output import one_line
 from .select import HostSelection
 from .store import Run, Status
+from .text import printable
 
 LOG_SECTION_BYTES = 4096
 MAX_ATTACHMENTS = 20
@@ -666,7 +667,9 @@ def attachment_lines(run: Run) -> str:
         for dirpath, _dirs, files in sorted(os.walk(run.artifacts_path)):
             paths.extend(os.path.join(dirpath, f) for f in sorted(files))
     shown = paths[:MAX_ATTACHMENTS]
-    lines = [f"[[ATTACHMENT|{os.path.abspath(p)}]]" for p in shown]
+    # A name that is not UTF-8 (a container made it) is shown escaped: the terminal and a
+    # JUnit XML take text, and such a name cannot be attached by its path anyway.
+    lines = [f"[[ATTACHMENT|{printable(os.path.abspath(p))}]]" for p in shown]
     if len(paths) > len(shown):
         lines.append(f"[lrun] {len(paths) - len(shown)} more artifacts under {run.artifacts_path}")
     return "\n".join(lines)
