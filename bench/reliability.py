@@ -1,8 +1,19 @@
-"""Crash points, long: the pytest host killed by SIGKILL at each point of a run's life, on both stores.
+"""The reliability suite, long: crash points, contention and hostile inputs, in one table.
 
-Usage: ``python bench/reliability.py [--rounds 20] [--store files|postgres|both] [--postgres URL]
-[--lanes 3] [--point NAME ...]``, with the test engines of ``scripts/provision.sh``
-(``LRUN_TEST_ENGINES``).
+Usage: ``python bench/reliability.py [--rounds 20] [--contention-rounds 200] [--quick]
+[--store files|postgres|both] [--postgres URL] [--lanes 3] [--point NAME ...]``, with the test
+engines of ``scripts/provision.sh`` (``LRUN_TEST_ENGINES``). CI runs the same three parts short
+(``tests/integration/test_crash_points.py``, ``test_contention.py`` and the hostile-input tests);
+README's Reliability section shows this command's figures. Three parts:
+
+* crash points (below);
+* contention: ``bench/contention.py``'s harness, 16 processes on 4 machines with slots, for
+  ``--contention-rounds`` rounds on each store: operations and invariant violations;
+* hostile inputs: the hostile-input and fuzz tests (``tests/unit/test_hostile_streams.py``,
+  ``test_hostile_dirs.py``, ``test_fuzz_inputs.py``, ``tests/integration/test_hostile_artifacts.py``):
+  crafted cases and generated inputs tried, and how many got through.
+
+Crash points: the pytest host killed by SIGKILL at each point of a run's life, on both stores.
 
 Each round is ``tests/integration/test_crash_points.py``'s :func:`crash_round`: a fresh
 test directory, a ``pytest --lrun-machine`` killed at the point by
@@ -26,7 +37,9 @@ import argparse
 import contextlib
 import os
 import queue
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +51,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
+from contention import one as contend
+from contention_model import MACHINES
+from contention_model import Config as ContentionConfig
 from lrun_procs import StoreSpec
 from lrun_support import engine_urls, lrun_containers
 from store import fresh_database, reachable
@@ -127,6 +143,12 @@ def matrix(backend: str, points: list[str], rounds: int, lanes: int, admin_url: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20, help="rounds per point and store (default: 20)")
+    parser.add_argument(
+        "--contention-rounds", type=int, default=200, help="rounds of each contention process (default: 200)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 crash rounds, 5 contention rounds: a smoke run"
+    )
     parser.add_argument("--lanes", type=int, default=3, help="rounds at once, a machine each (default: 3)")
     parser.add_argument("--point", action="append", choices=POINTS, help="only this point (repeatable)")
     parser.add_argument("--store", choices=["files", "postgres", "both"], default="both")
@@ -136,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         help="a postgresql:// URL of a role that may CREATE DATABASE (default: $LRUN_TEST_POSTGRES)",
     )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.contention_rounds = 2, 5
     points = args.point or list(POINTS)
     backends = ["files", "postgres"] if args.store == "both" else [args.store]
     if "postgres" in backends:
@@ -149,14 +173,77 @@ def main(argv: list[str] | None = None) -> int:
     tallies = [
         t for backend in backends for t in matrix(backend, points, args.rounds, args.lanes, args.postgres)
     ]
+    config = ContentionConfig(seed=1, rounds=args.contention_rounds)
+    contention = [contend(backend, config, args.postgres) for backend in backends]
+    hostile = hostile_inputs()
+
     columns = ("rounds", "killed", "lost", "twins", "stuck", "orphans")
-    print(f"{'point':<20} {'store':<9} " + " ".join(f"{c:>7}" for c in columns))
+    print(f"\ncrash points\n{'point':<20} {'store':<9} " + " ".join(f"{c:>7}" for c in columns))
     for t in tallies:
         print(
             f"{t.point:<20} {t.store:<9} {t.rounds:>7} {t.killed:>7} {t.lost:>7} {t.twins:>7} "
             f"{t.stuck:>7} {t.orphans:>7}"
         )
-    return 0 if all(t.ok for t in tallies) else 1
+    print(
+        f"\ncontention (seed {config.seed})\n{'store':<9} {'processes':>9} {'machines':>8} "
+        f"{'rounds':>6} {'operations':>10} {'violations':>10}"
+    )
+    for r in contention:
+        print(
+            f"{r.backend:<9} {r.config.processes:>9} {len(MACHINES):>8} {r.config.rounds:>6} "
+            f"{r.operations:>10} {len(r.violations):>10}"
+        )
+    print(f"\nhostile inputs\n{'crafted cases':>14} {'generated':>10} {'got through':>12}")
+    print(f"{hostile.cases:>14} {hostile.generated:>10} {hostile.failed:>12}")
+    held = all(t.ok for t in tallies) and not any(r.violations for r in contention) and hostile.ok
+    return 0 if held else 1
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """The hostile-input tests' tally: crafted cases, inputs hypothesis generated, failures."""
+
+    cases: int
+    generated: int
+    failed: int
+    ok: bool
+
+
+HOSTILE_TESTS = (
+    "tests/unit/test_hostile_streams.py",
+    "tests/unit/test_hostile_dirs.py",
+    "tests/unit/test_fuzz_inputs.py",
+    "tests/integration/test_hostile_artifacts.py",
+)
+
+
+def hostile_inputs() -> Hostile:
+    """Run the hostile-input tests once; a test is a crafted case, or a property of generated inputs."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--hypothesis-show-statistics",
+            "-rf",
+            *HOSTILE_TESTS,
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    generated = sum(int(n) for n in re.findall(r"- (\d+) passing examples", done.stdout))
+    properties = len(re.findall(r"- (\d+) passing examples", done.stdout))
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|errors?)", done.stdout)}
+    failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+    if done.returncode != 0:
+        print(done.stdout[-4000:], file=sys.stderr)
+    return Hostile(counts.get("passed", 0) + failed - properties, generated, failed, done.returncode == 0)
 
 
 if __name__ == "__main__":
