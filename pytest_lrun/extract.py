@@ -20,6 +20,8 @@ Extraction rules (:func:`safe_extract`)
   empty components are dropped (``./a//b`` is ``a/b``). A name deeper than
   :data:`MAX_EXTRACT_DEPTH` components is refused (``"depth cap"``), so no tree in the
   state dir is deeper than that (deep trees break recursive walkers and ``PATH_MAX``).
+* The destination itself may not be a symlink (one planted in a run's folder would
+  lead every write elsewhere): the whole stream is then refused, unread.
 * No parent of a member may be a symlink (whether it came from this archive or was
   already in the destination), or anything but a directory; missing parents are
   created. Members below a refused member are refused too.
@@ -585,6 +587,8 @@ def safe_extract(
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink():
+        return ExtractResult(refused=[(STREAM, f"{dest} is a symbolic link: nothing was extracted")])
     dest = dest.resolve(strict=True)
     extractor = _Extractor(dest, max_bytes, max_entries)
     result = extractor.result

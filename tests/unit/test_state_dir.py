@@ -9,16 +9,23 @@ read back from a container are never written through a symlink planted in a run'
 
 from __future__ import annotations
 
+import io
 import os
 import stat
-from collections.abc import Callable
+import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from pytest_lrun.cli import main
+from pytest_lrun.engine import Engine
 from pytest_lrun.errors import EXIT_BAD_INPUT, ConfigError
-from pytest_lrun.store import FileStore
+from pytest_lrun.extract import STREAM, safe_extract
+from pytest_lrun.layout import RunFiles
+from pytest_lrun.readback import JUNIT_PATH, collect
+from pytest_lrun.store import FileStore, Run
 from pytest_lrun.store.postgres import PostgresStore
 
 STRANGER = 4242  # a uid that is not the test's
@@ -132,3 +139,81 @@ def test_lrun_names_the_state_dir_and_exits_bad_input(
     err = capsys.readouterr().err
     assert f"state dir {state}: writable by group or others" in err
     assert f"chmod 700 {state}" in err
+
+
+# --- artifacts and a planted symlink ---------------------------------------------------
+
+
+def one_file_tar(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as out:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        out.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class OneArchive:
+    """The archive half of an Engine: the artifacts folder holds one file, and the JUnit XML is there."""
+
+    def get_archive(self, container_id: str, path: str) -> Iterator[bytes] | None:
+        if path == "/lrun/artifacts":
+            return iter([one_file_tar("artifacts/report.txt", b"42\n")])
+        if path == JUNIT_PATH:
+            return iter([one_file_tar("junit.xml", b"<testsuite/>")])
+        return None
+
+
+@pytest.fixture
+def run_files(tmp_path: Path) -> RunFiles:
+    files = RunFiles(tmp_path / "state" / "runs" / "r-1")
+    files.dir.mkdir(parents=True)
+    return files
+
+
+RUN = Run(id="r-1", machine="m", test_dir="/t", container_id="c-1", artifacts=["/lrun/artifacts"])
+
+
+def test_artifacts_are_never_written_through_a_symlink_planted_in_the_run_folder(
+    tmp_path: Path, run_files: RunFiles
+) -> None:
+    files = run_files
+    elsewhere = make_dir(tmp_path / "elsewhere", 0o700)
+    files.artifacts.symlink_to(elsewhere)
+
+    refused = collect(files, RUN, cast(Engine, OneArchive()))
+
+    assert list(elsewhere.iterdir()) == []
+    # The run's artifacts are where the user looks for them, in a folder of the run's own.
+    assert refused == []
+    assert not files.artifacts.is_symlink()
+    assert (files.artifacts / "artifacts" / "report.txt").read_bytes() == b"42\n"
+
+
+def test_extraction_never_follows_a_destination_that_is_a_symlink(tmp_path: Path) -> None:
+    # Whoever calls it, safe_extract writes into the folder it was given, never where a link leads.
+    elsewhere = make_dir(tmp_path / "elsewhere", 0o700)
+    dest = tmp_path / "artifacts"
+    dest.symlink_to(elsewhere)
+
+    result = safe_extract([one_file_tar("report.txt", b"42\n")], dest)
+
+    assert list(elsewhere.iterdir()) == []
+    assert result.written == []
+    assert result.refused == [(STREAM, f"{dest} is a symbolic link: nothing was extracted")]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="readback.collect writes junit.xml with Path.write_bytes, which follows a link"
+)
+def test_the_junit_xml_is_never_written_through_a_symlink_planted_in_the_run_folder(
+    tmp_path: Path, run_files: RunFiles
+) -> None:
+    target = tmp_path / "elsewhere.xml"
+    target.write_bytes(b"mine\n")
+    run_files.junit.symlink_to(target)
+
+    collect(run_files, RUN, cast(Engine, OneArchive()))
+
+    assert target.read_bytes() == b"mine\n"
+    assert run_files.junit.read_bytes() == b"<testsuite/>"
