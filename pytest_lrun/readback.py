@@ -23,7 +23,7 @@ from .errors import EngineError, LrunError
 from .events import Event, EventParser
 from .extract import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extract
 from .faults import crash_point
-from .fsutil import ENTRY_BYTES, remove_tree
+from .fsutil import ENTRY_BYTES, atomic_write_bytes, remove_tree
 from .junit import parse_junit
 from .layout import RunFiles
 from .logs import EventSpool, LogSpool, redact_xml
@@ -149,7 +149,8 @@ def collect(
             data = read_member(chunks, Path(JUNIT_PATH).name, max_bytes=JUNIT_MAX_BYTES)
             if data is not None:
                 parse_junit(data)
-                files.junit.write_bytes(redact_xml(data, secrets))
+                # Renamed into place: a symlink planted where junit.xml goes is replaced, never followed.
+                atomic_write_bytes(files.junit, redact_xml(data, secrets))
     except LrunError as e:
         refused.append((JUNIT_PATH, str(e)))
     dest = files.artifacts

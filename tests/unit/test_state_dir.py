@@ -203,9 +203,6 @@ def test_extraction_never_follows_a_destination_that_is_a_symlink(tmp_path: Path
     assert result.refused == [(STREAM, f"{dest} is a symbolic link: nothing was extracted")]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="readback.collect writes junit.xml with Path.write_bytes, which follows a link"
-)
 def test_the_junit_xml_is_never_written_through_a_symlink_planted_in_the_run_folder(
     tmp_path: Path, run_files: RunFiles
 ) -> None:
