@@ -55,7 +55,7 @@ import re
 import xml.sax.saxutils
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .events import (
     Collected,
@@ -68,6 +68,7 @@ from .events import (
     SkipInfo,
     Start,
 )
+from .fsutil import OPEN_NOFOLLOW
 from .reserve import full
 from .settings import DEFAULT_LOG_MAX_BYTES
 
@@ -150,8 +151,7 @@ class LogSpool:
         """Whether output was dropped because the state dir's file system was full."""
         path.parent.mkdir(parents=True, exist_ok=True)
         # fresh: the engine replays the whole log (a run taken over), so start the file anew.
-        # Unbuffered: a write the disk refuses fails at once, with nothing left to flush at close.
-        self._file = open(path, "wb" if fresh else "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        self._file = _open_for_writing(path, fresh=fresh)
 
     def write(self, chunk: bytes) -> bytes:
         """Append ``chunk``; returns the redacted complete lines written (for live display)."""
@@ -201,12 +201,19 @@ class LogSpool:
             tmp.unlink(missing_ok=True)
             raise
         finally:
-            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+            self._file = _open_for_writing(self.path, fresh=False)
 
     def close(self) -> None:
         self._emit(self._pending)
         self._pending = b""
         self._file.close()
+
+
+def _open_for_writing(path: Path, *, fresh: bool) -> BinaryIO:
+    """``path`` opened unbuffered to append (``fresh``: emptied first), never through a symlink
+    planted in the run's folder: a write the disk refuses fails at once, nothing is left to flush."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if fresh else os.O_APPEND) | OPEN_NOFOLLOW
+    return os.fdopen(os.open(path, flags, 0o600), "wb" if fresh else "ab", buffering=0)
 
 
 def tail(path: Path, max_bytes: int = 8192) -> str:
@@ -311,7 +318,7 @@ class EventSpool:
         self.lost = False
         """Whether events were dropped because the state dir's file system was full."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "wb" if fresh else "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        self._file = _open_for_writing(path, fresh=fresh)
         # Appending (a reattach) continues the file: its size so far counts toward the cap.
         self._size = self._file.seek(0, os.SEEK_END)
 

@@ -24,6 +24,7 @@ from pytest_lrun.engine import Engine
 from pytest_lrun.errors import EXIT_BAD_INPUT, ConfigError
 from pytest_lrun.extract import STREAM, safe_extract
 from pytest_lrun.layout import RunFiles
+from pytest_lrun.logs import EventSpool, LogSpool
 from pytest_lrun.readback import JUNIT_PATH, collect
 from pytest_lrun.store import FileStore, Run
 from pytest_lrun.store.postgres import PostgresStore
@@ -214,3 +215,19 @@ def test_the_junit_xml_is_never_written_through_a_symlink_planted_in_the_run_fol
 
     assert target.read_bytes() == b"mine\n"
     assert run_files.junit.read_bytes() == b"<testsuite/>"
+
+
+@pytest.mark.parametrize("name", ["logs.txt", "events.jsonl"])
+def test_the_log_and_events_are_never_written_through_a_symlink_planted_in_the_run_folder(
+    tmp_path: Path, name: str
+) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"mine\n")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / name).symlink_to(target)
+    spool_class = LogSpool if name == "logs.txt" else EventSpool
+    for fresh in (False, True):
+        with pytest.raises(OSError):
+            spool_class(folder / name, max_bytes=1 << 20, fresh=fresh)
+    assert target.read_bytes() == b"mine\n"
