@@ -51,6 +51,9 @@ TOML_SCALARS = st.one_of(
     st.floats(),  # nan and inf included: TOML has them
     st.text(max_size=30),
     st.sampled_from(["", " ", "0", "-1", "1e999", "nan", "/", "tcp://", "unix://x", "a\x00b", ".."]),
+    # What fuzzing once found as tracebacks: a name too long for the file system, a home of no user,
+    # a URL that does not split.
+    st.sampled_from(["x" * 5000, "~no-such-user-lrun/x", "http://[", "postgresql://u:pw@[::1"]),
     st.dates(),
     st.times(),
     st.datetimes(timezones=st.none() | st.just(datetime.timezone.utc)),
