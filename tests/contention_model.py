@@ -312,16 +312,24 @@ class _Worker:
                     op["removed"] = [run_id]
                 except RunNotFound:
                     op["raced"] = True  # another gc took it first
-        elif kind == "delete-live" and self.live:
-            run_id = op["id"] = self.rng.choice(sorted(self.live))
-            try:
-                self.store.delete(run_id)
-            except TerminalRunError:
-                op["refused"] = True
-            else:
-                op["violation"] = f"delete() removed live run {run_id}"
-                op["removed"] = [run_id]
-                del self.live[run_id]
+        elif kind == "delete-live":
+            # Its own live run, else anyone's: a worker without one still tries (how many have
+            # one at a given moment is the interleaving's, not the seed's).
+            live = sorted(self.live) or sorted(run.id for run in self.store.active())
+            if live:
+                run_id = op["id"] = self.rng.choice(live)
+                try:
+                    self.store.delete(run_id)
+                except TerminalRunError:
+                    op["refused"] = True
+                except RunNotFound:
+                    op["raced"] = True  # another's run, ended and deleted by a gc meanwhile
+                else:
+                    op["removed"] = [run_id]
+                    if run_id in self.live:
+                        op["violation"] = f"delete() removed live run {run_id}"
+                        del self.live[run_id]
+                    # else another's run its owner ended meanwhile: a plain delete of a terminal run
         elif kind == "sweep":
             swept = self.store.sweep()
             op["swept"] = swept.to_dict()
