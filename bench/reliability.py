@@ -34,7 +34,6 @@ the processes said. Exits 1 unless every line holds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import queue
 import re
@@ -42,7 +41,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
 from contention import one as contend
+from contention import spec_for
 from contention_model import MACHINES
 from contention_model import Config as ContentionConfig
-from lrun_procs import StoreSpec
 from lrun_support import engine_urls, lrun_containers
-from store import fresh_database, reachable
+from store import reachable
 from test_crash_points import Lane, RoundResult, crash_round, write_project
 
 from pytest_lrun.faults import POINTS
@@ -90,17 +88,6 @@ class Tally:
         return not self.broken and self.killed == self.rounds
 
 
-@contextlib.contextmanager
-def store_for(backend: str, state_dir: Path, admin_url: str | None) -> Iterator[StoreSpec]:
-    """A store of ``backend`` for the matrix: a state dir, or a fresh database."""
-    if backend == "files":
-        yield StoreSpec("files", str(state_dir))
-        return
-    assert admin_url is not None
-    with fresh_database(admin_url) as url:
-        yield StoreSpec("postgres", str(state_dir), url)
-
-
 def matrix(backend: str, points: list[str], rounds: int, lanes: int, admin_url: str | None) -> list[Tally]:
     """Every round of ``points`` on ``backend``, ``lanes`` at a time; the tallies in ``points`` order."""
     engines = engine_urls()
@@ -108,7 +95,7 @@ def matrix(backend: str, points: list[str], rounds: int, lanes: int, admin_url: 
     machines = {f"crash{i}": engines[i % len(engines)] for i in range(lanes)}
     project = write_project(workdir / "project", machines)
     tallies = {point: Tally(point, backend) for point in points}
-    with store_for(backend, workdir / "state", admin_url) as spec:
+    with spec_for(backend, workdir / "state", admin_url) as spec:
         free: queue.Queue[Lane] = queue.Queue()
         for name, url in machines.items():
             free.put(Lane(project, name, url, spec))
