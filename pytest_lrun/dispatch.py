@@ -527,14 +527,10 @@ class Dispatcher:
         remaining = max(0.0, timeout - (time.time() - (run.started_at or time.time())))
         try:
             exit_code = engine.wait(container_id, remaining)
-        except ContainerGone as e:
-            pump.join(5)
-            spool.close()
-            return self._end(run, Status.INTERRUPTED, error=e)
         except EngineError as e:
             pump.join(5)
             spool.close()
-            return self._end(run, Status.FAILED, error=e)
+            return self._lost(run, engine, e)
         if exit_code is None:
             stop(engine, container_id, self.stop_grace)
             engine.wait(container_id, 30)
@@ -549,6 +545,8 @@ class Dispatcher:
             if not full(e):
                 raise
             refused, lost = [], True
+        except EngineError as e:
+            return self._lost(run, engine, e)
         if lost:
             run = replace(
                 run,
@@ -584,6 +582,18 @@ class Dispatcher:
             elif run.error_code is None:
                 run = replace(run, error_code=EXIT_NONZERO, error_msg=f"exit code {exit_code}")
         return self._end(run, status, engine=engine)
+
+    def _lost(self, run: Run, engine: Engine, error: EngineError) -> Run:
+        """End ``run`` after the engine failed it mid-run or mid-read: ``interrupted``
+        (``container_gone``) when its container is gone or being removed (a daemon restart,
+        `docker rm -f`: the engine then answers whatever it says mid-removal), else ``failed``."""
+        assert run.container_id is not None
+        if isinstance(error, EngineUnreachable):
+            return self._end(run, Status.FAILED, error=error)  # nobody to ask, nothing to remove
+        if not isinstance(error, ContainerGone) and _vanished(engine, run.container_id):
+            error = ContainerGone(run.machine, f"container {run.container_id[:12]} vanished: {error}")
+        status = Status.INTERRUPTED if isinstance(error, ContainerGone) else Status.FAILED
+        return self._end(run, status, engine=engine, error=error)
 
     def _await(self, run: Run, engine: Engine) -> Run:
         """Wait for a live run someone else owns; take it over if nobody watches it any more."""
@@ -729,6 +739,15 @@ def infra_failure(result: RunResult) -> bool:
         return False
     began = any(isinstance(event, Start | PhaseReport) for event in result.events or ())
     return not began and not result.cases
+
+
+def _vanished(engine: Engine, container_id: str) -> bool:
+    """Whether the container is gone or being removed; False when the engine cannot say."""
+    try:
+        state = engine.inspect(container_id)
+    except EngineError:
+        return False
+    return state is None or state.status == "removing"
 
 
 def _secrets(spec: RunSpec) -> list[str]:

@@ -87,7 +87,7 @@ def test_no_retry_when_retries_are_off(project: Path, state_dir: Path, engines: 
     proc = start(project, "--lrun-infra-retries=0")
     remove_container(engines[0], wait_for_running(state_dir))
     out, _ = proc.communicate(timeout=180)
-    assert proc.returncode != 0 and re.search("exit code 137|container_gone", out)
+    assert proc.returncode != 0 and re.search("exit code 137|container_gone", out), out
     assert "trying again" not in out
     assert len(records(state_dir)) == 1
 

@@ -842,3 +842,38 @@ def test_gc_beside_another_gc_never_trips_on_a_vanished_cache(
     monkeypatch.setattr(os, "listdir", listdir)
     report = gc(store, max_bytes=1)
     assert not (store.hashcache_dir / "kept").exists() and report.problems == []
+
+
+def test_a_container_removed_while_its_results_are_read_is_gone_not_an_engine_error(
+    store: RunStore, engine: FakeEngine, dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = live_run(store, container=FakeContainer("c1", logs=b"hi\n"), engine=engine)
+    engine.finish("c1", 137)
+
+    def removed_meanwhile(container_id: str, path: str) -> Iterator[bytes] | None:
+        engine.containers.pop(container_id, None)  # `docker rm -f` between the wait and the read
+        raise EngineError("m", f"download {path}: RWLayer of container {container_id} is unexpectedly nil")
+
+    monkeypatch.setattr(engine, "get_archive", removed_meanwhile)
+    ended = dispatcher.adopt(run, engine)
+
+    assert ended is not None and ended.status is Status.INTERRUPTED
+    assert ended.error_code == "container_gone" and "RWLayer" in (ended.error_msg or "")
+    assert store.get(run.id).status is Status.INTERRUPTED
+
+
+def test_a_read_the_engine_fails_ends_the_run_failed_with_its_error(
+    store: RunStore, engine: FakeEngine, dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = live_run(store, container=FakeContainer("c1", logs=b"hi\n"), engine=engine)
+    engine.finish("c1", 0)
+
+    def broken(container_id: str, path: str) -> Iterator[bytes] | None:
+        raise EngineError("m", f"download {path}: the disk of the engine failed")
+
+    monkeypatch.setattr(engine, "get_archive", broken)
+    ended = dispatcher.adopt(run, engine)
+
+    assert ended is not None and ended.status is Status.FAILED
+    assert ended.error_code == "engine_error" and "disk of the engine" in (ended.error_msg or "")
+    assert "c1" not in engine.containers  # removed like any failed run's
