@@ -153,7 +153,9 @@ class RunStore(Protocol):
         slots: int = 1,
     ) -> tuple[Run, Decision]:
         """:meth:`place` on one machine: ``[Candidate(machine, key, slots)]``."""
-        ...
+        return self.place(
+            [Candidate(machine, key, slots)], lambda _: make(), test_dir_hash=test_dir_hash, wait=wait
+        )
 
     def place(
         self,

@@ -85,7 +85,7 @@ from ..layout import DELETING_PREFIX, RunFiles, machine_key
 from ..locking import hold
 from ..reserve import release
 from . import file_check, file_durations
-from .base import Candidate, Decision, Sweep, Ticket
+from .base import Candidate, Decision, RunStore, Sweep, Ticket
 from .common import SWEEP_GRACE_S, check_candidates, ended, owner_alive, retry_while_busy
 from .file_batches import FileBatchStore
 from .file_place import line_locked, place_once, write_line
@@ -107,7 +107,7 @@ def default_state_dir() -> Path:
 # --- the store -------------------------------------------------------------
 
 
-class FileStore:
+class FileStore(RunStore):
     """Run records under one state directory; safe to share between threads and processes.
 
     :param state_dir: the state directory (default: :func:`default_state_dir`); created with mode 0700,
@@ -369,21 +369,6 @@ class FileStore:
         return live
 
     # -- public API --------------------------------------------------------------
-
-    def prepare(
-        self,
-        machine: str,
-        key: str,
-        make: Callable[[], Run],
-        *,
-        test_dir_hash: str | None = None,
-        wait: float = 0,
-        slots: int = 1,
-    ) -> tuple[Run, Decision]:
-        """:meth:`place` on one machine."""
-        return self.place(
-            [Candidate(machine, key, slots)], lambda _: make(), test_dir_hash=test_dir_hash, wait=wait
-        )
 
     def place(
         self,

@@ -61,7 +61,7 @@ from ..layout import DELETING_PREFIX, RunFiles
 from ..reserve import release
 from ..settings import DEFAULT_CONNECT_TIMEOUT
 from . import pg_results, pg_sql
-from .base import Candidate, Decision, Sweep, Ticket
+from .base import Candidate, Decision, RunStore, Sweep, Ticket
 from .common import (
     SWEEP_GRACE_S,
     TICKET_TTL_S,
@@ -105,7 +105,7 @@ def _uncolumn(value: str) -> str:
     return _ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), value)
 
 
-class PostgresStore:
+class PostgresStore(RunStore):
     """Run records in a PostgreSQL database, this host's run files in ``state_dir``.
 
     :param url: a ``postgresql://`` URL as libpq reads it
@@ -235,20 +235,6 @@ class PostgresStore:
         return runs
 
     # -- the contract ---------------------------------------------------------------
-
-    def prepare(
-        self,
-        machine: str,
-        key: str,
-        make: Callable[[], Run],
-        *,
-        test_dir_hash: str | None = None,
-        wait: float = 0,
-        slots: int = 1,
-    ) -> tuple[Run, Decision]:
-        """:meth:`place` on one machine."""
-        one = [Candidate(machine, key, slots)]
-        return self.place(one, lambda _: make(), test_dir_hash=test_dir_hash, wait=wait)
 
     def place(
         self,
