@@ -567,6 +567,13 @@ def _check_combinations(settings: Settings) -> None:
         raise ConfigError("--lrun-plan-entry", "selects entries of a plan; give --lrun-plan too")
     if settings.shard is not None and settings.shards != 1:
         raise ConfigError("--lrun-shard/--lrun-shards", "a matrix job runs one shard K/N: give one of them")
+    if settings.plan and (settings.shard is not None or settings.shards != 1):
+        # Refused, not ignored: a CI job that sets LRUN_SHARDS for every step would otherwise
+        # believe its plan sharded.
+        raise ConfigError(
+            "--lrun-plan/--lrun-shards",
+            "plan entries run whole; shard directory arguments, or split an entry with its command",
+        )
 
 
 def flag_type(option: Option) -> Callable[[str], Any]:

@@ -73,3 +73,9 @@ def test_shards_and_a_single_shard_are_options_with_auto_and_exclusive() -> None
     assert settings.shard == ShardOf(2, 4)
     with pytest.raises(ConfigError, match="a matrix job runs one shard K/N"):
         resolve({o.name: None for o in OPTIONS}, lambda key: None, {"LRUN_SHARD": "2/4", "LRUN_SHARDS": "3"})
+
+
+@pytest.mark.parametrize("shards", [{"LRUN_SHARDS": "auto"}, {"LRUN_SHARDS": "3"}, {"LRUN_SHARD": "1/2"}])
+def test_a_plan_with_shards_is_refused_not_run_whole_in_silence(shards: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="plan entries run whole"):
+        resolve({o.name: None for o in OPTIONS}, lambda key: None, {"LRUN_PLAN": "plan.toml", **shards})
