@@ -509,7 +509,10 @@ class Dispatcher:
         except LrunError as e:
             return self._end(run, Status.FAILED, engine=engine, error=e)
         run = replace(run, status=Status.RUNNING, started_at=time.time())
-        self.store.update(run)
+        try:
+            self.store.update(run)
+        except TerminalRunError:  # `lrun cancel` ended it while it started: its container goes
+            return self._end(run, Status.INTERRUPTED, engine=engine)
         return run
 
     def _finish(self, run: Run, engine: Engine, secrets: list[str], *, fresh_logs: bool) -> Run:
@@ -663,17 +666,21 @@ class Dispatcher:
         if error is not None:
             code, msg = error.code, str(error)
         run = replace(run, artifacts_path=str(self.store.files(run.id).artifacts))
+        # Ours, not the stored record's: a run cancelled while its container was made may
+        # have been recorded without it, and the container must not outlive the run.
+        container_id = run.container_id
         try:
             run = self.store.end(run, status, error_code=code, error_msg=msg)
         except TerminalRunError:
             run = self.store.get(run.id)  # ended elsewhere meanwhile (`lrun cancel`): its word stands
+            status = run.status
         else:
             self._share(run)
-        if engine is not None and run.container_id is not None:
+        if engine is not None and container_id is not None:
             keep = self.keep == "always" or (self.keep == "failed" and status is not Status.COMPLETED)
             if not keep or status is Status.INTERRUPTED:
                 with contextlib.suppress(EngineError):  # `lrun reap` removes what is left, by label
-                    engine.remove(run.container_id)
+                    engine.remove(container_id)
         with self._live_lock:
             self._live.pop(run.id, None)
         return run

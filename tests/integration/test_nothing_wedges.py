@@ -15,7 +15,14 @@ from lrun_support import busybox_spec, container_status
 
 from pytest_lrun.cli import main as lrun
 from pytest_lrun.dispatch import Dispatcher, RunSpec
-from pytest_lrun.errors import HOST_IO_ERROR, INTERNAL_ERROR, OOM_KILLED, UNSAFE_ARCHIVE, RunNotFound
+from pytest_lrun.errors import (
+    CANCELLED,
+    HOST_IO_ERROR,
+    INTERNAL_ERROR,
+    OOM_KILLED,
+    UNSAFE_ARCHIVE,
+    RunNotFound,
+)
 from pytest_lrun.extract import MAX_EXTRACT_DEPTH, MAX_EXTRACT_ENTRIES
 from pytest_lrun.machines import Machine
 from pytest_lrun.recovery import state_size
@@ -140,3 +147,24 @@ def test_a_bug_after_create_ends_the_run_and_removes_its_container(
     assert "RuntimeError: a bug in the upload" in (run.error_msg or "")
     assert run.container_id is not None and container_status(api, run.container_id) is None
     assert store.active(m1.name) == []
+
+
+@pytest.mark.parametrize("between", ["create", "start"])
+def test_a_run_cancelled_while_its_container_is_made_leaves_no_container(
+    store: RunStore, pool: Any, m1: Machine, tmp_path: Path, api: Any, between: str
+) -> None:
+    engine = pool.get(m1)
+    real = getattr(engine, between)
+
+    def cancelled_meanwhile(*args: Any) -> Any:
+        # `lrun cancel` read the record before the container was recorded (or started) and
+        # wrote its end after: the dispatcher's next update is refused.
+        (live,) = store.active()
+        result = real(*args)
+        store.end(live, Status.INTERRUPTED, error_code=CANCELLED, error_msg="cancelled with `lrun cancel`")
+        return result
+
+    setattr(engine, between, cancelled_meanwhile)
+    result = Dispatcher(store, pool).dispatch(busybox_spec(tmp_path, m1, "sleep", "60"))
+    assert (result.run.status, result.run.error_code) == (Status.INTERRUPTED, CANCELLED)
+    assert api.containers(all=True, filters={"label": f"lrun.run-id={result.run.id}"}) == []
