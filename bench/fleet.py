@@ -21,6 +21,10 @@ a step fails or the benchmark is interrupted. Measured in one run:
 * a plan of 40 entries of 1 s each (one test directory, 40 keys: each entry has
   its own ``env`` value) on ``tag:bench``. Ideal: total work over total slots
   (40 * 1 / 8 = 5 s) plus one container start. Target: within 1.3x;
+* the same plan with each entry a busybox ``sleep`` in place of a pytest session,
+  against the same ideal: what the slots and the placement allow when a container
+  costs the host next to no CPU (8 pytest sessions at once are more than 2 CPUs
+  run at full speed);
 * one directory of 200 tests of 0.2 s each with ``--lrun-machine=tag:bench
   --lrun-shards=auto``, cold (a fresh state dir: no recorded durations), then in
   the same state dir again (durations known; ``--lrun-reuse=never``, the
@@ -77,6 +81,7 @@ from pytest_lrun.settings import DEFAULT_COMMAND
 from pytest_lrun.store.records import Run
 
 IMAGE = "lrun-python:bookworm"
+SLEEPER = "lrun-busybox:latest"  # the plan again with entries that cost the host next to no CPU
 ENGINES, SLOTS = 4, 2
 TAG = "bench"
 RATIO_TARGET = 1.3
@@ -121,6 +126,7 @@ def fleet(root: Path, source: str) -> Iterator[list[Engine]]:
         for engine in engines:
             wait_until_up(engine)
         load_image(engines, source, IMAGE, root)
+        load_image(engines, source, SLEEPER, root)
         yield engines
     finally:
         for engine in engines:
@@ -166,6 +172,14 @@ def write_project(
         "\n".join(
             f'[[entry]]\nname = "e{i}"\ndir = "entry"\nmachine = "tag:{TAG}"\n'
             f'env = {{ BENCH_ENTRY = "{i}" }}\n'
+            for i in range(entries)
+        )
+    )
+    # The same plan, each entry a busybox `sleep` in place of a pytest session: scheduling alone.
+    (root / "plan-sleep.toml").write_text(
+        "\n".join(
+            f'[[entry]]\nname = "s{i}"\ndir = "entry"\nmachine = "tag:{TAG}"\n'
+            f'image = "{SLEEPER}"\ncommand = ["sleep", "{entry_s:g}"]\nenv = {{ BENCH_ENTRY = "{i}" }}\n'
             for i in range(entries)
         )
     )
@@ -342,6 +356,17 @@ def main() -> None:
             plan = measured([*PYTEST, "--lrun-plan=plan.toml"], project, plan_env)
             plan_runs = times_of(plan_state, plan)
 
+            sleep_pool, _ = docker_pool(
+                engines,
+                [["-e", f"BENCH_ENTRY={i}", SLEEPER, "sleep", f"{entry_s:g}"] for i in range(entries)],
+                project,
+                env,
+            )
+            sleep_state = root / "sleep-state"
+            sleep_env = {**env, "LRUN_STATE_DIR": str(sleep_state)}
+            sleep_plan = measured([*PYTEST, "--lrun-plan=plan-sleep.toml"], project, sleep_env)
+            sleep_runs = times_of(sleep_state, sleep_plan)
+
             nodeids = [f"test_suite.py::test_sleep[{n}]" for n in range(tests)]
             shards = [in_container(suite, *nodeids[k::slots]) for k in range(slots)]
             shard_pool, shard_pool_busy = docker_pool(engines, shards, project, env)
@@ -364,6 +389,7 @@ def main() -> None:
     shard_ideal = tests * test_s / slots + start + collect
     rows = [
         (f"plan: {entries} entries of {entry_s}s on tag:{TAG}", plan, plan_ideal, plan_pool, plan_runs),
+        (f"plan: {entries} busybox sleeps of {entry_s}s", sleep_plan, plan_ideal, sleep_pool, sleep_runs),
         (f"{tests} tests of {test_s}s, --lrun-shards=auto, cold", cold, shard_ideal, shard_pool, cold_runs),
         (f"{tests} tests of {test_s}s, shards, durations known", warm, shard_ideal, shard_pool, warm_runs),
     ]
@@ -396,6 +422,11 @@ def main() -> None:
     print(
         f"plan wall / ideal: {plan.wall / plan_ideal:.2f}x (target <= {RATIO_TARGET}x): "
         f"{verdict(plan.wall / plan_ideal <= RATIO_TARGET)}"
+    )
+    print(
+        f"plan of busybox sleeps wall / ideal: {sleep_plan.wall / plan_ideal:.2f}x "
+        f"(the same target, when a container costs the host little CPU): "
+        f"{verdict(sleep_plan.wall / plan_ideal <= RATIO_TARGET)}"
     )
     print(f"sharded suite, cold, wall / ideal: {cold.wall / shard_ideal:.2f}x (no target)")
     print(

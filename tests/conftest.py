@@ -24,6 +24,7 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
+from lrun_procs import StoreSpec
 from lrun_support import BUSYBOX_IMAGE, PYTHON_IMAGE, engine_urls
 
 PG_SH = Path(__file__).parents[1] / "scripts" / "pg.sh"
@@ -99,6 +100,16 @@ def postgres_url() -> str:
     if problem:
         _missing(f"no usable PostgreSQL (run scripts/provision.sh): {problem}", "LRUN_REQUIRE_POSTGRES")
     return url
+
+
+@pytest.fixture(params=["files", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
+    """Where a test's records live, once per store: a state dir, or a fresh database of the
+    test's own (and a state dir for this host's run files)."""
+    state_dir = str(tmp_path / "state")
+    if request.param == "files":
+        return StoreSpec("files", state_dir)
+    return StoreSpec("postgres", state_dir, request.getfixturevalue("fresh_database"))
 
 
 @pytest.fixture

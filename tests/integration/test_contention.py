@@ -21,15 +21,6 @@ SEEDS = (1, 2)
 SHORT = {"rounds": 3, "processes": 16, "ops_per_round": 6}
 
 
-@pytest.fixture(params=["files", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
-    """Where the records live: a state dir, or a fresh database of the test's own."""
-    state_dir = str(tmp_path / "state")
-    if request.param == "files":
-        return StoreSpec("files", state_dir)
-    return StoreSpec("postgres", state_dir, request.getfixturevalue("fresh_database"))
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_sixteen_processes_on_four_machines_break_no_invariant(

@@ -203,21 +203,12 @@ def crash_round(lane: Lane, point: str) -> RoundResult:
     return result
 
 
-@pytest.fixture(params=["files", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
-    """Where the records live: a state dir, or a fresh database of the test's own (and a state dir)."""
-    state_dir = str(tmp_path / "state")
-    if request.param == "files":
-        return StoreSpec("files", state_dir)
-    return StoreSpec("postgres", state_dir, request.getfixturevalue("fresh_database"))
-
-
 @pytest.mark.timeout(ROUNDS * 3 * ROUND_TIMEOUT_S)
 @pytest.mark.parametrize("point", POINTS)
 def test_a_host_killed_at_a_crash_point_loses_nothing(
-    point: str, store_spec: StoreSpec, engines: list[str], tmp_path: Path
+    point: str, backend: StoreSpec, engines: list[str], tmp_path: Path
 ) -> None:
-    lane = Lane(write_project(tmp_path / "project", {"m1": engines[0]}), "m1", engines[0], store_spec)
+    lane = Lane(write_project(tmp_path / "project", {"m1": engines[0]}), "m1", engines[0], backend)
     for _ in range(ROUNDS):
         result = crash_round(lane, point)
         assert result.ok, result
@@ -298,10 +289,10 @@ def private_engine(engines: list[str]) -> Iterator[PrivateEngine]:
 
 @pytest.mark.timeout(600)
 def test_an_engine_restarted_mid_run_ends_the_run_and_the_machine_works_after(
-    private_engine: PrivateEngine, store_spec: StoreSpec, tmp_path: Path
+    private_engine: PrivateEngine, backend: StoreSpec, tmp_path: Path
 ) -> None:
     url = private_engine.engine.url
-    lane = Lane(write_project(tmp_path / "project", {"private": url}), "private", url, store_spec)
+    lane = Lane(write_project(tmp_path / "project", {"private": url}), "private", url, backend)
     proc, test_dir = start_long_run(lane, 60)
 
     private_engine.restart()  # stops the container with the engine: the test cannot pass any more

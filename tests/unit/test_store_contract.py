@@ -72,15 +72,6 @@ BATCH_ID = re.compile(r"b-\d{8}T\d{6}-[0-9a-f]{8}")
 FREED_WITHIN_S = 5.0
 
 
-@pytest.fixture(params=["files", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
-    """Where the records live: a state dir, or a fresh database of the test's own."""
-    state_dir = str(tmp_path / "state")
-    if request.param == "files":
-        return StoreSpec("files", state_dir)
-    return StoreSpec("postgres", state_dir, request.getfixturevalue("fresh_database"))
-
-
 @pytest.fixture
 def store(backend: StoreSpec) -> Iterator[RunStore]:
     opened = backend.open()
