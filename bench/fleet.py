@@ -344,28 +344,26 @@ def main() -> None:
             )
             floor = statistics.median(timed([*PYTEST, "floor"], project, env) for _ in range(3))
 
-            # Each baseline right before its pytest-lrun run: the shared machine's load drifts.
-            plan_pool, plan_pool_busy = docker_pool(
-                engines,
-                [["-e", f"BENCH_ENTRY={i}", *in_container(project / "entry")] for i in range(entries)],
-                project,
-                env,
-            )
-            plan_state = root / "plan-state"
-            plan_env = {**env, "LRUN_STATE_DIR": str(plan_state)}
-            plan = measured([*PYTEST, "--lrun-plan=plan.toml"], project, plan_env)
-            plan_runs = times_of(plan_state, plan)
+            def plan_against_docker(
+                plan_file: str, work: list[str]
+            ) -> tuple[Usage, list[Times], float, float]:
+                """The plan's run, right after its baseline (the shared machine's load drifts):
+                the same work as plain `docker run`s, one per entry with its own env value."""
+                pool, pool_busy = docker_pool(
+                    engines, [["-e", f"BENCH_ENTRY={i}", *work] for i in range(entries)], project, env
+                )
+                state = root / f"{plan_file}-state"
+                usage = measured(
+                    [*PYTEST, f"--lrun-plan={plan_file}"], project, {**env, "LRUN_STATE_DIR": str(state)}
+                )
+                return usage, times_of(state, usage), pool, pool_busy
 
-            sleep_pool, _ = docker_pool(
-                engines,
-                [["-e", f"BENCH_ENTRY={i}", SLEEPER, "sleep", f"{entry_s:g}"] for i in range(entries)],
-                project,
-                env,
+            plan, plan_runs, plan_pool, plan_pool_busy = plan_against_docker(
+                "plan.toml", in_container(project / "entry")
             )
-            sleep_state = root / "sleep-state"
-            sleep_env = {**env, "LRUN_STATE_DIR": str(sleep_state)}
-            sleep_plan = measured([*PYTEST, "--lrun-plan=plan-sleep.toml"], project, sleep_env)
-            sleep_runs = times_of(sleep_state, sleep_plan)
+            sleep_plan, sleep_runs, sleep_pool, _ = plan_against_docker(
+                "plan-sleep.toml", [SLEEPER, "sleep", f"{entry_s:g}"]
+            )
 
             nodeids = [f"test_suite.py::test_sleep[{n}]" for n in range(tests)]
             shards = [in_container(suite, *nodeids[k::slots]) for k in range(slots)]

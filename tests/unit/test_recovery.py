@@ -844,36 +844,32 @@ def test_gc_beside_another_gc_never_trips_on_a_vanished_cache(
     assert not (store.hashcache_dir / "kept").exists() and report.problems == []
 
 
-def test_a_container_removed_while_its_results_are_read_is_gone_not_an_engine_error(
-    store: RunStore, engine: FakeEngine, dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("removed", "status", "code"),
+    [(True, Status.INTERRUPTED, "container_gone"), (False, Status.FAILED, "engine_error")],
+    ids=["removed-meanwhile", "engine-failed"],
+)
+def test_a_read_the_engine_fails_ends_the_run_gone_or_failed_never_raises(
+    store: RunStore,
+    engine: FakeEngine,
+    dispatcher: Dispatcher,
+    monkeypatch: pytest.MonkeyPatch,
+    removed: bool,
+    status: Status,
+    code: str,
 ) -> None:
     run = live_run(store, container=FakeContainer("c1", logs=b"hi\n"), engine=engine)
     engine.finish("c1", 137)
 
-    def removed_meanwhile(container_id: str, path: str) -> Iterator[bytes] | None:
-        engine.containers.pop(container_id, None)  # `docker rm -f` between the wait and the read
+    def failing_read(container_id: str, path: str) -> Iterator[bytes] | None:
+        if removed:  # `docker rm -f` between the wait and the read: the engine's answer mid-removal
+            engine.containers.pop(container_id, None)
         raise EngineError("m", f"download {path}: RWLayer of container {container_id} is unexpectedly nil")
 
-    monkeypatch.setattr(engine, "get_archive", removed_meanwhile)
+    monkeypatch.setattr(engine, "get_archive", failing_read)
     ended = dispatcher.adopt(run, engine)
 
-    assert ended is not None and ended.status is Status.INTERRUPTED
-    assert ended.error_code == "container_gone" and "RWLayer" in (ended.error_msg or "")
-    assert store.get(run.id).status is Status.INTERRUPTED
-
-
-def test_a_read_the_engine_fails_ends_the_run_failed_with_its_error(
-    store: RunStore, engine: FakeEngine, dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    run = live_run(store, container=FakeContainer("c1", logs=b"hi\n"), engine=engine)
-    engine.finish("c1", 0)
-
-    def broken(container_id: str, path: str) -> Iterator[bytes] | None:
-        raise EngineError("m", f"download {path}: the disk of the engine failed")
-
-    monkeypatch.setattr(engine, "get_archive", broken)
-    ended = dispatcher.adopt(run, engine)
-
-    assert ended is not None and ended.status is Status.FAILED
-    assert ended.error_code == "engine_error" and "disk of the engine" in (ended.error_msg or "")
-    assert "c1" not in engine.containers  # removed like any failed run's
+    assert ended is not None and (ended.status, ended.error_code) == (status, code)
+    assert "RWLayer" in (ended.error_msg or "")
+    assert store.get(run.id).status is status
+    assert "c1" not in engine.containers  # a failed run's container is removed as any other's
