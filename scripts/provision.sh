@@ -27,6 +27,9 @@
 # in with a client key made there, and a login's `docker system dial-stdio`
 # reaches the first engine, so ssh://root@127.0.0.1:PORT is that engine over ssh.
 #
+# Also installs Debian's docker-registry, which a test starts on a loopback port of
+# its own (tests/flaky_registry.py): nothing here runs it.
+#
 # Prints `export LRUN_TEST_...=...` lines on stdout for `eval`; progress goes
 # to stderr.
 set -euo pipefail
@@ -64,6 +67,7 @@ install_packages() {
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)  # a pull that fails, then works
   if [ ${#missing[@]} -gt 0 ]; then
     need_root "installing ${missing[*]}"
     log "installing ${missing[*]}"
