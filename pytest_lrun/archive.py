@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsRead
 
 from .errors import ArchiveError
-from .fsutil import OPEN_NOFOLLOW
+from .fsutil import OPEN_READ_NOFOLLOW
 
 __all__ = [
     "COPY_CHUNK",
@@ -252,9 +252,7 @@ class _Packer:
 
     def _add_file(self, path: Path, relpath: str, mtime: int) -> None:
         try:
-            # Non-blocking: a file swapped for a fifo after the lstat cannot make the open
-            # wait for a writer; the fstat below refuses it.
-            fd = os.open(path, os.O_RDONLY | OPEN_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+            fd = os.open(path, OPEN_READ_NOFOLLOW)  # a fifo swapped in is refused by the fstat below
         except OSError as exc:
             raise ArchiveError(f"cannot pack: {exc.strerror}", str(path)) from exc
         with os.fdopen(fd, "rb") as fileobj:

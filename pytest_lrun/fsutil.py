@@ -211,6 +211,11 @@ def parse_record(raw: bytes, from_dict: Callable[[Any], T]) -> T:
 #: translate newlines. Each is 0 where the platform lacks it.
 OPEN_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
+#: ``os.open`` flags to read a file found in a tree we hash, pack or read rules from: as
+#: :data:`OPEN_NOFOLLOW`, and non-blocking, so a file swapped for a fifo after its listing
+#: cannot make the open wait for a writer (the caller's fstat then refuses it).
+OPEN_READ_NOFOLLOW = os.O_RDONLY | OPEN_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
+
 
 #: What a directory, symlink or other non-file entry is counted as in a size cap: the
 #: block it takes on most file systems. Without it a tree of empty folders weighs nothing.

@@ -87,6 +87,7 @@ import xxhash
 
 from pytest_lrun.archive import TarWriter
 from pytest_lrun.errors import ArchiveError, HashError
+from pytest_lrun.fsutil import OPEN_READ_NOFOLLOW
 from pytest_lrun.ignores import DEFAULT_IGNORES, IGNORE_FILE, TEST_DIR_IGNORES, IgnoreRules, matcher
 
 __all__ = [
@@ -117,12 +118,6 @@ _RACY_NS = 100_000_000
 _RACY_COARSE_NS = 2_100_000_000
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_OPEN_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_BINARY", 0)
-    | _NOFOLLOW  # a file swapped for a symlink mid-walk is not followed
-    | getattr(os, "O_NONBLOCK", 0)  # ... nor does one swapped for a fifo block the open
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,7 +463,7 @@ def _file_digest(
 
 def _open_file(path: str, dir_fd: int | None, abspath: str) -> int:
     try:
-        return os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
+        return os.open(path, OPEN_READ_NOFOLLOW, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise HashError(abspath, "changed while hashing: now a symlink") from exc

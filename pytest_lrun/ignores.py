@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import pathspec
 
 from .errors import HashError
+from .fsutil import OPEN_READ_NOFOLLOW
 
 __all__ = ["DEFAULT_IGNORES", "DOCKER_IGNORES", "IGNORE_FILE", "TEST_DIR_IGNORES", "IgnoreRules", "matcher"]
 
@@ -104,7 +105,7 @@ def _read(path: str, name: str) -> list[str]:
     if not stat.S_ISREG(st.st_mode):
         raise HashError(path, f"{name} must be a regular file")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, OPEN_READ_NOFOLLOW)
     except OSError as exc:
         raise HashError(path, f"changed while hashing: {exc.strerror or exc}") from exc
     with os.fdopen(fd, "rb") as f:
