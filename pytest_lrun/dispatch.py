@@ -595,8 +595,9 @@ class Dispatcher:
             return self._end(run, Status.FAILED, error=error)  # nobody to ask, nothing to remove
         if not isinstance(error, ContainerGone) and _vanished(engine, run.container_id):
             error = ContainerGone(run.machine, f"container {run.container_id[:12]} vanished: {error}")
-        status = Status.INTERRUPTED if isinstance(error, ContainerGone) else Status.FAILED
-        return self._end(run, status, engine=engine, error=error)
+        if isinstance(error, ContainerGone):  # gone, or its removal under way: nothing left to remove
+            return self._end(run, Status.INTERRUPTED, error=error)
+        return self._end(run, Status.FAILED, engine=engine, error=error)
 
     def _await(self, run: Run, engine: Engine) -> Run:
         """Wait for a live run someone else owns; take it over if nobody watches it any more."""
