@@ -151,6 +151,8 @@ def collect(
                 parse_junit(data)
                 # Renamed into place: a symlink planted where junit.xml goes is replaced, never followed.
                 atomic_write_bytes(files.junit, redact_xml(data, secrets))
+    except EngineError:
+        raise  # the engine failed the read, not the archive its content: the run ends with it
     except LrunError as e:
         refused.append((JUNIT_PATH, str(e)))
     dest = files.artifacts
