@@ -23,14 +23,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from lrun_support import free_port
+
 REGISTRY_BINARY = "docker-registry"
 UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class FlakyProxy:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import textwrap
 import time
 from collections.abc import Callable
@@ -26,6 +27,13 @@ PYTHON_IMAGE = "lrun-python:bookworm"
 # The same Debian rootfs with a current pytest (>= 8) in /usr/local (scripts/provision.sh).
 PYTHON_CURRENT_IMAGE = "lrun-python-current:latest"
 BUSYBOX_IMAGE = "lrun-busybox:latest"
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on right now (for a server of a test's own)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def engine_urls() -> list[str]:

@@ -32,7 +32,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import pytest
 from lrun_procs import StoreSpec
-from lrun_support import PYTHON_IMAGE, lrun_containers, wait_for
+from lrun_support import PYTHON_IMAGE, free_port, lrun_containers, wait_for
 from private_engines import (
     Engine,
     can_start_engines,
@@ -317,12 +316,6 @@ class PrivateCluster:
         )
         assert done.returncode == 0, f"pg.sh {' '.join(args)}: {done.stderr}"
         return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -3,17 +3,10 @@ in one clear line, and never shows its password (pytester; no database or engine
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+from lrun_support import free_port
 
 PASSWORD = "s3cret-pa55word"
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _assert_one_clear_line(result: pytest.RunResult, *patterns: str) -> None:
@@ -26,7 +19,7 @@ def _assert_one_clear_line(result: pytest.RunResult, *patterns: str) -> None:
 
 def test_an_unreachable_store_fails_before_anything_runs(project: pytest.Pytester) -> None:
     pytest.importorskip("psycopg")
-    url = f"postgresql://ci:{PASSWORD}@127.0.0.1:{_closed_port()}/lrun"
+    url = f"postgresql://ci:{PASSWORD}@127.0.0.1:{free_port()}/lrun"
     result = project.runpytest_subprocess(f"--lrun-store={url}", "--lrun-machine=m1", "suite")
     _assert_one_clear_line(result, "*store postgresql://ci:[*][*][*]@127.0.0.1:*/lrun is unreachable:*")
     assert not (project.path / "state" / "runs").exists() or not any(

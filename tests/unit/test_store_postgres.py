@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import psycopg
 import pytest
 from lrun_procs import WAIT_S, reap_processes
+from lrun_support import free_port
 
 from pytest_lrun.errors import (
     BatchPlanMismatch,
@@ -237,12 +238,6 @@ def test_an_adopter_becomes_the_owner(store: PostgresStore, peer: PostgresStore)
 # --- faults: logins, outages -------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     "fault", ["wrong-password", "wrong-password-in-query", "closed-port", "missing-database"]
 )
@@ -254,7 +249,7 @@ def test_an_unreachable_store_says_where_and_why_and_never_the_password(
     assert real
     target = {
         "wrong-password": with_url(url, password=wrong),
-        "closed-port": with_url(url, port=_free_port()),
+        "closed-port": with_url(url, port=free_port()),
         "missing-database": with_url(url, path="/lrun_no_such_database"),
         "wrong-password-in-query": urlsplit(with_url(url, password=""))
         ._replace(query=urlencode([*parse_qsl(urlsplit(url).query), ("password", wrong)]))
