@@ -37,6 +37,11 @@ def remove_container(engine: str, run_id: str) -> None:
         client.close()
 
 
+def host_properties(project: Path) -> dict[str | None, str | None]:
+    """The properties of the host JUnit XML (``--junitxml=host.xml``), by name."""
+    return {prop.get("name"): prop.get("value") for prop in ET.parse(project / "host.xml").iter("property")}
+
+
 def start(project: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -75,10 +80,7 @@ def test_a_container_lost_before_any_test_is_tried_again_and_the_attempts_are_sh
     failed, retried = records(state_dir)
     assert failed["id"] == first and failed["error_code"] in LOST  # killed, as by a daemon restart
     assert retried["retry_of"] == first and retried["status"] == "completed"
-    properties = {
-        prop.get("name"): prop.get("value")
-        for prop in ET.parse(project / "host.xml").getroot().iter("property")
-    }
+    properties = host_properties(project)
     assert properties["lrun_attempts"] == "2"
     assert properties["lrun_attempt_1"].startswith(f"run {first}: {failed['error_code']}: ")
     assert properties["lrun_run_id"] == retried["id"]
@@ -140,8 +142,5 @@ def test_an_image_pull_that_fails_then_succeeds_is_tried_again(
     assert failed["error_code"] == "image_pull_failed" and failed["container_id"] is None  # nothing ran
     assert retried["retry_of"] == failed["id"] and retried["status"] == "completed"
     assert "pulled and ran" in (state_dir / "runs" / str(retried["id"]) / "logs.txt").read_text()
-    properties = {
-        prop.get("name"): prop.get("value")
-        for prop in ET.parse(project / "host.xml").getroot().iter("property")
-    }
+    properties = host_properties(project)
     assert properties["lrun_attempts"] == "2"
