@@ -131,6 +131,25 @@ class Start:
 
 
 @dataclass(frozen=True)
+class CrashInfo:
+    """Where a failure happened and its one-line message (pytest's ``longrepr.reprcrash``)."""
+
+    path: str
+    lineno: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class CutShort:
+    """The test a stop (SIGINT: a timeout, a cancel) cut short, with what it had printed."""
+
+    nodeid: str
+    duration: float
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
 class PhaseReport:
     """One phase of one test (``pytest_runtest_logreport``), enough to rebuild its ``TestReport``."""
 
@@ -152,6 +171,8 @@ class PhaseReport:
     user_properties: tuple[tuple[str, str], ...]
     start: float | None
     stop: float | None
+    crash: CrashInfo | None = None
+    """A failure's place and message, as the inner pytest had them (older reporters send none)."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +184,9 @@ class Finished:
     counts: dict[str, int]
     """What pytest's summary counts: ``passed``, ``failed``, ``error``, ``xfailed``, ``deselected``..."""
     interrupt: str | None
-    """The traceback where SIGINT (a timeout, a cancel) stopped the session, or None."""
+    """Where SIGINT (a timeout, a cancel) stopped the session (the test's own frames), or None."""
+    running: CutShort | None = None
+    """The test SIGINT cut short (older reporters send none)."""
 
 
 Event: TypeAlias = Collected | Start | PhaseReport | Finished
@@ -271,6 +294,25 @@ def _location(value: object) -> Location | None:
     return _as_str(path), _as_opt_int(lineno), _as_str(domain)
 
 
+def _crash(value: object) -> CrashInfo | None:
+    if value is None:
+        return None
+    path, lineno, message = _as_list(value, 3)
+    return CrashInfo(_as_str(path), _as_opt_int(lineno), _as_str(message))
+
+
+def _cut_short(value: object) -> CutShort | None:
+    if value is None:
+        return None
+    f = _Fields(value)
+    return CutShort(
+        nodeid=f.text("nodeid"),
+        duration=_as_number(f.get("duration")),
+        stdout=f.opt_text("stdout") or "",
+        stderr=f.opt_text("stderr") or "",
+    )
+
+
 def _skip(value: object) -> SkipInfo | None:
     if value is None:
         return None
@@ -324,6 +366,7 @@ def _report(f: _Fields) -> PhaseReport:
         user_properties=_pairs(f.optional("user_properties", [])),
         start=f.opt_number("start"),
         stop=f.opt_number("stop"),
+        crash=_crash(f.optional("crash")),
     )
 
 
@@ -336,6 +379,7 @@ def _finished(f: _Fields) -> Finished:
         exitstatus=f.integer("exitstatus"),
         counts={_as_str(k): _as_int(v) for k, v in counts.items()},
         interrupt=f.opt_text("interrupt"),
+        running=_cut_short(f.optional("running")),
     )
 
 

@@ -61,6 +61,8 @@ from .events import (
     Collected,
     CollectError,
     CollectSkip,
+    CrashInfo,
+    CutShort,
     Event,
     Finished,
     Location,
@@ -260,19 +262,21 @@ def _event(record: dict[str, Any]) -> Event:
     if kind == "start":
         return Start(n=record["n"], nodeid=record["nodeid"], location=_location(record["location"]))
     if kind == "report":
-        skip = record["skip"]
+        skip, crash = record["skip"], record.get("crash")
         return PhaseReport(
             **{
                 **record,
                 "location": _location(record["location"]),
                 "skip": None if skip is None else SkipInfo(**skip),
+                "crash": None if crash is None else CrashInfo(**crash),
                 "sections": _pairs(record["sections"]),
                 "keywords": tuple(record["keywords"]),
                 "user_properties": _pairs(record["user_properties"]),
             }
         )
     if kind == "finish":
-        return Finished(**record)
+        running = record.get("running")
+        return Finished(**{**record, "running": None if running is None else CutShort(**running)})
     raise ValueError(f"unknown event kind {kind!r}")
 
 

@@ -98,6 +98,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except LrunError as e:
             raise pytest.UsageError(f"pytest-lrun: {e}") from e
         config.pluginmanager.register(session, "lrun-session")
+        session.register_sinks()
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -36,7 +36,6 @@ Every report carries the run's facts as ``user_properties`` (``lrun_run_id``,
 
 from __future__ import annotations
 
-import os
 import re
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -57,8 +56,11 @@ from .errors import (
     ContainerGone,
     LrunError,
 )
-from .events import Collected, Event, Finished, Location, PhaseReport, Start
+from .events import Collected, CrashInfo, Event, Finished, Location, PhaseReport, Start
+from .evidence import Evidence, RunEvidence
+from .hostpaths import HostPaths
 from .junit import CaseResult
+from .layout import RunFiles
 from .logs import tail
 from .output import one_line
 from .select import HostSelection
@@ -94,14 +96,21 @@ _STOPPED_WHILE = {
 }
 
 
+# How a run without inner tests fails as its command's test did (anything else is an error).
+_COMMAND_FAILURES = (None, EXIT_NONZERO, TIMED_OUT, OOM_KILLED)
+
+
 @dataclass(frozen=True)
 class _Crash:
-    """Where a failure happened and its one-line message: what pytest's short summary and
-    ``--junitxml`` read from a ``longrepr.reprcrash``."""
+    """Where a failure happened and its one-line message: what pytest's short summary,
+    ``--tb=line`` and ``--junitxml`` read from a ``longrepr.reprcrash``."""
 
     path: str
     lineno: int
     message: str
+
+    def __str__(self) -> str:  # as pytest's ReprFileLocation prints itself (--tb=line)
+        return f"{self.path}:{self.lineno}: {self.message}"
 
 
 class InnerRepr:
@@ -141,6 +150,7 @@ class RunReports:
         selection: HostSelection | None = None,
         say: Callable[[str], None] = lambda line: None,
         write: Callable[[str], None] = lambda line: None,
+        evidence: Evidence | None = None,
     ) -> None:
         self.session = session
         self.config = session.config
@@ -151,6 +161,10 @@ class RunReports:
         self.write = write  # a bare terminal line (--collect-only's node ids)
         self._by_keywords = selection is not None and selection.by_keywords
         self.dir_nodeid = dir_nodeid(spec.test_dir, self.config.rootpath)
+        start = self.config.invocation_params.dir
+        self.paths = HostPaths(spec.test_dir, spec.machine.workdir, start)
+        self.evidence = evidence or Evidence(None, lambda run_id: RunFiles(Path(run_id)), start)
+        self._failed: set[str] = set()  # inner tests with a failed phase: their teardown attaches the log
         self.progress = Progress()
         self.run: Run | None = None
         self.origin = "created"
@@ -272,29 +286,44 @@ class RunReports:
             )
         if self._stopping():
             return
-        stop_named = self._report_stop(run)
-        inner = self._collected is not None or self._seen >= 0 or bool(outcome.cases)
-        if hook_error is not None:
-            self._run_report(hook_error)
-        elif not inner or self._fails_beyond(run, stop_named):
-            self._run_report(outcome)
-        elif _has_artifacts(run):
-            self._run_report(outcome, explained=True)  # the run's artifacts, on a report CI servers show
+        self._report_stop(run)
+        self._run_report(hook_error or outcome)
 
-    def _report_stop(self, run: Run) -> bool:
-        """After a stop, fail the test that was running and skip those never started; whether
-        a test was named as the one running."""
-        named = False
+    def _report_stop(self, run: Run) -> None:
+        """After a stop, fail the test that was running -- with what it printed and how long it
+        ran -- and skip those never started."""
+        finish = self._finish
+        cut = finish.running if finish is not None else None
+        trace = self.paths.text(finish.interrupt) if finish is not None and finish.interrupt else ""
         for nodeid, start in list(self._started.items()):
             if nodeid in self._ended:
                 continue
             default = f"the run ended ({run.status.value}) while running this test"
             reason = _STOPPED_WHILE.get(run.error_code or "", default).format(timeout=run.timeout or 0)
-            trace = self._finish.interrupt if self._finish is not None and self._finish.interrupt else ""
             text = "\n\n".join(part for part in (reason, trace) if part)
-            self._fire(self._made_report(nodeid, start.location, "call", "failed", self._repr(text, reason)))
-            self._teardown(nodeid, start.location)
-            named = True
+            sections: list[tuple[str, str]] = []
+            duration = 0.0
+            if cut is not None and cut.nodeid == nodeid:
+                duration = cut.duration
+                sections = [
+                    (f"Captured {name} call", value)
+                    for name, value in (("stdout", cut.stdout), ("stderr", cut.stderr))
+                    if value
+                ]
+            longrepr = self._repr(text, reason, _where_stopped(trace, self.paths) or start.location)
+            self._fire(
+                self._made_report(
+                    nodeid, start.location, "call", "failed", longrepr, sections=sections, duration=duration
+                )
+            )
+            self._failed.add(nodeid)
+            teardown = self._made_report(
+                nodeid, start.location, "teardown", "passed", None, sections=sections
+            )
+            self._attach(teardown, [self._evidence().log])
+            self._fire(teardown)
+            self._ended.add(nodeid)
+            self._logfinish(nodeid)
         stopped = run.status in (Status.TIMEOUT, Status.INTERRUPTED) or run.error_code in _STOPPED_WHILE
         # Under a host -k/-m, a test never started has no keywords to decide it by: not reported.
         if stopped and self._collected is not None and not self._by_keywords:
@@ -306,7 +335,6 @@ class RunReports:
                 self._logstart(Start(-1, nodeid, None))
                 self._fire(self._made_report(nodeid, None, "setup", "skipped", where))
                 self._teardown(nodeid, None)
-        return named
 
     def _teardown(self, inner: str, location: Location | None, **fields: Any) -> None:
         """End a test the host reports on its own: a passed teardown (``--junitxml`` writes a
@@ -315,13 +343,10 @@ class RunReports:
         self._ended.add(inner)
         self._logfinish(inner)
 
-    def _fails_beyond(self, run: Run, stop_named: bool) -> bool:
-        """Whether the run failed beyond what its inner reports already say.
-
-        ``stop_named``: an inner test already fails with why the run was stopped.
-        """
-        if stop_named and run.error_code in _STOPPED_WHILE:
-            return False
+    def _failed_itself(self, run: Run) -> bool:
+        """Whether the run failed for its own reasons, beyond what its inner tests say: a
+        timeout, a cancel, the OOM killer, an engine error, a refused archive, a crash, a
+        usage error, or a failing exit that no inner report explains."""
         if run.error_code not in (None, EXIT_NONZERO):
             return True  # e.g. an artifact archive was refused, even from a run that passed
         if run.status is Status.COMPLETED:
@@ -330,68 +355,101 @@ class RunReports:
             return True  # timeout, interrupted, a usage error (4)...
         if run.exit_code == 5:  # "no tests collected": a selection that picks nothing here is no failure
             return self._collected is None
-        return self.progress.failed == 0  # exit 1 (failures) or 2 (collection errors) are explained
+        inner = self._collected is not None or self._seen >= 0 or self.progress.collected > 0
+        return not inner or self.progress.failed == 0  # exit 1 (failures), 2 (collection errors)
 
     def finish_with_error(self, error: BaseException) -> None:
         """A bug stopped the job: the run's own report fails with it."""
         self._run_report(error)
 
-    def _run_report(self, outcome: JobOutcome | BaseException, *, explained: bool = False) -> None:
-        """The run's own report, ``DIR::lrun[machine]``: its status, log tail and attachments.
-
-        ``explained``: the inner reports already say how the run failed; this one passes.
-        """
+    def _run_report(self, outcome: JobOutcome | BaseException) -> None:
+        """The run's own report, ``DIR::lrun[machine]`` (see the module docstring): its log and
+        artifacts, published to the report folder and attached. With inner tests, it is an error
+        when the run failed for its own reasons, else a pass the terminal does not count: the
+        inner tests say how it went. Without (a command other than pytest), it is the run's
+        result: it passes, or fails as a test does (a non-zero exit, a timeout, the OOM
+        killer); when the run failed otherwise (a refused archive, a cancel), it is an error."""
         name = self.suffix.lstrip("@") or self.spec.where
         if self.spec.shard is not None:
             name += f" shard {self.spec.shard}"
         nodeid = f"{self.dir_nodeid}::lrun[{name}]"
-        location = (self.dir_nodeid, None, f"{self.spec.test_dir.name} on {self.spec.where}")
+        location = (self.dir_nodeid, None, f"lrun[{name}]")
+        failure: Any = None  # the longrepr of a run that failed for its own reasons
+        skip: Any = None
+        has_inner = self._collected is not None or self._seen >= 0 or self.progress.collected > 0
+        command_failed = False  # a run without inner tests whose command exited non-zero
+        files: list[Path] = []
         sections: list[tuple[str, str]] = []
-        longrepr: Any = None
-        outcome_word: Outcome = "passed"
         if isinstance(outcome, LrunError):
-            outcome_word, longrepr = "failed", self._repr(str(outcome), f"{outcome.code}: {outcome}")
+            failure = self._repr(str(outcome), f"{outcome.code}: {one_line(str(outcome))}")
         elif isinstance(outcome, BaseException):
             text = "".join(traceback.format_exception(type(outcome), outcome, outcome.__traceback__))
-            outcome_word, longrepr = "failed", self._repr(text, f"pytest-lrun internal error: {outcome!r}")
+            failure = self._repr(text, f"pytest-lrun internal error: {outcome!r}")
         elif isinstance(outcome, Detached):
             target = outcome.batch_id or outcome.run.id
-            reason = f"detached as run {outcome.run.id}; attach with --lrun-attach={target}"
-            outcome_word, longrepr = "skipped", (str(self.spec.test_dir), None, reason)
+            skip = (
+                str(self.spec.test_dir),
+                None,
+                f"detached as run {outcome.run.id}; attach with --lrun-attach={target}",
+            )
         else:
+            evidence = self._publish(outcome.run)
+            files = evidence.files()
+            log = tail(evidence.log, LOG_SECTION_BYTES)
+            if log:
+                sections.append(("lrun container output", log))
             run = outcome.run
-            if run.logs_path:
-                sections.append(("Captured log call", tail(Path(run.logs_path), LOG_SECTION_BYTES)))
-            attachments = attachment_lines(run)
-            if attachments:
-                sections.append(("Captured stdout call", attachments))
-            if not explained and (run.status is not Status.COMPLETED or run.error_code is not None):
-                text = _run_text(run)
-                outcome_word, longrepr = "failed", self._repr(text, text.splitlines()[0])
-        self.session.testscollected += 1
-        self.config.hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
-        # Three phases, as a real test has: --junitxml writes the output and properties from teardown.
-        phases: list[tuple[Phase, Outcome, Any, float]] = [
-            ("setup", "passed", None, 0.0),
-            ("call", outcome_word, longrepr, _run_seconds(outcome)),
-            ("teardown", "passed", None, 0.0),
-        ]
-        if outcome_word == "skipped":  # a skip is a setup's, as pytest.skip in a fixture
-            phases = [("setup", "skipped", longrepr, 0.0), ("teardown", "passed", None, 0.0)]
-        for when, word, text, seconds in phases:
+            if self._failed_itself(run):
+                text = _run_text(run, self.evidence.shown(evidence.log))
+                failure = self._repr(text, text.splitlines()[0])
+                command_failed = not has_inner and run.error_code in _COMMAND_FAILURES
+        seconds = _run_seconds(outcome)
+        phases: list[tuple[Phase, Outcome, Any, float]]
+        if command_failed:  # the command was the test, and it failed
+            phases = [("setup", "passed", None, 0.0), ("call", "failed", failure, seconds)]
+            phases.append(("teardown", "passed", None, 0.0))
+        elif failure is not None:  # an error, as a fixture's: counted as one, never as a test's result
+            phases = [("setup", "failed", failure, seconds), ("teardown", "passed", None, 0.0)]
+        elif skip is not None:
+            phases = [("setup", "skipped", skip, 0.0), ("teardown", "passed", None, 0.0)]
+        else:
+            phases = [
+                ("setup", "passed", None, 0.0),
+                ("call", "passed", None, seconds),
+                ("teardown", "passed", None, 0.0),
+            ]
+        # With inner tests, a run that went well is no test of the user's: its report is not counted.
+        counted = failure is not None or skip is not None or not has_inner
+        if counted:
+            self.session.testscollected += 1
+            self.config.hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+        for when, word, longrepr, duration in phases:
             report = pytest.TestReport(
                 nodeid,
                 location,
                 {"lrun": 1},
                 word,
-                text,
+                longrepr,
                 when,
-                sections,
-                seconds,
+                sections if when != "teardown" else [],
+                duration,
                 user_properties=self._properties(),
+                lrun_run=True,
+                lrun_counted=counted,
             )
+            if when == "teardown" and files:
+                self._attach(report, files)
             self._fire(report)
-        self.config.hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+        if counted:
+            self.config.hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+
+    def _publish(self, run: Run) -> RunEvidence:
+        """The run's evidence, published to the report folder (a failure is a warning, not the run's)."""
+        try:
+            return self.evidence.publish(run, self._label())
+        except OSError as e:
+            self.say(f"warning: the log and artifacts of run {run.id} were not published: {e}")
+            return self.evidence.of(run, self._label())
 
     # -- building reports --------------------------------------------------------------
 
@@ -406,12 +464,7 @@ class RunReports:
 
     def _host_path(self, path: str) -> str:
         """A path the container named, as the host has it (the inner files are the directory's)."""
-        workdir = self.spec.machine.workdir.rstrip("/") + "/"
-        if path.startswith(workdir):
-            return str(self.spec.test_dir / path[len(workdir) :])
-        if not os.path.isabs(path):
-            return str(self.spec.test_dir / path)
-        return path
+        return self.paths.absolute(path)
 
     def _test_report(self, event: PhaseReport) -> pytest.TestReport:
         # The reporter leaves out a location equal to the start's and keywords it sent already.
@@ -426,7 +479,8 @@ class RunReports:
         if event.skip is not None:
             longrepr = (self._host_path(event.skip.path), event.skip.lineno, event.skip.reason)
         elif event.longrepr is not None and event.outcome == "failed":
-            longrepr = self._repr(event.longrepr, _crash_line(event.longrepr), location)
+            text = self.paths.text(event.longrepr)
+            longrepr = self._repr(text, _crash_line(event.longrepr), location, crash=event.crash)
         elif event.longrepr is not None:
             longrepr = event.longrepr
         extra: dict[str, Any] = {}
@@ -446,7 +500,34 @@ class RunReports:
         )
         if event.start is not None and event.stop is not None:
             report.start, report.stop = event.start, event.stop
+        if event.outcome == "failed":
+            self._failed.add(event.nodeid)
+        if event.when == "teardown" and event.nodeid in self._failed:
+            self._attach(report, [self._evidence().log])
         return report
+
+    def _evidence(self) -> RunEvidence:
+        assert self.run is not None
+        return self.evidence.of(self.run, self._label())
+
+    def _label(self) -> str:
+        """The dispatched directory's name in the report folder (the rootdir's own name for ``.``)."""
+        return self.spec.test_dir.name or "root"
+
+    def _attach(self, report: pytest.TestReport, files: Sequence[Path]) -> None:
+        """Attach ``files`` to ``report``: ``[[ATTACHMENT|path]]`` lines in its captured output
+        (Jenkins, GitLab and Azure DevOps read them from a JUnit XML's system-out; pytest writes
+        that output per ``junit_logging``), and ``lrun_attachments`` for pytest-html, Allure and
+        the GitHub summary (:mod:`pytest_lrun.sinks`)."""
+        shown = [self.evidence.shown(path) for path in files[:MAX_ATTACHMENTS]]
+        lines = [f"[[ATTACHMENT|{printable(path)}]]" for path in shown]
+        if len(files) > MAX_ATTACHMENTS:
+            lines.append(f"[lrun] {len(files) - MAX_ATTACHMENTS} more files under {files[0].parent}")
+        report.sections.append(("Captured stdout (lrun attachments)", "\n".join(lines)))
+        report.lrun_attachments = [str(path) for path in files]  # type: ignore[attr-defined]
+        log = self._evidence().log
+        if log in files:
+            report.lrun_log = str(log)  # type: ignore[attr-defined]
 
     def _made_report(
         self,
@@ -475,12 +556,24 @@ class RunReports:
             **extra,
         )
 
-    def _repr(self, text: str, message: str, location: Location | None = None) -> InnerRepr:
+    def _repr(
+        self, text: str, message: str, location: Location | None = None, *, crash: CrashInfo | None = None
+    ) -> InnerRepr:
+        """A failure's text, with the run it came from and its log, and where it happened: the
+        inner pytest's crash location when it sent one, else the test's own line."""
         run = self.run
-        footer = f"\n\n[lrun] run {run.id} on {run.machine}" if run is not None else ""
-        path = str(self.spec.test_dir / location[0]) if location else str(self.spec.test_dir)
-        lineno = (location[1] or 0) + 1 if location else 0
-        return InnerRepr(text.rstrip("\n") + footer, _Crash(path, lineno, message))
+        footer = ""
+        if run is not None:
+            footer = (
+                f"\n\n[lrun] run {run.id} on {run.machine}; log: {self.evidence.shown(self._evidence().log)}"
+            )
+        if crash is not None:
+            where = _Crash(self.paths.absolute(crash.path), crash.lineno or 0, crash.message or message)
+        elif location:
+            where = _Crash(str(self.spec.test_dir / location[0]), (location[1] or 0) + 1, message)
+        else:
+            where = _Crash(str(self.spec.test_dir), 0, message)
+        return InnerRepr(text.rstrip("\n") + footer, where)
 
     def _properties(self) -> list[tuple[str, object]]:
         run = self.run
@@ -491,8 +584,8 @@ class RunReports:
             ("lrun_machine", run.machine),
             ("lrun_hash", run.test_dir_hash or ""),
             ("lrun_origin", self.origin),
-            ("lrun_logs", run.logs_path or ""),
-            ("lrun_artifacts", run.artifacts_path or ""),
+            ("lrun_logs", self.evidence.shown(self._evidence().log)),
+            ("lrun_artifacts", self.evidence.shown(self._evidence().artifacts)),
             *self._attempts(),
         ]
 
@@ -591,6 +684,26 @@ class RunReports:
         return self.selection is None or self.selection.wants_nodeid(inner)
 
 
+# The last location line of a traceback (host paths): ``hangs/test_hangs.py:11: KeyboardInterrupt``.
+_TRACE_LOCATION = re.compile(r"^(?P<path>\S+\.py):(?P<line>\d+): ", re.MULTILINE)
+
+
+def _where_stopped(trace: str, paths: HostPaths) -> Location | None:
+    """Where a stop found the running test, from the end of its traceback: a location (path
+    relative to the run's directory, 0-based line) when that is a file of the directory."""
+    found = list(_TRACE_LOCATION.finditer(trace))
+    if not found:
+        return None
+    path = Path(found[-1]["path"])  # the trace is on host paths already, relative to pytest's start
+    if not path.is_absolute():
+        path = paths.start / path
+    try:
+        inner = path.resolve().relative_to(paths.test_dir.resolve()).as_posix()
+    except (OSError, ValueError):
+        return None
+    return (inner, int(found[-1]["line"]) - 1, "")
+
+
 def _crash_line(longrepr: str | None) -> str:
     """The exception line of a failure's text (pytest's ``E   ...``), which the short summary shows."""
     for line in (longrepr or "").splitlines():
@@ -626,9 +739,10 @@ def _run_seconds(outcome: JobOutcome | BaseException) -> float:
     return run_duration(outcome.run) if isinstance(outcome, RunResult) else 0.0
 
 
-def _run_text(run: Run) -> str:
+def _run_text(run: Run, log: str) -> str:
+    """Why a run failed for its own reasons: its status, exit code, error and its log's tail."""
     what = {
-        Status.TIMEOUT: "timed out",
+        Status.TIMEOUT: f"timed out after {run.timeout or 0:g} s",
         Status.INTERRUPTED: "was interrupted",
         Status.FAILED: "failed",
     }.get(run.status, run.status.value)
@@ -637,42 +751,14 @@ def _run_text(run: Run) -> str:
         lines.append(f"exit code: {run.exit_code}")
     if run.error_code:
         lines.append(f"error: {run.error_code}: {run.error_msg or ''}")
-    if run.logs_path:
-        lines.append(f"logs: {run.logs_path}")
-        log = tail(Path(run.logs_path), LOG_SECTION_BYTES)
-        if log:
-            lines += ["--- log tail ---", log.rstrip()]
+    lines.append(f"log: {log}")
     return "\n".join(lines)
-
-
-def _has_artifacts(run: Run) -> bool:
-    """Whether the run brought back any artifact file (the artifact folders exist in every run)."""
-    if not run.artifacts_path:
-        return False
-    return any(files for _dirpath, _dirs, files in os.walk(run.artifacts_path))
 
 
 def run_duration(run: Run) -> float:
     if run.started_at is None:
         return 0.0
     return max(0.0, (run.ended_at or run.started_at) - run.started_at)
-
-
-def attachment_lines(run: Run) -> str:
-    """``[[ATTACHMENT|path]]`` lines (Jenkins, GitLab, Azure DevOps) for the logs and artifacts."""
-    paths: list[str] = []
-    if run.logs_path and os.path.isfile(run.logs_path):
-        paths.append(run.logs_path)
-    if run.artifacts_path and os.path.isdir(run.artifacts_path):
-        for dirpath, _dirs, files in sorted(os.walk(run.artifacts_path)):
-            paths.extend(os.path.join(dirpath, f) for f in sorted(files))
-    shown = paths[:MAX_ATTACHMENTS]
-    # A name that is not UTF-8 (a container made it) is shown escaped: the terminal and a
-    # JUnit XML take text, and such a name cannot be attached by its path anyway.
-    lines = [f"[[ATTACHMENT|{printable(os.path.abspath(p))}]]" for p in shown]
-    if len(paths) > len(shown):
-        lines.append(f"[lrun] {len(paths) - len(shown)} more artifacts under {run.artifacts_path}")
-    return "\n".join(lines)
 
 
 def summary_rows(rows: Sequence[tuple[RunSpec, JobOutcome]], rootpath: Path) -> list[list[str]]:

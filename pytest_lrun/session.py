@@ -27,6 +27,7 @@ finished runs) and the main thread handles them in order.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -45,6 +46,9 @@ from .engine import Engine, connect
 from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
 from .events import Collected
 from .events import Event as InnerEvent
+from .evidence import Evidence, default_report_dir
+from .forward import forwarded
+from .github import is_github_actions
 from .machines import TAG_PREFIX, ImageSource, Machine, MachineResolver, load_machine_tables, resolve_image
 from .output import one_line
 from .plan import Plan, PlanEntry, load_plan, select
@@ -153,6 +157,40 @@ class LrunSession:
         self._counts = {"done": 0, "running": 0}
         self._build_tags: dict[Build, str] = {}  # each build's context is hashed once per invocation
         self.option_image: ImageSource | None = settings.image or self._option_build(settings.build)
+        start = config.invocation_params.dir
+        report_dir = settings.report_dir or default_report_dir(
+            config.getoption("xmlpath", None), config.getoption("htmlpath", None)
+        )
+        self.evidence = Evidence(start / report_dir if report_dir else None, self.store.files, start)
+
+    def register_sinks(self) -> None:
+        """Register what hands the runs' results to the report tools in use (pytest-html,
+        Allure, GitHub Actions): each reads pytest-lrun's reports as they are fired."""
+        manager = self.config.pluginmanager
+        html = self.config.getoption("htmlpath", None)
+        if html and manager.hasplugin("html"):
+            from .html_extras import HtmlExtras
+
+            manager.register(HtmlExtras(self.config.invocation_params.dir / html), "lrun-html")
+        if self.config.getoption("allure_report_dir", None):
+            from .allure_results import AllureResults
+
+            attach = bool(self.config.getoption("attach_capture", True))
+            manager.register(AllureResults(attach_capture=attach), "lrun-allure")
+        if is_github_actions(os.environ):
+            from .github import GithubActions
+
+            github = GithubActions(os.environ, self.config.rootpath, self._runs_table, self.evidence.shown)
+            manager.register(github, "lrun-github")
+
+    def _runs_table(self) -> list[list[str]]:
+        """The summary table (header first) of the runs that ended."""
+        rows = [
+            (spec, future.result())
+            for spec, future in self.outcomes.items()
+            if future.done() and not future.cancelled() and future.exception() is None
+        ]
+        return summary_rows(rows, self.config.rootpath) if rows else []
 
     @property
     def specs(self) -> list[RunSpec]:
@@ -364,7 +402,7 @@ class LrunSession:
             if nodeids:
                 raise ConfigError(str(test_dir), "node ids select inner tests of a pytest command only")
         elif settings.select == "container":
-            inner += selection.inner_arguments(machine.workdir)
+            inner += forwarded(option, inner) + selection.inner_arguments(machine.workdir)
             if option.collectonly:
                 inner += ("--collect-only", "-q")
         spec = RunSpec(
@@ -595,6 +633,12 @@ class LrunSession:
     def _write_line(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
+            # Under -q the terminal writes result letters without marking the line as begun, so
+            # its own write_line would go on after them: end that line first.
+            reporter.ensure_newline()
+            writer = getattr(reporter, "_tw", None)
+            if writer is not None and writer.width_of_current_line:
+                writer.line()
             reporter.write_line(line)
 
     def _count(self, what: str, delta: int) -> None:
@@ -658,6 +702,7 @@ class LrunSession:
                 selection=HostSelection(selection) if selection is not None else None,
                 say=self.progress,
                 write=self._write_line,
+                evidence=self.evidence,
             )
         self.start()
         return True
@@ -679,6 +724,14 @@ class LrunSession:
         if [s.where for s in same_dir].count(spec.where) == 1:
             return f"@{spec.where}"
         return f"@{spec.plan_entry}"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
+        """A run's own report that passed beside inner tests is no test of the user's: the
+        terminal neither counts nor shows it (see :meth:`RunReports._run_report`)."""
+        if getattr(report, "lrun_run", False) and report.passed and not getattr(report, "lrun_counted", True):
+            return "", "", ""
+        return None
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         self.progress("interrupted: killing this session's containers")
@@ -707,20 +760,23 @@ class LrunSession:
             self.store.close()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        rows = [
-            (spec, future.result())
-            for spec, future in self.outcomes.items()
-            if future.done() and not future.cancelled() and future.exception() is None
-        ]
-        if not rows:
+        table = self._runs_table()
+        if not table:
             return
         terminalreporter.section("lrun runs")
-        for line in format_table(summary_rows(rows, self.config.rootpath)):
+        for line in format_table(table):
             terminalreporter.write_line(line)
         if self._batch is not None:
             batch = self._batch
             terminalreporter.write_line(f"batch {batch.id}: {batch.status.value} (lrun batch {batch.id})")
-        detached = [outcome for _, outcome in rows if isinstance(outcome, Detached)]
+        detached = [
+            outcome
+            for future in self.outcomes.values()
+            if future.done()
+            and not future.cancelled()
+            and future.exception() is None
+            and isinstance(outcome := future.result(), Detached)
+        ]
         if detached:
             target = self.batch_id or detached[0].run.id
             terminalreporter.write_line(f"detached: attach with pytest --lrun-attach={target}")

@@ -391,6 +391,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PATHS",
     ),
     Option(
+        "report_dir",
+        "folder each run's log and artifacts are published to, and that every report attachment "
+        "and link points to (default: lrun-report/ beside --junitxml or --html when one is given; "
+        "otherwise reports point to the state dir).",
+        Path,
+        metavar="DIR",
+    ),
+    Option(
         "connect_timeout",
         f"seconds to wait for a machine's engine to answer (default: {DEFAULT_CONNECT_TIMEOUT:g}).",
         parse_positive_seconds,
@@ -497,6 +505,7 @@ class Settings:
     store: str | None
     secret_env: tuple[str, ...]
     artifacts: tuple[str, ...]
+    report_dir: Path | None
     connect_timeout: float
     log_max_bytes: int
     terminal_reserve_bytes: int

@@ -28,7 +28,8 @@
 # reaches the first engine, so ssh://root@127.0.0.1:PORT is that engine over ssh.
 #
 # Also installs Debian's docker-registry, which a test starts on a loopback port of
-# its own (tests/flaky_registry.py): nothing here runs it.
+# its own (tests/flaky_registry.py): nothing here runs it. And Debian's chromium,
+# which tests/integration/test_reports.py runs headless on a pytest-html report.
 #
 # Prints `export LRUN_TEST_...=...` lines on stdout for `eval`; progress goes
 # to stderr.
@@ -68,6 +69,7 @@ install_packages() {
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)  # a pull that fails, then works
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # renders the pytest-html report in a test
   if [ ${#missing[@]} -gt 0 ]; then
     need_root "installing ${missing[*]}"
     log "installing ${missing[*]}"

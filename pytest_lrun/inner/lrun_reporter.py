@@ -25,10 +25,13 @@ written). The kinds, and the host's parser, are in ``pytest_lrun/events.py``:
   ``[path, lineno, reason]`` of a skip), ``sections`` (captured output),
   ``wasxfail``, ``keywords`` (with a test's first report only: the host keeps them
   for the test's other phases), ``user_properties``, ``start``/``stop`` (when pytest
-  records them);
+  records them), ``crash`` (a failure's ``[path, lineno, message]``: where it
+  happened and its one-line message, as ``longrepr.reprcrash`` says);
 * ``finish`` at the end (``pytest_sessionfinish``): ``exitstatus``, ``counts`` (the
-  categories pytest's own summary counts) and ``interrupt`` (the traceback of a
-  Ctrl-C/SIGINT, or null).
+  categories pytest's own summary counts), ``interrupt`` (where a Ctrl-C/SIGINT
+  stopped the session: the traceback through the test's own frames, without
+  pytest's and pluggy's, or null) and ``running`` (the test that SIGINT cut short:
+  ``nodeid``, ``duration`` and the ``stdout``/``stderr`` it had printed, or null).
 
 Why this way:
 
@@ -59,6 +62,7 @@ Why this way:
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import os
 import select
@@ -258,8 +262,12 @@ class Reporter:
         self._collect_skips: list[dict[str, Any]] = []
         self._counts: dict[str, int] = {}
         self._started: tuple[str, Any] = ("", None)  # the test last started and its location
+        self._started_at = 0.0  # when it started (time.monotonic)
+        self._ended = ""  # the test last torn down: when it is the one started, none is running
         self._keyworded = ""  # the test whose keywords were last sent
         self._interrupt: str | None = None
+        self._running: dict[str, Any] | None = None
+        self._item: pytest.Item | None = None  # the test being run, for what it printed before a stop
 
     def emit(self, kind: str, fields: dict[str, Any]) -> None:
         """Number one event and send it."""
@@ -318,9 +326,14 @@ class Reporter:
             size += item_size
         self.emit("collected", dict(lists, more=False))
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> None:
+        self._item = item
+
     @pytest.hookimpl
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
         self._started = (nodeid, _location(location))
+        self._started_at = time.monotonic()
         self.emit("start", {"nodeid": nodeid, "location": self._started[1]})
 
     @pytest.hookimpl
@@ -344,7 +357,7 @@ class Reporter:
             fields["skip"] = skip
             fields["longrepr"] = skip[2]
         elif longrepr is not None:
-            fields["longrepr"] = str(longrepr)
+            fields["longrepr"] = _text(longrepr)
         if report.sections:
             fields["sections"] = [[name, content] for name, content in report.sections]
         if report.when == "setup" or nodeid != self._keyworded:
@@ -354,24 +367,99 @@ class Reporter:
             fields["user_properties"] = [[str(name), str(value)] for name, value in report.user_properties]
         if hasattr(report, "wasxfail"):
             fields["wasxfail"] = str(report.wasxfail)
+        crash = getattr(longrepr, "reprcrash", None) if report.failed else None
+        if crash is not None:
+            fields["crash"] = [str(crash.path), crash.lineno, str(crash.message)]
+        if report.when == "teardown":
+            self._ended = nodeid
         for stamp in ("start", "stop"):  # newer pytest only
             value = getattr(report, stamp, None)
             if isinstance(value, (int, float)):
                 fields[stamp] = value
         self.emit("report", fields)
 
-    @pytest.hookimpl
+    # tryfirst: pytest's capture manager stops capturing on this hook, and prints what it holds.
+    @pytest.hookimpl(tryfirst=True)
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
-        # Where the test was when SIGINT came (a timeout, a cancel): the host names it.
-        self._interrupt = str(excinfo.getrepr(funcargs=True))
+        # Where the test was when SIGINT came (a timeout, a cancel): the host names it, with what it
+        # printed and how long it ran, as a failure of that test.
+        self._interrupt = _interrupt_text(excinfo, self._config)
+        nodeid = self._started[0]
+        if nodeid and nodeid != self._ended:
+            out, err = _captured_so_far(self._config, self._item)
+            self._running = {
+                "nodeid": nodeid,
+                "duration": time.monotonic() - self._started_at,
+                "stdout": _cut(out, MAX_EVENT_BYTES // 4),
+                "stderr": _cut(err, MAX_EVENT_BYTES // 4),
+            }
         # What was buffered goes now, whatever the rest of the session's end does.
         self._channel.flush()
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, exitstatus: int) -> None:
-        fields = {"exitstatus": int(exitstatus), "counts": self._tally(), "interrupt": self._interrupt}
+        fields = {
+            "exitstatus": int(exitstatus),
+            "counts": self._tally(),
+            "interrupt": self._interrupt,
+            "running": self._running,
+        }
         self.emit("finish", fields)
         self._channel.close()
+
+
+def _text(longrepr: Any) -> str:
+    """A failure's text as the terminal prints it: ``str()`` of pytest's reprs strips the
+    indentation of its first line (``    def test_x():``)."""
+    if hasattr(longrepr, "toterminal"):
+        try:
+            from _pytest._io import TerminalWriter
+
+            out = io.StringIO()
+            writer = TerminalWriter(file=out)
+            writer.hasmarkup = False
+            longrepr.toterminal(writer)
+            return out.getvalue().rstrip().lstrip("\n")
+        except Exception:  # a pytest without that writer: its own text
+            pass
+    return str(longrepr)
+
+
+def _internal(entry: Any) -> bool:
+    """Whether a traceback entry is pytest's or pluggy's own machinery (or generated code)."""
+    path = str(entry.path).replace("\\", "/")
+    return "/_pytest/" in path or "/pluggy/" in path or path.startswith("<")
+
+
+def _interrupt_text(excinfo: pytest.ExceptionInfo[BaseException], config: pytest.Config) -> str:
+    """Where SIGINT stopped the session, through the test's own frames only, in the ``--tb`` style
+    asked (long unless short, line or native was asked): never pytest's hook machinery."""
+    try:
+        own = excinfo.traceback.filter(lambda entry: not _internal(entry))
+        if len(own) == 0:
+            own = excinfo.traceback[-1:]
+        excinfo.traceback = own
+        short = config.getoption("tbstyle", "auto") in ("short", "line", "native", "no")
+        return _text(excinfo.getrepr(style="short" if short else "long", funcargs=False, tbfilter=False))
+    except Exception:  # an old or odd pytest: the exception's line still says what happened
+        return excinfo.exconly()
+
+
+def _captured_so_far(config: pytest.Config, item: pytest.Item | None) -> tuple[str, str]:
+    """What the running test printed before SIGINT: pytest reads it only when the test ends.
+
+    pytest 7's capture hook wrapper reads it into the item's sections as the phase unwinds;
+    newer ones leave it in the global capture.
+    """
+    sections = getattr(item, "_report_sections", None) or []
+    out = "".join(str(content) for _when, key, content in sections if key == "stdout")
+    err = "".join(str(content) for _when, key, content in sections if key == "stderr")
+    capman = config.pluginmanager.getplugin("capturemanager")
+    try:
+        more_out, more_err = capman.read_global_capture()
+    except Exception:  # not capturing (-s), or already stopped
+        return out, err
+    return out + str(more_out or ""), err + str(more_err or "")
 
 
 def pytest_configure(config: pytest.Config) -> None:

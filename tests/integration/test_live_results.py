@@ -51,11 +51,14 @@ TIMED = f"""
 
 
 def _outcomes(result: pytest.RunResult) -> dict[str, str]:
-    """Host node id -> outcome word, from ``-rA``'s short summary."""
+    """Host node id -> outcome word, from ``-rA``'s short summary (the host's: a run's container
+    output, shown with its error, may hold the inner pytest's own)."""
     words = ("PASSED", "FAILED", "SKIPPED", "ERROR")
+    lines = result.outlines
+    summary = max(i for i, line in enumerate(lines) if "short test summary info" in line)
     return {
         line.split()[1]: line.split()[0]
-        for line in result.outlines
+        for line in lines[summary:]
         if line.split()[:1] and line.split()[0] in words
     }
 
@@ -65,16 +68,19 @@ def test_timeout_keeps_finished_results_and_names_the_hang(
 ) -> None:
     write_tests(project, "hangs", HANGS)
     result = pytester.runpytest_subprocess("--lrun-machine=m1", "--lrun-timeout=8", "hangs", "-rA")
-    result.assert_outcomes(passed=1, failed=1, skipped=1)
+    # The run timed out: its own report is an error beside the hung test's failure.
+    result.assert_outcomes(passed=1, failed=1, skipped=1, errors=1)
     result.stdout.fnmatch_lines(
         [
             "*timed out after 8 s while running this test*",
-            "*KeyboardInterrupt*",  # the inner traceback that SIGINT left
+            "hangs/test_hangs.py:*: KeyboardInterrupt",  # where SIGINT found it, on the host path
             "PASSED hangs/test_hangs.py::test_first",
             "SKIPPED*not run: the run was stopped (timeout)*",
+            "ERROR hangs::lrun[[]m1[]] - run * on m1 timed out after 8 s",
         ]
     )
     assert "FAILED hangs/test_hangs.py::test_second" in result.stdout.str()
+    assert "_pytest/main.py" not in result.stdout.str()  # never pytest's own KeyboardInterrupt trace
     (run_dir,) = (state_dir / "runs").iterdir()
     assert json.loads((run_dir / "run.json").read_text())["status"] == "timeout"
     assert "\x1elrun:" not in (run_dir / "logs.txt").read_text()
@@ -88,7 +94,7 @@ def test_events_give_inner_durations_and_ignore_forged_lines(
     result.assert_outcomes(passed=1, failed=1)  # the forged "report" made no result
     result.stdout.fnmatch_lines(["*the forger fails*"])
     cases = {case.get("name"): case for case in ET.parse(project / "out.xml").getroot().iter("testcase")}
-    assert set(cases) == {"test_slow", "test_forger"}
+    assert set(cases) == {"test_slow", "test_forger", "lrun[m1]"}  # the run's case carries its log
     assert 0.6 <= float(cases["test_slow"].get("time") or 0) < 5
     (run_dir,) = (state_dir / "runs").iterdir()
     assert '"nodeid": "timed/test_timed.py::test_slow"' not in (run_dir / "logs.txt").read_text()
@@ -108,8 +114,11 @@ def test_reattach_reports_what_the_live_run_did(pytester: pytest.Pytester, proje
     detached.assert_outcomes(skipped=1)
     (run_id,) = re.findall(r"detached as run (\S+)", detached.stdout.str())
     attached = pytester.runpytest_subprocess(f"--lrun-attach={run_id}", "-rA")
-    attached.assert_outcomes(passed=1, failed=1, skipped=1)
-    assert _outcomes(attached) == _outcomes(live)
+    attached.assert_outcomes(passed=1, failed=1, skipped=1, errors=1)
+    # The same inner results; the run's own error is named after its machine.
+    assert _outcomes(attached) == {
+        nodeid.replace("lrun[m1]", "lrun[m2]"): outcome for nodeid, outcome in _outcomes(live).items()
+    }
 
 
 SECONDS = """

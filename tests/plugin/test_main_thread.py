@@ -176,14 +176,14 @@ def test_hooks_and_progress_of_both_machines_run_on_the_main_thread(project: pyt
 
 def test_a_worker_bug_fails_its_run_and_the_other_machine_goes_on(project: pytest.Pytester) -> None:
     result, events = _run(project, "-rA", engine_bug=("m2",))
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
-        ["*RuntimeError: engine bug on m2*", "FAILED b::lrun[[]m2[]] - *internal error*"]
+        ["*RuntimeError: engine bug on m2*", "ERROR b::lrun[[]m2[]] - *internal error*"]
     )
     assert "finished m1" in events and "finished m2" not in events
 
 
 def test_a_raising_hook_fails_its_run_instead_of_hanging(project: pytest.Pytester) -> None:
     result, _ = _run(project, "-rA", hook_bug=("m2",))
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*ValueError: hook bug on m2*", "FAILED b::lrun[[]m2[]] - *internal error*"])
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*ValueError: hook bug on m2*", "ERROR b::lrun[[]m2[]] - *internal error*"])

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from pytest_lrun.dispatch import RunResult, RunSpec, pytest_arguments_at
-from pytest_lrun.events import Collected, Event, Finished, PhaseReport, SkipInfo, Start
+from pytest_lrun.events import Collected, CutShort, Event, Finished, PhaseReport, SkipInfo, Start
 from pytest_lrun.logs import EventSpool, read_events
 from pytest_lrun.machines import Machine
 from pytest_lrun.report import RunReports
@@ -121,7 +121,10 @@ def reports_for(
     session = SimpleNamespace(testscollected=0, shouldfail=False, shouldstop=False)
     hooks = Hooks(session, maxfail)
     session.config = SimpleNamespace(
-        hook=hooks, rootpath=Path("/proj"), option=SimpleNamespace(collectonly=collectonly)
+        hook=hooks,
+        rootpath=Path("/proj"),
+        invocation_params=SimpleNamespace(dir=Path("/proj")),
+        option=SimpleNamespace(collectonly=collectonly),
     )
     machine = Machine(name="m1", host="unix:///x.sock", source="pyproject")
     spec = RunSpec(test_dir=Path("/proj/suite"), machine=machine, image="img", command=("pytest",))
@@ -185,21 +188,22 @@ def test_a_timeout_keeps_finished_tests_names_the_running_one_and_skips_the_rest
             report("t.py::b", "setup", n=6),
         ]
     )
-    reports.finish(RunResult(run, "created", None, [Finished(7, 2, {}, "Traceback ... KeyboardInterrupt")]))
-    assert [o for o in hooks.outcomes() if o[1] == "call" or o[2] == "skipped"] == [
+    cut = CutShort("t.py::b", 7.5, "printed before the hang\n", "")
+    trace = "t.py:9: in b\n    time.sleep(60)\nE   KeyboardInterrupt"
+    reports.finish(RunResult(run, "created", None, [Finished(7, 2, {}, trace, cut)]))
+    assert [o for o in hooks.outcomes() if o[1] == "call" or o[2] != "passed"] == [
         ("suite/t.py::a", "call", "passed"),
         ("suite/t.py::b", "call", "failed"),
         ("suite/t.py::c", "setup", "skipped"),
+        ("suite::lrun[m1]", "setup", "failed"),  # the run timed out: an error of its own, not a test
     ]
     hung = hooks.failed()[0]
     assert hung.longrepr.reprcrash.message == "timed out after 8 s while running this test"  # type: ignore[union-attr]
-    assert "KeyboardInterrupt" in hung.longreprtext
-    assert hooks.reports()[-2].longrepr == (
-        "/proj/suite/t.py",
-        None,
-        "not run: the run was stopped (timeout)",
-    )
-    assert not any(r.nodeid.endswith("lrun[m1]") for r in hooks.reports())  # the hang says it all
+    # The test's own frames on the host path, what it printed, and how long it really ran.
+    assert "suite/t.py:9: in b" in hung.longreprtext and "_pytest" not in hung.longreprtext
+    assert hung.capstdout == "printed before the hang\n" and hung.duration == 7.5
+    skipped = next(r for r in hooks.reports() if r.skipped)
+    assert skipped.longrepr == ("/proj/suite/t.py", None, "not run: the run was stopped (timeout)")
 
 
 def test_the_end_replays_only_what_did_not_come_live() -> None:
@@ -212,7 +216,10 @@ def test_the_end_replays_only_what_did_not_come_live() -> None:
     cached, cached_hooks = reports_for()
     cached.finish(RunResult(run, "cached", None, events))
     assert live_hooks.outcomes() == cached_hooks.outcomes()
-    assert len(live_hooks.outcomes()) == 6 and live.session.testscollected == 2
+    assert len(live_hooks.outcomes()) == 9 and live.session.testscollected == 2
+    # The run's own report passes, and is marked so the terminal counts it as no test.
+    run_reports = live_hooks.reports()[-3:]
+    assert all(r.passed and r.lrun_run for r in run_reports)  # type: ignore[attr-defined]
 
 
 def test_once_the_session_stops_nothing_more_is_reported() -> None:
@@ -246,11 +253,26 @@ def test_a_run_without_events_is_one_report_of_its_own() -> None:
         error_code="exit_nonzero",
     )
     reports.finish(RunResult(run, "created"))
+    # No inner tests: the command was the test, and it failed.
     assert hooks.outcomes() == [
         ("suite::lrun[m1]", w, o)
         for w, o in (("setup", "passed"), ("call", "failed"), ("teardown", "passed"))
     ]
     assert "exit code: 3" in hooks.failed()[0].longreprtext
+    assert reports.session.testscollected == 1
+
+
+def test_a_run_that_failed_for_its_own_reasons_is_an_error_beside_its_inner_results() -> None:
+    reports, hooks = reports_for()
+    reports.feed([Collected(0, ("t.py::a",), (), ()), *finished_test("t.py::a", n=1)])
+    run = Run(
+        id="r1", machine="m1", test_dir="/proj/suite", status=Status.FAILED, error_code="unsafe_archive"
+    )
+    reports.finish(RunResult(run, "created"))
+    errors = [("suite::lrun[m1]", "setup", "failed"), ("suite::lrun[m1]", "teardown", "passed")]
+    assert hooks.outcomes()[-2:] == errors
+    assert "unsafe_archive" in hooks.failed()[0].longreprtext
+    assert reports.session.testscollected == 2  # the inner test, and the error
 
 
 def test_a_compact_report_takes_its_location_from_the_start_and_keywords_from_the_first_report() -> None:
