@@ -20,6 +20,7 @@ timeout and says in words why a login failed (host key, refused key, port).
 from __future__ import annotations
 
 import math
+import re
 import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -182,7 +183,7 @@ class DockerEngine:
             # Typed as Any: docker-py is only partly annotated, and this class is its typed face.
             self._api: Any = _Client(**kwargs)
         except docker.errors.DockerException as e:
-            raise EngineUnreachable(self.machine, self.url, str(e)) from e
+            raise EngineUnreachable(self.machine, self.url, _reason(e)) from e
         except requests.exceptions.RequestException as e:
             # version="auto" asks the engine for its API version on construction.
             raise EngineUnreachable(self.machine, self.url, _reason(e)) from e
@@ -210,7 +211,8 @@ class DockerEngine:
                     return str(self._api.inspect_image(image)["Id"])
                 except docker.errors.ImageNotFound as e:
                     if pull == "never":
-                        raise ImageMissing(self.machine, image, "not on the engine and pull = never") from e
+                        why = "not on the engine and pull = never"
+                        raise ImageMissing(self.machine, image, why, self.url) from e
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
                     raise self._fail(f"inspect image {image}", e) from e
             repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
@@ -218,7 +220,11 @@ class DockerEngine:
                 self._api.pull(repo, tag=tag or "latest")
                 return str(self._api.inspect_image(image)["Id"])
             except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-                raise ImagePullFailed(self.machine, image, f"pull failed: {_reason(e)}") from e
+                reason = _reason(e)
+                if _pull_is_final(reason):  # no such image, or no registry to ask: a retry changes nothing
+                    why = f"not on the engine, and the pull failed: {reason}"
+                    raise ImageMissing(self.machine, image, why, self.url) from e
+                raise ImagePullFailed(self.machine, image, f"pull failed: {reason}") from e
 
     def build_image(
         self,
@@ -313,7 +319,7 @@ class DockerEngine:
                 network_disabled=spec.network == "none",
             )
         except docker.errors.ImageNotFound as e:
-            raise ImageMissing(self.machine, spec.image, _reason(e)) from e
+            raise ImageMissing(self.machine, spec.image, _reason(e), self.url) from e
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise self._fail("create container", e) from e
         return str(created["Id"])
@@ -589,10 +595,46 @@ def _ssh_adapter(machine: Machine, timeout: float) -> requests.adapters.HTTPAdap
     return Adapter(machine.host, timeout)
 
 
+# What an engine's pull error says when no retry can help: the image does not exist (or may not be
+# read), or no registry can be reached by name at all. A registry that answers 5xx or times out may
+# do better on a retry (image_pull_failed).
+_FINAL_PULL_ERRORS = re.compile(
+    r"not found|manifest unknown|pull access denied|repository does not exist|unauthorized|"
+    r"invalid reference format|no such host|server misbehaving|name resolution|name or service not known",
+    re.IGNORECASE,
+)
+# The root causes a connection error (requests wrapping urllib3 wrapping an OSError) buries.
+_CONNECTION_CAUSES = (
+    (re.compile(r"connection refused", re.I), "connection refused"),
+    (
+        re.compile(
+            r"name or service not known|nodename nor servname|temporary failure in name resolution", re.I
+        ),
+        "its host name does not resolve",
+    ),
+    (re.compile(r"timed out|timeout", re.I), "no answer in time"),
+    (re.compile(r"no such file or directory", re.I), "no socket at that path"),
+    (re.compile(r"permission denied", re.I), "permission denied (is this user allowed to use the socket?)"),
+    (re.compile(r"network is unreachable|no route to host", re.I), "no route to that host"),
+)
+
+
+def _pull_is_final(reason: str) -> bool:
+    return _FINAL_PULL_ERRORS.search(reason) is not None
+
+
 def _reason(e: Exception) -> str:
+    """What went wrong, in a line a user can act on (not urllib3's pool and adapter text)."""
     if isinstance(e, docker.errors.APIError):
         return str(e.explanation or e)
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = str(e)
+    # docker-py wraps a failed first request in a DockerException with requests' text.
+    if isinstance(e, requests.exceptions.RequestException | docker.errors.DockerException):
+        for pattern, said in _CONNECTION_CAUSES:
+            if pattern.search(text):
+                return said
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= 300 else line[:300] + "..."
 
 
 def connect(machine: Machine, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> DockerEngine:

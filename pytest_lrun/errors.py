@@ -298,13 +298,24 @@ class EngineError(LrunError):
         self.reason = reason
 
 
+#: pytest's exit status when a machine's engine could not be reached, whatever the tests did:
+#: sysexits' EX_TEMPFAIL ("a temporary failure; try again later"), so CI tells a fleet that is
+#: down from a test that failed (exit 1) and may retry.
+EXIT_ENGINE_UNREACHABLE = 75
+
+
 class EngineUnreachable(EngineError):
     """The engine of a machine does not answer."""
 
     code = "engine_unreachable"
 
     def __init__(self, machine: str, url: str, reason: str) -> None:
-        LrunError.__init__(self, f"machine {machine!r}: engine at {url} is unreachable: {reason}")
+        LrunError.__init__(
+            self,
+            f"machine {machine!r}: engine at {url} is unreachable: {reason}. Check that a Docker "
+            f"Engine runs there and answers (`docker -H {url} info`), and the machine's host "
+            "(its [tool.lrun.machines] table, Docker context or DOCKER_HOST)",
+        )
         self.machine = machine
         self.url = url
         self.reason = reason
@@ -315,11 +326,20 @@ class ImageMissing(EngineError):
 
     code = "image_missing"
 
-    def __init__(self, machine: str, image: str, reason: str) -> None:
-        LrunError.__init__(self, f"machine {machine!r}: image {image!r} is not available: {reason}")
+    def __init__(self, machine: str, image: str, reason: str, url: str | None = None) -> None:
+        message = f"machine {machine!r}: image {image!r} is not available: {reason}"
+        if url is not None:  # what the user can do about it
+            message += (
+                f". Load or build it on that engine (`docker -H {url} load -i IMAGE.tar`, "
+                f"`docker -H {url} build -t {image} DIR`), let pytest-lrun build it "
+                '(--lrun-build=DIR, or build = "DIR" in the machine table), or name an image '
+                f"the engine has (`docker -H {url} images`)"
+            )
+        LrunError.__init__(self, message)
         self.machine = machine
         self.image = image
         self.reason = reason
+        self.url = url
 
 
 class ImagePullFailed(ImageMissing):

@@ -161,6 +161,9 @@ class RunReports:
         self.write = write  # a bare terminal line (--collect-only's node ids)
         self._by_keywords = selection is not None and selection.by_keywords
         self.dir_nodeid = dir_nodeid(spec.test_dir, self.config.rootpath)
+        # The rootdir dispatched itself: its inner node ids are the host's as they are.
+        self._prefix = "" if self.dir_nodeid == "." else self.dir_nodeid + "/"
+        self.shown = shown_dir(spec.test_dir, self.config.rootpath)  # in progress lines
         start = self.config.invocation_params.dir
         self.paths = HostPaths(spec.test_dir, spec.machine.workdir, start)
         self.evidence = evidence or Evidence(None, lambda run_id: RunFiles(Path(run_id)), start)
@@ -206,16 +209,16 @@ class RunReports:
             else:
                 self._finish = event
                 if event.counts.get("deselected"):
-                    what = f"{self.dir_nodeid} on {self.spec.where}"
-                    self.say(f"{what}: {event.counts['deselected']} inner tests deselected")
+                    what = f"{self.shown} on {self.spec.where}"
+                    self.say(f"{what}: {_tests(event.counts['deselected'])} deselected")
 
     def _on_collected(self, event: Collected) -> None:
         self._collected = event
         nodeids = [nodeid for nodeid in event.nodeids if self._wanted_id(nodeid)]
         if not self._by_keywords:  # otherwise each test counts once its keywords decide it
             self._count(len(nodeids))
-        what = f"{self.dir_nodeid} on {self.spec.where}"
-        self.say(f"{what}: {len(event.nodeids)} inner tests collected" + self._selected_note(nodeids))
+        what = f"{self.shown} on {self.spec.where}"
+        self.say(f"{what}: {_tests(len(event.nodeids))} collected" + self._selected_note(nodeids))
         if self.config.option.collectonly:
             for nodeid in nodeids:
                 self.write(self.nodeid(nodeid))
@@ -281,7 +284,7 @@ class RunReports:
                 self._replay_case(case)
         if outcome.dropped_events:
             self.say(
-                f"{self.dir_nodeid} on {run.machine}: {outcome.dropped_events} inner events past the events "
+                f"{self.shown} on {run.machine}: {outcome.dropped_events} inner events past the events "
                 f"file's cap (--lrun-log-max-bytes) were not kept; the run's log has the rest"
             )
         if self._stopping():
@@ -372,8 +375,9 @@ class RunReports:
         name = self.suffix.lstrip("@") or self.spec.where
         if self.spec.shard is not None:
             name += f" shard {self.spec.shard}"
-        nodeid = f"{self.dir_nodeid}::lrun[{name}]"
-        location = (self.dir_nodeid, None, f"lrun[{name}]")
+        # The rootdir's own run has no directory to name: its report is ``lrun[MACHINE]``.
+        nodeid = f"{self.dir_nodeid}::lrun[{name}]" if self._prefix else f"lrun[{name}]"
+        location = (self.dir_nodeid, None, nodeid)
         failure: Any = None  # the longrepr of a run that failed for its own reasons
         skip: Any = None
         has_inner = self._collected is not None or self._seen >= 0 or self.progress.collected > 0
@@ -395,13 +399,15 @@ class RunReports:
         else:
             evidence = self._publish(outcome.run)
             files = evidence.files()
-            log = tail(evidence.log, LOG_SECTION_BYTES)
-            if log:
-                sections.append(("lrun container output", log))
+            output = tail(evidence.log, LOG_SECTION_BYTES)
+            if output:
+                sections.append(("lrun container output", output))
             run = outcome.run
             if self._failed_itself(run):
-                text = _run_text(run, self.evidence.shown(evidence.log))
-                failure = self._repr(text, text.splitlines()[0])
+                log = self.evidence.shown(evidence.log) if evidence.log.is_file() else None
+                text = _run_text(run, log)
+                message = f"{run.error_code}: {one_line(run.error_msg or '')}" if run.error_msg else text
+                failure = self._repr(text, message.splitlines()[0], with_log=log is not None)
                 command_failed = not has_inner and run.error_code in _COMMAND_FAILURES
         seconds = _run_seconds(outcome)
         phases: list[tuple[Phase, Outcome, Any, float]]
@@ -454,13 +460,13 @@ class RunReports:
     # -- building reports --------------------------------------------------------------
 
     def nodeid(self, inner: str) -> str:
-        return f"{self.dir_nodeid}/{inner}{self.suffix}"
+        return f"{self._prefix}{inner}{self.suffix}"
 
     def _location(self, inner: str, location: Location | None) -> tuple[str, int | None, str]:
         if location is None:
-            return (f"{self.dir_nodeid}/{inner.split('::')[0]}", None, inner.split("::")[-1])
+            return (f"{self._prefix}{inner.split('::')[0]}", None, inner.split("::")[-1])
         path, lineno, domain = location
-        return (f"{self.dir_nodeid}/{path}", lineno, domain + self.suffix)
+        return (f"{self._prefix}{path}", lineno, domain + self.suffix)
 
     def _host_path(self, path: str) -> str:
         """A path the container named, as the host has it (the inner files are the directory's)."""
@@ -557,13 +563,19 @@ class RunReports:
         )
 
     def _repr(
-        self, text: str, message: str, location: Location | None = None, *, crash: CrashInfo | None = None
+        self,
+        text: str,
+        message: str,
+        location: Location | None = None,
+        *,
+        crash: CrashInfo | None = None,
+        with_log: bool = True,
     ) -> InnerRepr:
         """A failure's text, with the run it came from and its log, and where it happened: the
         inner pytest's crash location when it sent one, else the test's own line."""
         run = self.run
         footer = ""
-        if run is not None:
+        if run is not None and with_log:
             footer = (
                 f"\n\n[lrun] run {run.id} on {run.machine}; log: {self.evidence.shown(self._evidence().log)}"
             )
@@ -704,6 +716,10 @@ def _where_stopped(trace: str, paths: HostPaths) -> Location | None:
     return (inner, int(found[-1]["line"]) - 1, "")
 
 
+def _tests(count: int) -> str:
+    return f"{count} inner test" if count == 1 else f"{count} inner tests"
+
+
 def _crash_line(longrepr: str | None) -> str:
     """The exception line of a failure's text (pytest's ``E   ...``), which the short summary shows."""
     for line in (longrepr or "").splitlines():
@@ -735,11 +751,17 @@ def dir_nodeid(path: Path, rootpath: Path) -> str:
         return str(path)
 
 
+def shown_dir(path: Path, rootpath: Path) -> str:
+    """A dispatched directory as lines and tables name it: its node id, or its name for the rootdir."""
+    shown = dir_nodeid(path, rootpath)
+    return path.name or shown if shown == "." else shown
+
+
 def _run_seconds(outcome: JobOutcome | BaseException) -> float:
     return run_duration(outcome.run) if isinstance(outcome, RunResult) else 0.0
 
 
-def _run_text(run: Run, log: str) -> str:
+def _run_text(run: Run, log: str | None) -> str:
     """Why a run failed for its own reasons: its status, exit code, error and its log's tail."""
     what = {
         Status.TIMEOUT: f"timed out after {run.timeout or 0:g} s",
@@ -751,7 +773,8 @@ def _run_text(run: Run, log: str) -> str:
         lines.append(f"exit code: {run.exit_code}")
     if run.error_code:
         lines.append(f"error: {run.error_code}: {run.error_msg or ''}")
-    lines.append(f"log: {log}")
+    if log is not None:
+        lines.append(f"log: {log}")
     return "\n".join(lines)
 
 
@@ -765,16 +788,16 @@ def summary_rows(rows: Sequence[tuple[RunSpec, JobOutcome]], rootpath: Path) -> 
     """The terminal summary table: (entry,) dir, machine, short hash, status, origin, duration, run id."""
     table = [["dir", "machine", "hash", "status", "origin", "duration", "run id"]]
     for spec, outcome in rows:
-        shown_dir = dir_nodeid(spec.test_dir, rootpath)
+        shown = shown_dir(spec.test_dir, rootpath)
         if spec.shard is not None:
-            shown_dir += f" [{spec.shard}]"
+            shown += f" [{spec.shard}]"
         if isinstance(outcome, LrunError):
-            row = [shown_dir, spec.machine.name, "-", outcome.code, "-", "-", getattr(outcome, "run_id", "-")]
+            row = [shown, spec.machine.name, "-", outcome.code, "-", "-", getattr(outcome, "run_id", "-")]
         else:
             run = outcome.run
             origin = "detached" if isinstance(outcome, Detached) else outcome.origin
             duration = "-" if isinstance(outcome, Detached) else f"{run_duration(run):.1f}s"
-            row = [shown_dir, run.machine, run.test_dir_hash[:8], run.status.value, origin, duration, run.id]
+            row = [shown, run.machine, run.test_dir_hash[:8], run.status.value, origin, duration, run.id]
         table.append(row)
     if any(spec.plan_entry for spec, _ in rows):
         table[0].insert(0, "entry")

@@ -109,7 +109,8 @@ def dispatched_dir(arg: str, invocation_dir: Path, rootpath: Path) -> tuple[Path
     A directory is dispatched whole (None). A file or node id below the rootdir
     (``suite/test_x.py::test_y``) selects inside the top-level directory that holds
     it (``suite``, node id ``test_x.py::test_y``), so that directory's conftest.py
-    files and data go with it.
+    files and data go with it; one directly in the rootdir (``test_x.py::test_y``, as
+    a dispatched rootdir names its tests) selects inside the rootdir.
     """
     path_part, sep, rest = arg.partition("::")
     path = Path(path_part)
@@ -123,7 +124,7 @@ def dispatched_dir(arg: str, invocation_dir: Path, rootpath: Path) -> tuple[Path
     except ValueError:
         raise ConfigError(arg, f"a file or node id must be below the rootdir {rootpath}") from None
     if len(relative.parts) < 2:
-        raise ConfigError(arg, "pytest-lrun dispatches directories; this file is in none below the rootdir")
+        return rootpath.resolve(), relative.as_posix() + sep + rest
     top = rootpath.resolve() / relative.parts[0]
     inner = Path(*relative.parts[1:]).as_posix()
     return top, inner + sep + rest

@@ -43,7 +43,14 @@ import xxhash
 from .build import Build, build_digest, image_tag, make_build
 from .dispatch import Dispatcher, EnginePool, RunResult, RunSpec, pytest_arguments_at
 from .engine import Engine, connect
-from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
+from .errors import (
+    EXIT_ENGINE_UNREACHABLE,
+    BatchNotFound,
+    ConfigError,
+    EngineUnreachable,
+    LrunError,
+    RunNotFound,
+)
 from .events import Collected
 from .events import Event as InnerEvent
 from .evidence import Evidence, default_report_dir
@@ -53,7 +60,7 @@ from .machines import TAG_PREFIX, ImageSource, Machine, MachineResolver, load_ma
 from .output import one_line
 from .plan import Plan, PlanEntry, load_plan, select
 from .recovery import gc, reconcile
-from .report import Detached, JobOutcome, RunReports, dir_nodeid, summary_rows
+from .report import Detached, JobOutcome, RunReports, dir_nodeid, shown_dir, summary_rows
 from .select import HostSelection, Selection, dispatched_dir
 from .settings import DEFAULT_COMMAND, DEFAULT_TIMEOUT, Settings
 from .shard import balance, by_hash, durations_of
@@ -182,6 +189,17 @@ class LrunSession:
 
             github = GithubActions(os.environ, self.config.rootpath, self._runs_table, self.evidence.shown)
             manager.register(github, "lrun-github")
+
+    def _engine_unreachable(self) -> bool:
+        """Whether a run could not happen, or ended, because its machine's engine did not answer."""
+        for future in self.outcomes.values():
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                continue
+            outcome = future.result()
+            code = outcome.code if isinstance(outcome, LrunError) else outcome.run.error_code
+            if code == EngineUnreachable.code:
+                return True
+        return False
 
     def _runs_table(self) -> list[list[str]]:
         """The summary table (header first) of the runs that ended."""
@@ -661,7 +679,7 @@ class LrunSession:
             self._events.put(f"[{machine} {name}] {line}")
 
     def _shown(self, spec: RunSpec) -> str:
-        shown = dir_nodeid(spec.test_dir, self.config.rootpath)
+        shown = shown_dir(spec.test_dir, self.config.rootpath)
         return f"{shown} ({spec.plan_entry})" if spec.plan_entry else shown
 
     # -- hooks ----------------------------------------------------------------------
@@ -738,6 +756,8 @@ class LrunSession:
         self.dispatcher.cancel_all()
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self._engine_unreachable():
+            session.exitstatus = EXIT_ENGINE_UNREACHABLE  # the fleet is down: not a test's failure
         if self._executor is not None:
             if not all(future.done() for future in self.outcomes.values()):
                 self.dispatcher.cancel_all()  # the loop did not finish (a bug): leave nothing running

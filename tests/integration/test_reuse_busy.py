@@ -74,7 +74,7 @@ def test_busy_machine_fails_fast_or_waits(project: Path, state_dir: Path) -> Non
     first = _pytest(project, "--lrun-machine=m1", "slow")
     wait_for_running(state_dir)
     busy = _pytest(project, "--lrun-machine=m1", "other").communicate(timeout=60)[0]
-    assert "machine_busy" in busy and "1 failed" in busy, busy
+    assert "machine_busy" in busy and "1 error" in busy, busy
     waited = _pytest(project, "--lrun-machine=m1", "--lrun-busy-wait=60", "other").communicate(timeout=120)[0]
     assert "1 passed" in waited, waited
     first_out = first.communicate(timeout=60)[0]
@@ -111,8 +111,10 @@ def test_unreachable_engine_is_a_clear_error(pytester: pytest.Pytester, project:
     started = time.monotonic()
     result = pytester.runpytest_subprocess("--lrun-machine=gone", "--lrun-connect-timeout=2", "suite")
     assert time.monotonic() - started < 30
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*machine 'gone'*tcp://127.0.0.1:1*unreachable*"])
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*machine 'gone'*tcp://127.0.0.1:1*unreachable: connection refused*"])
+    assert result.ret == 75  # the fleet is down, not a test: a status of its own
+    assert "urllib3" not in result.stdout.str() and "HTTPConnectionPool" not in result.stdout.str()
 
 
 def test_missing_image_with_pull_never(pytester: pytest.Pytester, project: Path, engines: list[str]) -> None:
@@ -123,8 +125,21 @@ def test_missing_image_with_pull_never(pytester: pytest.Pytester, project: Path,
     )
     write_tests(project, "suite", "def test_ok():\n    pass\n")
     result = pytester.runpytest_subprocess("--lrun-machine=strict", "suite")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*image_missing*lrun-no-such-image:1*"])
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*image_missing*lrun-no-such-image:1*Load or build it on that engine*"])
+
+
+def test_an_image_no_registry_has_is_missing_and_never_retried(
+    pytester: pytest.Pytester, project: Path, state_dir: Path
+) -> None:
+    write_tests(project, "suite", "def test_ok():\n    pass\n")
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "--lrun-image=lrun-no-such-image:2", "suite")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*image_missing: machine 'm1': image 'lrun-no-such-image:2' is not available*"]
+    )
+    assert "trying again" not in result.stdout.str()  # no registry has it: a retry changes nothing
+    assert len(list((state_dir / "runs").iterdir())) == 1
 
 
 @pytest.fixture(autouse=True)

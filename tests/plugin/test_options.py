@@ -87,11 +87,14 @@ def test_missing_image_is_refused_before_anything_runs(project: pytest.Pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
-def test_only_what_is_below_a_directory_is_dispatched(project: pytest.Pytester) -> None:
+def test_a_node_id_in_the_rootdir_dispatches_the_rootdir(project: pytest.Pytester) -> None:
+    # A dispatched rootdir names its tests "test_top.py::test_top": passed back, it selects there.
     project.makepyfile(test_top="def test_top():\n    pass\n")
-    result = project.runpytest("--lrun-machine=m1", "test_top.py")
-    result.stderr.fnmatch_lines(["*test_top.py: pytest-lrun dispatches directories; this file is in none*"])
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result = project.runpytest("--lrun-machine=m1", "test_top.py::test_top")
+    result.stdout.fnmatch_lines(
+        [f"lrun: m1: dispatching {project.path.name}", "ERROR lrun[[]m1[]] - engine_unreachable*"]
+    )
+    assert "./" not in result.stdout.str()
 
 
 def test_a_bad_keyword_expression_fails_before_anything_runs(project: pytest.Pytester) -> None:
@@ -117,6 +120,6 @@ def test_a_dispatched_dirs_conftest_is_never_imported_on_the_host(
     (inner / "conftest.py").write_text("import only_in_the_image  # noqa: F401\n")
     project.makeconftest("def pytest_report_header():\n    return 'host conftest loaded'\n")
     result = project.runpytest("--lrun-machine=m1", arg)
-    # The engine does not exist: the run's own report fails; the conftest was never imported.
-    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stderr.str()
+    # The engine does not exist: the run's own report is an error; the conftest was never imported.
+    assert result.ret == 75, result.stderr.str()
     result.stdout.fnmatch_lines(["host conftest loaded", f"ERROR {name}::lrun[[]m1[]] - engine_unreachable*"])
