@@ -179,6 +179,7 @@ class RunReports:
         self._selected: dict[str, bool] = {}  # host -k/-m: decided by a test's first report
         self._keywords: dict[str, tuple[str, ...]] = {}  # a running test's, from its first report
         self._finish: Finished | None = None
+        self.counted = False  # whether every test of the run is in the session's count
         self.earlier: list[Run] = []  # attempts that failed for their infrastructure, retried
 
     # -- live --------------------------------------------------------------------------
@@ -208,12 +209,17 @@ class RunReports:
                 self._on_report(event)
             else:
                 self._finish = event
-                if event.counts.get("deselected"):
+                deselected = event.counts.get("deselected", 0)
+                if deselected:
                     what = f"{self.shown} on {self.spec.where}"
-                    self.say(f"{what}: {_tests(event.counts['deselected'])} deselected")
+                    self.say(f"{what}: {_tests(deselected)} deselected")
+                    # pytest's last line counts them as it counts local ones (their ids stay inside).
+                    items = [_Deselected(f"{self._prefix}<deselected {i}>") for i in range(deselected)]
+                    self.config.hook.pytest_deselected(items=items)
 
     def _on_collected(self, event: Collected) -> None:
         self._collected = event
+        self.counted = not self._by_keywords  # under a host -k/-m, each counts once decided
         nodeids = [nodeid for nodeid in event.nodeids if self._wanted_id(nodeid)]
         if not self._by_keywords:  # otherwise each test counts once its keywords decide it
             self._count(len(nodeids))
@@ -222,6 +228,10 @@ class RunReports:
         if self.config.option.collectonly:
             for nodeid in nodeids:
                 self.write(self.nodeid(nodeid))
+            # The terminal's "N tests collected" counts what its collection reported (private).
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None and isinstance(getattr(reporter, "_numcollected", None), int):
+                reporter._numcollected += len(nodeids)
         for error in event.errors:
             self._collectreport(error.nodeid, "failed", error.longrepr)
         for skipped in event.skipped:
@@ -267,6 +277,7 @@ class RunReports:
     def finish(self, outcome: JobOutcome, hook_error: Exception | None = None) -> None:
         """Report what the run's end adds (see the module docstring); ``hook_error``: a plugin's
         ``pytest_lrun_run_finished`` raised, and the run's own report fails with it."""
+        self.counted = True
         if isinstance(outcome, LrunError | Detached):
             if isinstance(outcome, Detached):
                 self.prepared(outcome.run, "detached")
@@ -363,6 +374,7 @@ class RunReports:
 
     def finish_with_error(self, error: BaseException) -> None:
         """A bug stopped the job: the run's own report fails with it."""
+        self.counted = True
         self._run_report(error)
 
     def _run_report(self, outcome: JobOutcome | BaseException) -> None:
@@ -714,6 +726,13 @@ def _where_stopped(trace: str, paths: HostPaths) -> Location | None:
     except (OSError, ValueError):
         return None
     return (inner, int(found[-1]["line"]) - 1, "")
+
+
+@dataclass(frozen=True)
+class _Deselected:
+    """An inner test the container's ``-k``/``-m`` deselected, as ``pytest_deselected`` counts it."""
+
+    nodeid: str
 
 
 def _tests(count: int) -> str:

@@ -16,7 +16,8 @@ pytest's own private ``_pytest.mark.expression`` (unchanged in shape from pytest
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,30 @@ def _compile(flag: str, expression: str | None) -> Expression | None:
         return Expression.compile(expression)
     except Exception as e:  # pytest's ParseError (its type moved between versions)
         raise ConfigError(flag, f"not a valid expression: {e}") from e
+
+
+# What the host appends to a node id when one directory runs on several machines or entries.
+_SUFFIX = re.compile(r"@[A-Za-z0-9_.:-]+$")
+
+
+def last_failed(lastfailed: Mapping[str, object], dir_nodeid: str) -> tuple[set[str], bool]:
+    """What failed last time in a dispatched directory, from pytest's ``cache/lastfailed``.
+
+    Returns the inner node ids of its failed tests (host node ids are the directory's node
+    id, ``/``, the inner one, and maybe an ``@machine`` suffix), and whether the run itself
+    failed (its ``DIR::lrun[...]`` report): then all of it runs again.
+    """
+    prefix = "" if dir_nodeid == "." else dir_nodeid + "/"
+    run_report = "lrun[" if dir_nodeid == "." else f"{dir_nodeid}::lrun["
+    inner: set[str] = set()
+    run_failed = False
+    for key in lastfailed:
+        if key.startswith(run_report):
+            run_failed = True
+        elif key.startswith(prefix) and "::" in key:
+            nodeid = key[len(prefix) :]
+            inner.add(nodeid if nodeid.endswith("]") else _SUFFIX.sub("", nodeid))
+    return inner, run_failed
 
 
 def dispatched_dir(arg: str, invocation_dir: Path, rootpath: Path) -> tuple[Path, str | None]:

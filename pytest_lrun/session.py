@@ -61,7 +61,7 @@ from .output import one_line
 from .plan import Plan, PlanEntry, load_plan, select
 from .recovery import gc, reconcile
 from .report import Detached, JobOutcome, RunReports, dir_nodeid, shown_dir, summary_rows
-from .select import HostSelection, Selection, dispatched_dir
+from .select import HostSelection, Selection, dispatched_dir, last_failed
 from .settings import DEFAULT_COMMAND, DEFAULT_TIMEOUT, Settings
 from .shard import balance, by_hash, durations_of
 from .store import Batch, Run, RunStore, Status, open_store
@@ -257,11 +257,45 @@ class LrunSession:
                 wanted[path] = None
             else:
                 ids.add(nodeid)
+        if self.config.getoption("lf", False) or self.config.getoption("failedfirst", False):
+            wanted = self._last_failed(wanted)
         return [
             Job(shard)
             for path, ids in wanted.items()
             for shard in self._sharded(self.make_spec(path, machine, nodeids=tuple(sorted(ids or ()))))
         ]
+
+    def _last_failed(self, wanted: dict[Path, set[str] | None]) -> dict[Path, set[str] | None]:
+        """``--lf``: each whole directory runs only its inner tests that failed last time, by node
+        id (pytest's cache holds the host's node ids); ``--ff`` cannot reorder inside a container."""
+        if self.config.getoption("failedfirst", False):
+            self.progress("--ff: inner tests run in their own order (a container keeps no pytest cache)")
+            return wanted
+        cache = getattr(self.config, "cache", None)
+        if cache is None:
+            self.progress("--lf: pytest's cache is off (-p no:cacheprovider): running everything")
+            return wanted
+        lastfailed = cache.get("cache/lastfailed", {})
+        none_then = self.config.getoption("last_failed_no_failures", "all") == "none"
+        picked: dict[Path, set[str] | None] = {}
+        for path, ids in wanted.items():
+            shown = shown_dir(path, self.config.rootpath)
+            if ids is not None:  # node ids given: they are the selection
+                picked[path] = ids
+                continue
+            failed, run_failed = last_failed(lastfailed, dir_nodeid(path, self.config.rootpath))
+            if run_failed:
+                self.progress(f"--lf: {shown}: its run failed last time: running all of it")
+                picked[path] = None
+            elif failed:
+                self.progress(f"--lf: {shown}: running the {len(failed)} inner tests that failed last time")
+                picked[path] = failed
+            elif none_then:
+                self.progress(f"--lf: {shown}: nothing failed last time; not run (--lfnf=none)")
+            else:
+                self.progress(f"--lf: {shown}: nothing failed last time: running all of it")
+                picked[path] = None
+        return picked
 
     def _sharded(self, spec: RunSpec) -> list[RunSpec]:
         """``spec`` split into its shards (``--lrun-shards``, ``--lrun-shard``), or ``[spec]``.
@@ -523,6 +557,8 @@ class LrunSession:
         """
         shown_at = time.monotonic()
         stopped = False
+        progress = _TerminalProgress(self.config)
+        progress.hold()
         while not all(future.done() for future in self.outcomes.values()):
             try:
                 event = self._events.get(timeout=POLL_S)
@@ -530,6 +566,8 @@ class LrunSession:
                 event = None
             if event is not None:
                 self._handle(event)
+                if all(reports.counted for reports in self.reports.values()):
+                    progress.release()
             if not stopped and (session.shouldfail or session.shouldstop):
                 stopped = True
                 why = session.shouldfail or session.shouldstop
@@ -539,6 +577,8 @@ class LrunSession:
                 shown_at = time.monotonic()
                 self._show_progress()
         self._drain()
+        progress.release()
+        progress.end()
 
     def _drain(self) -> None:
         """Handle the events still queued."""
@@ -645,7 +685,12 @@ class LrunSession:
     # -- output -------------------------------------------------------------------
 
     def progress(self, line: str) -> None:
-        """Write ``lrun: line`` to the terminal; main thread only (workers queue their lines)."""
+        """Write ``lrun: line`` to the terminal; main thread only (workers queue their lines).
+
+        ``--collect-only -q`` prints node ids alone, as pytest does: progress stays out.
+        """
+        if self.config.option.collectonly and self.config.get_verbosity() < 0:
+            return
         self._write_line(f"lrun: {line}")
 
     def _write_line(self, line: str) -> None:
@@ -781,7 +826,7 @@ class LrunSession:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         table = self._runs_table()
-        if not table:
+        if not table or self.config.option.collectonly:
             return
         terminalreporter.section("lrun runs")
         for line in format_table(table):
@@ -806,6 +851,42 @@ class LrunSession:
     @pytest.hookimpl(trylast=True)
     def pytest_lrun_make_engine(self, machine: Machine, config: pytest.Config) -> Engine:
         return connect(machine, connect_timeout=self.settings.connect_timeout)
+
+
+class _TerminalProgress:
+    """The terminal's progress percentages, kept true while runs report their collections late.
+
+    pytest counts the tests collected before any runs; here each run's count arrives with
+    its inner collection, so percentages shown early would go back (100%, then 83%). They are
+    held until every run has counted its tests. Its final ``[100%]``, which pytest writes after
+    the loop, would land alone on a line after the runs' last ``lrun:`` lines: it is left out.
+    Both use the terminal reporter's ``_show_progress_info`` (private, read with a default).
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.reporter = config.pluginmanager.get_plugin("terminalreporter")
+        self.shown = getattr(self.reporter, "_show_progress_info", False)
+        self.held = False
+
+    def hold(self) -> None:
+        if self.shown and self.reporter is not None:
+            self.reporter._show_progress_info = False
+            self.held = True
+
+    def release(self) -> None:
+        if self.held and self.reporter is not None:
+            self.reporter._show_progress_info = self.shown
+            self.held = False
+
+    def end(self) -> None:
+        writer = getattr(self.reporter, "_tw", None)
+        if (
+            self.shown
+            and self.reporter is not None
+            and writer is not None
+            and writer.width_of_current_line == 0
+        ):
+            self.reporter._show_progress_info = False
 
 
 def _describe(outcome: JobOutcome) -> str:
