@@ -20,8 +20,9 @@ Commands::
 Global options (before or after the command): ``--state-dir`` (default
 ``$LRUN_STATE_DIR``, else ``~/.lrun``), ``--store URL`` (default ``$LRUN_STORE``,
 else the file store in the state dir), ``--project DIR`` (where the
-``pyproject.toml`` with ``[tool.lrun.machines.*]`` is; default: the nearest one
-upward from the current directory) and ``--connect-timeout`` (default
+``pyproject.toml`` with ``[tool.lrun.machines.*]`` is, or the file itself; default:
+``$LRUN_CONFIG``, else the nearest one upward from the current directory, found by
+:func:`~pytest_lrun.machines.find_machine_file` as the plugin finds it) and ``--connect-timeout`` (default
 ``$LRUN_CONNECT_TIMEOUT``, else :data:`~pytest_lrun.settings.DEFAULT_CONNECT_TIMEOUT`).
 
 Output contract: with ``--json`` stdout holds one JSON object, an envelope
@@ -77,7 +78,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import EXIT_ERROR, ConfigError, LrunError
+from .errors import EXIT_ERROR, LrunError
 from .follow import Tail, follow
 from .output import age, binary_stdout, one_line, say, shown_dir, when
 from .settings import (
@@ -101,7 +102,7 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .machines import Machine, MachineResolver
 
-__all__ = ["JSON_SCHEMA_VERSION", "build_parser", "find_pyproject", "main"]
+__all__ = ["JSON_SCHEMA_VERSION", "build_parser", "main"]
 
 #: ``schema_version`` of every ``--json`` envelope; raised when a shape changes incompatibly.
 JSON_SCHEMA_VERSION = 1
@@ -112,25 +113,6 @@ _OPTION = {option.name: option for option in OPTIONS}
 
 
 # --- context: settings, store, machines and engines, made on first use -------------
-
-
-def find_pyproject(project: Path | None, cwd: Path | None = None) -> Path | None:
-    """The ``pyproject.toml`` holding the machine tables.
-
-    ``project`` (a directory, or the file itself) must contain one; without it,
-    the nearest ``pyproject.toml`` from ``cwd`` upward, or None.
-    """
-    if project is not None:
-        path = project if project.name == "pyproject.toml" else project / "pyproject.toml"
-        if not path.is_file():
-            raise ConfigError("--project", f"no pyproject.toml at {path}")
-        return path.absolute()
-    start = (cwd or Path.cwd()).absolute()
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 class _Context:
@@ -163,10 +145,13 @@ class _Context:
     @property
     def resolver(self) -> MachineResolver:
         if self._resolver is None:
-            from .machines import MachineResolver, load_machine_tables
+            from .machines import machine_resolver
 
-            pyproject = find_pyproject(self.args.project)
-            self._resolver = MachineResolver(load_machine_tables(pyproject), pyproject)
+            project = self.args.project
+            if project is not None:
+                self._resolver = machine_resolver(project, source="--project")
+            else:
+                self._resolver = machine_resolver(self.settings.config, source="LRUN_CONFIG")
         return self._resolver
 
     def connect(self, machine: Machine) -> Engine:
@@ -596,7 +581,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         type=Path,
         default=default,
         metavar="DIR",
-        help="directory of the pyproject.toml with [tool.lrun.machines.*] (default: the nearest one upward)",
+        help="the file with [tool.lrun.machines.*], or the directory of its pyproject.toml "
+        "(default: $LRUN_CONFIG, else the nearest pyproject.toml upward)",
     )
     parser.add_argument(
         "--connect-timeout",

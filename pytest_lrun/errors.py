@@ -241,11 +241,14 @@ class BatchNotFound(NotFound):
 class UnknownMachine(NotFound):
     code = "unknown_machine"
 
-    def __init__(self, machine: str, known: list[str]) -> None:
+    def __init__(self, machine: str, known: list[str], tables_from: str | None = None) -> None:
         listed = ", ".join(sorted(known)) or "(none)"
-        super().__init__(f"unknown machine {machine!r}; known machines: {listed}")
+        where = f" ({tables_from})" if tables_from else ""
+        super().__init__(f"unknown machine {machine!r}; known machines: {listed}{where}")
         self.machine = machine
         self.known = sorted(known)
+        #: Which file the machine tables were read from, or where none was found.
+        self.tables_from = tables_from
 
 
 # --- busy ------------------------------------------------------------------

@@ -253,6 +253,9 @@ class _Parser:
 
     def check_machines(self, entries: Iterable[PlanEntry], known: Collection[str]) -> None:
         listed = ", ".join(sorted(known)) or "(none)"
+        tables_from = getattr(known, "tables_from", None)  # a resolver's names say where they came from
+        if tables_from:
+            listed += f" ({tables_from})"
         for entry in entries:
             if entry.machine not in known:
                 field = "matrix.machines" if entry.name in self.from_matrix else "machine"

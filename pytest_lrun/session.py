@@ -45,7 +45,7 @@ from .engine import Engine, connect
 from .errors import BatchNotFound, ConfigError, LrunError, RunNotFound
 from .events import Collected
 from .events import Event as InnerEvent
-from .machines import TAG_PREFIX, ImageSource, Machine, MachineResolver, load_machine_tables, resolve_image
+from .machines import TAG_PREFIX, ImageSource, Machine, machine_resolver, resolve_image
 from .output import one_line
 from .plan import Plan, PlanEntry, load_plan, select
 from .recovery import gc, reconcile
@@ -118,8 +118,8 @@ class LrunSession:
         self.settings = settings
         self.store: RunStore = open_store(settings.resolved_state_dir(), settings.store)
         self.batches = self.store.batches
-        pyproject = config.rootpath / "pyproject.toml"
-        self.resolver = MachineResolver(load_machine_tables(pyproject), pyproject)
+        # The machine tables are found as `lrun` finds them: --lrun-config, else upward from here.
+        self.resolver = machine_resolver(settings.config, config.invocation_params.dir)
         self.engines = EnginePool(lambda m: config.hook.pytest_lrun_make_engine(machine=m, config=config))
         self.dispatcher = Dispatcher(
             self.store,

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.cli import find_pyproject, main
-from pytest_lrun.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND
+from pytest_lrun.cli import main
+from pytest_lrun.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, ConfigError
 from pytest_lrun.follow import Tail
+from pytest_lrun.machines import find_machine_file
 from pytest_lrun.plan import load_plan
 from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
 
@@ -235,12 +236,34 @@ def test_project_without_pyproject_is_bad_input(lrun: Lrun, state: Path, tmp_pat
     assert status == 2 and "no pyproject.toml" in err
 
 
-def test_find_pyproject(tmp_path: Path, project: Path) -> None:
+def test_find_machine_file(tmp_path: Path, project: Path) -> None:
     deep = project / "a" / "b"
     deep.mkdir(parents=True)
-    assert find_pyproject(None, deep) == project / "pyproject.toml"
-    assert find_pyproject(project) == (project / "pyproject.toml").absolute()
-    assert find_pyproject(project / "pyproject.toml") == (project / "pyproject.toml").absolute()
+    assert find_machine_file(None, deep, source="x") == project / "pyproject.toml"
+    assert find_machine_file(project, source="x") == (project / "pyproject.toml").absolute()
+    toml = project / "pyproject.toml"
+    assert find_machine_file(toml, source="x") == toml.absolute()
+    (deep / "fleet.toml").write_text("")
+    assert find_machine_file(Path("fleet.toml"), deep, source="x") == deep / "fleet.toml"  # relative to cwd
+    with pytest.raises(ConfigError, match=r"^--lrun-config: no file .*/a/nope.toml$"):
+        find_machine_file(Path("nope.toml"), project / "a", source="--lrun-config")
+
+
+def test_lrun_reads_the_machine_file_lrun_config_names(
+    lrun: Lrun, state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = tmp_path / "ci" / "fleet.toml"
+    fleet.parent.mkdir()
+    fleet.write_text('[tool.lrun.machines.far]\nhost = "tcp://127.0.0.1:1"\n')
+    monkeypatch.setenv("LRUN_CONFIG", str(fleet))
+    status, out, _ = lrun("machines", "--json", "--connect-timeout", "2")
+    assert status == 0 and "far" in [row["name"] for row in json.loads(out)["machines"]]
+    status, _, err = lrun("images", "--machine", "near")
+    assert status == EXIT_NOT_FOUND
+    assert err.rstrip().endswith(f"(machine tables read from {fleet})")
+    monkeypatch.setenv("LRUN_CONFIG", str(tmp_path / "gone.toml"))
+    status, _, err = lrun("machines")
+    assert (status, err) == (EXIT_BAD_INPUT, f"lrun: error: LRUN_CONFIG: no file {tmp_path / 'gone.toml'}\n")
 
 
 # --- logs --------------------------------------------------------------------------------------
@@ -381,7 +404,8 @@ def test_gc_deletes_oldest_terminal_first_and_keeps_live_ones(
     assert {r.id for r in store.list()} == {newest.id, running.id}
     # The live run's machine is not in this project: reconcile leaves it alone and says why.
     assert data["reconcile"]["problems"] == [
-        "machine elsewhere unreachable: unknown machine 'elsewhere'; known machines: local"
+        "machine elsewhere unreachable: unknown machine 'elsewhere'; known machines: local "
+        f"(machine tables read from {project / 'pyproject.toml'})"
     ]
     assert store.get(running.id).status is Status.PENDING
 
