@@ -8,7 +8,7 @@ done by the store (:mod:`pytest_lrun.store`), recovery
 Commands::
 
     lrun runs [--machine M] [--status S] [--batch B] [--json]
-    lrun show ID [--json]
+    lrun show ID [--full] [--json]
     lrun logs ID [--follow]
     lrun cancel ID [--json]
     lrun batch ID [--json]
@@ -259,6 +259,27 @@ def _cmd_runs(ctx: _Context) -> int:
     return 0
 
 
+#: How many node ids of a run's command ``lrun show`` prints before "... N more" (``--full``: all).
+SHOWN_NODEIDS = 3
+
+
+def shown_command(words: Sequence[str], *, full: bool = False) -> str:
+    """A run's command as shell words; a shard's long list of node ids (words with ``::``) is cut to
+    its first :data:`SHOWN_NODEIDS` and a count of the rest, unless ``full``."""
+    nodeids = [i for i, word in enumerate(words) if "::" in word]
+    if full or len(nodeids) <= SHOWN_NODEIDS:
+        return shlex.join(words)
+    last_shown = nodeids[SHOWN_NODEIDS - 1]
+    hidden = set(nodeids[SHOWN_NODEIDS:])
+    parts: list[str] = []
+    for i, word in enumerate(words):
+        if i not in hidden:
+            parts.append(shlex.quote(word))
+        if i == last_shown:
+            parts.append(f"... {len(hidden):,} more node ids (lrun show --full)")
+    return " ".join(parts)
+
+
 def _cmd_show(ctx: _Context) -> int:
     run = ctx.store.get(ctx.args.id)
     data = run.to_dict()
@@ -273,7 +294,7 @@ def _cmd_show(ctx: _Context) -> int:
         elif value is None:
             shown = "-"
         elif key == "command":
-            shown = shlex.join(value)
+            shown = shown_command(value, full=ctx.args.full)
         elif key == "artifacts":
             shown = ", ".join(value)
         elif key == "owner":
@@ -623,6 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = command("show", _cmd_show, "show one run's record")
     show.add_argument("id", metavar="ID")
+    show.add_argument(
+        "--full",
+        action="store_true",
+        help=f"the whole command (a shard's node ids past the first {SHOWN_NODEIDS} are counted otherwise)",
+    )
 
     logs = command("logs", _cmd_logs, "print a run's log", json_flag=False)
     logs.add_argument("id", metavar="ID")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -175,6 +176,32 @@ def test_show_human(lrun: Lrun, store: RunStore) -> None:
     assert lines["created_at"].startswith("1970-01-01T00:16:40.000Z (") and lines["created_at"].endswith(
         "ago)"
     )
+
+
+def test_show_summarises_a_shard_s_node_ids_and_full_prints_them_all(lrun: Lrun, store: RunStore) -> None:
+    ids = [f"test/test_parser.py::test_case[{i}]" for i in range(2000)]
+    base = ["python3", "-m", "pytest", "-q", "--rootdir=/lrun/work"]
+    run = store.insert(
+        Run(
+            machine="m1",
+            test_dir="/src/parso",
+            test_dir_hash="h",
+            key="k",
+            status=Status.COMPLETED,
+            command=[*base, *ids],
+        )
+    )
+    _status, out, _ = lrun("show", run.id)
+    command = dict(line.split(None, 1) for line in out.splitlines())["command"]
+    assert command == (
+        "python3 -m pytest -q --rootdir=/lrun/work 'test/test_parser.py::test_case[0]' "
+        "'test/test_parser.py::test_case[1]' 'test/test_parser.py::test_case[2]' "
+        "... 1,997 more node ids (lrun show --full)"
+    )
+    status, out, _ = lrun("show", run.id, "--full")
+    full = dict(line.split(None, 1) for line in out.splitlines())["command"]
+    assert status == 0 and shlex.split(full) == [*base, *ids]
+    assert json.loads(lrun("show", run.id, "--json")[1])["run"]["command"] == [*base, *ids]
 
 
 def test_global_options_work_after_the_command(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
