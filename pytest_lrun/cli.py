@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import EXIT_ERROR, LrunError
+from .errors import EXIT_ERROR, LogNotFound, LrunError
 from .follow import Tail, follow
 from .output import age, binary_stdout, one_line, say, shown_dir, when
 from .settings import (
@@ -92,7 +92,7 @@ from .settings import (
     flag_type,
     resolve,
 )
-from .store import RunStore, Status, open_store
+from .store import Run, RunStore, Status, open_store
 from .store.records import rfc3339
 from .text import format_table
 
@@ -308,18 +308,57 @@ def _cmd_show(ctx: _Context) -> int:
 # --- logs ------------------------------------------------------------------------------------
 
 
+#: How long after a run ended ``lrun logs`` waits for its runner to share its log with the store
+#: (the runner ends the run first, then saves its result).
+SHARE_GRACE_S = 10.0
+
+
 def _cmd_logs(ctx: _Context) -> int:
     store = ctx.store
     run = store.get(ctx.args.id)
     path = store.files(run.id).logs
     out = binary_stdout()
     tail = Tail(path)
-    if not ctx.args.follow or run.status.is_terminal:
-        out.write(tail.read(final=True))
-        out.flush()
-        return 0
-    follow(ctx, run, tail, out)
+    if ctx.args.follow and not run.status.is_terminal:
+        follow(ctx, run, tail, out)
+        run = store.get(run.id)
+    _fetch_log(store, run, path)
+    out.write(tail.read(final=True))
+    out.flush()
     return 0
+
+
+def _fetch_log(store: RunStore, run: Run, path: Path) -> None:
+    """Make ``path`` hold the log of ``run`` when this host lacks it: a shared store keeps the
+    result (the log among it) of every run that ended, whichever runner ran it.
+
+    A run that never started a container has no log anywhere (nothing to print).
+
+    :raises LogNotFound: the run ran elsewhere and the store holds no copy of its log (a file store
+        never does; a shared one gets it when the run ends)
+    """
+    if path.exists() or run.logs_path is None:
+        return
+    host = (run.owner or {}).get("host", "?")
+    where = f"the runner that ran it (host {host}) wrote it to {run.logs_path}"
+    if not run.status.is_terminal:
+        raise LogNotFound(
+            run.id,
+            f"{where}; the run is {run.status.value}, and its log reaches the store when it ends: "
+            f"follow it with lrun logs --follow {run.id}",
+        )
+    while True:
+        store.load_result(run, ("logs",))
+        if path.exists():
+            return
+        if time.time() - (run.ended_at or 0.0) > SHARE_GRACE_S:
+            break
+        time.sleep(0.2)  # just ended: its runner may be saving the result now
+    raise LogNotFound(
+        run.id,
+        f"{where}, and the store {store.location} holds no copy (a shared --lrun-store keeps each run's "
+        "log once it ended, unless its runner could not save it; a file store keeps none)",
+    )
 
 
 # --- cancel ------------------------------------------------------------------------------------

@@ -238,6 +238,17 @@ class BatchNotFound(NotFound):
         self.batch_id = batch_id
 
 
+class LogNotFound(NotFound):
+    """A run's log is not in this state dir, and the store holds no copy this host can fetch."""
+
+    code = "log_not_found"
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(f"no log of run {run_id} in this state dir: {reason}")
+        self.run_id = run_id
+        self.reason = reason
+
+
 class UnknownMachine(NotFound):
     code = "unknown_machine"
 

@@ -292,3 +292,32 @@ def test_matrix_jobs_each_run_one_shard_and_the_batch_shows_the_whole_suite(
     record = json.loads(out)["batch"]
     assert record["status"] == "completed"
     assert sorted(record["entries"]) == ["suite [1/2]", "suite [2/2]"] == sorted(record["planned"])
+
+
+def test_lrun_logs_of_another_runner_s_run_comes_from_the_shared_store(
+    runners: list[Runner], shared: RunStore
+) -> None:
+    a, b = runners
+    write_tests(a.project, "slow", SLOW.format(seconds=4))
+    running = a.start("--lrun-machine=m1", "slow")
+    try:
+        run_id = _wait_running(shared)
+        # Live on runner a: b has no copy yet, and says so instead of printing nothing.
+        code, out = b.lrun("logs", run_id)
+        assert code == 3, out
+        assert out.startswith(
+            f"lrun: error: no log of run {run_id} in this state dir: "
+        ) and out.rstrip().endswith(
+            f"its log reaches the store when it ends: follow it with lrun logs --follow {run_id}"
+        ), out
+        code, followed = b.lrun("logs", "--follow", run_id)  # until it ends, then from the store
+    finally:
+        out_a, _ = running.communicate(timeout=180)
+    assert running.returncode == 0, out_a
+    log = (a.state_dir / "runs" / run_id / "logs.txt").read_text()
+    assert "1 passed" in log
+    assert code == 0 and followed.startswith(log) and f"lrun: run {run_id} completed" in followed, followed
+    code, out = b.lrun("logs", run_id)
+    assert (code, out) == (0, log)
+    assert (b.state_dir / "runs" / run_id / "logs.txt").read_text() == log
+    assert not (b.state_dir / "runs" / run_id / "artifacts").exists()  # the log alone was fetched

@@ -308,6 +308,31 @@ def test_logs_of_a_run_without_logs_prints_nothing(lrun: Lrun, store: RunStore) 
     assert lrun("logs", run.id) == (0, "", "")
 
 
+def test_logs_of_a_run_that_ran_in_another_state_dir_says_it_has_none(lrun: Lrun, store: RunStore) -> None:
+    # A file store shares nothing: a record whose log is elsewhere cannot be printed, and lrun says so.
+    run = store.insert(
+        Run(
+            machine="m1",
+            test_dir="/src/suite",
+            test_dir_hash="h",
+            key="k",
+            status=Status.COMPLETED,
+            exit_code=0,
+            ended_at=1000.0,
+            logs_path="/elsewhere/state/runs/x/logs.txt",
+            owner={"host": "runner-7", "pid": 1},
+        )
+    )
+    status, out, err = lrun("logs", run.id)
+    assert (status, out) == (EXIT_NOT_FOUND, "")
+    assert err == (
+        f"lrun: error: no log of run {run.id} in this state dir: the runner that ran it (host runner-7) "
+        f"wrote it to /elsewhere/state/runs/x/logs.txt, and the store {store.state_dir} holds no copy "
+        "(a shared --lrun-store keeps each run's log once it ended, unless its runner could not save it; "
+        "a file store keeps none)\n"
+    )
+
+
 def test_logs_not_found(lrun: Lrun, state: Path) -> None:
     status, _, err = lrun("logs", "20200101T000000-deadbeef")
     assert status == 3 and err.count("\n") == 1
