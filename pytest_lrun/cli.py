@@ -33,7 +33,8 @@ shape. The other members, per command::
     runs       {"schema_version": 1, "runs": [RUN, ...]}
     show       {"schema_version": 1, "run": RUN}
     cancel     {"schema_version": 1, "run": RUN}            (the record after cancelling)
-    batch      {"schema_version": 1, "batch": BATCH, "rows": [ROW, ...]}
+    batch      {"schema_version": 1, "batch": BATCH, "rows": [ROW, ...],
+                "totals": {"passed", "failed", "skipped"}}
     machines   {"schema_version": 1, "machines": [{"name", "url", "source", "reachable", "error",
                                                   "tags", "slots", "in_use", "free", "runs",
                                                   "active_run_id"}, ...]}
@@ -59,7 +60,10 @@ Without ``--json`` an error is one line ``lrun: error: <message>`` on stderr.
 Warnings (a corrupt record moved aside, say) are ``lrun: warning: <message>``
 lines on stderr, printed once at the end whatever the output format.
 Exit statuses: 0 success, 1 other errors, 2 bad input (and usage errors), 3 not
-found, 4 busy, 5 engine errors (:mod:`pytest_lrun.errors`), 130 Ctrl-C.
+found, 4 busy, 5 engine errors (:mod:`pytest_lrun.errors`), 130 Ctrl-C. ``lrun
+batch`` follows the batch it shows (with ``--json`` too): 0 completed,
+:data:`EXIT_BATCH_FAILED` failed (or timeout, interrupted),
+:data:`EXIT_BATCH_INCOMPLETE` incomplete, :data:`EXIT_BATCH_UNFINISHED` pending or running.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ from .settings import (
     flag_type,
     resolve,
 )
-from .store import Run, RunStore, Status, open_store
+from .store import BatchStatus, Run, RunStore, Status, open_store
 from .store.records import rfc3339
 from .text import format_table
 
@@ -379,20 +383,44 @@ def _cmd_cancel(ctx: _Context) -> int:
 # --- batch ----------------------------------------------------------------------------------------
 
 
+#: ``lrun batch``'s exit status follows the batch (0: completed): it failed (failed, timeout or
+#: interrupted) ...
+EXIT_BATCH_FAILED = 6
+#: ... every run a job started ended well, but some planned entries no job took ...
+EXIT_BATCH_INCOMPLETE = 7
+#: ... or it is still pending or running.
+EXIT_BATCH_UNFINISHED = 8
+
+
+def batch_exit(status: BatchStatus) -> int:
+    """The exit status of ``lrun batch`` for a batch in ``status``."""
+    if status is BatchStatus.COMPLETED:
+        return 0
+    if status is BatchStatus.INCOMPLETE:
+        return EXIT_BATCH_INCOMPLETE
+    return EXIT_BATCH_FAILED if status.is_terminal else EXIT_BATCH_UNFINISHED
+
+
 def _cmd_batch(ctx: _Context) -> int:
-    from .batch import rows
+    from .batch import COUNTS, rows, totals
 
     store = ctx.store
     batch = store.batches.refresh(ctx.args.id)
     entries = rows(batch, store)
+    summed = totals(entries)
     if ctx.args.json:
-        _print_json(batch=batch.to_dict(), rows=entries)
-        return 0
-    say(f"batch {batch.id}: {batch.status.value} (plan {batch.plan})")
+        _print_json(batch=batch.to_dict(), rows=entries, totals=summed)
+        return batch_exit(batch.status)
+    untaken = [row["entry"] for row in entries if row["run_id"] is None]
+    why = ""
+    if batch.status is BatchStatus.INCOMPLETE:
+        why = f", {len(untaken)} of {len(entries)} entries no job took: {', '.join(untaken)}"
+    say(f"batch {batch.id}: {batch.status.value}{why} (plan {batch.plan})")
     if not entries:
         say("no entries")
-        return 0
-    table = [["ENTRY", "MACHINE", "STATUS", "EXIT", "DURATION", "RUN", "DIR"]]
+        return batch_exit(batch.status)
+    counts = [key.upper() for key in COUNTS]
+    table = [["ENTRY", "MACHINE", "STATUS", "EXIT", "DURATION", *counts, "RUN", "DIR"]]
     for row in entries:
         table.append(
             [
@@ -401,13 +429,15 @@ def _cmd_batch(ctx: _Context) -> int:
                 row["status"],
                 "-" if row["exit_code"] is None else str(row["exit_code"]),
                 "-" if row["duration"] is None else f"{row['duration']:.1f}s",
+                *("-" if row[key] is None else str(row[key]) for key in COUNTS),
                 row["run_id"] or "-",  # an entry no job has started yet has no run
                 shown_dir(row["test_dir"]) if row["test_dir"] else "-",
             ]
         )
+    table.append(["total", "", "", "", "", *(str(summed[key]) for key in COUNTS), "", ""])
     for line in format_table(table):
         say(line)
-    return 0
+    return batch_exit(batch.status)
 
 
 # --- machines ---------------------------------------------------------------------------------------
@@ -658,7 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lrun",
         description="Look at, follow, cancel and clean up pytest-lrun runs.",
-        epilog="exit status: 0 ok, 1 error, 2 bad input, 3 not found, 4 busy, 5 engine error",
+        epilog="exit status: 0 ok, 1 error, 2 bad input, 3 not found, 4 busy, 5 engine error; "
+        f"lrun batch: {EXIT_BATCH_FAILED} the batch failed, {EXIT_BATCH_INCOMPLETE} incomplete, "
+        f"{EXIT_BATCH_UNFINISHED} pending or running",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _global_options(parser, suppress=False)
@@ -701,7 +733,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = command("cancel", _cmd_cancel, "kill a live run's container and mark the run interrupted")
     cancel.add_argument("id", metavar="ID")
 
-    batch = command("batch", _cmd_batch, "show a batch: its status and one row per entry")
+    batch = command(
+        "batch",
+        _cmd_batch,
+        "show a batch: its status, one row per entry with its inner-test counts, and their totals; "
+        f"exits 0 when it completed, {EXIT_BATCH_FAILED} when it failed, {EXIT_BATCH_INCOMPLETE} while "
+        f"incomplete, {EXIT_BATCH_UNFINISHED} while pending or running",
+    )
     batch.add_argument("id", metavar="ID")
 
     command("machines", _cmd_machines, "list known machines, whether their engines answer, their active run")

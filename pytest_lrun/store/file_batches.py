@@ -46,7 +46,7 @@ from ..errors import BatchNotFound, BatchPlanMismatch, CorruptRecord, RunNotFoun
 from ..fsutil import Unparseable, atomic_write_json, make_private_dir, move_aside, parse_record
 from ..locking import hold
 from ..plan import Plan
-from .records import Batch, Status, derive_status, new_batch_id, valid_id, validate_batch_id
+from .records import Batch, BatchStatus, Status, derive_status, new_batch_id, valid_id, validate_batch_id
 
 if TYPE_CHECKING:
     from .files import FileStore
@@ -197,8 +197,8 @@ class FileBatchStore:
         with self._locked(batch_id):
             batch = self._load_locked(batch_id)
             batch.entries[entry] = run_id
-            if batch.status.is_terminal:
-                batch.status = Status.RUNNING
+            if batch.status.is_terminal or batch.status is BatchStatus.INCOMPLETE:
+                batch.status = BatchStatus.RUNNING
             self._write(batch)
         return batch
 
@@ -246,9 +246,8 @@ class FileBatchStore:
                     statuses.append(self.runs.get(run_id).status)
                 except (RunNotFound, CorruptRecord):  # gone: counts as interrupted
                     statuses.append(None)
-            # Entries no job has started yet (CI matrix jobs still to come) keep the batch open.
-            statuses += [Status.PENDING for name in batch.planned if name not in batch.entries]
-            status = derive_status(statuses)
+            # Entries no job has started yet (CI matrix jobs still to come, or never) keep it unfinished.
+            status = derive_status(statuses, untaken=sum(name not in batch.entries for name in batch.planned))
             if status is not batch.status:
                 batch.status = status
                 self._write(batch)

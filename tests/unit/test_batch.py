@@ -26,7 +26,7 @@ from pytest_lrun.errors import (
     StoreError,
 )
 from pytest_lrun.plan import Plan
-from pytest_lrun.store import BatchStore, FileStore, Run, RunStore, Status
+from pytest_lrun.store import BatchStatus, BatchStore, FileStore, Run, RunStore, Status
 from pytest_lrun.store.records import Batch, new_batch_id, rfc3339, validate_batch_id
 
 BATCH_ID = re.compile(r"b-\d{8}T\d{6}-[0-9a-f]{8}")
@@ -104,6 +104,8 @@ def test_lock_timeout_is_a_store_error(state: Path, plan: Plan) -> None:
 
 # --- rows ------------------------------------------------------------------------
 
+NO_COUNTS = {"passed": None, "failed": None, "skipped": None}
+
 
 def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
     batch = batches.open(plan)
@@ -131,6 +133,7 @@ def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
             "status": "failed",
             "exit_code": 1,
             "duration": 12.5,
+            **NO_COUNTS,  # it left no JUnit XML
         },
         {
             "entry": "failing@m2",
@@ -140,6 +143,7 @@ def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
             "status": "pending",
             "exit_code": None,
             "duration": None,
+            **NO_COUNTS,
         },
         {
             "entry": "gone@m1",
@@ -149,6 +153,7 @@ def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
             "status": "missing",
             "exit_code": None,
             "duration": None,
+            **NO_COUNTS,
         },
     ] + [
         {
@@ -159,6 +164,7 @@ def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
             "status": "pending",
             "exit_code": None,
             "duration": None,
+            **NO_COUNTS,
         }
         for name in ("passing@m2", "failing@m1")
     ]
@@ -275,7 +281,7 @@ def test_good_batch_ids_are_valid(good: str) -> None:
 
 def test_batch_record_round_trips_and_ignores_unknown_keys() -> None:
     batch = Batch(id="b", plan="/p", plan_digest="d", created_at=1.5, entries={"e": "r"}, status="failed")  # type: ignore[arg-type]
-    assert batch.status is Status.FAILED
+    assert batch.status is BatchStatus.FAILED
     assert Batch.from_dict({**batch.to_dict(), "future_field": 1}) == batch
     assert Batch.from_dict(json.loads(json.dumps(batch.to_dict()))) == batch
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.cli import main
+from pytest_lrun.cli import EXIT_BATCH_FAILED, EXIT_BATCH_INCOMPLETE, EXIT_BATCH_UNFINISHED, main
 from pytest_lrun.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, ConfigError
 from pytest_lrun.follow import Tail
 from pytest_lrun.machines import find_machine_file
@@ -517,7 +517,7 @@ def test_batch(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
 
     status, out, _ = lrun("batch", "b-test", "--json")
 
-    assert status == 0
+    assert status == EXIT_BATCH_FAILED
     data = json.loads(out)
     assert data["batch"]["id"] == "b-test" and data["batch"]["status"] == "failed"
     assert [(r["entry"], r["run_id"], r["status"], r["exit_code"]) for r in data["rows"]] == [
@@ -532,9 +532,13 @@ def test_batch(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
         "status",
         "exit_code",
         "duration",
+        "passed",
+        "failed",
+        "skipped",
     }
 
     status, out, _ = lrun("batch", "b-test")
+    assert status == EXIT_BATCH_FAILED
     assert out.splitlines()[0].startswith("batch b-test: failed")
     assert "ENTRY" in out and one.id in out and two.id in out
 
@@ -560,14 +564,76 @@ def test_batch_with_entries_this_state_dir_has_not_run(lrun: Lrun, store: RunSto
 
     status, out, err = lrun("batch", "b-ci")
 
-    assert status == 0 and err == ""
+    assert status == EXIT_BATCH_FAILED and err == ""  # a run gone counts as interrupted
     table = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
     assert table["ran"][:3] == ["ran", "m1", "completed"]
-    assert table["gone"] == ["gone", "-", "missing", "-", "-", "20200101T000000-deadbeef", "-"]
-    assert table["later"] == ["later", "-", "pending", "-", "-", "-", "-"]
+    assert table["gone"] == ["gone", "-", "missing", "-", "-", "-", "-", "-", "20200101T000000-deadbeef", "-"]
+    assert table["later"] == ["later", "-", "pending", "-", "-", "-", "-", "-", "-", "-"]
     status, out, _ = lrun("batch", "b-ci", "--json")
     rows = {row["entry"]: row for row in json.loads(out)["rows"]}
-    assert status == 0 and rows["later"]["run_id"] is None and rows["later"]["status"] == "pending"
+    assert status == EXIT_BATCH_FAILED
+    assert rows["later"]["run_id"] is None and rows["later"]["status"] == "pending"
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="1" failures="1" skipped="2" tests="6">
+<testcase classname="test_x" name="test_a" time="0.1"/>
+<testcase classname="test_x" name="test_b" time="0.1"/>
+<testcase classname="test_x" name="test_c" time="0.1"><failure message="no">x</failure></testcase>
+<testcase classname="test_x" name="test_d" time="0.1"><error message="setup">x</error></testcase>
+<testcase classname="test_x" name="test_e" time="0.1"><skipped type="pytest.skip" message="s"/></testcase>
+<testcase classname="test_x" name="test_f" time="0.1"><skipped type="pytest.xfail" message="x"/></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_batch_status_counts_and_exit_status_follow_the_batch(
+    lrun: Lrun, store: RunStore, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "plan.toml").write_text(
+        "".join(
+            f'[[entry]]\nname = "{name}"\ndir = "a"\nmachine = "m1"\n\n' for name in ("s [1/2]", "s [2/2]")
+        )
+    )
+    batches = FileStore(store.state_dir).batches
+    batch = batches.open(load_plan(tmp_path / "plan.toml"), "b-shards")
+    assert lrun("batch", "b-shards")[0] == EXIT_BATCH_UNFINISHED  # pending: nothing started yet
+
+    # Only shard 2/2 was joined, and it completed: nothing runs, shard 1/2 was never taken.
+    second = finished(store, batch_id=batch.id)
+    store.files(second.id).junit.write_text(JUNIT)
+    batches.record(batch.id, "s [2/2]", second.id)
+    status, out, _ = lrun("batch", "b-shards")
+    assert status == EXIT_BATCH_INCOMPLETE
+    lines = out.splitlines()
+    assert lines[0].startswith("batch b-shards: incomplete, 1 of 2 entries no job took: s [1/2] (plan ")
+    assert lines[1].split()[:8] == [
+        "ENTRY",
+        "MACHINE",
+        "STATUS",
+        "EXIT",
+        "DURATION",
+        "PASSED",
+        "FAILED",
+        "SKIPPED",
+    ]
+    assert lines[2].split()[:8] == ["s", "[2/2]", "m1", "completed", "0", "4.0s", "2", "2"]
+    assert lines[-1].split() == ["total", "2", "2", "2"]
+    status, out, _ = lrun("batch", "b-shards", "--json")
+    data = json.loads(out)
+    assert status == EXIT_BATCH_INCOMPLETE and data["batch"]["status"] == "incomplete"
+    assert [(r["entry"], r["passed"], r["failed"], r["skipped"]) for r in data["rows"]] == [
+        ("s [2/2]", 2, 2, 2),
+        ("s [1/2]", None, None, None),
+    ]
+    assert data["totals"] == {"passed": 2, "failed": 2, "skipped": 2}
+
+    first = live(store)  # shard 1/2's job comes after all: running
+    batches.record(batch.id, "s [1/2]", first.id)
+    assert lrun("batch", "b-shards")[0] == EXIT_BATCH_UNFINISHED
+    store.end(first, Status.COMPLETED)
+    assert lrun("batch", "b-shards")[0] == 0
 
 
 def test_text_output_escapes_what_is_not_unicode(lrun: Lrun, store: RunStore) -> None:
