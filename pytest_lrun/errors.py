@@ -199,12 +199,24 @@ class BatchPlanMismatch(BadInput):
     code = "batch_plan_mismatch"
 
     def __init__(
-        self, batch_id: str, batch_plan: str, batch_digest: str, plan: str, plan_digest: str
+        self,
+        batch_id: str,
+        batch_plan: str,
+        batch_digest: str,
+        plan: str,
+        plan_digest: str,
+        difference: str | None = None,
     ) -> None:
-        super().__init__(
-            f"batch {batch_id!r} belongs to plan {batch_plan} (digest {batch_digest}), not to "
-            f"{plan} (digest {plan_digest}); join it with the same plan file or use another batch id"
-        )
+        if difference is None:
+            message = (
+                f"batch {batch_id!r} belongs to plan {batch_plan} (digest {batch_digest}), not to "
+                f"{plan} (digest {plan_digest}); join it with the same plan file or use another batch id"
+            )
+        else:  # a shard batch, which no plan file describes: what its jobs collected differs
+            message = f"batch {batch_id!r} does not match this job's shards of {plan}: {difference}"
+        super().__init__(message)
+        #: What differs between the batch and this job's shards (None: two plan files differ).
+        self.difference = difference
         self.batch_id = batch_id
         self.batch_plan = batch_plan
         self.batch_digest = batch_digest

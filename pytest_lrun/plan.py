@@ -93,11 +93,16 @@ class PlanEntry:
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated plan file: ``digest`` is the xxh3-128 hex digest of the file's bytes."""
+    """A validated plan file: ``digest`` is the xxh3-128 hex digest of the file's bytes.
+
+    A shard batch's plan has no file: ``path`` is the directory, ``collected`` the inner
+    node ids its shards were dealt from (in collection order), and ``digest`` covers them.
+    """
 
     path: Path  # absolute, symlinks resolved
     digest: str
     entries: tuple[PlanEntry, ...]
+    collected: tuple[str, ...] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:

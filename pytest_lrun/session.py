@@ -269,6 +269,7 @@ class LrunSession:
             path=spec.test_dir,
             digest=xxhash.xxh3_128_hexdigest(inputs),
             entries=tuple(PlanEntry(f"{suite} [{label}]", spec.test_dir, spec.where) for label in labels),
+            collected=tuple(nodeids),  # a job that collected something else is told what differs
         )
         self.batch_id = self.batches.open(plan, self.settings.batch_id).id
 

@@ -42,10 +42,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BatchNotFound, BatchPlanMismatch, CorruptRecord, RunNotFound, StoreError
+from ..errors import BatchNotFound, CorruptRecord, RunNotFound, StoreError
 from ..fsutil import Unparseable, atomic_write_json, make_private_dir, move_aside, parse_record
 from ..locking import hold
 from ..plan import Plan
+from .common import plan_mismatch
 from .records import Batch, BatchStatus, Status, derive_status, new_batch_id, valid_id, validate_batch_id
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ class FileBatchStore:
             except BatchNotFound:
                 return self._create(plan, batch_id)
         if batch.plan_digest != plan.digest:
-            raise BatchPlanMismatch(batch.id, batch.plan, batch.plan_digest, str(plan.path), plan.digest)
+            raise plan_mismatch(batch, plan)
         return batch
 
     def _create(self, plan: Plan, batch_id: str) -> Batch:
@@ -173,6 +174,7 @@ class FileBatchStore:
             plan_digest=plan.digest,
             created_at=time.time(),
             planned=list(plan.names),
+            collected=None if plan.collected is None else list(plan.collected),
         )
         self._write(batch)
         return batch

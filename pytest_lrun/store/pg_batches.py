@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BatchNotFound, BatchPlanMismatch, CorruptRecord, StoreError
+from ..errors import BatchNotFound, CorruptRecord, StoreError
 from ..fsutil import Unparseable, parse_record
 from . import pg_sql
+from .common import plan_mismatch
 from .pg_db import Cursor, dump
 from .records import Batch, BatchStatus, Status, derive_status, new_batch_id, valid_id, validate_batch_id
 
@@ -67,6 +68,7 @@ class PostgresBatchStore:
                 plan_digest=plan.digest,
                 created_at=time.time(),
                 planned=builtins.list(plan.names),
+                collected=None if plan.collected is None else builtins.list(plan.collected),
             )
             row = (batch.id, batch.created_at, dump(batch.to_dict()))
 
@@ -82,9 +84,7 @@ class PostgresBatchStore:
             if batch_id is not None:
                 stored = self._decode(batch_id, existing[0])
                 if stored.plan_digest != plan.digest:
-                    raise BatchPlanMismatch(
-                        stored.id, stored.plan, stored.plan_digest, str(plan.path), plan.digest
-                    )
+                    raise plan_mismatch(stored, plan)
                 return stored
         raise StoreError(f"could not find a free batch id in {self.runs.location}")  # pragma: no cover
 

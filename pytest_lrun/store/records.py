@@ -387,6 +387,9 @@ class Batch(MillisecondTimes):
     entries: dict[str, str] = field(default_factory=dict)
     status: BatchStatus = BatchStatus.PENDING
     planned: list[str] = field(default_factory=list)  # every entry of the plan, recorded or not yet
+    # A shard batch's inner node ids, in collection order (None: a plan file's batch): what a job
+    # that collected something else is told differs.
+    collected: list[str] | None = None
 
     _times: ClassVar[tuple[str, ...]] = ("created_at",)
 
@@ -406,6 +409,7 @@ class Batch(MillisecondTimes):
             "entries": dict(self.entries),
             "status": self.status.value,
             "planned": list(self.planned),
+            "collected": None if self.collected is None else list(self.collected),
         }
 
     @classmethod
@@ -439,6 +443,11 @@ class Batch(MillisecondTimes):
         planned = data.get("planned", [])
         if not isinstance(planned, list) or not all(isinstance(name, str) for name in planned):
             raise ValueError("batch record field 'planned' must be a list of entry names")
+        collected = data.get("collected")
+        if collected is not None and (
+            not isinstance(collected, list) or not all(isinstance(nodeid, str) for nodeid in collected)
+        ):
+            raise ValueError("batch record field 'collected' must be a list of node ids or null")
         return cls(
             id=data["id"],
             plan=data["plan"],
@@ -447,4 +456,5 @@ class Batch(MillisecondTimes):
             entries=dict(entries),
             status=status,
             planned=list(planned),
+            collected=None if collected is None else list(collected),
         )

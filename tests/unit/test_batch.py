@@ -66,6 +66,7 @@ def test_a_batch_is_one_json_file_in_a_private_folder(batches: BatchStore, plan:
         "entries": {},
         "status": "pending",
         "planned": ["passing@m1", "passing@m2", "failing@m1", "failing@m2"],
+        "collected": None,  # a plan file's batch: no inner node ids
     }
     assert (state / "batches").stat().st_mode & 0o777 == 0o700
 
@@ -81,6 +82,8 @@ def test_batch_plan_mismatch_pickles() -> None:
     copy = pickle.loads(pickle.dumps(err))
     assert type(copy) is BatchPlanMismatch
     assert str(copy) == str(err)
+    shards = BatchPlanMismatch("ci-1", "/a/suite", "aa" * 16, "/a/suite", "bb" * 16, "1 vs 2 tests")
+    assert pickle.loads(pickle.dumps(shards)).difference == "1 vs 2 tests"
     assert copy.to_dict() == err.to_dict()
     assert copy.to_dict()["code"] == "batch_plan_mismatch"
     assert (copy.batch_id, copy.batch_plan, copy.batch_digest, copy.plan, copy.plan_digest) == (

@@ -58,7 +58,7 @@ from pytest_lrun.errors import (
     TerminalRunError,
 )
 from pytest_lrun.layout import RunFiles
-from pytest_lrun.plan import Plan
+from pytest_lrun.plan import Plan, PlanEntry
 from pytest_lrun.store import BatchStatus, Candidate, Decision, Run, RunStore, Status, Sweep, Ticket
 from pytest_lrun.store.common import TICKET_TTL_S
 from pytest_lrun.store.records import derive_status, valid_id
@@ -854,6 +854,40 @@ def test_joining_with_another_plan_is_refused(store: RunStore, plan: Plan, tmp_p
     assert (err.batch_id, err.batch_plan, err.batch_digest) == ("ci-1", str(plan.path), plan.digest)
     assert (err.plan, err.plan_digest) == (str(other.path), other.digest)
     assert store.batches.get("ci-1").entries == {"passing@m1": run_id}  # untouched
+
+
+def _shards_of(suite: Path, nodeids: list[str], count: int = 2) -> Plan:
+    """The plan a job opens for its shards of ``suite`` (as the session does): no file, its node ids."""
+    labels = [f"parso [{k}/{count}]" for k in range(1, count + 1)]
+    return Plan(
+        path=suite,
+        digest=str(hash((tuple(labels), tuple(nodeids)))),
+        entries=tuple(PlanEntry(label, suite, "m1") for label in labels),
+        collected=tuple(nodeids),
+    )
+
+
+def test_joining_a_shard_batch_with_another_collection_says_what_differs(
+    store: RunStore, peer: RunStore, tmp_path: Path
+) -> None:
+    suite = tmp_path / "parso"
+    ids = [f"test/test_parser.py::test_{i}" for i in range(1989)]
+    store.batches.open(_shards_of(suite, ids), "ci-9")
+    assert peer.batches.open(_shards_of(suite, ids), "ci-9").collected == ids  # the same: joined
+    more = [*ids[:1000], "test/test_parser.py::test_new", *ids[1000:]]
+    with pytest.raises(BatchPlanMismatch) as info:
+        peer.batches.open(_shards_of(suite, more), "ci-9")
+    assert str(info.value) == (
+        f"batch 'ci-9' does not match this job's shards of {suite}: the batch's jobs collected 1,989 "
+        "inner tests, this job 1,990; the first that differs, test/test_parser.py::test_new, is only in "
+        "this job's. Every job of a shard batch must collect the same inner tests (the same checkout, "
+        "-k, -m and node ids), or use another batch id"
+    )
+    assert "plan file" not in str(info.value) and info.value.code == "batch_plan_mismatch"
+    with pytest.raises(BatchPlanMismatch, match="only in the batch's"):
+        peer.batches.open(_shards_of(suite, ids[:-1]), "ci-9")
+    with pytest.raises(BatchPlanMismatch, match=r": the batch has 2 shards, this job 3\. Every job"):
+        peer.batches.open(_shards_of(suite, ids, 3), "ci-9")
 
 
 def test_record_adds_and_replaces_entries_in_recording_order(store: RunStore, plan: Plan) -> None:
