@@ -77,3 +77,22 @@ def test_lrun_config_names_the_machine_file_and_errors_name_the_file_read(
     result.assert_outcomes(passed=2)
     (record,) = [json.loads(p.read_text()) for p in (state_dir / "runs").glob("*/run.json")]
     assert (record["machine"], record["status"]) == ("e2", "completed")
+
+
+def test_a_node_id_below_a_package_ships_that_folder_alone_and_the_readme_s_ways_ship_the_root(
+    pytester: pytest.Pytester, project: Path, engines: list[str]
+) -> None:
+    pytester.makepyprojecttoml(_tables(engines))
+    tests = project / "toolz" / "tests"
+    tests.mkdir(parents=True)
+    (project / "toolz" / "__init__.py").write_text("X = 1\n")
+    (tests / "test_x.py").write_text("import toolz\n\n\ndef test_y():\n    assert toolz.X == 1\n")
+    alone = pytester.runpytest_subprocess("--lrun-machine=e1", "toolz/tests/test_x.py::test_y")
+    assert alone.ret != 0
+    alone.stdout.fnmatch_lines(["*ModuleNotFoundError: No module named 'toolz'*"])
+    whole = pytester.runpytest_subprocess("--lrun-machine=e1", ".", "-k", "test_y")
+    whole.assert_outcomes(passed=1)
+    parent = pytester.runpytest_subprocess(
+        "--rootdir=..", "--lrun-machine=e1", "toolz/tests/test_x.py::test_y"
+    )
+    parent.assert_outcomes(passed=1)
