@@ -89,9 +89,18 @@ def test_a_node_id_below_a_package_ships_that_folder_alone_and_the_readme_s_ways
     (tests / "test_x.py").write_text("import toolz\n\n\ndef test_y():\n    assert toolz.X == 1\n")
     alone = pytester.runpytest_subprocess("--lrun-machine=e1", "toolz/tests/test_x.py::test_y")
     assert alone.ret != 0
-    alone.stdout.fnmatch_lines(["*ModuleNotFoundError: No module named 'toolz'*"])
+    alone.stdout.fnmatch_lines(
+        [
+            "lrun: hint: toolz/tests/test_x.py could not import 'toolz': only toolz/ was shipped, and "
+            "toolz is that folder itself, so its parent is needed. Ship the project root: dispatch it "
+            "whole and select inside it (pytest --lrun-machine=e1 . -k EXPR), or make its parent the "
+            "rootdir (--rootdir=..)",
+            "*ModuleNotFoundError: No module named 'toolz'*",
+        ]
+    )
     whole = pytester.runpytest_subprocess("--lrun-machine=e1", ".", "-k", "test_y")
     whole.assert_outcomes(passed=1)
+    assert "lrun: hint:" not in whole.stdout.str()
     parent = pytester.runpytest_subprocess(
         "--rootdir=..", "--lrun-machine=e1", "toolz/tests/test_x.py::test_y"
     )
