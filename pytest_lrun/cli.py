@@ -343,17 +343,20 @@ def _fetch_log(store: RunStore, run: Run, path: Path) -> None:
     """
     if path.exists() or run.logs_path is None:
         return
+    here = run.logs_path == str(path)  # this host ran it (a live run's log may not be there yet)
     host = (run.owner or {}).get("host", "?")
     where = f"the runner that ran it (host {host}) wrote it to {run.logs_path}"
     if not run.status.is_terminal:
+        if here:
+            return
         raise LogNotFound(
             run.id,
             f"{where}; the run is {run.status.value}, and its log reaches the store when it ends: "
             f"follow it with lrun logs --follow {run.id}",
         )
     while True:
-        store.load_result(run, ("logs",))
-        if path.exists():
+        store.load_result(run, ("logs",))  # a shared store's copy (this host's may have been evicted)
+        if path.exists() or here:
             return
         if time.time() - (run.ended_at or 0.0) > SHARE_GRACE_S:
             break

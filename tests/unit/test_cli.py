@@ -333,6 +333,12 @@ def test_logs_of_a_run_that_ran_in_another_state_dir_says_it_has_none(lrun: Lrun
     )
 
 
+def test_logs_of_a_run_live_here_before_its_first_output_prints_nothing(lrun: Lrun, store: RunStore) -> None:
+    run = live(store)
+    store.update(replace(run, status=Status.RUNNING, logs_path=str(store.files(run.id).logs)))
+    assert lrun("logs", run.id) == (0, "", "")
+
+
 def test_logs_not_found(lrun: Lrun, state: Path) -> None:
     status, _, err = lrun("logs", "20200101T000000-deadbeef")
     assert status == 3 and err.count("\n") == 1
