@@ -8,7 +8,7 @@ done by the store (:mod:`pytest_lrun.store`), recovery
 Commands::
 
     lrun runs [--machine M] [--status S] [--batch B] [--json]
-    lrun show ID [--json]
+    lrun show ID [--full] [--json]
     lrun logs ID [--follow]
     lrun cancel ID [--json]
     lrun batch ID [--json]
@@ -20,8 +20,9 @@ Commands::
 Global options (before or after the command): ``--state-dir`` (default
 ``$LRUN_STATE_DIR``, else ``~/.lrun``), ``--store URL`` (default ``$LRUN_STORE``,
 else the file store in the state dir), ``--project DIR`` (where the
-``pyproject.toml`` with ``[tool.lrun.machines.*]`` is; default: the nearest one
-upward from the current directory) and ``--connect-timeout`` (default
+``pyproject.toml`` with ``[tool.lrun.machines.*]`` is, or the file itself; default:
+``$LRUN_CONFIG``, else the nearest one upward from the current directory, found by
+:func:`~pytest_lrun.machines.find_machine_file` as the plugin finds it) and ``--connect-timeout`` (default
 ``$LRUN_CONNECT_TIMEOUT``, else :data:`~pytest_lrun.settings.DEFAULT_CONNECT_TIMEOUT`).
 
 Output contract: with ``--json`` stdout holds one JSON object, an envelope
@@ -32,7 +33,8 @@ shape. The other members, per command::
     runs       {"schema_version": 1, "runs": [RUN, ...]}
     show       {"schema_version": 1, "run": RUN}
     cancel     {"schema_version": 1, "run": RUN}            (the record after cancelling)
-    batch      {"schema_version": 1, "batch": BATCH, "rows": [ROW, ...]}
+    batch      {"schema_version": 1, "batch": BATCH, "rows": [ROW, ...],
+                "totals": {"passed", "failed", "skipped"}}
     machines   {"schema_version": 1, "machines": [{"name", "url", "source", "reachable", "error",
                                                   "tags", "slots", "in_use", "free", "runs",
                                                   "active_run_id"}, ...]}
@@ -58,7 +60,10 @@ Without ``--json`` an error is one line ``lrun: error: <message>`` on stderr.
 Warnings (a corrupt record moved aside, say) are ``lrun: warning: <message>``
 lines on stderr, printed once at the end whatever the output format.
 Exit statuses: 0 success, 1 other errors, 2 bad input (and usage errors), 3 not
-found, 4 busy, 5 engine errors (:mod:`pytest_lrun.errors`), 130 Ctrl-C.
+found, 4 busy, 5 engine errors (:mod:`pytest_lrun.errors`), 130 Ctrl-C. ``lrun
+batch`` follows the batch it shows (with ``--json`` too): 0 completed,
+:data:`EXIT_BATCH_FAILED` failed (or timeout, interrupted),
+:data:`EXIT_BATCH_INCOMPLETE` incomplete, :data:`EXIT_BATCH_UNFINISHED` pending or running.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import EXIT_ERROR, ConfigError, LrunError
+from .errors import EXIT_ERROR, LogNotFound, LrunError
 from .follow import Tail, follow
 from .output import age, binary_stdout, one_line, say, shown_dir, when
 from .settings import (
@@ -91,7 +96,7 @@ from .settings import (
     flag_type,
     resolve,
 )
-from .store import RunStore, Status, open_store
+from .store import BatchStatus, Run, RunStore, Status, open_store
 from .store.records import rfc3339
 from .text import format_table
 
@@ -101,7 +106,7 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .machines import Machine, MachineResolver
 
-__all__ = ["JSON_SCHEMA_VERSION", "build_parser", "find_pyproject", "main"]
+__all__ = ["JSON_SCHEMA_VERSION", "build_parser", "main"]
 
 #: ``schema_version`` of every ``--json`` envelope; raised when a shape changes incompatibly.
 JSON_SCHEMA_VERSION = 1
@@ -112,25 +117,6 @@ _OPTION = {option.name: option for option in OPTIONS}
 
 
 # --- context: settings, store, machines and engines, made on first use -------------
-
-
-def find_pyproject(project: Path | None, cwd: Path | None = None) -> Path | None:
-    """The ``pyproject.toml`` holding the machine tables.
-
-    ``project`` (a directory, or the file itself) must contain one; without it,
-    the nearest ``pyproject.toml`` from ``cwd`` upward, or None.
-    """
-    if project is not None:
-        path = project if project.name == "pyproject.toml" else project / "pyproject.toml"
-        if not path.is_file():
-            raise ConfigError("--project", f"no pyproject.toml at {path}")
-        return path.absolute()
-    start = (cwd or Path.cwd()).absolute()
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 class _Context:
@@ -163,10 +149,13 @@ class _Context:
     @property
     def resolver(self) -> MachineResolver:
         if self._resolver is None:
-            from .machines import MachineResolver, load_machine_tables
+            from .machines import machine_resolver
 
-            pyproject = find_pyproject(self.args.project)
-            self._resolver = MachineResolver(load_machine_tables(pyproject), pyproject)
+            project = self.args.project
+            if project is not None:
+                self._resolver = machine_resolver(project, source="--project")
+            else:
+                self._resolver = machine_resolver(self.settings.config, source="LRUN_CONFIG")
         return self._resolver
 
     def connect(self, machine: Machine) -> Engine:
@@ -274,6 +263,27 @@ def _cmd_runs(ctx: _Context) -> int:
     return 0
 
 
+#: How many node ids of a run's command ``lrun show`` prints before "... N more" (``--full``: all).
+SHOWN_NODEIDS = 3
+
+
+def shown_command(words: Sequence[str], *, full: bool = False) -> str:
+    """A run's command as shell words; a shard's long list of node ids (words with ``::``) is cut to
+    its first :data:`SHOWN_NODEIDS` and a count of the rest, unless ``full``."""
+    nodeids = [i for i, word in enumerate(words) if "::" in word]
+    if full or len(nodeids) <= SHOWN_NODEIDS:
+        return shlex.join(words)
+    last_shown = nodeids[SHOWN_NODEIDS - 1]
+    hidden = set(nodeids[SHOWN_NODEIDS:])
+    parts: list[str] = []
+    for i, word in enumerate(words):
+        if i not in hidden:
+            parts.append(shlex.quote(word))
+        if i == last_shown:
+            parts.append(f"... {len(hidden):,} more node ids (lrun show --full)")
+    return " ".join(parts)
+
+
 def _cmd_show(ctx: _Context) -> int:
     run = ctx.store.get(ctx.args.id)
     data = run.to_dict()
@@ -288,7 +298,7 @@ def _cmd_show(ctx: _Context) -> int:
         elif value is None:
             shown = "-"
         elif key == "command":
-            shown = shlex.join(value)
+            shown = shown_command(value, full=ctx.args.full)
         elif key == "artifacts":
             shown = ", ".join(value)
         elif key == "owner":
@@ -302,18 +312,60 @@ def _cmd_show(ctx: _Context) -> int:
 # --- logs ------------------------------------------------------------------------------------
 
 
+#: How long after a run ended ``lrun logs`` waits for its runner to share its log with the store
+#: (the runner ends the run first, then saves its result).
+SHARE_GRACE_S = 10.0
+
+
 def _cmd_logs(ctx: _Context) -> int:
     store = ctx.store
     run = store.get(ctx.args.id)
     path = store.files(run.id).logs
     out = binary_stdout()
     tail = Tail(path)
-    if not ctx.args.follow or run.status.is_terminal:
-        out.write(tail.read(final=True))
-        out.flush()
-        return 0
-    follow(ctx, run, tail, out)
+    if ctx.args.follow and not run.status.is_terminal:
+        follow(ctx, run, tail, out)
+        run = store.get(run.id)
+    _fetch_log(store, run, path)
+    out.write(tail.read(final=True))
+    out.flush()
     return 0
+
+
+def _fetch_log(store: RunStore, run: Run, path: Path) -> None:
+    """Make ``path`` hold the log of ``run`` when this host lacks it: a shared store keeps the
+    result (the log among it) of every run that ended, whichever runner ran it.
+
+    A run that never started a container has no log anywhere (nothing to print).
+
+    :raises LogNotFound: the run ran elsewhere and the store holds no copy of its log (a file store
+        never does; a shared one gets it when the run ends)
+    """
+    if path.exists() or run.logs_path is None:
+        return
+    here = run.logs_path == str(path)  # this host ran it (a live run's log may not be there yet)
+    host = (run.owner or {}).get("host", "?")
+    where = f"the runner that ran it (host {host}) wrote it to {run.logs_path}"
+    if not run.status.is_terminal:
+        if here:
+            return
+        raise LogNotFound(
+            run.id,
+            f"{where}; the run is {run.status.value}, and its log reaches the store when it ends: "
+            f"follow it with lrun logs --follow {run.id}",
+        )
+    while True:
+        store.load_result(run, ("logs",))  # a shared store's copy (this host's may have been evicted)
+        if path.exists() or here:
+            return
+        if time.time() - (run.ended_at or 0.0) > SHARE_GRACE_S:
+            break
+        time.sleep(0.2)  # just ended: its runner may be saving the result now
+    raise LogNotFound(
+        run.id,
+        f"{where}, and the store {store.location} holds no copy (a shared --lrun-store keeps each run's "
+        "log once it ended, unless its runner could not save it; a file store keeps none)",
+    )
 
 
 # --- cancel ------------------------------------------------------------------------------------
@@ -334,20 +386,44 @@ def _cmd_cancel(ctx: _Context) -> int:
 # --- batch ----------------------------------------------------------------------------------------
 
 
+#: ``lrun batch``'s exit status follows the batch (0: completed): it failed (failed, timeout or
+#: interrupted) ...
+EXIT_BATCH_FAILED = 6
+#: ... every run a job started ended well, but some planned entries no job took ...
+EXIT_BATCH_INCOMPLETE = 7
+#: ... or it is still pending or running.
+EXIT_BATCH_UNFINISHED = 8
+
+
+def batch_exit(status: BatchStatus) -> int:
+    """The exit status of ``lrun batch`` for a batch in ``status``."""
+    if status is BatchStatus.COMPLETED:
+        return 0
+    if status is BatchStatus.INCOMPLETE:
+        return EXIT_BATCH_INCOMPLETE
+    return EXIT_BATCH_FAILED if status.is_terminal else EXIT_BATCH_UNFINISHED
+
+
 def _cmd_batch(ctx: _Context) -> int:
-    from .batch import rows
+    from .batch import COUNTS, rows, totals
 
     store = ctx.store
     batch = store.batches.refresh(ctx.args.id)
     entries = rows(batch, store)
+    summed = totals(entries)
     if ctx.args.json:
-        _print_json(batch=batch.to_dict(), rows=entries)
-        return 0
-    say(f"batch {batch.id}: {batch.status.value} (plan {batch.plan})")
+        _print_json(batch=batch.to_dict(), rows=entries, totals=summed)
+        return batch_exit(batch.status)
+    untaken = [row["entry"] for row in entries if row["run_id"] is None]
+    why = ""
+    if batch.status is BatchStatus.INCOMPLETE:
+        why = f", {len(untaken)} of {len(entries)} entries no job took: {', '.join(untaken)}"
+    say(f"batch {batch.id}: {batch.status.value}{why} (plan {batch.plan})")
     if not entries:
         say("no entries")
-        return 0
-    table = [["ENTRY", "MACHINE", "STATUS", "EXIT", "DURATION", "RUN", "DIR"]]
+        return batch_exit(batch.status)
+    counts = [key.upper() for key in COUNTS]
+    table = [["ENTRY", "MACHINE", "STATUS", "EXIT", "DURATION", *counts, "RUN", "DIR"]]
     for row in entries:
         table.append(
             [
@@ -356,13 +432,15 @@ def _cmd_batch(ctx: _Context) -> int:
                 row["status"],
                 "-" if row["exit_code"] is None else str(row["exit_code"]),
                 "-" if row["duration"] is None else f"{row['duration']:.1f}s",
+                *("-" if row[key] is None else str(row[key]) for key in COUNTS),
                 row["run_id"] or "-",  # an entry no job has started yet has no run
                 shown_dir(row["test_dir"]) if row["test_dir"] else "-",
             ]
         )
+    table.append(["total", "", "", "", "", *(str(summed[key]) for key in COUNTS), "", ""])
     for line in format_table(table):
         say(line)
-    return 0
+    return batch_exit(batch.status)
 
 
 # --- machines ---------------------------------------------------------------------------------------
@@ -596,7 +674,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         type=Path,
         default=default,
         metavar="DIR",
-        help="directory of the pyproject.toml with [tool.lrun.machines.*] (default: the nearest one upward)",
+        help="the file with [tool.lrun.machines.*], or the directory of its pyproject.toml "
+        "(default: $LRUN_CONFIG, else the nearest pyproject.toml upward)",
     )
     parser.add_argument(
         "--connect-timeout",
@@ -612,7 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lrun",
         description="Look at, follow, cancel and clean up pytest-lrun runs.",
-        epilog="exit status: 0 ok, 1 error, 2 bad input, 3 not found, 4 busy, 5 engine error",
+        epilog="exit status: 0 ok, 1 error, 2 bad input, 3 not found, 4 busy, 5 engine error; "
+        f"lrun batch: {EXIT_BATCH_FAILED} the batch failed, {EXIT_BATCH_INCOMPLETE} incomplete, "
+        f"{EXIT_BATCH_UNFINISHED} pending or running",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _global_options(parser, suppress=False)
@@ -637,6 +718,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = command("show", _cmd_show, "show one run's record")
     show.add_argument("id", metavar="ID")
+    show.add_argument(
+        "--full",
+        action="store_true",
+        help=f"the whole command (a shard's node ids past the first {SHOWN_NODEIDS} are counted otherwise)",
+    )
 
     logs = command("logs", _cmd_logs, "print a run's log", json_flag=False)
     logs.add_argument("id", metavar="ID")
@@ -650,7 +736,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = command("cancel", _cmd_cancel, "kill a live run's container and mark the run interrupted")
     cancel.add_argument("id", metavar="ID")
 
-    batch = command("batch", _cmd_batch, "show a batch: its status and one row per entry")
+    batch = command(
+        "batch",
+        _cmd_batch,
+        "show a batch: its status, one row per entry with its inner-test counts, and their totals; "
+        f"exits 0 when it completed, {EXIT_BATCH_FAILED} when it failed, {EXIT_BATCH_INCOMPLETE} while "
+        f"incomplete, {EXIT_BATCH_UNFINISHED} while pending or running",
+    )
     batch.add_argument("id", metavar="ID")
 
     command("machines", _cmd_machines, "list known machines, whether their engines answer, their active run")

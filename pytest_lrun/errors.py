@@ -199,12 +199,24 @@ class BatchPlanMismatch(BadInput):
     code = "batch_plan_mismatch"
 
     def __init__(
-        self, batch_id: str, batch_plan: str, batch_digest: str, plan: str, plan_digest: str
+        self,
+        batch_id: str,
+        batch_plan: str,
+        batch_digest: str,
+        plan: str,
+        plan_digest: str,
+        difference: str | None = None,
     ) -> None:
-        super().__init__(
-            f"batch {batch_id!r} belongs to plan {batch_plan} (digest {batch_digest}), not to "
-            f"{plan} (digest {plan_digest}); join it with the same plan file or use another batch id"
-        )
+        if difference is None:
+            message = (
+                f"batch {batch_id!r} belongs to plan {batch_plan} (digest {batch_digest}), not to "
+                f"{plan} (digest {plan_digest}); join it with the same plan file or use another batch id"
+            )
+        else:  # a shard batch, which no plan file describes: what its jobs collected differs
+            message = f"batch {batch_id!r} does not match this job's shards of {plan}: {difference}"
+        super().__init__(message)
+        #: What differs between the batch and this job's shards (None: two plan files differ).
+        self.difference = difference
         self.batch_id = batch_id
         self.batch_plan = batch_plan
         self.batch_digest = batch_digest
@@ -238,14 +250,28 @@ class BatchNotFound(NotFound):
         self.batch_id = batch_id
 
 
+class LogNotFound(NotFound):
+    """A run's log is not in this state dir, and the store holds no copy this host can fetch."""
+
+    code = "log_not_found"
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(f"no log of run {run_id} in this state dir: {reason}")
+        self.run_id = run_id
+        self.reason = reason
+
+
 class UnknownMachine(NotFound):
     code = "unknown_machine"
 
-    def __init__(self, machine: str, known: list[str]) -> None:
+    def __init__(self, machine: str, known: list[str], tables_from: str | None = None) -> None:
         listed = ", ".join(sorted(known)) or "(none)"
-        super().__init__(f"unknown machine {machine!r}; known machines: {listed}")
+        where = f" ({tables_from})" if tables_from else ""
+        super().__init__(f"unknown machine {machine!r}; known machines: {listed}{where}")
         self.machine = machine
         self.known = sorted(known)
+        #: Which file the machine tables were read from, or where none was found.
+        self.tables_from = tables_from
 
 
 # --- busy ------------------------------------------------------------------

@@ -714,7 +714,7 @@ def _save_cache(cache_file: str, top: str, rows: Mapping[str, _CacheRow]) -> Non
     """Replace the cache file atomically; a cache that cannot be written is skipped."""
     directory, name = os.path.split(cache_file)
     try:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)  # a state dir's folder: private
         fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=directory)
     except OSError:
         return

@@ -10,7 +10,11 @@ It never talks to an engine and never imports ``docker``; ``engine.py`` turns a
 A name resolves to the first of, in this order:
 
 1. ``[tool.lrun.machines.NAME]`` in the project's ``pyproject.toml``
-   (source ``"config"``); a table named ``local`` overrides the environment engine;
+   (source ``"config"``); a table named ``local`` overrides the environment engine.
+   The file is found by :func:`find_machine_file`, for the plugin and the ``lrun``
+   command line alike: the one named (``--lrun-config``, ``LRUN_CONFIG``, ``lrun
+   --project``), else the nearest ``pyproject.toml`` from the current directory
+   upward (never pytest's rootdir, which a suite's own ``setup.cfg`` or ``tox.ini`` moves);
 2. the Docker context ``NAME`` under ``$DOCKER_CONFIG/contexts`` (default
    ``~/.docker``), laid out as ``docker context create`` writes it
    (source ``"context"``); ``default`` is never looked up as a context;
@@ -20,7 +24,8 @@ A name resolves to the first of, in this order:
    (source ``"environment"``).
 
 Any other name raises :class:`~pytest_lrun.errors.UnknownMachine` listing the
-known names. ``tag:NAME`` (:meth:`MachineResolver.resolve_all`) names every machine
+known names and naming the file the tables were read from (or where none was
+found). ``tag:NAME`` (:meth:`MachineResolver.resolve_all`) names every machine
 table whose ``tags`` carry NAME, in table order; a table's ``slots`` says how many
 runs its engine takes at once (default 1), its ``pids_limit`` how many processes a
 run's container may hold (default 4096). The image of a run is chosen by :func:`resolve_image`: plan entry,
@@ -63,6 +68,7 @@ __all__ = [
     "PULL_POLICIES",
     "TAG_PREFIX",
     "ImageSource",
+    "KnownNames",
     "Machine",
     "MachineResolver",
     "MachineSource",
@@ -70,7 +76,9 @@ __all__ = [
     "TLSConfig",
     "context_meta_path",
     "context_tls_dir",
+    "find_machine_file",
     "load_machine_tables",
+    "machine_resolver",
     "resolve_image",
 ]
 
@@ -232,6 +240,45 @@ def _found(value: object) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return f"found {_toml_type(value)} {text}"
+
+
+PYPROJECT = "pyproject.toml"
+
+
+def find_machine_file(named: Path | None, cwd: Path | None = None, *, source: str) -> Path | None:
+    """The TOML file holding the ``[tool.lrun.machines.*]`` tables, absolute.
+
+    ``named`` (the file, or a directory holding a ``pyproject.toml``; relative to ``cwd``)
+    must exist; without it, the nearest ``pyproject.toml`` from ``cwd`` (default: the
+    current directory) upward, or None. The plugin and the ``lrun`` command line both
+    find it here.
+
+    :param source: who named ``named`` (``--lrun-config``, ``--project``), for the error
+    :raises ConfigError: ``named`` is neither such a file nor such a directory
+    """
+    start = (cwd or Path.cwd()).absolute()
+    if named is not None:
+        path = start / named.expanduser()
+        if path.is_dir():
+            path = path / PYPROJECT
+        if not path.is_file():
+            raise ConfigError(
+                source, f"no {PYPROJECT} at {path}" if path.name == PYPROJECT else f"no file {path}"
+            )
+        return path
+    for directory in (start, *start.parents):
+        candidate = directory / PYPROJECT
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def machine_resolver(
+    named: Path | None, cwd: Path | None = None, *, source: str = "--lrun-config"
+) -> MachineResolver:
+    """A resolver of the machine tables :func:`find_machine_file` finds (see its parameters)."""
+    path = find_machine_file(named, cwd, source=source)
+    return MachineResolver(load_machine_tables(path), path, searched_from=(cwd or Path.cwd()).absolute())
 
 
 def load_machine_tables(pyproject: Path | None) -> dict[str, dict[str, Any]]:
@@ -541,8 +588,21 @@ def _existing(path: Path) -> str | None:
 # --- the resolver ------------------------------------------------------------
 
 
+class KnownNames(list[str]):
+    """Machine names (or targets) a resolver knows, and where its tables came from, for errors."""
+
+    def __init__(self, names: Iterable[str], tables_from: str) -> None:
+        super().__init__(names)
+        #: Which file the machine tables were read from, or where none was found (a phrase).
+        self.tables_from = tables_from
+
+
 class MachineResolver:
-    """Resolves machine names; see the module docstring for the precedence."""
+    """Resolves machine names; see the module docstring for the precedence.
+
+    ``searched_from`` is where :func:`find_machine_file` looked upward from (errors say
+    so when it found no file).
+    """
 
     def __init__(
         self,
@@ -550,10 +610,13 @@ class MachineResolver:
         pyproject_path: Path | None,
         docker_config_dir: Path | None = None,
         environ: Mapping[str, str] | None = None,
+        *,
+        searched_from: Path | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.tables: dict[str, Mapping[str, Any]] = dict(tables)
         self.pyproject_path = pyproject_path
+        self.searched_from = searched_from
         if docker_config_dir is None:
             configured = self.environ.get("DOCKER_CONFIG", "")
             docker_config_dir = Path(configured or "~/.docker").expanduser()
@@ -572,14 +635,14 @@ class MachineResolver:
             return _machine_from_table(name, table, where, base_dir.absolute())
         if not name.isprintable() or not _utf8(name):
             # No table can name it (TOML is UTF-8), and Docker context names are UTF-8 too.
-            raise UnknownMachine(printable(name), self.known())
+            raise UnknownMachine(printable(name), self.known(), self.tables_from)
         if name != "default":
             machine = self._from_context(name)
             if machine is not None:
                 return machine
         if name in ENVIRONMENT_NAMES:
             return self._from_environment(name)
-        raise UnknownMachine(name, self.known())
+        raise UnknownMachine(name, self.known(), self.tables_from)
 
     def resolve_all(self, target: str) -> list[Machine]:
         """The machines ``target`` names: ``tag:NAME`` gives every table tagged NAME (in table
@@ -593,25 +656,41 @@ class MachineResolver:
         machines = [self.resolve(name) for name in self.tables]
         tagged = [machine for machine in machines if tag in machine.tags]
         if not tagged:
-            raise UnknownMachine(printable(target), [t for t in self.targets() if t.startswith(TAG_PREFIX)])
+            raise UnknownMachine(
+                printable(target),
+                [t for t in self.targets() if t.startswith(TAG_PREFIX)],
+                self.tables_from,
+            )
         return tagged
 
-    def known(self) -> list[str]:
+    @property
+    def tables_from(self) -> str:
+        """Which file the machine tables came from, or where none was found: for every unknown-machine
+        error, since a table missing from the file that was read is the usual cause."""
+        if self.pyproject_path is not None:
+            return f"machine tables read from {self.pyproject_path}"
+        where = f" from {self.searched_from} upward" if self.searched_from is not None else ""
+        return (
+            f"no {PYPROJECT} with machine tables found{where}; "
+            "name the file with --lrun-config or LRUN_CONFIG (lrun: --project)"
+        )
+
+    def known(self) -> KnownNames:
         """Every machine name :meth:`resolve` accepts: config tables, Docker contexts and ``local``.
 
         A context whose metadata cannot be read is left out here (resolving it reports why).
         """
         names = set(self.tables) | set(self._context_names()) | {"local"}
-        return sorted(names)
+        return KnownNames(sorted(names), self.tables_from)
 
-    def targets(self) -> list[str]:
+    def targets(self) -> KnownNames:
         """What a run may name (:meth:`resolve_all`): :meth:`known` and ``tag:NAME`` of the tables' tags."""
         names = set(self.known())
         for table in self.tables.values():  # unchecked here: resolving a table reports its problems
             tags = table.get("tags") if isinstance(table, Mapping) else None
             if isinstance(tags, list):
                 names.update(f"{TAG_PREFIX}{tag}" for tag in tags if isinstance(tag, str))
-        return sorted(names)
+        return KnownNames(sorted(names), self.tables_from)
 
     # --- contexts ---
 

@@ -93,11 +93,16 @@ class PlanEntry:
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated plan file: ``digest`` is the xxh3-128 hex digest of the file's bytes."""
+    """A validated plan file: ``digest`` is the xxh3-128 hex digest of the file's bytes.
+
+    A shard batch's plan has no file: ``path`` is the directory, ``collected`` the inner
+    node ids its shards were dealt from (in collection order), and ``digest`` covers them.
+    """
 
     path: Path  # absolute, symlinks resolved
     digest: str
     entries: tuple[PlanEntry, ...]
+    collected: tuple[str, ...] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -253,6 +258,9 @@ class _Parser:
 
     def check_machines(self, entries: Iterable[PlanEntry], known: Collection[str]) -> None:
         listed = ", ".join(sorted(known)) or "(none)"
+        tables_from = getattr(known, "tables_from", None)  # a resolver's names say where they came from
+        if tables_from:
+            listed += f" ({tables_from})"
         for entry in entries:
             if entry.machine not in known:
                 field = "matrix.machines" if entry.name in self.from_matrix else "machine"

@@ -101,6 +101,16 @@ def pytest_configure(config: pytest.Config) -> None:
         session.register_sinks()
 
 
+def pytest_lrun_run_finished(spec: Any, outcome: Any, config: pytest.Config) -> None:
+    """Say how to ship the project root when a run's inner collection missed the package above it."""
+    from .hints import shipping_hint
+
+    hint = shipping_hint(spec, outcome, config.rootpath)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if hint is not None and reporter is not None:
+        reporter.write_line(f"lrun: hint: {hint}")
+
+
 def pytest_report_header(config: pytest.Config) -> str | None:
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None or not settings.enabled:

@@ -56,7 +56,7 @@ from .events import Event as InnerEvent
 from .evidence import Evidence, default_report_dir
 from .forward import forwarded
 from .github import is_github_actions
-from .machines import TAG_PREFIX, ImageSource, Machine, MachineResolver, load_machine_tables, resolve_image
+from .machines import TAG_PREFIX, ImageSource, Machine, machine_resolver, resolve_image
 from .output import one_line
 from .plan import Plan, PlanEntry, load_plan, select
 from .recovery import gc, reconcile
@@ -129,8 +129,8 @@ class LrunSession:
         self.settings = settings
         self.store: RunStore = open_store(settings.resolved_state_dir(), settings.store)
         self.batches = self.store.batches
-        pyproject = config.rootpath / "pyproject.toml"
-        self.resolver = MachineResolver(load_machine_tables(pyproject), pyproject)
+        # The machine tables are found as `lrun` finds them: --lrun-config, else upward from here.
+        self.resolver = machine_resolver(settings.config, config.invocation_params.dir)
         self.engines = EnginePool(lambda m: config.hook.pytest_lrun_make_engine(machine=m, config=config))
         self.dispatcher = Dispatcher(
             self.store,
@@ -359,6 +359,7 @@ class LrunSession:
             path=spec.test_dir,
             digest=xxhash.xxh3_128_hexdigest(inputs),
             entries=tuple(PlanEntry(f"{suite} [{label}]", spec.test_dir, spec.where) for label in labels),
+            collected=tuple(nodeids),  # a job that collected something else is told what differs
         )
         self.batch_id = self.batches.open(plan, self.settings.batch_id).id
 

@@ -258,6 +258,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="NAME",
     ),
     Option(
+        "config",
+        "the TOML file with the [tool.lrun.machines.*] tables (or a folder holding it as pyproject.toml), "
+        "relative to the current directory (default: the nearest pyproject.toml from the current "
+        "directory upward, as `lrun` finds it; never the rootdir a suite's own setup.cfg or tox.ini "
+        "makes).",
+        Path,
+        metavar="FILE",
+    ),
+    Option(
         "image",
         "image the runs use, unless the plan entry names one (default: the machine's image).",
         metavar="IMAGE",
@@ -488,6 +497,7 @@ class Settings:
     """
 
     machine: str | None
+    config: Path | None
     image: str | None
     build: Path | None
     command: tuple[str, ...] | None

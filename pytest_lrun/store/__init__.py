@@ -19,10 +19,11 @@ from pathlib import Path
 from ..errors import ExtraMissing
 from .base import BatchStore, Candidate, Decision, RunStore, Sweep, Ticket
 from .files import FileStore, default_state_dir, machine_key
-from .records import Batch, Run, Status
+from .records import Batch, BatchStatus, Run, Status
 
 __all__ = [
     "Batch",
+    "BatchStatus",
     "BatchStore",
     "Candidate",
     "Decision",

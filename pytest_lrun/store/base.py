@@ -24,7 +24,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +37,11 @@ if TYPE_CHECKING:
     from ..errors import CorruptRecord
     from ..plan import Plan
 
-__all__ = ["BatchStore", "Candidate", "Decision", "RunStore", "Sweep", "Ticket"]
+__all__ = ["RESULT_PARTS", "BatchStore", "Candidate", "Decision", "RunStore", "Sweep", "Ticket"]
+
+#: The parts of a run's result a shared store keeps (:meth:`RunStore.load_result`): the inner JUnit
+#: XML, the log, the inner reporter's events and the artifacts.
+RESULT_PARTS = ("junit", "logs", "events", "artifacts")
 
 
 class Decision(enum.Enum):
@@ -300,8 +304,12 @@ class RunStore(Protocol):
         """The recorded durations of ``suite``'s inner tests by node id (``{}`` when none)."""
         ...
 
-    def load_result(self, run: Run) -> None:
-        """Make this host's files of ``run`` hold its result, if it ended on another runner."""
+    def load_result(self, run: Run, parts: Collection[str] | None = None) -> None:
+        """Make this host's files of ``run`` hold its result, if it ended on another runner.
+
+        :param parts: only these of :data:`RESULT_PARTS` (``lrun logs`` needs the log alone);
+            default all of them
+        """
         ...
 
     def close(self) -> None:

@@ -15,12 +15,16 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import StoreError
+from ..errors import BatchPlanMismatch, StoreError
 from ..fsutil import remove_tree
 from ..layout import is_leftover
 from .base import Candidate, Decision, Sweep, Ticket
-from .records import Run, Status
+from .records import Batch, Run, Status
+
+if TYPE_CHECKING:
+    from ..plan import Plan
 
 __all__ = [
     "SWEEP_GRACE_S",
@@ -202,3 +206,54 @@ def leftovers_in(directories: Iterable[Path]) -> builtins.list[Path]:
         except (FileNotFoundError, NotADirectoryError):
             continue
     return found
+
+
+def plan_mismatch(batch: Batch, plan: Plan) -> BatchPlanMismatch:
+    """The error for joining ``batch`` with ``plan``, whose digests differ: for a shard batch (no
+    plan file), what differs between what its jobs collected and what this job collected."""
+    args = (batch.id, batch.plan, batch.plan_digest, str(plan.path), plan.digest)
+    if batch.collected is None and plan.collected is None:
+        return BatchPlanMismatch(*args)  # two plan files: the message says so
+    if batch.collected is None or plan.collected is None:
+        made = "a plan file" if batch.collected is None else "the shards of a directory"
+        return BatchPlanMismatch(
+            *args, f"the batch was made from {made} ({batch.plan}); use another batch id for this job"
+        )
+    theirs, ours = batch.collected, list(plan.collected)
+    differences: list[str] = []
+    if batch.plan != str(plan.path):
+        differences.append(f"the batch's jobs split {batch.plan}")
+    if len(batch.planned) != len(plan.names):
+        differences.append(f"the batch has {len(batch.planned)} shards, this job {len(plan.names)}")
+    elif batch.planned != list(plan.names):
+        differences.append(
+            f"the batch's shards are {', '.join(batch.planned)}; this job's {', '.join(plan.names)}"
+        )
+    if theirs != ours:
+        differences.append(
+            f"the batch's jobs collected {len(theirs):,} inner tests, this job {len(ours):,}; "
+            + _first_difference(theirs, ours)
+        )
+    differences = differences or ["the batch was split by another version of pytest-lrun"]
+    return BatchPlanMismatch(
+        *args,
+        "; ".join(differences)
+        + ". Every job of a shard batch must collect the same inner tests (the same checkout, "
+        "-k, -m and node ids), or use another batch id",
+    )
+
+
+def _first_difference(theirs: Sequence[str], ours: Sequence[str]) -> str:
+    """The first node id where two collections part, and which one has it."""
+    pairs = enumerate(zip(theirs, ours, strict=False))
+    at = next((i for i, (a, b) in pairs if a != b), min(len(theirs), len(ours)))
+    mine, other = set(ours), set(theirs)
+    if at < len(ours) and ours[at] not in other:
+        return f"the first that differs, {ours[at]}, is only in this job's"
+    if at < len(theirs) and theirs[at] not in mine:
+        return f"the first that differs, {theirs[at]}, is only in the batch's"
+    if at < len(ours) and at < len(theirs):
+        return (
+            f"the same tests in another order, from {ours[at]} (this job) and {theirs[at]} (the batch's) on"
+        )
+    return "the same tests, some of them twice in one collection"

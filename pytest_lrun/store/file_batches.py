@@ -42,11 +42,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BatchNotFound, BatchPlanMismatch, CorruptRecord, RunNotFound, StoreError
+from ..errors import BatchNotFound, CorruptRecord, RunNotFound, StoreError
 from ..fsutil import Unparseable, atomic_write_json, make_private_dir, move_aside, parse_record
 from ..locking import hold
 from ..plan import Plan
-from .records import Batch, Status, derive_status, new_batch_id, valid_id, validate_batch_id
+from .common import plan_mismatch
+from .records import Batch, BatchStatus, Status, derive_status, new_batch_id, valid_id, validate_batch_id
 
 if TYPE_CHECKING:
     from .files import FileStore
@@ -163,7 +164,7 @@ class FileBatchStore:
             except BatchNotFound:
                 return self._create(plan, batch_id)
         if batch.plan_digest != plan.digest:
-            raise BatchPlanMismatch(batch.id, batch.plan, batch.plan_digest, str(plan.path), plan.digest)
+            raise plan_mismatch(batch, plan)
         return batch
 
     def _create(self, plan: Plan, batch_id: str) -> Batch:
@@ -173,6 +174,7 @@ class FileBatchStore:
             plan_digest=plan.digest,
             created_at=time.time(),
             planned=list(plan.names),
+            collected=None if plan.collected is None else list(plan.collected),
         )
         self._write(batch)
         return batch
@@ -197,8 +199,8 @@ class FileBatchStore:
         with self._locked(batch_id):
             batch = self._load_locked(batch_id)
             batch.entries[entry] = run_id
-            if batch.status.is_terminal:
-                batch.status = Status.RUNNING
+            if batch.status.is_terminal or batch.status is BatchStatus.INCOMPLETE:
+                batch.status = BatchStatus.RUNNING
             self._write(batch)
         return batch
 
@@ -246,9 +248,8 @@ class FileBatchStore:
                     statuses.append(self.runs.get(run_id).status)
                 except (RunNotFound, CorruptRecord):  # gone: counts as interrupted
                     statuses.append(None)
-            # Entries no job has started yet (CI matrix jobs still to come) keep the batch open.
-            statuses += [Status.PENDING for name in batch.planned if name not in batch.entries]
-            status = derive_status(statuses)
+            # Entries no job has started yet (CI matrix jobs still to come, or never) keep it unfinished.
+            status = derive_status(statuses, untaken=sum(name not in batch.entries for name in batch.planned))
             if status is not batch.status:
                 batch.status = status
                 self._write(batch)

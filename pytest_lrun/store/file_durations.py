@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, make_private_dir
 from ..locking import hold
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ __all__ = ["load", "save"]
 def save(store: FileStore, suite: str, durations: Mapping[str, float]) -> None:
     """Merge ``durations`` into ``durations/<digest of suite>.json`` under its own lock."""
     path = _durations_path(store, suite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # 0700, as every folder of the state dir
     with hold(str(path) + ".lock", store.lock_timeout, f"durations of {suite!r}"):
         kept = store.durations(suite)
         kept.update(durations)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..fsutil import atomic_write_json, remove_tree
+from ..fsutil import atomic_write_json, make_private_dir, remove_tree
 from .base import Candidate, Decision, Ticket
 from .common import TICKET_TTL_S, ahead_of, choose, fill_new, queued_blocker
 from .records import Run
@@ -103,6 +103,6 @@ def line_locked(store: FileStore, mkey: str, now: float) -> dict[str, tuple[floa
 
 def write_line(store: FileStore, mkey: str, line: dict[str, tuple[float, float]]) -> None:
     path = _line_path(store, mkey)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # 0700, as every folder of the state dir
     tickets = {ticket: list(times) for ticket, times in line.items()}
     atomic_write_json(path, {"tickets": tickets}, durable=store.durable)

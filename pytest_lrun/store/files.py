@@ -63,7 +63,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import filelock
@@ -208,7 +208,7 @@ class FileStore(RunStore):
     def save_result(self, run: Run) -> None:
         """Nothing to share: every user of this store reads the same state dir."""
 
-    def load_result(self, run: Run) -> None:
+    def load_result(self, run: Run, parts: Collection[str] | None = None) -> None:
         """Nothing to fetch: a run's files are where it ran."""
 
     def save_durations(self, suite: str, durations: Mapping[str, float]) -> None:

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BatchNotFound, BatchPlanMismatch, CorruptRecord, StoreError
+from ..errors import BatchNotFound, CorruptRecord, StoreError
 from ..fsutil import Unparseable, parse_record
 from . import pg_sql
+from .common import plan_mismatch
 from .pg_db import Cursor, dump
-from .records import Batch, Status, derive_status, new_batch_id, valid_id, validate_batch_id
+from .records import Batch, BatchStatus, Status, derive_status, new_batch_id, valid_id, validate_batch_id
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -67,6 +68,7 @@ class PostgresBatchStore:
                 plan_digest=plan.digest,
                 created_at=time.time(),
                 planned=builtins.list(plan.names),
+                collected=None if plan.collected is None else builtins.list(plan.collected),
             )
             row = (batch.id, batch.created_at, dump(batch.to_dict()))
 
@@ -82,9 +84,7 @@ class PostgresBatchStore:
             if batch_id is not None:
                 stored = self._decode(batch_id, existing[0])
                 if stored.plan_digest != plan.digest:
-                    raise BatchPlanMismatch(
-                        stored.id, stored.plan, stored.plan_digest, str(plan.path), plan.digest
-                    )
+                    raise plan_mismatch(stored, plan)
                 return stored
         raise StoreError(f"could not find a free batch id in {self.runs.location}")  # pragma: no cover
 
@@ -119,8 +119,8 @@ class PostgresBatchStore:
 
         def change(cur: Cursor, batch: Batch) -> bool:
             batch.entries[entry] = run_id
-            if batch.status.is_terminal:
-                batch.status = Status.RUNNING
+            if batch.status.is_terminal or batch.status is BatchStatus.INCOMPLETE:
+                batch.status = BatchStatus.RUNNING
             return True
 
         return self._rewrite(batch_id, change)
@@ -156,9 +156,8 @@ class PostgresBatchStore:
             statuses: builtins.list[Status | None] = [
                 Status(found[run_id]) if run_id in found else None for run_id in run_ids
             ]
-            # Entries no job has started yet (CI matrix jobs still to come) keep the batch open.
-            statuses += [Status.PENDING for name in batch.planned if name not in batch.entries]
-            status = derive_status(statuses)
+            # Entries no job has started yet (CI matrix jobs still to come, or never) keep it unfinished.
+            status = derive_status(statuses, untaken=sum(name not in batch.entries for name in batch.planned))
             if status is batch.status:
                 return False
             batch.status = status

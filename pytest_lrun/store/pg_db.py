@@ -45,7 +45,7 @@ from . import pg_sql
 __all__ = ["SCHEMA_VERSION", "Connection", "Cursor", "Database", "dump", "lock_id"]
 
 #: The newest schema this code knows; :data:`.pg_sql.MIGRATIONS` leads up to it.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _RETRIES = 8  # attempts of one transaction that hit a serialization failure or a deadlock
 _IDLE_CONNECTIONS = 4  # spare connections kept for watch locks and results

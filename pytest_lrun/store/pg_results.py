@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,8 +77,11 @@ def save(conn: Connection, run_id: str, files: RunFiles) -> None:
                 conn.execute(pg_sql.INSERT_RESULT_PART, (run_id, part, size, seq, digest.hexdigest()))
 
 
-def load(conn: Connection, run_id: str, files: RunFiles, location: str) -> None:
-    """Fill ``files`` with the stored parts of ``run_id`` whose local copy is absent.
+def load(
+    conn: Connection, run_id: str, files: RunFiles, location: str, parts: Collection[str] | None = None
+) -> None:
+    """Fill ``files`` with the stored parts of ``run_id`` (those in ``parts``, default all) whose local
+    copy is absent.
 
     :raises StoreError: a stored part is incomplete or its digest does not match
     """
@@ -86,10 +89,10 @@ def load(conn: Connection, run_id: str, files: RunFiles, location: str) -> None:
     with conn.transaction():
         # One snapshot for the part rows and their chunks, whatever is saved meanwhile.
         conn.execute(pg_sql.SNAPSHOT)
-        parts = conn.execute(pg_sql.SELECT_RESULT_PARTS, (run_id,)).fetchall()
-        for part, size, chunks, digest in parts:
+        stored = conn.execute(pg_sql.SELECT_RESULT_PARTS, (run_id,)).fetchall()
+        for part, size, chunks, digest in stored:
             target = targets[part]
-            if target.exists():
+            if target.exists() or (parts is not None and part not in parts):
                 continue
             make_private_dir(files.dir)
             spool = files.dir / f".{part}.{secrets.token_hex(4)}{TMP_SUFFIX}"

@@ -234,6 +234,9 @@ MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     3: (ADD_RUNS_SLOT, DROP_RUNS_ONE_LIVE_INDEX, CREATE_RUNS_LIVE_SLOT_INDEX),
     4: (CREATE_DURATIONS,),
     5: (CREATE_LINE,),
+    # No table changes: batch records may now hold the status "incomplete" and a "collected" list,
+    # which older code would read as corrupt and move aside; it refuses a version-6 store instead.
+    6: (),
 }
 
 # -- advisory locks (parameter: the lock's bigint, see pg_db.lock_id) ------------------

@@ -47,7 +47,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -645,14 +645,14 @@ class PostgresStore(RunStore):
         rows = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_DURATIONS, (_column(suite),)).fetchall())
         return {_uncolumn(nodeid): float(seconds) for nodeid, seconds in rows}
 
-    def load_result(self, run: Run) -> None:
-        """Fetch the stored result files of ``run`` that this host lacks.
+    def load_result(self, run: Run, parts: Collection[str] | None = None) -> None:
+        """Fetch the stored result files of ``run`` (its ``parts``, default all) that this host lacks.
 
         :raises StoreError: a stored part is incomplete or its digest does not match
         """
         files = self.files(run.id)
         with self.db.spare() as conn:
-            pg_results.load(conn, run.id, files, self.db.location)
+            pg_results.load(conn, run.id, files, self.db.location, parts)
 
 
 _ORPHAN = "its creator's database session ended before it started a container"

@@ -35,6 +35,7 @@ from ..fsutil import stamp
 __all__ = [
     "BATCH_ID_MAX",
     "Batch",
+    "BatchStatus",
     "MillisecondTimes",
     "Run",
     "Status",
@@ -331,22 +332,45 @@ def validate_batch_id(value: object, source: str = "batch id") -> str:
     return value
 
 
-def derive_status(statuses: Sequence[Status | None]) -> Status:
-    """A batch's status from its runs' statuses (``None``: the run record is missing).
+class BatchStatus(str, enum.Enum):
+    """Where a batch stands, derived from its runs (:func:`derive_status`).
+
+    ``incomplete``: every run a job started has ended well, but some planned entries
+    were never taken by any job (a CI matrix job that did not run, or has not yet).
+    The last four are terminal: what the batch's runs came to.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    INCOMPLETE = "incomplete"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    TIMEOUT = "timeout"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (BatchStatus.PENDING, BatchStatus.RUNNING, BatchStatus.INCOMPLETE)
+
+
+def derive_status(statuses: Sequence[Status | None], untaken: int = 0) -> BatchStatus:
+    """A batch's status from its runs' statuses (``None``: the run record is missing) and the
+    number of planned entries no job has started (``untaken``).
 
     No runs, or all pending: pending. Any other live run: running. Otherwise the
     worst outcome: interrupted (a missing run counts as one), then timeout, then
-    failed; completed when every run completed.
+    failed; else incomplete while some planned entry was never taken, completed when
+    every entry's run completed.
     """
     effective = [Status.INTERRUPTED if status is None else status for status in statuses]
     if all(status is Status.PENDING for status in effective):
-        return Status.PENDING
+        return BatchStatus.PENDING
     if any(not status.is_terminal for status in effective):
-        return Status.RUNNING
+        return BatchStatus.RUNNING
     for worst in (Status.INTERRUPTED, Status.TIMEOUT, Status.FAILED):
         if worst in effective:
-            return worst
-    return Status.COMPLETED
+            return BatchStatus(worst.value)
+    return BatchStatus.INCOMPLETE if untaken else BatchStatus.COMPLETED
 
 
 @dataclass(kw_only=True)
@@ -361,13 +385,16 @@ class Batch(MillisecondTimes):
     plan_digest: str
     created_at: float
     entries: dict[str, str] = field(default_factory=dict)
-    status: Status = Status.PENDING
+    status: BatchStatus = BatchStatus.PENDING
     planned: list[str] = field(default_factory=list)  # every entry of the plan, recorded or not yet
+    # A shard batch's inner node ids, in collection order (None: a plan file's batch): what a job
+    # that collected something else is told differs.
+    collected: list[str] | None = None
 
     _times: ClassVar[tuple[str, ...]] = ("created_at",)
 
     def __post_init__(self) -> None:
-        self.status = Status(self.status)  # accept "failed" as well as Status.FAILED
+        self.status = BatchStatus(self.status)  # accept "failed" as well as BatchStatus.FAILED
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict, ``status`` as its string, ``created_at`` RFC 3339.
@@ -382,6 +409,7 @@ class Batch(MillisecondTimes):
             "entries": dict(self.entries),
             "status": self.status.value,
             "planned": list(self.planned),
+            "collected": None if self.collected is None else list(self.collected),
         }
 
     @classmethod
@@ -409,12 +437,17 @@ class Batch(MillisecondTimes):
         ):
             raise ValueError("batch record field 'entries' must map entry names to run ids")
         try:
-            status = Status(data["status"])
+            status = BatchStatus(data["status"])
         except ValueError:
             raise ValueError(f"batch record has an unknown status {_shown(data['status'])}") from None
         planned = data.get("planned", [])
         if not isinstance(planned, list) or not all(isinstance(name, str) for name in planned):
             raise ValueError("batch record field 'planned' must be a list of entry names")
+        collected = data.get("collected")
+        if collected is not None and (
+            not isinstance(collected, list) or not all(isinstance(nodeid, str) for nodeid in collected)
+        ):
+            raise ValueError("batch record field 'collected' must be a list of node ids or null")
         return cls(
             id=data["id"],
             plan=data["plan"],
@@ -423,4 +456,5 @@ class Batch(MillisecondTimes):
             entries=dict(entries),
             status=status,
             planned=list(planned),
+            collected=None if collected is None else list(collected),
         )

@@ -292,3 +292,87 @@ def test_matrix_jobs_each_run_one_shard_and_the_batch_shows_the_whole_suite(
     record = json.loads(out)["batch"]
     assert record["status"] == "completed"
     assert sorted(record["entries"]) == ["suite [1/2]", "suite [2/2]"] == sorted(record["planned"])
+
+
+def test_lrun_logs_of_another_runner_s_run_comes_from_the_shared_store(
+    runners: list[Runner], shared: RunStore
+) -> None:
+    a, b = runners
+    write_tests(a.project, "slow", SLOW.format(seconds=4))
+    running = a.start("--lrun-machine=m1", "slow")
+    try:
+        run_id = _wait_running(shared)
+        # Live on runner a: b has no copy yet, and says so instead of printing nothing.
+        code, out = b.lrun("logs", run_id)
+        assert code == 3, out
+        assert out.startswith(
+            f"lrun: error: no log of run {run_id} in this state dir: "
+        ) and out.rstrip().endswith(
+            f"its log reaches the store when it ends: follow it with lrun logs --follow {run_id}"
+        ), out
+        code, followed = b.lrun("logs", "--follow", run_id)  # until it ends, then from the store
+    finally:
+        out_a, _ = running.communicate(timeout=180)
+    assert running.returncode == 0, out_a
+    log = (a.state_dir / "runs" / run_id / "logs.txt").read_text()
+    assert "1 passed" in log
+    assert code == 0 and followed.startswith(log) and f"lrun: run {run_id} completed" in followed, followed
+    code, out = b.lrun("logs", run_id)
+    assert (code, out) == (0, log)
+    assert (b.state_dir / "runs" / run_id / "logs.txt").read_text() == log
+    assert not (b.state_dir / "runs" / run_id / "artifacts").exists()  # the log alone was fetched
+
+
+def test_a_shard_batch_one_job_joined_is_incomplete_and_lrun_batch_exits_with_its_outcome(
+    runners: list[Runner], shared: RunStore
+) -> None:
+    a, b = runners
+    # Every test fails once fail.txt exists: a data file, so the node ids (and the split) stay the same.
+    write_tests(
+        a.project,
+        "suite",
+        "from pathlib import Path\n\n"
+        + "\n".join(
+            f"def test_{i}():\n    assert not (Path(__file__).parent / 'fail.txt').exists()\n"
+            for i in range(10)
+        ),
+    )
+    batch = new_batch_id()
+    shard = ("--lrun-machine=m1", "suite", f"--lrun-batch-id={batch}")
+    code, out = b.run(*shard, "--lrun-shard=2/2")
+    assert code == 0, out
+    second = out.count("\nPASSED ")
+    assert second and f"batch {batch}: incomplete (lrun batch {batch})" in out, out  # not "running"
+    code, out = a.lrun("batch", batch)
+    assert code == 7, out  # incomplete: shard 1/2 was never taken, and nothing runs
+    assert out.startswith(f"batch {batch}: incomplete, 1 of 2 entries no job took: suite [1/2] "), out
+    assert out.splitlines()[-1].split() == ["total", str(second), "0", "0"], out
+    (run,) = [run for run in shared.list(batch_id=batch) if run.plan_entry == "suite [2/2]"]
+    code, shown = a.lrun("show", run.id)  # a shard's command: its first node ids, and a count
+    assert code == 0 and f"... {second - 3} more node ids (lrun show --full)" in shown, shown
+
+    # A job that collected one more test is told so, not to join "with the same plan file".
+    extra = a.project / "suite" / "test_extra.py"
+    extra.write_text("def test_new():\n    pass\n")
+    code, out = a.run(*shard, "--lrun-shard=1/2")
+    assert code == pytest.ExitCode.USAGE_ERROR, out
+    assert (
+        "the batch's jobs collected 10 inner tests, this job 11; the first that differs, "
+        "test_extra.py::test_new, is only in this job's" in out
+    ), out
+    assert "plan file" not in out
+    extra.unlink()
+
+    (a.project / "suite" / "fail.txt").write_text("")
+    code, out = a.run(*shard, "--lrun-shard=1/2")
+    first = out.count("\nFAILED ")
+    assert code == 1 and first == 10 - second and f"batch {batch}: failed" in out, out
+    code, out = b.lrun("batch", batch, "--json")
+    assert code == 6, out  # the batch failed: so does a CI summary job that runs lrun batch
+    doc = json.loads(out)
+    assert doc["batch"]["status"] == "failed"
+    assert doc["totals"] == {"passed": second, "failed": first, "skipped": 0}
+    assert sorted((row["entry"], row["passed"], row["failed"]) for row in doc["rows"]) == [
+        ("suite [1/2]", 0, first),
+        ("suite [2/2]", second, 0),
+    ]

@@ -26,7 +26,7 @@ from pytest_lrun.errors import (
     StoreError,
 )
 from pytest_lrun.plan import Plan
-from pytest_lrun.store import BatchStore, FileStore, Run, RunStore, Status
+from pytest_lrun.store import BatchStatus, BatchStore, FileStore, Run, RunStore, Status
 from pytest_lrun.store.records import Batch, new_batch_id, rfc3339, validate_batch_id
 
 BATCH_ID = re.compile(r"b-\d{8}T\d{6}-[0-9a-f]{8}")
@@ -66,6 +66,7 @@ def test_a_batch_is_one_json_file_in_a_private_folder(batches: BatchStore, plan:
         "entries": {},
         "status": "pending",
         "planned": ["passing@m1", "passing@m2", "failing@m1", "failing@m2"],
+        "collected": None,  # a plan file's batch: no inner node ids
     }
     assert (state / "batches").stat().st_mode & 0o777 == 0o700
 
@@ -81,6 +82,8 @@ def test_batch_plan_mismatch_pickles() -> None:
     copy = pickle.loads(pickle.dumps(err))
     assert type(copy) is BatchPlanMismatch
     assert str(copy) == str(err)
+    shards = BatchPlanMismatch("ci-1", "/a/suite", "aa" * 16, "/a/suite", "bb" * 16, "1 vs 2 tests")
+    assert pickle.loads(pickle.dumps(shards)).difference == "1 vs 2 tests"
     assert copy.to_dict() == err.to_dict()
     assert copy.to_dict()["code"] == "batch_plan_mismatch"
     assert (copy.batch_id, copy.batch_plan, copy.batch_digest, copy.plan, copy.plan_digest) == (
@@ -103,6 +106,8 @@ def test_lock_timeout_is_a_store_error(state: Path, plan: Plan) -> None:
 
 
 # --- rows ------------------------------------------------------------------------
+
+NO_COUNTS = {"passed": None, "failed": None, "skipped": None}
 
 
 def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
@@ -131,6 +136,7 @@ def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
             "status": "failed",
             "exit_code": 1,
             "duration": 12.5,
+            **NO_COUNTS,  # it left no JUnit XML
         },
         {
             "entry": "failing@m2",
@@ -140,6 +146,7 @@ def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
             "status": "pending",
             "exit_code": None,
             "duration": None,
+            **NO_COUNTS,
         },
         {
             "entry": "gone@m1",
@@ -149,6 +156,7 @@ def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
             "status": "missing",
             "exit_code": None,
             "duration": None,
+            **NO_COUNTS,
         },
     ] + [
         {
@@ -159,6 +167,7 @@ def test_rows(batches: BatchStore, runs: RunStore, plan: Plan) -> None:
             "status": "pending",
             "exit_code": None,
             "duration": None,
+            **NO_COUNTS,
         }
         for name in ("passing@m2", "failing@m1")
     ]
@@ -275,7 +284,7 @@ def test_good_batch_ids_are_valid(good: str) -> None:
 
 def test_batch_record_round_trips_and_ignores_unknown_keys() -> None:
     batch = Batch(id="b", plan="/p", plan_digest="d", created_at=1.5, entries={"e": "r"}, status="failed")  # type: ignore[arg-type]
-    assert batch.status is Status.FAILED
+    assert batch.status is BatchStatus.FAILED
     assert Batch.from_dict({**batch.to_dict(), "future_field": 1}) == batch
     assert Batch.from_dict(json.loads(json.dumps(batch.to_dict()))) == batch
 

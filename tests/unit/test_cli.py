@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.cli import find_pyproject, main
-from pytest_lrun.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND
+from pytest_lrun.cli import EXIT_BATCH_FAILED, EXIT_BATCH_INCOMPLETE, EXIT_BATCH_UNFINISHED, main
+from pytest_lrun.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, ConfigError
 from pytest_lrun.follow import Tail
+from pytest_lrun.machines import find_machine_file
 from pytest_lrun.plan import load_plan
 from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
 
@@ -176,6 +178,32 @@ def test_show_human(lrun: Lrun, store: RunStore) -> None:
     )
 
 
+def test_show_summarises_a_shard_s_node_ids_and_full_prints_them_all(lrun: Lrun, store: RunStore) -> None:
+    ids = [f"test/test_parser.py::test_case[{i}]" for i in range(2000)]
+    base = ["python3", "-m", "pytest", "-q", "--rootdir=/lrun/work"]
+    run = store.insert(
+        Run(
+            machine="m1",
+            test_dir="/src/parso",
+            test_dir_hash="h",
+            key="k",
+            status=Status.COMPLETED,
+            command=[*base, *ids],
+        )
+    )
+    _status, out, _ = lrun("show", run.id)
+    command = dict(line.split(None, 1) for line in out.splitlines())["command"]
+    assert command == (
+        "python3 -m pytest -q --rootdir=/lrun/work 'test/test_parser.py::test_case[0]' "
+        "'test/test_parser.py::test_case[1]' 'test/test_parser.py::test_case[2]' "
+        "... 1,997 more node ids (lrun show --full)"
+    )
+    status, out, _ = lrun("show", run.id, "--full")
+    full = dict(line.split(None, 1) for line in out.splitlines())["command"]
+    assert status == 0 and shlex.split(full) == [*base, *ids]
+    assert json.loads(lrun("show", run.id, "--json")[1])["run"]["command"] == [*base, *ids]
+
+
 def test_global_options_work_after_the_command(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
     elsewhere = FileStore(tmp_path / "other")
     run = finished(elsewhere)
@@ -235,12 +263,34 @@ def test_project_without_pyproject_is_bad_input(lrun: Lrun, state: Path, tmp_pat
     assert status == 2 and "no pyproject.toml" in err
 
 
-def test_find_pyproject(tmp_path: Path, project: Path) -> None:
+def test_find_machine_file(tmp_path: Path, project: Path) -> None:
     deep = project / "a" / "b"
     deep.mkdir(parents=True)
-    assert find_pyproject(None, deep) == project / "pyproject.toml"
-    assert find_pyproject(project) == (project / "pyproject.toml").absolute()
-    assert find_pyproject(project / "pyproject.toml") == (project / "pyproject.toml").absolute()
+    assert find_machine_file(None, deep, source="x") == project / "pyproject.toml"
+    assert find_machine_file(project, source="x") == (project / "pyproject.toml").absolute()
+    toml = project / "pyproject.toml"
+    assert find_machine_file(toml, source="x") == toml.absolute()
+    (deep / "fleet.toml").write_text("")
+    assert find_machine_file(Path("fleet.toml"), deep, source="x") == deep / "fleet.toml"  # relative to cwd
+    with pytest.raises(ConfigError, match=r"^--lrun-config: no file .*/a/nope.toml$"):
+        find_machine_file(Path("nope.toml"), project / "a", source="--lrun-config")
+
+
+def test_lrun_reads_the_machine_file_lrun_config_names(
+    lrun: Lrun, state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = tmp_path / "ci" / "fleet.toml"
+    fleet.parent.mkdir()
+    fleet.write_text('[tool.lrun.machines.far]\nhost = "tcp://127.0.0.1:1"\n')
+    monkeypatch.setenv("LRUN_CONFIG", str(fleet))
+    status, out, _ = lrun("machines", "--json", "--connect-timeout", "2")
+    assert status == 0 and "far" in [row["name"] for row in json.loads(out)["machines"]]
+    status, _, err = lrun("images", "--machine", "near")
+    assert status == EXIT_NOT_FOUND
+    assert err.rstrip().endswith(f"(machine tables read from {fleet})")
+    monkeypatch.setenv("LRUN_CONFIG", str(tmp_path / "gone.toml"))
+    status, _, err = lrun("machines")
+    assert (status, err) == (EXIT_BAD_INPUT, f"lrun: error: LRUN_CONFIG: no file {tmp_path / 'gone.toml'}\n")
 
 
 # --- logs --------------------------------------------------------------------------------------
@@ -255,6 +305,37 @@ def test_logs_prints_the_file(store: RunStore, capsysbinary: pytest.CaptureFixtu
 
 def test_logs_of_a_run_without_logs_prints_nothing(lrun: Lrun, store: RunStore) -> None:
     run = finished(store)
+    assert lrun("logs", run.id) == (0, "", "")
+
+
+def test_logs_of_a_run_that_ran_in_another_state_dir_says_it_has_none(lrun: Lrun, store: RunStore) -> None:
+    # A file store shares nothing: a record whose log is elsewhere cannot be printed, and lrun says so.
+    run = store.insert(
+        Run(
+            machine="m1",
+            test_dir="/src/suite",
+            test_dir_hash="h",
+            key="k",
+            status=Status.COMPLETED,
+            exit_code=0,
+            ended_at=1000.0,
+            logs_path="/elsewhere/state/runs/x/logs.txt",
+            owner={"host": "runner-7", "pid": 1},
+        )
+    )
+    status, out, err = lrun("logs", run.id)
+    assert (status, out) == (EXIT_NOT_FOUND, "")
+    assert err == (
+        f"lrun: error: no log of run {run.id} in this state dir: the runner that ran it (host runner-7) "
+        f"wrote it to /elsewhere/state/runs/x/logs.txt, and the store {store.state_dir} holds no copy "
+        "(a shared --lrun-store keeps each run's log once it ended, unless its runner could not save it; "
+        "a file store keeps none)\n"
+    )
+
+
+def test_logs_of_a_run_live_here_before_its_first_output_prints_nothing(lrun: Lrun, store: RunStore) -> None:
+    run = live(store)
+    store.update(replace(run, status=Status.RUNNING, logs_path=str(store.files(run.id).logs)))
     assert lrun("logs", run.id) == (0, "", "")
 
 
@@ -381,7 +462,8 @@ def test_gc_deletes_oldest_terminal_first_and_keeps_live_ones(
     assert {r.id for r in store.list()} == {newest.id, running.id}
     # The live run's machine is not in this project: reconcile leaves it alone and says why.
     assert data["reconcile"]["problems"] == [
-        "machine elsewhere unreachable: unknown machine 'elsewhere'; known machines: local"
+        "machine elsewhere unreachable: unknown machine 'elsewhere'; known machines: local "
+        f"(machine tables read from {project / 'pyproject.toml'})"
     ]
     assert store.get(running.id).status is Status.PENDING
 
@@ -441,7 +523,7 @@ def test_batch(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
 
     status, out, _ = lrun("batch", "b-test", "--json")
 
-    assert status == 0
+    assert status == EXIT_BATCH_FAILED
     data = json.loads(out)
     assert data["batch"]["id"] == "b-test" and data["batch"]["status"] == "failed"
     assert [(r["entry"], r["run_id"], r["status"], r["exit_code"]) for r in data["rows"]] == [
@@ -456,9 +538,13 @@ def test_batch(lrun: Lrun, store: RunStore, tmp_path: Path) -> None:
         "status",
         "exit_code",
         "duration",
+        "passed",
+        "failed",
+        "skipped",
     }
 
     status, out, _ = lrun("batch", "b-test")
+    assert status == EXIT_BATCH_FAILED
     assert out.splitlines()[0].startswith("batch b-test: failed")
     assert "ENTRY" in out and one.id in out and two.id in out
 
@@ -484,14 +570,76 @@ def test_batch_with_entries_this_state_dir_has_not_run(lrun: Lrun, store: RunSto
 
     status, out, err = lrun("batch", "b-ci")
 
-    assert status == 0 and err == ""
+    assert status == EXIT_BATCH_FAILED and err == ""  # a run gone counts as interrupted
     table = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
     assert table["ran"][:3] == ["ran", "m1", "completed"]
-    assert table["gone"] == ["gone", "-", "missing", "-", "-", "20200101T000000-deadbeef", "-"]
-    assert table["later"] == ["later", "-", "pending", "-", "-", "-", "-"]
+    assert table["gone"] == ["gone", "-", "missing", "-", "-", "-", "-", "-", "20200101T000000-deadbeef", "-"]
+    assert table["later"] == ["later", "-", "pending", "-", "-", "-", "-", "-", "-", "-"]
     status, out, _ = lrun("batch", "b-ci", "--json")
     rows = {row["entry"]: row for row in json.loads(out)["rows"]}
-    assert status == 0 and rows["later"]["run_id"] is None and rows["later"]["status"] == "pending"
+    assert status == EXIT_BATCH_FAILED
+    assert rows["later"]["run_id"] is None and rows["later"]["status"] == "pending"
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="1" failures="1" skipped="2" tests="6">
+<testcase classname="test_x" name="test_a" time="0.1"/>
+<testcase classname="test_x" name="test_b" time="0.1"/>
+<testcase classname="test_x" name="test_c" time="0.1"><failure message="no">x</failure></testcase>
+<testcase classname="test_x" name="test_d" time="0.1"><error message="setup">x</error></testcase>
+<testcase classname="test_x" name="test_e" time="0.1"><skipped type="pytest.skip" message="s"/></testcase>
+<testcase classname="test_x" name="test_f" time="0.1"><skipped type="pytest.xfail" message="x"/></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_batch_status_counts_and_exit_status_follow_the_batch(
+    lrun: Lrun, store: RunStore, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "plan.toml").write_text(
+        "".join(
+            f'[[entry]]\nname = "{name}"\ndir = "a"\nmachine = "m1"\n\n' for name in ("s [1/2]", "s [2/2]")
+        )
+    )
+    batches = FileStore(store.state_dir).batches
+    batch = batches.open(load_plan(tmp_path / "plan.toml"), "b-shards")
+    assert lrun("batch", "b-shards")[0] == EXIT_BATCH_UNFINISHED  # pending: nothing started yet
+
+    # Only shard 2/2 was joined, and it completed: nothing runs, shard 1/2 was never taken.
+    second = finished(store, batch_id=batch.id)
+    store.files(second.id).junit.write_text(JUNIT)
+    batches.record(batch.id, "s [2/2]", second.id)
+    status, out, _ = lrun("batch", "b-shards")
+    assert status == EXIT_BATCH_INCOMPLETE
+    lines = out.splitlines()
+    assert lines[0].startswith("batch b-shards: incomplete, 1 of 2 entries no job took: s [1/2] (plan ")
+    assert lines[1].split()[:8] == [
+        "ENTRY",
+        "MACHINE",
+        "STATUS",
+        "EXIT",
+        "DURATION",
+        "PASSED",
+        "FAILED",
+        "SKIPPED",
+    ]
+    assert lines[2].split()[:8] == ["s", "[2/2]", "m1", "completed", "0", "4.0s", "2", "2"]
+    assert lines[-1].split() == ["total", "2", "2", "2"]
+    status, out, _ = lrun("batch", "b-shards", "--json")
+    data = json.loads(out)
+    assert status == EXIT_BATCH_INCOMPLETE and data["batch"]["status"] == "incomplete"
+    assert [(r["entry"], r["passed"], r["failed"], r["skipped"]) for r in data["rows"]] == [
+        ("s [2/2]", 2, 2, 2),
+        ("s [1/2]", None, None, None),
+    ]
+    assert data["totals"] == {"passed": 2, "failed": 2, "skipped": 2}
+
+    first = live(store)  # shard 1/2's job comes after all: running
+    batches.record(batch.id, "s [1/2]", first.id)
+    assert lrun("batch", "b-shards")[0] == EXIT_BATCH_UNFINISHED
+    store.end(first, Status.COMPLETED)
+    assert lrun("batch", "b-shards")[0] == 0
 
 
 def test_text_output_escapes_what_is_not_unicode(lrun: Lrun, store: RunStore) -> None:

@@ -237,6 +237,11 @@ def populated(world: World) -> Populated:
     batch = batches.open(load_plan(plan(world, "done", "gone", "later")), "b-golden")
     batches.record(batch.id, "done", done.id)
     batches.record(batch.id, "gone", MISSING_RUN)
+    store.files(done.id).junit.write_text(  # its inner tests, counted in the batch's rows
+        '<testsuite name="pytest" tests="3"><testcase classname="t" name="a"/><testcase classname="t" '
+        'name="b"/><testcase classname="t" name="c"><skipped type="pytest.skip" message="s"/></testcase>'
+        "</testsuite>\n"
+    )
     return Populated(done, failed, running, vanished)
 
 
@@ -305,7 +310,8 @@ CASES: dict[str, Case] = {
     "runs": Case(("runs", "--json")),
     "show": Case(("show", "{done}", "--json")),
     "cancel": Case(("cancel", "{running}", "--json")),
-    "batch": Case(("batch", "b-golden", "--json")),
+    # A run gone counts as interrupted: the batch failed, and lrun batch says so in its exit status.
+    "batch": Case(("batch", "b-golden", "--json"), status=cli.EXIT_BATCH_FAILED),
     "machines": Case(("machines", "--json")),
     "gc": Case(("gc", "--max-bytes", "1", "--json")),  # deletes every terminal run; live ones stay
     "reap": Case(("reap", "--json")),
@@ -405,7 +411,7 @@ COMMANDS: list[tuple[tuple[str, ...], int, int]] = [
     (("cancel", "{bare}"), 0, 3),
     (("cancel", "{ended}"), 1, 3),
     (("cancel", "{corrupt}"), 1, 3),
-    (("batch", "{batch}"), 0, 3),
+    (("batch", "{batch}"), cli.EXIT_BATCH_UNFINISHED, 3),  # its exit status follows the batch: running
     (("machines",), 0, 0),
     (("gc",), 0, 0),
     (("reap",), 0, 0),
@@ -414,12 +420,18 @@ COMMANDS: list[tuple[tuple[str, ...], int, int]] = [
 ]
 
 
+BATCH_EXITS = (cli.EXIT_BATCH_FAILED, cli.EXIT_BATCH_INCOMPLETE, cli.EXIT_BATCH_UNFINISHED)
+
+
 def _check_answer(status: int, out: str, err: str, expected: int, *, as_json: bool) -> None:
     assert status == expected, err
     assert "Traceback" not in out + err
     for line in err.splitlines():
         assert line.startswith("lrun: "), err
-    if status != 0:
+    if status in BATCH_EXITS:  # no error: lrun batch shows a batch that did not complete
+        assert err == ""
+        assert json.loads(out)["batch"]["status"] if as_json else out.startswith("batch ")
+    elif status != 0:
         if as_json:
             assert json.loads(out)["error"]["code"]
         else:

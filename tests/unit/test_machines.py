@@ -13,14 +13,16 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.errors import ConfigError, ImageNotSet, UnknownMachine
+from pytest_lrun.errors import ConfigError, ImageNotSet, PlanError, UnknownMachine
 from pytest_lrun.machines import (
     Machine,
     MachineResolver,
     TLSConfig,
     load_machine_tables,
+    machine_resolver,
     resolve_image,
 )
+from pytest_lrun.plan import load_plan
 
 
 def write_pyproject(tmp_path: Path, body: str) -> Path:
@@ -452,8 +454,54 @@ def test_unknown_name_lists_known_machines(tmp_path: Path) -> None:
     assert resolver.known() == ["local", "m1", "remote"]
     with pytest.raises(UnknownMachine) as info:
         resolver.resolve("m2")
-    assert str(info.value) == "unknown machine 'm2'; known machines: local, m1, remote"
+    pyproject = tmp_path / "pyproject.toml"
+    assert str(info.value) == (
+        f"unknown machine 'm2'; known machines: local, m1, remote (machine tables read from {pyproject})"
+    )
     assert info.value.known == ["local", "m1", "remote"]
+    assert info.value.tables_from == f"machine tables read from {pyproject}"
+
+
+def test_machine_tables_are_found_upward_from_the_invocation_directory(tmp_path: Path) -> None:
+    # A suite with its own setup.cfg is pytest's rootdir; the tables are in the project above it.
+    write_pyproject(tmp_path, '[tool.lrun.machines.e1]\nhost = "tcp://h:2375"\ntags = ["fleet"]\n')
+    suite = tmp_path / "toolz"
+    suite.mkdir()
+    (suite / "setup.cfg").write_text("[tool:pytest]\n")
+    for cwd in (tmp_path, suite):
+        resolver = machine_resolver(None, cwd)
+        assert [m.name for m in resolver.resolve_all("tag:fleet")] == ["e1"]
+        assert resolver.pyproject_path == tmp_path / "pyproject.toml"
+
+
+def test_a_named_machine_file_wins_and_every_unknown_machine_error_names_the_file(tmp_path: Path) -> None:
+    write_pyproject(tmp_path, '[tool.lrun.machines.e1]\nhost = "tcp://h:2375"\n')
+    fleet = tmp_path / "ci" / "fleet.toml"
+    fleet.parent.mkdir()
+    fleet.write_text('[tool.lrun.machines.ci1]\nhost = "tcp://ci:2375"\ntags = ["ci"]\n')
+    resolver = machine_resolver(Path("ci/fleet.toml"), tmp_path)
+    assert resolver.resolve("ci1").host == "tcp://ci:2375"
+    for target in ("e1", "tag:fleet"):
+        with pytest.raises(UnknownMachine) as info:
+            resolver.resolve_all(target)
+        assert str(info.value).endswith(f"(machine tables read from {fleet})")
+    with pytest.raises(PlanError, match=rf"known machines: .*ci1.*\(machine tables read from {fleet}\)$"):
+        plan = tmp_path / "plan.toml"
+        plan.write_text('[[entry]]\nname = "a"\ndir = "."\nmachine = "e1"\n')
+        load_plan(plan, known_machines=resolver.targets())
+
+
+def test_no_machine_file_found_says_where_it_was_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-contexts"))
+    resolver = machine_resolver(None, tmp_path)  # no pyproject.toml here or above (tmp dirs have none)
+    with pytest.raises(UnknownMachine) as info:
+        resolver.resolve("e1")
+    assert str(info.value) == (
+        f"unknown machine 'e1'; known machines: local (no pyproject.toml with machine tables found from "
+        f"{tmp_path} upward; name the file with --lrun-config or LRUN_CONFIG (lrun: --project))"
+    )
 
 
 # --- images ----------------------------------------------------------------
@@ -624,5 +672,5 @@ def test_a_tag_names_every_machine_that_carries_it_in_table_order(tmp_path: Path
 
 def test_an_unknown_tag_lists_the_known_ones(tmp_path: Path) -> None:
     resolver = make_resolver(tmp_path, FLEET)
-    with pytest.raises(UnknownMachine, match=r"machine 'tag:gpu'; known machines: tag:big, tag:fleet$"):
+    with pytest.raises(UnknownMachine, match=r"machine 'tag:gpu'; known machines: tag:big, tag:fleet \("):
         resolver.resolve_all("tag:gpu")

@@ -13,6 +13,7 @@ import io
 import os
 import stat
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -23,13 +24,15 @@ from pytest_lrun.cli import main
 from pytest_lrun.engine import Engine
 from pytest_lrun.errors import EXIT_BAD_INPUT, ConfigError
 from pytest_lrun.extract import STREAM, safe_extract
+from pytest_lrun.hashing import hash_dir
 from pytest_lrun.layout import RunFiles
 from pytest_lrun.logs import EventSpool, LogSpool
 from pytest_lrun.readback import JUNIT_PATH, collect
-from pytest_lrun.store import FileStore, Run
+from pytest_lrun.store import Candidate, Decision, FileStore, Run, Ticket
 from pytest_lrun.store.postgres import PostgresStore
 
 STRANGER = 4242  # a uid that is not the test's
+README = (Path(__file__).parents[2] / "README.md").read_text()
 
 
 def make_dir(path: Path, mode: int) -> Path:
@@ -58,6 +61,35 @@ def test_a_state_dir_the_store_creates_is_private(tmp_path: Path) -> None:
     FileStore(state, durable=False)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE((state / "runs").stat().st_mode) == 0o700
+
+
+def test_every_folder_the_file_store_makes_is_private_as_the_readme_says(tmp_path: Path) -> None:
+    """durations/, hashcache/ and queue/ are made on first use, 0700 whatever the umask lets through."""
+    state = tmp_path / "state"
+    store = FileStore(state, durable=False)
+    old = os.umask(0o022)
+    try:
+        store.save_durations("suite", {"test_x.py::test_y": 1.5})  # durations/
+        tree = make_dir(tmp_path / "tree", 0o755)
+        (tree / "test_x.py").write_text("def test_y(): pass\n")
+        time.sleep(0.2)  # settled (its ctime older than the hash by the racy window): its digest is cached
+        hash_dir(tree, cache_dir=store.hashcache_dir)  # hashcache/
+        store.place([Candidate("m", "k1")], lambda _: Run(test_dir=str(tree)))
+        busy = store.place([Candidate("m", "k2")], lambda _: Run(test_dir=str(tree)), ticket=Ticket("t", 1.0))
+        assert busy[1] is Decision.BUSY  # queue/: the waiter's line
+    finally:
+        os.umask(old)
+    folders = {path.relative_to(state).parts[0] for path in state.rglob("*") if path.is_dir()}
+    assert {"durations", "hashcache", "queue"} <= folders
+    loose = {
+        str(path.relative_to(state)): oct(stat.S_IMODE(path.stat().st_mode))
+        for path in (state, *state.rglob("*"))
+        if path.is_dir() and stat.S_IMODE(path.stat().st_mode) != 0o700
+    }
+    assert loose == {}
+    layout = README.split("## The state dir", 1)[1].split("```", 2)[1]
+    for folder in folders:
+        assert f"\n{folder}/" in layout, f"{folder}/ is missing from the README's state-dir layout"
 
 
 @pytest.mark.parametrize("mode", [0o700, 0o750, 0o755])

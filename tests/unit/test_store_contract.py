@@ -58,8 +58,8 @@ from pytest_lrun.errors import (
     TerminalRunError,
 )
 from pytest_lrun.layout import RunFiles
-from pytest_lrun.plan import Plan
-from pytest_lrun.store import Candidate, Decision, Run, RunStore, Status, Sweep, Ticket
+from pytest_lrun.plan import Plan, PlanEntry
+from pytest_lrun.store import BatchStatus, Candidate, Decision, Run, RunStore, Status, Sweep, Ticket
 from pytest_lrun.store.common import TICKET_TTL_S
 from pytest_lrun.store.records import derive_status, valid_id
 
@@ -811,7 +811,7 @@ def test_open_creates_a_pending_batch_with_a_fresh_id(store: RunStore, peer: Run
         str(plan.path),
         plan.digest,
         {},
-        Status.PENDING,
+        BatchStatus.PENDING,
         ["passing@m1", "passing@m2", "failing@m1", "failing@m2"],
     )
     assert before - 0.001 <= batch.created_at <= time.time() + 0.001
@@ -824,7 +824,7 @@ def test_open_creates_a_pending_batch_with_a_fresh_id(store: RunStore, peer: Run
 
 def test_open_with_an_id_creates_then_joins(store: RunStore, peer: RunStore, plan: Plan) -> None:
     created = store.batches.open(plan, "ci-4711")
-    assert (created.id, created.entries, created.status) == ("ci-4711", {}, Status.PENDING)
+    assert (created.id, created.entries, created.status) == ("ci-4711", {}, BatchStatus.PENDING)
     run_id = finished(store, 1)
     store.batches.record("ci-4711", "passing@m1", run_id)
     joined = peer.batches.open(plan, "ci-4711")  # the next CI job, on another runner
@@ -856,6 +856,40 @@ def test_joining_with_another_plan_is_refused(store: RunStore, plan: Plan, tmp_p
     assert store.batches.get("ci-1").entries == {"passing@m1": run_id}  # untouched
 
 
+def _shards_of(suite: Path, nodeids: list[str], count: int = 2) -> Plan:
+    """The plan a job opens for its shards of ``suite`` (as the session does): no file, its node ids."""
+    labels = [f"parso [{k}/{count}]" for k in range(1, count + 1)]
+    return Plan(
+        path=suite,
+        digest=str(hash((tuple(labels), tuple(nodeids)))),
+        entries=tuple(PlanEntry(label, suite, "m1") for label in labels),
+        collected=tuple(nodeids),
+    )
+
+
+def test_joining_a_shard_batch_with_another_collection_says_what_differs(
+    store: RunStore, peer: RunStore, tmp_path: Path
+) -> None:
+    suite = tmp_path / "parso"
+    ids = [f"test/test_parser.py::test_{i}" for i in range(1989)]
+    store.batches.open(_shards_of(suite, ids), "ci-9")
+    assert peer.batches.open(_shards_of(suite, ids), "ci-9").collected == ids  # the same: joined
+    more = [*ids[:1000], "test/test_parser.py::test_new", *ids[1000:]]
+    with pytest.raises(BatchPlanMismatch) as info:
+        peer.batches.open(_shards_of(suite, more), "ci-9")
+    assert str(info.value) == (
+        f"batch 'ci-9' does not match this job's shards of {suite}: the batch's jobs collected 1,989 "
+        "inner tests, this job 1,990; the first that differs, test/test_parser.py::test_new, is only in "
+        "this job's. Every job of a shard batch must collect the same inner tests (the same checkout, "
+        "-k, -m and node ids), or use another batch id"
+    )
+    assert "plan file" not in str(info.value) and info.value.code == "batch_plan_mismatch"
+    with pytest.raises(BatchPlanMismatch, match="only in the batch's"):
+        peer.batches.open(_shards_of(suite, ids[:-1]), "ci-9")
+    with pytest.raises(BatchPlanMismatch, match=r": the batch has 2 shards, this job 3\. Every job"):
+        peer.batches.open(_shards_of(suite, ids, 3), "ci-9")
+
+
 def test_record_adds_and_replaces_entries_in_recording_order(store: RunStore, plan: Plan) -> None:
     batch = store.batches.open(plan)
     first, second, retry = (finished(store, n) for n in range(3))
@@ -879,9 +913,9 @@ def test_record_refuses_empty_entries_and_malformed_run_ids(store: RunStore, pla
 def test_record_makes_a_finished_batch_running_again(store: RunStore, tmp_path: Path) -> None:
     batch = store.batches.open(plan_of(tmp_path, ["passing@m1"]))
     store.batches.record(batch.id, "passing@m1", finished(store, 1))
-    assert store.batches.refresh(batch.id).status is Status.COMPLETED
+    assert store.batches.refresh(batch.id).status is BatchStatus.COMPLETED
     again = store.batches.record(batch.id, "failing@m1", create(store).id)
-    assert again.status is Status.RUNNING and store.batches.get(batch.id).status is Status.RUNNING
+    assert again.status is BatchStatus.RUNNING and store.batches.get(batch.id).status is BatchStatus.RUNNING
 
 
 @pytest.mark.timeout(120)
@@ -946,7 +980,16 @@ STATUS_CASES = [
 @pytest.mark.parametrize(("statuses", "expected"), STATUS_CASES)
 def test_derive_status(statuses: list[str], expected: str) -> None:
     given = [None if status == "missing" else Status(status) for status in statuses]
-    assert derive_status(given) is Status(expected)
+    assert derive_status(given) is BatchStatus(expected)
+
+
+def test_derive_status_with_planned_entries_no_job_took() -> None:
+    assert derive_status([], untaken=2) is BatchStatus.PENDING
+    assert derive_status([Status.PENDING], untaken=1) is BatchStatus.PENDING
+    assert derive_status([Status.RUNNING, Status.COMPLETED], untaken=1) is BatchStatus.RUNNING
+    assert derive_status([Status.COMPLETED], untaken=1) is BatchStatus.INCOMPLETE  # nothing runs
+    assert derive_status([Status.COMPLETED, Status.FAILED], untaken=1) is BatchStatus.FAILED  # known already
+    assert derive_status([Status.COMPLETED], untaken=0) is BatchStatus.COMPLETED
 
 
 @pytest.mark.parametrize(("statuses", "expected"), STATUS_CASES)
@@ -959,9 +1002,9 @@ def test_refresh_derives_and_stores_the_status_from_the_runs(
     for n, status in enumerate(statuses):
         if status == "missing":  # deleted since it was recorded, as `lrun gc` does
             store.delete(store.batches.get(batch.id).entries[f"e{n}"])
-    assert store.batches.refresh(batch.id).status is Status(expected)
-    assert store.batches.get(batch.id).status is Status(expected)
-    assert peer.batches.get(batch.id).status is Status(expected)
+    assert store.batches.refresh(batch.id).status is BatchStatus(expected)
+    assert store.batches.get(batch.id).status is BatchStatus(expected)
+    assert peer.batches.get(batch.id).status is BatchStatus(expected)
     assert len(store.batches.get(batch.id).entries) == len(statuses)
 
 
@@ -969,25 +1012,30 @@ def test_refresh_follows_the_runs(store: RunStore, tmp_path: Path) -> None:
     batch = store.batches.open(plan_of(tmp_path, ["passing@m1"]))
     run = create(store)
     store.batches.record(batch.id, "passing@m1", run.id)
-    assert store.batches.refresh(batch.id).status is Status.PENDING
+    assert store.batches.refresh(batch.id).status is BatchStatus.PENDING
     run.status = Status.RUNNING
     store.update(run)
-    assert store.batches.refresh(batch.id).status is Status.RUNNING
+    assert store.batches.refresh(batch.id).status is BatchStatus.RUNNING
     store.end(run, Status.COMPLETED)
-    assert store.batches.refresh(batch.id).status is Status.COMPLETED
+    assert store.batches.refresh(batch.id).status is BatchStatus.COMPLETED
 
 
 def test_planned_entries_no_job_started_keep_the_batch_open(
     store: RunStore, peer: RunStore, plan: Plan
 ) -> None:
-    """A CI matrix whose other jobs have not started yet is not completed."""
+    """A CI matrix whose other jobs have not started yet is not completed, nor running while nothing
+    runs: incomplete, until the other jobs' runs complete."""
     batch = store.batches.open(plan, "ci-1")
     store.batches.record(batch.id, plan.names[0], finished(store, 0))
-    assert store.batches.refresh(batch.id).status is Status.RUNNING
+    assert store.batches.refresh(batch.id).status is BatchStatus.INCOMPLETE
+    second = create(peer, "m9", "k9")  # the next job starts: running again
+    assert peer.batches.record(batch.id, plan.names[1], second.id).status is BatchStatus.RUNNING
+    assert store.batches.refresh(batch.id).status is BatchStatus.RUNNING
+    peer.end(second, Status.COMPLETED)
     for n, name in enumerate(plan.names[1:], start=1):  # the other jobs, on another runner
         peer.batches.open(plan, "ci-1")
         peer.batches.record(batch.id, name, finished(peer, n))
-    assert store.batches.refresh(batch.id).status is Status.COMPLETED
+    assert store.batches.refresh(batch.id).status is BatchStatus.COMPLETED
 
 
 def test_a_run_shared_by_entries_counts_once(store: RunStore, tmp_path: Path) -> None:
@@ -999,9 +1047,9 @@ def test_a_run_shared_by_entries_counts_once(store: RunStore, tmp_path: Path) ->
         store.batches.record(batch.id, entry, run_id)
     assert store.batches.get(batch.id).entries == {"a": shared.id, "b": shared.id, "c": other.id}
     store.end(shared, Status.COMPLETED)
-    assert store.batches.refresh(batch.id).status is Status.RUNNING
+    assert store.batches.refresh(batch.id).status is BatchStatus.RUNNING
     store.end(other, Status.COMPLETED)
-    assert store.batches.refresh(batch.id).status is Status.COMPLETED
+    assert store.batches.refresh(batch.id).status is BatchStatus.COMPLETED
 
 
 BAD_IDS = ["", ".hidden", "-dash", "../up", "a/b", "a b", "x" * 129, "é", "a\nb", "ci:1"]

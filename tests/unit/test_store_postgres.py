@@ -40,7 +40,7 @@ from pytest_lrun.errors import (
     TerminalRunError,
 )
 from pytest_lrun.plan import Plan, PlanEntry
-from pytest_lrun.store import Decision, Run, Status, pg_sql
+from pytest_lrun.store import BatchStatus, Decision, Run, Status, pg_sql
 from pytest_lrun.store.pg_db import SCHEMA_VERSION
 from pytest_lrun.store.pg_results import CHUNK_BYTES
 from pytest_lrun.store.postgres import PostgresStore
@@ -467,11 +467,11 @@ def test_two_runners_join_one_batch(store: PostgresStore, peer: PostgresStore, t
     peer.batches.record("ci-1", "b", second.id)
     peer.batches.record("ci-1", "c", second.id)  # one run attached to two entries
     assert store.batches.get("ci-1").entries == {"a": first.id, "b": second.id, "c": second.id}
-    assert store.batches.refresh("ci-1").status is Status.PENDING
+    assert store.batches.refresh("ci-1").status is BatchStatus.PENDING
     store.end(first, Status.COMPLETED)
-    assert peer.batches.refresh("ci-1").status is Status.RUNNING
+    assert peer.batches.refresh("ci-1").status is BatchStatus.RUNNING
     peer.end(second, Status.COMPLETED)
-    assert store.batches.refresh("ci-1").status is Status.COMPLETED
+    assert store.batches.refresh("ci-1").status is BatchStatus.COMPLETED
     assert [b.id for b in peer.batches.list()] == ["ci-1"]
     fresh = store.batches.open(plan)
     assert fresh.id.startswith("b-") and [b.id for b in peer.batches.list()] == ["ci-1", fresh.id]
