@@ -82,7 +82,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import EXIT_ERROR, LogNotFound, LrunError
+from .errors import EXIT_ERROR, LogNotFound, LrunError, StateDirNotFound
 from .follow import Tail, follow
 from .output import age, binary_stdout, one_line, say, shown_dir, when
 from .settings import (
@@ -143,7 +143,16 @@ class _Context:
     @property
     def store(self) -> RunStore:
         if self._store is None:
-            self._store = open_store(self.settings.resolved_state_dir(), self.settings.store)
+            state_dir = self.settings.resolved_state_dir()
+            # A command that only reads never makes a state dir (a mistyped --state-dir would
+            # otherwise leave a fresh, empty one behind and show nothing).
+            if (
+                getattr(self.args, "reads_only", False)
+                and self.settings.store is None
+                and not state_dir.is_dir()
+            ):
+                raise StateDirNotFound(str(state_dir))
+            self._store = open_store(state_dir, self.settings.store)
         return self._store
 
     @property
@@ -463,7 +472,11 @@ def _check_machine(ctx: _Context, name: str) -> dict[str, Any]:
 def _cmd_machines(ctx: _Context) -> int:
     names = ctx.resolver.known()
     active: dict[str, list[str]] = {}
-    for run in ctx.store.active():
+    try:
+        live = ctx.store.active()
+    except StateDirNotFound:  # nothing has run here yet: no machine is in use
+        live = []
+    for run in live:
         active.setdefault(run.machine, []).append(run.id)
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(names))), thread_name_prefix="lrun-ping") as pool:
         found = list(pool.map(lambda name: _check_machine(ctx, name), names))
@@ -704,19 +717,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, func: Callable[[_Context], int], help: str, *, json_flag: bool = True) -> Any:
+    def command(
+        name: str,
+        func: Callable[[_Context], int],
+        help: str,
+        *,
+        json_flag: bool = True,
+        reads_only: bool = False,
+    ) -> Any:
         sub = commands.add_parser(
             name, help=help, description=help, parents=[with_json if json_flag else common]
         )
-        sub.set_defaults(func=func)
+        sub.set_defaults(func=func, reads_only=reads_only)
         return sub
 
-    runs = command("runs", _cmd_runs, "list stored runs, oldest first")
+    runs = command("runs", _cmd_runs, "list stored runs, oldest first", reads_only=True)
     runs.add_argument("--machine", metavar="M", help="only runs on this machine")
     runs.add_argument("--status", choices=[s.value for s in Status], help="only runs with this status")
     runs.add_argument("--batch", metavar="B", help="only runs of this batch")
 
-    show = command("show", _cmd_show, "show one run's record")
+    show = command("show", _cmd_show, "show one run's record", reads_only=True)
     show.add_argument("id", metavar="ID")
     show.add_argument(
         "--full",
@@ -724,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the whole command (a shard's node ids past the first {SHOWN_NODEIDS} are counted otherwise)",
     )
 
-    logs = command("logs", _cmd_logs, "print a run's log", json_flag=False)
+    logs = command("logs", _cmd_logs, "print a run's log", json_flag=False, reads_only=True)
     logs.add_argument("id", metavar="ID")
     logs.add_argument(
         "--follow",
@@ -742,10 +762,16 @@ def build_parser() -> argparse.ArgumentParser:
         "show a batch: its status, one row per entry with its inner-test counts, and their totals; "
         f"exits 0 when it completed, {EXIT_BATCH_FAILED} when it failed, {EXIT_BATCH_INCOMPLETE} while "
         f"incomplete, {EXIT_BATCH_UNFINISHED} while pending or running",
+        reads_only=True,
     )
     batch.add_argument("id", metavar="ID")
 
-    command("machines", _cmd_machines, "list known machines, whether their engines answer, their active run")
+    command(
+        "machines",
+        _cmd_machines,
+        "list known machines, whether their engines answer, their active run",
+        reads_only=True,
+    )
 
     images = command(
         "images", _cmd_images, "list the images pytest-lrun built, per machine, with their last use"

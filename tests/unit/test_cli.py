@@ -704,3 +704,13 @@ def test_machines_lists_known_names_without_an_engine(
         *("name", "url", "source", "reachable", "error", "active_run_id"),
         *("tags", "slots", "in_use", "free", "runs"),
     }
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "r1"], ["logs", "r1"], ["batch", "b1"]])
+def test_a_command_that_only_reads_never_makes_a_state_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    missing = tmp_path / "no" / "such"
+    assert main(["--state-dir", str(missing), *command]) == EXIT_NOT_FOUND
+    assert f"no state dir at {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
