@@ -137,7 +137,7 @@ class GithubActions:
             where = f"[{where}]({server or 'https://github.com'}/{repo}/blob/{sha}/{failure.path}{anchor})"
         else:
             where = f"`{where}`"
-        message = _inline(failure.message[:MAX_MESSAGE_CHARS])
+        message = _inline(failure.message.splitlines()[0][:MAX_MESSAGE_CHARS] if failure.message else "")
         log = f" (log: `{failure.log}`)" if failure.log else ""
         return f"- `{failure.nodeid}` at {where}: {message}{log}"
 
