@@ -305,3 +305,53 @@ def chromium() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+TWO = """
+    def test_one():
+        pass
+
+
+    def test_two():
+        assert False, "two fails"
+
+
+    def test_three():
+        pass
+"""
+
+
+def test_the_terminal_reads_as_pytests_own(pytester: pytest.Pytester, project: Path) -> None:
+    write_tests(project, "first", TWO)
+    write_tests(project, "second", TWO)
+    verbose = pytester.runpytest_subprocess("--lrun-machine=m1", "first", "second", "-v")
+    shown = [int(p) for p in re.findall(r"\[\s*(\d+)%\]", verbose.stdout.str())]
+    assert shown and shown == sorted(shown) and shown[-1] == 100, shown  # never back from 100%
+    quiet = pytester.runpytest_subprocess("--lrun-machine=m1", "first", "second", "-q", "-k", "one or two")
+    assert not re.search(
+        r"^[.FEsx]+lrun:", quiet.stdout.str(), re.MULTILINE
+    )  # lrun lines on lines of their own
+    assert not re.search(r"^\s*\[100%\]$", quiet.stdout.str(), re.MULTILINE)  # no lone [100%]
+    quiet.stdout.fnmatch_lines(["2 failed, 2 passed, 2 deselected in *"])  # the container's deselected count
+    collected = pytester.runpytest_subprocess("--lrun-machine=m1", "first", "second", "-q", "--collect-only")
+    lines = [line for line in collected.outlines if line.strip()]
+    assert lines[:6] == [
+        f"{d}/test_{d}.py::test_{n}" for d in ("first", "second") for n in ("one", "two", "three")
+    ]
+    assert lines[6:] == ["6 tests collected in " + lines[6].split(" in ")[1]]
+
+
+def test_last_failed_runs_only_the_inner_tests_that_failed(pytester: pytest.Pytester, project: Path) -> None:
+    write_tests(project, "first", TWO)
+    write_tests(project, "clean", "def test_fine():\n    pass\n")
+    pytester.runpytest_subprocess("--lrun-machine=m1", "first", "clean").assert_outcomes(passed=3, failed=1)
+    again = pytester.runpytest_subprocess(
+        "--lrun-machine=m1", "first", "clean", "--lf", "-p", "cacheprovider"
+    )
+    again.stdout.fnmatch_lines(
+        [
+            "lrun: --lf: first: running the 1 inner tests that failed last time",
+            "lrun: --lf: clean: nothing failed last time: running all of it",
+        ]
+    )
+    again.assert_outcomes(passed=1, failed=1)  # first's test_two, and clean's one test
