@@ -151,6 +151,7 @@ class RunReports:
         say: Callable[[str], None] = lambda line: None,
         write: Callable[[str], None] = lambda line: None,
         evidence: Evidence | None = None,
+        on_counted: Callable[[], None] = lambda: None,
     ) -> None:
         self.session = session
         self.config = session.config
@@ -180,6 +181,7 @@ class RunReports:
         self._keywords: dict[str, tuple[str, ...]] = {}  # a running test's, from its first report
         self._finish: Finished | None = None
         self.counted = False  # whether every test of the run is in the session's count
+        self._on_counted = on_counted  # told when it becomes so, before the run's next report
         self.earlier: list[Run] = []  # attempts that failed for their infrastructure, retried
 
     # -- live --------------------------------------------------------------------------
@@ -219,7 +221,9 @@ class RunReports:
 
     def _on_collected(self, event: Collected) -> None:
         self._collected = event
-        self.counted = not self._by_keywords  # under a host -k/-m, each counts once decided
+        if not self._by_keywords:  # under a host -k/-m, each test counts once its keywords decide it
+            self.counted = True
+            self._on_counted()
         nodeids = [nodeid for nodeid in event.nodeids if self._wanted_id(nodeid)]
         if not self._by_keywords:  # otherwise each test counts once its keywords decide it
             self._count(len(nodeids))
@@ -278,6 +282,7 @@ class RunReports:
         """Report what the run's end adds (see the module docstring); ``hook_error``: a plugin's
         ``pytest_lrun_run_finished`` raised, and the run's own report fails with it."""
         self.counted = True
+        self._on_counted()
         if isinstance(outcome, LrunError | Detached):
             if isinstance(outcome, Detached):
                 self.prepared(outcome.run, "detached")
@@ -375,6 +380,7 @@ class RunReports:
     def finish_with_error(self, error: BaseException) -> None:
         """A bug stopped the job: the run's own report fails with it."""
         self.counted = True
+        self._on_counted()
         self._run_report(error)
 
     def _run_report(self, outcome: JobOutcome | BaseException) -> None:

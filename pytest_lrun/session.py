@@ -164,6 +164,7 @@ class LrunSession:
         self._counts = {"done": 0, "running": 0}
         self._build_tags: dict[Build, str] = {}  # each build's context is hashed once per invocation
         self.option_image: ImageSource | None = settings.image or self._option_build(settings.build)
+        self._progress = _TerminalProgress(config)
         start = config.invocation_params.dir
         report_dir = settings.report_dir or default_report_dir(
             config.getoption("xmlpath", None), config.getoption("htmlpath", None)
@@ -558,7 +559,7 @@ class LrunSession:
         """
         shown_at = time.monotonic()
         stopped = False
-        progress = _TerminalProgress(self.config)
+        progress = self._progress
         progress.hold()
         while not all(future.done() for future in self.outcomes.values()):
             try:
@@ -567,8 +568,6 @@ class LrunSession:
                 event = None
             if event is not None:
                 self._handle(event)
-                if all(reports.counted for reports in self.reports.values()):
-                    progress.release()
             if not stopped and (session.shouldfail or session.shouldstop):
                 stopped = True
                 why = session.shouldfail or session.shouldstop
@@ -580,6 +579,11 @@ class LrunSession:
         self._drain()
         progress.release()
         progress.end()
+
+    def _counted(self) -> None:
+        """A run counted all its tests: once every run has, the terminal's percentages are true."""
+        if all(reports.counted for reports in self.reports.values()):
+            self._progress.release()
 
     def _drain(self) -> None:
         """Handle the events still queued."""
@@ -767,6 +771,7 @@ class LrunSession:
                 say=self.progress,
                 write=self._write_line,
                 evidence=self.evidence,
+                on_counted=self._counted,
             )
         self.start()
         return True
@@ -865,11 +870,15 @@ class _TerminalProgress:
     """
 
     def __init__(self, config: pytest.Config) -> None:
-        self.reporter = config.pluginmanager.get_plugin("terminalreporter")
-        self.shown = getattr(self.reporter, "_show_progress_info", False)
+        self.config = config
+        self.reporter: Any = None
+        self.shown: Any = False
         self.held = False
 
     def hold(self) -> None:
+        """Hold the percentages (the terminal reporter exists by now: the session's loop runs)."""
+        self.reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        self.shown = getattr(self.reporter, "_show_progress_info", False)
         if self.shown and self.reporter is not None:
             self.reporter._show_progress_info = False
             self.held = True
