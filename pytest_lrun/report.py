@@ -699,7 +699,7 @@ class RunReports:
 
     def _collectreport(self, inner: str, outcome: Outcome, longrepr: Any) -> None:
         if outcome == "failed":
-            longrepr = self._repr(str(longrepr), "collection failure")
+            longrepr = self._repr(self.paths.text(str(longrepr)), "collection failure")
             self.progress.failed += 1
         report = pytest.CollectReport(self.nodeid(inner), outcome, longrepr, [])
         self.config.hook.pytest_collectreport(report=report)

@@ -830,7 +830,12 @@ class LrunSession:
         finally:
             self.store.close()
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        _index_teardown_reports(terminalreporter)
+        self._runs_summary(terminalreporter)
+
+    def _runs_summary(self, terminalreporter: Any) -> None:
         table = self._runs_table()
         if not table or self.config.option.collectonly:
             return
@@ -857,6 +862,31 @@ class LrunSession:
     @pytest.hookimpl(trylast=True)
     def pytest_lrun_make_engine(self, machine: Machine, config: pytest.Config) -> Engine:
         return connect(machine, connect_timeout=self.settings.connect_timeout)
+
+
+def _index_teardown_reports(reporter: Any) -> None:
+    """Let the terminal find a failed test's teardown reports by node id in one step.
+
+    pytest's failure summary looks up each failure's teardown reports by scanning every
+    report of the "" category (every passed setup and teardown): F failures among N tests
+    cost F x N, and a dispatched suite of 200,000 tests with 20,000 failures did not finish.
+    This gives the terminal reporter (its private ``_get_teardown_reports``, when it has one)
+    the same answer from an index built once, at the summary, when every report is in.
+    """
+    if not callable(getattr(reporter, "_get_teardown_reports", None)):
+        return
+    index: dict[str, list[Any]] | None = None
+
+    def teardown_reports(node_id: Any) -> list[Any]:  # a node id, or pytest 9's NodeId (its str is one)
+        nonlocal index
+        if index is None:
+            index = {}
+            for report in reporter.getreports(""):
+                if report.when == "teardown":
+                    index.setdefault(report.nodeid, []).append(report)
+        return index.get(str(node_id), [])
+
+    reporter._get_teardown_reports = teardown_reports
 
 
 class _TerminalProgress:
