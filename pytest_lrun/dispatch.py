@@ -572,7 +572,10 @@ class Dispatcher:
             return self._end(
                 run, Status.TIMEOUT, engine=engine, code=TIMED_OUT, msg=f"timed out after {timeout:g}s"
             )
-        status = Status.COMPLETED if exit_code == 0 else Status.FAILED
+        # pytest's exit 5 is "no tests collected" (a -k that picks nothing in this directory): no failure.
+        pytest_run = pytest_arguments_at(tuple(run.command or ())) is not None
+        no_tests = pytest_run and exit_code == NO_TESTS_COLLECTED
+        status = Status.COMPLETED if exit_code == 0 or no_tests else Status.FAILED
         if status is Status.FAILED:
             state = engine.inspect(container_id)
             if state is not None and state.oom_killed:
@@ -735,6 +738,8 @@ INFRA_CODES = frozenset(
 
 #: The exit code of a container killed by SIGKILL (128 + 9): the OOM killer, a daemon restart, an admin.
 KILLED_EXIT = 137
+#: pytest's "no tests collected" (``ExitCode.NO_TESTS_COLLECTED``).
+NO_TESTS_COLLECTED = 5
 
 
 def infra_failure(result: RunResult) -> bool:

@@ -253,3 +253,18 @@ def test_collect_only_shows_the_inner_node_ids_without_running_them(
     result.stdout.fnmatch_lines(["picked/test_picked.py::test_beta", "picked/test_picked.py::test_gamma"])
     assert "test_alpha" not in result.stdout.str()
     assert _inner_junit_cases(state_dir) == []  # pytest --collect-only ran no test
+
+
+def test_a_selection_that_picks_nothing_in_one_directory_is_no_failure(
+    pytester: pytest.Pytester, project: Path, state_dir: Path
+) -> None:
+    write_tests(project, "picked", "def test_alpha():\n    pass\n")
+    write_tests(project, "other", "def test_beta():\n    pass\n")
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "picked", "other", "-k", "alpha")
+    assert result.ret == 0
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(
+        ["lrun: m1: other completed (created) in *"]
+    )  # inner exit 5: no tests, no failure
+    records = [json.loads((run / "run.json").read_text()) for run in (state_dir / "runs").iterdir()]
+    assert sorted((r["status"], r["exit_code"]) for r in records) == [("completed", 0), ("completed", 5)]
