@@ -150,6 +150,14 @@ class CutShort:
 
 
 @dataclass(frozen=True)
+class Subtest:
+    """What tells a subtest's report from its test's (``subtests.test(msg, **kwargs)``, ``subTest``)."""
+
+    msg: str | None
+    kwargs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class PhaseReport:
     """One phase of one test (``pytest_runtest_logreport``), enough to rebuild its ``TestReport``."""
 
@@ -173,6 +181,8 @@ class PhaseReport:
     stop: float | None
     crash: CrashInfo | None = None
     """A failure's place and message, as the inner pytest had them (older reporters send none)."""
+    subtest: Subtest | None = None
+    """Set on a subtest's report."""
 
 
 @dataclass(frozen=True)
@@ -301,6 +311,16 @@ def _crash(value: object) -> CrashInfo | None:
     return CrashInfo(_as_str(path), _as_opt_int(lineno), _as_str(message))
 
 
+def _subtest(value: object) -> Subtest | None:
+    if value is None:
+        return None
+    f = _Fields(value)
+    kwargs = f.get("kwargs")
+    if not isinstance(kwargs, dict):
+        raise _Malformed("'kwargs' is not an object")
+    return Subtest(msg=f.opt_text("msg"), kwargs=tuple((_as_str(k), _as_str(v)) for k, v in kwargs.items()))
+
+
 def _cut_short(value: object) -> CutShort | None:
     if value is None:
         return None
@@ -367,6 +387,7 @@ def _report(f: _Fields) -> PhaseReport:
         start=f.opt_number("start"),
         stop=f.opt_number("stop"),
         crash=_crash(f.optional("crash")),
+        subtest=_subtest(f.optional("subtest")),
     )
 
 

@@ -69,6 +69,7 @@ from .events import (
     PhaseReport,
     SkipInfo,
     Start,
+    Subtest,
 )
 from .fsutil import OPEN_NOFOLLOW
 from .reserve import full
@@ -262,13 +263,14 @@ def _event(record: dict[str, Any]) -> Event:
     if kind == "start":
         return Start(n=record["n"], nodeid=record["nodeid"], location=_location(record["location"]))
     if kind == "report":
-        skip, crash = record["skip"], record.get("crash")
+        skip, crash, subtest = record["skip"], record.get("crash"), record.get("subtest")
         return PhaseReport(
             **{
                 **record,
                 "location": _location(record["location"]),
                 "skip": None if skip is None else SkipInfo(**skip),
                 "crash": None if crash is None else CrashInfo(**crash),
+                "subtest": None if subtest is None else Subtest(subtest["msg"], _pairs(subtest["kwargs"])),
                 "sections": _pairs(record["sections"]),
                 "keywords": tuple(record["keywords"]),
                 "user_properties": _pairs(record["user_properties"]),

@@ -56,7 +56,7 @@ from .errors import (
     ContainerGone,
     LrunError,
 )
-from .events import Collected, CrashInfo, Event, Finished, Location, PhaseReport, Start
+from .events import Collected, CrashInfo, Event, Finished, Location, PhaseReport, Start, Subtest
 from .evidence import Evidence, RunEvidence
 from .hostpaths import HostPaths
 from .junit import CaseResult
@@ -524,6 +524,8 @@ class RunReports:
         )
         if event.start is not None and event.stop is not None:
             report.start, report.stop = event.start, event.stop
+        if event.subtest is not None:
+            _as_subtest(report, event.subtest)
         if event.outcome == "failed":
             self._failed.add(event.nodeid)
         if event.when == "teardown" and event.nodeid in self._failed:
@@ -732,6 +734,21 @@ def _where_stopped(trace: str, paths: HostPaths) -> Location | None:
     except (OSError, ValueError):
         return None
     return (inner, int(found[-1]["line"]) - 1, "")
+
+
+def _as_subtest(report: pytest.TestReport, subtest: Subtest) -> None:
+    """Make ``report`` the subtest report pytest 9 makes, so that the terminal, ``--junitxml``
+    and the counts treat it as a local subtest: ``2 subtests passed``, ``SUBFAILED(i=1)``.
+    (The test's own report comes with the outcome the inner pytest gave it.) A host pytest
+    without native subtests (8) reports it as a test's report, as before."""
+    try:
+        from _pytest.subtests import SubtestContext, SubtestReport
+    except ImportError:
+        return
+    context = SubtestContext(msg=subtest.msg, kwargs={})
+    object.__setattr__(context, "kwargs", dict(subtest.kwargs))  # the inner pytest's reprs, as they are
+    report.__class__ = SubtestReport
+    report.context = context  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ written). The kinds, and the host's parser, are in ``pytest_lrun/events.py``:
   ``wasxfail``, ``keywords`` (with a test's first report only: the host keeps them
   for the test's other phases), ``user_properties``, ``start``/``stop`` (when pytest
   records them), ``crash`` (a failure's ``[path, lineno, message]``: where it
-  happened and its one-line message, as ``longrepr.reprcrash`` says);
+  happened and its one-line message, as ``longrepr.reprcrash`` says), ``subtest``
+  (a subtest's report: its ``msg`` and ``kwargs``, the values as pytest shows them);
 * ``finish`` at the end (``pytest_sessionfinish``): ``exitstatus``, ``counts`` (the
   categories pytest's own summary counts), ``interrupt`` (where a Ctrl-C/SIGINT
   stopped the session: the traceback through the test's own frames, without
@@ -336,7 +337,8 @@ class Reporter:
         self._started_at = time.monotonic()
         self.emit("start", {"nodeid": nodeid, "location": self._started[1]})
 
-    @pytest.hookimpl
+    # trylast: after the terminal's, which gives a test with a failed subtest its final outcome.
+    @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Compact: what is empty, a location equal to the start's and keywords already sent with
         # the test's first report are left out (the host fills them in): a suite of quick tests
@@ -367,6 +369,10 @@ class Reporter:
             fields["user_properties"] = [[str(name), str(value)] for name, value in report.user_properties]
         if hasattr(report, "wasxfail"):
             fields["wasxfail"] = str(report.wasxfail)
+        context = getattr(report, "context", None)  # a subtest's (pytest 9, or the pytest-subtests plugin)
+        if context is not None and hasattr(context, "kwargs"):
+            kwargs = {str(key): str(value) for key, value in dict(context.kwargs).items()}
+            fields["subtest"] = {"msg": getattr(context, "msg", None), "kwargs": kwargs}
         crash = getattr(longrepr, "reprcrash", None) if report.failed else None
         if crash is not None:
             fields["crash"] = [str(crash.path), crash.lineno, str(crash.message)]
