@@ -268,3 +268,41 @@ def test_a_selection_that_picks_nothing_in_one_directory_is_no_failure(
     )  # inner exit 5: no tests, no failure
     records = [json.loads((run / "run.json").read_text()) for run in (state_dir / "runs").iterdir()]
     assert sorted((r["status"], r["exit_code"]) for r in records) == [("completed", 0), ("completed", 5)]
+
+
+SUBTESTS = """
+    import unittest
+
+
+    class T(unittest.TestCase):
+        def test_loop(self):
+            for i in range(3):
+                with self.subTest(i=i):
+                    self.assertNotEqual(i, 1)
+
+
+    def test_native(subtests):
+        for n in range(2):
+            with subtests.test(msg="check", n=n):
+                assert n >= 0
+"""
+
+
+def _last_line(result: pytest.RunResult) -> str:
+    return re.sub(r" in [\d.]+s.*", "", [line for line in result.outlines if " in " in line][-1].strip("= "))
+
+
+def test_subtests_count_as_they_do_locally(pytester: pytest.Pytester, project: Path) -> None:
+    write_tests(project, "subs", SUBTESTS)
+    local = pytester.runpytest_subprocess("subs", "-p", "no:lrun", "-q")
+    current = ("--lrun-machine=m1", "--lrun-image=lrun-python-current:latest", "subs")
+    assert _last_line(pytester.runpytest_subprocess(*current, "-q")) == _last_line(local)
+    assert _last_line(local) == "1 failed, 2 passed, 4 subtests passed"
+    dispatched = pytester.runpytest_subprocess(*current, "-v")
+    dispatched.stdout.fnmatch_lines(
+        ["*::T::test_loop SUBFAILED(i=1)*", "SUBFAILED(i=1) subs/test_subs.py::T::test_loop*"]
+    )
+    assert dispatched.stdout.str().count("test_native PASSED") == 1  # its subtests are SUBPASSED, not PASSED
+    # pytest 7 (the bookworm image) has no subtests: the inner pytest's own counts come through as they are.
+    old = pytester.runpytest_subprocess("--lrun-machine=m1", "subs")
+    assert _last_line(old) == "1 failed, 1 error"  # test_loop fails at i=1; no subtests fixture there
