@@ -72,12 +72,14 @@ import xxhash
 from ..errors import CorruptRecord, RunNotFound, StoreError, TerminalRunError
 from ..faults import crash_point
 from ..fsutil import (
+    NotAFile,
     Unparseable,
     atomic_write_json,
     fsync_dir,
     make_state_dir,
     move_aside,
     parse_record,
+    read_regular,
     remove_tree,
     stamp,
 )
@@ -240,10 +242,22 @@ class FileStore(RunStore):
     # -- reading and writing files ----------------------------------------------
 
     def _quarantine(self, path: Path, label: str, reason: str) -> CorruptRecord | None:
-        moved_to = move_aside(path, self.corrupt_dir, label, durable=self.durable)
-        if moved_to is None:
-            return None
-        problem = CorruptRecord(str(path), str(moved_to), reason)
+        """Move ``path`` into ``corrupt/`` and report it; None when it is gone already.
+
+        A state dir that cannot be changed (a read-only mount, a reader without write
+        permission) leaves the entry where it is: it is still reported, so that readers
+        list what they can.
+        """
+        try:
+            moved = move_aside(path, self.corrupt_dir, label, durable=self.durable)
+        except OSError as exc:
+            moved_to = ""
+            reason = f"{reason}; cannot move it aside: {exc.strerror or exc}"
+        else:
+            if moved is None:
+                return None
+            moved_to = str(moved)
+        problem = CorruptRecord(str(path), moved_to, reason)
         self.problems.append(problem)
         logger.warning("%s", problem)
         return problem
@@ -256,9 +270,11 @@ class FileStore(RunStore):
         """
         path = self._record_path(run_id)
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path)  # never a wait on a fifo, never a link followed
         except NotADirectoryError:
             raise FileNotFoundError(str(path)) from None
+        except NotAFile as exc:
+            raise Unparseable(f"{path.name} is {exc.kind}, not a regular file") from None
         run = parse_record(raw, Run.from_dict)
         if run.id != run_id:
             raise Unparseable(f"record id {run.id!r} does not match its directory {run_id!r}")
@@ -291,9 +307,11 @@ class FileStore(RunStore):
         :raises Unparseable: the index is not valid
         """
         try:
-            raw = self._index_path(mkey).read_bytes()
+            raw = read_regular(self._index_path(mkey))
         except FileNotFoundError:
             return None, []
+        except NotAFile as exc:
+            raise Unparseable(f"the index is {exc.kind}, not a regular file") from None
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError) as exc:
@@ -520,9 +538,9 @@ class FileStore(RunStore):
         Reads one pointer and one record, however many runs are stored.
         """
         try:
-            pointer = json.loads(self._completed_path(machine_key(machine), key).read_bytes())
+            pointer = json.loads(read_regular(self._completed_path(machine_key(machine), key)))
             run = self.get(str(pointer["run_id"]))
-        except (FileNotFoundError, ValueError, KeyError, TypeError, RunNotFound, CorruptRecord):
+        except (OSError, ValueError, KeyError, TypeError, RunNotFound, CorruptRecord):
             return None  # no such run yet, or it was deleted: nothing to reuse
         if run.status is not Status.COMPLETED or run.machine != machine or run.key != key:
             return None
@@ -533,7 +551,12 @@ class FileStore(RunStore):
 
     def _point_to(self, mkey: str, run: Run) -> None:
         """Make ``run`` (completed) the newest completed run of its key (under the machine's lock)."""
-        atomic_write_json(self._completed_path(mkey, run.key), {"run_id": run.id}, durable=self.durable)
+        path = self._completed_path(mkey, run.key)
+        try:
+            atomic_write_json(path, {"run_id": run.id}, durable=self.durable)
+        except IsADirectoryError:  # a folder where the pointer goes: moved aside like a corrupt file
+            self._quarantine(path, f"completed-{path.stem}", "the pointer is a directory")
+            atomic_write_json(path, {"run_id": run.id}, durable=self.durable)
 
     def list(
         self,
