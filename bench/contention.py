@@ -90,12 +90,22 @@ def main(argv: list[str] | None = None) -> int:
             backends.remove("postgres")
     reports = [one(backend, config, args.postgres) for backend in backends]
     print(f"seed {config.seed}, {config.ops_per_round} operations per process and round")
-    columns = ("processes", "machines", "rounds", "operations", "ops/s", "violations")
+    columns = (
+        "processes",
+        "machines",
+        "rounds",
+        "operations",
+        "ops/s",
+        "gc overlap",
+        "exceptions",
+        "violations",
+    )
     print(f"{'store':<10} " + " ".join(f"{c:>10}" for c in columns))
     for r in reports:
         print(
             f"{r.backend:<10} {r.config.processes:>10} {len(MACHINES):>10} {r.config.rounds:>10} "
-            f"{r.operations:>10} {r.operations / r.seconds:>10.0f} {len(r.violations):>10}"
+            f"{r.operations:>10} {r.operations / r.seconds:>10.0f} {r.overlapping_gcs:>10} "
+            f"{r.exceptions:>10} {len(r.violations):>10}"
         )
     return 1 if any(r.violations for r in reports) else 0
 

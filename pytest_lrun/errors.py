@@ -436,12 +436,13 @@ class TerminalRunError(StoreError):
 
 
 class CorruptRecord(StoreError):
-    """A state file did not parse; it was moved aside to ``moved_to``."""
+    """A state file did not parse; it was moved aside to ``moved_to`` ("" if it could not be moved)."""
 
     code = "corrupt_record"
 
     def __init__(self, path: str, moved_to: str, reason: str) -> None:
-        super().__init__(f"corrupt state file {path} ({reason}); kept aside as {moved_to}")
+        where = f"kept aside as {moved_to}" if moved_to else "left in place"
+        super().__init__(f"corrupt state file {path} ({reason}); {where}")
         self.path = path
         self.moved_to = moved_to
         self.reason = reason

@@ -40,10 +40,12 @@ T = TypeVar("T")
 __all__ = [
     "ENTRY_BYTES",
     "OPEN_NOFOLLOW",
+    "NotAFile",
     "atomic_write_bytes",
     "atomic_write_json",
     "fsync_dir",
     "make_state_dir",
+    "read_regular",
     "remove_tree",
     "tree_size",
 ]
@@ -215,6 +217,65 @@ OPEN_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | get
 #: :data:`OPEN_NOFOLLOW`, and non-blocking, so a file swapped for a fifo after its listing
 #: cannot make the open wait for a writer (the caller's fstat then refuses it).
 OPEN_READ_NOFOLLOW = os.O_RDONLY | OPEN_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
+
+
+class NotAFile(OSError):
+    """A path that should be a regular file is something else (``kind``: "a directory", "a fifo", ...)."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(f"{path} is {kind}, not a regular file")
+        self.path = path
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.kind))
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words: "a regular file", "a directory", "a fifo", ..."""
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+def read_regular(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the regular file at ``path``, opened without following a symlink or waiting.
+
+    A fifo, a directory, a device or a symlink at ``path`` is never read (a fifo
+    would block the open or the read for ever): it raises :class:`NotAFile`.
+
+    :raises FileNotFoundError: nothing at ``path``
+    :raises NotAFile: something other than a regular file is there
+    :raises OSError: it could not be read
+    """
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, OPEN_READ_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise NotAFile(name, "a symbolic link") from None
+        if exc.errno == errno.ENXIO:  # a socket
+            raise NotAFile(name, "a socket") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotAFile(name, file_kind(mode))
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 #: What a directory, symlink or other non-file entry is counted as in a size cap: the

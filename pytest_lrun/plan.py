@@ -54,6 +54,7 @@ import xxhash
 
 from .build import Build, make_build
 from .errors import PlanError
+from .fsutil import NotAFile, read_regular
 from .machines import BUILD_KEYS, FrozenEnv
 from .settings import ENV_NAMES_EXPECTED, check_seconds, env_names_of, parse_command
 from .text import printable
@@ -143,12 +144,13 @@ def load_plan(path: str | os.PathLike[str], *, known_machines: Collection[str] |
 
 
 def _read(path: Path, shown: str) -> bytes:
+    """The plan's bytes, read like the ignore files: no symlink followed, no wait on a fifo."""
     try:
-        return path.read_bytes()
+        return read_regular(path)
     except FileNotFoundError:
         raise PlanError(shown, "no such file") from None
-    except IsADirectoryError:
-        raise PlanError(shown, "is a directory, not a plan file") from None
+    except NotAFile as e:
+        raise PlanError(shown, f"is {e.kind}, not a plan file") from None
     except OSError as e:
         raise PlanError(shown, f"cannot read the plan: {e.strerror or e}") from None
 

@@ -151,7 +151,9 @@ class GcReport:
     """The outcome of :func:`gc`: sizes are bytes under the state directory (:func:`state_size`).
 
     ``swept`` says which crash leftovers were settled; ``problems`` has one line per
-    run or leftover gc could not remove (the rest were still done).
+    run or leftover gc could not remove (the rest were still done); ``kept`` lists the
+    terminal runs it left over the cap because they were kept, and ``warnings`` says
+    when one of them alone is bigger than the cap.
     """
 
     max_bytes: int
@@ -163,6 +165,9 @@ class GcReport:
     swept: Sweep = field(default_factory=Sweep)
     pruned: list[str] = field(default_factory=list)  # runs a shared store dropped to keep its results capped
     problems: list[str] = field(default_factory=list)
+    # Terminal runs left over the cap because they are kept (the caller's, or a live batch's).
+    kept: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. a kept run bigger than the cap on its own
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -473,7 +478,30 @@ def _caches_oldest_first(store: RunStore) -> list[tuple[float, int, str]]:
     return sorted(caches)
 
 
-def gc(store: RunStore, *, max_bytes: int, store_max_bytes: int = DEFAULT_STORE_MAX_BYTES) -> GcReport:
+def _kept(runs: list[Run], keep: Collection[str]) -> dict[str, str]:
+    """The runs gc must not evict, each with why: those of ``keep`` and the attempts they retried,
+    and every run of a batch with a live run (a plan still being dispatched)."""
+    by_id = {run.id: run for run in runs}
+    kept = dict.fromkeys(keep, "it belongs to this session")
+    live_batches = {run.batch_id for run in runs if run.batch_id and not run.status.is_terminal}
+    for run in runs:
+        if run.batch_id in live_batches:
+            kept.setdefault(run.id, f"its batch {run.batch_id} is live")
+    for run_id, why in list(kept.items()):
+        earlier = by_id.get(run_id)
+        while earlier is not None and earlier.retry_of and earlier.retry_of not in kept:
+            kept[earlier.retry_of] = why  # an earlier attempt of a kept run
+            earlier = by_id.get(earlier.retry_of)
+    return kept
+
+
+def gc(
+    store: RunStore,
+    *,
+    max_bytes: int,
+    store_max_bytes: int = DEFAULT_STORE_MAX_BYTES,
+    keep: Collection[str] = (),
+) -> GcReport:
     """Settle crash leftovers, then keep the state directory under ``max_bytes``.
 
     First :meth:`RunStore.sweep` removes what crashes left behind (they would
@@ -486,6 +514,11 @@ def gc(store: RunStore, *, max_bytes: int, store_max_bytes: int = DEFAULT_STORE_
     recently written first (they are only caches). Live runs are never deleted,
     so the cap may stay unmet; ``cap_met`` says so. A run that cannot be deleted
     is reported in ``problems`` and the others still go.
+
+    Nor are the runs of ``keep`` (a session passes the runs it reported, whose logs and
+    attachments its report points to), the attempts they retried, and the runs of a
+    batch that still has a live run: they are listed in ``kept`` when the cap is not
+    met without them, and a ``warnings`` line names each that alone is over the cap.
     """
     swept = store.sweep()
     problems = list(swept.problems)
@@ -494,12 +527,25 @@ def gc(store: RunStore, *, max_bytes: int, store_max_bytes: int = DEFAULT_STORE_
     size = size_before
     freed = 0
     deleted: list[str] = []
+    kept: list[str] = []
+    warnings: list[str] = []
     if size > max_bytes:
-        here = [r for r in store.list() if r.status.is_terminal and store.files(r.id).dir.exists()]
+        runs = store.list()
+        keeping = _kept(runs, keep)
+        here = [r for r in runs if r.status.is_terminal and store.files(r.id).dir.exists()]
         for run in sorted(here, key=_age_key):
             if size <= max_bytes:
                 break
             run_bytes = tree_size(store.files(run.id).dir)
+            if run.id in keeping:
+                kept.append(run.id)
+                if run_bytes > max_bytes:
+                    warnings.append(
+                        f"run {run.id} alone holds {run_bytes} bytes, more than the state dir's cap of "
+                        f"{max_bytes} bytes (--lrun-state-max-bytes): kept, as {keeping[run.id]}; "
+                        "a later gc removes it"
+                    )
+                continue
             try:
                 store.evict(run.id)
             except (RunNotFound, CorruptRecord, TerminalRunError):
@@ -519,5 +565,15 @@ def gc(store: RunStore, *, max_bytes: int, store_max_bytes: int = DEFAULT_STORE_
             size -= cache_bytes
     size_after = state_size(store) if freed else size_before
     return GcReport(
-        max_bytes, size_before, size_after, freed, deleted, size_after <= max_bytes, swept, pruned, problems
+        max_bytes,
+        size_before,
+        size_after,
+        freed,
+        deleted,
+        size_after <= max_bytes,
+        swept,
+        pruned,
+        problems,
+        kept,
+        warnings,
     )

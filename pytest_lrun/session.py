@@ -820,11 +820,14 @@ class LrunSession:
         try:
             if self.batch_id is not None:
                 self._batch = self.batches.refresh(self.batch_id)
-            gc(
+            collected = gc(
                 self.store,
                 max_bytes=self.settings.state_max_bytes,
                 store_max_bytes=self.settings.store_max_bytes,
+                keep={reports.run.id for reports in self.reports.values() if reports.run is not None},
             )
+            for line in collected.warnings:
+                self.progress(f"warning: {line}")
         except (LrunError, OSError) as e:
             self.progress(f"warning: {e}")
         finally:

@@ -49,6 +49,11 @@ GIB = 1024 * MIB
 # modules that need one (engine, dispatch, cli) name these constants.
 DEFAULT_TIMEOUT = 3600.0  # a run's limit when neither the option nor its machine sets one
 DEFAULT_CONNECT_TIMEOUT = 10.0
+# The database store's bounded waits (--lrun-store-*): a frozen or vanished server costs seconds.
+DEFAULT_STORE_STATEMENT_TIMEOUT = 60.0
+DEFAULT_STORE_LOCK_TIMEOUT = 30.0
+DEFAULT_STORE_IDLE_TIMEOUT = 60.0
+DEFAULT_STORE_KEEPALIVE = 10.0
 DEFAULT_STOP_GRACE = 10.0
 DEFAULT_LOG_MAX_BYTES = 16 * MIB
 DEFAULT_STATE_MAX_BYTES = 50 * MIB
@@ -226,6 +231,31 @@ def _shards(text: str) -> int:
 
 
 @dataclass(frozen=True)
+class StoreWaits:
+    """How long the database store waits for its server (the ``store_*`` options; 0: no limit)."""
+
+    statement_timeout: float = DEFAULT_STORE_STATEMENT_TIMEOUT
+    lock_timeout: float = DEFAULT_STORE_LOCK_TIMEOUT
+    idle_timeout: float = DEFAULT_STORE_IDLE_TIMEOUT
+    keepalive: float = DEFAULT_STORE_KEEPALIVE
+
+
+class StoreURL(str):
+    """A store URL (the ``store`` setting, a plain string to every reader) that carries the
+    store's :class:`StoreWaits`, so that whoever opens the store with it applies them."""
+
+    waits: StoreWaits
+
+    def __new__(cls, url: str, waits: StoreWaits | None = None) -> StoreURL:
+        self = super().__new__(cls, url)
+        self.waits = waits if waits is not None else StoreWaits()
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StoreURL, (str(self), self.waits))
+
+
+@dataclass(frozen=True)
 class Option:
     """One setting: its flag, ini key and env var share the name and the help text."""
 
@@ -383,6 +413,42 @@ OPTIONS: tuple[Option, ...] = (
         shown=lambda raw: repr(redact_url(raw)),
     ),
     Option(
+        "store_statement_timeout",
+        "seconds a statement of the database store may run (the server's statement_timeout); "
+        "with 5 s more, the longest the client waits for any answer before it closes the connection "
+        "with store_unreachable (a frozen server, a lost network); 0: no limit "
+        f"(default: {DEFAULT_STORE_STATEMENT_TIMEOUT:g}).",
+        parse_seconds,
+        DEFAULT_STORE_STATEMENT_TIMEOUT,
+        metavar="SECONDS",
+    ),
+    Option(
+        "store_lock_timeout",
+        "seconds a statement of the database store waits for a machine's or a batch's lock "
+        f"(the server's lock_timeout) before store_locked (default: {DEFAULT_STORE_LOCK_TIMEOUT:g}).",
+        parse_positive_seconds,
+        DEFAULT_STORE_LOCK_TIMEOUT,
+        metavar="SECONDS",
+    ),
+    Option(
+        "store_idle_timeout",
+        "seconds the database ends a session of the store that sits idle inside a transaction "
+        "(the server's idle_in_transaction_session_timeout), so a frozen client never holds a lock; "
+        f"0: no limit (default: {DEFAULT_STORE_IDLE_TIMEOUT:g}).",
+        parse_seconds,
+        DEFAULT_STORE_IDLE_TIMEOUT,
+        metavar="SECONDS",
+    ),
+    Option(
+        "store_keepalive",
+        "seconds of silence before a connection of the database store sends a TCP keepalive probe, "
+        "and between probes; 3 unanswered probes (or data unacknowledged for 4 times as long) drop the "
+        f"connection, so a vanished server host is found (default: {DEFAULT_STORE_KEEPALIVE:g}).",
+        parse_positive_seconds,
+        DEFAULT_STORE_KEEPALIVE,
+        metavar="SECONDS",
+    ),
+    Option(
         "secret_env",
         "pass this host environment variable into the runs as a secret: the container gets its value, "
         "the state dir, logs, reports and --json output show *** instead, and only its name is part of "
@@ -512,7 +578,11 @@ class Settings:
     infra_retries: int
     busy_wait: float
     state_dir: Path | None
-    store: str | None
+    store: str | None  # a StoreURL, which carries the store_* waits to open_store
+    store_statement_timeout: float
+    store_lock_timeout: float
+    store_idle_timeout: float
+    store_keepalive: float
     secret_env: tuple[str, ...]
     artifacts: tuple[str, ...]
     report_dir: Path | None
@@ -565,6 +635,16 @@ def resolve(
                 tuple(v for used in flag_value for v in used) if isinstance(flag_value, list) else flag_value
             )
         values[option.name] = value
+    if values["store"] is not None:
+        values["store"] = StoreURL(
+            values["store"],
+            StoreWaits(
+                statement_timeout=values["store_statement_timeout"],
+                lock_timeout=values["store_lock_timeout"],
+                idle_timeout=values["store_idle_timeout"],
+                keepalive=values["store_keepalive"],
+            ),
+        )
     settings = Settings(**values)
     _check_combinations(settings)
     return settings

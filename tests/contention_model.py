@@ -116,6 +116,8 @@ class Report:
     violations: list[Violation]
     seconds: float
     logs: Path
+    exceptions: int = 0  # operations that raised (each is also an "error" violation)
+    overlapping_gcs: int = 0  # pairs of gc operations (gc, sweep, delete) of two workers that overlapped
 
     def describe(self, max_ops: int = 25, max_violations: int = 20) -> str:
         """The seed, how to replay it, and the first violations with the logged operations on their ids."""
@@ -410,11 +412,23 @@ class _Checker:
         self._terminal: dict[str, dict[str, Any]] = {}  # every terminal record seen, as first seen
         self._offsets: dict[Path, int] = {}
         self.operations = 0
+        self.exceptions = 0
+        self._gcs: list[tuple[float, float, int]] = []  # (start, end, worker) of each gc operation
         self._created: dict[str, Op] = {}
         self._live: dict[str, dict[str, Any]] = {}  # owners' live runs: the record each last wrote
         self._ended: dict[str, dict[str, Any]] = {}  # ended runs: the record end() returned
         self._removed: set[str] = set()  # runs a gc operation reports it removed
         self._entries: dict[str, str] = {}  # batch entry -> run id recorded
+
+    def overlapping_gcs(self) -> int:
+        """Pairs of gc operations of two workers that ran at the same time."""
+        gcs = sorted(self._gcs)
+        return sum(
+            1
+            for i, (_, end, worker) in enumerate(gcs)
+            for start, _, other in gcs[i + 1 :]
+            if start < end and other != worker
+        )
 
     def fail(self, invariant: str, message: str, ids: Iterable[str] = ()) -> None:
         with self._lock:
@@ -469,7 +483,10 @@ class _Checker:
         where = f"worker {op['w']} op {op['n']} ({op['op']})"
         run_id: str = op.get("id", "")
         if "error" in op:
+            self.exceptions += 1
             self.fail("error", f"{where} raised: {op['error']}", [run_id])
+        if op["op"] == "gc" and op.get("kind") in ("gc", "sweep", "delete"):
+            self._gcs.append((op["t"], op["t_end"], op["w"]))
         if "violation" in op:
             self.fail(op["op"], f"{where}: {op['violation']}", [run_id])
         if op["op"] in PLACEMENTS and op.get("decision") == "created":
@@ -597,7 +614,14 @@ def run(spec: StoreSpec, config: Config, workdir: Path) -> Report:
     finally:
         store.close()
     return Report(
-        spec.backend, config, checker.operations, checker.violations, time.monotonic() - began, logs
+        spec.backend,
+        config,
+        checker.operations,
+        checker.violations,
+        time.monotonic() - began,
+        logs,
+        checker.exceptions,
+        checker.overlapping_gcs(),
     )
 
 

@@ -42,7 +42,8 @@ __all__ = [
 def open_store(state_dir: Path, url: str | None = None) -> RunStore:
     """The store of this invocation: the file store in ``state_dir``, or the database at ``url``.
 
-    With a database, ``state_dir`` still holds this host's copies of run files and hash caches.
+    With a database, ``state_dir`` still holds this host's copies of run files and hash caches,
+    and a :class:`~pytest_lrun.settings.StoreURL` brings the waits of the ``store_*`` settings.
 
     :raises ExtraMissing: ``url`` names a database and psycopg is not installed
     :raises StoreUnreachable: the database does not answer, or refuses the login
@@ -53,6 +54,8 @@ def open_store(state_dir: Path, url: str | None = None) -> RunStore:
         import psycopg  # noqa: F401 - only to say which extra is missing
     except ImportError:
         raise ExtraMissing("a postgresql:// store", "postgres", "psycopg") from None
+    from ..settings import StoreURL, StoreWaits
     from .postgres import PostgresStore
 
-    return PostgresStore(url, state_dir)
+    waits = url.waits if isinstance(url, StoreURL) else StoreWaits()
+    return PostgresStore(url, state_dir, lock_timeout=waits.lock_timeout, waits=waits)

@@ -43,7 +43,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BatchNotFound, CorruptRecord, RunNotFound, StoreError
-from ..fsutil import Unparseable, atomic_write_json, make_private_dir, move_aside, parse_record
+from ..fsutil import (
+    NotAFile,
+    Unparseable,
+    atomic_write_json,
+    make_private_dir,
+    parse_record,
+    read_regular,
+)
 from ..locking import hold
 from ..plan import Plan
 from .common import plan_mismatch
@@ -107,7 +114,10 @@ class FileBatchStore:
         :raises FileNotFoundError: no record
         :raises Unparseable: the record is not a valid batch record for this id
         """
-        raw = (self.batches_dir / f"{batch_id}.json").read_bytes()
+        try:
+            raw = read_regular(self.batches_dir / f"{batch_id}.json")
+        except NotAFile as exc:
+            raise Unparseable(f"the record is {exc.kind}, not a regular file") from None
         batch = parse_record(raw, Batch.from_dict)
         if batch.id != batch_id:
             raise Unparseable(f"record id {batch.id!r} does not match its file name {batch_id!r}")
@@ -125,12 +135,9 @@ class FileBatchStore:
             raise BatchNotFound(batch_id) from None
         except Unparseable as exc:
             path = self.batches_dir / f"{batch_id}.json"
-            moved_to = move_aside(path, self.corrupt_dir, f"batch-{batch_id}", durable=self.durable)
-            if moved_to is None:  # pragma: no cover - only another writer under the lock could remove it
+            problem = self.runs._quarantine(path, f"batch-{batch_id}", str(exc))
+            if problem is None:  # pragma: no cover - only another writer under the lock could remove it
                 raise BatchNotFound(batch_id) from None
-            problem = CorruptRecord(str(path), str(moved_to), str(exc))
-            self.problems.append(problem)
-            logger.warning("%s", problem)
             raise problem from None
 
     def _write(self, batch: Batch) -> None:

@@ -49,9 +49,12 @@ def sweep(store: FileStore, *, grace: float, now: float | None) -> Sweep:
     bare: builtins.list[str] = []  # run folders holding their record and nothing else
     for name in sorted(os.listdir(store.runs_dir)):
         folder = store.runs_dir / name
-        if not valid_id(name) or not folder.is_dir():
+        if not valid_id(name):
             continue
-        contents = os.listdir(folder)
+        try:  # no is_dir() first: another gc may evict the run between a check and the listing
+            contents = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
         candidates.extend(folder / entry for entry in contents if is_leftover(entry))
         if RECORD not in contents:
             candidates.append(folder)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from ..fsutil import atomic_write_json, make_private_dir
+from ..fsutil import NotAFile, atomic_write_json, make_private_dir, read_regular
 from ..locking import hold
 
 if TYPE_CHECKING:
@@ -40,10 +40,14 @@ def save(store: FileStore, suite: str, durations: Mapping[str, float]) -> None:
 
 def load(store: FileStore, suite: str) -> dict[str, float]:
     """The durations kept for ``suite``; a file that does not parse counts as none (it is rewritten)."""
+    path = _durations_path(store, suite)
     try:
-        data = json.loads(_durations_path(store, suite).read_bytes())
+        data = json.loads(read_regular(path))
         kept = data["durations"]
         return {str(k): float(v) for k, v in kept.items() if isinstance(v, int | float)}
+    except NotAFile as exc:  # a folder or a fifo there: moved aside, so that the next save can write
+        store._quarantine(path, f"durations-{path.stem}", str(exc))
+        return {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 

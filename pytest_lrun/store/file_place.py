@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..fsutil import atomic_write_json, make_private_dir, remove_tree
+from ..fsutil import NotAFile, atomic_write_json, make_private_dir, read_regular, remove_tree
 from .base import Candidate, Decision, Ticket
 from .common import TICKET_TTL_S, ahead_of, choose, fill_new, queued_blocker
 from .records import Run
@@ -93,9 +93,13 @@ def _line_path(store: FileStore, mkey: str) -> Path:
 def line_locked(store: FileStore, mkey: str, now: float) -> dict[str, tuple[float, float]]:
     """The machine's waiters still in line (ticket id -> (created, last seen)); an unreadable
     line counts as empty (waiters still waiting are back in it on their next try)."""
+    path = _line_path(store, mkey)
     try:
-        tickets = json.loads(_line_path(store, mkey).read_bytes())["tickets"]
+        tickets = json.loads(read_regular(path))["tickets"]
         line = {str(ticket): (float(created), float(seen)) for ticket, (created, seen) in tickets.items()}
+    except NotAFile as exc:  # a folder or a fifo there: moved aside, so that the line can be written
+        store._quarantine(path, f"queue-{mkey}", str(exc))
+        return {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
     return {ticket: times for ticket, times in line.items() if now - times[1] < TICKET_TTL_S}

@@ -40,6 +40,11 @@ Rules the store keeps:
   the index. A crash leaves at worst a stale index entry (healed by the next
   :meth:`FileStore.prepare`) or an unindexed record, never an entry for a record
   that was never written.
+* A disk that fills after a run's terminal record is written is no error of the run:
+  the machine's index (and a completed run's pointer) is then rewritten in place,
+  under the machine's lock, which needs no new block; a torn index heals like a
+  corrupt one. Where even that fails, the stale entry is logged and the next
+  :meth:`FileStore.prepare` drops it.
 * A terminal record is written once: :meth:`FileStore.end` is the one way a run
   becomes terminal, and no write changes a terminal record afterwards.
 * A file that does not parse is moved into ``corrupt/`` and reported as
@@ -62,9 +67,11 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import filelock
 import xxhash
@@ -72,18 +79,21 @@ import xxhash
 from ..errors import CorruptRecord, RunNotFound, StoreError, TerminalRunError
 from ..faults import crash_point
 from ..fsutil import (
+    OPEN_NOFOLLOW,
+    NotAFile,
     Unparseable,
     atomic_write_json,
     fsync_dir,
     make_state_dir,
     move_aside,
     parse_record,
+    read_regular,
     remove_tree,
     stamp,
 )
 from ..layout import DELETING_PREFIX, RunFiles, machine_key
 from ..locking import hold
-from ..reserve import release
+from ..reserve import full, release
 from . import file_check, file_durations
 from .base import Candidate, Decision, RunStore, Sweep, Ticket
 from .common import SWEEP_GRACE_S, check_candidates, ended, owner_alive, retry_while_busy
@@ -240,10 +250,22 @@ class FileStore(RunStore):
     # -- reading and writing files ----------------------------------------------
 
     def _quarantine(self, path: Path, label: str, reason: str) -> CorruptRecord | None:
-        moved_to = move_aside(path, self.corrupt_dir, label, durable=self.durable)
-        if moved_to is None:
-            return None
-        problem = CorruptRecord(str(path), str(moved_to), reason)
+        """Move ``path`` into ``corrupt/`` and report it; None when it is gone already.
+
+        A state dir that cannot be changed (a read-only mount, a reader without write
+        permission) leaves the entry where it is: it is still reported, so that readers
+        list what they can.
+        """
+        try:
+            moved = move_aside(path, self.corrupt_dir, label, durable=self.durable)
+        except OSError as exc:
+            moved_to = ""
+            reason = f"{reason}; cannot move it aside: {exc.strerror or exc}"
+        else:
+            if moved is None:
+                return None
+            moved_to = str(moved)
+        problem = CorruptRecord(str(path), moved_to, reason)
         self.problems.append(problem)
         logger.warning("%s", problem)
         return problem
@@ -256,9 +278,11 @@ class FileStore(RunStore):
         """
         path = self._record_path(run_id)
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path)  # never a wait on a fifo, never a link followed
         except NotADirectoryError:
             raise FileNotFoundError(str(path)) from None
+        except NotAFile as exc:
+            raise Unparseable(f"{path.name} is {exc.kind}, not a regular file") from None
         run = parse_record(raw, Run.from_dict)
         if run.id != run_id:
             raise Unparseable(f"record id {run.id!r} does not match its directory {run_id!r}")
@@ -291,9 +315,11 @@ class FileStore(RunStore):
         :raises Unparseable: the index is not valid
         """
         try:
-            raw = self._index_path(mkey).read_bytes()
+            raw = read_regular(self._index_path(mkey))
         except FileNotFoundError:
             return None, []
+        except NotAFile as exc:
+            raise Unparseable(f"the index is {exc.kind}, not a regular file") from None
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError) as exc:
@@ -304,8 +330,11 @@ class FileStore(RunStore):
         machine = data.get("machine")
         return (machine if isinstance(machine, str) else None), [str(rid) for rid in runs]
 
-    def _write_index(self, mkey: str, machine: str | None, run_ids: builtins.list[str]) -> None:
-        atomic_write_json(self._index_path(mkey), {"machine": machine, "runs": run_ids}, durable=self.durable)
+    def _write_index(
+        self, mkey: str, machine: str | None, run_ids: builtins.list[str], *, in_place_if_full: bool = False
+    ) -> None:
+        data = {"machine": machine, "runs": run_ids}
+        _write_json(self._index_path(mkey), data, durable=self.durable, in_place_if_full=in_place_if_full)
 
     def _iter_records(self) -> Iterator[Run]:
         """Every record that parses; corrupt ones are moved aside and reported."""
@@ -492,11 +521,14 @@ class FileStore(RunStore):
                 crash_point("during_final_update")
                 # Pointer second: the newest completed run of this key, for cached results. Index last:
                 # while the index lists the run, a read of it writes a pointer a crash left out.
-                self._point_to(mkey, run)
+                with _ended_anyway(run, "its cached-result pointer"):
+                    self._point_to(mkey, run, in_place_if_full=True)
             if run.status.is_terminal:
                 _, run_ids = self._index_locked(mkey, run.machine)
                 if run.id in run_ids:
-                    self._write_index(mkey, run.machine, [rid for rid in run_ids if rid != run.id])
+                    with _ended_anyway(run, "the machine's active index"):
+                        ids = [rid for rid in run_ids if rid != run.id]
+                        self._write_index(mkey, run.machine, ids, in_place_if_full=True)
 
     def end(
         self, run: Run, status: Status, *, error_code: str | None = None, error_msg: str | None = None
@@ -520,9 +552,9 @@ class FileStore(RunStore):
         Reads one pointer and one record, however many runs are stored.
         """
         try:
-            pointer = json.loads(self._completed_path(machine_key(machine), key).read_bytes())
+            pointer = json.loads(read_regular(self._completed_path(machine_key(machine), key)))
             run = self.get(str(pointer["run_id"]))
-        except (FileNotFoundError, ValueError, KeyError, TypeError, RunNotFound, CorruptRecord):
+        except (OSError, ValueError, KeyError, TypeError, RunNotFound, CorruptRecord):
             return None  # no such run yet, or it was deleted: nothing to reuse
         if run.status is not Status.COMPLETED or run.machine != machine or run.key != key:
             return None
@@ -531,9 +563,15 @@ class FileStore(RunStore):
     def _completed_path(self, mkey: str, key: str) -> Path:
         return self.completed_dir / f"{mkey}-{xxhash.xxh64_hexdigest(key.encode())}.json"
 
-    def _point_to(self, mkey: str, run: Run) -> None:
+    def _point_to(self, mkey: str, run: Run, *, in_place_if_full: bool = False) -> None:
         """Make ``run`` (completed) the newest completed run of its key (under the machine's lock)."""
-        atomic_write_json(self._completed_path(mkey, run.key), {"run_id": run.id}, durable=self.durable)
+        path = self._completed_path(mkey, run.key)
+        data = {"run_id": run.id}
+        try:
+            _write_json(path, data, durable=self.durable, in_place_if_full=in_place_if_full)
+        except IsADirectoryError:  # a folder where the pointer goes: moved aside like a corrupt file
+            self._quarantine(path, f"completed-{path.stem}", "the pointer is a directory")
+            _write_json(path, data, durable=self.durable, in_place_if_full=in_place_if_full)
 
     def list(
         self,
@@ -604,6 +642,60 @@ class FileStore(RunStore):
     def check(self) -> builtins.list[str]:
         """The store's invariant violations, one sentence each; ``[]`` when healthy (:mod:`.file_check`)."""
         return file_check.check(self)
+
+
+def _write_json(path: Path, obj: Any, *, durable: bool, in_place_if_full: bool) -> None:
+    """Replace ``path`` with ``obj`` (:func:`~pytest_lrun.fsutil.atomic_write_json`).
+
+    With ``in_place_if_full``, a disk too full for the new file's temporary copy has
+    ``path`` rewritten in place instead, when that needs no new block: the file is
+    there and at least as long as the new text. Not atomic, and so only for files
+    whose torn state heals: an index that does not parse is rebuilt from the records,
+    a pointer that does not parse points nowhere.
+    """
+    try:
+        atomic_write_json(path, obj, durable=durable)
+    except OSError as exc:
+        if not (in_place_if_full and full(exc) and _overwrite(path, obj, durable=durable)):
+            raise
+        logger.warning("the disk is full: %s was rewritten in place", path)
+
+
+def _overwrite(path: Path, obj: Any, *, durable: bool) -> bool:
+    """Write ``obj`` over the regular file at ``path`` when it fits in the file's length; whether it did."""
+    data = (json.dumps(obj, indent=2, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+    try:
+        fd = os.open(path, os.O_WRONLY | OPEN_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < len(data):
+            return False
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        if durable:
+            os.fsync(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+@contextlib.contextmanager
+def _ended_anyway(run: Run, what: str) -> Iterator[None]:
+    """A full disk while writing ``what`` after ``run``'s terminal record: logged, never raised.
+
+    The run has ended (its record says so). What is left is a stale index entry or a
+    missing pointer, which the next prepare of the machine heals.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if not full(exc):
+            raise
+        logger.warning("run %s ended, but the disk is full: %s was not written (%s)", run.id, what, exc)
 
 
 @contextlib.contextmanager

@@ -81,7 +81,7 @@ __all__ = [
     "SELECT_SCHEMA",
     "SELECT_SESSION",
     "SELECT_SESSION_START",
-    "SET_LOCK_TIMEOUT",
+    "SET_CONFIG",
     "SET_SCHEMA_VERSION",
     "SNAPSHOT",
     "UPDATE_BATCH",
@@ -93,7 +93,8 @@ __all__ = [
 # -- the session ----------------------------------------------------------------------
 
 #: Set this session's ``lock_timeout``; parameter: the timeout as text (``'0'``: none, ``'250ms'``).
-SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, false)"
+#: A setting of this session: its name, then its value.
+SET_CONFIG = "SELECT set_config(%s, %s, false)"
 
 #: This session's identity: its pid and its start in microseconds since the epoch.
 SELECT_SESSION = (

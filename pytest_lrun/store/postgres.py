@@ -54,12 +54,12 @@ from typing import Any
 
 import psycopg
 
-from ..errors import OWNER_GONE, CorruptRecord, RunNotFound, StoreError, TerminalRunError
+from ..errors import OWNER_GONE, CorruptRecord, RunNotFound, StoreError, StoreUnreachable, TerminalRunError
 from ..faults import crash_point
 from ..fsutil import Unparseable, make_private_dir, make_state_dir, parse_record, remove_tree, stamp
 from ..layout import DELETING_PREFIX, RunFiles
 from ..reserve import release
-from ..settings import DEFAULT_CONNECT_TIMEOUT
+from ..settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STORE_LOCK_TIMEOUT, StoreWaits
 from . import pg_results, pg_sql
 from .base import Candidate, Decision, RunStore, Sweep, Ticket
 from .common import (
@@ -114,6 +114,8 @@ class PostgresStore(RunStore):
     :param lock_timeout: seconds a statement waits for a machine's or a batch's lock
         before :class:`~pytest_lrun.errors.StoreLocked` (``None``: forever)
     :param connect_timeout: seconds to wait for the database to answer a connection
+    :param waits: the other bounded waits (statement, idle transaction, keepalive; see
+        :class:`~.pg_db.Database`); its ``lock_timeout`` is the caller's to pass as ``lock_timeout``
     :raises ConfigError: the state dir cannot be used, or the URL does not parse
     :raises StoreUnreachable: the database does not answer, or refuses the login
     :raises StoreSchemaTooNew: the database was set up by a newer pytest-lrun
@@ -124,8 +126,9 @@ class PostgresStore(RunStore):
         url: str,
         state_dir: str | os.PathLike[str],
         *,
-        lock_timeout: float | None = 30.0,
+        lock_timeout: float | None = DEFAULT_STORE_LOCK_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        waits: StoreWaits | None = None,
     ) -> None:
         root = Path(state_dir).expanduser()
         self.state_dir = Path(os.path.realpath(root))
@@ -134,7 +137,8 @@ class PostgresStore(RunStore):
         make_state_dir(root, (self.runs_dir,))
         self.problems: builtins.list[CorruptRecord] = []
         #: The connections; every statement goes through it.
-        self.db = Database(url, lock_timeout=lock_timeout, connect_timeout=connect_timeout)
+        waits = waits if waits is not None else StoreWaits()
+        self.db = Database(url, lock_timeout=lock_timeout, connect_timeout=connect_timeout, waits=waits)
         self._batches = PostgresBatchStore(self)
 
     def __repr__(self) -> str:
@@ -590,10 +594,11 @@ class PostgresStore(RunStore):
         """Hold a session-level advisory lock on a connection of its own; yields whether it is held."""
         lock = lock_id(kind, name)
         with self.db.spare() as conn:
-            if wait:
+            if wait:  # as long as the holder holds it: the one wait without a bound
                 conn.execute(pg_sql.ADVISORY_LOCK, (lock,))
             else:
-                row = conn.execute(pg_sql.ADVISORY_TRY_LOCK, (lock,)).fetchone()
+                with self.db.bounded(conn):
+                    row = conn.execute(pg_sql.ADVISORY_TRY_LOCK, (lock,)).fetchone()
                 if row is None or not row[0]:
                     yield False
                     return
@@ -601,7 +606,7 @@ class PostgresStore(RunStore):
                 yield True
             finally:
                 released = None
-                with contextlib.suppress(psycopg.Error):
+                with contextlib.suppress(psycopg.Error, StoreUnreachable), self.db.bounded(conn):
                     released = conn.execute(pg_sql.ADVISORY_UNLOCK, (lock,)).fetchone()
                 if released is None or not released[0]:
                     conn.close()  # never back to the pool with the lock: closing the session drops it

@@ -29,6 +29,9 @@ def test_sixteen_processes_on_four_machines_break_no_invariant(
     config = Config(seed=seed, **SHORT)
     report = run(backend, config, tmp_path / "work")
     assert report.violations == [], report.describe()
+    assert report.exceptions == 0
+    # gc's of different workers ran at once (two gc's, a gc and a sweep, a gc and a delete).
+    assert report.overlapping_gcs > 0
     # Every worker did every operation: its join, then each round's.
     assert report.operations == config.processes * (1 + config.rounds * config.ops_per_round)
     # The contention the invariants are about happened: placements of every outcome,

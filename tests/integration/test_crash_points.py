@@ -28,6 +28,7 @@ or with its real status, never stuck, and the next invocation on the machine pas
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -54,8 +55,11 @@ from private_engines import (
     wait_until_up,
 )
 
+from pytest_lrun.errors import StoreUnreachable
 from pytest_lrun.faults import POINTS
-from pytest_lrun.store import Run, Status
+from pytest_lrun.settings import StoreWaits
+from pytest_lrun.store import Decision, Run, Status
+from pytest_lrun.store.postgres import PostgresStore
 
 ROUNDS = int(os.environ.get("LRUN_CRASH_ROUNDS", "2"))
 ROUND_TIMEOUT_S = 120.0
@@ -317,6 +321,30 @@ class PrivateCluster:
         assert done.returncode == 0, f"pg.sh {' '.join(args)}: {done.stderr}"
         return done.stdout
 
+    def processes(self) -> list[int]:
+        """The server's processes: the postmaster (``postmaster.pid``'s first line) and its children."""
+        postmaster = int(
+            (Path(self.env["LRUN_POSTGRES_DIR"]) / "data" / "postmaster.pid").read_text().split()[0]
+        )
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the server: connections stay up, nothing answers."""
+        for pid in self.processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self.processes():
+            os.kill(pid, signal.SIGCONT)
+
 
 @pytest.fixture
 def private_cluster() -> Iterator[tuple[PrivateCluster, str]]:
@@ -334,6 +362,8 @@ def private_cluster() -> Iterator[tuple[PrivateCluster, str]]:
         cluster.pg("psql", "-v", "ON_ERROR_STOP=1", "-c", "CREATE DATABASE lrun OWNER lrun")
         yield cluster, f"postgresql://lrun:{password}@127.0.0.1:{cluster.port}/lrun"
     finally:
+        with contextlib.suppress(OSError, ValueError):
+            cluster.thaw()  # a test that froze it and failed: stop needs it to answer
         subprocess.run([str(PG_SH), "stop"], env=cluster.env, capture_output=True, timeout=120, check=False)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -351,4 +381,86 @@ def test_a_database_restarted_mid_run_leaves_every_run_settled(
 
     run = assert_ended_and_next_works(lane, proc, test_dir)
     # The container was never touched: its real result, from its own process or from a take-over.
+    assert run.status is Status.COMPLETED and run.exit_code == 0, run
+
+
+# --- a frozen database server --------------------------------------------------------------------------
+
+FROZEN_WAITS = StoreWaits(statement_timeout=2.0)  # every call answered within 2 + 5 s, or cut off
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_frozen_database_fails_prepare_in_bounded_time_and_works_after_the_thaw(
+    private_cluster: tuple[PrivateCluster, str], tmp_path: Path, slots: int
+) -> None:
+    cluster, url = private_cluster
+    store = PostgresStore(url, tmp_path / "state", waits=FROZEN_WAITS)
+    try:
+        first, decision = store.prepare("m", "k0", lambda: Run(test_dir="/src/0"), slots=slots)
+        assert decision is Decision.CREATED  # connected, schema made: the freeze comes inside placement
+        cluster.freeze()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnreachable, match=r"no answer within 7 s .*the connection was closed"):
+                store.prepare("m", "k1", lambda: Run(test_dir="/src/1"), slots=slots)
+            took = time.monotonic() - started
+            print(f"prepare on a frozen server ({slots} slot(s)): store_unreachable after {took:.1f} s")
+            assert 6.5 < took < 15, took
+            started = time.monotonic()
+            with pytest.raises(StoreUnreachable):  # the server is still silent: no second wait
+                store.get(first.id)
+            assert time.monotonic() - started < 1
+        finally:
+            cluster.thaw()
+    finally:
+        store.close()
+    # The next invocation works, and the frozen prepare left nothing half done.
+    again = PostgresStore(url, tmp_path / "state", waits=FROZEN_WAITS)
+    try:
+        assert again.get(first.id) == first
+        assert [run.id for run in again.active("m")] == [first.id]
+        _, decision = again.prepare("m", "k1", lambda: Run(test_dir="/src/1"), slots=slots)
+        assert decision is (Decision.CREATED if slots == 2 else Decision.BUSY)
+        assert again.check() == []
+    finally:
+        again.close()
+
+
+@pytest.mark.timeout(600)
+def test_a_database_frozen_mid_run_ends_the_session_in_bounded_time_and_loses_nothing(
+    private_cluster: tuple[PrivateCluster, str],
+    engines: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, url = private_cluster
+    monkeypatch.setenv("LRUN_STORE_STATEMENT_TIMEOUT", "2")
+    spec = StoreSpec("postgres", str(tmp_path / "state"), url)
+    lane = Lane(write_project(tmp_path / "project", {"m1": engines[0]}), "m1", engines[0], spec)
+    proc, test_dir = start_long_run(lane, 6)
+
+    cluster.freeze()  # about a second into the test; the container goes on and ends 5 s later
+    frozen = time.monotonic()
+    try:
+        output, _ = proc.communicate(timeout=120)
+        took = time.monotonic() - frozen
+    finally:
+        cluster.thaw()
+
+    # The session ended without the thaw: the container's 5 s, then one unanswered call (7 s).
+    print(f"a session whose database froze mid-run ended {took:.1f} s after the freeze")
+    assert took < 30, (took, output)
+    assert "store_unreachable" in output and "no answer within 7 s" in output, output
+    assert proc.returncode != 0
+    (run,) = runs_of(lane, test_dir)
+    assert run.status is Status.RUNNING and run.container_id is not None  # left for reconcile
+    assert lrun_containers([engines[0]], {run.id}) == [run.id]  # its container kept
+
+    # After the thaw the next invocation works, and the run gets its real result: nothing lost.
+    following = _run([*pytest_cmd(lane), str(fresh_dir(lane, "next"))], lane)
+    assert following.returncode == 0 and "3 passed" in following.stdout, following.stdout
+    settled = _run([sys.executable, "-m", "pytest_lrun", "gc"], lane)
+    assert settled.returncode == 0, settled.stderr
+    (run,) = runs_of(lane, test_dir)
     assert run.status is Status.COMPLETED and run.exit_code == 0, run

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -356,6 +358,25 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_a_directory_is_not_a_plan(tmp_path: Path) -> None:
     err = plan_error(tmp_path)
     assert str(err) == f"{tmp_path}: is a directory, not a plan file"
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_is_not_a_plan_and_never_blocks(tmp_path: Path) -> None:
+    """A fifo nobody writes to would block an open (and a read) for ever: it is refused at once."""
+    path = tmp_path / "plan.toml"
+    os.mkfifo(path)
+    started = time.monotonic()
+    err = plan_error(path)
+    assert str(err) == f"{path}: is a fifo, not a plan file"
+    assert time.monotonic() - started < 2
+
+
+def test_a_symlink_is_not_followed_to_a_plan(project: Path) -> None:
+    real = write_plan(project, entry_toml())
+    link = project / "link.toml"
+    link.symlink_to(real)
+    err = plan_error(link)
+    assert str(err) == f"{link}: is a symbolic link, not a plan file"
 
 
 def test_malformed_toml_carries_tomls_message(project: Path) -> None:

@@ -709,6 +709,53 @@ def test_gc_falls_back_to_created_at_and_reports_an_unmet_cap(store: RunStore) -
     assert json.loads(json.dumps(report.to_dict()))["cap_met"] is False
 
 
+def test_gc_keeps_the_runs_it_is_told_to_their_earlier_attempts_and_a_live_batchs_runs(
+    store: RunStore,
+) -> None:
+    """A session's own runs (and the attempts they retried) and the ended runs of a batch with a
+    live run stay, however far over the cap; a kept run bigger than the cap alone is named."""
+    other = finished_run(store, created_at=1, ended_at=2, size=10_000)
+    first = finished_run(store, created_at=3, ended_at=4, size=10_000)
+    retry = store.insert(
+        Run(
+            machine="m",
+            test_dir="/d",
+            key="r",
+            status=Status.COMPLETED,
+            created_at=5,
+            ended_at=6,
+            retry_of=first.id,
+        )
+    )
+    (store.files(retry.id).logs).write_bytes(b"r" * 60_000)
+    in_batch = store.insert(
+        Run(
+            machine="m",
+            test_dir="/b",
+            key="b1",
+            status=Status.FAILED,
+            created_at=7,
+            ended_at=8,
+            batch_id="b-live",
+        )
+    )
+    (store.files(in_batch.id).logs).write_bytes(b"b" * 10_000)
+    store.prepare("m", "b2", lambda: Run(test_dir="/b2", batch_id="b-live"))  # the batch's live run
+
+    report = gc(store, max_bytes=50_000, keep={retry.id})
+
+    assert report.deleted == [other.id]
+    assert report.kept == [first.id, retry.id, in_batch.id]
+    assert not report.cap_met
+    assert {run.id for run in store.list()} >= {first.id, retry.id, in_batch.id}
+    (warning,) = report.warnings
+    assert warning.startswith(f"run {retry.id} alone holds ") and "it belongs to this session" in warning
+    assert json.loads(json.dumps(report.to_dict()))["kept"] == report.kept
+
+    # The next gc, told nothing, removes them (the batch's still stay while it is live).
+    assert gc(store, max_bytes=50_000).deleted == [first.id, retry.id]
+
+
 def test_state_size_counts_every_file_and_folder(store: RunStore, tmp_path: Path) -> None:
     (store.state_dir / "hashcache").mkdir(exist_ok=True)
     base = state_size(store)

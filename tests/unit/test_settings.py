@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import pickle
 
 import pytest
 
@@ -11,8 +12,14 @@ from pytest_lrun import engine
 from pytest_lrun.errors import ConfigError
 from pytest_lrun.settings import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_STORE_IDLE_TIMEOUT,
+    DEFAULT_STORE_KEEPALIVE,
+    DEFAULT_STORE_LOCK_TIMEOUT,
+    DEFAULT_STORE_STATEMENT_TIMEOUT,
     OPTIONS,
     Settings,
+    StoreURL,
+    StoreWaits,
     parse_positive_seconds,
     parse_seconds,
     parse_size,
@@ -131,3 +138,29 @@ def test_defaults_come_from_the_option_table_only() -> None:
 def test_the_engine_uses_the_settings_connect_timeout() -> None:
     for function in (engine.connect, engine.DockerEngine.__init__):
         assert inspect.signature(function).parameters["connect_timeout"].default is DEFAULT_CONNECT_TIMEOUT
+
+
+def test_the_store_url_carries_the_store_waits_from_every_source() -> None:
+    """ini < env < CLI, as every option; the URL stays the string every reader sees, pickles included."""
+    settings = resolve(
+        {"store_lock_timeout": 7.0},
+        lambda key: "3" if key == "lrun_store_keepalive" else None,
+        {
+            "LRUN_STORE": "postgresql://h/db",
+            "LRUN_STORE_STATEMENT_TIMEOUT": "0",
+            "LRUN_STORE_IDLE_TIMEOUT": "9",
+        },
+    )
+    assert isinstance(settings.store, StoreURL) and settings.store == "postgresql://h/db"
+    waits = StoreWaits(statement_timeout=0.0, lock_timeout=7.0, idle_timeout=9.0, keepalive=3.0)
+    assert settings.store.waits == waits
+    copy = pickle.loads(pickle.dumps(settings.store))
+    assert (copy, copy.waits) == ("postgresql://h/db", waits)
+    assert resolve({}, lambda _key: None, {}).store is None  # the file store has no URL
+    default = StoreWaits()
+    assert (default.statement_timeout, default.lock_timeout, default.idle_timeout, default.keepalive) == (
+        DEFAULT_STORE_STATEMENT_TIMEOUT,
+        DEFAULT_STORE_LOCK_TIMEOUT,
+        DEFAULT_STORE_IDLE_TIMEOUT,
+        DEFAULT_STORE_KEEPALIVE,
+    )

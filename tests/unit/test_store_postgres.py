@@ -40,8 +40,9 @@ from pytest_lrun.errors import (
     TerminalRunError,
 )
 from pytest_lrun.plan import Plan, PlanEntry
+from pytest_lrun.settings import StoreWaits
 from pytest_lrun.store import BatchStatus, Decision, Run, Status, pg_sql
-from pytest_lrun.store.pg_db import SCHEMA_VERSION
+from pytest_lrun.store.pg_db import SCHEMA_VERSION, _Watchdog
 from pytest_lrun.store.pg_results import CHUNK_BYTES
 from pytest_lrun.store.postgres import PostgresStore
 
@@ -475,3 +476,66 @@ def test_two_runners_join_one_batch(store: PostgresStore, peer: PostgresStore, t
     assert [b.id for b in peer.batches.list()] == ["ci-1"]
     fresh = store.batches.open(plan)
     assert fresh.id.startswith("b-") and [b.id for b in peer.batches.list()] == ["ci-1", fresh.id]
+
+
+# --- bounded waits ------------------------------------------------------------------------------------
+
+
+def test_the_store_waits_reach_every_connection(url: str, tmp_path: Path) -> None:
+    waits = StoreWaits(statement_timeout=12.0, lock_timeout=3.0, idle_timeout=34.0, keepalive=5.0)
+    store = PostgresStore(url, tmp_path / "state", lock_timeout=waits.lock_timeout, waits=waits)
+    try:
+        shown = store.db.atomic(
+            lambda cur: cur.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'),"
+                " current_setting('idle_in_transaction_session_timeout')"
+            ).fetchone()
+        )
+        assert shown == ("12s", "3s", "34s")
+        assert store.db.answer_timeout == 17.0
+        with store.db.spare() as conn:  # watch locks wait as long as their holder watches
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)
+            params = conn.info.get_parameters()
+            assert (params["keepalives"], params["keepalives_idle"], params["keepalives_count"]) == (
+                "1",
+                "5",
+                "3",
+            )
+            assert params["tcp_user_timeout"] == "20000"
+    finally:
+        store.close()
+    # Keepalive parameters of the URL win over the setting.
+    own = PostgresStore(
+        f"{url}{'&' if '?' in url else '?'}keepalives_idle=7", tmp_path / "state", waits=waits
+    )
+    try:
+        with own.db.spare() as conn:
+            assert conn.info.get_parameters()["keepalives_idle"] == "7"
+    finally:
+        own.close()
+
+
+def test_the_watchdog_cuts_a_connection_that_outlives_its_bound() -> None:
+    """A blocked read on the connection's socket returns at once when its bound passes; one that
+    is answered in time is left alone."""
+    near, far = socket.socketpair()
+
+    class Conn:
+        def fileno(self) -> int:
+            return near.fileno()
+
+    dog = _Watchdog()
+    try:
+        with dog.bound(Conn(), 5.0) as cut:  # type: ignore[arg-type]
+            far.sendall(b"x")
+            assert near.recv(1) == b"x"
+        assert not cut()
+        started = time.monotonic()
+        with dog.bound(Conn(), 0.3) as cut:  # type: ignore[arg-type]
+            assert near.recv(1) == b""  # the server "hung up": the cut, not an answer
+            assert cut()
+        assert 0.25 < time.monotonic() - started < 5
+    finally:
+        dog.close()
+        near.close()
+        far.close()
