@@ -74,7 +74,9 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -82,7 +84,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import EXIT_ERROR, LogNotFound, LrunError, StateDirNotFound
+from .errors import EXIT_ERROR, LogNotFound, LrunError
 from .follow import Tail, follow
 from .output import age, binary_stdout, one_line, say, shown_dir, when
 from .settings import (
@@ -136,6 +138,7 @@ class _Context:
             lambda _key: None,
         )
         self._store: RunStore | None = None
+        self._scratch: str | None = None  # the empty state dir a read of a missing one uses
         self._resolver: MachineResolver | None = None
         self._pool: EnginePool | None = None
         self.skipped: list[dict[str, Any]] = []  # machines a command went without: {"machine", "error"}
@@ -144,14 +147,12 @@ class _Context:
     def store(self) -> RunStore:
         if self._store is None:
             state_dir = self.settings.resolved_state_dir()
-            # A command that only reads never makes a state dir (a mistyped --state-dir would
-            # otherwise leave a fresh, empty one behind and show nothing).
-            if (
-                getattr(self.args, "reads_only", False)
-                and self.settings.store is None
-                and not state_dir.is_dir()
-            ):
-                raise StateDirNotFound(str(state_dir))
+            reads_only = getattr(self.args, "reads_only", False)
+            if reads_only and self.settings.store is None and not state_dir.is_dir():
+                # A command that only reads never makes a state dir: one that nothing has made reads
+                # as an empty one (no runs, no such run), from a folder of its own removed at close.
+                self._scratch = tempfile.mkdtemp(prefix="lrun-empty-")
+                state_dir = Path(self._scratch)
             self._store = open_store(state_dir, self.settings.store)
         return self._store
 
@@ -195,6 +196,8 @@ class _Context:
             self._pool.close()
         if self._store is not None:
             self._store.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 class _Collect(logging.Handler):
@@ -472,11 +475,7 @@ def _check_machine(ctx: _Context, name: str) -> dict[str, Any]:
 def _cmd_machines(ctx: _Context) -> int:
     names = ctx.resolver.known()
     active: dict[str, list[str]] = {}
-    try:
-        live = ctx.store.active()
-    except StateDirNotFound:  # nothing has run here yet: no machine is in use
-        live = []
-    for run in live:
+    for run in ctx.store.active():
         active.setdefault(run.machine, []).append(run.id)
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(names))), thread_name_prefix="lrun-ping") as pool:
         found = list(pool.map(lambda name: _check_machine(ctx, name), names))

@@ -242,19 +242,6 @@ class RunNotFound(NotFound):
         self.run_id = run_id
 
 
-class StateDirNotFound(NotFound):
-    """A command that only reads was pointed at a state dir that does not exist (never made)."""
-
-    code = "state_dir_not_found"
-
-    def __init__(self, path: str) -> None:
-        super().__init__(
-            f"no state dir at {path}: nothing has run with it yet (pytest and lrun take it from "
-            "--lrun-state-dir/--state-dir or LRUN_STATE_DIR; the default is ~/.lrun)"
-        )
-        self.path = path
-
-
 class BatchNotFound(NotFound):
     code = "batch_not_found"
 

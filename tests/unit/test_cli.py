@@ -706,11 +706,13 @@ def test_machines_lists_known_names_without_an_engine(
     }
 
 
-@pytest.mark.parametrize("command", [["runs"], ["show", "r1"], ["logs", "r1"], ["batch", "b1"]])
+@pytest.mark.parametrize(
+    ("command", "status"),
+    [(["runs"], 0), (["show", "r1"], EXIT_NOT_FOUND), (["batch", "b1"], EXIT_NOT_FOUND)],
+)
 def test_a_command_that_only_reads_never_makes_a_state_dir(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+    tmp_path: Path, command: list[str], status: int
 ) -> None:
     missing = tmp_path / "no" / "such"
-    assert main(["--state-dir", str(missing), *command]) == EXIT_NOT_FOUND
-    assert f"no state dir at {missing}" in capsys.readouterr().err
+    assert main(["--state-dir", str(missing), *command]) == status  # as an empty one: no runs, no such id
     assert not (tmp_path / "no").exists()
