@@ -165,6 +165,8 @@ class RunReports:
         # The rootdir dispatched itself: its inner node ids are the host's as they are.
         self._prefix = "" if self.dir_nodeid == "." else self.dir_nodeid + "/"
         self.shown = shown_dir(spec.test_dir, self.config.rootpath)  # in progress lines
+        if spec.shard is not None:
+            self.shown += f" [shard {spec.shard}]"
         start = self.config.invocation_params.dir
         self.paths = HostPaths(spec.test_dir, spec.machine.workdir, start)
         self.evidence = evidence or Evidence(None, lambda run_id: RunFiles(Path(run_id)), start)

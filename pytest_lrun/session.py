@@ -101,6 +101,7 @@ class Finished:
     spec: RunSpec
     outcome: JobOutcome | None = None
     error: BaseException | None = None
+    said: str | None = None  # the job's end line, shown once what its run reported is
 
 
 # What worker threads hand to the main thread.
@@ -533,8 +534,7 @@ class LrunSession:
         what = f"{self._shown(spec)} {_describe(outcome)} in {took:.1f}s"
         if spec.target is not None and not isinstance(outcome, LrunError):
             what += f" on {outcome.run.machine}"
-        self._events.put(f"{spec.where}: {what}{self._batch_progress()}")
-        return Finished(spec, outcome)
+        return Finished(spec, outcome, said=f"{spec.where}: {what}{self._batch_progress()}")
 
     def _do(self, job: Job) -> JobOutcome:
         if job.attach_to is not None:
@@ -625,6 +625,12 @@ class LrunSession:
             future.cancel()  # never began: the session stopped first, or nothing to collect
             return
         self._save_durations(event.spec, event.outcome)
+        if isinstance(event.outcome, RunResult) and event.outcome.events:
+            # A cached or replayed run's tests first, then the line that says how it ended.
+            reports.prepared(event.outcome.run, event.outcome.origin)
+            reports.feed(event.outcome.events)
+        if event.said is not None:
+            self.progress(event.said)
         try:
             self.config.hook.pytest_lrun_run_finished(
                 spec=event.spec, outcome=event.outcome, config=self.config
@@ -730,6 +736,8 @@ class LrunSession:
 
     def _shown(self, spec: RunSpec) -> str:
         shown = shown_dir(spec.test_dir, self.config.rootpath)
+        if spec.shard is not None and not spec.plan_entry:  # a batch's entry names its shard already
+            shown += f" [shard {spec.shard}]"
         return f"{shown} ({spec.plan_entry})" if spec.plan_entry else shown
 
     # -- hooks ----------------------------------------------------------------------
