@@ -19,13 +19,14 @@ Measured in the same run, on the engine of the environment (machine ``local``):
   plugin loaded into the host pytest only (``-p``; it is not in the dispatched
   directory) records it for tests that sleep 0.02 s each. Median and p90.
 
-* a huge suite -- 100,000 tests (10,000 with ``--quick``), one in ten failing,
-  with pytest's default traceback style: the host's wall time and peak memory
-  (its ``ru_maxrss``) dispatched, next to the same suite run by the host's own
-  pytest locally. The host fires one report per phase of every inner test, and
-  pytest's failure summary once looked up each failure's teardown by scanning
-  them all (F x N: 20,000 failures of 200,000 tests never finished); it must stay
-  linear, as local pytest is.
+* a huge suite -- 100,000 tests (10,000 with ``--quick``), one in a hundred
+  failing, with pytest's default traceback style: the host's wall time and peak
+  memory (its ``ru_maxrss``) dispatched, next to the same suite run by the host's
+  own pytest locally. The host fires one report per phase of every inner test, and
+  pytest's failure summary looks up each failure's teardown by scanning them all
+  (F x N: 20,000 failures of 200,000 tests never finished). Local pytest pays that
+  too (one in ten failing, its own run of this suite did not end in 8 minutes),
+  so the failures are fewer here; the dispatched host finds them in an index.
 
 Targets: wall time with the reporter at most 1.1x the baseline's; median delay
 under 0.5 s; the huge suite dispatched within 3x local pytest's wall time. A host
@@ -107,11 +108,12 @@ def write_sleepers(root: Path, count: int) -> None:
 
 
 def write_huge(root: Path, tests: int) -> None:
-    """``tests`` trivial tests in :data:`HUGE_MODULES` modules, one in ten failing."""
+    """``tests`` trivial tests in :data:`HUGE_MODULES` modules, one in a hundred failing."""
     root.mkdir()
     per_module = tests // HUGE_MODULES
     body = "".join(
-        f"\n\ndef test_{n}():\n    assert {n % 10} != 3, 'one in ten fails'\n" for n in range(per_module)
+        f"\n\ndef test_{n}():\n    assert {n % 100} != 3, 'one in a hundred fails'\n"
+        for n in range(per_module)
     )
     for m in range(HUGE_MODULES):
         (root / f"test_h{m:03}.py").write_text(body)
@@ -185,7 +187,7 @@ def main() -> None:
         f"{'PASS' if ratio <= RATIO_TARGET else 'MISS'}"
     )
     print(
-        f"\n{huge:,} tests, 1 in 10 failing, default --tb: dispatched {huge_wall:.1f}s and "
+        f"\n{huge:,} tests, 1 in 100 failing, default --tb: dispatched {huge_wall:.1f}s and "
         f"{huge_rss:.0f} MiB on the host; local pytest {local_wall:.1f}s and {local_rss:.0f} MiB"
     )
     huge_ratio = huge_wall / local_wall
