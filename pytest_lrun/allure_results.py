@@ -34,6 +34,8 @@ from typing import Any
 
 import pytest
 
+from .text import printable
+
 # A failure whose message starts so is an assertion (allure's "failed"); anything else is "broken".
 _ASSERTION_PREFIXES = ("assert", "AssertionError", "Failed", "pytest.fail", "timed out")
 
@@ -119,7 +121,8 @@ class AllureResults:
                     continue
                 kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
                 source = f"{_uuid()}-attachment{path.suffix or '.txt'}"
-                files.append((Attachment(name=path.name, source=source, type=kind), path))
+                # A name a container made may not be UTF-8: shown escaped, as the terminal shows it.
+                files.append((Attachment(name=printable(path.name), source=source, type=kind), path))
         result.attachments = [attachment for attachment, _source in files]
         return result, files
 

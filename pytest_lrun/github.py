@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from .text import printable
+
 MAX_ANNOTATIONS = 10
 MAX_SUMMARY_BYTES = 900 * 1024
 MAX_MESSAGE_CHARS = 1000
@@ -143,15 +145,15 @@ class GithubActions:
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        for line in self.annotations():
-            terminalreporter.write_line(line)
+        for line in self.annotations():  # a name a container made may not be UTF-8: escaped
+            terminalreporter.write_line(printable(line))
         path = self.environ.get("GITHUB_STEP_SUMMARY")
         if not path:
             return
         counts = {k: len(v) for k, v in terminalreporter.stats.items() if k and k != "warnings"}
         try:
             with open(path, "a", encoding="utf-8") as f:
-                f.write(self.summary(counts))
+                f.write(printable(self.summary(counts)))
         except OSError as e:
             terminalreporter.write_line(f"lrun: warning: the job summary was not written to {path}: {e}")
 

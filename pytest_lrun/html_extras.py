@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from .logs import tail
+from .text import printable
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_LOG_BYTES = 256 * 1024
@@ -57,7 +58,7 @@ class HtmlExtras:
     def _extras(self, path: Path, *, is_log: bool) -> list[dict[str, Any]]:
         from pytest_html import extras
 
-        link = extras.url(self._relative(path), name=path.name)
+        link = extras.url(self._relative(path), name=printable(path.name))  # a name may not be UTF-8
         if is_log:
             text = tail(path, MAX_LOG_BYTES)  # "" while the run goes on: the link alone then
             return [extras.text(text, name="lrun log"), link] if text else [link]
@@ -68,7 +69,9 @@ class HtmlExtras:
             return [link]
         if mime is not None and size <= MAX_IMAGE_BYTES:
             content = base64.b64encode(path.read_bytes()).decode("ascii")
-            return [extras.image(content, name=path.name, mime_type=mime, extension=path.suffix[1:])]
+            return [
+                extras.image(content, name=printable(path.name), mime_type=mime, extension=path.suffix[1:])
+            ]
         return [link]
 
     def _relative(self, path: Path) -> str:

@@ -135,7 +135,7 @@ def test_a_suite_on_an_ssh_machine_is_the_suite_on_the_local_engine(
         result = pytester.runpytest_subprocess(
             f"--lrun-machine={machine}", "suite", f"--junitxml={machine}.xml"
         )
-        result.assert_outcomes(passed=3, failed=1)  # the inner tests, and the run's own report
+        result.assert_outcomes(passed=2, failed=1)  # the inner tests (the run's own report is no test)
         result.stdout.fnmatch_lines(["*one widget too many*", f"suite *{machine} *failed *created *"])
         results[machine] = _inner_results(project / f"{machine}.xml")
     assert results["m1"] == {
@@ -212,8 +212,9 @@ def test_a_host_key_that_does_not_match_fails_the_run_naming_the_machine(
     )
     write_tests(project, "suite", SUITE)
     result = pytester.runpytest_subprocess("--lrun-machine=far", "--lrun-connect-timeout=5", "suite")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*machine 'far': engine at {url} is unreachable: ssh host key of *"])
+    assert result.ret == 75
 
 
 def test_a_dropped_ssh_session_is_made_again(home: Path, ssh_engine: tuple[str, Path]) -> None:
