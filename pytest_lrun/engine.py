@@ -619,6 +619,9 @@ _CONNECTION_CAUSES = (
 )
 
 
+_URLLIB3_TEXT = re.compile(r"HTTPS?ConnectionPool|Max retries exceeded|Connection aborted|NewConnectionError")
+
+
 def _pull_is_final(reason: str) -> bool:
     return _FINAL_PULL_ERRORS.search(reason) is not None
 
@@ -628,8 +631,9 @@ def _reason(e: Exception) -> str:
     if isinstance(e, docker.errors.APIError):
         return str(e.explanation or e)
     text = str(e)
-    # docker-py wraps a failed first request in a DockerException with requests' text.
-    if isinstance(e, requests.exceptions.RequestException | docker.errors.DockerException):
+    # requests' own text (urllib3's pool and adapter), which docker-py wraps in a DockerException
+    # for its first request: its root cause in a line. A transport's own message (ssh) is kept.
+    if _URLLIB3_TEXT.search(text):
         for pattern, said in _CONNECTION_CAUSES:
             if pattern.search(text):
                 return said

@@ -166,6 +166,7 @@ class LrunSession:
         self._build_tags: dict[Build, str] = {}  # each build's context is hashed once per invocation
         self.option_image: ImageSource | None = settings.image or self._option_build(settings.build)
         self._progress = _TerminalProgress(config)
+        self._presentation: set[str] = set()  # the presentation options forwarded (forward.py)
         start = config.invocation_params.dir
         report_dir = settings.report_dir or default_report_dir(
             config.getoption("xmlpath", None), config.getoption("htmlpath", None)
@@ -312,7 +313,9 @@ class LrunSession:
         if pytest_arguments_at(spec.command) is None:
             raise ConfigError(str(spec.test_dir), "shards split the inner tests of a pytest command only")
         self.progress(f"{spec.where}: {self._shown(spec)}: collecting the inner tests to split them")
-        collect = replace(spec, command=(*spec.command, "--collect-only", "-q"))
+        # How failures read is no part of what is collected: the collection's key leaves it out.
+        base = tuple(arg for arg in spec.command if arg not in self._presentation)
+        collect = replace(spec, command=(*base, "--collect-only", "-q"))
         collecting = self.dispatcher.dispatch(collect, reuse="completed")
         collected = next((e for e in collecting.events or () if isinstance(e, Collected)), None)
         if collected is None or collecting.run.status is not Status.COMPLETED:
@@ -457,7 +460,9 @@ class LrunSession:
             if nodeids:
                 raise ConfigError(str(test_dir), "node ids select inner tests of a pytest command only")
         elif settings.select == "container":
-            inner += forwarded(option, inner) + selection.inner_arguments(machine.workdir)
+            presentation = forwarded(option, inner)
+            self._presentation.update(presentation)
+            inner += presentation + selection.inner_arguments(machine.workdir)
             if option.collectonly:
                 inner += ("--collect-only", "-q")
         spec = RunSpec(

@@ -249,7 +249,9 @@ def test_a_killed_runner_s_run_is_adopted_by_the_other(
     doomed.send_signal(signal.SIGKILL)
     doomed.communicate(timeout=30)
     code, out = b.run("--lrun-machine=m1", "slow")
-    assert code == 0 and "1 passed" in out, out  # the inner test (the run's own report, with its artifact, is no test)
+    assert code == 0 and "1 passed" in out, (
+        out
+    )  # the inner test (the run's own report, with its artifact, is no test)
     assert str(b.home) in out and str(a.home) not in out, out  # b's own copies of the log and artifacts
     (run,) = shared.list()
     assert run.status is Status.COMPLETED and run.exit_code == 0
