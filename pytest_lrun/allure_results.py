@@ -52,6 +52,7 @@ class AllureResults:
     def __init__(self, attach_capture: bool = True) -> None:
         self.attach_capture = attach_capture
         self._tests: dict[str, _Test] = {}
+        self._copied: dict[Path, str] = {}  # a run's file, copied once however many tests attach it
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -67,6 +68,9 @@ class AllureResults:
             result, files = self._result(test)
             for attachment, source in files:
                 if isinstance(source, Path):
+                    if source in self._copied:
+                        continue
+                    self._copied[source] = attachment.source
                     hook.report_attached_file(source=str(source), file_name=attachment.source)
                 else:
                     hook.report_attached_data(body=source, file_name=attachment.source)
@@ -120,7 +124,7 @@ class AllureResults:
                 if not path.is_file():
                     continue
                 kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                source = f"{_uuid()}-attachment{path.suffix or '.txt'}"
+                source = self._copied.get(path) or f"{_uuid()}-attachment{path.suffix or '.txt'}"
                 # A name a container made may not be UTF-8: shown escaped, as the terminal shows it.
                 files.append((Attachment(name=printable(path.name), source=source, type=kind), path))
         result.attachments = [attachment for attachment, _source in files]
@@ -131,7 +135,7 @@ def md5(*parts: str) -> str:
     """allure-commons' digest of names (its ``md5``): the UTF-8 of each part, in turn."""
     digest = hashlib.md5()
     for part in parts:
-        digest.update(part.encode("utf-8"))
+        digest.update(part.encode("utf-8", "surrogatepass"))  # a node id may hold a container's odd name
     return digest.hexdigest()
 
 

@@ -596,11 +596,12 @@ def _ssh_adapter(machine: Machine, timeout: float) -> requests.adapters.HTTPAdap
 
 
 # What an engine's pull error says when no retry can help: the image does not exist (or may not be
-# read), or no registry can be reached by name at all. A registry that answers 5xx or times out may
-# do better on a retry (image_pull_failed).
+# read), or the registry's name does not exist. A registry that answers 5xx or times out, or a DNS
+# server that fails for now ("temporary failure", "server misbehaving"), may do better on a retry
+# (image_pull_failed).
 _FINAL_PULL_ERRORS = re.compile(
     r"not found|manifest unknown|pull access denied|repository does not exist|unauthorized|"
-    r"invalid reference format|no such host|server misbehaving|name resolution|name or service not known",
+    r"invalid reference format|no such host|name or service not known",
     re.IGNORECASE,
 )
 # The root causes a connection error (requests wrapping urllib3 wrapping an OSError) buries.

@@ -1,7 +1,7 @@
 """A run's evidence -- its log and artifacts -- and where every report points to it.
 
 With a report folder (``--lrun-report-dir``; by default ``lrun-report/`` beside
-``--junitxml``, ``--html`` or ``--alluredir`` when one is given), each run's log
+``--junitxml`` or ``--html`` when one is given), each run's log
 and artifacts are published to ``<report dir>/<dir>-<machine>-<short id>/`` as
 ``logs.txt`` and ``artifacts/...`` (hard links where the state dir's filesystem
 allows, copies otherwise), and every attachment, property and link names that
@@ -101,11 +101,11 @@ class Evidence:
 
 
 def default_report_dir(*outputs: str | None) -> Path | None:
-    """``lrun-report/`` beside the first report file given (``--junitxml``, ``--html``), or inside
-    ``--alluredir``'s parent; None when no report is written."""
+    """``lrun-report/`` beside the first report file given (``--junitxml``, ``--html``), its path
+    expanded as pytest expands it (``~``, ``$VAR``); None when no report file is written."""
     for output in outputs:
         if output:
-            return Path(output).absolute().parent / "lrun-report"
+            return Path(os.path.expanduser(os.path.expandvars(output))).absolute().parent / "lrun-report"
     return None
 
 

@@ -88,7 +88,9 @@ class GithubActions:
         if not message and report.longreprtext:
             message = report.longreprtext.splitlines()[0]
         log = getattr(report, "lrun_log", None) or dict(report.user_properties).get("lrun_logs")
-        return Failure(report.nodeid, self._relative(path), line, message, str(log) if log else None)
+        shown = printable  # a name a container made may not be UTF-8: escaped, as the terminal shows it
+        log_shown = shown(str(log)) if log else None
+        return Failure(shown(report.nodeid), shown(self._relative(path)), line, shown(message), log_shown)
 
     def _relative(self, path: Path) -> str:
         try:
@@ -113,7 +115,7 @@ class GithubActions:
         """The job summary's markdown, cut to :data:`MAX_SUMMARY_BYTES` with a line saying so."""
         said = ", ".join(f"{n} {what}" for what, n in counts.items() if n) or "no tests ran"
         head = [f"### pytest-lrun: {said}", ""]
-        table = self.runs_table()
+        table = [[printable(cell) for cell in row] for row in self.runs_table()]
         if len(table) > 1:
             head += [*_markdown_table(table), ""]
         lines: list[str] = []
@@ -141,7 +143,7 @@ class GithubActions:
             where = f"`{where}`"
         message = _inline(failure.message.splitlines()[0][:MAX_MESSAGE_CHARS] if failure.message else "")
         log = f" (log: `{failure.log}`)" if failure.log else ""
-        return f"- `{failure.nodeid}` at {where}: {message}{log}"
+        return printable(f"- `{failure.nodeid}` at {where}: {message}{log}")
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -7,8 +7,8 @@ plugin adds to them first (``tryfirst``; pytest-html's hook runs last):
 
 * images inline, embedded so they show in a self-contained report too (up to
   :data:`MAX_IMAGE_BYTES`; a larger one is a link);
-* the run's log as a text extra (its last :data:`MAX_LOG_BYTES`) once the run has
-  ended, and a link to the whole file;
+* the run's log as a text extra on the run's own report (its last
+  :data:`MAX_LOG_BYTES`), and a link to the whole file (all a failing test gets);
 * every other file as a link, relative to the HTML file (the report folder is
   uploaded beside it).
 """
@@ -51,16 +51,18 @@ class HtmlExtras:
             return
         log = getattr(report, "lrun_log", None)
         extras: list[dict[str, Any]] = list(getattr(report, "extras", []))
+        # The log's text once, on the run's own report; a failing test links to it.
+        run_report = bool(getattr(report, "lrun_run", False))
         for name in files:
-            extras.extend(self._extras(Path(name), is_log=name == log))
+            extras.extend(self._extras(Path(name), is_log=name == log, with_text=run_report))
         report.extras = extras  # type: ignore[attr-defined]
 
-    def _extras(self, path: Path, *, is_log: bool) -> list[dict[str, Any]]:
+    def _extras(self, path: Path, *, is_log: bool, with_text: bool) -> list[dict[str, Any]]:
         from pytest_html import extras
 
         link = extras.url(self._relative(path), name=printable(path.name))  # a name may not be UTF-8
         if is_log:
-            text = tail(path, MAX_LOG_BYTES)  # "" while the run goes on: the link alone then
+            text = tail(path, MAX_LOG_BYTES) if with_text else ""
             return [extras.text(text, name="lrun log"), link] if text else [link]
         mime = IMAGE_TYPES.get(path.suffix.lower())
         try:

@@ -20,15 +20,17 @@ When the run ends, :meth:`RunReports.finish` reports what is left:
   live run did); a run without events but with an inner JUnit XML (a command that
   writes one) gets a report per case;
 * after a stop (timeout, ``lrun cancel``, Ctrl-C, the OOM killer, a vanished
-  container) the test that was running fails with why, plus the inner traceback,
-  and the collected tests that never started are skipped as not run. A run this
-  session stopped itself (``-x``, ``--maxfail``) adds nothing: as with local
-  tests, nothing is reported after the session decided to stop;
-* a run without inner results (a non-pytest command, a busy machine, an engine
-  error, a detached run), or failing beyond them (a timeout before any test, an
-  unsafe artifact archive, pytest's exit 2-5), is one report of its own,
-  ``DIR::lrun[machine]``, with the run's log tail and its artifacts as
-  ``[[ATTACHMENT|path]]`` lines that CI servers pick up.
+  container) the test that was running fails with why, where (its own frames),
+  what it printed and how long it ran, and the collected tests that never started
+  are skipped as not run. A run this session stopped itself (``-x``,
+  ``--maxfail``) adds only the last phases of tests under way: as with local
+  tests, nothing new is reported after the session decided to stop;
+* every run has one report of its own, ``DIR::lrun[machine]`` (``lrun[machine]``
+  for the rootdir), which carries its log and artifacts (:mod:`.evidence`): beside
+  inner tests, a pass the terminal does not count, or an error when the run failed
+  for its own reasons (a timeout, an engine error, an unsafe archive, pytest's exit
+  3 or 4); without inner tests (a non-pytest command), the run's result as a test's
+  (see :meth:`RunReports._run_report`).
 
 Every report carries the run's facts as ``user_properties`` (``lrun_run_id``,
 ``lrun_machine``, ``lrun_hash``, ``lrun_origin``, ``lrun_logs``, ``lrun_artifacts``).
@@ -171,6 +173,7 @@ class RunReports:
         self.paths = HostPaths(spec.test_dir, spec.machine.workdir, start)
         self.evidence = evidence or Evidence(None, lambda run_id: RunFiles(Path(run_id)), start)
         self._failed: set[str] = set()  # inner tests with a failed phase: their teardown attaches the log
+        self._inner_failures = 0  # failed phases of inner tests, reported on the host or not
         self.progress = Progress()
         self.run: Run | None = None
         self.origin = "created"
@@ -196,6 +199,10 @@ class RunReports:
         """``failed`` (no inner test began) is tried again: the next attempt's events count from 0."""
         self.earlier.append(failed)
         self._seen, self._collected = -1, None
+        # What the failed attempt counted, the next one counts again: the session's total stays true.
+        self.session.testscollected -= self.progress.collected
+        self.progress = Progress()
+        self.counted = False
 
     def feed(self, events: Iterable[Event]) -> None:
         """Report ``events`` (in the order written; any already handled are skipped)."""
@@ -203,8 +210,8 @@ class RunReports:
             if event.n <= self._seen:
                 continue
             self._seen = event.n
-            if self._stopping():
-                return
+            if self._stopping() and not self._finishes_a_started_test(event):
+                continue  # the session stops: nothing new, but a test under way gets its last phases
             if isinstance(event, Collected):
                 self._on_collected(event)
             elif isinstance(event, Start):
@@ -220,6 +227,16 @@ class RunReports:
                     # pytest's last line counts them as it counts local ones (their ids stay inside).
                     items = [_Deselected(f"{self._prefix}<deselected {i}>") for i in range(deselected)]
                     self.config.hook.pytest_deselected(items=items)
+
+    def _finishes_a_started_test(self, event: Event) -> bool:
+        """Whether ``event`` is a phase of a test already reported as started and not ended: as
+        local pytest does after ``-x``, the test that stopped the session still reports its
+        teardown (where ``--junitxml`` and pytest-html write it)."""
+        return (
+            isinstance(event, PhaseReport)
+            and event.nodeid in self._started
+            and event.nodeid not in self._ended
+        )
 
     def _on_collected(self, event: Collected) -> None:
         self._collected = event
@@ -258,6 +275,8 @@ class RunReports:
 
     def _on_report(self, event: PhaseReport) -> None:
         nodeid = event.nodeid
+        if event.outcome == "failed" and event.wasxfail is None:
+            self._inner_failures += 1  # selected on the host or not: it explains the inner exit 1
         if self._by_keywords and nodeid not in self._selected:
             assert self.selection is not None
             wanted = self.selection.wants_nodeid(nodeid) and self.selection.wants_keywords(event.keywords)
@@ -293,6 +312,8 @@ class RunReports:
         self.prepared(outcome.run, outcome.origin)
         run = outcome.run
         if run.error_code == SESSION_STOPPED or self._stopping():
+            if outcome.events:
+                self.feed(outcome.events)  # only the last phases of tests under way (see feed)
             return
         if outcome.events:
             self.feed(outcome.events)
@@ -377,7 +398,8 @@ class RunReports:
         if run.exit_code == 5:  # "no tests collected": a selection that picks nothing here is no failure
             return self._collected is None
         inner = self._collected is not None or self._seen >= 0 or self.progress.collected > 0
-        return not inner or self.progress.failed == 0  # exit 1 (failures), 2 (collection errors)
+        explained = self.progress.failed + self._inner_failures  # exit 1 (failures), 2 (collection errors)
+        return not inner or explained == 0
 
     def finish_with_error(self, error: BaseException) -> None:
         """A bug stopped the job: the run's own report fails with it."""

@@ -122,6 +122,8 @@ def last_failed(lastfailed: Mapping[str, object], dir_nodeid: str) -> tuple[set[
     for key in lastfailed:
         if key.startswith(run_report):
             run_failed = True
+        elif "::lrun[" in key or key.startswith("lrun["):  # another directory's run: no test of this one
+            continue
         elif key.startswith(prefix) and "::" in key:
             nodeid = key[len(prefix) :]
             inner.add(nodeid if nodeid.endswith("]") else _SUFFIX.sub("", nodeid))

@@ -181,7 +181,8 @@ class LrunSession:
         if html and manager.hasplugin("html"):
             from .html_extras import HtmlExtras
 
-            manager.register(HtmlExtras(self.config.invocation_params.dir / html), "lrun-html")
+            html_path = Path(os.path.expanduser(os.path.expandvars(html)))  # as pytest-html expands it
+            manager.register(HtmlExtras(self.config.invocation_params.dir / html_path), "lrun-html")
         if self.config.getoption("allure_report_dir", None):
             from .allure_results import AllureResults
 
@@ -287,6 +288,8 @@ class LrunSession:
                 picked[path] = ids
                 continue
             failed, run_failed = last_failed(lastfailed, dir_nodeid(path, self.config.rootpath))
+            # A test whose file is gone is no selection: the inner pytest would refuse it (exit 4).
+            failed = {nodeid for nodeid in failed if (path / nodeid.split("::")[0]).is_file()}
             if run_failed:
                 self.progress(f"--lf: {shown}: its run failed last time: running all of it")
                 picked[path] = None
@@ -820,6 +823,8 @@ class LrunSession:
         self.dispatcher.cancel_all()
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # Before the terminal's summary, which its own sessionfinish wrapper writes after this.
+        _index_teardown_reports(self.config.pluginmanager.get_plugin("terminalreporter"))
         if self._engine_unreachable():
             session.exitstatus = EXIT_ENGINE_UNREACHABLE  # the fleet is down: not a test's failure
         if self._executor is not None:
@@ -846,12 +851,7 @@ class LrunSession:
         finally:
             self.store.close()
 
-    @pytest.hookimpl(tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        _index_teardown_reports(terminalreporter)
-        self._runs_summary(terminalreporter)
-
-    def _runs_summary(self, terminalreporter: Any) -> None:
         table = self._runs_table()
         if not table or self.config.option.collectonly:
             return
@@ -925,7 +925,8 @@ class _TerminalProgress:
         """Hold the percentages (the terminal reporter exists by now: the session's loop runs)."""
         self.reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         self.shown = getattr(self.reporter, "_show_progress_info", False)
-        if self.shown and self.reporter is not None:
+        # Before pytest 8.4 the terminal counted a finished test only while it showed percentages.
+        if self.shown and self.reporter is not None and pytest.version_tuple >= (8, 4):
             self.reporter._show_progress_info = False
             self.held = True
 

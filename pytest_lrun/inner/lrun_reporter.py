@@ -372,7 +372,8 @@ class Reporter:
         context = getattr(report, "context", None)  # a subtest's (pytest 9, or the pytest-subtests plugin)
         if context is not None and hasattr(context, "kwargs"):
             kwargs = {str(key): str(value) for key, value in dict(context.kwargs).items()}
-            fields["subtest"] = {"msg": getattr(context, "msg", None), "kwargs": kwargs}
+            msg = getattr(context, "msg", None)
+            fields["subtest"] = {"msg": None if msg is None else str(msg), "kwargs": kwargs}
         crash = getattr(longrepr, "reprcrash", None) if report.failed else None
         if crash is not None:
             fields["crash"] = [str(crash.path), crash.lineno, str(crash.message)]

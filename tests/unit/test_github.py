@@ -38,3 +38,11 @@ def test_the_summary_links_each_failure_to_its_line_and_stays_under_githubs_limi
     big = _actions(tmp_path, 5000, message="x" * 900).summary({"failed": 5000})
     assert len(big.encode()) <= github.MAX_SUMMARY_BYTES + 2048
     assert "more (the summary's size limit)" in big
+
+
+def test_a_name_that_is_not_utf8_is_escaped_not_a_crash(tmp_path: Path) -> None:
+    actions = GithubActions({}, tmp_path, lambda: [["dir"], ["su\udcffite"]], str)
+    actions.failures = [Failure("su\udcffite/t.py::t", "su\udcffite/t.py", 1, "boom", None)]
+    summary = actions.summary({"failed": 1})
+    summary.encode("utf-8")  # what the job summary file takes
+    assert "su\\udcffite" in summary

@@ -66,3 +66,20 @@ def test_the_retries_option_is_a_small_count() -> None:
     assert resolve({}, lambda _key: None, environ={"LRUN_INFRA_RETRIES": "0"}).infra_retries == 0
     with pytest.raises(ConfigError, match=r"LRUN_INFRA_RETRIES.*from 0 to 10"):
         resolve({}, lambda _key: None, environ={"LRUN_INFRA_RETRIES": "many"})
+
+
+@pytest.mark.parametrize(
+    ("reason", "final"),
+    [
+        ("pull access denied for lrun-no-such-image, repository does not exist", True),
+        ('Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io: no such host', True),
+        ("manifest for x:1 not found: manifest unknown", True),
+        ("received unexpected HTTP status: 503 Service Unavailable", False),
+        ("dial tcp: lookup registry.example: Temporary failure in name resolution", False),
+        ("dial tcp: lookup registry.example on 10.0.0.1:53: server misbehaving", False),
+    ],
+)
+def test_a_pull_no_retry_can_help_is_told_from_one_that_may_pass_next_time(reason: str, final: bool) -> None:
+    from pytest_lrun.engine import _pull_is_final
+
+    assert _pull_is_final(reason) is final

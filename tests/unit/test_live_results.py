@@ -225,12 +225,14 @@ def test_the_end_replays_only_what_did_not_come_live() -> None:
 def test_once_the_session_stops_nothing_more_is_reported() -> None:
     reports, hooks = reports_for(maxfail=1)
     reports.feed([*finished_test("t.py::a", "failed", longrepr="E   boom"), *finished_test("t.py::b", n=10)])
-    assert [o[0] for o in hooks.outcomes()] == ["suite/t.py::a"] * 2  # setup, the failing call: then -x
+    # The failing call stops the session (-x); the test still reports its teardown, as locally
+    # (--junitxml and pytest-html write a test there); b, not started, reports nothing.
+    assert [o[:2] for o in hooks.outcomes()] == [("suite/t.py::a", w) for w in ("setup", "call", "teardown")]
     run = Run(
         id="r1", machine="m1", test_dir="/proj/suite", status=Status.INTERRUPTED, error_code="session_stopped"
     )
     reports.finish(RunResult(run, "created", None, []))
-    assert len(hooks.outcomes()) == 2
+    assert len(hooks.outcomes()) == 3
 
 
 def test_host_selection_reports_only_the_selected_tests() -> None:
@@ -284,3 +286,28 @@ def test_a_compact_report_takes_its_location_from_the_start_and_keywords_from_th
     fired = hooks.reports()
     assert [r.location for r in fired][1:] == [("suite/t.py", 3, "t.py::a")] * 2  # the start's
     assert all({"a", "slow"} <= set(r.keywords) for r in fired)
+
+
+def test_a_retried_attempt_counts_its_tests_once() -> None:
+    reports, _hooks = reports_for()
+    reports.feed([Collected(0, ("t.py::a", "t.py::b"), (), ())])
+    reports.retried(Run(id="r0", machine="m1", test_dir="/proj/suite", error_code="container_gone"))
+    reports.feed([Collected(0, ("t.py::a", "t.py::b"), (), ())])
+    assert reports.session.testscollected == 2 and reports.progress.collected == 2
+
+
+def test_a_failure_the_host_selection_leaves_out_still_explains_the_inner_exit() -> None:
+    reports, hooks = reports_for(selection=Selection(keyword="b"))
+    reports.feed([Collected(0, ("t.py::a", "t.py::b"), (), ())])
+    reports.feed(finished_test("t.py::a", "failed", n=1, keywords=("a",), longrepr="E   boom"))
+    reports.feed(finished_test("t.py::b", n=5, keywords=("b",)))
+    run = Run(
+        id="r1",
+        machine="m1",
+        test_dir="/proj/suite",
+        status=Status.FAILED,
+        exit_code=1,
+        error_code="exit_nonzero",
+    )
+    reports.finish(RunResult(run, "created"))
+    assert not hooks.failed()  # a is not selected; the run did not fail for its own reasons

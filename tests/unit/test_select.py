@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pytest_lrun.errors import ConfigError
-from pytest_lrun.select import HostSelection, Selection, dispatched_dir
+from pytest_lrun.select import HostSelection, Selection, dispatched_dir, last_failed
 
 
 @pytest.fixture
@@ -67,3 +67,16 @@ def test_host_selection_matches_like_pytest() -> None:
 def test_a_bad_expression_is_a_usage_error_naming_the_flag() -> None:
     with pytest.raises(ConfigError, match="-k"):
         HostSelection(Selection(keyword="a and"))
+
+
+def test_last_failed_takes_a_directorys_inner_tests_and_knows_a_failed_run() -> None:
+    lastfailed = {
+        "suite/t.py::a": True,
+        "suite/t.py::b[1]": True,
+        "other/t.py::c@m1": True,
+        "suite::lrun[m1]": True,
+    }
+    assert last_failed(lastfailed, "suite") == ({"t.py::a", "t.py::b[1]"}, True)
+    assert last_failed(lastfailed, "other") == ({"t.py::c"}, False)
+    # A dispatched rootdir names its tests from the root: another directory's run is none of them.
+    assert last_failed({"t.py::a": True, "suite::lrun[m1]": True}, ".") == ({"t.py::a"}, False)
