@@ -49,9 +49,6 @@ class RunEvidence:
             found.extend(Path(dirpath, name) for name in sorted(names))
         return found
 
-    def artifact_files(self) -> list[Path]:
-        return [path for path in self.files() if path != self.log]
-
 
 class Evidence:
     """The session's one answer to "where are this run's files?" (see the module docstring)."""

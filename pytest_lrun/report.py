@@ -188,6 +188,7 @@ class RunReports:
         self.counted = False  # whether every test of the run is in the session's count
         self._on_counted = on_counted  # told when it becomes so, before the run's next report
         self.earlier: list[Run] = []  # attempts that failed for their infrastructure, retried
+        self._facts: tuple[object, list[tuple[str, object]]] | None = None  # _properties, and for which run
 
     # -- live --------------------------------------------------------------------------
 
@@ -632,6 +633,17 @@ class RunReports:
         return InnerRepr(text.rstrip("\n") + footer, where)
 
     def _properties(self) -> list[tuple[str, object]]:
+        """The run's facts, on every report of the run: made once per run and attempt, not per
+        report (a suite of 100,000 tests fires 300,000 reports, and these name files)."""
+        run = self.run
+        key = (
+            None if run is None else (run.id, run.machine, run.test_dir_hash, self.origin, len(self.earlier))
+        )
+        if self._facts is None or self._facts[0] != key:
+            self._facts = (key, self._run_facts())
+        return list(self._facts[1])  # a list of each report's own
+
+    def _run_facts(self) -> list[tuple[str, object]]:
         run = self.run
         if run is None:
             return [("lrun_machine", self.spec.where)]
