@@ -65,7 +65,7 @@ from .junit import CaseResult
 from .layout import RunFiles
 from .logs import tail
 from .output import one_line
-from .select import HostSelection
+from .select import HostSelection, run_prefix, tests_prefix
 from .store import Run, Status
 from .text import printable
 
@@ -165,7 +165,7 @@ class RunReports:
         self._by_keywords = selection is not None and selection.by_keywords
         self.dir_nodeid = dir_nodeid(spec.test_dir, self.config.rootpath)
         # The rootdir dispatched itself: its inner node ids are the host's as they are.
-        self._prefix = "" if self.dir_nodeid == "." else self.dir_nodeid + "/"
+        self._prefix = tests_prefix(self.dir_nodeid)
         self.shown = shown_dir(spec.test_dir, self.config.rootpath)  # in progress lines
         if spec.shard is not None:
             self.shown += f" [shard {spec.shard}]"
@@ -418,8 +418,7 @@ class RunReports:
         name = self.suffix.lstrip("@") or self.spec.where
         if self.spec.shard is not None:
             name += f" shard {self.spec.shard}"
-        # The rootdir's own run has no directory to name: its report is ``lrun[MACHINE]``.
-        nodeid = f"{self.dir_nodeid}::lrun[{name}]" if self._prefix else f"lrun[{name}]"
+        nodeid = f"{run_prefix(self.dir_nodeid)}{name}]"
         location = (self.dir_nodeid, None, nodeid)
         failure: Any = None  # the longrepr of a run that failed for its own reasons
         skip: Any = None

@@ -108,6 +108,17 @@ def _compile(flag: str, expression: str | None) -> Expression | None:
 _SUFFIX = re.compile(r"@[A-Za-z0-9_.:-]+$")
 
 
+def tests_prefix(dir_nodeid: str) -> str:
+    """What a dispatched directory's inner node ids gain on the host: its node id and ``/``
+    (``suite/test_x.py::test_y``); nothing for the rootdir, whose tests keep their own."""
+    return "" if dir_nodeid == "." else dir_nodeid + "/"
+
+
+def run_prefix(dir_nodeid: str) -> str:
+    """How the node id of a directory's run report begins: ``DIR::lrun[`` (``lrun[`` for the rootdir)."""
+    return "lrun[" if dir_nodeid == "." else f"{dir_nodeid}::lrun["
+
+
 def last_failed(lastfailed: Mapping[str, object], dir_nodeid: str) -> tuple[set[str], bool]:
     """What failed last time in a dispatched directory, from pytest's ``cache/lastfailed``.
 
@@ -115,8 +126,7 @@ def last_failed(lastfailed: Mapping[str, object], dir_nodeid: str) -> tuple[set[
     id, ``/``, the inner one, and maybe an ``@machine`` suffix), and whether the run itself
     failed (its ``DIR::lrun[...]`` report): then all of it runs again.
     """
-    prefix = "" if dir_nodeid == "." else dir_nodeid + "/"
-    run_report = "lrun[" if dir_nodeid == "." else f"{dir_nodeid}::lrun["
+    prefix, run_report = tests_prefix(dir_nodeid), run_prefix(dir_nodeid)
     inner: set[str] = set()
     run_failed = False
     for key in lastfailed:
