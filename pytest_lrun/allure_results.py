@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from .report import is_lrun_report
 from .text import printable
 
 # A failure whose message starts so is an assertion (allure's "failed"); anything else is "broken".
@@ -56,7 +57,7 @@ class AllureResults:
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if any(name == "lrun_machine" for name, _value in report.user_properties):
+        if is_lrun_report(report):
             self._tests.setdefault(report.nodeid, _Test(report.nodeid)).reports.append(report)
 
     @pytest.hookimpl(tryfirst=True)

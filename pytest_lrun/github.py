@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from .report import is_lrun_report
 from .text import printable
 
 MAX_ANNOTATIONS = 10
@@ -75,7 +76,7 @@ class GithubActions:
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.failed and _is_lrun(report):
+        if report.failed and is_lrun_report(report):
             self.failures.append(self._failure(report))
 
     def _failure(self, report: pytest.TestReport) -> Failure:
@@ -158,10 +159,6 @@ class GithubActions:
                 f.write(printable(self.summary(counts)))
         except OSError as e:
             terminalreporter.write_line(f"lrun: warning: the job summary was not written to {path}: {e}")
-
-
-def _is_lrun(report: pytest.TestReport) -> bool:
-    return any(name == "lrun_machine" for name, _value in report.user_properties)
 
 
 def _inline(text: str) -> str:

@@ -828,6 +828,11 @@ def dir_nodeid(path: Path, rootpath: Path) -> str:
         return str(path)
 
 
+def is_lrun_report(report: pytest.TestReport) -> bool:
+    """Whether ``report`` is one pytest-lrun fired (every one carries ``lrun_machine``)."""
+    return any(name == "lrun_machine" for name, _value in report.user_properties)
+
+
 def shown_dir(path: Path, rootpath: Path) -> str:
     """A dispatched directory as lines and tables name it: its node id, or its name for the rootdir."""
     shown = dir_nodeid(path, rootpath)
