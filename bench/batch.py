@@ -30,7 +30,7 @@ from pathlib import Path
 
 from _timing import timed
 
-from pytest_lrun.store.records import parse_time
+from pytest_lrun.core.times import parse_time
 
 DEFAULT_ENGINES = "unix:///var/run/docker.sock,unix:///var/run/lrun-docker2.sock"
 IMAGE = "lrun-python:bookworm"

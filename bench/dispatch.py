@@ -39,7 +39,7 @@ from pathlib import Path
 
 from _timing import timed
 
-from pytest_lrun.settings import DEFAULT_COMMAND
+from pytest_lrun.config.settings import DEFAULT_COMMAND
 
 IMAGE = "lrun-python:bookworm"
 OVERHEAD_TARGET_S = 0.3

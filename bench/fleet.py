@@ -75,10 +75,10 @@ from _timing import timed
 from hash import SMALL_RATIO_TARGET, make_small_tree, race, sha256_pass
 from private_engines import Engine, can_start_engines, launch_engine, load_image, stop_engine, wait_until_up
 
-from pytest_lrun.hashing import hash_dir, iter_files
-from pytest_lrun.layout import RECORD
-from pytest_lrun.settings import DEFAULT_COMMAND
+from pytest_lrun.config.settings import DEFAULT_COMMAND
+from pytest_lrun.core.layout import RECORD
 from pytest_lrun.store.records import Run
+from pytest_lrun.tree.hashing import hash_dir, iter_files
 
 IMAGE = "lrun-python:bookworm"
 SLEEPER = "lrun-busybox:latest"  # the plan again with entries that cost the host next to no CPU

@@ -1,4 +1,4 @@
-"""Benchmark of pytest_lrun.hashing: cold throughput against sha256, warm re-hash, one-walk shipping.
+"""Benchmark of pytest_lrun.tree.hashing: cold throughput against sha256, warm re-hash, one-walk shipping.
 
 Run as ``python bench/hash.py`` (1 GiB in 10k files and 100k small files) or
 ``python bench/hash.py --quick`` (a smoke run of a few seconds). It builds the trees
@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_lrun import hashing
-from pytest_lrun.archive import pack
-from pytest_lrun.hashing import CHUNK_SIZE, hash_dir, iter_files, snapshot
+from pytest_lrun.tree import hashing
+from pytest_lrun.tree.archive import pack
+from pytest_lrun.tree.hashing import CHUNK_SIZE, hash_dir, iter_files, snapshot
 
 MIB = 1 << 20
 COLD_RATIO_TARGET = 2.0

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from _timing import timed
 
-from pytest_lrun.settings import DEFAULT_COMMAND
+from pytest_lrun.config.settings import DEFAULT_COMMAND
 
 IMAGE = "lrun-python-current:latest"
 RATIO_TARGET = 1.1

@@ -17,7 +17,7 @@ Crash points: the pytest host killed by SIGKILL at each point of a run's life, o
 
 Each round is ``tests/integration/test_crash_points.py``'s :func:`crash_round`: a fresh
 test directory, a ``pytest --lrun-machine`` killed at the point by
-``LRUN_TEST_CRASH_AT`` (:mod:`pytest_lrun.faults`), the same command again, ``lrun
+``LRUN_TEST_CRASH_AT`` (:mod:`pytest_lrun.core.faults`), the same command again, ``lrun
 reap --age 0``, and the invariants checked against the store and the engine.
 Rounds run in ``--lanes`` lanes at once: each lane is a machine of its own (the
 lanes alternate between the test engines), so rounds never wait for each other's
@@ -57,7 +57,7 @@ from lrun_support import engine_urls, lrun_containers
 from store import reachable
 from test_crash_points import Lane, RoundResult, crash_round, write_project
 
-from pytest_lrun.faults import POINTS
+from pytest_lrun.core.faults import POINTS
 
 
 @dataclass

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_lrun.settings import parse_store_url, redact_url
+from pytest_lrun.config.settings import parse_store_url, redact_url
 from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status, open_store
 
 MACHINE = "bench-machine"

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .dispatch import RunSpec
-    from .engine import Engine
-    from .machines import Machine
+    from pytest_lrun.config.machines import Machine
+    from pytest_lrun.engine import Engine
+    from pytest_lrun.run.spec import RunSpec
 
 hookspec = pytest.hookspec
 
@@ -32,6 +32,6 @@ def pytest_lrun_run_finished(spec: RunSpec, outcome: Any, config: pytest.Config)
     or at session finish for runs that were never collected. If it raises, the
     error shows on that run's item.
 
-    ``outcome`` is a :class:`pytest_lrun.dispatch.RunResult`, or the
-    :class:`pytest_lrun.errors.LrunError` that kept the run from happening.
+    ``outcome`` is a :class:`pytest_lrun.run.spec.RunResult`, or the
+    :class:`pytest_lrun.core.errors.LrunError` that kept the run from happening.
     """

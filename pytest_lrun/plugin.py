@@ -1,6 +1,6 @@
 """pytest wiring only: options, hook specs, and the session plugin when switched on.
 
-The work happens in :class:`pytest_lrun.session.LrunSession`, which is
+The work happens in :class:`pytest_lrun.session.session.LrunSession`, which is
 registered only when ``--lrun-machine``, ``--lrun-plan`` or ``--lrun-attach``
 (or their ini/env twins) turn dispatching on.
 """
@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from . import hookspecs
-from .errors import LrunError
-from .select import dispatched_dir
-from .settings import OPTIONS, Settings, flag_type, redact_url, resolve
+from pytest_lrun import hookspecs
+from pytest_lrun.config.select import dispatched_dir
+from pytest_lrun.config.settings import OPTIONS, Settings, flag_type, redact_url, resolve
+from pytest_lrun.core.errors import LrunError
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 
@@ -91,7 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest-lrun: {e}") from e
     config.stash[SETTINGS_KEY] = settings
     if settings.enabled:
-        from .session import LrunSession  # imported only when switched on: plain pytest pays nothing
+        from pytest_lrun.session.session import LrunSession
 
         try:
             session = LrunSession(config, settings)
@@ -103,7 +103,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_lrun_run_finished(spec: Any, outcome: Any, config: pytest.Config) -> None:
     """Say how to ship the project root when a run's inner collection missed the package above it."""
-    from .hints import shipping_hint
+    from pytest_lrun.report.hints import shipping_hint
 
     hint = shipping_hint(spec, outcome, config.rootpath)
     reporter = config.pluginmanager.get_plugin("terminalreporter")

@@ -80,10 +80,24 @@ def main() -> None:
         env.update(GITHUB_STEP_SUMMARY=str(work / "summary.md"), GITHUB_WORKSPACE=str(work))
         env.update(GITHUB_REPOSITORY="example/shop", GITHUB_SHA="4f2c1e9")
         subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--lrun-machine=local",
-             "--lrun-image=lrun-python:bookworm", "checkout", "plots", "--html=out/report.html",
-             "--junitxml=out/junit.xml", "-o", "junit_logging=system-out"],
-            cwd=work, env=env, check=False,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "--lrun-machine=local",
+                "--lrun-image=lrun-python:bookworm",
+                "checkout",
+                "plots",
+                "--html=out/report.html",
+                "--junitxml=out/junit.xml",
+                "-o",
+                "junit_logging=system-out",
+            ],
+            cwd=work,
+            env=env,
+            check=False,
         )
         page = work / "summary.html"
         body = markdown.markdown((work / "summary.md").read_text(), extensions=["tables"])
@@ -94,11 +108,24 @@ def main() -> None:
 
 def shoot(url: str, dest: Path, work: Path, height: int) -> None:
     subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={work / 'chromium'}", "--virtual-time-budget=5000",
-         f"--window-size=1100,{height}", f"--screenshot={dest}", url],
-        check=True, capture_output=True,
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={work / 'chromium'}",
+            "--virtual-time-budget=5000",
+            f"--window-size=1100,{height}",
+            f"--screenshot={dest}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
     )
     print(f"wrote {dest}")
 

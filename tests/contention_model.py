@@ -51,11 +51,11 @@ from typing import IO, Any
 
 from lrun_procs import StoreSpec, reap_processes, write_plan
 
-from pytest_lrun.errors import RunNotFound, TerminalRunError
-from pytest_lrun.hashing import hash_dir
-from pytest_lrun.plan import load_plan
-from pytest_lrun.recovery import gc
+from pytest_lrun.config.plan import load_plan
+from pytest_lrun.core.errors import RunNotFound, TerminalRunError
+from pytest_lrun.run.recovery import gc
 from pytest_lrun.store import Candidate, Decision, Run, RunStore, Status, Ticket
+from pytest_lrun.tree.hashing import hash_dir
 
 __all__ = ["MACHINES", "Config", "Report", "Violation", "recheck", "run"]
 

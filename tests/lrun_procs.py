@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from pytest_lrun.plan import Plan, load_plan
+from pytest_lrun.config.plan import Plan, load_plan
 from pytest_lrun.store import Candidate, FileStore, Run, RunStore
 
 WAIT_S = 60.0  # bound on every barrier, queue and join wait

@@ -19,8 +19,8 @@ from typing import Any
 
 import docker
 
-from pytest_lrun.dispatch import RunSpec
-from pytest_lrun.machines import Machine, MachineResolver, load_machine_tables
+from pytest_lrun.config.machines import Machine, MachineResolver, load_machine_tables
+from pytest_lrun.run.spec import RunSpec
 
 DEFAULT_ENGINES = "unix:///var/run/docker.sock,unix:///var/run/lrun-docker2.sock"
 PYTHON_IMAGE = "lrun-python:bookworm"

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ExtraMissing
-from .base import BatchStore, Candidate, Decision, RunStore, Sweep, Ticket
-from .files import FileStore, default_state_dir, machine_key
-from .records import Batch, BatchStatus, Run, Status
+from pytest_lrun.core.errors import ExtraMissing
+from pytest_lrun.store.base import BatchStore, Candidate, Decision, RunStore, Sweep, Ticket
+from pytest_lrun.store.files import FileStore, default_state_dir, machine_key
+from pytest_lrun.store.records import Batch, BatchStatus, Run, Status
 
 __all__ = [
     "Batch",
@@ -43,7 +43,7 @@ def open_store(state_dir: Path, url: str | None = None) -> RunStore:
     """The store of this invocation: the file store in ``state_dir``, or the database at ``url``.
 
     With a database, ``state_dir`` still holds this host's copies of run files and hash caches,
-    and a :class:`~pytest_lrun.settings.StoreURL` brings the waits of the ``store_*`` settings.
+    and a :class:`~pytest_lrun.config.settings.StoreURL` brings the waits of the ``store_*`` settings.
 
     :raises ExtraMissing: ``url`` names a database and psycopg is not installed
     :raises StoreUnreachable: the database does not answer, or refuses the login
@@ -54,8 +54,8 @@ def open_store(state_dir: Path, url: str | None = None) -> RunStore:
         import psycopg  # noqa: F401 - only to say which extra is missing
     except ImportError:
         raise ExtraMissing("a postgresql:// store", "postgres", "psycopg") from None
-    from ..settings import StoreURL, StoreWaits
-    from .postgres import PostgresStore
+    from pytest_lrun.config.settings import StoreURL, StoreWaits
+    from pytest_lrun.store.postgres import PostgresStore
 
     waits = url.waits if isinstance(url, StoreURL) else StoreWaits()
     return PostgresStore(url, state_dir, lock_timeout=waits.lock_timeout, waits=waits)

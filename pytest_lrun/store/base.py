@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..layout import RunFiles
-from .records import Batch, Run, Status
+from pytest_lrun.core.layout import RunFiles
+from pytest_lrun.store.records import Batch, Run, Status
 
 if TYPE_CHECKING:
-    from ..errors import CorruptRecord
-    from ..plan import Plan
+    from pytest_lrun.config.plan import Plan
+    from pytest_lrun.core.errors import CorruptRecord
 
 __all__ = ["RESULT_PARTS", "BatchStore", "Candidate", "Decision", "RunStore", "Sweep", "Ticket"]
 
@@ -119,7 +119,7 @@ class RunStore(Protocol):
 
     #: This host's state dir: run files (logs, JUnit XML, artifacts) and hash caches.
     state_dir: Path
-    #: Where :func:`pytest_lrun.hashing.hash_dir` keeps its stat caches (any file may go).
+    #: Where :func:`pytest_lrun.tree.hashing.hash_dir` keeps its stat caches (any file may go).
     hashcache_dir: Path
     #: Corrupt records found and moved aside, oldest first, for callers to show.
     problems: builtins.list[CorruptRecord]

@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BatchPlanMismatch, StoreError
-from ..fsutil import remove_tree
-from ..layout import is_leftover
-from .base import Candidate, Decision, Sweep, Ticket
-from .records import Batch, Run, Status
+from pytest_lrun.core.errors import BatchPlanMismatch, StoreError
+from pytest_lrun.core.fsutil import remove_tree
+from pytest_lrun.core.layout import is_leftover
+from pytest_lrun.store.base import Candidate, Decision, Sweep, Ticket
+from pytest_lrun.store.records import Batch, Run, Status
 
 if TYPE_CHECKING:
-    from ..plan import Plan
+    from pytest_lrun.config.plan import Plan
 
 __all__ = [
     "SWEEP_GRACE_S",

@@ -13,24 +13,24 @@ entries. It owns ``batches/`` under the state directory (:class:`FileBatchStore`
 A record is ``{"id", "plan", "plan_digest", "created_at", "entries", "status", "planned"}``:
 ``plan`` is the absolute path of the plan file the batch was created with,
 ``plan_digest`` the xxh3-128 digest of that file, ``created_at`` an RFC 3339 UTC
-time as in run records (:func:`~pytest_lrun.store.records.rfc3339`), ``entries`` maps
+time as in run records (:func:`~pytest_lrun.core.times.rfc3339`), ``entries`` maps
 entry names to the id of the entry's latest run, ``status`` is a run status
 (:class:`~pytest_lrun.store.Status`) derived by :meth:`BatchStore.refresh`, and
 ``planned`` lists every entry name of the plan.
 
 Rules:
 
-* Every write replaces the record whole (:mod:`pytest_lrun.fsutil`), so readers
+* Every write replaces the record whole (:mod:`pytest_lrun.core.fsutil`), so readers
   need no lock; every read-modify-write holds the batch's lock (a thread mutex
   plus a ``filelock`` on the sidecar, released by the kernel when a holder dies).
 * Joining a batch checks the plan's digest, not its path: jobs may check the
   project out in different places, but must run the same plan.
 * Batch ids a user supplies to create or join a batch are validated
-  (:func:`validate_batch_id`, a :class:`~pytest_lrun.errors.BadInput`); a lookup
-  (get, record, refresh) of a malformed id is :class:`~pytest_lrun.errors.BatchNotFound`,
+  (:func:`validate_batch_id`, a :class:`~pytest_lrun.core.errors.BadInput`); a lookup
+  (get, record, refresh) of a malformed id is :class:`~pytest_lrun.core.errors.BatchNotFound`,
   as :meth:`RunStore.get <pytest_lrun.store.RunStore.get>` does for run ids.
 * A record that does not parse is moved into ``corrupt/`` and reported as
-  :class:`~pytest_lrun.errors.CorruptRecord`; it is never overwritten.
+  :class:`~pytest_lrun.core.errors.CorruptRecord`; it is never overwritten.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BatchNotFound, CorruptRecord, RunNotFound, StoreError
-from ..fsutil import (
+from pytest_lrun.config.plan import Plan
+from pytest_lrun.core.errors import BatchNotFound, CorruptRecord, RunNotFound, StoreError
+from pytest_lrun.core.fsutil import (
     NotAFile,
     Unparseable,
     atomic_write_json,
@@ -51,13 +52,20 @@ from ..fsutil import (
     parse_record,
     read_regular,
 )
-from ..locking import hold
-from ..plan import Plan
-from .common import plan_mismatch
-from .records import Batch, BatchStatus, Status, derive_status, new_batch_id, valid_id, validate_batch_id
+from pytest_lrun.core.locking import hold
+from pytest_lrun.store.common import plan_mismatch
+from pytest_lrun.store.records import (
+    Batch,
+    BatchStatus,
+    Status,
+    derive_status,
+    new_batch_id,
+    valid_id,
+    validate_batch_id,
+)
 
 if TYPE_CHECKING:
-    from .files import FileStore
+    from pytest_lrun.store.files import FileStore
 
 __all__ = ["FileBatchStore"]
 
@@ -105,7 +113,7 @@ class FileBatchStore:
     # -- locking and files ------------------------------------------------------
 
     def _locked(self, batch_id: str) -> contextlib.AbstractContextManager[None]:
-        """Hold batch ``batch_id``'s lock (see :mod:`pytest_lrun.locking`)."""
+        """Hold batch ``batch_id``'s lock (see :mod:`pytest_lrun.core.locking`)."""
         return hold(str(self.batches_dir / f"{batch_id}.lock"), self.lock_timeout, f"batch {batch_id!r}")
 
     def _parse(self, batch_id: str) -> Batch:

@@ -14,15 +14,15 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from ..errors import OWNER_GONE, CorruptRecord, RunNotFound, TerminalRunError
-from ..fsutil import Unparseable
-from ..layout import RECORD, is_leftover, machine_key
-from .base import Sweep
-from .common import leftovers_in, owner_alive, remove_leftovers
-from .records import Status, valid_id
+from pytest_lrun.core.errors import OWNER_GONE, CorruptRecord, RunNotFound, TerminalRunError
+from pytest_lrun.core.fsutil import Unparseable
+from pytest_lrun.core.layout import RECORD, is_leftover, machine_key
+from pytest_lrun.store.base import Sweep
+from pytest_lrun.store.common import leftovers_in, owner_alive, remove_leftovers
+from pytest_lrun.store.records import Status, valid_id
 
 if TYPE_CHECKING:
-    from .files import FileStore
+    from pytest_lrun.store.files import FileStore
 
 __all__ = ["check", "sweep"]
 

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from ..fsutil import NotAFile, atomic_write_json, make_private_dir, read_regular
-from ..locking import hold
+from pytest_lrun.core.fsutil import NotAFile, atomic_write_json, make_private_dir, read_regular
+from pytest_lrun.core.locking import hold
 
 if TYPE_CHECKING:
-    from .files import FileStore
+    from pytest_lrun.store.files import FileStore
 
 __all__ = ["load", "save"]
 

@@ -22,13 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..fsutil import NotAFile, atomic_write_json, make_private_dir, read_regular, remove_tree
-from .base import Candidate, Decision, Ticket
-from .common import TICKET_TTL_S, ahead_of, choose, fill_new, queued_blocker
-from .records import Run
+from pytest_lrun.core.fsutil import NotAFile, atomic_write_json, make_private_dir, read_regular, remove_tree
+from pytest_lrun.store.base import Candidate, Decision, Ticket
+from pytest_lrun.store.common import TICKET_TTL_S, ahead_of, choose, fill_new, queued_blocker
+from pytest_lrun.store.records import Run
 
 if TYPE_CHECKING:
-    from .files import FileStore
+    from pytest_lrun.store.files import FileStore
 
 __all__ = ["line_locked", "place_once", "write_line"]
 

@@ -12,7 +12,7 @@ check), :mod:`.file_durations` (``durations/``) and :mod:`.file_batches` (``batc
 
 State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700)::
 
-    runs/<run-id>/                a run's folder; its files are named by :class:`~pytest_lrun.layout.RunFiles`
+    runs/<run-id>/                a run's folder; its files are named by :class:`~pytest_lrun.core.layout.RunFiles`
     active/<machine-key>.json     index of the machine's non-terminal runs:
                                   {"machine": "<name>", "runs": ["<run-id>", ...]}
     locks/<machine-key>.lock      the machine's lock file (a sidecar: never holds data)
@@ -30,7 +30,7 @@ stored name as well, so two machines never share a key.
 
 Rules the store keeps:
 
-* Every file is replaced whole (:mod:`pytest_lrun.fsutil`): readers never see a
+* Every file is replaced whole (:mod:`pytest_lrun.core.fsutil`): readers never see a
   torn file and need no lock. Writers of a machine's index and of its runs'
   records hold the machine's lock (a thread mutex plus a ``filelock`` on the
   sidecar file; the kernel drops it when a holder dies, even by SIGKILL).
@@ -48,7 +48,7 @@ Rules the store keeps:
 * A terminal record is written once: :meth:`FileStore.end` is the one way a run
   becomes terminal, and no write changes a terminal record afterwards.
 * A file that does not parse is moved into ``corrupt/`` and reported as
-  :class:`~pytest_lrun.errors.CorruptRecord` (raised by :meth:`FileStore.get`,
+  :class:`~pytest_lrun.core.errors.CorruptRecord` (raised by :meth:`FileStore.get`,
   collected in :attr:`FileStore.problems`, logged to the ``pytest_lrun`` logger);
   a corrupt index is rebuilt from the machine's records.
 * :meth:`FileStore.prepare` reads only the machine's index and the few records it
@@ -76,9 +76,9 @@ from typing import Any
 import filelock
 import xxhash
 
-from ..errors import CorruptRecord, RunNotFound, StoreError, TerminalRunError
-from ..faults import crash_point
-from ..fsutil import (
+from pytest_lrun.core.errors import CorruptRecord, RunNotFound, StoreError, TerminalRunError
+from pytest_lrun.core.faults import crash_point
+from pytest_lrun.core.fsutil import (
     OPEN_NOFOLLOW,
     NotAFile,
     Unparseable,
@@ -91,15 +91,15 @@ from ..fsutil import (
     remove_tree,
     stamp,
 )
-from ..layout import DELETING_PREFIX, RunFiles, machine_key
-from ..locking import hold
-from ..reserve import full, release
-from . import file_check, file_durations
-from .base import Candidate, Decision, RunStore, Sweep, Ticket
-from .common import SWEEP_GRACE_S, check_candidates, ended, owner_alive, retry_while_busy
-from .file_batches import FileBatchStore
-from .file_place import line_locked, place_once, write_line
-from .records import Run, Status, valid_id
+from pytest_lrun.core.layout import DELETING_PREFIX, RunFiles, machine_key
+from pytest_lrun.core.locking import hold
+from pytest_lrun.core.reserve import full, release
+from pytest_lrun.store import file_check, file_durations
+from pytest_lrun.store.base import Candidate, Decision, RunStore, Sweep, Ticket
+from pytest_lrun.store.common import SWEEP_GRACE_S, check_candidates, ended, owner_alive, retry_while_busy
+from pytest_lrun.store.file_batches import FileBatchStore
+from pytest_lrun.store.file_place import line_locked, place_once, write_line
+from pytest_lrun.store.records import Run, Status, valid_id
 
 __all__ = ["FileStore", "default_state_dir", "machine_key"]
 
@@ -122,9 +122,9 @@ class FileStore(RunStore):
 
     :param state_dir: the state directory (default: :func:`default_state_dir`); created with mode 0700,
         refused when another user owns it or group or others may write it
-        (:func:`~pytest_lrun.fsutil.make_state_dir`)
+        (:func:`~pytest_lrun.core.fsutil.make_state_dir`)
     :param lock_timeout: seconds to wait for a machine's lock before raising
-        :class:`~pytest_lrun.errors.StoreLocked` (``None``: wait forever). The lock is held
+        :class:`~pytest_lrun.core.errors.StoreLocked` (``None``: wait forever). The lock is held
         for milliseconds, and a dead holder releases it, so this only fires for a stuck holder.
     :param durable: fsync every write (default). ``False`` keeps writes atomic but not
         power-cut safe; for tests and benchmarks.
@@ -145,7 +145,7 @@ class FileStore(RunStore):
         self.locks_dir = self.state_dir / "locks"
         self.corrupt_dir = self.state_dir / "corrupt"
         self.completed_dir = self.state_dir / "completed"
-        #: Where :func:`pytest_lrun.hashing.hash_dir` keeps its stat caches (a cache: any file may go).
+        #: Where :func:`pytest_lrun.tree.hashing.hash_dir` keeps its stat caches (a cache: any file may go).
         self.hashcache_dir = self.state_dir / "hashcache"
         make_state_dir(
             root, (self.runs_dir, self.active_dir, self.locks_dir, self.corrupt_dir, self.completed_dir)
@@ -244,7 +244,7 @@ class FileStore(RunStore):
     # -- locking --------------------------------------------------------------
 
     def _locked(self, mkey: str, label: str) -> contextlib.AbstractContextManager[None]:
-        """Hold machine ``mkey``'s lock (see :mod:`pytest_lrun.locking`)."""
+        """Hold machine ``mkey``'s lock (see :mod:`pytest_lrun.core.locking`)."""
         return hold(str(self._lock_path(mkey)), self.lock_timeout, f"machine {label!r}")
 
     # -- reading and writing files ----------------------------------------------
@@ -645,7 +645,7 @@ class FileStore(RunStore):
 
 
 def _write_json(path: Path, obj: Any, *, durable: bool, in_place_if_full: bool) -> None:
-    """Replace ``path`` with ``obj`` (:func:`~pytest_lrun.fsutil.atomic_write_json`).
+    """Replace ``path`` with ``obj`` (:func:`~pytest_lrun.core.fsutil.atomic_write_json`).
 
     With ``in_place_if_full``, a disk too full for the new file's temporary copy has
     ``path`` rewritten in place instead, when that needs no new block: the file is

@@ -17,16 +17,24 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BatchNotFound, CorruptRecord, StoreError
-from ..fsutil import Unparseable, parse_record
-from . import pg_sql
-from .common import plan_mismatch
-from .pg_db import Cursor, dump
-from .records import Batch, BatchStatus, Status, derive_status, new_batch_id, valid_id, validate_batch_id
+from pytest_lrun.core.errors import BatchNotFound, CorruptRecord, StoreError
+from pytest_lrun.core.fsutil import Unparseable, parse_record
+from pytest_lrun.store import pg_sql
+from pytest_lrun.store.common import plan_mismatch
+from pytest_lrun.store.pg_db import Cursor, dump
+from pytest_lrun.store.records import (
+    Batch,
+    BatchStatus,
+    Status,
+    derive_status,
+    new_batch_id,
+    valid_id,
+    validate_batch_id,
+)
 
 if TYPE_CHECKING:
-    from ..plan import Plan
-    from .postgres import PostgresStore
+    from pytest_lrun.config.plan import Plan
+    from pytest_lrun.store.postgres import PostgresStore
 
 __all__ = ["PostgresBatchStore"]
 

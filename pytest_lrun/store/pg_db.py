@@ -7,19 +7,19 @@ all of them from :mod:`.pg_sql`):
 * the schema is created and migrated on first use, in one transaction under an
   advisory lock, so runners that start at once are safe; ``lrun_schema`` holds the
   version and the store's id, and a version newer than :data:`SCHEMA_VERSION` is
-  :class:`~pytest_lrun.errors.StoreSchemaTooNew`;
+  :class:`~pytest_lrun.core.errors.StoreSchemaTooNew`;
 * the main connection stays open for the store's life (its session identifies the
   runs this process creates, see :attr:`Database.backend`) and runs one
   transaction at a time (:meth:`Database.atomic`), retried on serialization
   failures and deadlocks; a lock wait past ``lock_timeout`` is
-  :class:`~pytest_lrun.errors.StoreLocked`;
+  :class:`~pytest_lrun.core.errors.StoreLocked`;
 * spare connections (:meth:`Database.spare`) hold session-level watch locks and
   carry results, without blocking the main one;
 * a connection that breaks (a database restart) raises
-  :class:`~pytest_lrun.errors.StoreUnreachable` with the database's own words and
+  :class:`~pytest_lrun.core.errors.StoreUnreachable` with the database's own words and
   never a password; the next call connects again, and a main connection that died
   while idle is replaced at once;
-* every wait is bounded (:class:`~pytest_lrun.settings.StoreWaits`): the server
+* every wait is bounded (:class:`~pytest_lrun.config.settings.StoreWaits`): the server
   cancels a statement past ``statement_timeout`` and ends a session idle inside a
   transaction past ``idle_in_transaction_session_timeout``; TCP keepalives (and
   ``tcp_user_timeout``) find a server host that vanished; and a server that does
@@ -50,9 +50,9 @@ import psycopg
 import xxhash
 from psycopg import errors as pg_errors
 
-from ..errors import ConfigError, StoreError, StoreLocked, StoreSchemaTooNew, StoreUnreachable
-from ..settings import StoreWaits, redact_url
-from . import pg_sql
+from pytest_lrun.config.settings import StoreWaits, redact_url
+from pytest_lrun.core.errors import ConfigError, StoreError, StoreLocked, StoreSchemaTooNew, StoreUnreachable
+from pytest_lrun.store import pg_sql
 
 __all__ = ["SCHEMA_VERSION", "Connection", "Cursor", "Database", "dump", "lock_id"]
 

@@ -12,7 +12,7 @@ their statements in :mod:`.pg_sql`)::
 A part is ``junit`` (the inner JUnit XML), ``logs`` (the capped log), ``events``
 (the inner reporter's capped events file, from which a runner reports the inner
 tests as the run's own runner did; schema version 2 admits it) or ``artifacts``
-(a tar of the run's artifacts folder, made by :func:`~pytest_lrun.archive.pack`). Rules:
+(a tar of the run's artifacts folder, made by :func:`~pytest_lrun.tree.archive.pack`). Rules:
 
 * Host memory stays flat: a part goes up and comes down one chunk at a time
   (the artifacts tar itself is spooled to disk past a few MiB).
@@ -20,9 +20,9 @@ tests as the run's own runner did; schema version 2 admits it) or ``artifacts``
   whose bytes are not all there.
 * A part comes down into a temporary file of the run's folder (a leftover name the
   sweep knows), its digest is checked, and only then does it take its place; the
-  artifacts are extracted with :func:`~pytest_lrun.extract.safe_extract` and its
+  artifacts are extracted with :func:`~pytest_lrun.tree.extract.safe_extract` and its
   caps, as they were from the container. A digest that does not match is a
-  :class:`~pytest_lrun.errors.StoreError` and leaves nothing behind.
+  :class:`~pytest_lrun.core.errors.StoreError` and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from typing import IO, Any
 import psycopg
 import xxhash
 
-from ..archive import pack
-from ..errors import StoreError
-from ..extract import safe_extract
-from ..fsutil import make_private_dir, remove_tree
-from ..layout import TMP_SUFFIX, RunFiles
-from . import pg_sql
+from pytest_lrun.core.errors import StoreError
+from pytest_lrun.core.fsutil import make_private_dir, remove_tree
+from pytest_lrun.core.layout import TMP_SUFFIX, RunFiles
+from pytest_lrun.store import pg_sql
+from pytest_lrun.tree.archive import pack
+from pytest_lrun.tree.extract import safe_extract
 
 __all__ = ["CHUNK_BYTES", "load", "save"]
 

@@ -32,7 +32,7 @@ so a runner that dies (even by SIGKILL) releases them at once. Both need session
 of their own: a connection pooler in transaction mode would break them.
 
 A record that does not parse is moved into ``lrun_corrupt`` (kept, never deleted)
-and reported as :class:`~pytest_lrun.errors.CorruptRecord`, as the file store
+and reported as :class:`~pytest_lrun.core.errors.CorruptRecord`, as the file store
 moves a file into ``corrupt/``.
 """
 
@@ -54,15 +54,29 @@ from typing import Any
 
 import psycopg
 
-from ..errors import OWNER_GONE, CorruptRecord, RunNotFound, StoreError, StoreUnreachable, TerminalRunError
-from ..faults import crash_point
-from ..fsutil import Unparseable, make_private_dir, make_state_dir, parse_record, remove_tree, stamp
-from ..layout import DELETING_PREFIX, RunFiles
-from ..reserve import release
-from ..settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STORE_LOCK_TIMEOUT, StoreWaits
-from . import pg_results, pg_sql
-from .base import Candidate, Decision, RunStore, Sweep, Ticket
-from .common import (
+from pytest_lrun.config.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STORE_LOCK_TIMEOUT, StoreWaits
+from pytest_lrun.core.errors import (
+    OWNER_GONE,
+    CorruptRecord,
+    RunNotFound,
+    StoreError,
+    StoreUnreachable,
+    TerminalRunError,
+)
+from pytest_lrun.core.faults import crash_point
+from pytest_lrun.core.fsutil import (
+    Unparseable,
+    make_private_dir,
+    make_state_dir,
+    parse_record,
+    remove_tree,
+    stamp,
+)
+from pytest_lrun.core.layout import DELETING_PREFIX, RunFiles
+from pytest_lrun.core.reserve import release
+from pytest_lrun.store import pg_results, pg_sql
+from pytest_lrun.store.base import Candidate, Decision, RunStore, Sweep, Ticket
+from pytest_lrun.store.common import (
     SWEEP_GRACE_S,
     TICKET_TTL_S,
     ahead_of,
@@ -77,9 +91,9 @@ from .common import (
     remove_leftovers,
     retry_while_busy,
 )
-from .pg_batches import PostgresBatchStore
-from .pg_db import Cursor, Database, dump, lock_id
-from .records import Batch, Run, Status, valid_id
+from pytest_lrun.store.pg_batches import PostgresBatchStore
+from pytest_lrun.store.pg_db import Cursor, Database, dump, lock_id
+from pytest_lrun.store.records import Batch, Run, Status, valid_id
 
 __all__ = ["PostgresStore"]
 
@@ -112,7 +126,7 @@ class PostgresStore(RunStore):
     :param state_dir: this host's state dir (created with mode 0700; refused when not private, as
         :class:`~pytest_lrun.store.files.FileStore` refuses it)
     :param lock_timeout: seconds a statement waits for a machine's or a batch's lock
-        before :class:`~pytest_lrun.errors.StoreLocked` (``None``: forever)
+        before :class:`~pytest_lrun.core.errors.StoreLocked` (``None``: forever)
     :param connect_timeout: seconds to wait for the database to answer a connection
     :param waits: the other bounded waits (statement, idle transaction, keepalive; see
         :class:`~.pg_db.Database`); its ``lock_timeout`` is the caller's to pass as ``lock_timeout``

@@ -21,16 +21,16 @@ back equals the object that was written.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import enum
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeGuard
 
-from ..errors import ConfigError
-from ..fsutil import stamp
+from pytest_lrun.core.errors import ConfigError
+from pytest_lrun.core.fsutil import stamp
+from pytest_lrun.core.text import shown_value
+from pytest_lrun.core.times import finite_float, parse_time, rfc3339, to_millis
 
 __all__ = [
     "BATCH_ID_MAX",
@@ -41,88 +41,9 @@ __all__ = [
     "Status",
     "derive_status",
     "new_batch_id",
-    "parse_time",
-    "rfc3339",
     "valid_id",
     "validate_batch_id",
 ]
-
-_UTC = datetime.timezone.utc
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
-_MS = datetime.timedelta(milliseconds=1)
-# What Python's datetime can hold (the years 1 to 9999), in milliseconds since the epoch.
-_MIN_MS = (datetime.datetime.min.replace(tzinfo=_UTC) - _EPOCH) // _MS
-_MAX_MS = (datetime.datetime.max.replace(tzinfo=_UTC) - _EPOCH) // _MS
-# RFC 3339 section 5.6 (a date-time): the fraction may have any length, the offset may be Z or +hh:mm.
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:[Zz]|([+-])(\d\d):(\d\d))",
-    re.ASCII,
-)
-
-
-def _finite_float(value: object) -> float | None:
-    """``value`` as a finite float; None for a bool, a non-number, NaN, infinity or ``10**400``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond any float
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _millis(ts: object) -> int | None:
-    """``ts`` unix seconds in whole milliseconds (nearest); None unless a number in the years 1 to 9999."""
-    seconds = _finite_float(ts)
-    if seconds is None or not math.isfinite(scaled := seconds * 1000):
-        return None
-    millis = round(scaled)
-    return millis if _MIN_MS <= millis <= _MAX_MS else None
-
-
-def rfc3339(ts: float) -> str:
-    """Unix seconds ``ts`` as an RFC 3339 UTC time to the millisecond: ``2026-11-25T14:30:12.415Z``.
-
-    :raises ValueError: ``ts`` is not finite, or outside the years 1 to 9999
-    """
-    millis = _millis(ts)
-    if millis is None:
-        raise ValueError(f"not a time of the years 1 to 9999: {ts!r}")
-    moment = _EPOCH + millis * _MS
-    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
-
-
-def parse_time(value: object, what: str = "a time") -> float:
-    """Unix seconds of a record's time, to the millisecond.
-
-    ``value`` is an RFC 3339 string (any offset; ``Z`` is what :func:`rfc3339`
-    writes; digits past the millisecond are dropped) or, from records written by
-    0.1.0, a number of unix seconds.
-
-    :param what: names the value in errors (e.g. ``run record field 'created_at'``)
-    :raises ValueError: anything else, a time that does not exist, or one outside the years 1 to 9999
-        (a number that is not finite among them)
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        millis = _millis(value)
-    else:
-        match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
-        if match is None:
-            raise ValueError(f"{what} must be an RFC 3339 time, not {_shown(value)}")
-        year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
-        try:
-            moment = datetime.datetime(
-                int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=_UTC
-            )
-        except ValueError as exc:  # 2026-02-30, 25:00, ...
-            raise ValueError(f"{what} is not a valid time: {_shown(value)} ({exc})") from None
-        offset_s = 0 if sign is None else (int(off_h) * 60 + int(off_m)) * (-60 if sign == "-" else 60)
-        millis = (moment - _EPOCH) // _MS - offset_s * 1000 + int((fraction or "0")[:3].ljust(3, "0"))
-        if not _MIN_MS <= millis <= _MAX_MS:
-            millis = None
-    if millis is None:
-        raise ValueError(f"{what} must be a finite time in the years 1 to 9999, not {_shown(value)}")
-    return millis / 1000
 
 
 class MillisecondTimes:
@@ -137,7 +58,7 @@ class MillisecondTimes:
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in self._times:
-            millis = _millis(value)
+            millis = to_millis(value)
             if millis is not None:
                 value = millis / 1000
         super().__setattr__(name, value)
@@ -253,22 +174,22 @@ class Run(MillisecondTimes):
         try:
             kwargs["status"] = Status(data["status"])
         except ValueError:
-            raise ValueError(f"run record has an unknown status {_shown(data['status'])}") from None
+            raise ValueError(f"run record has an unknown status {shown_value(data['status'])}") from None
         for name in _OPTIONAL_STR:
             kwargs[name] = _expect_optional(name, data.get(name), str)
         for name in _TIMES:
             value = data.get(name)
             kwargs[name] = None if value is None else parse_time(value, f"run record field {name!r}")
         timeout = data.get("timeout")
-        kwargs["timeout"] = None if timeout is None else _finite_float(timeout)
+        kwargs["timeout"] = None if timeout is None else finite_float(timeout)
         if timeout is not None and kwargs["timeout"] is None:
             raise ValueError(
-                f"run record field 'timeout' must be a finite number of seconds or null: {_shown(timeout)}"
+                f"run record field 'timeout' must be a finite number of seconds or null: {shown_value(timeout)}"
             )
         exit_code = data.get("exit_code")
         if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):
             raise ValueError(
-                f"run record field 'exit_code' must be an integer or null, not {_shown(exit_code)}"
+                f"run record field 'exit_code' must be an integer or null, not {shown_value(exit_code)}"
             )
         kwargs["exit_code"] = exit_code
         for name in ("command", "artifacts", "env_names", "secret_env"):
@@ -277,22 +198,16 @@ class Run(MillisecondTimes):
                 not isinstance(words, list) or not all(isinstance(part, str) for part in words)
             ):
                 raise ValueError(
-                    f"run record field {name!r} must be a list of strings or null: {_shown(words)}"
+                    f"run record field {name!r} must be a list of strings or null: {shown_value(words)}"
                 )
             kwargs[name] = None if words is None else list(words)
         kwargs["owner"] = _expect_optional("owner", data.get("owner"), dict)
         return cls(**kwargs)
 
 
-def _shown(value: object) -> str:
-    """``value`` for an error message, cut short: a hostile record's value can be megabytes."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _expect(name: str, value: Any, kind: type) -> Any:
     if not isinstance(value, kind):
-        raise ValueError(f"run record field {name!r} must be a {kind.__name__}, not {_shown(value)}")
+        raise ValueError(f"run record field {name!r} must be a {kind.__name__}, not {shown_value(value)}")
     return value
 
 
@@ -321,7 +236,7 @@ def validate_batch_id(value: object, source: str = "batch id") -> str:
     """``value`` when it is a usable batch id: 1-128 of ``A-Z a-z 0-9 _ . -``, not starting with ``.-_``.
 
     :param source: where the value came from, for the error (e.g. ``--lrun-batch-id``)
-    :raises ConfigError: (a :class:`~pytest_lrun.errors.BadInput`) the value is not a usable id
+    :raises ConfigError: (a :class:`~pytest_lrun.core.errors.BadInput`) the value is not a usable id
     """
     if not isinstance(value, str) or ID_RE.fullmatch(value) is None:
         raise ConfigError(
@@ -428,7 +343,7 @@ class Batch(MillisecondTimes):
             raise ValueError(f"batch record lacks required field(s): {', '.join(missing)}")
         for key in ("id", "plan", "plan_digest"):
             if not isinstance(data[key], str):
-                raise ValueError(f"batch record field {key!r} must be a string, not {_shown(data[key])}")
+                raise ValueError(f"batch record field {key!r} must be a string, not {shown_value(data[key])}")
         created_at = parse_time(data["created_at"], "batch record field 'created_at'")
         entries = data["entries"]
         if not isinstance(entries, dict) or not all(
@@ -439,7 +354,7 @@ class Batch(MillisecondTimes):
         try:
             status = BatchStatus(data["status"])
         except ValueError:
-            raise ValueError(f"batch record has an unknown status {_shown(data['status'])}") from None
+            raise ValueError(f"batch record has an unknown status {shown_value(data['status'])}") from None
         planned = data.get("planned", [])
         if not isinstance(planned, list) or not all(isinstance(name, str) for name in planned):
             raise ValueError("batch record field 'planned' must be a list of entry names")

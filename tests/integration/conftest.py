@@ -12,8 +12,9 @@ import docker
 import pytest
 from lrun_support import PYTHON_IMAGE, lrun_containers, resolver_for
 
-from pytest_lrun.dispatch import Dispatcher, EnginePool
-from pytest_lrun.machines import Machine
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.engine.pool import EnginePool
+from pytest_lrun.run.dispatch import Dispatcher
 from pytest_lrun.store import FileStore, RunStore
 
 

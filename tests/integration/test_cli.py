@@ -15,8 +15,8 @@ import pytest
 from lrun_support import PYTHON_IMAGE, busybox_spec, container_status, resolver_for, wait_for
 
 from pytest_lrun.cli import main
-from pytest_lrun.dispatch import Dispatcher
-from pytest_lrun.machines import Machine
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.run.dispatch import Dispatcher
 from pytest_lrun.store import RunStore, Status
 
 FOLLOW_SCRIPT = "for i in 1 2 3; do echo line$i; sleep 1; done"

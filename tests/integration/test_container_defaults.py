@@ -3,7 +3,7 @@
 
 A run has no network unless its machine asks for one, is never privileged and mounts nothing of
 the host, runs with ``no-new-privileges``, holds only the capabilities of
-:data:`~pytest_lrun.engine.RUN_CAPABILITIES`, and is capped in processes (``pids_limit``) and, when
+:data:`~pytest_lrun.engine.docker.RUN_CAPABILITIES`, and is capped in processes (``pids_limit``) and, when
 its machine sets it, in memory.
 """
 
@@ -19,9 +19,11 @@ import docker
 import pytest
 from lrun_support import PYTHON_IMAGE
 
-from pytest_lrun.dispatch import Dispatcher, EnginePool, RunSpec
-from pytest_lrun.engine import RUN_CAPABILITIES
-from pytest_lrun.machines import Machine
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.engine.docker import RUN_CAPABILITIES
+from pytest_lrun.engine.pool import EnginePool
+from pytest_lrun.run.dispatch import Dispatcher
+from pytest_lrun.run.spec import RunSpec
 from pytest_lrun.store import RunStore, Status
 
 # Bit numbers of the capabilities in /proc/PID/status masks (linux/capability.h).

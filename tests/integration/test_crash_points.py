@@ -2,7 +2,7 @@
 
 Each round writes a fresh test directory (a marker file makes its key new), runs
 ``pytest --lrun-machine=M DIR`` in a subprocess with ``LRUN_TEST_CRASH_AT=<point>``
-(:mod:`pytest_lrun.faults`: the host kills itself there, no timing luck), checks it
+(:mod:`pytest_lrun.core.faults`: the host kills itself there, no timing luck), checks it
 died by SIGKILL, then runs the same command again without it and with
 ``--lrun-reuse=completed`` (a run that ended while nobody watched is reported from
 its record, not run again), runs ``lrun reap --age 0`` and checks against the
@@ -55,9 +55,9 @@ from private_engines import (
     wait_until_up,
 )
 
-from pytest_lrun.errors import StoreUnreachable
-from pytest_lrun.faults import POINTS
-from pytest_lrun.settings import StoreWaits
+from pytest_lrun.config.settings import StoreWaits
+from pytest_lrun.core.errors import StoreUnreachable
+from pytest_lrun.core.faults import POINTS
 from pytest_lrun.store import Decision, Run, Status
 from pytest_lrun.store.postgres import PostgresStore
 

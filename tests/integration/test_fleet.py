@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from lrun_support import PYTHON_IMAGE, wait_for, write_tests
 
-from pytest_lrun.store.records import parse_time
+from pytest_lrun.core.times import parse_time
 
 SLEEPS = """
     import time

@@ -1,7 +1,7 @@
 """The inner reporter inside real containers: Debian bookworm's pytest 7.2 and a current pytest (>= 8).
 
 Each case creates a container from the image with the docker SDK, puts the
-reporter (as :func:`pytest_lrun.events.reporter_file` ships it) and a small test
+reporter (as :func:`pytest_lrun.wire.events.reporter_file` ships it) and a small test
 file into it, runs ``python3 -m pytest`` with :func:`reporter_wiring`'s arguments
 and environment, and parses the engine's log as it streams and again as a whole.
 """
@@ -19,8 +19,8 @@ import docker
 import pytest
 from lrun_support import PYTHON_CURRENT_IMAGE, PYTHON_IMAGE
 
-from pytest_lrun import events
-from pytest_lrun.events import Collected, EventParser, Finished, Parsed, PhaseReport, parse_log
+from pytest_lrun.wire import events
+from pytest_lrun.wire.events import Collected, EventParser, Finished, Parsed, PhaseReport, parse_log
 
 TEST_LABEL = "lrun-tests.inner-reporter"
 TOKEN = events.new_token()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from lrun_support import lrun_containers, write_tests
 
-from pytest_lrun.store.records import parse_time
+from pytest_lrun.core.times import parse_time
 
 HANGS = """
     import time

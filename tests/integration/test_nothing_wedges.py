@@ -14,8 +14,8 @@ import pytest
 from lrun_support import busybox_spec, container_status
 
 from pytest_lrun.cli import main as lrun
-from pytest_lrun.dispatch import Dispatcher, RunSpec
-from pytest_lrun.errors import (
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.core.errors import (
     CANCELLED,
     HOST_IO_ERROR,
     INTERNAL_ERROR,
@@ -23,11 +23,12 @@ from pytest_lrun.errors import (
     UNSAFE_ARCHIVE,
     RunNotFound,
 )
-from pytest_lrun.extract import MAX_EXTRACT_DEPTH, MAX_EXTRACT_ENTRIES
-from pytest_lrun.machines import Machine
-from pytest_lrun.recovery import state_size
+from pytest_lrun.run.dispatch import Dispatcher
+from pytest_lrun.run.recovery import state_size
+from pytest_lrun.run.spec import RunSpec
 from pytest_lrun.store import Decision, RunStore, Status
 from pytest_lrun.store.records import Run
+from pytest_lrun.tree.extract import MAX_EXTRACT_DEPTH, MAX_EXTRACT_ENTRIES
 
 # Each makes something hostile under /lrun/artifacts in a busybox container.
 NON_UTF8_NAME = "touch \"/lrun/artifacts/bad-$(printf '\\377\\376')-name\" && echo made"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from lrun_support import wait_for_running, write_tests
 
-from pytest_lrun.store.records import parse_time
+from pytest_lrun.core.times import parse_time
 
 SLEEPY = """
     import time

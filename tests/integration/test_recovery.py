@@ -18,10 +18,11 @@ from typing import Any, cast
 import pytest
 from lrun_support import BUSYBOX_IMAGE, busybox_spec, container_status, resolver_for, wait_for
 
-from pytest_lrun.dispatch import Dispatcher, EnginePool
+from pytest_lrun.config.machines import Machine
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine
-from pytest_lrun.machines import Machine
-from pytest_lrun.recovery import reap, reconcile
+from pytest_lrun.engine.pool import EnginePool
+from pytest_lrun.run.dispatch import Dispatcher
+from pytest_lrun.run.recovery import reap, reconcile
 from pytest_lrun.store import Run, RunStore, Status
 
 TEST_LABEL = "lrun-tests.token"

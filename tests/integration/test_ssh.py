@@ -24,9 +24,9 @@ import paramiko
 import pytest
 from lrun_support import PYTHON_IMAGE, write_tests
 
-from pytest_lrun.engine import connect
-from pytest_lrun.errors import EngineUnreachable
-from pytest_lrun.machines import Machine
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.core.errors import EngineUnreachable
+from pytest_lrun.engine.docker import connect
 
 SUITE = """
     from pathlib import Path

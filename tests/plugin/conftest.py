@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_lrun.settings import OPTIONS
+from pytest_lrun.config.settings import OPTIONS
 
 MACHINES = """
 [tool.lrun.machines.m1]

@@ -1,4 +1,4 @@
-"""The inner reporter in a real pytest process (this machine's pytest), read back with pytest_lrun.events.
+"""The inner reporter in a real pytest process (this machine's pytest), read back with pytest_lrun.wire.events.
 
 Each case runs ``python -m pytest -p lrun_reporter`` in a pytester directory, as a
 container would (the reporter found through ``PYTHONPATH``, no plugin
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lrun import events
-from pytest_lrun.events import Collected, EventParser, Finished, Parsed, PhaseReport, Start, parse_log
+from pytest_lrun.wire import events
+from pytest_lrun.wire.events import Collected, EventParser, Finished, Parsed, PhaseReport, Start, parse_log
 
-INNER_DIR = Path(events.__file__).parent / "inner"
+INNER_DIR = Path(events.__file__).parents[1] / "inner"
 TOKEN = events.new_token()
 OTHER_TOKEN = events.new_token()
 FORGED = "\x1elrun:%s " + '{"e":"finish","n":99,"exitstatus":0,"counts":{"passed":9},"interrupt":null}'

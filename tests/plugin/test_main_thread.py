@@ -12,7 +12,7 @@ from fnmatch import fnmatch
 
 import pytest
 
-from pytest_lrun.settings import OPTIONS
+from pytest_lrun.config.settings import OPTIONS
 
 PYPROJECT = """
 [tool.lrun.machines.m1]

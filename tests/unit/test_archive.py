@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lrun.archive import PACK_MTIME, pack
-from pytest_lrun.errors import ArchiveError, BadInput
-from pytest_lrun.extract import (
+from pytest_lrun.core.errors import ArchiveError, BadInput
+from pytest_lrun.tree.archive import PACK_MTIME, pack
+from pytest_lrun.tree.extract import (
     ENTRY_BYTES,
     MAX_EXTRACT_DEPTH,
     MAX_HEADER_BYTES,
@@ -661,7 +661,7 @@ def test_a_name_the_file_system_encoding_cannot_represent_is_refused(tmp_path: P
     data = make_tar(member("caf\u00e9.txt", data=b"x"), member("ok.txt", data=b"y"))
     (tmp_path / "in.tar").write_bytes(data)
     script = (
-        "import sys, pathlib; from pytest_lrun.extract import safe_extract; "
+        "import sys, pathlib; from pytest_lrun.tree.extract import safe_extract; "
         "print(sys.getfilesystemencoding()); "
         "r = safe_extract([pathlib.Path('in.tar').read_bytes()], pathlib.Path('out')); "
         "print(r.written, ascii(r.refused))"

@@ -16,8 +16,9 @@ import pytest
 from filelock import FileLock
 from lrun_procs import write_plan
 
-from pytest_lrun.batch import rows
-from pytest_lrun.errors import (
+from pytest_lrun.cli.batch import rows
+from pytest_lrun.config.plan import Plan
+from pytest_lrun.core.errors import (
     BadInput,
     BatchNotFound,
     BatchPlanMismatch,
@@ -25,9 +26,9 @@ from pytest_lrun.errors import (
     CorruptRecord,
     StoreError,
 )
-from pytest_lrun.plan import Plan
+from pytest_lrun.core.times import rfc3339
 from pytest_lrun.store import BatchStatus, BatchStore, FileStore, Run, RunStore, Status
-from pytest_lrun.store.records import Batch, new_batch_id, rfc3339, validate_batch_id
+from pytest_lrun.store.records import Batch, new_batch_id, validate_batch_id
 
 BATCH_ID = re.compile(r"b-\d{8}T\d{6}-[0-9a-f]{8}")
 

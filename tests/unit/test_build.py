@@ -17,23 +17,15 @@ from typing import IO, Any
 
 import pytest
 
-from pytest_lrun.build import (
-    LABEL_BUILD,
-    Build,
-    Builder,
-    build_digest,
-    built_images,
-    gc_images,
-    image_tag,
-    make_build,
-)
+from pytest_lrun.config.builds import LABEL_BUILD, Build, build_digest, image_tag, make_build
+from pytest_lrun.config.machines import MachineResolver, load_machine_tables, resolve_image
+from pytest_lrun.config.plan import load_plan
+from pytest_lrun.config.settings import resolve
+from pytest_lrun.core.errors import ConfigError, ImageBuildFailed, ImageMissing, PlanError
 from pytest_lrun.engine import BuildChunk, ImageInfo
-from pytest_lrun.errors import ConfigError, ImageBuildFailed, ImageMissing, PlanError
-from pytest_lrun.hashing import hash_dir, snapshot
-from pytest_lrun.machines import MachineResolver, load_machine_tables, resolve_image
-from pytest_lrun.plan import load_plan
-from pytest_lrun.settings import resolve
+from pytest_lrun.run.images import Builder, built_images, gc_images
 from pytest_lrun.store import FileStore, Run, Status
+from pytest_lrun.tree.hashing import hash_dir, snapshot
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from pytest_lrun.cli import EXIT_BATCH_FAILED, EXIT_BATCH_INCOMPLETE, EXIT_BATCH_UNFINISHED, main
-from pytest_lrun.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, ConfigError
-from pytest_lrun.follow import Tail
-from pytest_lrun.machines import find_machine_file
-from pytest_lrun.plan import load_plan
+from pytest_lrun.cli.follow import Tail
+from pytest_lrun.config.machines import find_machine_file
+from pytest_lrun.config.plan import load_plan
+from pytest_lrun.core.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, ConfigError
 from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
 
 

@@ -26,13 +26,13 @@ from typing import Any
 import pytest
 
 from pytest_lrun import cli
-from pytest_lrun.build import LABEL_BUILD, LABEL_BUILD_CONTEXT
+from pytest_lrun.config.builds import LABEL_BUILD, LABEL_BUILD_CONTEXT
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.config.plan import load_plan
+from pytest_lrun.core.errors import EngineUnreachable
+from pytest_lrun.core.times import parse_time
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine, ImageInfo
-from pytest_lrun.errors import EngineUnreachable
-from pytest_lrun.machines import Machine
-from pytest_lrun.plan import load_plan
 from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
-from pytest_lrun.store.records import parse_time
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 UPDATE = os.environ.get("LRUN_UPDATE_GOLDEN") == "1"

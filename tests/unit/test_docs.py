@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lrun import errors
-from pytest_lrun.settings import OPTIONS
+from pytest_lrun.config.settings import OPTIONS
+from pytest_lrun.core import errors
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 

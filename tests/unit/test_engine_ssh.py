@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lrun.engine import connect
-from pytest_lrun.errors import EngineUnreachable, ExtraMissing
-from pytest_lrun.machines import Machine
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.core.errors import EngineUnreachable, ExtraMissing
+from pytest_lrun.engine.docker import connect
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The events file's cap and redaction (``pytest_lrun.logs.EventSpool``, issue 9).
+"""The events file's cap and redaction (``pytest_lrun.run.logs.EventSpool``, issue 9).
 
 The host reports a run from its ``events.jsonl``; the file is bounded like the
 log, but what must survive is every test's outcome, not the bytes of its texts.
@@ -10,14 +10,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pytest_lrun.events import Collected, Event, Finished, PhaseReport, Start
-from pytest_lrun.logs import (
+from pytest_lrun.run.logs import (
     HARD_LIMIT_FACTOR,
     REDUCED_TEXT_CHARS,
     EventSpool,
     read_event_file,
     read_events,
 )
+from pytest_lrun.wire.events import Collected, Event, Finished, PhaseReport, Start
 
 REPORT = PhaseReport(
     n=0,

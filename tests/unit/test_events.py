@@ -1,4 +1,4 @@
-"""The event line format: the host's parser (pytest_lrun.events) and the reporter's encoding."""
+"""The event line format: the host's parser (pytest_lrun.wire.events) and the reporter's encoding."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun import events
-from pytest_lrun.events import (
+from pytest_lrun.wire import events
+from pytest_lrun.wire.events import (
     MAX_EVENT_BYTES,
     Collected,
     CollectError,
@@ -36,7 +36,7 @@ from pytest_lrun.events import (
 )
 
 TOKEN = "5eb1e2c0ffee"
-REPORTER_PATH = Path(events.__file__).parent / "inner" / "lrun_reporter.py"
+REPORTER_PATH = Path(events.__file__).parents[1] / "inner" / "lrun_reporter.py"
 PREFIX = b"\x1elrun:" + TOKEN.encode() + b" "
 
 

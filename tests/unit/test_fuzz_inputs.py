@@ -25,11 +25,11 @@ import pytest
 import tomli_w
 from hypothesis import HealthCheck, example, given, settings
 
-from pytest_lrun import machines as machines_module
-from pytest_lrun.errors import ConfigError, CorruptRecord, PlanError
-from pytest_lrun.machines import MachineResolver, load_machine_tables
-from pytest_lrun.plan import ENTRY_FIELDS, MATRIX_FIELDS, load_plan
-from pytest_lrun.settings import OPTIONS, Option, resolve
+from pytest_lrun.config import machines as machines_module
+from pytest_lrun.config.machines import MachineResolver, load_machine_tables
+from pytest_lrun.config.plan import ENTRY_FIELDS, MATRIX_FIELDS, load_plan
+from pytest_lrun.config.settings import OPTIONS, Option, resolve
+from pytest_lrun.core.errors import ConfigError, CorruptRecord, PlanError
 from pytest_lrun.store import Batch, FileStore, Run
 
 FUZZ = settings(

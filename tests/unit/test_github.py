@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_lrun import github
-from pytest_lrun.github import Failure, GithubActions, escape_data, escape_property
+from pytest_lrun.report import github
+from pytest_lrun.report.github import Failure, GithubActions, escape_data, escape_property
 
 
 def _actions(tmp_path: Path, failures: int, message: str = "assert 1 == 2") -> GithubActions:

@@ -1,4 +1,4 @@
-"""Tests of pytest_lrun.hashing: what the tree digest covers, ignores, stat cache, bad input."""
+"""Tests of pytest_lrun.tree.hashing: what the tree digest covers, ignores, stat cache, bad input."""
 
 from __future__ import annotations
 
@@ -15,9 +15,17 @@ from typing import Any
 import pytest
 import xxhash
 
-from pytest_lrun.archive import PACK_MTIME, pack
-from pytest_lrun.errors import ArchiveError, HashError
-from pytest_lrun.hashing import CHUNK_SIZE, DEFAULT_IGNORES, Entry, Snapshot, hash_dir, iter_files, snapshot
+from pytest_lrun.core.errors import ArchiveError, HashError
+from pytest_lrun.tree.archive import PACK_MTIME, pack
+from pytest_lrun.tree.hashing import (
+    CHUNK_SIZE,
+    DEFAULT_IGNORES,
+    Entry,
+    Snapshot,
+    hash_dir,
+    iter_files,
+    snapshot,
+)
 
 # The digest of the tree built by make_known_tree(). It must not change between
 # machines or releases: if it does, every cached run on every machine is orphaned.

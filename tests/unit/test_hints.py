@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_lrun.dispatch import RunResult, RunSpec
-from pytest_lrun.errors import LrunError
-from pytest_lrun.events import Collected, CollectError
-from pytest_lrun.hints import shipping_hint
-from pytest_lrun.machines import Machine
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.core.errors import LrunError
+from pytest_lrun.report.hints import shipping_hint
+from pytest_lrun.run.spec import RunResult, RunSpec
 from pytest_lrun.store import Run, Status
+from pytest_lrun.wire.events import Collected, CollectError
 
 
 def _outcome(*errors: tuple[str, str]) -> RunResult:

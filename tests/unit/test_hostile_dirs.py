@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from unit.test_hashing import OpenSpy, cache_files, make_base_tree, settle, write
 
-from pytest_lrun.archive import pack
-from pytest_lrun.errors import ArchiveError, HashError
-from pytest_lrun.extract import safe_extract
-from pytest_lrun.hashing import CHUNK_SIZE, hash_dir, iter_files, snapshot
-from pytest_lrun.text import printable
+from pytest_lrun.core.errors import ArchiveError, HashError
+from pytest_lrun.core.text import printable
+from pytest_lrun.tree.archive import pack
+from pytest_lrun.tree.extract import safe_extract
+from pytest_lrun.tree.hashing import CHUNK_SIZE, hash_dir, iter_files, snapshot
 
 # A fifo opened for reading without O_NONBLOCK waits for a writer for ever: a test
 # that hangs instead of failing is what these tests guard against.

@@ -1,6 +1,6 @@
 """Hostile artifact and JUnit streams, fed to the run's folder the way dispatch does.
 
-Each test hands :func:`pytest_lrun.readback.collect` (what ``Dispatcher`` calls when a
+Each test hands :func:`pytest_lrun.run.readback.collect` (what ``Dispatcher`` calls when a
 container has stopped) an engine whose archive API returns one hostile tar stream,
 then checks what a user would see: nothing written outside the run's folder, the
 refusal and its reason in the list that dispatch records on the run
@@ -22,13 +22,13 @@ from typing import cast
 
 import pytest
 
+from pytest_lrun.core.errors import JunitError
+from pytest_lrun.core.layout import RunFiles
 from pytest_lrun.engine import Engine
-from pytest_lrun.errors import JunitError
-from pytest_lrun.extract import MAX_EXTRACT_DEPTH, MAX_EXTRACT_ENTRIES, MAX_REFUSALS_LISTED, MORE, STREAM
-from pytest_lrun.junit import parse_junit
-from pytest_lrun.layout import RunFiles
-from pytest_lrun.readback import JUNIT_PATH, collect
+from pytest_lrun.run.readback import JUNIT_PATH, collect
 from pytest_lrun.store import Run
+from pytest_lrun.tree.extract import MAX_EXTRACT_DEPTH, MAX_EXTRACT_ENTRIES, MAX_REFUSALS_LISTED, MORE, STREAM
+from pytest_lrun.wire.junit import parse_junit
 
 ARTIFACTS = "/lrun/artifacts"
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_lrun.dispatch import RunResult, infra_failure
-from pytest_lrun.errors import ConfigError
-from pytest_lrun.events import Start
-from pytest_lrun.junit import parse_junit
-from pytest_lrun.settings import resolve
+from pytest_lrun.config.settings import resolve
+from pytest_lrun.core.errors import ConfigError
+from pytest_lrun.run.dispatch import infra_failure
+from pytest_lrun.run.spec import RunResult
 from pytest_lrun.store import Run, Status
+from pytest_lrun.wire.events import Start
+from pytest_lrun.wire.junit import parse_junit
 
 
 def failed(status: Status = Status.FAILED, **fields: object) -> Run:
@@ -80,6 +81,6 @@ def test_the_retries_option_is_a_small_count() -> None:
     ],
 )
 def test_a_pull_no_retry_can_help_is_told_from_one_that_may_pass_next_time(reason: str, final: bool) -> None:
-    from pytest_lrun.engine import _pull_is_final
+    from pytest_lrun.engine.docker import _pull_is_final
 
     assert _pull_is_final(reason) is final

@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from pytest_lrun.errors import BadInput, JunitError
-from pytest_lrun.junit import CaseResult, nodeid_hint, parse_junit
+from pytest_lrun.core.errors import BadInput, JunitError
+from pytest_lrun.wire.junit import CaseResult, nodeid_hint, parse_junit
 
 # --- real XML from real pytest runs ----------------------------------------
 

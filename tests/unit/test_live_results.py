@@ -9,13 +9,14 @@ from typing import Any, cast
 
 import pytest
 
-from pytest_lrun.dispatch import RunResult, RunSpec, pytest_arguments_at
-from pytest_lrun.events import Collected, CutShort, Event, Finished, PhaseReport, SkipInfo, Start
-from pytest_lrun.logs import EventSpool, read_events
-from pytest_lrun.machines import Machine
-from pytest_lrun.report import RunReports
-from pytest_lrun.select import HostSelection, Selection
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.config.select import HostSelection, Selection
+from pytest_lrun.report.live import RunReports
+from pytest_lrun.run.logs import EventSpool, read_events
+from pytest_lrun.run.placement import pytest_arguments_at
+from pytest_lrun.run.spec import RunResult, RunSpec
 from pytest_lrun.store import Run, Status
+from pytest_lrun.wire.events import Collected, CutShort, Event, Finished, PhaseReport, SkipInfo, Start
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.errors import ConfigError, ImageNotSet, PlanError, UnknownMachine
-from pytest_lrun.machines import (
+from pytest_lrun.config.machines import (
     Machine,
     MachineResolver,
     TLSConfig,
@@ -22,7 +21,8 @@ from pytest_lrun.machines import (
     machine_resolver,
     resolve_image,
 )
-from pytest_lrun.plan import load_plan
+from pytest_lrun.config.plan import load_plan
+from pytest_lrun.core.errors import ConfigError, ImageNotSet, PlanError, UnknownMachine
 
 
 def write_pyproject(tmp_path: Path, body: str) -> Path:
@@ -583,7 +583,7 @@ def test_tls_context_created_by_the_real_docker_cli_resolves(tmp_path: Path) -> 
 def test_container_state_says_whether_the_kernel_killed_it_for_memory(
     state: dict[str, Any], oom_killed: bool
 ) -> None:
-    from pytest_lrun.engine import _state
+    from pytest_lrun.engine.docker import _state
 
     info = {"Id": "c1", "State": {"Status": "exited", "ExitCode": 137, **state}, "Config": {}}
     assert _state(info).oom_killed is oom_killed
@@ -593,7 +593,7 @@ def _created_host_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table:
     """The HostConfig a DockerEngine sends to create a container of machine m1 (``table``'s keys)."""
     import docker
 
-    from pytest_lrun import engine
+    from pytest_lrun.engine import docker as engine
 
     machine = make_resolver(
         tmp_path, f'[tool.lrun.machines.m1]\nhost = "tcp://127.0.0.1:1"\n{table}'

@@ -23,9 +23,7 @@ from typing import IO, Any
 
 import pytest
 
-from pytest_lrun.dispatch import Dispatcher, EnginePool
-from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerSpec, ContainerState, Engine
-from pytest_lrun.errors import (
+from pytest_lrun.core.errors import (
     CANCELLED,
     OWNER_GONE,
     ContainerGone,
@@ -34,9 +32,12 @@ from pytest_lrun.errors import (
     TerminalRunError,
     UnknownMachine,
 )
-from pytest_lrun.fsutil import ENTRY_BYTES
-from pytest_lrun.readback import JUNIT_PATH
-from pytest_lrun.recovery import (
+from pytest_lrun.core.fsutil import ENTRY_BYTES
+from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerSpec, ContainerState, Engine
+from pytest_lrun.engine.pool import EnginePool
+from pytest_lrun.run.dispatch import Dispatcher
+from pytest_lrun.run.readback import JUNIT_PATH
+from pytest_lrun.run.recovery import (
     ReconcileReport,
     _docker_time,
     cancel,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lrun.evidence import Evidence, default_report_dir
-from pytest_lrun.forward import forwarded, verbosity
-from pytest_lrun.hostpaths import HostPaths
-from pytest_lrun.layout import RunFiles
-from pytest_lrun.settings import DEFAULT_COMMAND
+from pytest_lrun.config.settings import DEFAULT_COMMAND
+from pytest_lrun.core.layout import RunFiles
+from pytest_lrun.report.evidence import Evidence, default_report_dir
+from pytest_lrun.report.forward import forwarded, verbosity
+from pytest_lrun.report.hostpaths import HostPaths
 from pytest_lrun.store import Run
 
 LONG = """\

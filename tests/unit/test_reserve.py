@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lrun.errors import StateFull
-from pytest_lrun.logs import EventSpool, LogSpool
-from pytest_lrun.reserve import check_room, claim
+from pytest_lrun.core.errors import StateFull
+from pytest_lrun.core.reserve import check_room, claim
+from pytest_lrun.run.logs import EventSpool, LogSpool
 from pytest_lrun.store import Decision, FileStore, Run, Status
 
 Usage = namedtuple("Usage", "total used free")

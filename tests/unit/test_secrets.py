@@ -14,13 +14,13 @@ from xml.dom import minidom as xml_dom
 import pytest
 import xxhash
 
-from pytest_lrun.dispatch import RunSpec
-from pytest_lrun.errors import ConfigError, PlanError
-from pytest_lrun.logs import LogSpool, hidden_values, redact_xml
-from pytest_lrun.machines import Machine, MachineResolver, load_machine_tables
-from pytest_lrun.placement import run_key
-from pytest_lrun.plan import load_plan
-from pytest_lrun.settings import DEFAULT_ARTIFACTS, resolve
+from pytest_lrun.config.machines import Machine, MachineResolver, load_machine_tables
+from pytest_lrun.config.plan import load_plan
+from pytest_lrun.config.settings import DEFAULT_ARTIFACTS, resolve
+from pytest_lrun.core.errors import ConfigError, PlanError
+from pytest_lrun.run.logs import LogSpool, hidden_values, redact_xml
+from pytest_lrun.run.placement import run_key
+from pytest_lrun.run.spec import RunSpec
 
 
 def machine(**fields: object) -> Machine:

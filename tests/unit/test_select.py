@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_lrun.errors import ConfigError
-from pytest_lrun.select import HostSelection, Selection, dispatched_dir, last_failed
+from pytest_lrun.config.select import HostSelection, Selection, dispatched_dir, last_failed
+from pytest_lrun.core.errors import ConfigError
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ import pickle
 
 import pytest
 
-from pytest_lrun import engine
-from pytest_lrun.errors import ConfigError
-from pytest_lrun.settings import (
+from pytest_lrun.engine import docker as engine
+from pytest_lrun.config.settings import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_STORE_IDLE_TIMEOUT,
     DEFAULT_STORE_KEEPALIVE,
@@ -25,6 +24,7 @@ from pytest_lrun.settings import (
     parse_size,
     resolve,
 )
+from pytest_lrun.core.errors import ConfigError
 
 K, M, G = 1024, 1024**2, 1024**3
 

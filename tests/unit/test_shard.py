@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_lrun.errors import ConfigError
-from pytest_lrun.events import PhaseReport, Start
-from pytest_lrun.settings import OPTIONS, resolve
-from pytest_lrun.shard import ShardOf, balance, by_hash, durations_of, parse_shard_of, parse_shards
+from pytest_lrun.config.settings import OPTIONS, resolve
+from pytest_lrun.config.shards import ShardOf, parse_shard_of, parse_shards
+from pytest_lrun.core.errors import ConfigError
+from pytest_lrun.run.balance import balance, by_hash, durations_of
+from pytest_lrun.wire.events import PhaseReport, Start
 
 IDS = [f"t.py::test_{i}" for i in range(7)]
 

@@ -21,15 +21,15 @@ from typing import cast
 import pytest
 
 from pytest_lrun.cli import main
+from pytest_lrun.core.errors import EXIT_BAD_INPUT, ConfigError
+from pytest_lrun.core.layout import RunFiles
 from pytest_lrun.engine import Engine
-from pytest_lrun.errors import EXIT_BAD_INPUT, ConfigError
-from pytest_lrun.extract import STREAM, safe_extract
-from pytest_lrun.hashing import hash_dir
-from pytest_lrun.layout import RunFiles
-from pytest_lrun.logs import EventSpool, LogSpool
-from pytest_lrun.readback import JUNIT_PATH, collect
+from pytest_lrun.run.logs import EventSpool, LogSpool
+from pytest_lrun.run.readback import JUNIT_PATH, collect
 from pytest_lrun.store import Candidate, Decision, FileStore, Run, Ticket
 from pytest_lrun.store.postgres import PostgresStore
+from pytest_lrun.tree.extract import STREAM, safe_extract
+from pytest_lrun.tree.hashing import hash_dir
 
 STRANGER = 4242  # a uid that is not the test's
 README = (Path(__file__).parents[2] / "README.md").read_text()

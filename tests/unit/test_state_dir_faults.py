@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.errors import CorruptRecord
-from pytest_lrun.recovery import gc
-from pytest_lrun.reserve import claim, full
+from pytest_lrun.core.errors import CorruptRecord
+from pytest_lrun.core.reserve import claim, full
+from pytest_lrun.run.recovery import gc
 from pytest_lrun.store import Decision, FileStore, Run, Status, machine_key
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.errors import (
+from pytest_lrun.core.errors import (
     ConfigError,
     CorruptRecord,
     LrunError,
@@ -29,7 +29,7 @@ from pytest_lrun.errors import (
     StoreLocked,
     TerminalRunError,
 )
-from pytest_lrun.fsutil import atomic_write_bytes, atomic_write_json
+from pytest_lrun.core.fsutil import atomic_write_bytes, atomic_write_json
 from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status, default_state_dir, machine_key
 
 RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")

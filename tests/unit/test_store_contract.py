@@ -47,7 +47,8 @@ from lrun_procs import (
     write_plan,
 )
 
-from pytest_lrun.errors import (
+from pytest_lrun.config.plan import Plan, PlanEntry
+from pytest_lrun.core.errors import (
     EXIT_BAD_INPUT,
     BadInput,
     BatchNotFound,
@@ -57,8 +58,7 @@ from pytest_lrun.errors import (
     StoreError,
     TerminalRunError,
 )
-from pytest_lrun.layout import RunFiles
-from pytest_lrun.plan import Plan, PlanEntry
+from pytest_lrun.core.layout import RunFiles
 from pytest_lrun.store import BatchStatus, Candidate, Decision, Run, RunStore, Status, Sweep, Ticket
 from pytest_lrun.store.common import TICKET_TTL_S
 from pytest_lrun.store.records import derive_status, valid_id

@@ -28,7 +28,9 @@ import pytest
 from lrun_procs import WAIT_S, reap_processes
 from lrun_support import free_port
 
-from pytest_lrun.errors import (
+from pytest_lrun.config.plan import Plan, PlanEntry
+from pytest_lrun.config.settings import StoreWaits
+from pytest_lrun.core.errors import (
     BatchPlanMismatch,
     ConfigError,
     CorruptRecord,
@@ -39,8 +41,6 @@ from pytest_lrun.errors import (
     StoreUnreachable,
     TerminalRunError,
 )
-from pytest_lrun.plan import Plan, PlanEntry
-from pytest_lrun.settings import StoreWaits
 from pytest_lrun.store import BatchStatus, Decision, Run, Status, pg_sql
 from pytest_lrun.store.pg_db import SCHEMA_VERSION, _Watchdog
 from pytest_lrun.store.pg_results import CHUNK_BYTES

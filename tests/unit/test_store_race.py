@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from lrun_procs import WAIT_S, StoreSpec, hold_prepare_until_killed, reap_processes
 
-from pytest_lrun.errors import StoreLocked
+from pytest_lrun.core.errors import StoreLocked
 from pytest_lrun.store import FileStore, Run
 
 CTX = multiprocessing.get_context("spawn")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from pytest_lrun.session import _index_teardown_reports
+from pytest_lrun.session.session import _index_teardown_reports
 
 
 class Reporter:

@@ -1,0 +1,107 @@
+"""The state dir's layout on disk: the one place that names the files and folders in it.
+
+Every module that reads or writes a run's files (the store, dispatch, recovery,
+the command line) asks :class:`RunFiles` for the path instead of spelling it, so
+the layout below can change in one place::
+
+    runs/<run-id>/run.json        the run record
+    runs/<run-id>/logs.txt        the container's log, redacted and capped, without the reporter's events
+    runs/<run-id>/events.jsonl    the inner reporter's events, one JSON object a line (pytest runs only)
+    runs/<run-id>/junit.xml       the inner JUnit XML, as the container wrote it
+    runs/<run-id>/artifacts/      files copied out of the container
+    runs/<run-id>/finish.lock     held by whoever watches the run to its end (never holds data)
+    runs/<run-id>/reserve         room kept for the final record while the run lives (pytest_lrun.core.reserve)
+
+Files kept per machine are named by :func:`machine_key`, e.g. an image build's log
+``builds/<machine key>-<digest>.log`` (:mod:`pytest_lrun.run.images`).
+
+Leftovers a crash can leave behind are named here too, so the sweeper can tell
+them from live files: temporary files of atomic writes (``.<name>.<random>.tmp``)
+and run folders being deleted (``runs/.deleting-<run-id>-<random>``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+__all__ = [
+    "DELETING_PREFIX",
+    "RECORD",
+    "TMP_SUFFIX",
+    "RunFiles",
+    "is_leftover",
+    "machine_key",
+]
+
+RECORD = "run.json"
+LOGS = "logs.txt"
+EVENTS = "events.jsonl"
+JUNIT = "junit.xml"
+ARTIFACTS = "artifacts"
+FINISH_LOCK = "finish.lock"
+RESERVE = "reserve"
+
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+#: A run folder renamed to ``.deleting-...`` is on its way out (see ``RunStore.delete``).
+DELETING_PREFIX = ".deleting-"
+#: Temporary files of :func:`pytest_lrun.core.fsutil.atomic_write_bytes` are ``.<target>.<random>.tmp``.
+TMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The paths of one run's files (see the module docstring); nothing here touches the disk."""
+
+    dir: Path
+
+    @property
+    def record(self) -> Path:
+        return self.dir / RECORD
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / LOGS
+
+    @property
+    def events(self) -> Path:
+        return self.dir / EVENTS
+
+    @property
+    def junit(self) -> Path:
+        return self.dir / JUNIT
+
+    @property
+    def artifacts(self) -> Path:
+        return self.dir / ARTIFACTS
+
+    @property
+    def finish_lock(self) -> Path:
+        return self.dir / FINISH_LOCK
+
+    @property
+    def reserve(self) -> Path:
+        return self.dir / RESERVE
+
+
+def machine_key(machine: str) -> str:
+    """A filesystem-safe, collision-resistant file stem for a machine name.
+
+    The readable part keeps ``[A-Za-z0-9_.-]`` (other runs become ``_``, at most 48
+    characters, no leading dot); the suffix is the full xxh3-128 digest of the
+    exact name (32 hex digits), so two names collide only by a 128-bit accident.
+    """
+    if not isinstance(machine, str) or not machine:
+        raise ValueError(f"a machine name must be a non-empty string, not {machine!r}")
+    readable = _UNSAFE_CHARS.sub("_", machine).lstrip(".")[:48] or "m"
+    digest = xxhash.xxh3_128_hexdigest(machine.encode("utf-8", "surrogatepass"))
+    return f"{readable}-{digest}"
+
+
+def is_leftover(name: str) -> bool:
+    """Whether a directory entry named ``name`` is what an interrupted write or delete left behind."""
+    return name.startswith(DELETING_PREFIX) or (name.startswith(".") and name.endswith(TMP_SUFFIX))

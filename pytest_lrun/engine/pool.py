@@ -1,0 +1,41 @@
+"""One connected engine per machine, created on first use and shared by the threads of one invocation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.config.settings import (
+    DEFAULT_CONNECT_TIMEOUT,
+)
+from pytest_lrun.engine import (
+    Engine,
+)
+from pytest_lrun.engine.docker import connect
+
+EngineFactory = Callable[[Machine], Engine]
+
+
+class EnginePool:
+    """One connected engine per machine, created on first use, shared by threads."""
+
+    def __init__(
+        self, factory: EngineFactory | None = None, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> None:
+        self._factory: EngineFactory = factory or (lambda m: connect(m, connect_timeout=connect_timeout))
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def get(self, machine: Machine) -> Engine:
+        with self._lock:
+            engine = self._engines.get(machine.name)
+            if engine is None:
+                engine = self._engines[machine.name] = self._factory(machine)
+            return engine
+
+    def close(self) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                engine.close()
+            self._engines.clear()
