@@ -1,0 +1,11 @@
+"""The config layer: what a user declares, read and checked before anything runs.
+
+* :mod:`.settings`: every ``--lrun-*`` option with its ini key and ``LRUN_*`` variable;
+* :mod:`.machines`: machine tables and Docker contexts, resolved to connection settings;
+* :mod:`.builds`: Dockerfile builds declared in place of an image;
+* :mod:`.plan`: plan files; :mod:`.select`: which inner tests an invocation selects;
+* :mod:`.shards`: the shard options.
+
+A bad value is a :class:`~pytest_lrun.core.errors.ConfigError` or
+:class:`~pytest_lrun.core.errors.PlanError` naming the file, field or option.
+"""
