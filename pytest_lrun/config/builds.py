@@ -1,4 +1,18 @@
-"""Build declarations: a Dockerfile build named by a machine table, a plan entry or ``--lrun-build``, and the digest of its inputs."""
+"""Build declarations: a Dockerfile build in place of an image, and the digest of its inputs.
+
+A machine table, a plan entry or ``--lrun-build`` may name a build instead of an image:
+
+* :class:`Build` is the declaration: a context folder, the Dockerfile in it, build
+  args and a target (:func:`make_build` checks one, wherever it was written).
+* :func:`build_digest` is the digest of the build's inputs: the context's tree digest
+  (the same walk as a test directory, with the context's ``.dockerignore`` instead of
+  ``.lrunignore``), the Dockerfile's path and content, the build args and the target.
+  The image is tagged :func:`image_tag` (``lrun-build:<digest>``) on every engine, so
+  the same inputs are one tag everywhere, and a change to any input is a new tag, a
+  new image id and therefore a new run key.
+
+Building it on an engine, and cleaning up what was built, is :mod:`pytest_lrun.run.images`'.
+"""
 
 from __future__ import annotations
 

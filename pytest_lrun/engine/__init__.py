@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
 # Labels every container pytest-lrun creates carries; clean-up filters on them, never on names.
 LABEL_RUN = "lrun.run-id"

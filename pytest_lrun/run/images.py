@@ -1,20 +1,5 @@
-"""Images built where they run: a Dockerfile build, declared once, built on each engine that runs it.
+"""Images built where they run: a declared build (:mod:`pytest_lrun.config.builds`) made on its engine.
 
-A machine table, a plan entry or ``--lrun-build`` may name a build instead of an
-image. This module owns what happens to it and nothing else:
-
-* :class:`Build` is the declaration: a context folder, the Dockerfile in it, build
-  args and a target (:func:`make_build` checks one, wherever it was written).
-* :func:`build_digest` is the digest of the build's inputs: the context's tree digest
-  (the same walk as a test directory, with the context's ``.dockerignore`` instead of
-  ``.lrunignore``), the Dockerfile's path and content, the build args and the target.
-  The image is tagged :func:`image_tag` (``lrun-build:<digest>``) on every engine, so
-  the same inputs are one tag everywhere, and a change to any input is a new tag, a
-  new image id and therefore a new run key.
-* :func:`built_images` lists the images pytest-lrun built on an engine (they carry
-  the label ``lrun.build``) with their last use by a run of the store, and
-  :func:`gc_images` removes those no run has used for a while (``lrun images``,
-  ``lrun gc --images``).
 * :class:`Builder` gives a run its image id on an engine. An image (not a build) is
   looked up (or pulled) as before. A build whose tag is on the engine costs one
   inspect. Otherwise it is built there, through the Docker SDK's build API, under the
@@ -25,6 +10,10 @@ image. This module owns what happens to it and nothing else:
   ``Step N/M`` line to the progress callback. A failed build raises
   :class:`~pytest_lrun.core.errors.ImageBuildFailed` with the step that failed and the
   log's tail; the run fails with ``image_build_failed`` before any container starts.
+* :func:`built_images` lists the images pytest-lrun built on an engine (they carry
+  the label ``lrun.build``) with their last use by a run of the store, and
+  :func:`gc_images` removes those no run has used for a while (``lrun images``,
+  ``lrun gc --images``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""What a run's container gives back, written into the run's folder (:class:`~pytest_lrun.core.layout.RunFiles`).
+"""What a run's container gives back, written into the run's folder.
+
+The folder is a :class:`~pytest_lrun.core.layout.RunFiles`.
 
 Split out of :mod:`pytest_lrun.run.dispatch`, whose :class:`~pytest_lrun.run.dispatch.Dispatcher`
 calls it while it watches a container to its end (its ``_finish``):

@@ -1,4 +1,4 @@
-"""The inner reporter in a real pytest process (this machine's pytest), read back with pytest_lrun.wire.events.
+"""The inner reporter in a real pytest process (this machine's pytest), read back by the host's parser.
 
 Each case runs ``python -m pytest -p lrun_reporter`` in a pytester directory, as a
 container would (the reporter found through ``PYTHONPATH``, no plugin

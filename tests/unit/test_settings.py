@@ -8,7 +8,6 @@ import pickle
 
 import pytest
 
-from pytest_lrun.engine import docker as engine
 from pytest_lrun.config.settings import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_STORE_IDLE_TIMEOUT,
@@ -25,6 +24,7 @@ from pytest_lrun.config.settings import (
     resolve,
 )
 from pytest_lrun.core.errors import ConfigError
+from pytest_lrun.engine import docker as engine
 
 K, M, G = 1024, 1024**2, 1024**3
 
