@@ -4,7 +4,7 @@ Usage: ``python bench/reliability.py [--rounds 20] [--contention-rounds 200] [--
 [--store files|postgres|both] [--postgres URL] [--lanes 3] [--point NAME ...]``, with the test
 engines of ``scripts/provision.sh`` (``LRUN_TEST_ENGINES``). CI runs the same three parts short
 (``tests/integration/test_crash_points.py``, ``test_contention.py`` and the hostile-input tests);
-README's Reliability section shows this command's figures. Three parts:
+docs/reliability.md shows this command's figures. Three parts:
 
 * crash points (below);
 * contention: ``bench/contention.py``'s harness, 16 processes on 4 machines with slots, for

@@ -1,4 +1,4 @@
-"""Make the README's two report screenshots from a real run: docs/images/report-html.png (the
+"""Make docs/reports.md's two report screenshots from a real run: docs/images/report-html.png (the
 pytest-html report) and docs/images/github-summary.png (the GitHub job summary, its markdown
 rendered as GitHub styles it, roughly).
 

@@ -32,7 +32,7 @@ from pytest_lrun.tree.extract import STREAM, safe_extract
 from pytest_lrun.tree.hashing import hash_dir
 
 STRANGER = 4242  # a uid that is not the test's
-README = (Path(__file__).parents[2] / "README.md").read_text()
+STATE_DIR_DOC = (Path(__file__).parents[2] / "docs" / "state-dir.md").read_text()
 
 
 def make_dir(path: Path, mode: int) -> Path:
@@ -63,7 +63,7 @@ def test_a_state_dir_the_store_creates_is_private(tmp_path: Path) -> None:
     assert stat.S_IMODE((state / "runs").stat().st_mode) == 0o700
 
 
-def test_every_folder_the_file_store_makes_is_private_as_the_readme_says(tmp_path: Path) -> None:
+def test_every_folder_the_file_store_makes_is_private_as_the_docs_say(tmp_path: Path) -> None:
     """durations/, hashcache/ and queue/ are made on first use, 0700 whatever the umask lets through."""
     state = tmp_path / "state"
     store = FileStore(state, durable=False)
@@ -87,9 +87,9 @@ def test_every_folder_the_file_store_makes_is_private_as_the_readme_says(tmp_pat
         if path.is_dir() and stat.S_IMODE(path.stat().st_mode) != 0o700
     }
     assert loose == {}
-    layout = README.split("## The state dir", 1)[1].split("```", 2)[1]
+    layout = STATE_DIR_DOC.split("\n## The state dir\n", 1)[1].split("```", 2)[1]
     for folder in folders:
-        assert f"\n{folder}/" in layout, f"{folder}/ is missing from the README's state-dir layout"
+        assert f"\n{folder}/" in layout, f"{folder}/ is missing from docs/state-dir.md's layout"
 
 
 @pytest.mark.parametrize("mode", [0o700, 0o750, 0o755])
