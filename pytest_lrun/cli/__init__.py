@@ -22,7 +22,8 @@ Global options (before or after the command): ``--state-dir`` (default
 else the file store in the state dir), ``--project DIR`` (where the
 ``pyproject.toml`` with ``[tool.lrun.machines.*]`` is, or the file itself; default:
 ``$LRUN_CONFIG``, else the nearest one upward from the current directory, found by
-:func:`~pytest_lrun.config.machines.find_machine_file` as the plugin finds it) and ``--connect-timeout`` (default
+:func:`~pytest_lrun.config.machines.find_machine_file` as the plugin finds it) and
+``--connect-timeout`` (default
 ``$LRUN_CONNECT_TIMEOUT``, else :data:`~pytest_lrun.config.settings.DEFAULT_CONNECT_TIMEOUT`).
 
 Output contract: with ``--json`` stdout holds one JSON object, an envelope

@@ -10,7 +10,7 @@ the layout below can change in one place::
     runs/<run-id>/junit.xml       the inner JUnit XML, as the container wrote it
     runs/<run-id>/artifacts/      files copied out of the container
     runs/<run-id>/finish.lock     held by whoever watches the run to its end (never holds data)
-    runs/<run-id>/reserve         room kept for the final record while the run lives (pytest_lrun.core.reserve)
+    runs/<run-id>/reserve         room kept for the final record while the run lives (core.reserve)
 
 Files kept per machine are named by :func:`machine_key`, e.g. an image build's log
 ``builds/<machine key>-<digest>.log`` (:mod:`pytest_lrun.run.images`).

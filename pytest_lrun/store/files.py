@@ -12,7 +12,7 @@ check), :mod:`.file_durations` (``durations/``) and :mod:`.file_batches` (``batc
 
 State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700)::
 
-    runs/<run-id>/                a run's folder; its files are named by :class:`~pytest_lrun.core.layout.RunFiles`
+    runs/<run-id>/                a run's folder; its files: :class:`~pytest_lrun.core.layout.RunFiles`
     active/<machine-key>.json     index of the machine's non-terminal runs:
                                   {"machine": "<name>", "runs": ["<run-id>", ...]}
     locks/<machine-key>.lock      the machine's lock file (a sidecar: never holds data)

@@ -184,7 +184,8 @@ class Run(MillisecondTimes):
         kwargs["timeout"] = None if timeout is None else finite_float(timeout)
         if timeout is not None and kwargs["timeout"] is None:
             raise ValueError(
-                f"run record field 'timeout' must be a finite number of seconds or null: {shown_value(timeout)}"
+                "run record field 'timeout' must be a finite number of seconds or null: "
+                + shown_value(timeout)
             )
         exit_code = data.get("exit_code")
         if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):

@@ -242,7 +242,7 @@ def test_make_engine_hook_supplies_the_client(pytester: pytest.Pytester, project
         """
         from pathlib import Path
 
-        from pytest_lrun.engine import connect
+        from pytest_lrun.engine.docker import connect
 
         def pytest_lrun_make_engine(machine, config):
             with Path("made-engines.txt").open("a") as f:
