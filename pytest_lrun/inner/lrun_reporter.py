@@ -12,7 +12,7 @@ original standard output, several to a line::
 
 The JSON is one event object or an array of event objects, in the order written.
 Each event has ``"e"`` (its kind) and ``"n"`` (0, 1, 2, ... in the order
-written). The kinds, and the host's parser, are in ``pytest_lrun/events.py``:
+written). The kinds, and the host's parser, are in ``pytest_lrun/wire/events.py``:
 
 * ``collected`` after collection: ``nodeids``, ``errors`` (failed collectors with
   their text), ``skipped`` (skipped collectors with their reason) and ``more``: a
@@ -73,7 +73,7 @@ from typing import Any
 
 import pytest
 
-# Kept equal to pytest_lrun.events.MAX_EVENT_BYTES (a unit test checks): this file cannot import it.
+# Kept equal to pytest_lrun.wire.events.MAX_EVENT_BYTES (a unit test checks): this file cannot import it.
 MAX_EVENT_BYTES = 1024 * 1024
 TOKEN_VARIABLE = "LRUN_EVENT_TOKEN"
 MARKER = b"\x1elrun:"
