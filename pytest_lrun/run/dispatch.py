@@ -98,7 +98,7 @@ from pytest_lrun.engine import (
 from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.run.images import Builder, BuildSink
 from pytest_lrun.run.logs import hidden_values, read_event_file
-from pytest_lrun.run.placement import POLL_S, options_for, place, pytest_arguments_at, run_key, snapshot_for
+from pytest_lrun.run.placement import POLL_S, choices_for, place, pytest_arguments_at, run_key, snapshot_for
 from pytest_lrun.run.readback import RunOutput, collect, pump_logs, respool
 from pytest_lrun.run.spec import EventSink, OutputSink, RunResult, RunSpec
 from pytest_lrun.store import Decision, Run, RunStore, Status
@@ -316,7 +316,7 @@ class Dispatcher:
             logger.exception("could not record the end of run %s after %s", run_id, code)
 
     def _decide(self, spec: RunSpec, reuse: str, retry_of: str | None) -> _Prepared:
-        options = options_for(spec, self.engines, self.builder)
+        options = choices_for(spec, self.engines, self.builder)
         if reuse == "completed":
             # A stat-cached hash reads no file of an unchanged tree: a cached result costs no read.
             dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.hashcache_dir)

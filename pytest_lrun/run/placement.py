@@ -4,7 +4,7 @@ Split out of :mod:`pytest_lrun.run.dispatch`, whose :class:`~pytest_lrun.run.dis
 calls it before a run exists (its ``_decide``):
 
 * the spec's candidate machines that answer, with the image's id on each
-  (:func:`options_for`; a build is built where it is missing): a fleet goes on
+  (:func:`choices_for`; a build is built where it is missing): a fleet goes on
   without a host that is down;
 * the directory read once for a machine (:func:`snapshot_for`): its digest and
   the upload archive come from the same bytes, with the empty ``lrun/`` dirs and,
@@ -51,8 +51,9 @@ POLL_S = 0.2
 
 
 @dataclass(frozen=True)
-class Option:
-    """One candidate machine of a spec, with its engine and the image's id there."""
+class MachineChoice:
+    """One candidate machine of a spec, with its engine and the image's id there (not a setting's
+    :class:`~pytest_lrun.config.settings.Option`)."""
 
     spec: RunSpec  # the spec on this machine
     engine: Engine
@@ -95,7 +96,7 @@ def pytest_arguments_at(command: tuple[str, ...]) -> int | None:
     return None
 
 
-def options_for(spec: RunSpec, engines: EnginePool, builder: Builder) -> list[Option]:
+def choices_for(spec: RunSpec, engines: EnginePool, builder: Builder) -> list[MachineChoice]:
     """The spec's candidate machines that answer, with the image's id on each.
 
     A candidate whose engine does not answer is left out while another one does (a
@@ -105,10 +106,10 @@ def options_for(spec: RunSpec, engines: EnginePool, builder: Builder) -> list[Op
     pool = spec.pool
     if len(pool) > 1 and spec.build is not None:
         with ThreadPoolExecutor(len(pool), thread_name_prefix="lrun-build") as threads:
-            tried = list(threads.map(lambda m: _option(spec, m, engines, builder), pool))
+            tried = list(threads.map(lambda m: _choice(spec, m, engines, builder), pool))
     else:
-        tried = [_option(spec, machine, engines, builder) for machine in pool]
-    found = [option for option in tried if isinstance(option, Option)]
+        tried = [_choice(spec, machine, engines, builder) for machine in pool]
+    found = [choice for choice in tried if isinstance(choice, MachineChoice)]
     errors = [error for error in tried if isinstance(error, EngineError)]
     for error in errors:
         if len(pool) == 1:
@@ -119,15 +120,19 @@ def options_for(spec: RunSpec, engines: EnginePool, builder: Builder) -> list[Op
     return found
 
 
-def _option(spec: RunSpec, machine: Machine, engines: EnginePool, builder: Builder) -> Option | EngineError:
+def _choice(
+    spec: RunSpec, machine: Machine, engines: EnginePool, builder: Builder
+) -> MachineChoice | EngineError:
     """``spec`` on ``machine``, or why its engine cannot take it (an image it lacks is the run's error)."""
     try:
         engine = engines.get(machine)
         placed = replace(spec, machine=machine)
         try:
-            return Option(placed, engine, builder.image_id(engine, machine, spec.image, spec.build), None)
+            return MachineChoice(
+                placed, engine, builder.image_id(engine, machine, spec.image, spec.build), None
+            )
         except ImageMissing as e:  # a failed build too: the run fails with it, before any container
-            return Option(placed, engine, spec.image, e)
+            return MachineChoice(placed, engine, spec.image, e)
     except EngineError as e:
         return e
 
@@ -150,7 +155,7 @@ def snapshot_for(spec: RunSpec, cache_dir: Path, *, expect: str | None = None) -
 def place(
     store: RunStore,
     spec: RunSpec,
-    options: list[Option],
+    choices: list[MachineChoice],
     dir_hash: str,
     *,
     busy_wait: float,
@@ -158,7 +163,7 @@ def place(
     stopping: Callable[[], str | None],
     on_queued: Callable[[RunSpec, Run], None] | None,
     retry_of: str | None = None,
-) -> tuple[Run, Decision, Option]:
+) -> tuple[Run, Decision, MachineChoice]:
     """The store's placement of the spec on its candidates: CREATED or REUSE, and where.
 
     BUSY waits in line when the spec names a tag, when the machine is taken by the
@@ -166,10 +171,10 @@ def place(
     ``machine_busy``. A stop (Ctrl-C, ``-x``: ``stopping`` gives why) ends the wait
     with :class:`LeftRunning`.
     """
-    by_name = {option.spec.machine.name: option for option in options}
+    by_name = {choice.spec.machine.name: choice for choice in choices}
     candidates = [
-        Candidate(name, run_key(dir_hash, option.image_id, option.spec), option.spec.machine.slots)
-        for name, option in by_name.items()
+        Candidate(name, run_key(dir_hash, choice.image_id, choice.spec), choice.spec.machine.slots)
+        for name, choice in by_name.items()
     ]
 
     def make(candidate: Candidate) -> Run:
