@@ -1,7 +1,10 @@
 """The config layer: what a user declares, read and checked before anything runs.
 
 * :mod:`.settings`: every ``--lrun-*`` option with its ini key and ``LRUN_*`` variable;
-* :mod:`.machines`: machine tables and Docker contexts, resolved to connection settings;
+* :mod:`.machines`: machine names and tables, resolved to connection settings;
+* :mod:`.contexts`: the engines Docker's own configuration names (its contexts, ``DOCKER_*``);
+* :mod:`.tables`: one TOML table read key by key, with the build rules machine tables and
+  plans share;
 * :mod:`.builds`: Dockerfile builds declared in place of an image;
 * :mod:`.plan`: plan files; :mod:`.select`: which inner tests an invocation selects;
 * :mod:`.shards`: the shard options.

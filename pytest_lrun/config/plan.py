@@ -42,9 +42,7 @@ a comma separated list in ini files and the environment.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,19 +50,14 @@ from typing import Any
 
 import xxhash
 
-from pytest_lrun.config.builds import Build, make_build
-from pytest_lrun.config.machines import BUILD_KEYS, FrozenEnv
-from pytest_lrun.config.settings import ENV_NAMES_EXPECTED, check_seconds, env_names_of, parse_command
+from pytest_lrun.config.builds import Build
+from pytest_lrun.config.settings import check_seconds, parse_command
+from pytest_lrun.config.tables import BUILD_KEYS, FrozenEnv, TableReader, parse_toml
 from pytest_lrun.core.errors import PlanError
 from pytest_lrun.core.fsutil import NotAFile, read_regular
-from pytest_lrun.core.text import printable
+from pytest_lrun.core.text import printable, shown_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
-
-__all__ = ["ENTRY_FIELDS", "MATRIX_FIELDS", "FrozenEnv", "Plan", "PlanEntry", "load_plan", "select"]
+__all__ = ["ENTRY_FIELDS", "MATRIX_FIELDS", "Plan", "PlanEntry", "load_plan", "select"]
 
 #: Options an ``[[entry]]`` and the ``[matrix]`` share.
 _SHARED_FIELDS = ("image", *BUILD_KEYS, "command", "env", "secret_env", "timeout", "artifacts")
@@ -127,12 +120,9 @@ def load_plan(path: str | os.PathLike[str], *, known_machines: Collection[str] |
     except UnicodeDecodeError as e:
         raise PlanError(shown, f"not UTF-8 text: {e}") from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        data = parse_toml(text)
+    except ValueError as e:
         raise PlanError(shown, f"invalid TOML: {e}") from None
-    except RecursionError:
-        # The TOML parser recurses once per level of nested arrays and inline tables.
-        raise PlanError(shown, "invalid TOML: nested too deeply") from None
     absolute = Path(path).resolve()
     if printable(str(absolute)) != str(absolute):
         raise PlanError(shown, f"the plan's path {printable(str(absolute))} is not valid UTF-8")
@@ -156,16 +146,8 @@ def _read(path: Path, shown: str) -> bytes:
 
 
 def _shown(value: object) -> str:
-    """A value as the error messages quote it: TOML-like, shortened."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    except ValueError:  # nan or inf inside a list
-        text = repr(value)
-    return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 3] + "..."
+    """A value as the plan's errors quote it: TOML-like, shortened."""
+    return shown_toml(value, limit=_SHOWN_MAX)
 
 
 class _Parser:
@@ -331,52 +313,22 @@ class _Parser:
                     f"an image reference has no whitespace, got {_shown(image)}", entry, f"{prefix}image"
                 )
             options["image"] = image
-        build = self.build(table, entry, prefix)
+        fields = _Fields(self, table, entry, prefix)
+        build = fields.build()
         if build is not None:
             options["build"] = build
         if "command" in table:
             options["command"] = self.command(table["command"], entry, f"{prefix}command")
         if "env" in table:
             options["env"] = self.env(table["env"], entry, f"{prefix}env")
-        if "secret_env" in table:
-            options["secret_env"] = self.env_names(table["secret_env"], entry, f"{prefix}secret_env")
+        secret_env = fields.env_names("secret_env")
+        if secret_env is not None:
+            options["secret_env"] = secret_env
         if "timeout" in table:
             options["timeout"] = self.timeout(table["timeout"], entry, f"{prefix}timeout")
         if "artifacts" in table:
             options["artifacts"] = self.artifacts(table["artifacts"], entry, f"{prefix}artifacts")
         return options
-
-    def build(self, table: Mapping[str, Any], entry: str | None, prefix: str) -> Build | None:
-        if "build" not in table:
-            stray = [key for key in BUILD_KEYS if key in table]
-            if stray:
-                raise self.error('belongs to a build; add build = "CONTEXT FOLDER"', entry, prefix + stray[0])
-            return None
-        if "image" in table:
-            raise self.error(
-                "give an image or a build, not both (found image and build)", entry, prefix + "build"
-            )
-        context = self.text(table["build"], entry, prefix + "build")
-        dockerfile = (
-            self.text(table["dockerfile"], entry, prefix + "dockerfile") if "dockerfile" in table else None
-        )
-        args = (
-            self.env(table["build_args"], entry, prefix + "build_args", "build arg")
-            if "build_args" in table
-            else None
-        )
-        target = self.text(table["target"], entry, prefix + "target") if "target" in table else None
-        try:
-            return make_build(
-                context,
-                base=self.base,
-                dockerfile=dockerfile,
-                args=args,
-                target=target,
-                origin=f"{self.shown} {entry or 'matrix'} {prefix}build",
-            )
-        except ValueError as e:
-            raise self.error(str(e), entry, prefix + "build") from None
 
     def command(self, value: object, entry: str | None, field: str) -> tuple[str, ...]:
         if isinstance(value, str):
@@ -407,12 +359,6 @@ class _Parser:
                 raise self.error(f"variable {key!r}: expected a string, got {_shown(item)}", entry, field)
         return FrozenEnv(value)
 
-    def env_names(self, value: object, entry: str | None, field: str) -> tuple[str, ...]:
-        names = env_names_of(value)
-        if names is None:
-            raise self.error(f"{ENV_NAMES_EXPECTED}, got {_shown(value)}", entry, field)
-        return names
-
     def timeout(self, value: object, entry: str | None, field: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(f"expected a positive number of seconds, got {_shown(value)}", entry, field)
@@ -430,6 +376,36 @@ class _Parser:
             if not isinstance(item, str) or not item.startswith("/") or "\x00" in item:
                 raise self.error(f"expected an absolute container path, got {_shown(item)}", entry, field)
         return tuple(value)
+
+
+class _Fields(TableReader):
+    """One ``[[entry]]`` table or the ``[matrix]``, read by the rules it shares with machine tables:
+    errors name the plan, the entry and the field (``prefix``: ``matrix.`` for the matrix's)."""
+
+    def __init__(self, parser: _Parser, table: Mapping[str, Any], entry: str | None, prefix: str) -> None:
+        super().__init__(table, parser.base)
+        self.parser = parser
+        self.entry = entry
+        self.prefix = prefix
+
+    def error(self, key: str, reason: str) -> PlanError:
+        return self.parser.error(reason, self.entry, self.prefix + key)
+
+    def origin(self, key: str) -> str:
+        return f"{self.parser.shown} {self.entry or 'matrix'} {self.prefix}{key}"
+
+    def found(self, value: object, *, typed: bool = True) -> str:
+        return f"got {_shown(value)}"
+
+    def string(self, key: str) -> str | None:
+        if key not in self.table:
+            return None
+        return self.parser.text(self.table[key], self.entry, self.prefix + key)
+
+    def string_table(self, key: str, what: str) -> FrozenEnv | None:
+        if key not in self.table:
+            return None
+        return self.parser.env(self.table[key], self.entry, self.prefix + key, what)
 
 
 # --- selection -------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def printable(text: str) -> str:
     """``text`` with what a terminal cannot print escaped: lone surrogates (from file names
@@ -20,7 +22,25 @@ def one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
-def shown_value(value: object) -> str:
-    """``value`` for an error message, cut short: a hostile record's value can be megabytes."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def shown_value(value: object, limit: int = 80) -> str:
+    """``value``'s ``repr`` for an error message, cut to ``limit`` characters: a hostile record's or a
+    config file's value can be megabytes."""
+    return _cut(repr(value), limit)
+
+
+def shown_toml(value: object, limit: int = 80) -> str:
+    """``value`` of a TOML document as an error message quotes it, in TOML's spelling: ``true``, a
+    string in double quotes, ``[1, 2]``, and "a table" for a table; cut to ``limit`` characters."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except ValueError:  # nan or inf inside a list
+        text = repr(value)
+    return _cut(text, limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

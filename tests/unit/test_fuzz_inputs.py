@@ -25,10 +25,10 @@ import pytest
 import tomli_w
 from hypothesis import HealthCheck, example, given, settings
 
-from pytest_lrun.config import machines as machines_module
 from pytest_lrun.config.machines import MachineResolver, load_machine_tables
 from pytest_lrun.config.plan import ENTRY_FIELDS, MATRIX_FIELDS, load_plan
 from pytest_lrun.config.settings import OPTIONS, Option, resolve
+from pytest_lrun.config.tables import BUILD_KEYS
 from pytest_lrun.core.errors import ConfigError, CorruptRecord, PlanError
 from pytest_lrun.store import Batch, FileStore, Run
 
@@ -141,7 +141,7 @@ MACHINE_KEYS = (
     "tls_ca_cert",
     "tls_client_cert",
     "tls_client_key",
-    *getattr(machines_module, "BUILD_KEYS", ()),
+    *BUILD_KEYS,
 )
 
 

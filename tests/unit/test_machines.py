@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from pytest_lrun.config.contexts import TLSConfig
 from pytest_lrun.config.machines import (
     Machine,
     MachineResolver,
-    TLSConfig,
     load_machine_tables,
     machine_resolver,
     resolve_image,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from pytest_lrun.config.plan import FrozenEnv, Plan, PlanEntry, load_plan, select
+from pytest_lrun.config.plan import Plan, PlanEntry, load_plan, select
+from pytest_lrun.config.tables import FrozenEnv
 from pytest_lrun.core.errors import BadInput, PlanError
 
 if sys.version_info >= (3, 11):
