@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from pytest_lrun.cli import EXIT_BATCH_FAILED, EXIT_BATCH_INCOMPLETE, EXIT_BATCH_UNFINISHED, main
+from pytest_lrun.cli import main
+from pytest_lrun.cli.commands import EXIT_BATCH_FAILED, EXIT_BATCH_INCOMPLETE, EXIT_BATCH_UNFINISHED
 from pytest_lrun.cli.follow import Tail
 from pytest_lrun.config.machines import find_machine_file
 from pytest_lrun.config.plan import load_plan

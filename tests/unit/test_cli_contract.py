@@ -26,6 +26,10 @@ from typing import Any
 import pytest
 
 from pytest_lrun import cli
+from pytest_lrun.cli.commands import EXIT_BATCH_FAILED, EXIT_BATCH_INCOMPLETE, EXIT_BATCH_UNFINISHED
+from pytest_lrun.cli.context import Context
+from pytest_lrun.cli.output import JSON_SCHEMA_VERSION
+from pytest_lrun.cli.parser import build_parser
 from pytest_lrun.config.builds import LABEL_BUILD, LABEL_BUILD_CONTEXT
 from pytest_lrun.config.machines import Machine
 from pytest_lrun.config.plan import load_plan
@@ -141,7 +145,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
             raise EngineUnreachable(machine.name, machine.host, "no route to host")
         return engines[machine.name]
 
-    monkeypatch.setattr(cli._Context, "connect", connect)
+    monkeypatch.setattr(Context, "connect", connect)
     return World(tmp_path, FileStore(state, durable=False), engines, capsys)
 
 
@@ -311,7 +315,7 @@ CASES: dict[str, Case] = {
     "show": Case(("show", "{done}", "--json")),
     "cancel": Case(("cancel", "{running}", "--json")),
     # A run gone counts as interrupted: the batch failed, and lrun batch says so in its exit status.
-    "batch": Case(("batch", "b-golden", "--json"), status=cli.EXIT_BATCH_FAILED),
+    "batch": Case(("batch", "b-golden", "--json"), status=EXIT_BATCH_FAILED),
     "machines": Case(("machines", "--json")),
     "gc": Case(("gc", "--max-bytes", "1", "--json")),  # deletes every terminal run; live ones stay
     "reap": Case(("reap", "--json")),
@@ -327,13 +331,13 @@ def test_json_output_matches_its_golden_file(name: str, world: World, populated:
     ids = {"done": populated.done.id, "running": populated.running.id}
     status, out, err = world.lrun(*(arg.format(**ids) for arg in case.args))
     assert status == case.status, err
-    assert json.loads(out)["schema_version"] == cli.JSON_SCHEMA_VERSION == 1
+    assert json.loads(out)["schema_version"] == JSON_SCHEMA_VERSION == 1
     check_golden(name, out, world.root)
 
 
 def test_every_json_command_has_a_golden_case() -> None:
     subparsers = next(
-        action for action in cli.build_parser()._actions if isinstance(action, argparse._SubParsersAction)
+        action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)
     )
     with_json = {
         name
@@ -411,7 +415,7 @@ COMMANDS: list[tuple[tuple[str, ...], int, int]] = [
     (("cancel", "{bare}"), 0, 3),
     (("cancel", "{ended}"), 1, 3),
     (("cancel", "{corrupt}"), 1, 3),
-    (("batch", "{batch}"), cli.EXIT_BATCH_UNFINISHED, 3),  # its exit status follows the batch: running
+    (("batch", "{batch}"), EXIT_BATCH_UNFINISHED, 3),  # its exit status follows the batch: running
     (("machines",), 0, 0),
     (("gc",), 0, 0),
     (("reap",), 0, 0),
@@ -420,7 +424,7 @@ COMMANDS: list[tuple[tuple[str, ...], int, int]] = [
 ]
 
 
-BATCH_EXITS = (cli.EXIT_BATCH_FAILED, cli.EXIT_BATCH_INCOMPLETE, cli.EXIT_BATCH_UNFINISHED)
+BATCH_EXITS = (EXIT_BATCH_FAILED, EXIT_BATCH_INCOMPLETE, EXIT_BATCH_UNFINISHED)
 
 
 def _check_answer(status: int, out: str, err: str, expected: int, *, as_json: bool) -> None:
