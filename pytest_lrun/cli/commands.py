@@ -35,7 +35,6 @@ __all__ = [
     "EXIT_BATCH_INCOMPLETE",
     "EXIT_BATCH_UNFINISHED",
     "SHOWN_NODEIDS",
-    "batch_exit",
     "cmd_batch",
     "cmd_cancel",
     "cmd_gc",
@@ -45,7 +44,6 @@ __all__ = [
     "cmd_reap",
     "cmd_runs",
     "cmd_show",
-    "shown_command",
 ]
 
 
