@@ -92,12 +92,12 @@ from pytest_lrun.config.settings import (
     DEFAULT_IMAGE_MAX_AGE,
     DEFAULT_REAP_AGE,
     DEFAULT_STATE_MAX_BYTES,
-    MIB,
     OPTIONS,
     Settings,
     flag_type,
     resolve,
 )
+from pytest_lrun.config.values import MIB
 from pytest_lrun.core.errors import EXIT_ERROR, LogNotFound, LrunError
 from pytest_lrun.core.text import format_table, one_line
 from pytest_lrun.core.times import rfc3339
@@ -155,7 +155,7 @@ class _Context:
                 # as an empty one (no runs, no such run), from a folder of its own removed at close.
                 self._scratch = tempfile.mkdtemp(prefix="lrun-empty-")
                 state_dir = Path(self._scratch)
-            self._store = open_store(state_dir, self.settings.store)
+            self._store = open_store(state_dir, self.settings.store, waits=self.settings.store_waits)
         return self._store
 
     @property

@@ -1,6 +1,8 @@
 """The config layer: what a user declares, read and checked before anything runs.
 
 * :mod:`.settings`: every ``--lrun-*`` option with its ini key and ``LRUN_*`` variable;
+* :mod:`.values`: the parsers of their values (seconds, sizes, lists, the store's URL...),
+  shared with machine tables and plans;
 * :mod:`.machines`: machine tables and Docker contexts, resolved to connection settings;
 * :mod:`.builds`: Dockerfile builds declared in place of an image;
 * :mod:`.plan`: plan files; :mod:`.select`: which inner tests an invocation selects;

@@ -51,7 +51,7 @@ from typing import Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 from pytest_lrun.config.builds import Build, make_build
-from pytest_lrun.config.settings import (
+from pytest_lrun.config.values import (
     ENV_NAMES_EXPECTED,
     SIZE_SPELLINGS,
     check_seconds,

@@ -54,7 +54,7 @@ import xxhash
 
 from pytest_lrun.config.builds import Build, make_build
 from pytest_lrun.config.machines import BUILD_KEYS, FrozenEnv
-from pytest_lrun.config.settings import ENV_NAMES_EXPECTED, check_seconds, env_names_of, parse_command
+from pytest_lrun.config.values import ENV_NAMES_EXPECTED, check_seconds, env_names_of, parse_command
 from pytest_lrun.core.errors import PlanError
 from pytest_lrun.core.fsutil import NotAFile, read_regular
 from pytest_lrun.core.text import printable

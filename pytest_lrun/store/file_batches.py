@@ -40,7 +40,6 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pytest_lrun.config.plan import Plan
 from pytest_lrun.core.errors import BatchNotFound, CorruptRecord, RunNotFound, StoreError
@@ -52,8 +51,10 @@ from pytest_lrun.core.fsutil import (
     parse_record,
     read_regular,
 )
+from pytest_lrun.core.layout import BATCHES_DIR
 from pytest_lrun.core.locking import hold
 from pytest_lrun.store.common import plan_mismatch
+from pytest_lrun.store.file_io import FileRecords
 from pytest_lrun.store.records import (
     Batch,
     BatchStatus,
@@ -63,9 +64,6 @@ from pytest_lrun.store.records import (
     valid_id,
     validate_batch_id,
 )
-
-if TYPE_CHECKING:
-    from pytest_lrun.store.files import FileStore
 
 __all__ = ["FileBatchStore"]
 
@@ -82,10 +80,10 @@ class FileBatchStore:
     store's runs to derive a batch's status.
     """
 
-    def __init__(self, runs: FileStore) -> None:
+    def __init__(self, runs: FileRecords) -> None:
         self.runs = runs
         self.state_dir = runs.state_dir
-        self.batches_dir = self.state_dir / "batches"
+        self.batches_dir = self.state_dir / BATCHES_DIR
         self.corrupt_dir = runs.corrupt_dir
         make_private_dir(self.batches_dir)
         self.lock_timeout = runs.lock_timeout

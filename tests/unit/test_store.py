@@ -30,7 +30,9 @@ from pytest_lrun.core.errors import (
     TerminalRunError,
 )
 from pytest_lrun.core.fsutil import atomic_write_bytes, atomic_write_json
-from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status, default_state_dir, machine_key
+from pytest_lrun.core.layout import default_state_dir, machine_key
+from pytest_lrun.store import Decision, Run, RunStore, Status
+from pytest_lrun.store.files import FileStore
 
 RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
 
@@ -261,9 +263,11 @@ def test_make_that_calls_back_into_the_store_is_refused_not_deadlocked(store: Ru
 def test_machines_whose_keys_collide_never_share_a_run(
     store: RunStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import pytest_lrun.store.file_io as io_module
     import pytest_lrun.store.files as store_module
 
-    monkeypatch.setattr(store_module, "machine_key", lambda machine: "same")
+    for module in (store_module, io_module):  # every module of the file store that names a machine's files
+        monkeypatch.setattr(module, "machine_key", lambda machine: "same")
     first, outcome = store.prepare("a", "k", make_run)
     assert outcome is Decision.CREATED
     other, outcome = store.prepare("b", "k", make_run)
