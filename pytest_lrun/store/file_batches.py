@@ -135,16 +135,10 @@ class FileBatchStore:
         :raises BatchNotFound: no record
         :raises CorruptRecord: the record did not parse and was moved to ``corrupt/``
         """
-        try:
-            return self._parse(batch_id)
-        except FileNotFoundError:
-            raise BatchNotFound(batch_id) from None
-        except Unparseable as exc:
-            path = self.batches_dir / f"{batch_id}.json"
-            problem = self.runs._quarantine(path, f"batch-{batch_id}", str(exc))
-            if problem is None:  # pragma: no cover - only another writer under the lock could remove it
-                raise BatchNotFound(batch_id) from None
-            raise problem from None
+        path = self.batches_dir / f"{batch_id}.json"
+        return self.runs._read_or_move_aside(
+            lambda: self._parse(batch_id), path, f"batch-{batch_id}", BatchNotFound(batch_id)
+        )
 
     def _write(self, batch: Batch) -> None:
         atomic_write_json(self.batches_dir / f"{batch.id}.json", batch.to_dict(), durable=self.durable)

@@ -21,13 +21,13 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import xxhash
 
-from pytest_lrun.core.errors import CorruptRecord, RunNotFound, StoreError
+from pytest_lrun.core.errors import CorruptRecord, LrunError, RunNotFound, StoreError
 from pytest_lrun.core.fsutil import (
     OPEN_NOFOLLOW,
     NotAFile,
@@ -58,6 +58,8 @@ from pytest_lrun.store.records import Run, Status, valid_id
 __all__ = ["FileRecords", "sort_key", "write_json"]
 
 logger = logging.getLogger("pytest_lrun")
+
+T = TypeVar("T")
 
 
 class FileRecords(RunStore):
@@ -176,14 +178,27 @@ class FileRecords(RunStore):
         """
         if not valid_id(run_id):
             raise RunNotFound(str(run_id))
+        return self._read_or_move_aside(
+            lambda: self._parse_record(run_id),
+            self._record_path(run_id),
+            f"run-{run_id}",
+            RunNotFound(run_id),
+        )
+
+    def _read_or_move_aside(self, parse: Callable[[], T], path: Path, label: str, missing: LrunError) -> T:
+        """``parse()`` of the record at ``path``; one that does not parse is moved aside as ``label``.
+
+        :raises LrunError: ``missing``, when there is no record (or another reader moved it aside first)
+        :raises CorruptRecord: the record did not parse and was moved to ``corrupt/``
+        """
         try:
-            return self._parse_record(run_id)
+            return parse()
         except FileNotFoundError:
-            raise RunNotFound(run_id) from None
+            raise missing from None
         except Unparseable as exc:
-            problem = self._quarantine(self._record_path(run_id), f"run-{run_id}", str(exc))
+            problem = self._quarantine(path, label, str(exc))
             if problem is None:  # another reader moved it aside first
-                raise RunNotFound(run_id) from None
+                raise missing from None
             raise problem from None
 
     def _write_record(self, run: Run) -> None:

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -117,16 +118,6 @@ class FileStore(FileRecords):
         power-cut safe; for tests and benchmarks.
     """
 
-    def __init__(
-        self,
-        state_dir: str | os.PathLike[str] | None = None,
-        *,
-        lock_timeout: float | None = 30.0,
-        durable: bool = True,
-    ) -> None:
-        super().__init__(state_dir, lock_timeout=lock_timeout, durable=durable)
-        self._batches: FileBatchStore | None = None
-
     def __repr__(self) -> str:
         return f"FileStore({str(self.state_dir)!r})"
 
@@ -135,12 +126,10 @@ class FileStore(FileRecords):
         """The state directory."""
         return str(self.state_dir)
 
-    @property
+    @functools.cached_property
     def batches(self) -> FileBatchStore:
-        """The batch records under ``batches/`` of the same state directory."""
-        if self._batches is None:
-            self._batches = FileBatchStore(self)
-        return self._batches
+        """The batch records under ``batches/`` of the same state directory (made on first use)."""
+        return FileBatchStore(self)
 
     @property
     def store_id(self) -> str:

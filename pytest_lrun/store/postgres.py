@@ -41,6 +41,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import functools
 import os
 import secrets
 import time
@@ -49,7 +50,6 @@ from types import TracebackType
 
 import psycopg
 
-from pytest_lrun.config.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STORE_LOCK_TIMEOUT, StoreWaits
 from pytest_lrun.core.errors import CorruptRecord, RunNotFound, StoreError, StoreUnreachable, TerminalRunError
 from pytest_lrun.core.faults import crash_point
 from pytest_lrun.core.fsutil import make_private_dir, remove_tree, stamp
@@ -91,20 +91,6 @@ class PostgresStore(PostgresRecords):
     :raises StoreSchemaTooNew: the database was set up by a newer pytest-lrun
     """
 
-    def __init__(
-        self,
-        url: str,
-        state_dir: str | os.PathLike[str],
-        *,
-        lock_timeout: float | None = DEFAULT_STORE_LOCK_TIMEOUT,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        waits: StoreWaits | None = None,
-    ) -> None:
-        super().__init__(
-            url, state_dir, lock_timeout=lock_timeout, connect_timeout=connect_timeout, waits=waits
-        )
-        self._batches = PostgresBatchStore(self)
-
     def __repr__(self) -> str:
         return f"PostgresStore({self.db.location!r})"
 
@@ -121,9 +107,10 @@ class PostgresStore(PostgresRecords):
         """The database's store id, made with its schema: the same on every runner."""
         return self.db.store_id
 
-    @property
+    @functools.cached_property
     def batches(self) -> PostgresBatchStore:
-        return self._batches
+        """The batch records in the same database."""
+        return PostgresBatchStore(self)
 
     # -- the contract ---------------------------------------------------------------
 
