@@ -3,7 +3,7 @@
 The state dir is ``$LRUN_STATE_DIR``, else ``~/.lrun`` (:func:`default_state_dir`). Its
 folders are named by the ``*_DIR`` constants below; what each holds is the business of
 the module that owns it (the file store's records: :mod:`pytest_lrun.store.files`; the
-hash stat caches: :mod:`pytest_lrun.tree.hashing`; the build logs:
+hash stat caches: the tree layer, :mod:`pytest_lrun.tree`; the build logs:
 :mod:`pytest_lrun.run.images`)::
 
     runs/  active/  locks/  completed/  corrupt/  queue/  durations/  batches/

@@ -29,13 +29,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SWEEP_GRACE_S",
+    "TICKET_TTL_S",
+    "ahead_of",
+    "check_candidates",
     "check_machine",
     "check_request",
+    "choose",
     "ended",
     "fill_new",
     "leftovers_in",
     "local_owner",
     "owner_alive",
+    "plan_mismatch",
+    "queued_blocker",
     "remove_leftovers",
     "retry_while_busy",
 ]
