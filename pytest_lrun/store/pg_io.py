@@ -130,6 +130,7 @@ class PostgresRecords(RunStore):
         return {**owner, **self.db.backend}
 
     def quarantine(self, kind: str, key: str, record: str, reason: str) -> CorruptRecord:
+        """Move the ``kind`` (run or batch) record ``key`` into ``lrun_corrupt``; the problem, reported."""
         self.db.atomic(
             lambda cur: cur.execute(pg_sql.MOVE_ASIDE[kind], {"id": key, "record": record, "reason": reason})
         )
