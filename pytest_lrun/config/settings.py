@@ -38,7 +38,6 @@ from pytest_lrun.config.values import (
     redact_url,
 )
 from pytest_lrun.core.errors import ConfigError
-from pytest_lrun.core.layout import HOME_STATE_DIR
 
 DEFAULT_COMMAND = (
     "python3",
@@ -444,6 +443,10 @@ class Settings:
         )
 
     def resolved_state_dir(self) -> Path:
+        # Imported here: the plugin imports this module into every pytest run, and the layout
+        # module brings xxhash with it.
+        from pytest_lrun.core.layout import HOME_STATE_DIR
+
         return self.state_dir if self.state_dir is not None else Path.home() / HOME_STATE_DIR
 
 
