@@ -76,7 +76,7 @@ from hash import SMALL_RATIO_TARGET, make_small_tree, race, sha256_pass
 from private_engines import Engine, can_start_engines, launch_engine, load_image, stop_engine, wait_until_up
 
 from pytest_lrun.config.settings import DEFAULT_COMMAND
-from pytest_lrun.core.layout import RECORD
+from pytest_lrun.core.layout import RECORD, RUNS_DIR
 from pytest_lrun.store.records import Run
 from pytest_lrun.tree.hashing import hash_dir, iter_files
 
@@ -216,7 +216,7 @@ class Times:
 def times_of(state: Path, usage: Usage) -> list[Times]:
     """The runs an invocation created (after it began) and that ran to an end, oldest first."""
     found = []
-    for path in (state / "runs").glob(f"*/{RECORD}"):
+    for path in (state / RUNS_DIR).glob(f"*/{RECORD}"):
         run = Run.from_dict(json.loads(path.read_text()))
         if run.created_at is None or run.started_at is None or run.ended_at is None:
             continue

@@ -44,8 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_lrun.config.settings import parse_store_url, redact_url
-from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status, open_store
+from pytest_lrun.config.values import parse_store_url, redact_url
+from pytest_lrun.store import Decision, Run, RunStore, Status, open_store
+from pytest_lrun.store.files import FileStore
 
 MACHINE = "bench-machine"
 SIZES = (10, 10_000)

@@ -16,7 +16,8 @@ import pytest
 
 from pytest_lrun import hookspecs
 from pytest_lrun.config.select import dispatched_dir
-from pytest_lrun.config.settings import OPTIONS, Settings, flag_type, redact_url, resolve
+from pytest_lrun.config.settings import OPTIONS, Settings, flag_type, resolve
+from pytest_lrun.config.values import redact_url
 from pytest_lrun.core.errors import LrunError
 
 SETTINGS_KEY = pytest.StashKey[Settings]()

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_lrun.config.plan import Plan, load_plan
-from pytest_lrun.store import Candidate, FileStore, Run, RunStore
+from pytest_lrun.store import Candidate, Run, RunStore
+from pytest_lrun.store.files import FileStore
 
 WAIT_S = 60.0  # bound on every barrier, queue and join wait
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_lrun.cli.context import Context
 from pytest_lrun.cli.follow import Tail, follow
 from pytest_lrun.cli.output import age, binary_stdout, print_json, say, shown_dir, when
-from pytest_lrun.config.settings import MIB
+from pytest_lrun.config.values import MIB
 from pytest_lrun.core.errors import LogNotFound, LrunError
 from pytest_lrun.core.text import format_table, one_line
 from pytest_lrun.core.times import rfc3339

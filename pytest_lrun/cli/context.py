@@ -64,7 +64,7 @@ class Context:
                 # as an empty one (no runs, no such run), from a folder of its own removed at close.
                 self._scratch = tempfile.mkdtemp(prefix="lrun-empty-")
                 state_dir = Path(self._scratch)
-            self._store = open_store(state_dir, self.settings.store)
+            self._store = open_store(state_dir, self.settings.store, waits=self.settings.store_waits)
         return self._store
 
     @property

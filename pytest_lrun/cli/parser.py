@@ -37,10 +37,10 @@ from pytest_lrun.config.settings import (
     DEFAULT_IMAGE_MAX_AGE,
     DEFAULT_REAP_AGE,
     DEFAULT_STATE_MAX_BYTES,
-    MIB,
     OPTIONS,
     flag_type,
 )
+from pytest_lrun.config.values import MIB
 from pytest_lrun.store import Status
 
 __all__ = ["build_parser"]

@@ -1,6 +1,8 @@
 """The config layer: what a user declares, read and checked before anything runs.
 
 * :mod:`.settings`: every ``--lrun-*`` option with its ini key and ``LRUN_*`` variable;
+* :mod:`.values`: the parsers of their values (seconds, sizes, lists, the store's URL...),
+  shared with machine tables and plans;
 * :mod:`.machines`: machine names and tables, resolved to connection settings;
 * :mod:`.contexts`: the engines Docker's own configuration names (its contexts, ``DOCKER_*``);
 * :mod:`.tables`: one TOML table read key by key, with the build rules machine tables and

@@ -51,8 +51,8 @@ from typing import Any
 import xxhash
 
 from pytest_lrun.config.builds import Build
-from pytest_lrun.config.settings import check_seconds, parse_command
 from pytest_lrun.config.tables import BUILD_KEYS, FrozenEnv, TableReader, parse_toml
+from pytest_lrun.config.values import check_seconds, parse_command
 from pytest_lrun.core.errors import PlanError
 from pytest_lrun.core.fsutil import NotAFile, read_regular
 from pytest_lrun.core.text import printable, shown_toml

@@ -8,24 +8,35 @@ documented precedence, lowest first::
     built-in default < ini key < LRUN_* environment variable < --lrun-* flag
 
 and returns a frozen :class:`Settings`. Every bad value's error names where it
-came from (flag, ini key or variable).
+came from (flag, ini key or variable). The parsers of the values are :mod:`.values`'.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import shlex
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pytest_lrun.config.shards import ShardOf, parse_shard_of, parse_shards
+from pytest_lrun.config.shards import ShardOf, parse_shard_of
+from pytest_lrun.config.values import (
+    MIB,
+    parse_bool,
+    parse_choice,
+    parse_command,
+    parse_env_names,
+    parse_list,
+    parse_positive_seconds,
+    parse_retries,
+    parse_seconds,
+    parse_shard_count,
+    parse_size,
+    parse_store_url,
+    redact_url,
+)
 from pytest_lrun.core.errors import ConfigError
 
 DEFAULT_COMMAND = (
@@ -43,8 +54,6 @@ DEFAULT_COMMAND = (
     "--junitxml=/lrun/out/junit.xml",
 )
 DEFAULT_ARTIFACTS = ("/lrun/artifacts",)
-MIB = 1024 * 1024
-GIB = 1024 * MIB
 # Every default the package uses is declared once, here; the option table below and the
 # modules that need one (engine, dispatch, cli) name these constants.
 DEFAULT_TIMEOUT = 3600.0  # a run's limit when neither the option nor its machine sets one
@@ -61,173 +70,7 @@ DEFAULT_REAP_AGE = 300.0
 DEFAULT_IMAGE_MAX_AGE = 7 * 86400.0
 DEFAULT_TERMINAL_RESERVE_BYTES = MIB
 DEFAULT_INFRA_RETRIES = 1
-# Retrying an infrastructure failure more often than this hides a broken fleet.
-MAX_INFRA_RETRIES = 10
 DEFAULT_STORE_MAX_BYTES = 1024 * MIB
-# Waits, socket timeouts and lock timeouts overflow near 9.2e9 s: refuse long before that.
-MAX_SECONDS = 1e9
-# The engine stores sizes as int64.
-MAX_SIZE = 2**63 - 1
-
-#: An environment variable name a secret may have (``--lrun-secret-env``, ``secret_env``).
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-#: What :func:`parse_size` accepts, for help texts and error messages.
-SIZE_SPELLINGS = (
-    "a byte count (1048576) or a number with a unit k, m or g, optionally followed by b or ib, "
-    "in any case (512k, 16m, 16MiB, 1.5g)"
-)
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)(?:([kmg])(?:i?b)?|b)?", re.IGNORECASE)
-_SIZE_UNITS = {"k": 1024, "m": MIB, "g": GIB}
-
-
-def check_seconds(value: float, *, zero_ok: bool) -> float:
-    """``value`` as a float number of seconds; ValueError (no "got ..." part) when it is not one.
-
-    NaN, infinities, negatives and (unless ``zero_ok``) zero are refused, and so is
-    anything above :data:`MAX_SECONDS`.
-    """
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        raise ValueError(
-            "expected a number of seconds, 0 or more" if zero_ok else "expected a positive number of seconds"
-        )
-    if value > MAX_SECONDS:
-        raise ValueError(f"expected at most {MAX_SECONDS:g} seconds")
-    return float(value)
-
-
-def parse_seconds(text: str) -> float:
-    """Seconds, 0 or more, from text such as ``30`` or ``1.5``."""
-    return check_seconds(_float(text), zero_ok=True)
-
-
-def parse_positive_seconds(text: str) -> float:
-    """Seconds above zero, from text such as ``30`` or ``1.5``."""
-    return check_seconds(_float(text), zero_ok=False)
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError("expected a number of seconds") from None
-
-
-def parse_size(text: str) -> int:
-    """Bytes from a size as :data:`SIZE_SPELLINGS` says: ``1048576``, ``512k``, ``16MiB``, ``1.5g``.
-
-    The package's one size parser. Zero, negatives, NaN, infinities, exponents and
-    sizes above :data:`MAX_SIZE` are refused with a ValueError saying why.
-    """
-    match = _SIZE_RE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"expected a size: {SIZE_SPELLINGS}")
-    number, unit = match.groups()
-    # Decimal, not float: a long digit string stays a finite number (float gives inf), so the
-    # range check below sees it.
-    value = int(Decimal(number) * _SIZE_UNITS.get((unit or "").lower(), 1))
-    if value <= 0:
-        raise ValueError("expected a size of at least one byte")
-    if value > MAX_SIZE:
-        raise ValueError(f"expected at most {MAX_SIZE} bytes")
-    return value
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (``user:PASSWORD@`` or ``?password=...``) shown as ``***``;
-    a URL that does not even split is shown as ``***`` whole (it may hold a password anywhere)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "***"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-    query = "&".join(
-        f"{key}=***" if key.lower() == "password" else f"{key}={value}"
-        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def parse_store_url(text: str) -> str:
-    """A ``postgresql://`` (or ``postgres://``) URL, as libpq reads it; the file store has no URL."""
-    url = text.strip()
-    if not url.startswith(("postgresql://", "postgres://")):
-        raise ValueError("expected a postgresql:// URL (leave it unset for the file store in the state dir)")
-    try:
-        urllib.parse.urlsplit(url).port  # noqa: B018 - what raises for a bad host or port
-    except ValueError as e:
-        raise ValueError(f"not a valid URL: {e}") from None
-    return url
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected true/false, yes/no, on/off or 1/0")
-
-
-def parse_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.replace("\n", ",").split(",") if part.strip())
-
-
-def parse_retries(text: str) -> int:
-    """A count of retries, 0 to :data:`MAX_INFRA_RETRIES`."""
-    try:
-        count = int(text)
-    except ValueError:
-        count = -1
-    if not 0 <= count <= MAX_INFRA_RETRIES:
-        raise ValueError(f"expected a whole number from 0 to {MAX_INFRA_RETRIES}")
-    return count
-
-
-def parse_env_names(text: str) -> tuple[str, ...]:
-    """Environment variable names, comma separated."""
-    names = parse_list(text)
-    for name in names:
-        if not ENV_NAME_RE.fullmatch(name):
-            raise ValueError(f"{name!r} is not an environment variable name (letters, digits and _)")
-    return names
-
-
-def env_names_of(value: object) -> tuple[str, ...] | None:
-    """``value`` (a TOML list) as environment variable names, or None when it is not such a list."""
-    if isinstance(value, list) and all(isinstance(n, str) and ENV_NAME_RE.fullmatch(n) for n in value):
-        return tuple(value)
-    return None
-
-
-#: What a list of environment variable names looks like, for error messages.
-ENV_NAMES_EXPECTED = 'expected a list of environment variable names such as ["TOKEN"]'
-
-
-def parse_command(text: str) -> tuple[str, ...]:
-    words = tuple(shlex.split(text))
-    if not words:
-        raise ValueError("the command is empty")
-    return words
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
-def _shards(text: str) -> int:
-    """A shard count; 0 stands for ``auto``."""
-    count = parse_shards(text)
-    return 0 if count is None else count
 
 
 @dataclass(frozen=True)
@@ -238,21 +81,6 @@ class StoreWaits:
     lock_timeout: float = DEFAULT_STORE_LOCK_TIMEOUT
     idle_timeout: float = DEFAULT_STORE_IDLE_TIMEOUT
     keepalive: float = DEFAULT_STORE_KEEPALIVE
-
-
-class StoreURL(str):
-    """A store URL (the ``store`` setting, a plain string to every reader) that carries the
-    store's :class:`StoreWaits`, so that whoever opens the store with it applies them."""
-
-    waits: StoreWaits
-
-    def __new__(cls, url: str, waits: StoreWaits | None = None) -> StoreURL:
-        self = super().__new__(cls, url)
-        self.waits = waits if waits is not None else StoreWaits()
-        return self
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (StoreURL, (str(self), self.waits))
 
 
 @dataclass(frozen=True)
@@ -341,7 +169,7 @@ OPTIONS: tuple[Option, ...] = (
         "keep",
         "keep containers instead of removing them: never, failed (runs that did not "
         "complete) or always (default: never).",
-        _choice("never", "failed", "always"),
+        parse_choice("never", "failed", "always"),
         "never",
         metavar="WHEN",
     ),
@@ -349,7 +177,7 @@ OPTIONS: tuple[Option, ...] = (
         "reuse",
         "`completed` returns the stored result of the newest completed run with the same "
         "key (dir hash, image, command, env) without running anything (default: never).",
-        _choice("never", "completed"),
+        parse_choice("never", "completed"),
         "never",
         metavar="WHEN",
     ),
@@ -359,7 +187,7 @@ OPTIONS: tuple[Option, ...] = (
         "`container` forwards them into the inner pytest (only the selected tests run; the "
         "selection is part of the run key), `host` runs every inner test and selects among "
         "the reports (default: container).",
-        _choice("container", "host"),
+        parse_choice("container", "host"),
         "container",
         metavar="WHERE",
     ),
@@ -368,7 +196,7 @@ OPTIONS: tuple[Option, ...] = (
         "split each dispatched directory into N runs, balanced by the inner tests' recorded "
         "durations (round-robin without history); `auto`: the free slots of its machines "
         "(default: 1).",
-        _shards,
+        parse_shard_count,
         1,
         metavar="N",
     ),
@@ -578,7 +406,7 @@ class Settings:
     infra_retries: int
     busy_wait: float
     state_dir: Path | None
-    store: str | None  # a StoreURL, which carries the store_* waits to open_store
+    store: str | None
     store_statement_timeout: float
     store_lock_timeout: float
     store_idle_timeout: float
@@ -604,8 +432,22 @@ class Settings:
         """Whether this invocation dispatches anything at all."""
         return bool(self.machine or self.plan or self.attach)
 
+    @property
+    def store_waits(self) -> StoreWaits:
+        """The database store's bounded waits, from the ``store_*`` options (for ``open_store``)."""
+        return StoreWaits(
+            statement_timeout=self.store_statement_timeout,
+            lock_timeout=self.store_lock_timeout,
+            idle_timeout=self.store_idle_timeout,
+            keepalive=self.store_keepalive,
+        )
+
     def resolved_state_dir(self) -> Path:
-        return self.state_dir if self.state_dir is not None else Path.home() / ".lrun"
+        # Imported here: the plugin imports this module into every pytest run, and the layout
+        # module brings xxhash with it.
+        from pytest_lrun.core.layout import HOME_STATE_DIR
+
+        return self.state_dir if self.state_dir is not None else Path.home() / HOME_STATE_DIR
 
 
 def resolve(
@@ -635,16 +477,6 @@ def resolve(
                 tuple(v for used in flag_value for v in used) if isinstance(flag_value, list) else flag_value
             )
         values[option.name] = value
-    if values["store"] is not None:
-        values["store"] = StoreURL(
-            values["store"],
-            StoreWaits(
-                statement_timeout=values["store_statement_timeout"],
-                lock_timeout=values["store_lock_timeout"],
-                idle_timeout=values["store_idle_timeout"],
-                keepalive=values["store_keepalive"],
-            ),
-        )
     settings = Settings(**values)
     _check_combinations(settings)
     return settings

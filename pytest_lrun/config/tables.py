@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_lrun.config.builds import Build, make_build
-from pytest_lrun.config.settings import (
+from pytest_lrun.config.values import (
     ENV_NAMES_EXPECTED,
     SIZE_SPELLINGS,
     check_seconds,

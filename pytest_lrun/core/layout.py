@@ -1,5 +1,14 @@
 """The state dir's layout on disk: the one place that names the files and folders in it.
 
+The state dir is ``$LRUN_STATE_DIR``, else ``~/.lrun`` (:func:`default_state_dir`). Its
+folders are named by the ``*_DIR`` constants below; what each holds is the business of
+the module that owns it (the file store's records: :mod:`pytest_lrun.store.files`; the
+hash stat caches: the tree layer, :mod:`pytest_lrun.tree`; the build logs:
+:mod:`pytest_lrun.run.images`)::
+
+    runs/  active/  locks/  completed/  corrupt/  queue/  durations/  batches/
+    hashcache/  builds/
+
 Every module that reads or writes a run's files (the store, dispatch, recovery,
 the command line) asks :class:`RunFiles` for the path instead of spelling it, so
 the layout below can change in one place::
@@ -22,6 +31,7 @@ and run folders being deleted (``runs/.deleting-<run-id>-<random>``).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +39,40 @@ from pathlib import Path
 import xxhash
 
 __all__ = [
+    "ACTIVE_DIR",
+    "BATCHES_DIR",
+    "BUILDS_DIR",
+    "COMPLETED_DIR",
+    "CORRUPT_DIR",
     "DELETING_PREFIX",
+    "DURATIONS_DIR",
+    "HASHCACHE_DIR",
+    "HOME_STATE_DIR",
+    "LOCKS_DIR",
+    "QUEUE_DIR",
     "RECORD",
+    "RUNS_DIR",
     "TMP_SUFFIX",
     "RunFiles",
+    "default_state_dir",
     "is_leftover",
     "machine_key",
 ]
+
+#: The state dir's folder under the home directory, when neither the option nor its variable names one.
+HOME_STATE_DIR = ".lrun"
+
+# The folders of the state dir.
+RUNS_DIR = "runs"  # a folder per run: RunFiles
+ACTIVE_DIR = "active"  # each machine's index of its live runs (the file store)
+LOCKS_DIR = "locks"  # each machine's lock file, and named locks (the file store)
+COMPLETED_DIR = "completed"  # the newest completed run of each key (the file store)
+CORRUPT_DIR = "corrupt"  # files that did not parse, moved aside, never deleted (the file store)
+QUEUE_DIR = "queue"  # each machine's line of waiters for a slot (the file store)
+DURATIONS_DIR = "durations"  # the inner tests' durations per suite (the file store)
+BATCHES_DIR = "batches"  # batch records (the file store)
+HASHCACHE_DIR = "hashcache"  # stat caches of hashed trees (any store)
+BUILDS_DIR = "builds"  # image build logs per machine (any store)
 
 RECORD = "run.json"
 LOGS = "logs.txt"
@@ -86,6 +123,14 @@ class RunFiles:
     @property
     def reserve(self) -> Path:
         return self.dir / RESERVE
+
+
+def default_state_dir() -> Path:
+    """``$LRUN_STATE_DIR`` when set and non-empty, else ``~/.lrun``."""
+    configured = os.environ.get("LRUN_STATE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / HOME_STATE_DIR
 
 
 def machine_key(machine: str) -> str:

@@ -46,8 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -102,6 +100,7 @@ from pytest_lrun.run.placement import POLL_S, choices_for, place, pytest_argumen
 from pytest_lrun.run.readback import RunOutput, collect, pump_logs, respool
 from pytest_lrun.run.spec import EventSink, OutputSink, RunResult, RunSpec
 from pytest_lrun.store import Decision, Run, RunStore, Status
+from pytest_lrun.store.common import local_owner
 from pytest_lrun.tree.hashing import Snapshot, hash_dir
 from pytest_lrun.wire.events import PhaseReport, Start, reporter_wiring
 from pytest_lrun.wire.junit import parse_junit
@@ -553,7 +552,7 @@ class Dispatcher:
                 )
             env = {name: state.env[name] for name in run.env_names or () if name in state.env}
             secrets = hidden_values(env, run.secret_env or ())
-            return self._finish(replace(run, owner=_me()), engine, secrets, fresh_logs=True)
+            return self._finish(replace(run, owner=local_owner()), engine, secrets, fresh_logs=True)
 
     def _end(
         self,
@@ -665,7 +664,3 @@ def _vanished(engine: Engine, container_id: str) -> bool:
 def _secrets(spec: RunSpec) -> list[str]:
     """Env values the log must never show (:func:`~pytest_lrun.run.logs.hidden_values`)."""
     return hidden_values(spec.environment(), spec.secret_names)
-
-
-def _me() -> dict[str, object]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}

@@ -34,7 +34,7 @@ from pytest_lrun.config.builds import (
     image_tag,
 )
 from pytest_lrun.core.errors import HashError, ImageBuildFailed, ImageMissing
-from pytest_lrun.core.layout import machine_key
+from pytest_lrun.core.layout import BUILDS_DIR, machine_key
 from pytest_lrun.tree.hashing import Snapshot, snapshot
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class Builder:
     def __init__(self, store: RunStore, *, on_line: BuildSink | None = None) -> None:
         self.store = store
         self.on_line = on_line
-        self.logs_dir = store.state_dir / "builds"
+        self.logs_dir = store.state_dir / BUILDS_DIR
 
     def log_path(self, machine: str, tag: str) -> Path:
         """The build log of ``tag`` on ``machine`` in this host's state dir."""

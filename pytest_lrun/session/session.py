@@ -131,7 +131,9 @@ class LrunSession:
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
-        self.store: RunStore = open_store(settings.resolved_state_dir(), settings.store)
+        self.store: RunStore = open_store(
+            settings.resolved_state_dir(), settings.store, waits=settings.store_waits
+        )
         self.batches = self.store.batches
         # The machine tables are found as `lrun` finds them: --lrun-config, else upward from here.
         self.resolver = machine_resolver(settings.config, config.invocation_params.dir)

@@ -4,21 +4,32 @@
   dispatch, recovery, the session and the CLI depend on;
 * :mod:`.records` holds the records every backend keeps (:class:`Run`,
   :class:`Batch`) and how they spell ids and times;
-* :mod:`.files` (with :mod:`.file_batches`) is the embedded default: records in
-  one host's state dir, made safe across threads and processes with file locks;
+* :mod:`.common` is what both backends do the same way (the rules of a new run,
+  the busy wait, a run's owner on this host, the leftovers of crashes);
+* :mod:`.files` is the embedded default: records in one host's state dir, made
+  safe across threads and processes with file locks. Its parts: :mod:`.file_io`
+  (the base class :class:`~.file_io.FileRecords`: reading and writing each file),
+  :mod:`.file_place` (placement and the lines of waiters), :mod:`.file_check`
+  (sweep and check), :mod:`.file_durations` and :mod:`.file_batches`;
 * :mod:`.postgres` keeps the records in a PostgreSQL database that every CI
-  runner reaches (``--lrun-store=postgresql://...``, the ``postgres`` extra).
+  runner reaches (``--lrun-store=postgresql://...``, the ``postgres`` extra). Its
+  parts: :mod:`.pg_io` (the base class :class:`~.pg_io.PostgresRecords`: a run as a
+  row), :mod:`.pg_db` (connections, transactions, the schema), :mod:`.pg_sql` (every
+  statement), :mod:`.pg_place` (placement and the line of waiters), :mod:`.pg_check`
+  (sweep and check), :mod:`.pg_batches` and :mod:`.pg_results` (results shared
+  between runners).
 
-:func:`open_store` picks the backend from the ``--lrun-store`` setting.
+:func:`open_store` picks the backend from the ``--lrun-store`` setting and imports
+only that one: importing this package loads neither backend (nor psycopg).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pytest_lrun.config.settings import StoreWaits
 from pytest_lrun.core.errors import ExtraMissing
 from pytest_lrun.store.base import BatchStore, Candidate, Decision, RunStore, Sweep, Ticket
-from pytest_lrun.store.files import FileStore, default_state_dir, machine_key
 from pytest_lrun.store.records import Batch, BatchStatus, Run, Status
 
 __all__ = [
@@ -27,35 +38,35 @@ __all__ = [
     "BatchStore",
     "Candidate",
     "Decision",
-    "FileStore",
     "Run",
     "RunStore",
     "Status",
     "Sweep",
     "Ticket",
-    "default_state_dir",
-    "machine_key",
     "open_store",
 ]
 
 
-def open_store(state_dir: Path, url: str | None = None) -> RunStore:
+def open_store(state_dir: Path, url: str | None = None, *, waits: StoreWaits | None = None) -> RunStore:
     """The store of this invocation: the file store in ``state_dir``, or the database at ``url``.
 
     With a database, ``state_dir`` still holds this host's copies of run files and hash caches,
-    and a :class:`~pytest_lrun.config.settings.StoreURL` brings the waits of the ``store_*`` settings.
+    and ``waits`` are its bounded waits (the ``store_*`` settings,
+    :attr:`Settings.store_waits <pytest_lrun.config.settings.Settings.store_waits>`; default:
+    their defaults).
 
     :raises ExtraMissing: ``url`` names a database and psycopg is not installed
     :raises StoreUnreachable: the database does not answer, or refuses the login
     """
     if url is None:
+        from pytest_lrun.store.files import FileStore
+
         return FileStore(state_dir)
     try:
         import psycopg  # noqa: F401 - only to say which extra is missing
     except ImportError:
         raise ExtraMissing("a postgresql:// store", "postgres", "psycopg") from None
-    from pytest_lrun.config.settings import StoreURL, StoreWaits
     from pytest_lrun.store.postgres import PostgresStore
 
-    waits = url.waits if isinstance(url, StoreURL) else StoreWaits()
+    waits = waits if waits is not None else StoreWaits()
     return PostgresStore(url, state_dir, lock_timeout=waits.lock_timeout, waits=waits)

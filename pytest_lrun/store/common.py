@@ -1,5 +1,6 @@
 """What every store backend does the same way: the rules of a new run, the busy wait, ending a
-run, the owner of a run on this host, and removing what crashes left in this host's state dir.
+run, the owner of a run on this host (:func:`local_owner`, :func:`owner_alive`), and removing
+what crashes left in this host's state dir.
 
 The backends differ in how they make a decision atomic (file locks, database transactions);
 the steps around that decision live here once.
@@ -15,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_lrun.core.errors import BatchPlanMismatch, StoreError
 from pytest_lrun.core.fsutil import remove_tree
@@ -28,12 +29,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SWEEP_GRACE_S",
+    "TICKET_TTL_S",
+    "ahead_of",
+    "check_candidates",
     "check_machine",
     "check_request",
+    "choose",
     "ended",
     "fill_new",
     "leftovers_in",
+    "local_owner",
     "owner_alive",
+    "plan_mismatch",
+    "queued_blocker",
     "remove_leftovers",
     "retry_while_busy",
 ]
@@ -139,7 +147,7 @@ def fill_new(run: Run, machine: str, key: str, test_dir_hash: str | None) -> Non
     if run.created_at is None:
         run.created_at = time.time()
     if run.owner is None:
-        run.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        run.owner = local_owner()
 
 
 def ended(run: Run, status: Status, error_code: str | None, error_msg: str | None) -> Run:
@@ -156,6 +164,14 @@ def ended(run: Run, status: Status, error_code: str | None, error_msg: str | Non
         error_code=error_code or run.error_code,
         error_msg=error_msg or run.error_msg,
     )
+
+
+def local_owner() -> dict[str, Any]:
+    """The owner record of a run this process holds: ``{"host": ..., "pid": ...}``.
+
+    The database store adds its session's identity when it writes the record.
+    """
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def owner_alive(run: Run) -> bool:

@@ -40,7 +40,6 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pytest_lrun.config.plan import Plan
 from pytest_lrun.core.errors import BatchNotFound, CorruptRecord, RunNotFound, StoreError
@@ -52,8 +51,10 @@ from pytest_lrun.core.fsutil import (
     parse_record,
     read_regular,
 )
+from pytest_lrun.core.layout import BATCHES_DIR
 from pytest_lrun.core.locking import hold
 from pytest_lrun.store.common import plan_mismatch
+from pytest_lrun.store.file_io import FileRecords
 from pytest_lrun.store.records import (
     Batch,
     BatchStatus,
@@ -63,9 +64,6 @@ from pytest_lrun.store.records import (
     valid_id,
     validate_batch_id,
 )
-
-if TYPE_CHECKING:
-    from pytest_lrun.store.files import FileStore
 
 __all__ = ["FileBatchStore"]
 
@@ -82,10 +80,10 @@ class FileBatchStore:
     store's runs to derive a batch's status.
     """
 
-    def __init__(self, runs: FileStore) -> None:
+    def __init__(self, runs: FileRecords) -> None:
         self.runs = runs
         self.state_dir = runs.state_dir
-        self.batches_dir = self.state_dir / "batches"
+        self.batches_dir = self.state_dir / BATCHES_DIR
         self.corrupt_dir = runs.corrupt_dir
         make_private_dir(self.batches_dir)
         self.lock_timeout = runs.lock_timeout
@@ -137,16 +135,10 @@ class FileBatchStore:
         :raises BatchNotFound: no record
         :raises CorruptRecord: the record did not parse and was moved to ``corrupt/``
         """
-        try:
-            return self._parse(batch_id)
-        except FileNotFoundError:
-            raise BatchNotFound(batch_id) from None
-        except Unparseable as exc:
-            path = self.batches_dir / f"{batch_id}.json"
-            problem = self.runs._quarantine(path, f"batch-{batch_id}", str(exc))
-            if problem is None:  # pragma: no cover - only another writer under the lock could remove it
-                raise BatchNotFound(batch_id) from None
-            raise problem from None
+        path = self.batches_dir / f"{batch_id}.json"
+        return self.runs._read_or_move_aside(
+            lambda: self._parse(batch_id), path, f"batch-{batch_id}", BatchNotFound(batch_id)
+        )
 
     def _write(self, batch: Batch) -> None:
         atomic_write_json(self.batches_dir / f"{batch.id}.json", batch.to_dict(), durable=self.durable)

@@ -12,24 +12,21 @@ from __future__ import annotations
 import builtins
 import os
 import time
-from typing import TYPE_CHECKING
 
 from pytest_lrun.core.errors import OWNER_GONE, CorruptRecord, RunNotFound, TerminalRunError
 from pytest_lrun.core.fsutil import Unparseable
 from pytest_lrun.core.layout import RECORD, is_leftover, machine_key
 from pytest_lrun.store.base import Sweep
 from pytest_lrun.store.common import leftovers_in, owner_alive, remove_leftovers
+from pytest_lrun.store.file_io import FileRecords
 from pytest_lrun.store.records import Status, valid_id
-
-if TYPE_CHECKING:
-    from pytest_lrun.store.files import FileStore
 
 __all__ = ["check", "sweep"]
 
 _UNINDEXED = "a crash left it pending and unlisted in its machine's index; its creator is gone"
 
 
-def sweep(store: FileStore, *, grace: float, now: float | None) -> Sweep:
+def sweep(store: FileRecords, *, grace: float, now: float | None) -> Sweep:
     """Settle what crashes left behind, once it is older than ``grace`` seconds.
 
     * temporary files of interrupted writes and half-deleted run folders are removed;
@@ -84,7 +81,7 @@ def sweep(store: FileStore, *, grace: float, now: float | None) -> Sweep:
     return report
 
 
-def check(store: FileStore) -> builtins.list[str]:
+def check(store: FileRecords) -> builtins.list[str]:
     """The store's invariant violations, one sentence each; ``[]`` when healthy. Changes nothing.
 
     Checks: every record parses and its id names its directory; every index
@@ -108,7 +105,7 @@ def check(store: FileStore) -> builtins.list[str]:
     return problems
 
 
-def _check_index(store: FileStore, mkey: str) -> builtins.list[str]:
+def _check_index(store: FileRecords, mkey: str) -> builtins.list[str]:
 
     where = f"active/{mkey}.json"
     try:

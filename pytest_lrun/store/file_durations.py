@@ -15,30 +15,28 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import xxhash
 
 from pytest_lrun.core.fsutil import NotAFile, atomic_write_json, make_private_dir, read_regular
+from pytest_lrun.core.layout import DURATIONS_DIR
 from pytest_lrun.core.locking import hold
-
-if TYPE_CHECKING:
-    from pytest_lrun.store.files import FileStore
+from pytest_lrun.store.file_io import FileRecords
 
 __all__ = ["load", "save"]
 
 
-def save(store: FileStore, suite: str, durations: Mapping[str, float]) -> None:
+def save(store: FileRecords, suite: str, durations: Mapping[str, float]) -> None:
     """Merge ``durations`` into ``durations/<digest of suite>.json`` under its own lock."""
     path = _durations_path(store, suite)
     make_private_dir(path.parent)  # 0700, as every folder of the state dir
     with hold(str(path) + ".lock", store.lock_timeout, f"durations of {suite!r}"):
-        kept = store.durations(suite)
+        kept = load(store, suite)
         kept.update(durations)
         atomic_write_json(path, {"suite": suite, "durations": kept}, durable=store.durable)
 
 
-def load(store: FileStore, suite: str) -> dict[str, float]:
+def load(store: FileRecords, suite: str) -> dict[str, float]:
     """The durations kept for ``suite``; a file that does not parse counts as none (it is rewritten)."""
     path = _durations_path(store, suite)
     try:
@@ -52,9 +50,6 @@ def load(store: FileStore, suite: str) -> dict[str, float]:
         return {}
 
 
-def _durations_path(store: FileStore, suite: str) -> Path:
-    return (
-        store.state_dir
-        / "durations"
-        / f"{xxhash.xxh3_128_hexdigest(suite.encode('utf-8', 'surrogatepass'))}.json"
-    )
+def _durations_path(store: FileRecords, suite: str) -> Path:
+    digest = xxhash.xxh3_128_hexdigest(suite.encode("utf-8", "surrogatepass"))
+    return store.state_dir / DURATIONS_DIR / f"{digest}.json"

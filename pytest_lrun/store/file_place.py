@@ -20,21 +20,19 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pytest_lrun.core.fsutil import NotAFile, atomic_write_json, make_private_dir, read_regular, remove_tree
+from pytest_lrun.core.layout import QUEUE_DIR
 from pytest_lrun.store.base import Candidate, Decision, Ticket
 from pytest_lrun.store.common import TICKET_TTL_S, ahead_of, choose, fill_new, queued_blocker
+from pytest_lrun.store.file_io import FileRecords
 from pytest_lrun.store.records import Run
-
-if TYPE_CHECKING:
-    from pytest_lrun.store.files import FileStore
 
 __all__ = ["line_locked", "place_once", "write_line"]
 
 
 def place_once(
-    store: FileStore,
+    store: FileRecords,
     candidates: Sequence[Candidate],
     mkeys: Mapping[str, str],
     make: Callable[[Candidate], Run],
@@ -86,11 +84,11 @@ def place_once(
         return run, Decision.CREATED
 
 
-def _line_path(store: FileStore, mkey: str) -> Path:
-    return store.state_dir / "queue" / f"{mkey}.json"
+def _line_path(store: FileRecords, mkey: str) -> Path:
+    return store.state_dir / QUEUE_DIR / f"{mkey}.json"
 
 
-def line_locked(store: FileStore, mkey: str, now: float) -> dict[str, tuple[float, float]]:
+def line_locked(store: FileRecords, mkey: str, now: float) -> dict[str, tuple[float, float]]:
     """The machine's waiters still in line (ticket id -> (created, last seen)); an unreadable
     line counts as empty (waiters still waiting are back in it on their next try)."""
     path = _line_path(store, mkey)
@@ -105,7 +103,7 @@ def line_locked(store: FileStore, mkey: str, now: float) -> dict[str, tuple[floa
     return {ticket: times for ticket, times in line.items() if now - times[1] < TICKET_TTL_S}
 
 
-def write_line(store: FileStore, mkey: str, line: dict[str, tuple[float, float]]) -> None:
+def write_line(store: FileRecords, mkey: str, line: dict[str, tuple[float, float]]) -> None:
     path = _line_path(store, mkey)
     make_private_dir(path.parent)  # 0700, as every folder of the state dir
     tickets = {ticket: list(times) for ticket, times in line.items()}

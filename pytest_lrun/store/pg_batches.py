@@ -22,6 +22,7 @@ from pytest_lrun.core.fsutil import Unparseable, parse_record
 from pytest_lrun.store import pg_sql
 from pytest_lrun.store.common import plan_mismatch
 from pytest_lrun.store.pg_db import Cursor, dump
+from pytest_lrun.store.pg_io import PostgresRecords
 from pytest_lrun.store.records import (
     Batch,
     BatchStatus,
@@ -34,7 +35,6 @@ from pytest_lrun.store.records import (
 
 if TYPE_CHECKING:
     from pytest_lrun.config.plan import Plan
-    from pytest_lrun.store.postgres import PostgresStore
 
 __all__ = ["PostgresBatchStore"]
 
@@ -46,7 +46,7 @@ class PostgresBatchStore:
     runners recording at once lose nothing.
     """
 
-    def __init__(self, runs: PostgresStore) -> None:
+    def __init__(self, runs: PostgresRecords) -> None:
         self.runs = runs
 
     def __repr__(self) -> str:

@@ -50,7 +50,8 @@ import psycopg
 import xxhash
 from psycopg import errors as pg_errors
 
-from pytest_lrun.config.settings import StoreWaits, redact_url
+from pytest_lrun.config.settings import StoreWaits
+from pytest_lrun.config.values import redact_url
 from pytest_lrun.core.errors import ConfigError, StoreError, StoreLocked, StoreSchemaTooNew, StoreUnreachable
 from pytest_lrun.store import pg_sql
 

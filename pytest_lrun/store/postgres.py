@@ -5,16 +5,16 @@ Selected with ``--lrun-store=postgresql://...`` (libpq's URL syntax, so ``sslmod
 file store, but it holds for every runner of the database. Each runner's state dir
 keeps what is local by nature: its copies of run files (logs, JUnit XML,
 artifacts) under ``runs/<run-id>/`` and the hash stat caches. The store's work
-is shared by this module and its helpers: :mod:`.pg_db` (connections,
-transactions, the schema), :mod:`.pg_batches` and :mod:`.pg_results` (results
-shared between runners). Every statement they send is a constant of
-:mod:`.pg_sql`: parameters only, never formatted values.
+is shared by this module and its helpers: :mod:`.pg_io` (the base class
+:class:`~pytest_lrun.store.pg_io.PostgresRecords`: a run as a row and back, records
+moved aside), :mod:`.pg_db` (connections, transactions, the schema), :mod:`.pg_place`
+(placing a new run, the line of waiters), :mod:`.pg_check` (sweep and check),
+:mod:`.pg_batches` and :mod:`.pg_results` (results shared between runners). Every
+statement they send is a constant of :mod:`.pg_sql`: parameters only, never
+formatted values.
 
-A run is a row of ``lrun_runs (id, machine, key, status, batch_id, created_at,
-ended_at, record)``: ``record`` is the whole record as JSON in ASCII (``text``, not
-``jsonb``, which refuses NUL and the lone surrogates of names that are not valid
-UTF-8); the other columns are what queries look at. Names are stored in an
-injective form (:func:`_column`). The database enforces the invariants itself:
+A run is a row of ``lrun_runs`` holding its whole record as JSON (:mod:`.pg_io`).
+The database enforces the invariants itself:
 
 * at most one live run per slot of a machine (a unique index over the pending and running
   rows) and unique run ids (the primary key);
@@ -41,85 +41,41 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import logging
+import functools
 import os
-import re
 import secrets
-import socket
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import psycopg
 
-from pytest_lrun.config.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STORE_LOCK_TIMEOUT, StoreWaits
-from pytest_lrun.core.errors import (
-    OWNER_GONE,
-    CorruptRecord,
-    RunNotFound,
-    StoreError,
-    StoreUnreachable,
-    TerminalRunError,
-)
+from pytest_lrun.core.errors import CorruptRecord, RunNotFound, StoreError, StoreUnreachable, TerminalRunError
 from pytest_lrun.core.faults import crash_point
-from pytest_lrun.core.fsutil import (
-    Unparseable,
-    make_private_dir,
-    make_state_dir,
-    parse_record,
-    remove_tree,
-    stamp,
-)
-from pytest_lrun.core.layout import DELETING_PREFIX, RunFiles
+from pytest_lrun.core.fsutil import make_private_dir, remove_tree, stamp
+from pytest_lrun.core.layout import DELETING_PREFIX
 from pytest_lrun.core.reserve import release
-from pytest_lrun.store import pg_results, pg_sql
-from pytest_lrun.store.base import Candidate, Decision, RunStore, Sweep, Ticket
+from pytest_lrun.store import pg_check, pg_results, pg_sql
+from pytest_lrun.store.base import Candidate, Decision, Sweep, Ticket
 from pytest_lrun.store.common import (
     SWEEP_GRACE_S,
-    TICKET_TTL_S,
-    ahead_of,
     check_candidates,
     check_machine,
-    choose,
     ended,
-    fill_new,
-    leftovers_in,
+    local_owner,
     owner_alive,
-    queued_blocker,
-    remove_leftovers,
     retry_while_busy,
 )
 from pytest_lrun.store.pg_batches import PostgresBatchStore
-from pytest_lrun.store.pg_db import Cursor, Database, dump, lock_id
-from pytest_lrun.store.records import Batch, Run, Status, valid_id
+from pytest_lrun.store.pg_db import Cursor, lock_id
+from pytest_lrun.store.pg_io import PostgresRecords, column, uncolumn
+from pytest_lrun.store.pg_place import place_once
+from pytest_lrun.store.records import Run, Status, valid_id
 
 __all__ = ["PostgresStore"]
 
-logger = logging.getLogger("pytest_lrun")
 
-_UNSAFE_TEXT = re.compile("[\\\\\x00\ud800-\udfff]")
-
-
-def _column(text: str) -> str:
-    """``text`` as a column value: backslash, NUL and lone surrogates as ``\\uXXXX``.
-
-    Injective (every backslash of the result starts an escape), so two names never
-    share a column value, and storable (PostgreSQL text refuses NUL and surrogates).
-    """
-    return _UNSAFE_TEXT.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
-
-
-_ESCAPE = re.compile(r"\\u([0-9a-f]{4})")
-
-
-def _uncolumn(value: str) -> str:
-    """The text :func:`_column` made ``value`` from."""
-    return _ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), value)
-
-
-class PostgresStore(RunStore):
+class PostgresStore(PostgresRecords):
     """Run records in a PostgreSQL database, this host's run files in ``state_dir``.
 
     :param url: a ``postgresql://`` URL as libpq reads it
@@ -135,26 +91,6 @@ class PostgresStore(RunStore):
     :raises StoreSchemaTooNew: the database was set up by a newer pytest-lrun
     """
 
-    def __init__(
-        self,
-        url: str,
-        state_dir: str | os.PathLike[str],
-        *,
-        lock_timeout: float | None = DEFAULT_STORE_LOCK_TIMEOUT,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        waits: StoreWaits | None = None,
-    ) -> None:
-        root = Path(state_dir).expanduser()
-        self.state_dir = Path(os.path.realpath(root))
-        self.runs_dir = self.state_dir / "runs"
-        self.hashcache_dir = self.state_dir / "hashcache"
-        make_state_dir(root, (self.runs_dir,))
-        self.problems: builtins.list[CorruptRecord] = []
-        #: The connections; every statement goes through it.
-        waits = waits if waits is not None else StoreWaits()
-        self.db = Database(url, lock_timeout=lock_timeout, connect_timeout=connect_timeout, waits=waits)
-        self._batches = PostgresBatchStore(self)
-
     def __repr__(self) -> str:
         return f"PostgresStore({self.db.location!r})"
 
@@ -167,90 +103,14 @@ class PostgresStore(RunStore):
         self.close()
 
     @property
-    def location(self) -> str:
-        """The database URL without its password."""
-        return self.db.location
-
-    @property
     def store_id(self) -> str:
         """The database's store id, made with its schema: the same on every runner."""
         return self.db.store_id
 
-    @property
+    @functools.cached_property
     def batches(self) -> PostgresBatchStore:
-        return self._batches
-
-    def files(self, run_id: str) -> RunFiles:
-        """This host's copies of the run's files, under ``runs/<run_id>/``.
-
-        :raises RunNotFound: ``run_id`` is not a well-formed run id
-        """
-        if not valid_id(run_id):
-            raise RunNotFound(str(run_id))
-        return RunFiles(self.runs_dir / run_id)
-
-    def close(self) -> None:
-        """Close every connection (releasing any watch lock still held); later calls connect again."""
-        self.db.close()
-
-    # -- records ----------------------------------------------------------------------
-
-    def _row(self, run: Run, *, owner: dict[str, Any] | None, slot: int = 0) -> dict[str, Any]:
-        """The column values of ``run``, its record with ``owner``, in ``slot`` of its machine."""
-        record = run.to_dict()
-        record["owner"] = owner
-        return {
-            "id": run.id,
-            "machine": _column(run.machine),
-            "key": _column(run.key),
-            "status": run.status.value,
-            "batch": None if run.batch_id is None else _column(run.batch_id),
-            "created": run.created_at,
-            "ended": run.ended_at,
-            "record": dump(record),
-            "slot": slot,
-        }
-
-    def _stamped(self, owner: dict[str, Any] | None) -> dict[str, Any] | None:
-        """``owner`` with our session's identity when it names this process and no session yet
-        (an adopter's ``{"host", "pid"}``)."""
-        mine = (
-            owner is not None
-            and owner.get("host") == socket.gethostname()
-            and owner.get("pid") == os.getpid()
-        )
-        if owner is None or not mine or "backend_pid" in owner:
-            return owner
-        return {**owner, **self.db.backend}
-
-    def quarantine(self, kind: str, key: str, record: str, reason: str) -> CorruptRecord:
-        self.db.atomic(
-            lambda cur: cur.execute(pg_sql.MOVE_ASIDE[kind], {"id": key, "record": record, "reason": reason})
-        )
-        problem = CorruptRecord(f"{self.db.location} {kind} {key}", f"lrun_corrupt ({kind} {key})", reason)
-        self.problems.append(problem)
-        logger.warning("%s", problem)
-        return problem
-
-    def _decode(self, run_id: str, record: str) -> Run:
-        """The run of a stored record; one that does not parse is moved aside.
-
-        :raises CorruptRecord: the record did not parse (it was moved to ``lrun_corrupt``)
-        """
-        try:
-            run = parse_record(record.encode(), Run.from_dict)
-            if run.id != run_id:
-                raise Unparseable(f"record id {run.id!r} does not match its row {run_id!r}")
-        except Unparseable as exc:
-            raise self.quarantine("run", run_id, record, str(exc)) from None
-        return run
-
-    def _decode_all(self, rows: builtins.list[tuple[str, str]]) -> builtins.list[Run]:
-        runs = []
-        for run_id, record in rows:
-            with contextlib.suppress(CorruptRecord):
-                runs.append(self._decode(run_id, record))
-        return runs
+        """The batch records in the same database."""
+        return PostgresBatchStore(self)
 
     # -- the contract ---------------------------------------------------------------
 
@@ -277,72 +137,10 @@ class PostgresStore(RunStore):
         side effects, and do not call the store from it.
         """
         check_candidates(candidates)
-        return retry_while_busy(lambda: self._place_once(candidates, make, test_dir_hash, ticket), wait)
-
-    def _place_once(
-        self,
-        candidates: Sequence[Candidate],
-        make: Callable[[Candidate], Run],
-        test_dir_hash: str | None,
-        ticket: Ticket | None,
-    ) -> tuple[Run, Decision]:
-        by_name = {_column(c.machine): c for c in candidates}
-        locked = len(candidates) > 1 or candidates[0].slots > 1 or ticket is not None
-        what = ", ".join(f"machine {c.machine!r}" for c in candidates)
-
-        def attempt(cur: Cursor) -> tuple[Run, Decision] | None:
-            if locked:
-                for name in sorted(by_name):
-                    cur.execute(pg_sql.ADVISORY_XACT_LOCK, (lock_id("place", name),))
-            cur.execute(pg_sql.SELECT_LIVE_ON_MACHINES, (list(by_name),))
-            live = cur.fetchall()
-            for run_id, machine, stored_key, _slot, record in live:
-                if stored_key == _column(by_name[machine].key):
-                    return self._decode(run_id, record), Decision.REUSE
-            taken: dict[str, set[int]] = {}
-            for _id, machine, _key, slot, _record in live:
-                taken.setdefault(machine, set()).add(slot)
-            now = time.time()
-            cur.execute(pg_sql.SELECT_LINE, (list(by_name), now - TICKET_TTL_S))
-            lines: dict[str, dict[str, float]] = {}
-            for machine, waiter, created in cur.fetchall():
-                lines.setdefault(machine, {})[waiter] = created
-            used = {
-                c.machine: len(taken.get(name, ())) + ahead_of(lines.get(name, {}), ticket)
-                for name, c in by_name.items()
-            }
-            chosen = choose(candidates, used)
-            if chosen is None:
-                if ticket is not None:  # in line on every candidate: the next free slot there is ours
-                    cur.execute(pg_sql.DELETE_STALE_TICKETS, (now - TICKET_TTL_S,))
-                    rows = [
-                        {"machine": name, "ticket": ticket.id, "created": ticket.created, "seen": now}
-                        for name in by_name
-                    ]
-                    cur.executemany(pg_sql.UPSERT_TICKET, rows)
-                if live:
-                    return self._decode(live[0][0], live[0][4]), Decision.BUSY
-                return queued_blocker(candidates[0].machine), Decision.BUSY
-            held = taken.get(_column(chosen.machine), set())
-            slot = min(set(range(chosen.slots)) - held)
-            run = make(chosen)
-            fill_new(run, chosen.machine, chosen.key, test_dir_hash)
-            run.id, run.owner = stamp(), self._stamped(run.owner)
-            cur.execute(pg_sql.INSERT_LIVE_RUN_IF_FREE, self._row(run, owner=run.owner, slot=slot))
-            if cur.fetchone() is None:
-                return None
-            if ticket is not None:
-                cur.execute(pg_sql.DELETE_TICKET, (ticket.id, list(by_name)))
-            return run, Decision.CREATED
-
-        while True:
-            decided = self.db.atomic(attempt, what, retry_unique=True, transaction=locked)
-            if decided is not None:
-                return decided
-            # Lost the slot to another runner's run, which may even have ended since: look again.
+        return retry_while_busy(lambda: place_once(self, candidates, make, test_dir_hash, ticket), wait)
 
     def leave_line(self, ticket: Ticket, machines: Sequence[str]) -> None:
-        names = [_column(machine) for machine in machines]
+        names = [column(machine) for machine in machines]
         self.db.atomic(lambda cur: cur.execute(pg_sql.DELETE_TICKET, (ticket.id, names)), "the line")
 
     def insert(self, run: Run) -> Run:
@@ -360,7 +158,7 @@ class PostgresStore(RunStore):
         if run.created_at is None:
             run.created_at = time.time()
         if run.owner is None:
-            run.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+            run.owner = local_owner()
         row = self._row(run, owner=run.owner)
         inserted = self.db.atomic(lambda cur: cur.execute(pg_sql.INSERT_RUN_IF_NEW, row).fetchone())
         if inserted is None:
@@ -395,7 +193,7 @@ class PostgresStore(RunStore):
             row = cur.execute(pg_sql.SELECT_RUN_FOR_UPDATE, (run.id,)).fetchone()
             if row is None:
                 raise RunNotFound(run.id)
-            if (row[0], row[1]) != (_column(run.machine), _column(run.key)):
+            if (row[0], row[1]) != (column(run.machine), column(run.key)):
                 raise StoreError(
                     f"run {run.id}: machine and key cannot change "
                     f"(stored {row[0]!r}/{row[1]!r}, given {run.machine!r}/{run.key!r})"
@@ -425,7 +223,7 @@ class PostgresStore(RunStore):
     def last_completed(self, machine: str, key: str) -> Run | None:
         """The newest completed run of ``key`` on ``machine``, or None (one index lookup)."""
         row = self.db.atomic(
-            lambda cur: cur.execute(pg_sql.SELECT_LAST_COMPLETED, (_column(machine), _column(key))).fetchone()
+            lambda cur: cur.execute(pg_sql.SELECT_LAST_COMPLETED, (column(machine), column(key))).fetchone()
         )
         if row is None:
             return None
@@ -452,9 +250,9 @@ class PostgresStore(RunStore):
         self, *, machine: str | None, status: str | None, batch: str | None, live: bool
     ) -> builtins.list[Run]:
         params = {
-            "machine": None if machine is None else _column(machine),
+            "machine": None if machine is None else column(machine),
             "status": status,
-            "batch": None if batch is None else _column(batch),
+            "batch": None if batch is None else column(batch),
             "live": live,
         }
         return self._decode_all(
@@ -520,74 +318,12 @@ class PostgresStore(RunStore):
         remove_tree(trash)
 
     def sweep(self, *, grace: float = SWEEP_GRACE_S, now: float | None = None) -> Sweep:
-        """Settle what crashes left, once older than ``grace`` seconds.
-
-        On this host: temporary files, half-deleted run folders and run folders of runs
-        the database does not have are removed. In the database: a live run with no
-        container whose owner is gone (its creator died between prepare and create) is
-        ended ``interrupted`` with ``owner_gone``.
-        """
-        now = time.time() if now is None else now
-        report = Sweep()
-        folders = [name for name in os.listdir(self.runs_dir) if valid_id(name)]
-        known = {
-            row[0]
-            for row in self.db.atomic(
-                lambda cur: cur.execute(pg_sql.SELECT_KNOWN_RUN_IDS, (folders,)).fetchall()
-            )
-        }
-        candidates = [self.runs_dir / name for name in folders if name not in known]
-        subdirs = [p for p in self.state_dir.iterdir() if p.is_dir()]
-        candidates += leftovers_in([self.state_dir, *subdirs, *(self.runs_dir / name for name in known)])
-        remove_leftovers(self.state_dir, candidates, report, grace=grace, now=now)
-        for run in self.active():
-            if run.container_id is not None or (run.created_at or 0) > now - grace or self.owner_alive(run):
-                continue
-            try:
-                self.end(run, Status.INTERRUPTED, error_code=OWNER_GONE, error_msg=_ORPHAN)
-            except (RunNotFound, TerminalRunError):
-                continue  # ended or removed meanwhile
-            report.ended.append(run.id)
-        return report
+        """Settle what crashes left, once older than ``grace`` seconds (:mod:`.pg_check`)."""
+        return pg_check.sweep(self, grace=grace, now=now)
 
     def check(self) -> builtins.list[str]:
-        """The store's invariant violations, one sentence each; ``[]`` when healthy. Changes nothing.
-
-        Checks: the database's guards (the live-slot index, the final-record trigger)
-        exist; every run and batch record parses, and a run's columns agree with its record.
-        """
-
-        def body(cur: Cursor) -> tuple[Any, builtins.list[Any], builtins.list[Any]]:
-            guards = cur.execute(pg_sql.CHECK_GUARDS).fetchone()
-            runs = cur.execute(pg_sql.SELECT_RUNS_BY_ID).fetchall()
-            batches = cur.execute(pg_sql.SELECT_BATCHES_BY_ID).fetchall()
-            return guards, runs, batches
-
-        guards, runs, batches = self.db.atomic(body)
-        problems = [
-            f"lrun_runs lacks its guard {name}"
-            for name, present in zip(
-                ("lrun_runs_live_slot (index)", "lrun_runs_final (trigger)"), guards, strict=True
-            )
-            if not present
-        ]
-        for run_id, machine, key, status, record in runs:
-            try:
-                run = parse_record(record.encode(), Run.from_dict)
-            except Unparseable as exc:
-                problems.append(f"run {run_id} is not a valid run record: {exc}")
-                continue
-            columns = (run.id, _column(run.machine), _column(run.key), run.status.value)
-            if columns != (run_id, machine, key, status):
-                problems.append(
-                    f"run {run_id}: its columns {(run_id, machine, key, status)} differ from its record"
-                )
-        for batch_id, record in batches:
-            try:
-                parse_record(record.encode(), Batch.from_dict)
-            except Unparseable as exc:
-                problems.append(f"batch {batch_id} is not a valid batch record: {exc}")
-        return problems
+        """The store's invariant violations, one sentence each; ``[]`` when healthy (:mod:`.pg_check`)."""
+        return pg_check.check(self)
 
     def owner_alive(self, run: Run) -> bool:
         """Whether the database session that created (or last adopted) ``run`` is still connected.
@@ -654,15 +390,15 @@ class PostgresStore(RunStore):
 
     def save_durations(self, suite: str, durations: Mapping[str, float]) -> None:
         """Upsert each node id's duration, in one transaction."""
-        rows = [(_column(suite), _column(nodeid), float(seconds)) for nodeid, seconds in durations.items()]
+        rows = [(column(suite), column(nodeid), float(seconds)) for nodeid, seconds in durations.items()]
         if rows:
             self.db.atomic(
                 lambda cur: cur.executemany(pg_sql.UPSERT_DURATION, rows), f"durations of {suite!r}"
             )
 
     def durations(self, suite: str) -> dict[str, float]:
-        rows = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_DURATIONS, (_column(suite),)).fetchall())
-        return {_uncolumn(nodeid): float(seconds) for nodeid, seconds in rows}
+        rows = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_DURATIONS, (column(suite),)).fetchall())
+        return {uncolumn(nodeid): float(seconds) for nodeid, seconds in rows}
 
     def load_result(self, run: Run, parts: Collection[str] | None = None) -> None:
         """Fetch the stored result files of ``run`` (its ``parts``, default all) that this host lacks.
@@ -672,6 +408,3 @@ class PostgresStore(RunStore):
         files = self.files(run.id)
         with self.db.spare() as conn:
             pg_results.load(conn, run.id, files, self.db.location, parts)
-
-
-_ORPHAN = "its creator's database session ended before it started a container"

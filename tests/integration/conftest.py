@@ -15,7 +15,8 @@ from lrun_support import PYTHON_IMAGE, lrun_containers, resolver_for
 from pytest_lrun.config.machines import Machine
 from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.run.dispatch import Dispatcher
-from pytest_lrun.store import FileStore, RunStore
+from pytest_lrun.store import RunStore
+from pytest_lrun.store.files import FileStore
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

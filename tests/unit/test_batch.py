@@ -27,7 +27,8 @@ from pytest_lrun.core.errors import (
     StoreError,
 )
 from pytest_lrun.core.times import rfc3339
-from pytest_lrun.store import BatchStatus, BatchStore, FileStore, Run, RunStore, Status
+from pytest_lrun.store import BatchStatus, BatchStore, Run, RunStore, Status
+from pytest_lrun.store.files import FileStore
 from pytest_lrun.store.records import Batch, new_batch_id, validate_batch_id
 
 BATCH_ID = re.compile(r"b-\d{8}T\d{6}-[0-9a-f]{8}")

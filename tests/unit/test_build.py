@@ -24,7 +24,8 @@ from pytest_lrun.config.settings import resolve
 from pytest_lrun.core.errors import ConfigError, ImageBuildFailed, ImageMissing, PlanError
 from pytest_lrun.engine import BuildChunk, ImageInfo
 from pytest_lrun.run.images import Builder, built_images, gc_images
-from pytest_lrun.store import FileStore, Run, Status
+from pytest_lrun.store import Run, Status
+from pytest_lrun.store.files import FileStore
 from pytest_lrun.tree.hashing import hash_dir, snapshot
 
 

@@ -23,7 +23,8 @@ from pytest_lrun.cli.follow import Tail
 from pytest_lrun.config.machines import find_machine_file
 from pytest_lrun.config.plan import load_plan
 from pytest_lrun.core.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, ConfigError
-from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
+from pytest_lrun.store import Decision, Run, RunStore, Status
+from pytest_lrun.store.files import FileStore
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ from pytest_lrun.config.plan import load_plan
 from pytest_lrun.core.errors import EngineUnreachable
 from pytest_lrun.core.times import parse_time
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine, ImageInfo
-from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
+from pytest_lrun.store import Decision, Run, RunStore, Status
+from pytest_lrun.store.files import FileStore
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 UPDATE = os.environ.get("LRUN_UPDATE_GOLDEN") == "1"

@@ -30,7 +30,8 @@ from pytest_lrun.config.plan import ENTRY_FIELDS, MATRIX_FIELDS, load_plan
 from pytest_lrun.config.settings import OPTIONS, Option, resolve
 from pytest_lrun.config.tables import BUILD_KEYS
 from pytest_lrun.core.errors import ConfigError, CorruptRecord, PlanError
-from pytest_lrun.store import Batch, FileStore, Run
+from pytest_lrun.store import Batch, Run
+from pytest_lrun.store.files import FileStore
 
 FUZZ = settings(
     max_examples=200,

@@ -12,7 +12,7 @@ import pytest
 
 from pytest_lrun.core.errors import BatchNotFound, CorruptRecord
 from pytest_lrun.core.times import parse_time, rfc3339
-from pytest_lrun.store import FileStore
+from pytest_lrun.store.files import FileStore
 from pytest_lrun.store.records import Batch, Run, Status
 
 STAMP = 1795617012.415  # 2026-11-25T14:30:12.415Z

@@ -48,7 +48,8 @@ from pytest_lrun.run.recovery import (
     state_size,
     watch,
 )
-from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status
+from pytest_lrun.store import Decision, Run, RunStore, Status
+from pytest_lrun.store.files import FileStore
 
 # --- a fake engine ------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ import pytest
 from pytest_lrun.core.errors import StateFull
 from pytest_lrun.core.reserve import check_room, claim
 from pytest_lrun.run.logs import EventSpool, LogSpool
-from pytest_lrun.store import Decision, FileStore, Run, Status
+from pytest_lrun.store import Decision, Run, Status
+from pytest_lrun.store.files import FileStore
 
 Usage = namedtuple("Usage", "total used free")
 

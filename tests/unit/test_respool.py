@@ -19,7 +19,8 @@ from unit.test_recovery import FakeContainer, FakeEngine, live_run
 from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.run.dispatch import Dispatcher
 from pytest_lrun.run.logs import read_events
-from pytest_lrun.store import FileStore, RunStore, Status
+from pytest_lrun.store import RunStore, Status
+from pytest_lrun.store.files import FileStore
 from pytest_lrun.wire.events import Finished, PhaseReport, Start
 
 TOKEN = "5eb1e2c0ffee"

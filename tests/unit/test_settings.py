@@ -16,13 +16,10 @@ from pytest_lrun.config.settings import (
     DEFAULT_STORE_STATEMENT_TIMEOUT,
     OPTIONS,
     Settings,
-    StoreURL,
     StoreWaits,
-    parse_positive_seconds,
-    parse_seconds,
-    parse_size,
     resolve,
 )
+from pytest_lrun.config.values import parse_positive_seconds, parse_seconds, parse_size
 from pytest_lrun.core.errors import ConfigError
 from pytest_lrun.engine import docker as engine
 
@@ -140,8 +137,8 @@ def test_the_engine_uses_the_settings_connect_timeout() -> None:
         assert inspect.signature(function).parameters["connect_timeout"].default is DEFAULT_CONNECT_TIMEOUT
 
 
-def test_the_store_url_carries_the_store_waits_from_every_source() -> None:
-    """ini < env < CLI, as every option; the URL stays the string every reader sees, pickles included."""
+def test_the_settings_carry_the_store_waits_from_every_source() -> None:
+    """ini < env < CLI, as every option; the URL is the plain string every reader sees, pickles included."""
     settings = resolve(
         {"store_lock_timeout": 7.0},
         lambda key: "3" if key == "lrun_store_keepalive" else None,
@@ -151,11 +148,11 @@ def test_the_store_url_carries_the_store_waits_from_every_source() -> None:
             "LRUN_STORE_IDLE_TIMEOUT": "9",
         },
     )
-    assert isinstance(settings.store, StoreURL) and settings.store == "postgresql://h/db"
+    assert type(settings.store) is str and settings.store == "postgresql://h/db"
     waits = StoreWaits(statement_timeout=0.0, lock_timeout=7.0, idle_timeout=9.0, keepalive=3.0)
-    assert settings.store.waits == waits
-    copy = pickle.loads(pickle.dumps(settings.store))
-    assert (copy, copy.waits) == ("postgresql://h/db", waits)
+    assert settings.store_waits == waits
+    copy = pickle.loads(pickle.dumps(settings))
+    assert (copy.store, copy.store_waits) == ("postgresql://h/db", waits)
     assert resolve({}, lambda _key: None, {}).store is None  # the file store has no URL
     default = StoreWaits()
     assert (default.statement_timeout, default.lock_timeout, default.idle_timeout, default.keepalive) == (

@@ -26,7 +26,8 @@ from pytest_lrun.core.layout import RunFiles
 from pytest_lrun.engine import Engine
 from pytest_lrun.run.logs import EventSpool, LogSpool
 from pytest_lrun.run.readback import JUNIT_PATH, collect
-from pytest_lrun.store import Candidate, Decision, FileStore, Run, Ticket
+from pytest_lrun.store import Candidate, Decision, Run, Ticket
+from pytest_lrun.store.files import FileStore
 from pytest_lrun.store.postgres import PostgresStore
 from pytest_lrun.tree.extract import STREAM, safe_extract
 from pytest_lrun.tree.hashing import hash_dir

@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from pytest_lrun.core.errors import CorruptRecord
+from pytest_lrun.core.layout import machine_key
 from pytest_lrun.core.reserve import claim, full
 from pytest_lrun.run.recovery import gc
-from pytest_lrun.store import Decision, FileStore, Run, Status, machine_key
+from pytest_lrun.store import Decision, Run, Status
+from pytest_lrun.store.files import FileStore
 
 
 def finished(store: FileStore, test_dir: str = "/src/a", size: int = 0, files: int = 0) -> Run:

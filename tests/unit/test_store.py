@@ -14,6 +14,8 @@ import re
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import pytest
 from pytest_lrun.core.errors import (
     ConfigError,
     CorruptRecord,
+    ExtraMissing,
     LrunError,
     RunNotFound,
     StoreError,
@@ -30,7 +33,9 @@ from pytest_lrun.core.errors import (
     TerminalRunError,
 )
 from pytest_lrun.core.fsutil import atomic_write_bytes, atomic_write_json
-from pytest_lrun.store import Decision, FileStore, Run, RunStore, Status, default_state_dir, machine_key
+from pytest_lrun.core.layout import default_state_dir, machine_key
+from pytest_lrun.store import Decision, Run, RunStore, Status, open_store
+from pytest_lrun.store.files import FileStore
 
 RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
 
@@ -68,6 +73,30 @@ def umask_zero() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+# --- opening ------------------------------------------------------------------
+
+
+def test_importing_the_store_loads_no_backend() -> None:
+    """The backend is imported by open_store, for the store it opens: a file store never loads psycopg."""
+    code = (
+        "import sys, pytest_lrun.store;"
+        "print([m for m in sys.modules if 'psycopg' in m or m.startswith('pytest_lrun.store.')"
+        " and m.rpartition('.')[2] in ('files', 'postgres') or '.file_' in m or '.pg_' in m])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "[]\n"
+
+
+def test_open_store_opens_the_file_store_without_a_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = open_store(tmp_path / "state")
+    assert isinstance(opened, FileStore) and opened.state_dir == Path(os.path.realpath(tmp_path / "state"))
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now raises ImportError
+    with pytest.raises(ExtraMissing):
+        open_store(tmp_path / "state", "postgresql://h/db")
 
 
 # --- state directory and names ------------------------------------------------
@@ -261,9 +290,11 @@ def test_make_that_calls_back_into_the_store_is_refused_not_deadlocked(store: Ru
 def test_machines_whose_keys_collide_never_share_a_run(
     store: RunStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import pytest_lrun.store.file_io as io_module
     import pytest_lrun.store.files as store_module
 
-    monkeypatch.setattr(store_module, "machine_key", lambda machine: "same")
+    for module in (store_module, io_module):  # every module of the file store that names a machine's files
+        monkeypatch.setattr(module, "machine_key", lambda machine: "same")
     first, outcome = store.prepare("a", "k", make_run)
     assert outcome is Decision.CREATED
     other, outcome = store.prepare("b", "k", make_run)

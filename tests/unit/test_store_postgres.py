@@ -29,7 +29,7 @@ from lrun_procs import WAIT_S, reap_processes
 from lrun_support import free_port
 
 from pytest_lrun.config.plan import Plan, PlanEntry
-from pytest_lrun.config.settings import StoreWaits
+from pytest_lrun.config.settings import StoreWaits, resolve
 from pytest_lrun.core.errors import (
     BatchPlanMismatch,
     ConfigError,
@@ -41,7 +41,7 @@ from pytest_lrun.core.errors import (
     StoreUnreachable,
     TerminalRunError,
 )
-from pytest_lrun.store import BatchStatus, Decision, Run, Status, pg_sql
+from pytest_lrun.store import BatchStatus, Decision, Run, Status, open_store, pg_sql
 from pytest_lrun.store.pg_db import SCHEMA_VERSION, _Watchdog
 from pytest_lrun.store.pg_results import CHUNK_BYTES
 from pytest_lrun.store.postgres import PostgresStore
@@ -100,6 +100,25 @@ def with_url(
     parts = urlsplit(url)
     netloc = f"{parts.username}:{password if password is not None else parts.password}@{parts.hostname}"
     return parts._replace(netloc=f"{netloc}:{port or parts.port}", path=path or parts.path).geturl()
+
+
+# --- opening ---------------------------------------------------------------------
+
+
+def test_open_store_gives_the_database_the_waits_of_the_settings(url: str, tmp_path: Path) -> None:
+    waits = resolve({}, lambda _key: None, {"LRUN_STORE": url, "LRUN_STORE_LOCK_TIMEOUT": "3"}).store_waits
+    opened = open_store(tmp_path / "state", url, waits=waits)
+    try:
+        assert isinstance(opened, PostgresStore)
+        assert (opened.db.waits, opened.db.lock_timeout) == (waits, 3.0)
+    finally:
+        opened.close()
+    default = open_store(tmp_path / "state", url)  # no waits given: the options' defaults
+    try:
+        assert isinstance(default, PostgresStore)
+        assert (default.db.waits, default.db.lock_timeout) == (StoreWaits(), StoreWaits().lock_timeout)
+    finally:
+        default.close()
 
 
 # --- schema ----------------------------------------------------------------------

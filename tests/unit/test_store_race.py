@@ -14,7 +14,8 @@ import pytest
 from lrun_procs import WAIT_S, StoreSpec, hold_prepare_until_killed, reap_processes
 
 from pytest_lrun.core.errors import StoreLocked
-from pytest_lrun.store import FileStore, Run
+from pytest_lrun.store import Run
+from pytest_lrun.store.files import FileStore
 
 CTX = multiprocessing.get_context("spawn")
 
