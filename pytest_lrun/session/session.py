@@ -60,7 +60,10 @@ from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.report.evidence import Evidence, default_report_dir
 from pytest_lrun.report.forward import forwarded
 from pytest_lrun.report.github import is_github_actions
-from pytest_lrun.report.live import Detached, JobOutcome, RunReports, dir_nodeid, shown_dir, summary_rows
+from pytest_lrun.report.live import RunReports
+from pytest_lrun.report.naming import dir_nodeid, shown_dir
+from pytest_lrun.report.outcomes import Detached, JobOutcome
+from pytest_lrun.report.summary import summary_rows
 from pytest_lrun.run.balance import balance, by_hash, durations_of
 from pytest_lrun.run.dispatch import Dispatcher
 from pytest_lrun.run.placement import pytest_arguments_at
