@@ -1,6 +1,12 @@
 """The report layer: a run's results as pytest and the report tools show them.
 
-* :mod:`.live`: inner results as pytest reports, as they come, and the summary rows;
+* :mod:`.live`: inner results as pytest reports, as they come (:class:`~.live.RunReports`);
+* :mod:`.making`: the pytest reports of one run's inner tests, and which reports are pytest-lrun's;
+* :mod:`.run_report`: a run's own report, ``DIR::lrun[machine]``;
+* :mod:`.failures`: failure text as a report's ``longrepr``, and why a stopped test failed;
+* :mod:`.naming`: dispatched directories and their inner tests as the host names them;
+* :mod:`.outcomes`: what a job came to (a result, an error, a detached run);
+* :mod:`.summary`: the end-of-session table of runs;
 * :mod:`.evidence`: the report folder (a run's log and artifacts) every report points to;
 * :mod:`.hostpaths`: container paths as the host names them;
 * :mod:`.forward`: the host's presentation options, forwarded into the inner pytest;

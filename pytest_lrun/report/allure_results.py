@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from pytest_lrun.core.text import printable
-from pytest_lrun.report.live import is_lrun_report
+from pytest_lrun.report.making import is_lrun_report
 
 # A failure whose message starts so is an assertion (allure's "failed"); anything else is "broken".
 _ASSERTION_PREFIXES = ("assert", "AssertionError", "Failed", "pytest.fail", "timed out")

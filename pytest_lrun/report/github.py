@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from pytest_lrun.core.text import printable
-from pytest_lrun.report.live import is_lrun_report
+from pytest_lrun.report.making import is_lrun_report
 
 MAX_ANNOTATIONS = 10
 MAX_SUMMARY_BYTES = 900 * 1024

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from pytest_lrun.core.text import printable
+from pytest_lrun.report.run_report import is_run_report
 from pytest_lrun.run.logs import tail
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
@@ -52,7 +53,7 @@ class HtmlExtras:
         log = getattr(report, "lrun_log", None)
         extras: list[dict[str, Any]] = list(getattr(report, "extras", []))
         # The log's text once, on the run's own report; a failing test links to it.
-        run_report = bool(getattr(report, "lrun_run", False))
+        run_report = is_run_report(report)
         for name in files:
             extras.extend(self._extras(Path(name), is_log=name == log, with_text=run_report))
         report.extras = extras  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from pytest_lrun.session.session import _index_teardown_reports
+from pytest_lrun.session.terminal import index_teardown_reports
 
 
 class Reporter:
@@ -42,7 +42,7 @@ def test_each_failures_teardowns_are_found_as_pytest_finds_them_in_one_scan() ->
     reporter = Reporter(reports)
     expected = {i: reporter._get_teardown_reports(f"d/t.py::t{i}") for i in range(0, 1000, 7)}
     reporter.scans = 0
-    _index_teardown_reports(reporter)
+    index_teardown_reports(reporter)
     for i, found in expected.items():
         assert reporter._get_teardown_reports(NodeId(f"d/t.py::t{i}")) == found
         assert reporter._get_teardown_reports(f"d/t.py::t{i}") == found
@@ -52,5 +52,5 @@ def test_each_failures_teardowns_are_found_as_pytest_finds_them_in_one_scan() ->
 
 def test_a_reporter_without_that_lookup_is_left_alone() -> None:
     plain = SimpleNamespace()
-    _index_teardown_reports(plain)
+    index_teardown_reports(plain)
     assert not hasattr(plain, "_get_teardown_reports")

@@ -1,0 +1,184 @@
+"""The session's worker threads, which run its jobs through the dispatcher.
+
+Per target (a machine or a ``tag:NAME``), as many threads as its machines have slots take
+that target's jobs in order: machines work in parallel, one machine's slots one job
+each. A thread runs a job to its end -- dispatched, started detached (``--lrun-detach``)
+or attached to (``--lrun-attach``) -- and starts no new one once the session stops
+(``-x``, ``--maxfail``, Ctrl-C). What the threads and the dispatcher's callbacks have to
+say goes on the :class:`~.events.EventQueue` for the main thread: they never call a
+pytest hook nor write to the terminal.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pytest_lrun.core.errors import LrunError
+from pytest_lrun.core.text import one_line
+from pytest_lrun.report.outcomes import Detached, JobOutcome
+from pytest_lrun.run.dispatch import Dispatcher
+from pytest_lrun.run.placement import pytest_arguments_at
+from pytest_lrun.run.spec import RunSpec
+from pytest_lrun.session.events import EventQueue, JobEnded, Live, Retried
+from pytest_lrun.session.jobs import Job
+from pytest_lrun.session.terminal import shown_spec
+from pytest_lrun.store import Run
+from pytest_lrun.wire.events import Event as InnerEvent
+
+
+class Workers:
+    """The worker threads of one session (see the module docstring), and the dispatcher's
+    callbacks that run on them; ``detach`` is ``--lrun-detach``."""
+
+    def __init__(self, events: EventQueue, rootpath: Path, *, detach: bool, infra_retries: int) -> None:
+        self.events = events
+        self.rootpath = rootpath
+        self.detach = detach
+        self.infra_retries = infra_retries
+        self.collect_only = False
+        self.dispatcher: Dispatcher | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._batch_id: str | None = None
+        self._jobs = 0
+        self._counts_lock = threading.Lock()
+        self._counts = {"done": 0, "running": 0}
+
+    @property
+    def started(self) -> bool:
+        return self._executor is not None
+
+    def start(
+        self, dispatcher: Dispatcher, jobs: list[Job], batch_id: str | None, *, collect_only: bool
+    ) -> None:
+        """Start every job: per target (a machine or a tag), as many threads as its machines
+        have slots, taking that target's jobs in order (under ``--collect-only``, collecting)."""
+        self.dispatcher, self._batch_id, self._jobs = dispatcher, batch_id, len(jobs)
+        self.collect_only = collect_only
+        by_target: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_target.setdefault(job.spec.where, []).append(job)
+        lines = {target: sum(m.slots for m in same[0].spec.pool) for target, same in by_target.items()}
+        workers = sum(min(lines[target], len(same)) for target, same in by_target.items())
+        self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lrun")
+        for target, same in by_target.items():
+            line: queue.SimpleQueue[Job] = queue.SimpleQueue()
+            for job in same:
+                line.put(job)
+            for _ in range(min(lines[target], len(same))):
+                self._executor.submit(self._run_line, line)
+
+    def shutdown(self) -> None:
+        """Wait for the threads to end (jobs not begun are dropped)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # -- the threads --------------------------------------------------------------------
+
+    def _run_line(self, line: queue.SimpleQueue[Job]) -> None:
+        """A worker thread: take the target's jobs in order, handing every event to the main thread."""
+        assert self.dispatcher is not None
+        while True:
+            try:
+                job = line.get_nowait()
+            except queue.Empty:
+                return
+            if self.dispatcher.stopping:  # -x, --maxfail or Ctrl-C: start nothing new
+                self.events.put(JobEnded(job.spec))
+                continue
+            self.events.put(self._run_job(job))
+
+    def _run_job(self, job: Job) -> JobEnded:
+        spec = job.spec
+        if self.collect_only and pytest_arguments_at(spec.command) is None:
+            what = f"{self._shown(spec)} on {spec.where}"
+            self.events.put(f"{what}: not a pytest command, nothing to collect")
+            return JobEnded(spec)
+        self._count("running", +1)
+        started = time.monotonic()
+        try:
+            outcome = self._do(job)
+        except LrunError as e:
+            outcome = e
+        except BaseException as e:  # a bug: make it visible as a failure, never hang the session
+            return JobEnded(spec, error=e)
+        finally:
+            self._count("running", -1)
+            self._count("done", +1)
+        took = time.monotonic() - started
+        what = f"{self._shown(spec)} {_describe(outcome)} in {took:.1f}s"
+        if spec.target is not None and not isinstance(outcome, LrunError):
+            what += f" on {outcome.run.machine}"
+        return JobEnded(spec, outcome, said=f"{spec.where}: {what}{self._batch_progress()}")
+
+    def _do(self, job: Job) -> JobOutcome:
+        assert self.dispatcher is not None
+        if job.attach_to is not None:
+            self.events.put(f"{job.spec.where}: attaching to run {job.attach_to} ({self._shown(job.spec)})")
+            return self.dispatcher.attach(job.attach_to, job.spec.machine)
+        self.events.put(f"{job.spec.where}: dispatching {self._shown(job.spec)}" + self._batch_progress())
+        if self.detach:
+            result = self.dispatcher.start(job.spec)
+            if result.run.status.is_terminal:
+                return result  # failed before it began, or a cached result
+            return Detached(result.run, self._batch_id)
+        return self.dispatcher.dispatch(job.spec)
+
+    def _count(self, what: str, delta: int) -> None:
+        with self._counts_lock:
+            self._counts[what] += delta
+
+    def _batch_progress(self) -> str:
+        if self._batch_id is None:
+            return ""
+        with self._counts_lock:
+            done, running = self._counts["done"], self._counts["running"]
+        queued = self._jobs - done - running
+        return f" [batch {self._batch_id}: {done} done, {running} running, {queued} queued]"
+
+    def _shown(self, spec: RunSpec) -> str:
+        return shown_spec(spec, self.rootpath)
+
+    # -- the dispatcher's callbacks (on worker and log-pump threads) ----------------------
+
+    def output(self, source: RunSpec | Run, text: str) -> None:
+        """The dispatcher's output sink (``--lrun-live``), called on a log-pump thread: queues the lines."""
+        name = source.test_dir.name if isinstance(source, RunSpec) else Path(source.test_dir).name
+        machine = source.machine.name if isinstance(source, RunSpec) else source.machine
+        for line in text.splitlines():
+            self.events.put(f"[{machine} {name}] {line}")
+
+    def inner_events(self, run: Run, events: Sequence[InnerEvent]) -> None:
+        """The dispatcher's event sink: a run's inner events, as its log pump parsed them."""
+        self.events.put(Live(run.id, tuple(events)))
+
+    def build_line(self, machine: str, line: str) -> None:
+        """A line of an image build on ``machine``."""
+        self.events.put(f"{machine}: {line}")
+
+    def retried(self, spec: RunSpec, failed: Run, attempt: int) -> None:
+        """The dispatcher's word that ``failed`` is tried again, as ``attempt``."""
+        why = f"{failed.error_code}: {one_line(failed.error_msg or '')[:200]}"
+        self.events.put(
+            f"{failed.machine}: {self._shown(spec)}: run {failed.id} failed for its infrastructure ({why}); "
+            f"trying again (attempt {attempt} of {self.infra_retries + 1})"
+        )
+        self.events.put(Retried(spec, failed))
+
+    def queued(self, spec: RunSpec, blocker: Run) -> None:
+        """The dispatcher's word that ``spec`` waits for a free slot."""
+        slots = sum(m.slots for m in spec.pool)
+        busy = f"all {slots} slots busy, e.g. with run {blocker.id} on {blocker.machine}"
+        self.events.put(f"{spec.where}: {self._shown(spec)} waits for a free slot ({busy})")
+
+
+def _describe(outcome: JobOutcome) -> str:
+    if isinstance(outcome, LrunError):
+        return f"error {outcome.code}"
+    if isinstance(outcome, Detached):
+        return f"detached as run {outcome.run.id}"
+    return f"{outcome.run.status.value} ({outcome.origin})"
