@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_lrun.cli.context import Context
 from pytest_lrun.cli.follow import Tail, follow
-from pytest_lrun.cli.output import age, binary_stdout, print_json, say, shown_dir, when
+from pytest_lrun.cli.output import age, binary_stdout, print_json, say, relative_to_cwd, when
 from pytest_lrun.config.values import MIB
 from pytest_lrun.core.errors import LogNotFound, LrunError
 from pytest_lrun.core.text import format_table, one_line
@@ -69,7 +69,7 @@ def cmd_runs(ctx: Context) -> int:
                 run.machine,
                 run.status.value,
                 exit_code,
-                shown_dir(run.test_dir),
+                relative_to_cwd(run.test_dir),
                 age(run.created_at, now),
             ]
         )
@@ -249,7 +249,7 @@ def cmd_batch(ctx: Context) -> int:
                 "-" if row["duration"] is None else f"{row['duration']:.1f}s",
                 *("-" if row[key] is None else str(row[key]) for key in COUNTS),
                 row["run_id"] or "-",  # an entry no job has started yet has no run
-                shown_dir(row["test_dir"]) if row["test_dir"] else "-",
+                relative_to_cwd(row["test_dir"]) if row["test_dir"] else "-",
             ]
         )
     table.append(["total", "", "", "", "", *(str(summed[key]) for key in COUNTS), "", ""])

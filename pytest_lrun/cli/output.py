@@ -30,7 +30,7 @@ __all__ = [
     "print_error",
     "print_json",
     "say",
-    "shown_dir",
+    "relative_to_cwd",
     "warnings_at_exit",
     "when",
 ]
@@ -66,7 +66,8 @@ def when(stamp: float | None, now: float) -> str:
     return f"{rfc3339(stamp)} ({age(stamp, now)} ago)"
 
 
-def shown_dir(test_dir: str) -> str:
+def relative_to_cwd(test_dir: str) -> str:
+    """A run's directory as the CLI's tables show it: relative to where ``lrun`` runs, when below it."""
     try:
         return str(Path(test_dir).relative_to(Path.cwd()))
     except ValueError:
