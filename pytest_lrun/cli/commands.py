@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_lrun.cli.context import Context
 from pytest_lrun.cli.follow import Tail, follow
-from pytest_lrun.cli.output import age, binary_stdout, print_json, say, relative_to_cwd, when
+from pytest_lrun.cli.output import age, binary_stdout, print_json, relative_to_cwd, say, when
 from pytest_lrun.config.values import MIB
 from pytest_lrun.core.errors import LogNotFound, LrunError
 from pytest_lrun.core.text import format_table, one_line

@@ -29,8 +29,8 @@ __all__ = [
     "binary_stdout",
     "print_error",
     "print_json",
-    "say",
     "relative_to_cwd",
+    "say",
     "warnings_at_exit",
     "when",
 ]
