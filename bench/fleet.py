@@ -78,7 +78,8 @@ from private_engines import Engine, can_start_engines, launch_engine, load_image
 from pytest_lrun.config.settings import DEFAULT_COMMAND
 from pytest_lrun.core.layout import RECORD, RUNS_DIR
 from pytest_lrun.store.records import Run
-from pytest_lrun.tree.hashing import hash_dir, iter_files
+from pytest_lrun.tree.hashing import hash_dir
+from pytest_lrun.tree.walk import iter_files
 
 IMAGE = "lrun-python:bookworm"
 SLEEPER = "lrun-busybox:latest"  # the plan again with entries that cost the host next to no CPU

@@ -33,9 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_lrun.tree import hashing
+from pytest_lrun.tree import statcache
 from pytest_lrun.tree.archive import pack
-from pytest_lrun.tree.hashing import CHUNK_SIZE, hash_dir, iter_files, snapshot
+from pytest_lrun.tree.hashing import CHUNK_SIZE, hash_dir
+from pytest_lrun.tree.snapshot import snapshot
+from pytest_lrun.tree.walk import iter_files
 
 MIB = 1 << 20
 COLD_RATIO_TARGET = 2.0
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         (cache_file,) = list(cache.iterdir())
         load, loaded = best_of(
             sizes.repeats,
-            lambda: hashing._load_cache(str(cache_file), os.path.abspath(small)),
+            lambda: statcache.load_cache(str(cache_file), os.path.abspath(small)),
         )
         cached_rows = len(loaded) if isinstance(loaded, dict) else 0
         rows.append(("small", f"cache load ({cached_rows} rows)", load, ""))

@@ -101,7 +101,8 @@ from pytest_lrun.run.readback import RunOutput, collect, pump_logs, respool
 from pytest_lrun.run.spec import EventSink, OutputSink, RunResult, RunSpec
 from pytest_lrun.store import Decision, Run, RunStore, Status
 from pytest_lrun.store.common import local_owner
-from pytest_lrun.tree.hashing import Snapshot, hash_dir
+from pytest_lrun.tree.hashing import hash_dir
+from pytest_lrun.tree.snapshot import Snapshot
 from pytest_lrun.wire.events import PhaseReport, Start, reporter_wiring
 from pytest_lrun.wire.junit import parse_junit
 

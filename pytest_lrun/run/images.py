@@ -35,7 +35,7 @@ from pytest_lrun.config.builds import (
 )
 from pytest_lrun.core.errors import HashError, ImageBuildFailed, ImageMissing
 from pytest_lrun.core.layout import BUILDS_DIR, machine_key
-from pytest_lrun.tree.hashing import Snapshot, snapshot
+from pytest_lrun.tree.snapshot import Snapshot, snapshot
 
 if TYPE_CHECKING:
     from pytest_lrun.config.machines import Machine

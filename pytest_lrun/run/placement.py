@@ -34,7 +34,7 @@ import xxhash
 from pytest_lrun.core.errors import EngineError, HashError, ImageMissing, LeftRunning, MachineBusy
 from pytest_lrun.engine import Engine
 from pytest_lrun.store import Candidate, Decision, Run, RunStore, Ticket
-from pytest_lrun.tree.hashing import Snapshot, snapshot
+from pytest_lrun.tree.snapshot import Snapshot, snapshot
 from pytest_lrun.wire.events import new_token, reporter_file
 
 if TYPE_CHECKING:

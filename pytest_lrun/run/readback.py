@@ -27,7 +27,8 @@ from pytest_lrun.core.layout import RunFiles
 from pytest_lrun.engine import Engine
 from pytest_lrun.run.logs import EventSpool, LogSpool, redact_xml
 from pytest_lrun.store import Run
-from pytest_lrun.tree.extract import MAX_EXTRACT_ENTRIES, ExtractResult, read_member, safe_extract
+from pytest_lrun.tree.extract import MAX_EXTRACT_ENTRIES, ExtractResult, safe_extract
+from pytest_lrun.tree.tarstream import read_member
 from pytest_lrun.wire.events import Event, EventParser
 from pytest_lrun.wire.junit import parse_junit
 

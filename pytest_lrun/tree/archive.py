@@ -6,7 +6,7 @@ The Docker Engine moves files into containers only as tar streams (docker-py's
 
 * :class:`TarWriter` writes a reproducible, uncompressed PAX tar into a spooled
   temporary file (memory up to 16 MiB, then disk), member by member, as its caller
-  reads them: :func:`pytest_lrun.tree.hashing.snapshot` feeds it the very bytes it hashes.
+  reads them: :func:`pytest_lrun.tree.snapshot.snapshot` feeds it the very bytes it hashes.
   :func:`pack` uses it to tar chosen paths under a root. Symlinks are stored as
   symlinks, never followed.
 

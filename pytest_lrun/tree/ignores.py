@@ -1,6 +1,6 @@
 """Which paths of a tree are left out: the ignore rules of test directories and of build contexts.
 
-:mod:`pytest_lrun.tree.hashing` walks a tree and asks the matcher this module makes
+:mod:`pytest_lrun.tree.walk` walks a tree and asks the matcher this module makes
 (:func:`matcher`) about each path; this module owns the rules and nothing else:
 
 * :data:`TEST_DIR_IGNORES`, for test directories: :data:`DEFAULT_IGNORES`, then a

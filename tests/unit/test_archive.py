@@ -15,19 +15,17 @@ from pathlib import Path
 import pytest
 
 from pytest_lrun.core.errors import ArchiveError, BadInput
+from pytest_lrun.core.fsutil import ENTRY_BYTES
 from pytest_lrun.tree.archive import PACK_MTIME, pack
 from pytest_lrun.tree.extract import (
-    ENTRY_BYTES,
     MAX_EXTRACT_DEPTH,
-    MAX_HEADER_BYTES,
     MAX_REFUSALS_LISTED,
     MORE,
     STREAM,
-    STREAM_OVERHEAD,
     ExtractResult,
-    read_member,
     safe_extract,
 )
+from pytest_lrun.tree.tarstream import MAX_HEADER_BYTES, STREAM_OVERHEAD, read_member
 
 # --- helpers ---------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from pytest_lrun.engine import BuildChunk, ImageInfo
 from pytest_lrun.run.images import Builder, built_images, gc_images
 from pytest_lrun.store import Run, Status
 from pytest_lrun.store.files import FileStore
-from pytest_lrun.tree.hashing import hash_dir, snapshot
+from pytest_lrun.tree.hashing import hash_dir
+from pytest_lrun.tree.snapshot import snapshot
 
 
 @pytest.fixture

@@ -17,15 +17,10 @@ import xxhash
 
 from pytest_lrun.core.errors import ArchiveError, HashError
 from pytest_lrun.tree.archive import PACK_MTIME, pack
-from pytest_lrun.tree.hashing import (
-    CHUNK_SIZE,
-    DEFAULT_IGNORES,
-    Entry,
-    Snapshot,
-    hash_dir,
-    iter_files,
-    snapshot,
-)
+from pytest_lrun.tree.hashing import CHUNK_SIZE, hash_dir
+from pytest_lrun.tree.ignores import DEFAULT_IGNORES
+from pytest_lrun.tree.snapshot import Snapshot, snapshot
+from pytest_lrun.tree.walk import Entry, iter_files
 
 # The digest of the tree built by make_known_tree(). It must not change between
 # machines or releases: if it does, every cached run on every machine is orphaned.

@@ -27,7 +27,9 @@ from pytest_lrun.core.errors import ArchiveError, HashError
 from pytest_lrun.core.text import printable
 from pytest_lrun.tree.archive import pack
 from pytest_lrun.tree.extract import safe_extract
-from pytest_lrun.tree.hashing import CHUNK_SIZE, hash_dir, iter_files, snapshot
+from pytest_lrun.tree.hashing import CHUNK_SIZE, hash_dir
+from pytest_lrun.tree.snapshot import snapshot
+from pytest_lrun.tree.walk import iter_files
 
 # A fifo opened for reading without O_NONBLOCK waits for a writer for ever: a test
 # that hangs instead of failing is what these tests guard against.
