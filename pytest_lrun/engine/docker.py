@@ -9,6 +9,7 @@ timeout that the engine answers.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import socket
@@ -28,6 +29,7 @@ from pytest_lrun.core.errors import (
     ContainerGone,
     EngineError,
     EngineUnreachable,
+    ExtraMissing,
     ImageMissing,
     ImagePullFailed,
 )
@@ -78,9 +80,7 @@ class DockerEngine:
         self._pull_lock = threading.Lock()
         try:
             if machine.host.startswith("ssh://"):
-                from pytest_lrun.engine.ssh import ssh_adapter  # paramiko: the ssh extra, for ssh:// only
-
-                kwargs["ssh_adapter"] = ssh_adapter(machine, connect_timeout)
+                kwargs["ssh_adapter"] = _ssh_adapter(machine, connect_timeout)
             # Typed as Any: docker-py is only partly annotated, and this class is its typed face.
             self._api: Any = _Client(**kwargs)
         except docker.errors.DockerException as e:
@@ -338,7 +338,7 @@ class _Client(docker.APIClient):
     every request that does not pass ``verify`` itself, which no docker-py call
     does: an engine's certificate, signed by the machine's own CA, then fails.
 
-    With ``ssh_adapter`` (from :func:`ssh_adapter`) every request goes through
+    With ``ssh_adapter`` (from :func:`_ssh_adapter`) every request goes through
     it. docker-py's own paramiko adapter connects in its constructor with no
     timeout, so it is never made: docker-py is asked for its ssh-binary adapter,
     which connects only when used, and is never used.
@@ -388,6 +388,22 @@ def _state(info: Mapping[str, Any]) -> ContainerState:
         finished_at=str(state.get("FinishedAt", "")),
         env=env,
     )
+
+
+def _ssh_adapter(machine: Machine, timeout: float) -> requests.adapters.HTTPAdapter:
+    """The bounded ssh transport to ``machine`` (:func:`.ssh.ssh_adapter`), imported for ssh machines only.
+
+    :raises ExtraMissing: paramiko (the ``ssh`` extra) is not installed
+    :raises requests.exceptions.ConnectionError: the login failed
+    """
+    try:
+        # The ssh extra, for ssh:// only, looked for at each connect: .ssh, once imported, would
+        # not look again.
+        importlib.import_module("paramiko")
+        from pytest_lrun.engine.ssh import ssh_adapter
+    except ImportError:
+        raise ExtraMissing(f"machine {machine.name!r} at {machine.host}", "ssh", "paramiko") from None
+    return ssh_adapter(machine, timeout)
 
 
 def _probe_unix_socket(machine: Machine, timeout: float) -> None:
