@@ -53,7 +53,7 @@ from lrun_procs import StoreSpec, reap_processes, write_plan
 
 from pytest_lrun.config.plan import load_plan
 from pytest_lrun.core.errors import RunNotFound, TerminalRunError
-from pytest_lrun.run.recovery import gc
+from pytest_lrun.run.gc import gc
 from pytest_lrun.store import Candidate, Decision, Run, RunStore, Status, Ticket
 from pytest_lrun.tree.hashing import hash_dir
 

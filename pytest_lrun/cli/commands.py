@@ -385,7 +385,8 @@ def _gc_images(ctx: Context) -> dict[str, Any]:
 
 
 def cmd_gc(ctx: Context) -> int:
-    from pytest_lrun.run.recovery import gc, reconcile
+    from pytest_lrun.run.gc import gc
+    from pytest_lrun.run.recovery import reconcile
 
     store = ctx.store
     reconciled = reconcile(store, ctx.dispatcher(), ctx.engine)

@@ -3,7 +3,7 @@
 :class:`Dispatcher` turns a :class:`RunSpec` (a test directory, a machine, an
 image, a command...) into a terminal :class:`~pytest_lrun.store.Run` record:
 
-1. read the directory once (:func:`~pytest_lrun.tree.hashing.snapshot`): its digest
+1. read the directory once (:func:`~pytest_lrun.tree.snapshot.snapshot`): its digest
    and the upload archive come from the very same bytes, so what is shipped is
    what the key describes; compute the idempotency key (dir hash, image id,
    command, env, workdir, artifact paths);
@@ -13,7 +13,7 @@ image, a command...) into a terminal :class:`~pytest_lrun.store.Run` record:
    archive API (no bind mounts), start it, spool its logs, wait with the
    timeout, read the inner JUnit XML and the artifacts back, remove it.
 
-A run whose command is pytest (:func:`pytest_arguments_at`) also ships the inner
+A run whose command is pytest (:func:`~pytest_lrun.run.placement.pytest_arguments_at`) also ships the inner
 reporter (:mod:`pytest_lrun.wire.events`) with a fresh token kept in the run record:
 its events are split from the output as it streams and kept in the run's
 ``events.jsonl`` (the log keeps the rest); the reporter's bytes are part of the
@@ -24,8 +24,10 @@ the inner pytest can report the test it was running.
 Steps 1 and 2 (candidate machines, snapshot, key, the store's placement and the
 wait in line) live in :mod:`pytest_lrun.run.placement`, which also defines
 :func:`~pytest_lrun.run.placement.run_key` and :func:`~pytest_lrun.run.placement.pytest_arguments_at`;
-what the container gives back in step 3 (streamed log and events, the stored
-log, the JUnit XML and artifacts) lives in :mod:`pytest_lrun.run.readback`.
+what the container is created with in step 3 lives in :mod:`pytest_lrun.run.container`,
+what it gives back (streamed log and events, the stored log, the JUnit XML and
+artifacts) in :mod:`pytest_lrun.run.readback`, and the terminal status that follows
+from its exit code, or from what went wrong, in :mod:`pytest_lrun.run.verdict`.
 
 Whoever *finishes* a run (waits for its container and writes its terminal
 status) holds the run's watch lock (:meth:`~pytest_lrun.store.RunStore.watching`).
@@ -60,19 +62,11 @@ from pytest_lrun.config.settings import (
     DEFAULT_TIMEOUT,
 )
 from pytest_lrun.core.errors import (
-    EXIT_NONZERO,
-    HOST_IO_ERROR,
-    INTERNAL_ERROR,
     INTERRUPTED,
-    OOM_KILLED,
     OWNER_GONE,
     SESSION_STOPPED,
-    TIMED_OUT,
-    UNSAFE_ARCHIVE,
     ContainerGone,
     EngineError,
-    EngineUnreachable,
-    ImagePullFailed,
     JunitError,
     LeftRunning,
     LrunError,
@@ -81,29 +75,19 @@ from pytest_lrun.core.errors import (
 )
 from pytest_lrun.core.faults import crash_point
 from pytest_lrun.core.reserve import check_room, claim, full
-from pytest_lrun.core.text import printable
-from pytest_lrun.engine import (
-    LABEL_BATCH,
-    LABEL_CREATED,
-    LABEL_HASH,
-    LABEL_MACHINE,
-    LABEL_RUN,
-    LABEL_STORE,
-    ContainerSpec,
-    Engine,
-    stop,
-)
+from pytest_lrun.engine import Engine, stop
 from pytest_lrun.engine.pool import EnginePool
+from pytest_lrun.run.container import container_spec, stop_all
 from pytest_lrun.run.images import Builder, BuildSink
 from pytest_lrun.run.logs import hidden_values, read_event_file
-from pytest_lrun.run.placement import POLL_S, choices_for, place, pytest_arguments_at, run_key, snapshot_for
+from pytest_lrun.run.placement import POLL_S, choices_for, place, run_key, snapshot_for
 from pytest_lrun.run.readback import RunOutput, collect, pump_logs, respool
 from pytest_lrun.run.spec import EventSink, OutputSink, RunResult, RunSpec
+from pytest_lrun.run.verdict import engine_verdict, error_verdict, exit_verdict, infra_failure
 from pytest_lrun.store import Decision, Run, RunStore, Status
 from pytest_lrun.store.common import local_owner
 from pytest_lrun.tree.hashing import hash_dir
 from pytest_lrun.tree.snapshot import Snapshot
-from pytest_lrun.wire.events import PhaseReport, Start, reporter_wiring
 from pytest_lrun.wire.junit import parse_junit
 
 logger = logging.getLogger("pytest_lrun")
@@ -243,19 +227,7 @@ class Dispatcher:
             stopped = [run_id for run_id in self._live if which(run_id)]
             self._stopped_ids.update(stopped)
             live = [self._live[run_id] for run_id in stopped]
-        stoppers = [
-            threading.Thread(target=self._stop_quietly, args=(engine, container_id), daemon=True)
-            for engine, container_id in live
-        ]
-        for stopper in stoppers:
-            stopper.start()
-        for stopper in stoppers:
-            stopper.join(self.stop_grace + 60)  # engine calls have their own timeouts: a bound only
-
-    def _stop_quietly(self, engine: Engine, container_id: str) -> None:
-        # The run is marked interrupted by its own thread whether the stop works or not.
-        with contextlib.suppress(EngineError):
-            stop(engine, container_id, self.stop_grace)
+        stop_all(live, self.stop_grace)
 
     def result(self, run: Run, origin: str) -> RunResult:
         """The run's result for the report; a run that ended on another runner is fetched first."""
@@ -299,21 +271,13 @@ class Dispatcher:
 
     def _end_after(self, run_id: str, engine: Engine, exc: BaseException) -> None:
         """Record why the run could not go on; never raises (the original exception matters more)."""
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            status, code = Status.INTERRUPTED, INTERRUPTED
-        elif isinstance(exc, LrunError):
-            status, code = Status.FAILED, exc.code
-        elif isinstance(exc, OSError):
-            status, code = Status.FAILED, HOST_IO_ERROR
-        else:
-            status, code = Status.FAILED, INTERNAL_ERROR
-        msg = printable(f"{type(exc).__name__}: {exc}" if not isinstance(exc, LrunError) else str(exc))
+        verdict = error_verdict(exc)
         try:
             run = self.store.get(run_id)
             if not run.status.is_terminal:
-                self._end(run, status, engine=engine, code=code, msg=msg)
+                self._end(run, verdict.status, engine=engine, code=verdict.code, msg=verdict.msg)
         except Exception:  # the state dir itself fails: the reap and sweep settle what is left
-            logger.exception("could not record the end of run %s after %s", run_id, code)
+            logger.exception("could not record the end of run %s after %s", run_id, verdict.code)
 
     def _decide(self, spec: RunSpec, reuse: str, retry_of: str | None) -> _Prepared:
         options = choices_for(spec, self.engines, self.builder)
@@ -365,34 +329,9 @@ class Dispatcher:
         run, engine, shipment, spec = prepared.run, prepared.engine, prepared.shipment, prepared.spec
         if run.status.is_terminal or shipment is None:  # failed before it began (image missing)
             return run
-        labels = {
-            LABEL_RUN: run.id,
-            LABEL_MACHINE: spec.machine.name,
-            LABEL_HASH: run.test_dir_hash or "",
-            LABEL_BATCH: spec.batch_id or "",
-            LABEL_CREATED: str(int(time.time())),
-            LABEL_STORE: self.store.store_id,
-        }
-        env = spec.environment()
-        command = spec.command
-        at = pytest_arguments_at(command)
-        if run.event_token is not None and at is not None:
-            wiring = reporter_wiring(run.event_token, image_pythonpath=env.get("PYTHONPATH"))
-            command = (*command[:at], *wiring.args, *command[at:])
-            env.update(wiring.env)
-        container_spec = ContainerSpec(
-            image=spec.image,
-            command=command,
-            labels=labels,
-            env=env,
-            workdir=spec.machine.workdir,
-            network=spec.machine.network,
-            cpus=spec.machine.cpus,
-            memory=spec.machine.memory,
-            pids_limit=spec.machine.pids_limit,
-        )
+        created_with = container_spec(run, spec, self.store.store_id)
         try:
-            container_id = engine.create(container_spec)
+            container_id = engine.create(created_with)
             crash_point("after_create")
             with self._live_lock:
                 self._created.add(run.id)
@@ -449,57 +388,18 @@ class Dispatcher:
             refused, lost = [], True
         except EngineError as e:
             return self._lost(run, engine, e)
-        if lost:
-            run = replace(
-                run,
-                error_code=StateFull.code,
-                error_msg=f"the state dir's file system filled during the run: output or artifacts "
-                f"were not all kept (exit code {exit_code})",
-            )
-        elif refused:
-            run = replace(
-                run,
-                error_code=UNSAFE_ARCHIVE,
-                error_msg="\n".join(printable(f"refused {n}: {r}") for n, r in refused),
-            )
         with self._live_lock:
-            stopped_here = run.id in self._stopped_ids
-        if stopped_here:
-            code, msg = self._stop_reason
-            return self._end(run, Status.INTERRUPTED, engine=engine, code=code, msg=msg)
-        if exit_code is None:
-            return self._end(
-                run, Status.TIMEOUT, engine=engine, code=TIMED_OUT, msg=f"timed out after {timeout:g}s"
-            )
-        # pytest's exit 5 is "no tests collected" (a -k that picks nothing in this directory): no failure.
-        pytest_run = pytest_arguments_at(tuple(run.command or ())) is not None
-        no_tests = pytest_run and exit_code == NO_TESTS_COLLECTED
-        status = Status.COMPLETED if exit_code == 0 or no_tests else Status.FAILED
-        if status is Status.FAILED:
-            state = engine.inspect(container_id)
-            if state is not None and state.oom_killed:
-                run = replace(
-                    run,
-                    error_code=OOM_KILLED,
-                    error_msg="the kernel's OOM killer stopped the container at its memory limit "
-                    f"(exit code {exit_code})",
-                )
-            elif run.error_code is None:
-                run = replace(run, error_code=EXIT_NONZERO, error_msg=f"exit code {exit_code}")
-        return self._end(run, status, engine=engine)
+            stopped = self._stop_reason if run.id in self._stopped_ids else None
+        run, verdict = exit_verdict(
+            run, exit_code, engine=engine, timeout=timeout, lost=lost, refused=refused, stopped=stopped
+        )
+        return self._end(run, verdict.status, engine=engine, code=verdict.code, msg=verdict.msg)
 
     def _lost(self, run: Run, engine: Engine, error: EngineError) -> Run:
-        """End ``run`` after the engine failed it mid-run or mid-read: ``interrupted``
-        (``container_gone``) when its container is gone or being removed (a daemon restart,
-        `docker rm -f`: the engine then answers whatever it says mid-removal), else ``failed``."""
-        assert run.container_id is not None
-        if isinstance(error, EngineUnreachable):
-            return self._end(run, Status.FAILED, error=error)  # nobody to ask, nothing to remove
-        if not isinstance(error, ContainerGone) and _vanished(engine, run.container_id):
-            error = ContainerGone(run.machine, f"container {run.container_id[:12]} vanished: {error}")
-        if isinstance(error, ContainerGone):  # gone, or its removal under way: nothing left to remove
-            return self._end(run, Status.INTERRUPTED, error=error)
-        return self._end(run, Status.FAILED, engine=engine, error=error)
+        """End ``run`` after the engine failed it mid-run or mid-read (:func:`engine_verdict`)."""
+        verdict, remove = engine_verdict(run, engine, error)
+        remover = engine if remove else None
+        return self._end(run, verdict.status, engine=remover, code=verdict.code, msg=verdict.msg)
 
     def _await(self, run: Run, engine: Engine) -> Run:
         """Wait for a live run someone else owns; take it over if nobody watches it any more."""
@@ -627,39 +527,6 @@ def _shipping(prepared: _Prepared) -> Iterator[None]:
     finally:
         if prepared.shipment is not None:
             prepared.shipment.close()
-
-
-#: What a run that failed for its infrastructure, not its tests, ends with (``--lrun-infra-retries``).
-INFRA_CODES = frozenset(
-    {EngineUnreachable.code, EngineError.code, ContainerGone.code, ImagePullFailed.code, OOM_KILLED}
-)
-
-
-#: The exit code of a container killed by SIGKILL (128 + 9): the OOM killer, a daemon restart, an admin.
-KILLED_EXIT = 137
-#: pytest's "no tests collected" (``ExitCode.NO_TESTS_COLLECTED``).
-NO_TESTS_COLLECTED = 5
-
-
-def infra_failure(result: RunResult) -> bool:
-    """Whether ``result`` failed for its infrastructure before any inner test began: the engine
-    went away, the container vanished or was killed (SIGKILL, the OOM killer), its image could
-    not be pulled."""
-    run = result.run
-    killed = run.error_code == EXIT_NONZERO and run.exit_code == KILLED_EXIT
-    if run.status is Status.COMPLETED or not (killed or run.error_code in INFRA_CODES):
-        return False
-    began = any(isinstance(event, Start | PhaseReport) for event in result.events or ())
-    return not began and not result.cases
-
-
-def _vanished(engine: Engine, container_id: str) -> bool:
-    """Whether the container is gone or being removed; False when the engine cannot say."""
-    try:
-        state = engine.inspect(container_id)
-    except EngineError:
-        return False
-    return state is None or state.status == "removing"
 
 
 def _secrets(spec: RunSpec) -> list[str]:

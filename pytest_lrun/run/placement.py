@@ -10,7 +10,7 @@ calls it before a run exists (its ``_decide``):
   the upload archive come from the same bytes, with the empty ``lrun/`` dirs and,
   for a pytest command, the inner reporter;
 * the idempotency key (:func:`run_key`) and whether a command runs pytest
-  (:func:`pytest_arguments_at`; re-exported by :mod:`pytest_lrun.run.dispatch`);
+  (:func:`pytest_arguments_at`);
 * the store's placement of the spec on its candidates, with the wait in line for a
   free slot (:func:`place`).
 """

@@ -1,4 +1,4 @@
-"""Making the state honest after crashes, and keeping it bounded.
+"""Making the state honest after crashes: runs nobody watches, cancelled runs, leftover containers.
 
 This module owns what happens to runs and containers *outside* a dispatch:
 
@@ -15,12 +15,10 @@ This module owns what happens to runs and containers *outside* a dispatch:
   with ``error_code`` ``cancelled``.
 * :func:`reap` removes leftover containers: those labelled ``lrun.run-id`` whose
   run is terminal or unknown to the store, once older than an age.
-* :func:`gc` settles what crashes left behind (:meth:`RunStore.sweep`), then
-  keeps the state directory under a size cap by deleting terminal runs, oldest
-  first; a live run is never deleted.
 
-One bad run is that run's problem: reconcile and gc report it and go on with
-the others, so no record, from a user or a container, stops them.
+One bad run is that run's problem: reconcile reports it and goes on with the
+others, so no record, from a user or a container, stops it. Keeping the state
+directory bounded is :mod:`pytest_lrun.run.gc`'s.
 
 Who finishes a run is decided by the run's watch lock (:meth:`RunStore.watching`; see
 :mod:`pytest_lrun.run.dispatch`): this module takes it, without waiting, before it
@@ -30,9 +28,7 @@ holds it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import re
 import threading
 import time
@@ -41,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from pytest_lrun.config.settings import DEFAULT_STOP_GRACE, DEFAULT_STORE_MAX_BYTES
+from pytest_lrun.config.settings import DEFAULT_STOP_GRACE
 from pytest_lrun.core.errors import (
     CANCELLED,
     EXIT_NONZERO,
@@ -53,25 +49,21 @@ from pytest_lrun.core.errors import (
     StoreError,
     TerminalRunError,
 )
-from pytest_lrun.core.fsutil import tree_size
 from pytest_lrun.core.text import printable
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine, stop
-from pytest_lrun.store import Run, RunStore, Status, Sweep
+from pytest_lrun.store import Run, RunStore, Status
 
 if TYPE_CHECKING:
     from pytest_lrun.run.dispatch import Dispatcher
 
 __all__ = [
-    "GcReport",
     "ReapedContainer",
     "ReconcileReport",
     "RunChange",
     "cancel",
     "container_created",
-    "gc",
     "reap",
     "reconcile",
-    "state_size",
     "watch",
 ]
 
@@ -141,33 +133,6 @@ class ReapedContainer:
     run_status: str | None  # None: the run is unknown to the store
     age_s: float
     reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class GcReport:
-    """The outcome of :func:`gc`: sizes are bytes under the state directory (:func:`state_size`).
-
-    ``swept`` says which crash leftovers were settled; ``problems`` has one line per
-    run or leftover gc could not remove (the rest were still done); ``kept`` lists the
-    terminal runs it left over the cap because they were kept, and ``warnings`` says
-    when one of them alone is bigger than the cap.
-    """
-
-    max_bytes: int
-    size_before: int
-    size_after: int
-    freed_bytes: int
-    deleted: list[str]
-    cap_met: bool
-    swept: Sweep = field(default_factory=Sweep)
-    pruned: list[str] = field(default_factory=list)  # runs a shared store dropped to keep its results capped
-    problems: list[str] = field(default_factory=list)
-    # Terminal runs left over the cap because they are kept (the caller's, or a live batch's).
-    kept: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # e.g. a kept run bigger than the cap on its own
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -446,134 +411,3 @@ def reap(
             )
         )
     return reaped
-
-
-# --- gc ----------------------------------------------------------------------------------
-
-
-def state_size(store: RunStore) -> int:
-    """Bytes under the store's state directory: files by size, every other entry (a folder,
-    a link) as :data:`~pytest_lrun.core.fsutil.ENTRY_BYTES`, so a tree of empty folders counts too."""
-    return tree_size(store.state_dir)
-
-
-def _age_key(run: Run) -> tuple[float, float, str]:
-    ended = run.ended_at if run.ended_at is not None else run.created_at
-    return (ended if ended is not None else 0.0, run.created_at or 0.0, run.id)
-
-
-def _caches_oldest_first(store: RunStore) -> list[tuple[float, int, str]]:
-    """``(mtime, size, path)`` of each hash stat cache; one removed meanwhile (by hashing, by
-    another gc) is simply not listed."""
-    try:
-        names = os.listdir(store.hashcache_dir)
-    except FileNotFoundError:
-        return []
-    caches = []
-    for name in names:
-        path = os.path.join(store.hashcache_dir, name)
-        with contextlib.suppress(FileNotFoundError):
-            st = os.lstat(path)
-            caches.append((st.st_mtime, st.st_size, path))
-    return sorted(caches)
-
-
-def _kept(runs: list[Run], keep: Collection[str]) -> dict[str, str]:
-    """The runs gc must not evict, each with why: those of ``keep`` and the attempts they retried,
-    and every run of a batch with a live run (a plan still being dispatched)."""
-    by_id = {run.id: run for run in runs}
-    kept = dict.fromkeys(keep, "it belongs to this session")
-    live_batches = {run.batch_id for run in runs if run.batch_id and not run.status.is_terminal}
-    for run in runs:
-        if run.batch_id in live_batches:
-            kept.setdefault(run.id, f"its batch {run.batch_id} is live")
-    for run_id, why in list(kept.items()):
-        earlier = by_id.get(run_id)
-        while earlier is not None and earlier.retry_of and earlier.retry_of not in kept:
-            kept[earlier.retry_of] = why  # an earlier attempt of a kept run
-            earlier = by_id.get(earlier.retry_of)
-    return kept
-
-
-def gc(
-    store: RunStore,
-    *,
-    max_bytes: int,
-    store_max_bytes: int = DEFAULT_STORE_MAX_BYTES,
-    keep: Collection[str] = (),
-) -> GcReport:
-    """Settle crash leftovers, then keep the state directory under ``max_bytes``.
-
-    First :meth:`RunStore.sweep` removes what crashes left behind (they would
-    otherwise count against the cap for ever), and :meth:`RunStore.prune` keeps a
-    shared store's saved results under ``store_max_bytes``. Nothing more happens while the
-    state directory is within the cap. Above it, terminal runs are deleted
-    (record, logs, artifacts) in order of ``ended_at`` (else ``created_at``) until
-    the total is under the cap (:meth:`RunStore.evict`: a shared store keeps the record and
-    drops only this host's copies); then, if still over, the hash stat caches, least
-    recently written first (they are only caches). Live runs are never deleted,
-    so the cap may stay unmet; ``cap_met`` says so. A run that cannot be deleted
-    is reported in ``problems`` and the others still go.
-
-    Nor are the runs of ``keep`` (a session passes the runs it reported, whose logs and
-    attachments its report points to), the attempts they retried, and the runs of a
-    batch that still has a live run: they are listed in ``kept`` when the cap is not
-    met without them, and a ``warnings`` line names each that alone is over the cap.
-    """
-    swept = store.sweep()
-    problems = list(swept.problems)
-    pruned = store.prune(store_max_bytes)
-    size_before = state_size(store)
-    size = size_before
-    freed = 0
-    deleted: list[str] = []
-    kept: list[str] = []
-    warnings: list[str] = []
-    if size > max_bytes:
-        runs = store.list()
-        keeping = _kept(runs, keep)
-        here = [r for r in runs if r.status.is_terminal and store.files(r.id).dir.exists()]
-        for run in sorted(here, key=_age_key):
-            if size <= max_bytes:
-                break
-            run_bytes = tree_size(store.files(run.id).dir)
-            if run.id in keeping:
-                kept.append(run.id)
-                if run_bytes > max_bytes:
-                    warnings.append(
-                        f"run {run.id} alone holds {run_bytes} bytes, more than the state dir's cap of "
-                        f"{max_bytes} bytes (--lrun-state-max-bytes): kept, as {keeping[run.id]}; "
-                        "a later gc removes it"
-                    )
-                continue
-            try:
-                store.evict(run.id)
-            except (RunNotFound, CorruptRecord, TerminalRunError):
-                continue
-            except OSError as e:
-                problems.append(printable(f"run {run.id}: cannot delete it: {e}"))
-                continue
-            deleted.append(run.id)
-            freed += run_bytes
-            size -= run_bytes
-        for _mtime, cache_bytes, path in _caches_oldest_first(store):
-            if size <= max_bytes:
-                break
-            with contextlib.suppress(FileNotFoundError):  # another gc or a hash took it first
-                os.unlink(path)
-            freed += cache_bytes
-            size -= cache_bytes
-    size_after = state_size(store) if freed else size_before
-    return GcReport(
-        max_bytes,
-        size_before,
-        size_after,
-        freed,
-        deleted,
-        size_after <= max_bytes,
-        swept,
-        pruned,
-        problems,
-        kept,
-        warnings,
-    )

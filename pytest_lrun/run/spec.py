@@ -48,10 +48,6 @@ class RunSpec:
     own (:attr:`secret_names`)."""
 
     @property
-    def label(self) -> str:
-        return f"{self.machine.name} {self.test_dir.name}"
-
-    @property
     def pool(self) -> tuple[Machine, ...]:
         """The machines the run may go to: the candidates, or the one machine."""
         return self.candidates or (self.machine,)

@@ -44,7 +44,8 @@ from pytest_lrun.report.run_report import is_uncounted
 from pytest_lrun.report.summary import summary_rows
 from pytest_lrun.run.balance import durations_of
 from pytest_lrun.run.dispatch import Dispatcher
-from pytest_lrun.run.recovery import gc, reconcile
+from pytest_lrun.run.gc import gc
+from pytest_lrun.run.recovery import reconcile
 from pytest_lrun.run.spec import RunResult, RunSpec
 from pytest_lrun.session.events import EventQueue, JobEnded, Live, Prepared, Retried, SessionEvent
 from pytest_lrun.session.jobs import Job, JobPlanner

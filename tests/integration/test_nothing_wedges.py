@@ -24,7 +24,7 @@ from pytest_lrun.core.errors import (
     RunNotFound,
 )
 from pytest_lrun.run.dispatch import Dispatcher
-from pytest_lrun.run.recovery import state_size
+from pytest_lrun.run.gc import state_size
 from pytest_lrun.run.spec import RunSpec
 from pytest_lrun.store import Decision, RunStore, Status
 from pytest_lrun.store.records import Run

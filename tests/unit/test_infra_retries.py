@@ -6,8 +6,8 @@ import pytest
 
 from pytest_lrun.config.settings import resolve
 from pytest_lrun.core.errors import ConfigError
-from pytest_lrun.run.dispatch import infra_failure
 from pytest_lrun.run.spec import RunResult
+from pytest_lrun.run.verdict import infra_failure
 from pytest_lrun.store import Run, Status
 from pytest_lrun.wire.events import Start
 from pytest_lrun.wire.junit import parse_junit

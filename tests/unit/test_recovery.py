@@ -36,16 +36,15 @@ from pytest_lrun.core.fsutil import ENTRY_BYTES
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerSpec, ContainerState, Engine
 from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.run.dispatch import Dispatcher
+from pytest_lrun.run.gc import gc, state_size
 from pytest_lrun.run.readback import JUNIT_PATH
 from pytest_lrun.run.recovery import (
     ReconcileReport,
     _docker_time,
     cancel,
     container_created,
-    gc,
     reap,
     reconcile,
-    state_size,
     watch,
 )
 from pytest_lrun.store import Decision, Run, RunStore, Status

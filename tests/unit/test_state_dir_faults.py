@@ -21,7 +21,7 @@ import pytest
 from pytest_lrun.core.errors import CorruptRecord
 from pytest_lrun.core.layout import machine_key
 from pytest_lrun.core.reserve import claim, full
-from pytest_lrun.run.recovery import gc
+from pytest_lrun.run.gc import gc
 from pytest_lrun.store import Decision, Run, Status
 from pytest_lrun.store.files import FileStore
 
