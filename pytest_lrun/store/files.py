@@ -19,11 +19,11 @@ State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700):
     active/<machine-key>.json     index of the machine's non-terminal runs:
                                   {"machine": "<name>", "runs": ["<run-id>", ...]}
     locks/<machine-key>.lock      the machine's lock file (a sidecar: never holds data)
-    locks/named-<h>.lock          a lock of :meth:`FileRunStore.exclusive` (h = xxh3-64 of its name)
+    locks/named-<h>.lock          a lock of :meth:`FileStore.exclusive` (h = xxh3-64 of its name)
     completed/<machine-key>-<h>.json  {"run_id": ...}: the newest completed run of a key
                                   (h = xxh64 of the key), for cached results
     corrupt/                      state files that did not parse, moved aside, never deleted
-    hashcache/                    stat caches of hashed trees (hashing's; rebuilt when missing)
+    hashcache/                    stat caches of hashed trees (tree.statcache; rebuilt when missing)
     queue/, durations/, batches/  lines of waiters, test durations, batch records (see above)
 
 ``<run-id>`` is time-sortable: ``YYYYmmddTHHMMSS-<8 hex>`` (UTC). ``<machine-key>``
