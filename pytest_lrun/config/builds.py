@@ -22,16 +22,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 import xxhash
 
 from pytest_lrun.core.errors import HashError
+from pytest_lrun.core.text import shown_value
 from pytest_lrun.tree.hashing import hash_dir
 from pytest_lrun.tree.ignores import DOCKER_IGNORES, IgnoreRules
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "BUILD_REPOSITORY",
@@ -105,7 +102,9 @@ def make_build(
         if not (root / relative).is_file():
             raise ValueError(f"dockerfile {name!r} is not a file in the build context {str(root)!r}")
     except OSError as e:  # a name too long, a loop of links
-        raise ValueError(f"cannot use the build context {str(context)[:200]!r}: {e.strerror or e}") from None
+        raise ValueError(
+            f"cannot use the build context {shown_value(str(context), limit=200)}: {e.strerror or e}"
+        ) from None
     for arg in args or {}:
         if not arg or "=" in arg:
             raise ValueError(f"build arg {arg!r}: expected a name without '='")
