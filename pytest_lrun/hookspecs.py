@@ -21,7 +21,8 @@ def pytest_lrun_make_engine(machine: Machine, config: pytest.Config) -> Engine |
     The built-in implementation (``trylast``) connects with docker-py and checks
     that the engine answers within ``--lrun-connect-timeout``. Return an object
     implementing :class:`pytest_lrun.engine.Engine` to supply your own (a
-    wrapped client, extra TLS settings, a recorder for tests).
+    wrapped client, extra TLS settings, a recorder for tests); to wrap the
+    built-in client, call :func:`pytest_lrun.engine.docker.connect`.
     """
 
 
