@@ -70,16 +70,25 @@ def _dispatches_directory_args(early_config: pytest.Config) -> bool:
 
 
 def _anchor_beside(arg: str, invocation_dir: Path, rootpath: Path) -> str:
-    """A file in the parent of the directory ``arg`` dispatches (so pytest's anchor is that
-    parent, not the directory or a file in it)."""
+    """A file beside the directory ``arg`` dispatches, or in the nearest folder above it that
+    holds one: pytest's anchor for the host's conftests, never the directory or a file in it.
+
+    Never a folder either: pytest also imports the conftest of each ``test*`` subdirectory of a
+    folder anchor, and those are the dispatched directory's siblings. A folder without files
+    holds no conftest, so the nearest one above with a file brings the same conftests.
+    """
     try:
         path, _ = dispatched_dir(arg, invocation_dir, rootpath)
     except LrunError:
         return arg  # the session reports it as a usage error
-    parent = path.parent
-    files = sorted(child for child in parent.iterdir() if child.is_file())
-    # With no file beside it, the parent itself; pytest then also scans its test* subdirectories.
-    return str(files[0]) if files else str(parent)
+    for folder in path.parents:
+        try:
+            files = sorted(child for child in folder.iterdir() if child.is_file())
+        except OSError:  # a folder above that this user may not list
+            continue
+        if files:
+            return str(files[0])
+    return str(path.parent)
 
 
 def pytest_configure(config: pytest.Config) -> None:

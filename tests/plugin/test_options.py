@@ -123,3 +123,21 @@ def test_a_dispatched_dirs_conftest_is_never_imported_on_the_host(
     # The engine does not exist: the run's own report is an error; the conftest was never imported.
     assert result.ret == 75, result.stderr.str()
     result.stdout.fnmatch_lines(["host conftest loaded", f"ERROR {name}::lrun[[]m1[]] - engine_unreachable*"])
+
+
+def test_no_sibling_directorys_conftest_is_imported_when_nothing_lies_beside_the_dispatched_one(
+    project: pytest.Pytester,
+) -> None:
+    # suites/ holds only directories: pytest must not be anchored at suites/ itself, where it also
+    # imports the conftest of every test* subdirectory (other dispatched directories among them).
+    suites = project.path / "suites"
+    for name in ("test_a", "test_b"):
+        (suites / name).mkdir(parents=True)
+    (suites / "test_a" / "test_inner.py").write_text("def test_inner():\n    pass\n")
+    (suites / "test_b" / "conftest.py").write_text("import only_in_the_image  # noqa: F401\n")
+    project.makeconftest("def pytest_report_header():\n    return 'host conftest loaded'\n")
+    result = project.runpytest("--lrun-machine=m1", "suites/test_a")
+    assert result.ret == 75, result.stderr.str()
+    result.stdout.fnmatch_lines(
+        ["host conftest loaded", "ERROR suites/test_a::lrun[[]m1[]] - engine_unreachable*"]
+    )
