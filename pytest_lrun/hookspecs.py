@@ -18,11 +18,12 @@ hookspec = pytest.hookspec
 def pytest_lrun_make_engine(machine: Machine, config: pytest.Config) -> Engine | None:
     """Build the engine client for ``machine``.
 
-    The built-in implementation (``trylast``) connects with docker-py and checks
-    that the engine answers within ``--lrun-connect-timeout``. Return an object
+    The built-in implementation (``trylast``) connects to the machine's Docker
+    Engine (docker-py), or to its Remote Execution API service, and checks that
+    it answers within ``--lrun-connect-timeout``. Return an object
     implementing :class:`pytest_lrun.engine.Engine` to supply your own (a
     wrapped client, extra TLS settings, a recorder for tests); to wrap the
-    built-in client, call :func:`pytest_lrun.engine.docker.connect`.
+    built-in client, call :func:`pytest_lrun.engine.pool.connect`.
     """
 
 

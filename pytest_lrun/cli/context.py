@@ -81,7 +81,7 @@ class Context:
 
     def connect(self, machine: Machine) -> Engine:
         """A new engine client for ``machine`` that answered a ping (the one way the commands dial)."""
-        from pytest_lrun.engine.docker import connect
+        from pytest_lrun.engine.pool import connect
 
         return connect(machine, connect_timeout=self.settings.connect_timeout)
 

@@ -32,6 +32,7 @@ from pytest_lrun.cli.commands import (
     cmd_show,
 )
 from pytest_lrun.cli.context import Context
+from pytest_lrun.cli.worker import cmd_worker
 from pytest_lrun.config.settings import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IMAGE_MAX_AGE,
@@ -226,6 +227,35 @@ def _add_reap(commands: _Commands) -> None:
     reap.add_argument("--machine", metavar="M", help="only this machine (default: every known machine)")
 
 
+def _add_worker(commands: _Commands) -> None:
+    worker = commands.add(
+        "worker",
+        cmd_worker,
+        "run a Remote Execution API service's actions in containers on a Docker machine (a bot)",
+        json_flag=False,
+    )
+    worker.add_argument(
+        "--remote",
+        required=True,
+        metavar="NAME|URL",
+        help="the service: a remote machine, or grpc://HOST:PORT",
+    )
+    worker.add_argument("--instance", metavar="NAME", help="the service's instance, with a --remote URL")
+    worker.add_argument(
+        "--machine", required=True, metavar="M", help="the Docker machine that runs the actions"
+    )
+    worker.add_argument(
+        "--slots", type=int, metavar="N", help="actions at once (default: the machine's slots)"
+    )
+    worker.add_argument(
+        "--property",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a device property the service matches actions against (repeatable)",
+    )
+    worker.add_argument("--bot-id", metavar="ID", help="the bot's id (default: lrun- and a random suffix)")
+
+
 _ADDERS: tuple[Callable[[_Commands], None], ...] = (
     _add_runs,
     _add_show,
@@ -236,4 +266,5 @@ _ADDERS: tuple[Callable[[_Commands], None], ...] = (
     _add_images,
     _add_gc,
     _add_reap,
+    _add_worker,
 )

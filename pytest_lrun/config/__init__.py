@@ -5,6 +5,7 @@
   shared with machine tables and plans;
 * :mod:`.machines`: machine names and tables, resolved to connection settings;
 * :mod:`.contexts`: the engines Docker's own configuration names (its contexts, ``DOCKER_*``);
+* :mod:`.remote`: what a machine table naming a Remote Execution API service declares;
 * :mod:`.tables`: one TOML table read key by key, with the build rules machine tables and
   plans share;
 * :mod:`.builds`: Dockerfile builds declared in place of an image;

@@ -57,6 +57,14 @@ from pytest_lrun.config.contexts import (
     environment_endpoint,
     host_problem,
 )
+from pytest_lrun.config.remote import (
+    NOT_REMOTE_KEYS,
+    REMOTE_KEYS,
+    Remote,
+    image_of,
+    property_problem,
+    remote_problem,
+)
 from pytest_lrun.config.tables import BUILD_KEYS, FrozenEnv, TableReader, parse_toml, toml_type
 from pytest_lrun.core.errors import ConfigError, ImageNotSet, UnknownMachine
 from pytest_lrun.core.text import printable, shown_value
@@ -111,6 +119,7 @@ _TABLE_KEYS = (
     *BUILD_KEYS,
     "secret_env",
     *_TLS_KEYS,
+    *REMOTE_KEYS,
 )
 TAG_PREFIX = "tag:"
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -153,6 +162,7 @@ class Machine:
     tags: tuple[str, ...] = ()
     slots: int = 1
     pids_limit: int = DEFAULT_PIDS_LIMIT  # processes and threads in a run's container at once
+    remote: Remote | None = None  # a Remote Execution API service (config.remote), ``host`` its URL
 
     def __post_init__(self) -> None:
         if not isinstance(self.env, FrozenEnv):
@@ -294,6 +304,8 @@ class _MachineTable(TableReader):
 def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_dir: Path) -> Machine:
     reader = _MachineTable(where, name, table, base_dir)
     _check_keys(reader)
+    if "remote" in table:
+        return _remote_machine(reader)
     host = _host(reader)
     tls = _tls(reader, host)
     defaults = _container_defaults(reader)  # checked before the keys below, as they always were
@@ -308,6 +320,50 @@ def _machine_from_table(name: str, table: Mapping[str, Any], where: str, base_di
         memory=reader.size("memory"),
         env=reader.string_table("env", "variable") or {},
         timeout=reader.seconds("timeout"),
+        **defaults,
+    )
+
+
+def _remote_machine(reader: _MachineTable) -> Machine:
+    """A machine table naming a Remote Execution API service (:mod:`pytest_lrun.config.remote`)."""
+    for key in NOT_REMOTE_KEYS:
+        if key in reader.table:
+            raise reader.error(
+                key, "does not apply to a remote (Remote Execution API) machine: its executors decide it"
+            )
+    url = reader.string("remote")
+    assert url is not None
+    problem = remote_problem(url)
+    if problem is not None:
+        raise reader.error("remote", problem)
+    platform = reader.string_table("platform", "property") or {}
+    for prop, value in platform.items():
+        why = property_problem(prop, value)
+        if why is not None:
+            raise reader.error(f"platform.{prop}", why)
+    image = reader.string("image")
+    in_platform = image_of(platform)
+    if image is not None and in_platform is not None:
+        raise reader.error("image", "this table has image and platform.container-image: keep one")
+    platform = {k: v for k, v in platform.items() if image_of({k: v}) is None}
+    token_env = reader.string("token_env")
+    if token_env is not None and "=" in token_env:
+        raise reader.error(
+            "token_env", f"expected the name of a variable holding the token, found {token_env!r}"
+        )
+    instance = reader.table.get("instance_name", "")
+    if not isinstance(instance, str):
+        raise reader.error("instance_name", f"expected a string, {_found(instance)}")
+    defaults = _container_defaults(reader)
+    return Machine(
+        name=reader.name,
+        host=url,
+        source="config",
+        tls=_tls(reader, url),
+        image=image or in_platform,
+        env=reader.string_table("env", "variable") or {},
+        timeout=reader.seconds("timeout"),
+        remote=Remote(url, instance, platform, token_env),
         **defaults,
     )
 
@@ -337,7 +393,12 @@ def _tls(reader: _MachineTable, host: str) -> TLSConfig | None:
     given_tls = [key for key in _TLS_KEYS if key in reader.table]
     if not given_tls:
         return None
-    if urlsplit(host).scheme.lower() != "tcp":
+    scheme = urlsplit(host).scheme.lower()
+    if "remote" in reader.table and scheme != "grpcs":
+        raise reader.error(
+            given_tls[0], f"TLS settings apply to grpcs:// remotes only, and remote is {host!r}"
+        )
+    if "remote" not in reader.table and scheme != "tcp":
         raise reader.error(given_tls[0], f"TLS settings apply to tcp:// hosts only, and host is {host!r}")
     verify = reader.boolean("tls_verify")
     ca_cert = reader.file("tls_ca_cert")

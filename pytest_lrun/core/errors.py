@@ -347,6 +347,21 @@ class EngineUnreachable(EngineError):
         self.reason = reason
 
 
+class RemoteUnreachable(EngineUnreachable):
+    """The Remote Execution API service of a machine does not answer."""
+
+    def __init__(self, machine: str, url: str, reason: str) -> None:
+        LrunError.__init__(
+            self,
+            f"machine {machine!r}: the Remote Execution API service at {url} is unreachable: {reason}. "
+            "Check that it runs and answers there, and the machine table's remote, instance_name "
+            "and token_env",
+        )
+        self.machine = machine
+        self.url = url
+        self.reason = reason
+
+
 class ImageMissing(EngineError):
     """The image is not on the engine and the pull policy forbids (or failed) pulling it."""
 

@@ -1,4 +1,4 @@
-"""The engine layer: what pytest-lrun asks of a Docker Engine, and the records it gets back.
+"""The engine layer: what pytest-lrun asks of a machine's engine, and the records it gets back.
 
 :class:`Engine` is a typed protocol, so dispatch can be read without knowing
 docker-py, and docker-py's exceptions never leak past it: each is mapped to one of
@@ -10,7 +10,10 @@ and :func:`stop`, which works over any engine.
 * :mod:`.docker` is the real implementation over docker-py's ``APIClient``, and
   the only module that imports :mod:`docker` (:func:`~.docker.connect`);
 * :mod:`.ssh` is its transport to ``ssh://`` machines, imported only for them;
-* :mod:`.pool` keeps one connected engine per machine for an invocation.
+* :mod:`.reapi` is the implementation over a Remote Execution API service (a machine
+  table with ``remote =``), each "container" one action; imported only for such machines;
+* :mod:`.pool` picks the implementation for a machine (:func:`~.pool.connect`) and keeps
+  one connected engine per machine for an invocation.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ LABEL_HASH = "lrun.hash"
 LABEL_BATCH = "lrun.batch"
 LABEL_CREATED = "lrun.created"
 LABEL_STORE = "lrun.store"  # which state dir owns the run: reaping spares other stores' runs
+# What the id an engine starts a run as begins with when its result came from a cache and nothing
+# ran (a remote service's action cache): the run's origin is then "cached".
+CACHED_PREFIX = "ac:"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,13 @@ class ContainerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     cpus: float | None = None
     memory: int | None = None  # bytes (Machine.memory)
+    outputs: tuple[str, ...] = ()
+    """Container paths read back after the run (the JUnit XML, the artifacts): an action names them."""
+    timeout: float | None = None
+    """Seconds the run may take; pytest-lrun stops it then, and a remote service may end it itself."""
+    cacheable: bool = False
+    """The run's result may be served again for the same inputs (``--lrun-reuse=completed``): a
+    remote service's action cache."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +122,11 @@ class Engine(Protocol):
     def remove_image(self, image: str) -> bool: ...
     def create(self, spec: ContainerSpec) -> str: ...
     def put_archive(self, container_id: str, path: str, data: IO[bytes]) -> None: ...
-    def start(self, container_id: str) -> None: ...
+    def start(self, container_id: str) -> str | None:
+        """Start the container; returns the id it goes by from now on when that changes (a remote
+        service names its execution only then), else None."""
+        ...
+
     def wait(self, container_id: str, timeout: float | None) -> int | None: ...
     def logs(self, container_id: str, *, follow: bool) -> Iterator[bytes]: ...
     def get_archive(self, container_id: str, path: str) -> Iterator[bytes] | None: ...

@@ -231,11 +231,12 @@ class DockerEngine:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise self._fail("upload the test directory", e) from e
 
-    def start(self, container_id: str) -> None:
+    def start(self, container_id: str) -> str | None:
         try:
             self._api.start(container_id)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise self._fail("start container", e) from e
+        return None  # a container keeps its id
 
     def wait(self, container_id: str, timeout: float | None) -> int | None:
         """The exit code, or None when ``timeout`` seconds pass first."""

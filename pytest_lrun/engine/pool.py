@@ -1,4 +1,9 @@
-"""One connected engine per machine, created on first use and shared by the threads of one invocation."""
+"""A machine's built-in engine (:func:`connect`), and one per machine for an invocation (:class:`EnginePool`).
+
+:func:`connect` picks the client by the machine's kind: a Docker Engine's
+(:mod:`.docker`), or a Remote Execution API service's (:mod:`.reapi`, imported only
+for such a machine, with the ``reapi`` extra).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,28 @@ from pytest_lrun.config.machines import Machine
 from pytest_lrun.config.settings import (
     DEFAULT_CONNECT_TIMEOUT,
 )
+from pytest_lrun.core.errors import ExtraMissing
 from pytest_lrun.engine import (
     Engine,
 )
-from pytest_lrun.engine.docker import connect
 
 EngineFactory = Callable[[Machine], Engine]
+
+
+def connect(machine: Machine, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Engine:
+    """A client of ``machine`` that answered within ``connect_timeout``: its Docker Engine, or its
+    Remote Execution API service (``remote =`` in its table)."""
+    if machine.remote is None:
+        from pytest_lrun.engine.docker import connect as connect_docker
+
+        return connect_docker(machine, connect_timeout=connect_timeout)
+    try:
+        import grpc  # noqa: F401 - only to say which extra is missing
+    except ImportError:
+        raise ExtraMissing(f"machine {machine.name!r} at {machine.host}", "reapi", "grpc") from None
+    from pytest_lrun.engine.reapi import connect as connect_remote
+
+    return connect_remote(machine, connect_timeout=connect_timeout)
 
 
 class EnginePool:

@@ -9,5 +9,7 @@
 * :mod:`.readback` and :mod:`.logs`: what the container gives back, and the log and event spools;
 * :mod:`.recovery`: reconcile, watch, cancel and reap;
 * :mod:`.gc`: the state directory kept under its size cap, after the sweep of crash leftovers;
-* :mod:`.balance`: a directory's inner tests split over shards.
+* :mod:`.balance`: a directory's inner tests split over shards;
+* :mod:`.worker`: ``lrun worker``'s bot, which runs a Remote Execution API service's actions
+  in containers.
 """

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from pytest_lrun.core.errors import EngineError
+from pytest_lrun.core.errors import ConfigError, EngineError
 from pytest_lrun.engine import (
     LABEL_BATCH,
     LABEL_CREATED,
@@ -31,6 +31,7 @@ from pytest_lrun.engine import (
     stop,
 )
 from pytest_lrun.run.placement import pytest_arguments_at
+from pytest_lrun.run.readback import JUNIT_PATH
 from pytest_lrun.run.spec import RunSpec
 from pytest_lrun.store import Run
 from pytest_lrun.wire.events import reporter_wiring
@@ -38,11 +39,21 @@ from pytest_lrun.wire.events import reporter_wiring
 __all__ = ["container_spec", "stop_all"]
 
 
-def container_spec(run: Run, spec: RunSpec, store_id: str) -> ContainerSpec:
+def container_spec(run: Run, spec: RunSpec, store_id: str, *, cacheable: bool = False) -> ContainerSpec:
     """What ``run``'s container is created with, on the machine of ``spec``, for the store ``store_id``.
 
-    :raises ConfigError: a secret of the spec is not set on this host
+    ``cacheable``: the run's result may be served again (``--lrun-reuse=completed``).
+
+    :raises ConfigError: a secret of the spec is not set on this host, or the machine is
+        a remote service, which would keep the secret in its storage
     """
+    if spec.machine.remote is not None and spec.secret_names:
+        raise ConfigError(
+            f"machine {spec.machine.name!r}",
+            f"a remote (Remote Execution API) machine takes no secrets ({', '.join(spec.secret_names)}): "
+            "an action's environment is stored in the service's CAS and action cache, readable by "
+            "anyone who may read them; pass them on a Docker machine",
+        )
     labels = {
         LABEL_RUN: run.id,
         LABEL_MACHINE: spec.machine.name,
@@ -68,6 +79,9 @@ def container_spec(run: Run, spec: RunSpec, store_id: str) -> ContainerSpec:
         cpus=spec.machine.cpus,
         memory=spec.machine.memory,
         pids_limit=spec.machine.pids_limit,
+        outputs=(JUNIT_PATH, *spec.artifacts),
+        timeout=spec.timeout,
+        cacheable=cacheable,
     )
 
 

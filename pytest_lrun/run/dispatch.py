@@ -75,7 +75,7 @@ from pytest_lrun.core.errors import (
 )
 from pytest_lrun.core.faults import crash_point
 from pytest_lrun.core.reserve import check_room, claim, full
-from pytest_lrun.engine import Engine, stop
+from pytest_lrun.engine import CACHED_PREFIX, Engine, stop
 from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.run.container import container_spec, stop_all
 from pytest_lrun.run.images import Builder, BuildSink
@@ -180,7 +180,8 @@ class Dispatcher:
             run = self._launch(prepared)
             if not run.status.is_terminal:
                 run = self._finish(run, engine, _secrets(prepared.spec), fresh_logs=False)
-        return self.result(run, "created")
+        cached = (run.container_id or "").startswith(CACHED_PREFIX)  # a remote service's cache answered
+        return self.result(run, "cached" if cached else "created")
 
     def start(self, spec: RunSpec) -> RunResult:
         """Create and start the run, then leave it running (``--lrun-detach``)."""
@@ -329,7 +330,7 @@ class Dispatcher:
         run, engine, shipment, spec = prepared.run, prepared.engine, prepared.shipment, prepared.spec
         if run.status.is_terminal or shipment is None:  # failed before it began (image missing)
             return run
-        created_with = container_spec(run, spec, self.store.store_id)
+        created_with = container_spec(run, spec, self.store.store_id, cacheable=self.reuse == "completed")
         try:
             container_id = engine.create(created_with)
             crash_point("after_create")
@@ -343,9 +344,12 @@ class Dispatcher:
             if self._cancelled.is_set():
                 code, msg = self._stop_reason
                 return self._end(run, Status.INTERRUPTED, engine=engine, code=code, msg=msg)
-            engine.start(container_id)
+            started_as = engine.start(container_id)
         except LrunError as e:
             return self._end(run, Status.FAILED, engine=engine, error=e)
+        if started_as is not None:  # a remote execution's name: what attaching to it needs
+            run = replace(run, container_id=started_as)
+            self._watch(run.id, engine, started_as)
         run = replace(run, status=Status.RUNNING, started_at=time.time())
         try:
             self.store.update(run)

@@ -35,7 +35,7 @@ from pytest_lrun.core.errors import EngineError, HashError, ImageMissing, LeftRu
 from pytest_lrun.engine import Engine
 from pytest_lrun.store import Candidate, Decision, Run, RunStore, Ticket
 from pytest_lrun.tree.snapshot import Snapshot, snapshot
-from pytest_lrun.wire.events import new_token, reporter_file
+from pytest_lrun.wire.events import keyed_token, new_token, reporter_file
 
 if TYPE_CHECKING:
     from pytest_lrun.config.machines import Machine
@@ -192,7 +192,9 @@ def place(
             env_names=sorted({*placed.machine.env, *placed.env, *placed.secret_names}),
             secret_env=list(placed.secret_names) or None,
             retry_of=retry_of,
-            event_token=new_token() if pytest_arguments_at(placed.command) is not None else None,
+            event_token=_token(candidate.key, placed)
+            if pytest_arguments_at(placed.command) is not None
+            else None,
         )
 
     deadline = time.monotonic() + busy_wait
@@ -230,3 +232,8 @@ def place(
 
 def _ticket() -> Ticket:
     return Ticket(secrets.token_hex(8), time.time())
+
+
+def _token(key: str, spec: RunSpec) -> str:
+    """A run's event token: random, but on a remote machine the key's own (:func:`keyed_token`)."""
+    return keyed_token(key) if spec.machine.remote is not None else new_token()

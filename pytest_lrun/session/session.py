@@ -33,8 +33,7 @@ from pytest_lrun.config.select import HostSelection
 from pytest_lrun.config.settings import Settings
 from pytest_lrun.core.errors import EXIT_ENGINE_UNREACHABLE, ConfigError, EngineUnreachable, LrunError
 from pytest_lrun.engine import Engine
-from pytest_lrun.engine.docker import connect
-from pytest_lrun.engine.pool import EnginePool
+from pytest_lrun.engine.pool import EnginePool, connect
 from pytest_lrun.report.evidence import Evidence, default_report_dir
 from pytest_lrun.report.github import is_github_actions
 from pytest_lrun.report.live import RunReports

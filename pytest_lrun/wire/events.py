@@ -26,6 +26,7 @@ raises here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import operator
 import re
@@ -54,6 +55,13 @@ Location: TypeAlias = tuple[str, int | None, str]
 def new_token() -> str:
     """A fresh random token for one run (hex: safe in an environment value and in a log line)."""
     return secrets.token_hex(16)
+
+
+def keyed_token(key: str) -> str:
+    """The token of every run with the run key ``key``: a remote service's action is the same
+    for the same key only if its environment, which carries the token, is too, and only then
+    can the service's action cache answer it."""
+    return hashlib.sha256(f"lrun-event-token:{key}".encode()).hexdigest()[:32]
 
 
 def reporter_file() -> tuple[str, bytes]:

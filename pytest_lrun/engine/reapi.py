@@ -1,0 +1,336 @@
+"""A Remote Execution API service as an :class:`~pytest_lrun.engine.Engine`.
+
+A machine table with ``remote = "grpc://..."`` (:mod:`pytest_lrun.config.remote`) is
+run by :class:`RemoteEngine`: the dispatcher drives it as it drives a Docker Engine,
+and each "container" is one action on the service:
+
+* ``create`` keeps the spec under a local handle; ``put_archive`` turns the upload
+  archive (the one snapshot of the test directory, with the inner reporter) into an
+  input root (:func:`~pytest_lrun.reapi.trees.input_root`);
+* ``start`` uploads what the service is missing (``FindMissingBlobs``), the
+  ``Command`` and the ``Action``; when the run may be served again
+  (``--lrun-reuse=completed``) it asks the action cache first and a hit needs no
+  execution; otherwise it calls ``Execute`` and returns the operation's name,
+  which the run records in place of a container id, so another process attaches
+  to it by name (``WaitExecution``);
+* ``wait``, ``logs``, ``get_archive`` and ``inspect`` read the operation and its
+  ``ActionResult`` (stdout and stderr, output files and directories from the CAS,
+  as the tar streams the Docker path reads, under the same caps); ``interrupt``
+  and ``kill`` cancel the operation; ``remove`` forgets it.
+
+What pytest-lrun does before any of this (the run key, the store's one atomic
+prepare: created, reuse or busy) is unchanged, so N dispatchers of one key start one
+execution, whatever the service's own de-duplication does.
+
+The handle of a cache hit is ``ac:HASH/SIZE`` (the action's digest): any process
+can read the result again by it. The paths of the container (the working
+directory, ``/lrun/out/junit.xml``, artifacts) are sent relative to the input
+root, which holds the upload archive as the container's ``/`` would.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO
+
+import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+
+from pytest_lrun.config.machines import Machine
+from pytest_lrun.config.remote import image_property
+from pytest_lrun.config.settings import DEFAULT_CONNECT_TIMEOUT
+from pytest_lrun.core.errors import ContainerGone, EngineError
+from pytest_lrun.engine import CACHED_PREFIX, BuildChunk, ContainerSpec, ContainerState, ImageInfo
+from pytest_lrun.reapi.cas import Storage, digest_of, key_of
+from pytest_lrun.reapi.channel import Channel
+from pytest_lrun.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from pytest_lrun.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from pytest_lrun.reapi.trees import InputRoot, input_root, output_tar
+
+__all__ = ["RemoteEngine", "connect"]
+
+_PENDING = "reapi-"  # a handle before its action was executed
+_CACHED = CACHED_PREFIX  # the handle of an action cache hit
+# Output bytes (stdout, stderr) read back at most; the log's own cap applies after.
+_STREAM_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class _Action:
+    """One action this engine knows, from ``create`` to ``remove``."""
+
+    spec: ContainerSpec | None = None
+    root: InputRoot | None = None
+    result: re_pb2.ActionResult | None = None
+    error: EngineError | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class RemoteEngine:
+    """An :class:`~pytest_lrun.engine.Engine` over a Remote Execution API service."""
+
+    def __init__(self, machine: Machine, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
+        assert machine.remote is not None
+        self.machine = machine.name
+        self.url = machine.host
+        self.remote = machine.remote
+        self.workdir = machine.workdir  # output paths are relative to it, in any process that reads them
+        self.channel = Channel(machine, timeout=max(connect_timeout, 30.0))
+        self._connect_timeout = connect_timeout
+        self.storage = Storage(self.channel, machine.remote.instance_name)
+        self._execution = self.channel.stub(re_grpc.ExecutionStub)
+        self._capabilities = self.channel.stub(re_grpc.CapabilitiesStub)
+        self._operations = self.channel.stub(operations_pb2_grpc.OperationsStub)
+        self._actions: dict[str, _Action] = {}
+        self._lock = threading.Lock()
+
+    # -- the service --------------------------------------------------------------
+
+    def ping(self) -> None:
+        request = re_pb2.GetCapabilitiesRequest(instance_name=self.remote.instance_name)
+        self.channel.call(
+            "GetCapabilities", self._capabilities.GetCapabilities, request, timeout=self._connect_timeout
+        )
+
+    def image_id(self, image: str, pull: str) -> str:
+        """The image as the platform names it: the service resolves it on its executors."""
+        return "=".join(image_property(image))
+
+    def build_image(
+        self,
+        context: IO[bytes],
+        *,
+        tag: str,
+        dockerfile: str,
+        build_args: Mapping[str, str],
+        target: str | None,
+        labels: Mapping[str, str],
+    ) -> Iterator[BuildChunk]:
+        raise EngineError(self.machine, "a remote (Remote Execution API) machine builds no image: name one")
+
+    def images(self, label: str) -> list[ImageInfo]:
+        return []
+
+    def remove_image(self, image: str) -> bool:
+        return False
+
+    def list_labelled(self, label: str) -> list[ContainerState]:
+        return []  # actions carry no labels; the service ends and forgets them itself
+
+    # -- one action ------------------------------------------------------------------
+
+    def create(self, spec: ContainerSpec) -> str:
+        handle = f"{_PENDING}{uuid.uuid4().hex}"
+        with self._lock:
+            self._actions[handle] = _Action(spec=spec)
+        return handle
+
+    def put_archive(self, container_id: str, path: str, data: IO[bytes]) -> None:
+        if path != "/":
+            raise EngineError(self.machine, f"a remote machine takes its input root at /, not {path}")
+        self._known(container_id).root = input_root(data)
+
+    def start(self, container_id: str) -> str:
+        """Upload the action and execute it (or find it in the action cache); returns its new handle."""
+        action = self._known(container_id)
+        assert action.spec is not None and action.root is not None
+        command, action_message = self._messages(action.spec, action.root)
+        blobs = dict(action.root.blobs)
+        for message in (command, action_message):
+            data = message.SerializeToString(deterministic=True)
+            blobs[key_of(digest_of(data))] = data
+        self.storage.upload(blobs)
+        action.root = None  # the archive's readers are not needed again
+        digest = digest_of(action_message.SerializeToString(deterministic=True))
+        if action.spec.cacheable:
+            hit = self.storage.cached_result(digest)
+            # As pytest-lrun's own store, only a run whose tests passed is served again.
+            if hit is not None and hit.exit_code == 0:
+                return self._adopt(f"{_CACHED}{digest.hash}/{digest.size_bytes}", action, hit)
+        request = re_pb2.ExecuteRequest(
+            instance_name=self.remote.instance_name,
+            action_digest=digest,
+            skip_cache_lookup=not action.spec.cacheable,
+        )
+        stream = self._execution.Execute(request, metadata=self.channel.metadata)
+        try:
+            first = next(stream)
+        except grpc.RpcError as e:
+            raise self.channel.error("Execute", e) from e
+        with self._lock:
+            self._actions.pop(container_id, None)
+            self._actions[first.name] = action
+        self._follow(first, stream, action)
+        name: str = first.name
+        return name
+
+    def _messages(self, spec: ContainerSpec, root: InputRoot) -> tuple[re_pb2.Command, re_pb2.Action]:
+        workdir = self.workdir.strip("/")
+        properties = {**self.remote.platform, **dict([image_property(spec.image)])}
+        command = re_pb2.Command(
+            arguments=list(spec.command),
+            environment_variables=[
+                re_pb2.Command.EnvironmentVariable(name=k, value=v) for k, v in sorted(spec.env.items())
+            ],
+            output_paths=sorted({posixpath.relpath(p, "/" + workdir) for p in spec.outputs}),
+            working_directory=workdir,
+            platform=re_pb2.Platform(
+                properties=[re_pb2.Platform.Property(name=k, value=v) for k, v in sorted(properties.items())]
+            ),
+        )
+        action = re_pb2.Action(
+            command_digest=digest_of(command.SerializeToString(deterministic=True)),
+            input_root_digest=root.digest,
+            do_not_cache=not spec.cacheable,
+        )
+        if spec.timeout is not None:
+            action.timeout.FromNanoseconds(int(spec.timeout * 1e9))
+        return command, action
+
+    def _adopt(self, handle: str, action: _Action, result: re_pb2.ActionResult) -> str:
+        action.result = result
+        action.done.set()
+        with self._lock:
+            self._actions[handle] = action
+        return handle
+
+    def _follow(
+        self, first: operations_pb2.Operation, stream: Iterator[operations_pb2.Operation], action: _Action
+    ) -> None:
+        """Read the operation's updates on a thread of its own until it is done."""
+
+        def read() -> None:
+            try:
+                operation = first
+                while not operation.done:
+                    operation = next(stream)
+                self._settle(action, operation)
+            except StopIteration:
+                action.error = EngineError(
+                    self.machine, "the service ended the execution's stream before it was done"
+                )
+            except grpc.RpcError as e:
+                action.error = self.channel.error("Execute", e)
+            finally:
+                action.done.set()
+
+        threading.Thread(target=read, name=f"lrun-reapi-{first.name[-12:]}", daemon=True).start()
+
+    def _settle(self, action: _Action, operation: operations_pb2.Operation) -> None:
+        if operation.HasField("error") and operation.error.code != 0:
+            action.error = EngineError(self.machine, f"the execution failed: {operation.error.message}")
+            return
+        response = re_pb2.ExecuteResponse()
+        operation.response.Unpack(response)
+        if response.status.code != 0 and not response.HasField("result"):
+            action.error = EngineError(
+                self.machine, f"the execution failed: {response.status.message or response.status.code}"
+            )
+            return
+        action.result = response.result
+
+    def _known(self, handle: str) -> _Action:
+        with self._lock:
+            action = self._actions.get(handle)
+        if action is not None:
+            return action
+        if handle.startswith(_CACHED):
+            hash_, _, size = handle[len(_CACHED) :].partition("/")
+            result = self.storage.cached_result(re_pb2.Digest(hash=hash_, size_bytes=int(size)))
+            if result is None:
+                raise ContainerGone(self.machine, f"the action cache no longer holds {hash_[:12]}")
+            action = _Action()
+            self._adopt(handle, action, result)
+            return action
+        if handle.startswith(_PENDING):
+            raise ContainerGone(self.machine, f"action {handle} was never executed")
+        return self._attach(handle)
+
+    def _attach(self, name: str) -> _Action:
+        """An execution another process started: follow it by its operation's name."""
+        stream = self._execution.WaitExecution(
+            re_pb2.WaitExecutionRequest(name=name), metadata=self.channel.metadata
+        )
+        try:
+            first = next(stream)
+        except grpc.RpcError as e:
+            if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.NOT_FOUND:
+                raise ContainerGone(self.machine, f"the service knows no operation {name}") from e
+            raise self.channel.error("WaitExecution", e) from e
+        action = _Action()
+        with self._lock:
+            self._actions[name] = action
+        self._follow(first, stream, action)
+        return action
+
+    def wait(self, container_id: str, timeout: float | None) -> int | None:
+        action = self._known(container_id)
+        if not action.done.wait(timeout):
+            return None
+        if action.error is not None:
+            raise action.error
+        assert action.result is not None
+        return action.result.exit_code
+
+    def logs(self, container_id: str, *, follow: bool) -> Iterator[bytes]:
+        action = self._known(container_id)
+        if follow:
+            action.done.wait()
+        if action.result is None:
+            return
+        for raw, digest in (
+            (action.result.stdout_raw, action.result.stdout_digest),
+            (action.result.stderr_raw, action.result.stderr_digest),
+        ):
+            if raw:
+                yield raw
+            elif digest.size_bytes:
+                yield self.storage.read(digest, max_bytes=_STREAM_MAX_BYTES)
+
+    def get_archive(self, container_id: str, path: str) -> Iterator[bytes] | None:
+        action = self._known(container_id)
+        action.done.wait()
+        if action.result is None:
+            return None
+        return output_tar(self.storage, action.result, posixpath.relpath(path, self.workdir))
+
+    def inspect(self, container_id: str) -> ContainerState | None:
+        try:
+            action = self._known(container_id)
+        except ContainerGone:
+            return None
+        if not action.done.is_set():
+            return ContainerState(id=container_id, status="running", running=True, exit_code=None)
+        code = action.result.exit_code if action.result is not None else -1
+        return ContainerState(id=container_id, status="exited", running=False, exit_code=code)
+
+    def interrupt(self, container_id: str) -> None:
+        self.kill(container_id)
+
+    def kill(self, container_id: str) -> None:
+        if container_id.startswith((_PENDING, _CACHED)):
+            return
+        request = operations_pb2.CancelOperationRequest(name=container_id)
+        self.channel.call("CancelOperation", self._operations.CancelOperation, request)
+
+    def remove(self, container_id: str) -> None:
+        with self._lock:
+            self._actions.pop(container_id, None)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def connect(machine: Machine, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> RemoteEngine:
+    """A :class:`RemoteEngine` for ``machine``, checked to answer within ``connect_timeout``."""
+    engine = RemoteEngine(machine, connect_timeout=connect_timeout)
+    try:
+        engine.ping()
+    except BaseException:
+        engine.close()
+        raise
+    return engine
