@@ -33,8 +33,9 @@
 #   restart  stop, then start (the fault tests take the server away mid-run)
 #   status   exit 0 when the server runs, 3 when it does not
 #
-# `start` prints `export LRUN_TEST_REAPI=... LRUN_TEST_REAPI_INSTANCE=... LRUN_BUILDGRID_DIR=...`
-# on stdout for `eval`; progress goes to stderr. Needs root to make the database.
+# `start` prints `export LRUN_TEST_REAPI=grpc://127.0.0.1:PORT LRUN_TEST_REAPI_INSTANCE=NAME` and
+# its own LRUN_BUILDGRID_{DIR,PORT,INSTANCE,VENV} on stdout for `eval` (so that a test's
+# `restart` finds the same server); progress goes to stderr. Needs root to make the database.
 set -euo pipefail
 
 BUILDGRID_VERSION=0.9.1
@@ -288,8 +289,11 @@ start() {
   exit 1
 }
 
+# exports: the server for the tests, and this script's settings, so that a test's
+# `buildgrid.sh restart` finds the same server.
 exports() {
-  echo "export LRUN_TEST_REAPI=grpc://127.0.0.1:$PORT LRUN_TEST_REAPI_INSTANCE=$INSTANCE LRUN_BUILDGRID_DIR=$ROOT"
+  echo "export LRUN_TEST_REAPI=grpc://127.0.0.1:$PORT LRUN_TEST_REAPI_INSTANCE=$INSTANCE" \
+    "LRUN_BUILDGRID_DIR=$ROOT LRUN_BUILDGRID_PORT=$PORT LRUN_BUILDGRID_INSTANCE=$INSTANCE LRUN_BUILDGRID_VENV=$VENV"
 }
 
 # serialized: provision.sh runs from several shells at once, and two starts would race for the port.

@@ -26,14 +26,13 @@ import uuid
 from collections.abc import Iterator
 
 import grpc
-from google.protobuf.message import Message
-
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from buildgrid._protos.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc, worker_pb2
 from buildgrid._protos.google.longrunning import operations_pb2
 from buildgrid._protos.google.rpc import code_pb2
+from google.protobuf.message import Message
 
 TIMEOUT = 30.0
 STDOUT = b"hello from the smoke bot\n"
@@ -83,7 +82,9 @@ def bytestream_write(channel: grpc.Channel, instance: str, digest: re_pb2.Digest
 def bytestream_read(channel: grpc.Channel, instance: str, digest: re_pb2.Digest) -> bytes:
     name = f"{instance_prefix(instance)}blobs/{digest.hash}/{digest.size_bytes}"
     request = bytestream_pb2.ReadRequest(resource_name=name)
-    return b"".join(r.data for r in bytestream_pb2_grpc.ByteStreamStub(channel).Read(request, timeout=TIMEOUT))
+    return b"".join(
+        r.data for r in bytestream_pb2_grpc.ByteStreamStub(channel).Read(request, timeout=TIMEOUT)
+    )
 
 
 class Bot(threading.Thread):
@@ -139,7 +140,9 @@ class Bot(threading.Thread):
             session.leases.extend(kept)
         # Leave no healthy session behind: the scheduler would assign later actions to it.
         session.status = bots_pb2.BOT_TERMINATING
-        stub.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=5)
+        stub.UpdateBotSession(
+            bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=5
+        )
         self.clock.step("bot: session ended (BOT_TERMINATING)")
 
     def _complete(self, lease: bots_pb2.Lease) -> None:
@@ -149,7 +152,8 @@ class Bot(threading.Thread):
         self.clock.step(f"bot: leased {lease.id}")
         cas = re_grpc.ContentAddressableStorageStub(self.channel)
         read = cas.BatchReadBlobs(
-            re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=[action.command_digest]), timeout=TIMEOUT
+            re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=[action.command_digest]),
+            timeout=TIMEOUT,
         )
         command = re_pb2.Command()
         command.ParseFromString(read.responses[0].data)
@@ -157,7 +161,8 @@ class Bot(threading.Thread):
         stdout = digest_of(STDOUT)
         cas.BatchUpdateBlobs(
             re_pb2.BatchUpdateBlobsRequest(
-                instance_name=self.instance, requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=stdout, data=STDOUT)]
+                instance_name=self.instance,
+                requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=stdout, data=STDOUT)],
             ),
             timeout=TIMEOUT,
         )
@@ -169,7 +174,9 @@ class Bot(threading.Thread):
         self.leases_done += 1
 
 
-def operation_updates(stream: Iterator[operations_pb2.Operation], clock: Clock, what: str) -> operations_pb2.Operation:
+def operation_updates(
+    stream: Iterator[operations_pb2.Operation], clock: Clock, what: str
+) -> operations_pb2.Operation:
     last = None
     for operation in stream:
         metadata = re_pb2.ExecuteOperationMetadata()
@@ -205,7 +212,9 @@ def main() -> int:
     command = re_pb2.Command(
         arguments=["/bin/echo", "smoke"],
         output_paths=["out/junit.xml"],
-        environment_variables=[re_pb2.Command.EnvironmentVariable(name="LRUN_SMOKE", value=str(uuid.uuid4()))],
+        environment_variables=[
+            re_pb2.Command.EnvironmentVariable(name="LRUN_SMOKE", value=str(uuid.uuid4()))
+        ],
     )
     command_digest, command_data = blob(command)
     root_digest, root_data = blob(re_pb2.Directory())
@@ -244,14 +253,19 @@ def main() -> int:
     execution = re_grpc.ExecutionStub(channel)
     try:
         operation = operation_updates(
-            execution.Execute(re_pb2.ExecuteRequest(instance_name=instance, action_digest=action_digest), timeout=TIMEOUT),
+            execution.Execute(
+                re_pb2.ExecuteRequest(instance_name=instance, action_digest=action_digest), timeout=TIMEOUT
+            ),
             clock,
             "Execute",
         )
     finally:
         bot.stop.set()
     response = execute_response(operation)
-    check(response.status.code == code_pb2.OK and not response.cached_result, f"executed, not cached: {response}")
+    check(
+        response.status.code == code_pb2.OK and not response.cached_result,
+        f"executed, not cached: {response}",
+    )
     check(response.result.stdout_digest == digest_of(STDOUT), "the bot's stdout digest came through")
     check(bot.leases_done == 1, f"the bot completed one lease, not {bot.leases_done}")
     check(bytestream_read(channel, instance, response.result.stdout_digest) == STDOUT, "stdout read back")
@@ -264,12 +278,19 @@ def main() -> int:
     clock.step("GetActionResult: hit")
 
     waited = operation_updates(
-        execution.WaitExecution(re_pb2.WaitExecutionRequest(name=operation.name), timeout=TIMEOUT), clock, "WaitExecution"
+        execution.WaitExecution(re_pb2.WaitExecutionRequest(name=operation.name), timeout=TIMEOUT),
+        clock,
+        "WaitExecution",
     )
-    check(execute_response(waited).result.stdout_digest == digest_of(STDOUT), "WaitExecution gives the same result")
+    check(
+        execute_response(waited).result.stdout_digest == digest_of(STDOUT),
+        "WaitExecution gives the same result",
+    )
 
     again = operation_updates(
-        execution.Execute(re_pb2.ExecuteRequest(instance_name=instance, action_digest=action_digest), timeout=TIMEOUT),
+        execution.Execute(
+            re_pb2.ExecuteRequest(instance_name=instance, action_digest=action_digest), timeout=TIMEOUT
+        ),
         clock,
         "Execute again",
     )
