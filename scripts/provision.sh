@@ -27,6 +27,14 @@
 # in with a client key made there, and a login's `docker system dial-stdio`
 # reaches the first engine, so ssh://root@127.0.0.1:PORT is that engine over ssh.
 #
+# Then, with scripts/buildgrid.sh, runs the test suite's own BuildGrid (a Remote
+# Execution API service) on 127.0.0.1:$LRUN_BUILDGRID_PORT (default 50051; config,
+# disk CAS and log under $LRUN_BUILDGRID_DIR, default /var/lib/lrun-buildgrid):
+# BuildGrid 0.9.1 from the Python package index in a venv of its own on pyenv's
+# Python 3.13 (cached under $LRUN_CACHE_DIR/buildgrid-venv), its scheduler in the
+# database lrun_buildgrid of the cluster above (role lrun_buildgrid, password kept
+# beside the cluster), one instance named $LRUN_BUILDGRID_INSTANCE (default lrun).
+#
 # Also installs Debian's docker-registry, which a test starts on a loopback port of
 # its own (tests/flaky_registry.py): nothing here runs it. And Debian's chromium,
 # which tests/integration/test_reports.py runs headless on a pytest-html report.
@@ -50,6 +58,8 @@ PG=$(dirname "$0")/pg.sh
 export LRUN_SSHD_DIR=${LRUN_SSHD_DIR:-/var/lib/lrun-sshd}
 export LRUN_SSHD_PORT=${LRUN_SSHD_PORT:-2222}
 SSHD=$(dirname "$0")/sshd.sh
+# scripts/buildgrid.sh prints its own settings among its exports, for the tests that restart it.
+BUILDGRID=$(dirname "$0")/buildgrid.sh
 
 log() { printf 'provision: %s\n' "$*" >&2; }
 
@@ -282,11 +292,15 @@ main() {
   local pg_url
   pg_url=$(start_postgres)
   LRUN_SSHD_DOCKER_HOST=unix://$ENGINE1_SOCK "$SSHD" start >&2
-  log "ready: engines $ENGINE1_SOCK $ENGINE2_SOCK, images $BUSYBOX_IMAGE $PYTHON_IMAGE $PYTHON_CURRENT_IMAGE, PostgreSQL 127.0.0.1:$LRUN_POSTGRES_PORT, sshd 127.0.0.1:$LRUN_SSHD_PORT"
+  local reapi_exports reapi_url
+  reapi_exports=$(LRUN_CACHE_DIR=$CACHE_DIR "$BUILDGRID" start)  # after PostgreSQL: its scheduler lives there
+  reapi_url=${reapi_exports#export LRUN_TEST_REAPI=}
+  log "ready: engines $ENGINE1_SOCK $ENGINE2_SOCK, images $BUSYBOX_IMAGE $PYTHON_IMAGE $PYTHON_CURRENT_IMAGE, PostgreSQL 127.0.0.1:$LRUN_POSTGRES_PORT, sshd 127.0.0.1:$LRUN_SSHD_PORT, BuildGrid ${reapi_url%% *}"
   echo "export LRUN_TEST_ENGINES=unix://$ENGINE1_SOCK,unix://$ENGINE2_SOCK"
   echo "export LRUN_TEST_TLS_ENGINE=tcp://$ENGINE2_TLS LRUN_TEST_TLS_DIR=$CACHE_DIR/tls"
   echo "export LRUN_TEST_POSTGRES=$pg_url LRUN_POSTGRES_DIR=$LRUN_POSTGRES_DIR LRUN_POSTGRES_PORT=$LRUN_POSTGRES_PORT"
   echo "export LRUN_TEST_SSH_HOST=ssh://root@127.0.0.1:$LRUN_SSHD_PORT LRUN_TEST_SSH_DIR=$LRUN_SSHD_DIR/client"
+  echo "$reapi_exports"
 }
 
 main "$@"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: provision the two engines and images,
-# check the README's first command from a bare virtual environment
+# The whole test suite, as CI runs it: provision the two engines and images (and
+# the services: PostgreSQL, sshd, BuildGrid, whose smoke test runs first), check
+# the README's first command from a bare virtual environment
 # (scripts/demo-check.sh), then tox runs the tests (py), ruff (lint) and mypy
 # (type). Where a Python 3.10 interpreter is at hand (pyenv), the whole suite
 # runs on it too: 3.10 is the oldest Python pytest-lrun supports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/provision.sh)"
+"$LRUN_BUILDGRID_VENV/bin/python" scripts/buildgrid_smoke.py >&2  # the REAPI server the tests dispatch to
 scripts/demo-check.sh
 export LRUN_REQUIRE_DOCKER=${LRUN_REQUIRE_DOCKER:-1} LRUN_REQUIRE_POSTGRES=${LRUN_REQUIRE_POSTGRES:-1}
 python3 -m tox --version >/dev/null 2>&1 || python3 -m pip install -q tox
