@@ -4,7 +4,7 @@
 docker-py, and docker-py's exceptions never leak past it: each is mapped to one of
 :mod:`pytest_lrun.core.errors` (``raise ... from e``). This module owns the
 protocol, its records (:class:`ContainerSpec`, :class:`ContainerState`,
-:class:`BuildChunk`, :class:`ImageInfo`), the labels every run container carries,
+:class:`StartedAs`, :class:`BuildChunk`, :class:`ImageInfo`), the labels every run container carries,
 and :func:`stop`, which works over any engine.
 
 * :mod:`.docker` is the real implementation over docker-py's ``APIClient``, and
@@ -29,9 +29,6 @@ LABEL_HASH = "lrun.hash"
 LABEL_BATCH = "lrun.batch"
 LABEL_CREATED = "lrun.created"
 LABEL_STORE = "lrun.store"  # which state dir owns the run: reaping spares other stores' runs
-# What the id an engine starts a run as begins with when its result came from a cache and nothing
-# ran (a remote service's action cache): the run's origin is then "cached".
-CACHED_PREFIX = "ac:"
 
 
 @dataclass(frozen=True)
@@ -82,6 +79,20 @@ class ContainerState:
 
 
 @dataclass(frozen=True)
+class StartedAs:
+    """What a run goes by once a remote service started it (:meth:`Engine.start`).
+
+    ``container_id`` is what to follow it by from then on (an execution's operation name),
+    ``action_digest`` the service's digest of its action (``HASH/SIZE``), and ``cached``
+    says the service's action cache answered: nothing ran.
+    """
+
+    container_id: str
+    action_digest: str | None = None
+    cached: bool = False
+
+
+@dataclass(frozen=True)
 class BuildChunk:
     """One piece of a build's output stream: text, or the error that ended the build."""
 
@@ -122,9 +133,9 @@ class Engine(Protocol):
     def remove_image(self, image: str) -> bool: ...
     def create(self, spec: ContainerSpec) -> str: ...
     def put_archive(self, container_id: str, path: str, data: IO[bytes]) -> None: ...
-    def start(self, container_id: str) -> str | None:
-        """Start the container; returns the id it goes by from now on when that changes (a remote
-        service names its execution only then), else None."""
+    def start(self, container_id: str) -> StartedAs | None:
+        """Start the container; a remote service says what the run goes by from now on (it names
+        its execution only then), a Docker Engine returns None."""
         ...
 
     def wait(self, container_id: str, timeout: float | None) -> int | None: ...

@@ -33,7 +33,7 @@ from pytest_lrun.core.errors import (
     ImageMissing,
     ImagePullFailed,
 )
-from pytest_lrun.engine import BuildChunk, ContainerSpec, ContainerState, ImageInfo
+from pytest_lrun.engine import BuildChunk, ContainerSpec, ContainerState, ImageInfo, StartedAs
 
 # A build's output may be silent this long (one long RUN step) before the engine counts as gone.
 BUILD_SILENCE_S = 1800.0
@@ -231,7 +231,7 @@ class DockerEngine:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise self._fail("upload the test directory", e) from e
 
-    def start(self, container_id: str) -> str | None:
+    def start(self, container_id: str) -> StartedAs | None:
         try:
             self._api.start(container_id)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:

@@ -44,7 +44,7 @@ from pytest_lrun.config.machines import Machine
 from pytest_lrun.config.remote import image_property
 from pytest_lrun.config.settings import DEFAULT_CONNECT_TIMEOUT
 from pytest_lrun.core.errors import ContainerGone, EngineError
-from pytest_lrun.engine import CACHED_PREFIX, BuildChunk, ContainerSpec, ContainerState, ImageInfo
+from pytest_lrun.engine import BuildChunk, ContainerSpec, ContainerState, ImageInfo, StartedAs
 from pytest_lrun.reapi.cas import Storage, digest_of, key_of
 from pytest_lrun.reapi.channel import Channel
 from pytest_lrun.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -54,7 +54,7 @@ from pytest_lrun.reapi.trees import InputRoot, input_root, output_tar
 __all__ = ["RemoteEngine", "connect"]
 
 _PENDING = "reapi-"  # a handle before its action was executed
-_CACHED = CACHED_PREFIX  # the handle of an action cache hit
+_CACHED = "ac:"  # the handle of an action cache hit
 # Output bytes (stdout, stderr) read back at most; the log's own cap applies after.
 _STREAM_MAX_BYTES = 256 * 1024 * 1024
 
@@ -134,8 +134,8 @@ class RemoteEngine:
             raise EngineError(self.machine, f"a remote machine takes its input root at /, not {path}")
         self._known(container_id).root = input_root(data)
 
-    def start(self, container_id: str) -> str:
-        """Upload the action and execute it (or find it in the action cache); returns its new handle."""
+    def start(self, container_id: str) -> StartedAs:
+        """Upload the action and execute it (or find it in the action cache); what it goes by then."""
         action = self._known(container_id)
         assert action.spec is not None and action.root is not None
         command, action_message = self._messages(action.spec, action.root)
@@ -146,11 +146,13 @@ class RemoteEngine:
         self.storage.upload(blobs)
         action.root = None  # the archive's readers are not needed again
         digest = digest_of(action_message.SerializeToString(deterministic=True))
+        shown = f"{digest.hash}/{digest.size_bytes}"
         if action.spec.cacheable:
             hit = self.storage.cached_result(digest)
             # As pytest-lrun's own store, only a run whose tests passed is served again.
             if hit is not None and hit.exit_code == 0:
-                return self._adopt(f"{_CACHED}{digest.hash}/{digest.size_bytes}", action, hit)
+                handle = self._adopt(f"{_CACHED}{shown}", action, hit)
+                return StartedAs(handle, shown, cached=True)
         request = re_pb2.ExecuteRequest(
             instance_name=self.remote.instance_name,
             action_digest=digest,
@@ -165,8 +167,7 @@ class RemoteEngine:
             self._actions.pop(container_id, None)
             self._actions[first.name] = action
         self._follow(first, stream, action)
-        name: str = first.name
-        return name
+        return StartedAs(first.name, shown)
 
     def _messages(self, spec: ContainerSpec, root: InputRoot) -> tuple[re_pb2.Command, re_pb2.Action]:
         workdir = self.workdir.strip("/")

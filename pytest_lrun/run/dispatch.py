@@ -75,7 +75,7 @@ from pytest_lrun.core.errors import (
 )
 from pytest_lrun.core.faults import crash_point
 from pytest_lrun.core.reserve import check_room, claim, full
-from pytest_lrun.engine import CACHED_PREFIX, Engine, stop
+from pytest_lrun.engine import Engine, stop
 from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.run.container import container_spec, stop_all
 from pytest_lrun.run.images import Builder, BuildSink
@@ -144,6 +144,7 @@ class Dispatcher:
         self._live: dict[str, tuple[Engine, str]] = {}
         self._created: set[str] = set()  # ids of the runs this dispatcher created
         self._stopped_ids: set[str] = set()  # ids of the runs this dispatcher stopped
+        self._from_cache: set[str] = set()  # ids of its runs a remote service's action cache answered
         self._live_lock = threading.Lock()
         self._cancelled = threading.Event()
         # Why runs are being stopped, as (error code, message): Ctrl-C, or -x/--maxfail.
@@ -180,7 +181,8 @@ class Dispatcher:
             run = self._launch(prepared)
             if not run.status.is_terminal:
                 run = self._finish(run, engine, _secrets(prepared.spec), fresh_logs=False)
-        cached = (run.container_id or "").startswith(CACHED_PREFIX)  # a remote service's cache answered
+        with self._live_lock:
+            cached = run.id in self._from_cache  # a remote service's action cache answered
         return self.result(run, "cached" if cached else "created")
 
     def start(self, spec: RunSpec) -> RunResult:
@@ -348,8 +350,11 @@ class Dispatcher:
         except LrunError as e:
             return self._end(run, Status.FAILED, engine=engine, error=e)
         if started_as is not None:  # a remote execution's name: what attaching to it needs
-            run = replace(run, container_id=started_as)
-            self._watch(run.id, engine, started_as)
+            run = replace(run, container_id=started_as.container_id, action_digest=started_as.action_digest)
+            self._watch(run.id, engine, started_as.container_id)
+            if started_as.cached:
+                with self._live_lock:
+                    self._from_cache.add(run.id)
         run = replace(run, status=Status.RUNNING, started_at=time.time())
         try:
             self.store.update(run)

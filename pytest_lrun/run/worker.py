@@ -269,8 +269,9 @@ class Worker:
         status = status_pb2.Status(code=code_pb2.OK)
         result: re_pb2.ActionResult | None = None
         started = time.monotonic()
+        action_name = "?"
         try:
-            action = self._action(lease)
+            action, action_name = self._action(lease)
             labels = {LABEL_WORKER: self.bot_id}
             result = execute(
                 self.storage,
@@ -290,16 +291,19 @@ class Worker:
             lease.status.CopyFrom(status)
             if result is not None:
                 lease.result.Pack(result)
-        exit_code = result.exit_code if result is not None else status.message
-        self.on_line(f"lease {lease.id}: done in {time.monotonic() - started:.2f}s ({exit_code})")
+        ended = f"exit {result.exit_code}" if result is not None else status.message
+        self.on_line(f"lease {lease.id} (action {action_name}): {ended} in {time.monotonic() - started:.2f}s")
         self._news.set()
 
-    def _action(self, lease: bots_pb2.Lease) -> re_pb2.Action:
+    def _action(self, lease: bots_pb2.Lease) -> tuple[re_pb2.Action, str]:
+        """The lease's action and its digest as the client names it (``HASH/SIZE``)."""
         action = re_pb2.Action()
         if lease.payload.TypeName() == re_pb2.Action.DESCRIPTOR.full_name:
             lease.payload.Unpack(action)
-            return action
+            digest = digest_of(action.SerializeToString(deterministic=True))
+            return action, f"{digest.hash}/{digest.size_bytes}"
         digest = re_pb2.Digest()
         if not lease.payload.Unpack(digest):
             raise EngineError(self.machine.name, f"lease {lease.id} carries neither an Action nor its digest")
-        return re_pb2.Action.FromString(self.storage.read(digest, max_bytes=16 * 1024 * 1024))
+        action = re_pb2.Action.FromString(self.storage.read(digest, max_bytes=16 * 1024 * 1024))
+        return action, f"{digest.hash}/{digest.size_bytes}"

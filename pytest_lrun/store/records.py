@@ -92,6 +92,7 @@ _OPTIONAL_STR = (
     "event_token",
     "container_id",
     "image",
+    "action_digest",
 )
 _TIMES = ("created_at", "started_at", "ended_at")
 _REQUIRED_KEYS = (*_REQUIRED_STR, "status")
@@ -138,6 +139,9 @@ class Run(MillisecondTimes):
     # The inner reporter's per-run token (None: the command is no pytest, or an older run). Not a
     # secret of the log and never part of the key: it only tells the reporter's lines from output.
     event_token: str | None = None
+    # On a remote (Remote Execution API) machine, the digest of the run's action, HASH/SIZE: what
+    # the service's action cache and its logs name the run by. ``container_id`` is its operation.
+    action_digest: str | None = None
 
     _times: ClassVar[tuple[str, ...]] = _TIMES
 

@@ -187,6 +187,7 @@ def test_record_json_has_every_field_snake_case_with_nulls(store: RunStore) -> N
         "secret_env",
         "retry_of",
         "event_token",
+        "action_digest",
     ]
     assert data["status"] == "pending"
     assert data["exit_code"] is None and data["ended_at"] is None and data["container_id"] is None
