@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 eval "$(scripts/provision.sh)"
 "$LRUN_BUILDGRID_VENV/bin/python" scripts/buildgrid_smoke.py >&2  # the REAPI server the tests dispatch to
 scripts/demo-check.sh
-export LRUN_REQUIRE_DOCKER=${LRUN_REQUIRE_DOCKER:-1} LRUN_REQUIRE_POSTGRES=${LRUN_REQUIRE_POSTGRES:-1}
+export LRUN_REQUIRE_DOCKER=${LRUN_REQUIRE_DOCKER:-1} LRUN_REQUIRE_POSTGRES=${LRUN_REQUIRE_POSTGRES:-1} LRUN_REQUIRE_REAPI=${LRUN_REQUIRE_REAPI:-1}
 python3 -m tox --version >/dev/null 2>&1 || python3 -m pip install -q tox
 python3 -m tox run -e py,lint,type -- "$@"
 py310=$(pyenv prefix 3.10 2>/dev/null || true)

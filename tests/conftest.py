@@ -25,12 +25,13 @@ from urllib.parse import urlsplit
 
 import pytest
 from lrun_procs import StoreSpec
+from reapi_workers import ReapiService
 from lrun_support import BUSYBOX_IMAGE, PYTHON_IMAGE, engine_urls
 
 PG_SH = Path(__file__).parents[1] / "scripts" / "pg.sh"
 
 # Each marker and the fixture that skips (or fails) its tests when the service is missing.
-_MARKER_FIXTURES = {"docker": "engines", "postgres": "postgres_url"}
+_MARKER_FIXTURES = {"docker": "engines", "postgres": "postgres_url", "reapi": "reapi_service"}
 
 
 def _missing(message: str, require_variable: str) -> NoReturn:
@@ -100,6 +101,21 @@ def postgres_url() -> str:
     if problem:
         _missing(f"no usable PostgreSQL (run scripts/provision.sh): {problem}", "LRUN_REQUIRE_POSTGRES")
     return url
+
+
+@pytest.fixture(scope="session")
+def reapi_service() -> ReapiService:
+    """``LRUN_TEST_REAPI`` and its instance (the test BuildGrid), checked to answer GetCapabilities."""
+    service = ReapiService(
+        os.environ.get("LRUN_TEST_REAPI", ""), os.environ.get("LRUN_TEST_REAPI_INSTANCE", "")
+    )
+    problem = service.problem() if service.url else "LRUN_TEST_REAPI is unset"
+    if problem:
+        _missing(
+            f"no usable Remote Execution API service (run scripts/provision.sh): {problem}",
+            "LRUN_REQUIRE_REAPI",
+        )
+    return service
 
 
 @pytest.fixture(params=["files", pytest.param("postgres", marks=pytest.mark.postgres)])

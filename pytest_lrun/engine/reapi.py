@@ -55,6 +55,8 @@ __all__ = ["RemoteEngine", "connect"]
 
 _PENDING = "reapi-"  # a handle before its action was executed
 _CACHED = "ac:"  # the handle of an action cache hit
+_CANCELLED_CODE = 1  # google.rpc.Code.CANCELLED: the operation was cancelled
+_KILLED = 137  # the exit code of a cancelled action, as a container's killed by SIGKILL
 # Output bytes (stdout, stderr) read back at most; the log's own cap applies after.
 _STREAM_MAX_BYTES = 256 * 1024 * 1024
 
@@ -67,6 +69,7 @@ class _Action:
     root: InputRoot | None = None
     result: re_pb2.ActionResult | None = None
     error: EngineError | None = None
+    cancelled: bool = False
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -222,11 +225,17 @@ class RemoteEngine:
         threading.Thread(target=read, name=f"lrun-reapi-{first.name[-12:]}", daemon=True).start()
 
     def _settle(self, action: _Action, operation: operations_pb2.Operation) -> None:
+        if operation.HasField("error") and operation.error.code == _CANCELLED_CODE:
+            action.cancelled = True  # stopped by us (timeout, Ctrl-C, lrun cancel): it ends, killed
+            return
         if operation.HasField("error") and operation.error.code != 0:
             action.error = EngineError(self.machine, f"the execution failed: {operation.error.message}")
             return
         response = re_pb2.ExecuteResponse()
         operation.response.Unpack(response)
+        if response.status.code == _CANCELLED_CODE and not response.HasField("result"):
+            action.cancelled = True
+            return
         if response.status.code != 0 and not response.HasField("result"):
             action.error = EngineError(
                 self.machine, f"the execution failed: {response.status.message or response.status.code}"
@@ -272,6 +281,8 @@ class RemoteEngine:
         action = self._known(container_id)
         if not action.done.wait(timeout):
             return None
+        if action.cancelled:
+            return _KILLED
         if action.error is not None:
             raise action.error
         assert action.result is not None

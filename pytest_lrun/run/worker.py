@@ -21,6 +21,7 @@ properties what actions it matches), and keeps it in step (``UpdateBotSession``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 import threading
@@ -128,6 +129,11 @@ def execute(
             logger.warning(
                 "container %s was not removed; the worker removes it when it starts again", container_id
             )
+
+
+def _stop_quietly(engine: Engine, container_id: str) -> None:
+    with contextlib.suppress(EngineError):  # gone already: its lease's thread reports what it saw
+        stop(engine, container_id, STOP_GRACE_S)
 
 
 def _capped(engine: Engine, container_id: str) -> bytes:
@@ -246,7 +252,8 @@ class Worker:
         return session
 
     def _take(self, session: bots_pb2.BotSession) -> None:
-        """Start the leases the service assigned; stop the ones it cancelled."""
+        """Start the leases the service assigned; stop those it cancelled or took back."""
+        offered = {lease.id for lease in session.leases}
         for lease in session.leases:
             with self._lock:
                 held = self._leases.get(lease.id)
@@ -260,9 +267,25 @@ class Worker:
                     self._leases[lease.id] = held
                 held.thread.start()
             elif lease.state == bots_pb2.CANCELLED and held is not None:
-                held.cancelled = True
-                if held.container_id is not None:
-                    stop(self.engine, held.container_id, STOP_GRACE_S)
+                self._cancel(held)
+        # A lease the service no longer lists was cancelled too (BuildGrid drops it so).
+        with self._lock:
+            dropped = [
+                held
+                for lease_id, held in self._leases.items()
+                if lease_id not in offered and held.lease.state != bots_pb2.COMPLETED
+            ]
+        for held in dropped:
+            self._cancel(held)
+
+    def _cancel(self, held: _Lease) -> None:
+        """Stop a cancelled lease's container, on a thread: the session's polls go on meanwhile."""
+        if held.cancelled:
+            return
+        held.cancelled = True
+        self.on_line(f"lease {held.lease.id}: cancelled by the service")
+        if held.container_id is not None:
+            threading.Thread(target=_stop_quietly, args=(self.engine, held.container_id), daemon=True).start()
 
     def _run_lease(self, held: _Lease) -> None:
         lease = held.lease
