@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from lrun_procs import StoreSpec
-from reapi_workers import ReapiService
 from lrun_support import BUSYBOX_IMAGE, PYTHON_IMAGE, engine_urls
+from reapi_workers import ReapiService
 
 PG_SH = Path(__file__).parents[1] / "scripts" / "pg.sh"
 
