@@ -132,6 +132,14 @@ class Storage:
             return self.read_many([digest])[key_of(digest)]
         return b"".join(self.stream(f"{self._prefix}blobs/{digest.hash}/{digest.size_bytes}"))
 
+    def chunks(self, digest: re_pb2.Digest) -> Iterator[bytes]:
+        """One blob's bytes as they come: a small blob at once (checked against its digest), a larger
+        one over ByteStream, so that a reader who stops early fetches no more."""
+        if digest.size_bytes <= BATCH_BYTES:
+            yield self.read(digest, max_bytes=digest.size_bytes)
+            return
+        yield from self.stream(f"{self._prefix}blobs/{digest.hash}/{digest.size_bytes}")
+
     def read_many(self, digests: Iterable[re_pb2.Digest]) -> dict[BlobKey, bytes]:
         """Small blobs in batches (each under :data:`BATCH_BYTES`); checked against their digests."""
         found: dict[BlobKey, bytes] = {}

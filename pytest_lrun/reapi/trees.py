@@ -156,7 +156,7 @@ def _tree_stream(storage: Storage, tree_digest: re_pb2.Digest, top: str) -> Iter
 
 
 def _stream(storage: Storage, entries: Iterable[Entry]) -> Iterator[bytes]:
-    """A PAX tar of ``entries``, each file's blob fetched when the reader gets to it."""
+    """A PAX tar of ``entries``, each file's blob fetched when the reader gets to it, in chunks."""
     for count, (name, kind, what, executable) in enumerate(entries):
         if count > MAX_EXTRACT_MEMBERS:
             return  # no end marker: the reader records a truncated stream
@@ -172,8 +172,15 @@ def _stream(storage: Storage, entries: Iterable[Entry]) -> Iterator[bytes]:
             assert isinstance(what, re_pb2.Digest)
             info.type, info.mode, info.size = tarfile.REGTYPE, 0o755 if executable else 0o644, what.size_bytes
             yield info.tobuf(tarfile.PAX_FORMAT)
-            data = storage.read(what, max_bytes=what.size_bytes)
-            yield data
+            sent = 0
+            for chunk in storage.chunks(what):  # fetched as read: a reader past its cap stops it
+                piece = chunk[: what.size_bytes - sent]
+                sent += len(piece)
+                yield piece
+                if sent >= what.size_bytes:
+                    break
+            if sent < what.size_bytes:
+                return  # the service sent less than the digest says: the reader sees a truncated tar
             if what.size_bytes % _BLOCK:
                 yield b"\0" * (_BLOCK - what.size_bytes % _BLOCK)
     yield b"\0" * (2 * _BLOCK)
