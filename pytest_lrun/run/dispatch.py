@@ -151,16 +151,17 @@ class Dispatcher:
 
     # -- entry points --------------------------------------------------------
 
-    def dispatch(self, spec: RunSpec, *, reuse: str | None = None) -> RunResult:
+    def dispatch(self, spec: RunSpec, *, reuse: str | None = None, retry_of: str | None = None) -> RunResult:
         """Run ``spec`` to a terminal status (or attach to / reuse an equal run).
 
         ``reuse`` overrides the dispatcher's for this spec (the inner collection before
         shards always takes a completed one: its key says all its result depends on).
         A run this dispatcher created that failed for its infrastructure
         (:func:`infra_failure`) is tried again, up to ``infra_retries`` times, as a new
-        run whose ``retry_of`` names the one before; a test that failed never is.
+        run whose ``retry_of`` names the one before; a test that failed never is here (the
+        session reruns failed inner tests as a new spec, whose ``retry_of`` it gives).
         """
-        result = self._dispatch_once(spec, reuse or self.reuse, None)
+        result = self._dispatch_once(spec, reuse or self.reuse, retry_of)
         for attempt in range(2, self.infra_retries + 2):
             if result.origin != "created" or self._cancelled.is_set() or not infra_failure(result):
                 break

@@ -36,6 +36,7 @@ from pytest_lrun.engine import Engine
 from pytest_lrun.engine.docker import connect
 from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.report.evidence import Evidence, default_report_dir
+from pytest_lrun.report.flaky import Flaky, TestStatus, flaky_status
 from pytest_lrun.report.github import is_github_actions
 from pytest_lrun.report.live import RunReports
 from pytest_lrun.report.naming import dir_nodeid, run_suffix
@@ -47,14 +48,16 @@ from pytest_lrun.run.dispatch import Dispatcher
 from pytest_lrun.run.gc import gc
 from pytest_lrun.run.recovery import reconcile
 from pytest_lrun.run.spec import RunResult, RunSpec
-from pytest_lrun.session.events import EventQueue, JobEnded, Live, Prepared, Retried, SessionEvent
+from pytest_lrun.session.events import EventQueue, JobEnded, Live, Prepared, Rerun, Retried, SessionEvent
 from pytest_lrun.session.jobs import Job, JobPlanner
+from pytest_lrun.session.reruns import Reruns
 from pytest_lrun.session.terminal import (
     ProgressLines,
     Terminal,
     TerminalProgress,
     index_teardown_reports,
     shown_spec,
+    write_flaky,
     write_summary,
 )
 from pytest_lrun.session.workers import Workers
@@ -76,8 +79,17 @@ class LrunSession:
         self.engines = EnginePool(lambda m: config.hook.pytest_lrun_make_engine(machine=m, config=config))
         self.terminal = Terminal(config)
         self.events = EventQueue()
+        reruns = None
+        if settings.flaky_attempts > 1:
+            reruns = Reruns(
+                settings.flaky_attempts, lambda spec, nodeids: self.planner.rerun_spec(spec, nodeids)
+            )
         self.workers = Workers(
-            self.events, config.rootpath, detach=settings.detach, infra_retries=settings.infra_retries
+            self.events,
+            config.rootpath,
+            detach=settings.detach,
+            infra_retries=settings.infra_retries,
+            reruns=reruns,
         )
         self.dispatcher = Dispatcher(
             self.store,
@@ -100,6 +112,7 @@ class LrunSession:
         self.jobs: list[Job] = []
         self.outcomes: dict[RunSpec, Future[JobOutcome]] = {}
         self.reports: dict[RunSpec, RunReports] = {}
+        self._rerun_of: dict[RunSpec, RunSpec] = {}  # a rerun's spec -> its job's (--lrun-flaky-attempts)
         self._by_run: dict[str, RunReports] = {}
         self.planner = JobPlanner(config, settings, self.store, resolver, self.dispatcher, self.terminal.say)
         self._progress = TerminalProgress(config)
@@ -149,7 +162,12 @@ class LrunSession:
     def _runs_table(self) -> list[list[str]]:
         """The summary table (header first) of the runs that ended."""
         rows = self._ended()
-        return summary_rows(rows, self.config.rootpath) if rows else []
+        if not rows:
+            return []
+        flaky = None
+        if self.settings.flaky_attempts > 1:
+            flaky = {spec: len(reports.gate.flaky) for spec, reports in self.reports.items()}
+        return summary_rows(rows, self.config.rootpath, flaky)
 
     @property
     def specs(self) -> list[RunSpec]:
@@ -216,19 +234,26 @@ class LrunSession:
         if isinstance(event, str):
             self.terminal.say(event)
         elif isinstance(event, Prepared):
-            reports = self.reports.get(event.spec)
+            reports = self._reports_of(event.spec)
             if reports is not None:  # not a run of its own (the inner collection before shards)
                 reports.prepared(event.run, event.origin)
                 self._by_run[event.run.id] = reports
         elif isinstance(event, Retried):
-            reports = self.reports.get(event.spec)
+            reports = self._reports_of(event.spec)
             if reports is not None:
                 reports.retried(event.failed)
+        elif isinstance(event, Rerun):
+            self._rerun_of[event.rerun] = event.spec
+            self.reports[event.spec].rerun(event.ended, event.attempt)
         elif isinstance(event, Live):
             if event.run_id in self._by_run:  # not a run reconcile adopted for nobody
                 self._by_run[event.run_id].feed(event.events)
         else:
             self._job_ended(event)
+
+    def _reports_of(self, spec: RunSpec) -> RunReports | None:
+        """The reports of ``spec``'s job (a rerun's are its job's); None for a run of no job's own."""
+        return self.reports.get(self._rerun_of.get(spec, spec))
 
     def _job_ended(self, event: JobEnded) -> None:
         future = self.outcomes[event.spec]
@@ -311,6 +336,7 @@ class LrunSession:
                 write=self.terminal.write_line,
                 evidence=self.evidence,
                 on_counted=self._counted,
+                flaky_attempts=self.settings.flaky_attempts,
             )
         self.start()
         return True
@@ -325,10 +351,13 @@ class LrunSession:
         return True
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> TestStatus | None:
         """A run's own report that passed beside inner tests is no test of the user's: the
-        terminal neither counts nor shows it (see :mod:`pytest_lrun.report.run_report`)."""
-        return ("", "", "") if is_uncounted(report) else None
+        terminal neither counts nor shows it (see :mod:`pytest_lrun.report.run_report`). An
+        inner test that passed on a rerun is counted ``flaky`` (:mod:`pytest_lrun.report.flaky`)."""
+        if is_uncounted(report):
+            return ("", "", "")
+        return flaky_status(report)
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         self.terminal.say("interrupted: killing this session's containers")
@@ -370,6 +399,11 @@ class LrunSession:
         detached = [outcome for _spec, outcome in self._ended() if isinstance(outcome, Detached)]
         attach_to = (self.planner.batch_id or detached[0].run.id) if detached else None
         write_summary(terminalreporter, table, self._batch, attach_to, self.store.problems)
+        write_flaky(terminalreporter, self.flaky())
+
+    def flaky(self) -> list[Flaky]:
+        """The inner tests that failed, then passed on a rerun, in the order they were reported."""
+        return [flaky for reports in self.reports.values() for flaky in reports.gate.flaky]
 
     @pytest.hookimpl(trylast=True)
     def pytest_lrun_make_engine(self, machine: Machine, config: pytest.Config) -> Engine:
