@@ -74,6 +74,12 @@ class Flaky:
             f"in run {first.run_id}: {first.message}"
         )
 
+    def text(self) -> str:
+        """Its earlier failures in full, for the report tools that show text (pytest-html)."""
+        parts = [f"FLAKY: {self.line()}"]
+        parts += [f"attempt {f.attempt} (run {f.run_id}) failed:\n{f.text}" for f in self.failures]
+        return "\n\n".join(parts)
+
 
 def is_flaky(report: pytest.TestReport) -> bool:
     """Whether ``report`` is of an inner test that failed, then passed on a rerun."""

@@ -35,6 +35,9 @@ from pytest_lrun.session.terminal import shown_spec
 from pytest_lrun.store import Run, RunStore, Status
 from pytest_lrun.wire.events import Collected
 
+# Set in a rerun's container (--lrun-flaky-attempts): which attempt it is, from 2.
+ATTEMPT_ENV = "LRUN_ATTEMPT"
+
 
 @dataclass(frozen=True, eq=False)
 class Job:
@@ -354,13 +357,15 @@ class JobPlanner:
             self._rerun_bases[spec] = (base, selection if settings.select == "container" else Selection())
         return spec
 
-    def rerun_spec(self, spec: RunSpec, nodeids: Sequence[str]) -> RunSpec | None:
-        """``spec`` again for only its inner tests ``nodeids`` (those that failed), selected as
-        node id arguments select them (and shards do), on the same machine or tag; None for a
-        spec that cannot select by node id (a command other than pytest, a run attached to)."""
+    def rerun_spec(self, spec: RunSpec, nodeids: Sequence[str], attempt: int) -> RunSpec | None:
+        """``spec`` again as attempt number ``attempt`` for only its inner tests ``nodeids`` (those
+        that failed), selected as node id arguments select them (and shards do), on the same
+        machine or tag, with ``LRUN_ATTEMPT`` in its environment; None for a spec that cannot
+        select by node id (a command other than pytest, a run attached to)."""
         known = self._rerun_bases.get(spec)
         if known is None:
             return None
         base, selection = known
         picked = replace(selection, nodeids=tuple(nodeids))
-        return replace(spec, command=base + picked.inner_arguments(spec.machine.workdir))
+        command = base + picked.inner_arguments(spec.machine.workdir)
+        return replace(spec, command=command, env={**spec.env, ATTEMPT_ENV: str(attempt)})

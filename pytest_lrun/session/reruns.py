@@ -2,8 +2,9 @@
 
 A run that ended because inner tests failed -- pytest's exit 1, with no error of the run's
 own -- has those tests, and only they, run again as a new run: the spec's command with
-their node ids (as node id arguments and shards select), on the same machine or tag, its
-record's ``retry_of`` naming the run before. That goes on until they pass or the attempts
+their node ids (as node id arguments and shards select), on the same machine or tag, with
+``LRUN_ATTEMPT`` (2, 3, ...) in its environment, its record's ``retry_of`` naming the run
+before. That goes on until they pass or the attempts
 are spent. Which reports the host shows for them is :mod:`pytest_lrun.report.flaky`'s.
 """
 
@@ -17,7 +18,7 @@ from pytest_lrun.store import Status
 from pytest_lrun.wire.events import PhaseReport
 
 # How a spec is run again for some of its inner tests (the planner's ``rerun_spec``).
-RerunSpec = Callable[[RunSpec, Sequence[str]], "RunSpec | None"]
+RerunSpec = Callable[[RunSpec, Sequence[str], int], "RunSpec | None"]
 
 
 def failed_inner(result: RunResult) -> tuple[str, ...]:
@@ -54,5 +55,5 @@ class Reruns:
         if attempt >= self.attempts or not failed_by_its_tests(ended):
             return None
         nodeids = failed_inner(ended)
-        rerun = self.rerun_spec(spec, nodeids) if nodeids else None
+        rerun = self.rerun_spec(spec, nodeids, attempt + 1) if nodeids else None
         return None if rerun is None else (rerun, nodeids)

@@ -79,17 +79,8 @@ class LrunSession:
         self.engines = EnginePool(lambda m: config.hook.pytest_lrun_make_engine(machine=m, config=config))
         self.terminal = Terminal(config)
         self.events = EventQueue()
-        reruns = None
-        if settings.flaky_attempts > 1:
-            reruns = Reruns(
-                settings.flaky_attempts, lambda spec, nodeids: self.planner.rerun_spec(spec, nodeids)
-            )
         self.workers = Workers(
-            self.events,
-            config.rootpath,
-            detach=settings.detach,
-            infra_retries=settings.infra_retries,
-            reruns=reruns,
+            self.events, config.rootpath, detach=settings.detach, infra_retries=settings.infra_retries
         )
         self.dispatcher = Dispatcher(
             self.store,
@@ -115,6 +106,8 @@ class LrunSession:
         self._rerun_of: dict[RunSpec, RunSpec] = {}  # a rerun's spec -> its job's (--lrun-flaky-attempts)
         self._by_run: dict[str, RunReports] = {}
         self.planner = JobPlanner(config, settings, self.store, resolver, self.dispatcher, self.terminal.say)
+        if settings.flaky_attempts > 1:  # a job's failed inner tests run again, as the planner selects them
+            self.workers.reruns = Reruns(settings.flaky_attempts, self.planner.rerun_spec)
         self._progress = TerminalProgress(config)
         start = config.invocation_params.dir
         report_dir = settings.report_dir or default_report_dir(

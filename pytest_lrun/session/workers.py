@@ -37,20 +37,12 @@ class Workers:
     """The worker threads of one session (see the module docstring), and the dispatcher's
     callbacks that run on them; ``detach`` is ``--lrun-detach``."""
 
-    def __init__(
-        self,
-        events: EventQueue,
-        rootpath: Path,
-        *,
-        detach: bool,
-        infra_retries: int,
-        reruns: Reruns | None = None,
-    ) -> None:
+    def __init__(self, events: EventQueue, rootpath: Path, *, detach: bool, infra_retries: int) -> None:
         self.events = events
         self.rootpath = rootpath
         self.detach = detach
         self.infra_retries = infra_retries
-        self.reruns = reruns  # --lrun-flaky-attempts: a job's failed inner tests run again
+        self.reruns: Reruns | None = None  # --lrun-flaky-attempts: a job's failed inner tests run again
         self.collect_only = False
         self.dispatcher: Dispatcher | None = None
         self._executor: ThreadPoolExecutor | None = None

@@ -150,14 +150,14 @@ def test_only_a_run_that_failed_by_its_tests_reruns_them() -> None:
     collection_error = run("r1", exit_code=2)
     for ended in (timeout, collection_error):
         assert not failed_by_its_tests(RunResult(ended, "created", None, events))
-    asked: list[tuple[RunSpec, tuple[str, ...]]] = []
+    asked: list[tuple[RunSpec, tuple[str, ...], int]] = []
 
-    def rerun_spec(spec: RunSpec, nodeids: Any) -> RunSpec:
-        asked.append((spec, tuple(nodeids)))
+    def rerun_spec(spec: RunSpec, nodeids: Any, attempt: int) -> RunSpec:
+        asked.append((spec, tuple(nodeids), attempt))
         return SPEC
 
     reruns = Reruns(3, rerun_spec)
     assert reruns.next(SPEC, failed, 1) == (SPEC, ("t.py::b", "t.py::c"))
     assert reruns.next(SPEC, failed, 3) is None  # the attempts are spent
     assert reruns.next(SPEC, RunResult(run("r2", exit_code=0), "created", None, []), 2) is None
-    assert asked == [(SPEC, ("t.py::b", "t.py::c"))]
+    assert asked == [(SPEC, ("t.py::b", "t.py::c"), 2)]
