@@ -32,6 +32,7 @@ from pytest_lrun.cli.commands import (
     cmd_show,
 )
 from pytest_lrun.cli.context import Context
+from pytest_lrun.cli.flaky import cmd_flaky
 from pytest_lrun.config.settings import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IMAGE_MAX_AGE,
@@ -226,6 +227,12 @@ def _add_reap(commands: _Commands) -> None:
     reap.add_argument("--machine", metavar="M", help="only this machine (default: every known machine)")
 
 
+def _add_flaky(commands: _Commands) -> None:
+    commands.add(
+        "flaky", cmd_flaky, "list inner tests whose outcome differed between runs of one key", reads_only=True
+    )
+
+
 _ADDERS: tuple[Callable[[_Commands], None], ...] = (
     _add_runs,
     _add_show,
@@ -236,4 +243,5 @@ _ADDERS: tuple[Callable[[_Commands], None], ...] = (
     _add_images,
     _add_gc,
     _add_reap,
+    _add_flaky,
 )

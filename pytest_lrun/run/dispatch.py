@@ -86,6 +86,7 @@ from pytest_lrun.run.spec import EventSink, OutputSink, RunResult, RunSpec
 from pytest_lrun.run.verdict import engine_verdict, error_verdict, exit_verdict, infra_failure
 from pytest_lrun.store import Decision, Run, RunStore, Status
 from pytest_lrun.store.common import local_owner
+from pytest_lrun.store.outcomes import disagreed
 from pytest_lrun.tree.hashing import hash_dir
 from pytest_lrun.tree.snapshot import Snapshot
 from pytest_lrun.wire.junit import parse_junit
@@ -288,7 +289,8 @@ class Dispatcher:
             for option in options:
                 key = run_key(dir_hash, option.image_id, option.spec)
                 cached = self.store.last_completed(option.spec.machine.name, key)
-                if cached is not None:
+                # Runs of this key that disagreed on a test prove it flaky: its pass proves nothing.
+                if cached is not None and not disagreed(self.store.outcomes(key)):
                     return _Prepared(cached, "cached", option.engine, option.spec)
         check_room(self.store.state_dir, self.terminal_reserve)  # state_full before anything is recorded
         shipment = snapshot_for(options[0].spec, self.store.hashcache_dir)

@@ -62,6 +62,7 @@ from pytest_lrun.session.terminal import (
 )
 from pytest_lrun.session.workers import Workers
 from pytest_lrun.store import Batch, Run, RunStore, open_store
+from pytest_lrun.store.outcomes import outcomes_of
 
 
 class LrunSession:
@@ -238,6 +239,7 @@ class LrunSession:
         elif isinstance(event, Rerun):
             self._rerun_of[event.rerun] = event.spec
             self.reports[event.spec].rerun(event.ended, event.attempt)
+            self._save_outcomes(event.spec, event.ended)
         elif isinstance(event, Live):
             if event.run_id in self._by_run:  # not a run reconcile adopted for nobody
                 self._by_run[event.run_id].feed(event.events)
@@ -261,6 +263,7 @@ class LrunSession:
             future.cancel()  # never began: the session stopped first, or nothing to collect
             return
         self._save_durations(event.spec, event.outcome)
+        self._save_outcomes(event.spec, event.outcome)
         if isinstance(event.outcome, RunResult) and event.outcome.events:
             # A cached or replayed run's tests first, then the line that says how it ended.
             reports.prepared(event.outcome.run, event.outcome.origin)
@@ -287,6 +290,18 @@ class LrunSession:
         except (LrunError, OSError) as e:  # costs the next split its balance, never this run
             shown = shown_spec(spec, self.config.rootpath)
             self.terminal.say(f"warning: the inner durations of {shown} were not kept: {e}")
+
+    def _save_outcomes(self, spec: RunSpec, outcome: JobOutcome) -> None:
+        """Keep how the inner tests of a run that ran them came out, under its key: two runs of
+        one key that disagree prove a test flaky (``lrun flaky``)."""
+        if not isinstance(outcome, RunResult) or outcome.origin != "created" or not outcome.events:
+            return
+        try:
+            suite = dir_nodeid(spec.test_dir, self.config.rootpath)
+            self.store.save_outcomes(outcomes_of(outcome.run, suite, outcome.events))
+        except (LrunError, OSError) as e:  # costs `lrun flaky` its evidence, never this run
+            shown = shown_spec(spec, self.config.rootpath)
+            self.terminal.say(f"warning: the inner outcomes of {shown} were not kept: {e}")
 
     # -- hooks ----------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "CREATE_CORRUPT",
     "CREATE_DURATIONS",
     "CREATE_LINE",
+    "CREATE_OUTCOMES",
     "CREATE_RESULT_CHUNKS",
     "CREATE_RESULT_PARTS",
     "CREATE_RUNS",
@@ -51,6 +52,7 @@ __all__ = [
     "DROP_RUNS_ONE_LIVE_INDEX",
     "INSERT_BATCH_IF_NEW",
     "INSERT_LIVE_RUN_IF_FREE",
+    "INSERT_OUTCOME",
     "INSERT_RESULT_CHUNK",
     "INSERT_RESULT_PART",
     "INSERT_RUN",
@@ -69,6 +71,8 @@ __all__ = [
     "SELECT_LAST_COMPLETED",
     "SELECT_LINE",
     "SELECT_LIVE_ON_MACHINES",
+    "SELECT_OUTCOMES",
+    "SELECT_OUTCOMES_OF_KEY",
     "SELECT_PRUNABLE",
     "SELECT_RESULT_CHUNK",
     "SELECT_RESULT_PARTS",
@@ -216,6 +220,18 @@ CREATE_LINE = """CREATE TABLE lrun_line (
             seen double precision NOT NULL,
             PRIMARY KEY (machine, ticket))"""
 
+#: Each inner test's outcome (passed, failed) per run, under the run's key: two runs of one key
+#: that disagree prove the test flaky (``lrun flaky``, see :mod:`.outcomes`).
+CREATE_OUTCOMES = """CREATE TABLE lrun_outcomes (
+            key text NOT NULL,
+            suite text NOT NULL,
+            nodeid text NOT NULL,
+            run_id text NOT NULL,
+            machine text NOT NULL,
+            outcome text NOT NULL CHECK (outcome IN ('passed', 'failed')),
+            at double precision NOT NULL,
+            PRIMARY KEY (key, suite, nodeid, run_id))"""
+
 #: The statements that take the schema from version ``n - 1`` to ``n``, in order.
 MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     1: (
@@ -238,6 +254,7 @@ MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     # No table changes: batch records may now hold the status "incomplete" and a "collected" list,
     # which older code would read as corrupt and move aside; it refuses a version-6 store instead.
     6: (),
+    7: (CREATE_OUTCOMES,),
 }
 
 # -- advisory locks (parameter: the lock's bigint, see pg_db.lock_id) ------------------
@@ -356,6 +373,19 @@ UPSERT_DURATION = """INSERT INTO lrun_durations (suite, nodeid, seconds) VALUES 
 
 #: The durations of suite ``%s`` (node id, seconds).
 SELECT_DURATIONS = "SELECT nodeid, seconds FROM lrun_durations WHERE suite = %s"
+
+# -- outcomes (lrun_outcomes) ---------------------------------------------------------
+
+#: Record one inner test's outcome in one run (key, suite, node id, run id, machine, outcome, at).
+INSERT_OUTCOME = """INSERT INTO lrun_outcomes (key, suite, nodeid, run_id, machine, outcome, at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"""
+
+#: The outcomes kept under key ``%s``.
+SELECT_OUTCOMES_OF_KEY = """SELECT key, suite, nodeid, run_id, machine, outcome, at FROM lrun_outcomes
+    WHERE key = %s"""
+
+#: Every outcome kept.
+SELECT_OUTCOMES = "SELECT key, suite, nodeid, run_id, machine, outcome, at FROM lrun_outcomes"
 
 # -- batches (lrun_batches) -----------------------------------------------------------
 

@@ -66,6 +66,7 @@ from pytest_lrun.store.common import (
     owner_alive,
     retry_while_busy,
 )
+from pytest_lrun.store.outcomes import InnerOutcome, newest
 from pytest_lrun.store.pg_batches import PostgresBatchStore
 from pytest_lrun.store.pg_db import Cursor, lock_id
 from pytest_lrun.store.pg_io import PostgresRecords, column, uncolumn
@@ -399,6 +400,27 @@ class PostgresStore(PostgresRecords):
     def durations(self, suite: str) -> dict[str, float]:
         rows = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_DURATIONS, (column(suite),)).fetchall())
         return {uncolumn(nodeid): float(seconds) for nodeid, seconds in rows}
+
+    def save_outcomes(self, outcomes: Sequence[InnerOutcome]) -> None:
+        """Insert each outcome (a run's test recorded already stays as it was), in one transaction."""
+        rows = [
+            (column(o.key), column(o.suite), column(o.nodeid), o.run_id, column(o.machine), o.outcome, o.at)
+            for o in outcomes
+        ]
+        if rows:
+            self.db.atomic(lambda cur: cur.executemany(pg_sql.INSERT_OUTCOME, rows), "inner outcomes")
+
+    def outcomes(self, key: str | None = None) -> builtins.list[InnerOutcome]:
+        def read(cur: Cursor) -> builtins.list[tuple[str, str, str, str, str, str, float]]:
+            if key is None:
+                return cur.execute(pg_sql.SELECT_OUTCOMES).fetchall()
+            return cur.execute(pg_sql.SELECT_OUTCOMES_OF_KEY, (column(key),)).fetchall()
+
+        rows = self.db.atomic(read)
+        return newest(
+            InnerOutcome(uncolumn(k), uncolumn(s), uncolumn(n), r, uncolumn(m), o, float(at))
+            for k, s, n, r, m, o, at in rows
+        )
 
     def load_result(self, run: Run, parts: Collection[str] | None = None) -> None:
         """Fetch the stored result files of ``run`` (its ``parts``, default all) that this host lacks.

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lrun_procs import StoreSpec
 from lrun_support import write_tests
 
 from pytest_lrun.store import Status
@@ -39,6 +40,15 @@ FLAKY = """
         assert attempt is not None, "fails on the first attempt"
 """
 
+# Its outcome follows a secret, which enters the run key by its name only: two runs of one key.
+COIN = """
+    import os
+
+
+    def test_coin():
+        assert os.environ["COIN"] == "heads"
+"""
+
 BROKEN = """
     import os
 
@@ -48,11 +58,8 @@ BROKEN = """
 """
 
 
-def _session(root: Path, engine: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """pytest in ``root`` on machine m1 (``engine``), as a CI job runs it (GitHub Actions on)."""
-    (root / "pyproject.toml").write_text(
-        f'[tool.lrun.machines.m1]\nhost = "{engine}"\nimage = "lrun-python:bookworm"\n'
-    )
+def _env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a CI job in ``root`` (GitHub Actions on), with ``extra``."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -63,9 +70,20 @@ def _session(root: Path, engine: str, *args: str) -> subprocess.CompletedProcess
         GITHUB_ACTIONS="true",
         GITHUB_STEP_SUMMARY=str(root / "summary.md"),
         GITHUB_WORKSPACE=str(root),
+        **extra,
+    )
+    return env
+
+
+def _session(root: Path, engine: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """pytest in ``root`` on machine m1 (``engine``), as a CI job runs it, with ``env`` set."""
+    (root / "pyproject.toml").write_text(
+        f'[tool.lrun.machines.m1]\nhost = "{engine}"\nimage = "lrun-python:bookworm"\n'
     )
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--lrun-machine=m1", "-rA", *args]
-    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        command, cwd=root, env=_env(root, **env), capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +182,31 @@ def test_a_test_failing_every_attempt_fails_with_every_attempts_failure(
     assert case.find("failure") is not None
     (rerun,) = case.findall("rerunFailure")
     assert "broken on attempt 1" in (rerun.get("message") or "")
+
+
+def test_runs_of_one_key_that_disagree_are_listed_and_never_served_from_the_cache(
+    tmp_path: Path, engines: list[str], backend: StoreSpec
+) -> None:
+    write_tests(tmp_path, "coin", COIN)
+    store = {"LRUN_STORE": backend.url} if backend.url else {}
+    args = ("coin", "--lrun-secret-env=COIN", "--lrun-reuse=completed")
+    tails = _session(tmp_path, engines[0], *args, COIN="tails", **store)
+    assert tails.returncode == 1, tails.stdout
+    heads = _session(tmp_path, engines[0], *args, COIN="heads", **store)
+    assert heads.returncode == 0, heads.stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest_lrun", "flaky", "--json"],
+        cwd=tmp_path,
+        env=_env(tmp_path, **store),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    (flaky,) = json.loads(listed.stdout)["flaky"]
+    assert (flaky["suite"], flaky["nodeid"]) == ("coin", "test_coin.py::test_coin")
+    assert (flaky["passed"], flaky["failed"], flaky["machines"]) == (1, 1, ["m1"])
+    # The completed run of that key proves nothing: it runs again instead of being served.
+    again = _session(tmp_path, engines[0], *args, COIN="heads", **store)
+    assert again.returncode == 0, again.stdout
+    assert "completed (created)" in again.stdout and "(cached)" not in again.stdout
