@@ -228,9 +228,17 @@ def _add_reap(commands: _Commands) -> None:
 
 
 def _add_flaky(commands: _Commands) -> None:
-    commands.add(
-        "flaky", cmd_flaky, "list inner tests whose outcome differed between runs of one key", reads_only=True
+    flaky = commands.add(
+        "flaky",
+        cmd_flaky,
+        "list inner tests whose outcome differed between runs of one key, and the quarantine list; "
+        "or put a test on that list (quarantine) or take it off (release)",
+        reads_only=True,
     )
+    flaky.add_argument(
+        "action", nargs="?", choices=["quarantine", "release"], help="edit the quarantine list"
+    )
+    flaky.add_argument("nodeid", nargs="?", metavar="NODEID", help="the test, as the terminal names it")
 
 
 _ADDERS: tuple[Callable[[_Commands], None], ...] = (

@@ -229,6 +229,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="N",
     ),
     Option(
+        "quarantine",
+        "inner tests whose failures do not fail the session: 'store' (the store's list, kept with "
+        "lrun flaky quarantine/release) or a file of node ids, one a line; they run as usual and a "
+        "failure is reported as xfail (default: none).",
+        str,
+        metavar="store|FILE",
+    ),
+    Option(
         "busy_wait",
         "seconds to wait for a machine busy with another directory before failing "
         "with machine_busy (default: 0, fail at once).",
@@ -416,6 +424,7 @@ class Settings:
     shard: ShardOf | None
     infra_retries: int
     flaky_attempts: int
+    quarantine: str | None
     busy_wait: float
     state_dir: Path | None
     store: str | None

@@ -16,10 +16,14 @@ that failed while attempts are left is held back, anything else goes out.
   after its own, with the same properties and a ``<rerunFailure>`` per earlier attempt.
 * What is still held when the job ends (a rerun that never reported the test: it
   crashed, timed out, or the session stopped) goes out as it failed.
+
+A quarantined test (``--lrun-quarantine``, :class:`Quarantine`) runs as usual; the failed
+reports it finally sends go out as xfail, ``quarantined: flaky since DATE``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
@@ -98,6 +102,22 @@ def flaky_status(report: pytest.TestReport) -> TestStatus | None:
     return None
 
 
+class Quarantine:
+    """The tests whose failures are reported as xfail (``--lrun-quarantine``): each host node id
+    with the time it was quarantined."""
+
+    def __init__(self, entries: Mapping[str, float]) -> None:
+        self.entries = dict(entries)
+
+    def reason(self, nodeid: str) -> str | None:
+        """The xfail reason of ``nodeid``, or None when it is not quarantined."""
+        since = self.entries.get(nodeid)
+        if since is None:
+            return None
+        day = dt.datetime.fromtimestamp(since, dt.timezone.utc).date().isoformat()
+        return f"quarantined: flaky since {day}"
+
+
 class FlakyGate:
     """Holds one job's inner test reports until their final outcome (see the module docstring).
 
@@ -105,9 +125,17 @@ class FlakyGate:
     straight out.
     """
 
-    def __init__(self, config: pytest.Config, attempts: int, run_id: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        config: pytest.Config,
+        attempts: int,
+        run_id: Callable[[], str],
+        quarantined: Callable[[str], str | None] = lambda inner: None,
+    ) -> None:
         self.config = config
         self.attempts = attempts
+        self._quarantined = quarantined  # an inner test's xfail reason when it is quarantined
+        self.quarantined: dict[str, str] = {}  # the job's quarantined tests that failed: their reasons
         self.attempt = 1
         self._run_id = run_id
         self._open: dict[str, list[Call]] = {}  # tests of this attempt under way: their calls
@@ -125,7 +153,7 @@ class FlakyGate:
     def report(self, inner: str | None, report: pytest.TestReport) -> None:
         calls = self._open.get(inner) if inner is not None else None
         if calls is None:
-            self._call((LOGREPORT, {"report": report}))
+            self._call((LOGREPORT, {"report": report}), inner)
         else:
             calls.append((LOGREPORT, {"report": report}))
 
@@ -148,7 +176,7 @@ class FlakyGate:
             calls = self._held.pop(inner)
             failures = self._failures.pop(inner, [])
             _add_attempts(calls, failures[:-1], failures[-1].attempt, flaky=None)
-            self._fire(calls, failures[:-1], "rerunFailure")
+            self._fire(inner, calls, failures[:-1], "rerunFailure")
 
     # -- deciding ------------------------------------------------------------------------
 
@@ -164,24 +192,30 @@ class FlakyGate:
         self._held.pop(inner, None)  # what this attempt reported stands for the earlier one
         self._failures.pop(inner, None)
         if not earlier:
-            self._fire(calls, [], "")
+            self._fire(inner, calls, [], "")
             return
         flaky = None if failed else Flaky(reports[0].nodeid, self.attempt, self.attempts, tuple(earlier))
         _add_attempts(calls, earlier, self.attempt, flaky=flaky)
         if flaky is not None:
             self.flaky.append(flaky)
-        self._fire(calls, earlier, "flakyFailure" if flaky is not None else "rerunFailure")
+        self._fire(inner, calls, earlier, "flakyFailure" if flaky is not None else "rerunFailure")
 
-    def _fire(self, calls: list[Call], failures: list[AttemptFailure], element: str) -> None:
+    def _fire(self, inner: str, calls: list[Call], failures: list[AttemptFailure], element: str) -> None:
         for name, kwargs in calls:
             report = kwargs.get("report")
             if failures and report is not None and report.when == "teardown":
                 # Before --junitxml's own hook handles the teardown, which closes the test case.
                 _junit_elements(self.config, report, failures, element)
-            self._call((name, kwargs))
+            self._call((name, kwargs), inner)
 
-    def _call(self, call: Call) -> None:
+    def _call(self, call: Call, inner: str | None = None) -> None:
         name, kwargs = call
+        report = kwargs.get("report")
+        if report is not None and inner is not None and report.failed and not hasattr(report, "wasxfail"):
+            reason = self._quarantined(inner)
+            if reason is not None:  # --lrun-quarantine: it ran as usual, its failure fails nothing
+                report.outcome, report.wasxfail = "skipped", reason
+                self.quarantined[report.nodeid] = reason
         getattr(self.config.hook, name)(**kwargs)
 
 

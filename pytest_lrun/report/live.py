@@ -41,7 +41,7 @@ from pytest_lrun.core.errors import SESSION_STOPPED, LrunError
 from pytest_lrun.core.layout import RunFiles
 from pytest_lrun.report.evidence import Evidence
 from pytest_lrun.report.failures import stopped_reason, was_stopped, where_stopped
-from pytest_lrun.report.flaky import FlakyGate
+from pytest_lrun.report.flaky import FlakyGate, Quarantine
 from pytest_lrun.report.hostpaths import HostPaths
 from pytest_lrun.report.making import Outcome, ReportMaker, case_location
 from pytest_lrun.report.naming import NodeIds, shown_dir
@@ -78,6 +78,7 @@ class RunReports:
         evidence: Evidence | None = None,
         on_counted: Callable[[], None] = lambda: None,
         flaky_attempts: int = 1,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.session = session
         self.config = session.config
@@ -108,7 +109,14 @@ class RunReports:
         self.counted = False  # whether every test of the run is in the session's count
         self._on_counted = on_counted  # told when it becomes so, before the run's next report
         # Each inner test's reports go out once, with its outcome over every attempt (--lrun-flaky-attempts).
-        self.gate = FlakyGate(self.config, flaky_attempts, lambda: self.run.id if self.run else "")
+        # A quarantined test is named as the terminal names it, without a machine's @suffix.
+        listed = quarantine or Quarantine({})
+        self.gate = FlakyGate(
+            self.config,
+            flaky_attempts,
+            lambda: self.run.id if self.run else "",
+            lambda inner: listed.reason(self.names.prefix + inner),
+        )
         self._rerun = False  # whether the run under way reruns failed tests of an earlier one
 
     @property

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from pytest_lrun.config.machines import Machine, machine_resolver
+from pytest_lrun.config.quarantine import FROM_STORE, read_quarantine_file
 from pytest_lrun.config.select import HostSelection
 from pytest_lrun.config.settings import Settings
 from pytest_lrun.core.errors import EXIT_ENGINE_UNREACHABLE, ConfigError, EngineUnreachable, LrunError
@@ -36,7 +37,7 @@ from pytest_lrun.engine import Engine
 from pytest_lrun.engine.docker import connect
 from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.report.evidence import Evidence, default_report_dir
-from pytest_lrun.report.flaky import Flaky, TestStatus, flaky_status
+from pytest_lrun.report.flaky import Flaky, Quarantine, TestStatus, flaky_status
 from pytest_lrun.report.github import is_github_actions
 from pytest_lrun.report.live import RunReports
 from pytest_lrun.report.naming import dir_nodeid, run_suffix
@@ -58,6 +59,7 @@ from pytest_lrun.session.terminal import (
     index_teardown_reports,
     shown_spec,
     write_flaky,
+    write_quarantined,
     write_summary,
 )
 from pytest_lrun.session.workers import Workers
@@ -105,6 +107,7 @@ class LrunSession:
         self.outcomes: dict[RunSpec, Future[JobOutcome]] = {}
         self.reports: dict[RunSpec, RunReports] = {}
         self._rerun_of: dict[RunSpec, RunSpec] = {}  # a rerun's spec -> its job's (--lrun-flaky-attempts)
+        self.quarantine: Quarantine | None = None  # --lrun-quarantine, read at session start
         self._by_run: dict[str, RunReports] = {}
         self.planner = JobPlanner(config, settings, self.store, resolver, self.dispatcher, self.terminal.say)
         if settings.flaky_attempts > 1:  # a job's failed inner tests run again, as the planner selects them
@@ -309,12 +312,22 @@ class LrunSession:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         try:
             self.jobs = self.planner.plan_jobs()
+            self.quarantine = self._read_quarantine()
         except LrunError as e:
             raise pytest.UsageError(f"pytest-lrun: {e}") from e
         if self.settings.plan or self.settings.attach:
             # The plan (or the attached runs) name the directories: collect exactly those.
             self.config.args[:] = sorted({str(spec.test_dir) for spec in self.specs})
         self._reconcile()
+
+    def _read_quarantine(self) -> Quarantine | None:
+        """The tests ``--lrun-quarantine`` names: the store's list, or a file's."""
+        source = self.settings.quarantine
+        if source is None:
+            return None
+        if source == FROM_STORE:
+            return Quarantine({entry.nodeid: entry.since for entry in self.store.quarantined_tests()})
+        return Quarantine(read_quarantine_file(self.config.invocation_params.dir / source))
 
     def _reconcile(self) -> None:
         """Settle live runs left by earlier processes on this invocation's machines."""
@@ -345,6 +358,7 @@ class LrunSession:
                 evidence=self.evidence,
                 on_counted=self._counted,
                 flaky_attempts=self.settings.flaky_attempts,
+                quarantine=self.quarantine,
             )
         self.start()
         return True
@@ -408,6 +422,10 @@ class LrunSession:
         attach_to = (self.planner.batch_id or detached[0].run.id) if detached else None
         write_summary(terminalreporter, table, self._batch, attach_to, self.store.problems)
         write_flaky(terminalreporter, self.flaky())
+        write_quarantined(
+            terminalreporter,
+            [entry for reports in self.reports.values() for entry in reports.gate.quarantined.items()],
+        )
 
     def flaky(self) -> list[Flaky]:
         """The inner tests that failed, then passed on a rerun, in the order they were reported."""

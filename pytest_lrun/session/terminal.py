@@ -176,6 +176,16 @@ def write_flaky(terminalreporter: Any, flaky: Sequence[Flaky]) -> None:
         terminalreporter.write_line(f"FLAKY {test.nodeid} - {test.line()}", yellow=True)
 
 
+def write_quarantined(terminalreporter: Any, failed: Sequence[tuple[str, str]]) -> None:
+    """The ``lrun quarantined tests`` section: each quarantined test that failed, reported as xfail
+    (``--lrun-quarantine``), with its reason."""
+    if not failed:
+        return
+    terminalreporter.section("lrun quarantined tests", yellow=True)
+    for nodeid, reason in failed:
+        terminalreporter.write_line(f"QUARANTINED {nodeid} - failed; {reason}", yellow=True)
+
+
 def index_teardown_reports(reporter: Any) -> None:
     """Let the terminal find a failed test's teardown reports by node id in one step.
 

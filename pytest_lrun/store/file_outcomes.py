@@ -1,17 +1,19 @@
-"""The file store's inner test outcomes, kept per run key (see :mod:`.outcomes`).
+"""The file store's inner test outcomes, kept per run key, and its quarantine list (see :mod:`.outcomes`).
 
-Split out of :mod:`.files`, whose ``save_outcomes`` and ``outcomes`` call :func:`save`
-and :func:`load`. This module owns ``outcomes/`` under the state directory::
+Split out of :mod:`.files`, whose ``save_outcomes``, ``outcomes``, ``quarantine``, ``release``
+and ``quarantined`` call this module's functions. It owns under the state directory::
 
     outcomes/<h>.json        {"key": ..., "outcomes": [[suite, node id, run id, machine, outcome, at], ...]}
                              (h = xxh3-128 of the key; the newest MAX_KEPT per test)
     outcomes/<h>.json.lock   its lock file (a sidecar: never holds data)
+    outcomes/quarantine      {"quarantined": {"<node id>": since, ...}} (and .lock)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import xxhash
@@ -20,9 +22,11 @@ from pytest_lrun.core.fsutil import NotAFile, atomic_write_json, make_private_di
 from pytest_lrun.core.layout import OUTCOMES_DIR
 from pytest_lrun.core.locking import hold
 from pytest_lrun.store.file_io import FileRecords
-from pytest_lrun.store.outcomes import InnerOutcome, newest
+from pytest_lrun.store.outcomes import InnerOutcome, Quarantined, newest
 
-__all__ = ["load", "load_all", "save"]
+__all__ = ["load", "load_all", "quarantine", "quarantined", "release", "save"]
+
+QUARANTINE = "quarantine"  # in outcomes/: no .json suffix, so that load_all never reads it
 
 
 def save(store: FileRecords, outcomes: Sequence[InnerOutcome]) -> None:
@@ -69,3 +73,43 @@ def _read(store: FileRecords, path: Path) -> list[InnerOutcome]:
 def _path(store: FileRecords, key: str) -> Path:
     digest = xxhash.xxh3_128_hexdigest(key.encode("utf-8", "surrogatepass"))
     return store.state_dir / OUTCOMES_DIR / f"{digest}.json"
+
+
+def quarantine(store: FileRecords, nodeid: str, since: float) -> Quarantined:
+    """Add ``nodeid`` to the list under its lock (one already there keeps its date)."""
+    with _quarantine_locked(store) as (path, entries):
+        since = entries.setdefault(nodeid, since)
+        atomic_write_json(path, {"quarantined": entries}, durable=store.durable)
+    return Quarantined(nodeid, since)
+
+
+def release(store: FileRecords, nodeid: str) -> bool:
+    with _quarantine_locked(store) as (path, entries):
+        if entries.pop(nodeid, None) is None:
+            return False
+        atomic_write_json(path, {"quarantined": entries}, durable=store.durable)
+    return True
+
+
+def quarantined(store: FileRecords) -> list[Quarantined]:
+    entries = _read_quarantine(store, store.state_dir / OUTCOMES_DIR / QUARANTINE)
+    return [Quarantined(nodeid, since) for nodeid, since in sorted(entries.items())]
+
+
+@contextlib.contextmanager
+def _quarantine_locked(store: FileRecords) -> Iterator[tuple[Path, dict[str, float]]]:
+    path = store.state_dir / OUTCOMES_DIR / QUARANTINE
+    make_private_dir(path.parent)
+    with hold(str(path) + ".lock", store.lock_timeout, "the quarantine list"):
+        yield path, _read_quarantine(store, path)
+
+
+def _read_quarantine(store: FileRecords, path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(read_regular(path))
+        return {str(nodeid): float(since) for nodeid, since in data["quarantined"].items()}
+    except NotAFile as exc:
+        store._quarantine(path, "quarantine", str(exc))
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}

@@ -98,7 +98,7 @@ from pytest_lrun.store.common import (
 from pytest_lrun.store.file_batches import FileBatchStore
 from pytest_lrun.store.file_io import FileRecords, sort_key
 from pytest_lrun.store.file_place import line_locked, place_once, write_line
-from pytest_lrun.store.outcomes import InnerOutcome
+from pytest_lrun.store.outcomes import InnerOutcome, Quarantined
 from pytest_lrun.store.records import Run, Status, valid_id
 
 __all__ = ["FileStore"]
@@ -177,6 +177,15 @@ class FileStore(FileRecords):
 
     def outcomes(self, key: str | None = None) -> builtins.list[InnerOutcome]:
         return file_outcomes.load_all(self) if key is None else file_outcomes.load(self, key)
+
+    def quarantine_test(self, nodeid: str, since: float) -> Quarantined:
+        return file_outcomes.quarantine(self, nodeid, since)
+
+    def release_test(self, nodeid: str) -> bool:
+        return file_outcomes.release(self, nodeid)
+
+    def quarantined_tests(self) -> builtins.list[Quarantined]:
+        return file_outcomes.quarantined(self)
 
     def close(self) -> None:
         """Nothing to release: locks are taken and dropped per call."""

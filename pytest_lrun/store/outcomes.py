@@ -5,7 +5,9 @@ the environment). Two runs of one key whose outcomes of one inner test differ pr
 flaky -- stronger evidence than a pass on a retry. Each store keeps an :class:`InnerOutcome` per
 inner test and run (``RunStore.save_outcomes``, ``RunStore.outcomes``); :func:`flaky_evidence`
 groups them into what ``lrun flaky`` lists, and :func:`disagreed` is what keeps
-``--lrun-reuse=completed`` from serving the cached result of such a key.
+``--lrun-reuse=completed`` from serving the cached result of such a key. The store's quarantine
+list (:class:`Quarantined`, ``lrun flaky quarantine/release``) names the tests whose failures
+``--lrun-quarantine=store`` reports as xfail.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = [
     "OUTCOMES",
     "FlakyEvidence",
     "InnerOutcome",
+    "Quarantined",
     "disagreed",
     "flaky_evidence",
     "newest",
@@ -69,6 +72,14 @@ class FlakyEvidence:
             "last_seen": self.last_seen,
             "machines": list(self.machines),
         }
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A test on the store's quarantine list: its node id as the host names it, and since when."""
+
+    nodeid: str
+    since: float
 
 
 def outcomes_of(run: Run, suite: str, events: Iterable[Event]) -> list[InnerOutcome]:

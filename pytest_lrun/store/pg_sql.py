@@ -33,6 +33,7 @@ __all__ = [
     "CREATE_DURATIONS",
     "CREATE_LINE",
     "CREATE_OUTCOMES",
+    "CREATE_QUARANTINE",
     "CREATE_RESULT_CHUNKS",
     "CREATE_RESULT_PARTS",
     "CREATE_RUNS",
@@ -44,6 +45,7 @@ __all__ = [
     "CREATE_RUNS_LIVE_SLOT_INDEX",
     "CREATE_RUNS_ONE_LIVE_INDEX",
     "CREATE_SCHEMA_TABLE",
+    "DELETE_QUARANTINED",
     "DELETE_RESULT_CHUNKS",
     "DELETE_RESULT_PARTS",
     "DELETE_RUN",
@@ -53,6 +55,7 @@ __all__ = [
     "INSERT_BATCH_IF_NEW",
     "INSERT_LIVE_RUN_IF_FREE",
     "INSERT_OUTCOME",
+    "INSERT_QUARANTINED",
     "INSERT_RESULT_CHUNK",
     "INSERT_RESULT_PART",
     "INSERT_RUN",
@@ -74,6 +77,8 @@ __all__ = [
     "SELECT_OUTCOMES",
     "SELECT_OUTCOMES_OF_KEY",
     "SELECT_PRUNABLE",
+    "SELECT_QUARANTINED",
+    "SELECT_QUARANTINED_ONE",
     "SELECT_RESULT_CHUNK",
     "SELECT_RESULT_PARTS",
     "SELECT_RUN",
@@ -232,6 +237,11 @@ CREATE_OUTCOMES = """CREATE TABLE lrun_outcomes (
             at double precision NOT NULL,
             PRIMARY KEY (key, suite, nodeid, run_id))"""
 
+#: The quarantine list: tests whose failures --lrun-quarantine=store reports as xfail.
+CREATE_QUARANTINE = """CREATE TABLE lrun_quarantine (
+            nodeid text PRIMARY KEY,
+            since double precision NOT NULL)"""
+
 #: The statements that take the schema from version ``n - 1`` to ``n``, in order.
 MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     1: (
@@ -254,7 +264,7 @@ MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     # No table changes: batch records may now hold the status "incomplete" and a "collected" list,
     # which older code would read as corrupt and move aside; it refuses a version-6 store instead.
     6: (),
-    7: (CREATE_OUTCOMES,),
+    7: (CREATE_OUTCOMES, CREATE_QUARANTINE),
 }
 
 # -- advisory locks (parameter: the lock's bigint, see pg_db.lock_id) ------------------
@@ -386,6 +396,18 @@ SELECT_OUTCOMES_OF_KEY = """SELECT key, suite, nodeid, run_id, machine, outcome,
 
 #: Every outcome kept.
 SELECT_OUTCOMES = "SELECT key, suite, nodeid, run_id, machine, outcome, at FROM lrun_outcomes"
+
+#: Put node id ``%s`` on the quarantine list since ``%s`` (one there keeps its date).
+INSERT_QUARANTINED = "INSERT INTO lrun_quarantine (nodeid, since) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+
+#: The entry of node id ``%s``.
+SELECT_QUARANTINED_ONE = "SELECT nodeid, since FROM lrun_quarantine WHERE nodeid = %s"
+
+#: Take node id ``%s`` off the list.
+DELETE_QUARANTINED = "DELETE FROM lrun_quarantine WHERE nodeid = %s"
+
+#: The whole list.
+SELECT_QUARANTINED = "SELECT nodeid, since FROM lrun_quarantine ORDER BY nodeid"
 
 # -- batches (lrun_batches) -----------------------------------------------------------
 

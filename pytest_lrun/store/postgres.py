@@ -66,7 +66,7 @@ from pytest_lrun.store.common import (
     owner_alive,
     retry_while_busy,
 )
-from pytest_lrun.store.outcomes import InnerOutcome, newest
+from pytest_lrun.store.outcomes import InnerOutcome, Quarantined, newest
 from pytest_lrun.store.pg_batches import PostgresBatchStore
 from pytest_lrun.store.pg_db import Cursor, lock_id
 from pytest_lrun.store.pg_io import PostgresRecords, column, uncolumn
@@ -421,6 +421,26 @@ class PostgresStore(PostgresRecords):
             InnerOutcome(uncolumn(k), uncolumn(s), uncolumn(n), r, uncolumn(m), o, float(at))
             for k, s, n, r, m, o, at in rows
         )
+
+    def quarantine_test(self, nodeid: str, since: float) -> Quarantined:
+        def put(cur: Cursor) -> tuple[str, float]:
+            cur.execute(pg_sql.INSERT_QUARANTINED, (column(nodeid), since))
+            row = cur.execute(pg_sql.SELECT_QUARANTINED_ONE, (column(nodeid),)).fetchone()
+            assert row is not None  # inserted, or there already, in this transaction
+            return row[0], row[1]
+
+        _nodeid, kept = self.db.atomic(put, "the quarantine list")
+        return Quarantined(nodeid, float(kept))
+
+    def release_test(self, nodeid: str) -> bool:
+        deleted = self.db.atomic(
+            lambda cur: cur.execute(pg_sql.DELETE_QUARANTINED, (column(nodeid),)).rowcount
+        )
+        return bool(deleted)
+
+    def quarantined_tests(self) -> builtins.list[Quarantined]:
+        rows = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_QUARANTINED).fetchall())
+        return [Quarantined(uncolumn(nodeid), float(since)) for nodeid, since in rows]
 
     def load_result(self, run: Run, parts: Collection[str] | None = None) -> None:
         """Fetch the stored result files of ``run`` (its ``parts``, default all) that this host lacks.

@@ -4,7 +4,10 @@ every attempt fails with every attempt's failure.
 
 The flaky test is flaky on purpose and for certain: it fails in a first run and passes in a
 rerun, which it tells by ``LRUN_ATTEMPT``, the variable a rerun's container gets. Nothing has
-to survive from one container to the next.
+to survive from one container to the next. On both stores: two runs of one key that disagree
+(a secret, which enters the key by its name only, decides the outcome) make ``lrun flaky`` list
+the test and keep its key's result out of the cache; a quarantined failing test leaves the
+session green.
 """
 
 from __future__ import annotations
@@ -83,6 +86,13 @@ def _session(root: Path, engine: str, *args: str, **env: str) -> subprocess.Comp
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--lrun-machine=m1", "-rA", *args]
     return subprocess.run(
         command, cwd=root, env=_env(root, **env), capture_output=True, text=True, timeout=300
+    )
+
+
+def _lrun(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pytest_lrun", *args]
+    return subprocess.run(
+        command, cwd=root, env=_env(root, **env), capture_output=True, text=True, timeout=120
     )
 
 
@@ -194,14 +204,7 @@ def test_runs_of_one_key_that_disagree_are_listed_and_never_served_from_the_cach
     assert tails.returncode == 1, tails.stdout
     heads = _session(tmp_path, engines[0], *args, COIN="heads", **store)
     assert heads.returncode == 0, heads.stdout
-    listed = subprocess.run(
-        [sys.executable, "-m", "pytest_lrun", "flaky", "--json"],
-        cwd=tmp_path,
-        env=_env(tmp_path, **store),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    listed = _lrun(tmp_path, "flaky", "--json", **store)
     assert listed.returncode == 0, listed.stderr
     (flaky,) = json.loads(listed.stdout)["flaky"]
     assert (flaky["suite"], flaky["nodeid"]) == ("coin", "test_coin.py::test_coin")
@@ -210,3 +213,28 @@ def test_runs_of_one_key_that_disagree_are_listed_and_never_served_from_the_cach
     again = _session(tmp_path, engines[0], *args, COIN="heads", **store)
     assert again.returncode == 0, again.stdout
     assert "completed (created)" in again.stdout and "(cached)" not in again.stdout
+
+
+def test_a_quarantined_failing_test_leaves_the_session_green(
+    tmp_path: Path, engines: list[str], backend: StoreSpec
+) -> None:
+    write_tests(tmp_path, "broken", BROKEN)
+    store = {"LRUN_STORE": backend.url} if backend.url else {}
+    nodeid = "broken/test_broken.py::test_broken"
+    assert _lrun(tmp_path, "flaky", "quarantine", nodeid, **store).returncode == 0
+    listed = json.loads(_lrun(tmp_path, "flaky", "--json", **store).stdout)["quarantined"]
+    assert [entry["nodeid"] for entry in listed] == [nodeid]
+    green = _session(tmp_path, engines[0], "broken", "--lrun-quarantine=store", **store)
+    assert green.returncode == 0, green.stdout
+    assert re.search(r"^=+ 1 xfailed in ", green.stdout, re.MULTILINE), green.stdout
+    day = listed[0]["since"][:10]
+    assert f"QUARANTINED {nodeid} - failed; quarantined: flaky since {day}" in green.stdout
+    # Released, it fails the session again.
+    assert _lrun(tmp_path, "flaky", "release", nodeid, **store).returncode == 0
+    red = _session(tmp_path, engines[0], "broken", "--lrun-quarantine=store", **store)
+    assert red.returncode == 1 and "QUARANTINED" not in red.stdout, red.stdout
+    # A file names it too, with the date it was quarantined.
+    (tmp_path / "quarantine.txt").write_text(f"{nodeid} 2026-11-30\n")
+    filed = _session(tmp_path, engines[0], "broken", "--lrun-quarantine=quarantine.txt", **store)
+    assert filed.returncode == 0, filed.stdout
+    assert "quarantined: flaky since 2026-11-30" in filed.stdout

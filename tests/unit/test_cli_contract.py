@@ -257,6 +257,7 @@ def populated(world: World) -> Populated:
             InnerOutcome("key-failed", "other", "t.py::c", failed.id, "m2", "failed", STAMP + 65),
         ]
     )
+    store.quarantine_test("suite/t.py::b", STAMP + 86400)
     return Populated(done, failed, running, vanished)
 
 
@@ -434,6 +435,8 @@ COMMANDS: list[tuple[tuple[str, ...], int, int]] = [
     (("images",), 0, 0),
     (("gc", "--images"), 0, 0),
     (("flaky",), 0, 0),
+    (("flaky", "release", "suite/t.py::b"), 0, 0),
+    (("flaky", "quarantine"), 2, 2),
 ]
 
 

@@ -12,7 +12,9 @@ from _pytest.junitxml import LogXML, xml_key
 from live_events import Hooks, finished_test
 
 from pytest_lrun.config.machines import Machine
-from pytest_lrun.report.flaky import flaky_status, is_flaky
+from pytest_lrun.config.quarantine import read_quarantine_file
+from pytest_lrun.core.errors import ConfigError
+from pytest_lrun.report.flaky import Quarantine, flaky_status, is_flaky
 from pytest_lrun.report.live import RunReports
 from pytest_lrun.run.spec import RunResult, RunSpec
 from pytest_lrun.session.reruns import Reruns, failed_by_its_tests, failed_inner
@@ -52,7 +54,9 @@ class JunitHooks(Hooks):
         self.xml.pytest_runtest_logreport(report)
 
 
-def flaky_reports(tmp_path: Path, attempts: int) -> tuple[RunReports, JunitHooks, LogXML]:
+def flaky_reports(
+    tmp_path: Path, attempts: int, quarantine: Quarantine | None = None
+) -> tuple[RunReports, JunitHooks, LogXML]:
     """A job's reports under ``--lrun-flaky-attempts=attempts`` and ``-x``, writing a JUnit XML."""
     session = SimpleNamespace(testscollected=0, shouldfail=False, shouldstop=False)
     xml = LogXML(str(tmp_path / "junit.xml"), None)
@@ -67,7 +71,9 @@ def flaky_reports(tmp_path: Path, attempts: int) -> tuple[RunReports, JunitHooks
         option=SimpleNamespace(collectonly=False),
         stash=stash,
     )
-    reports = RunReports(cast(pytest.Session, session), SPEC, suffix="", flaky_attempts=attempts)
+    reports = RunReports(
+        cast(pytest.Session, session), SPEC, suffix="", flaky_attempts=attempts, quarantine=quarantine
+    )
     return reports, hooks, xml
 
 
@@ -161,3 +167,50 @@ def test_only_a_run_that_failed_by_its_tests_reruns_them() -> None:
     assert reruns.next(SPEC, failed, 3) is None  # the attempts are spent
     assert reruns.next(SPEC, RunResult(run("r2", exit_code=0), "created", None, []), 2) is None
     assert asked == [(SPEC, ("t.py::b", "t.py::c"), 2)]
+
+
+DAY = 1764547200.0  # 2025-12-01T00:00:00Z
+
+
+def test_a_quarantined_failure_is_an_xfail_that_fails_nothing(tmp_path: Path) -> None:
+    quarantine = Quarantine({"suite/t.py::b": DAY})
+    reports, hooks, xml = flaky_reports(tmp_path, attempts=1, quarantine=quarantine)
+    reports.prepared(run("r1"), "created")
+    reports.feed(attempt(("t.py::b", "failed"), ("t.py::a", "failed")))
+    # b ran as usual, and its failure is an xfail with why (-x does not stop on it); a fails.
+    assert [r.nodeid for r in hooks.failed()] == ["suite/t.py::a"]
+    (b,) = [r for r in hooks.reports() if r.nodeid == "suite/t.py::b" and r.when == "call"]
+    assert b.skipped and b.wasxfail == "quarantined: flaky since 2025-12-01"  # type: ignore[attr-defined]
+    assert reports.gate.quarantined == {"suite/t.py::b": "quarantined: flaky since 2025-12-01"}
+    xml.pytest_sessionfinish()
+    case = ET.parse(tmp_path / "junit.xml").find(".//testcase[@name='b']")
+    assert case is not None and case.find("failure") is None and case.find("skipped") is not None
+
+
+def test_a_quarantined_test_is_rerun_and_turns_xfail_only_after_its_last_attempt(tmp_path: Path) -> None:
+    quarantine = Quarantine({"suite/t.py::b": DAY})
+    reports, hooks, _xml = flaky_reports(tmp_path, attempts=2, quarantine=quarantine)
+    first = RunResult(run("r1"), "created", None, attempt(("t.py::b", "failed")))
+    reports.prepared(first.run, "created")
+    reports.rerun(first, 2)
+    assert hooks.reports() == [] and reports.gate.quarantined == {}
+    second = RunResult(run("r2", retry_of="r1"), "created", None, attempt(("t.py::b", "failed")))
+    reports.prepared(second.run, "created")
+    reports.finish(second)
+    (call,) = [r for r in hooks.reports() if r.nodeid == "suite/t.py::b" and r.when == "call"]
+    assert call.skipped and "attempt 1 (run r1) failed too" in call.longreprtext
+    assert not hooks.failed()
+
+
+def test_a_quarantine_file_lists_node_ids_with_their_dates(tmp_path: Path) -> None:
+    listed = tmp_path / "quarantine.txt"
+    listed.write_text("# flaky on the fleet\nsuite/t.py::a 2025-12-01\n\nsuite/t.py::b[x y]  # no date\n")
+    assert read_quarantine_file(listed) == {
+        "suite/t.py::a": DAY,
+        "suite/t.py::b[x y]": listed.stat().st_mtime,
+    }
+    listed.write_text("suite/t.py::a 2025-13-45\n")
+    with pytest.raises(ConfigError, match="not a date"):
+        read_quarantine_file(listed)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_quarantine_file(tmp_path / "missing.txt")

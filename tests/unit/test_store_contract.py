@@ -61,7 +61,7 @@ from pytest_lrun.core.errors import (
 from pytest_lrun.core.layout import RunFiles
 from pytest_lrun.store import BatchStatus, Candidate, Decision, Run, RunStore, Status, Sweep, Ticket
 from pytest_lrun.store.common import TICKET_TTL_S
-from pytest_lrun.store.outcomes import MAX_KEPT, InnerOutcome, disagreed, flaky_evidence
+from pytest_lrun.store.outcomes import MAX_KEPT, InnerOutcome, Quarantined, disagreed, flaky_evidence
 from pytest_lrun.store.records import derive_status, valid_id
 
 CTX = multiprocessing.get_context("spawn")
@@ -1253,6 +1253,19 @@ def test_outcomes_are_kept_per_key_and_runs_that_disagree_prove_a_test_flaky(
     # Only the newest MAX_KEPT per key and test count: an old failure ages out.
     store.save_outcomes([seen("k1", f"n{i:02}", "m1", "passed", 100.0 + i) for i in range(MAX_KEPT)])
     assert not disagreed(peer.outcomes("k1"))
+
+
+def test_the_quarantine_list_is_shared_and_keeps_each_tests_first_date(
+    store: RunStore, peer: RunStore
+) -> None:
+    odd = "suite/t.py::b[\\u00e9 \udcff]"
+    assert store.quarantined_tests() == []
+    assert store.quarantine_test("suite/t.py::a", 100.0) == Quarantined("suite/t.py::a", 100.0)
+    assert peer.quarantine_test("suite/t.py::a", 200.0).since == 100.0  # quarantined again: since the first
+    store.quarantine_test(odd, 300.0)
+    assert peer.quarantined_tests() == [Quarantined("suite/t.py::a", 100.0), Quarantined(odd, 300.0)]
+    assert peer.release_test("suite/t.py::a") and not store.release_test("suite/t.py::a")
+    assert store.quarantined_tests() == [Quarantined(odd, 300.0)]
 
 
 def test_a_free_slot_goes_to_the_oldest_waiter_never_to_a_newcomer(store: RunStore, peer: RunStore) -> None:
