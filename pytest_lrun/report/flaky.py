@@ -14,8 +14,8 @@ that failed while attempts are left is held back, anything else goes out.
   ``<flakyFailure>`` per failed attempt, which Jenkins and GitLab read.
 * A test that fails every attempt goes out failed, every earlier attempt's failure text
   after its own, with the same properties and a ``<rerunFailure>`` per earlier attempt.
-* What is still held when the job ends (a rerun that never reported the test: it
-  crashed, timed out, or the session stopped) goes out as it failed.
+* What is still held when the job ends (a rerun that never reported the test, or
+  skipped it: it crashed, timed out, or the session stopped) goes out as it failed.
 
 A quarantined test (``--lrun-quarantine``, :class:`Quarantine`) runs as usual; the failed
 reports it finally sends go out as xfail, ``quarantined: flaky since DATE``.
@@ -189,6 +189,8 @@ class FlakyGate:
             self._failures[inner] = earlier
             self._held[inner] = calls
             return
+        if earlier and not failed and any(r.skipped for r in reports):
+            return  # skipped (not run: the rerun was stopped) proves nothing: the failure stays held
         self._held.pop(inner, None)  # what this attempt reported stands for the earlier one
         self._failures.pop(inner, None)
         if not earlier:

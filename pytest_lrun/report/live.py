@@ -25,6 +25,11 @@ When the run ends, :meth:`RunReports.finish` reports what is left:
   local tests, nothing new is reported after the session decided to stop;
 * every run has one report of its own, ``DIR::lrun[machine]``, which carries its
   log and artifacts (:mod:`.run_report`).
+
+Every inner test's hook calls go through the job's :class:`~.flaky.FlakyGate`: under
+``--lrun-flaky-attempts`` the failed tests of a run that is rerun (:meth:`RunReports.rerun`)
+are held back, so each test is reported once with its final outcome, and a quarantined
+test's failure goes out as an xfail.
 """
 
 from __future__ import annotations

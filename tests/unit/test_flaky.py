@@ -139,6 +139,19 @@ def test_a_held_failure_the_rerun_never_reports_goes_out_as_it_failed(tmp_path: 
     assert failed[0] == "suite/t.py::b" and "run r1 on m1" in hooks.failed()[0].longreprtext
 
 
+def test_a_rerun_that_skips_a_held_test_leaves_it_failed_not_flaky(tmp_path: Path) -> None:
+    reports, hooks, _xml = flaky_reports(tmp_path, attempts=3)
+    first = RunResult(run("r1"), "created", None, attempt(("t.py::b", "failed")))
+    reports.prepared(first.run, "created")
+    reports.rerun(first, 2)
+    stopped = run("r2", retry_of="r1", status=Status.TIMEOUT, error_code="timeout", timeout=5)
+    reports.prepared(stopped, "created")
+    reports.finish(RunResult(stopped, "created", None, [Collected(0, ("t.py::b",), (), ())]))
+    assert not reports.gate.flaky
+    b = [(when, outcome) for nodeid, when, outcome in hooks.outcomes() if nodeid == "suite/t.py::b"]
+    assert b == [("setup", "passed"), ("call", "failed"), ("teardown", "passed")]  # attempt 1's, once
+
+
 def test_without_reruns_every_report_goes_out_at_once(tmp_path: Path) -> None:
     reports, hooks, _xml = flaky_reports(tmp_path, attempts=1)
     reports.prepared(run("r1"), "created")
