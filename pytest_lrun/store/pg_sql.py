@@ -65,6 +65,7 @@ __all__ = [
     "MOVE_ASIDE",
     "MOVE_BATCH_ASIDE",
     "MOVE_RUN_ASIDE",
+    "PRUNE_OUTCOMES",
     "SELECT_BATCH",
     "SELECT_BATCHES",
     "SELECT_BATCHES_BY_ID",
@@ -389,6 +390,14 @@ SELECT_DURATIONS = "SELECT nodeid, seconds FROM lrun_durations WHERE suite = %s"
 #: Record one inner test's outcome in one run (key, suite, node id, run id, machine, outcome, at).
 INSERT_OUTCOME = """INSERT INTO lrun_outcomes (key, suite, nodeid, run_id, machine, outcome, at)
     VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"""
+
+#: Keep only the newest ``%(kept)s`` outcomes per test under key ``%(key)s`` (what is read counts no more).
+PRUNE_OUTCOMES = """DELETE FROM lrun_outcomes AS o USING (
+        SELECT suite, nodeid, run_id, row_number() OVER (
+            PARTITION BY suite, nodeid ORDER BY at DESC, run_id DESC) AS newer
+        FROM lrun_outcomes WHERE key = %(key)s) AS r
+    WHERE o.key = %(key)s AND o.suite = r.suite AND o.nodeid = r.nodeid AND o.run_id = r.run_id
+        AND r.newer > %(kept)s"""
 
 #: The outcomes kept under key ``%s``.
 SELECT_OUTCOMES_OF_KEY = """SELECT key, suite, nodeid, run_id, machine, outcome, at FROM lrun_outcomes

@@ -66,7 +66,7 @@ from pytest_lrun.store.common import (
     owner_alive,
     retry_while_busy,
 )
-from pytest_lrun.store.outcomes import InnerOutcome, Quarantined, newest
+from pytest_lrun.store.outcomes import MAX_KEPT, InnerOutcome, Quarantined, newest
 from pytest_lrun.store.pg_batches import PostgresBatchStore
 from pytest_lrun.store.pg_db import Cursor, lock_id
 from pytest_lrun.store.pg_io import PostgresRecords, column, uncolumn
@@ -407,8 +407,15 @@ class PostgresStore(PostgresRecords):
             (column(o.key), column(o.suite), column(o.nodeid), o.run_id, column(o.machine), o.outcome, o.at)
             for o in outcomes
         ]
+        keys = sorted({column(o.key) for o in outcomes})
+
+        def insert(cur: Cursor) -> None:
+            cur.executemany(pg_sql.INSERT_OUTCOME, rows)
+            for key in keys:  # bounded as the file store is: the newest MAX_KEPT per key and test
+                cur.execute(pg_sql.PRUNE_OUTCOMES, {"key": key, "kept": MAX_KEPT})
+
         if rows:
-            self.db.atomic(lambda cur: cur.executemany(pg_sql.INSERT_OUTCOME, rows), "inner outcomes")
+            self.db.atomic(insert, "inner outcomes")
 
     def outcomes(self, key: str | None = None) -> builtins.list[InnerOutcome]:
         def read(cur: Cursor) -> builtins.list[tuple[str, str, str, str, str, str, float]]:
