@@ -9,7 +9,8 @@ done by the store (:mod:`pytest_lrun.store`) and recovery (:mod:`pytest_lrun.run
 * :mod:`.context`: what the commands share (settings, store, machines, engines), made on first use;
 * :mod:`.output`: printing: text lines, the ``--json`` envelope, errors and warnings;
 * :mod:`.batch`: a batch's rows and inner-test counts; :mod:`.follow`: following a run's log;
-* :mod:`.worker`: ``lrun worker``, a Remote Execution API bot.
+* :mod:`.worker`: ``lrun worker``, a Remote Execution API bot;
+* :mod:`.flaky`: ``lrun flaky``, the tests runs of one key disagreed on, and the quarantine list.
 
 Commands::
 
@@ -23,6 +24,7 @@ Commands::
     lrun gc [--max-bytes SIZE] [--images [--image-max-age SECONDS]] [--json]
     lrun reap [--age SECONDS] [--machine M] [--json]
     lrun worker --remote NAME|URL [--instance I] --machine M [--slots N] [--property K=V] [--bot-id ID]
+    lrun flaky [quarantine|release NODEID] [--json]
 
 Global options (before or after the command): ``--state-dir`` (default
 ``$LRUN_STATE_DIR``, else ``~/.lrun``), ``--store URL`` (default ``$LRUN_STORE``,

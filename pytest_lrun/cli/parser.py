@@ -33,6 +33,7 @@ from pytest_lrun.cli.commands import (
 )
 from pytest_lrun.cli.context import Context
 from pytest_lrun.cli.worker import cmd_worker
+from pytest_lrun.cli.flaky import cmd_flaky
 from pytest_lrun.config.settings import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IMAGE_MAX_AGE,
@@ -256,6 +257,20 @@ def _add_worker(commands: _Commands) -> None:
     worker.add_argument("--bot-id", metavar="ID", help="the bot's id (default: lrun- and a random suffix)")
 
 
+def _add_flaky(commands: _Commands) -> None:
+    flaky = commands.add(
+        "flaky",
+        cmd_flaky,
+        "list inner tests whose outcome differed between runs of one key, and the quarantine list; "
+        "or put a test on that list (quarantine) or take it off (release)",
+        reads_only=True,
+    )
+    flaky.add_argument(
+        "action", nargs="?", choices=["quarantine", "release"], help="edit the quarantine list"
+    )
+    flaky.add_argument("nodeid", nargs="?", metavar="NODEID", help="the test, as the terminal names it")
+
+
 _ADDERS: tuple[Callable[[_Commands], None], ...] = (
     _add_runs,
     _add_show,
@@ -267,4 +282,5 @@ _ADDERS: tuple[Callable[[_Commands], None], ...] = (
     _add_gc,
     _add_reap,
     _add_worker,
+    _add_flaky,
 )

@@ -10,7 +10,7 @@
   plans share;
 * :mod:`.builds`: Dockerfile builds declared in place of an image;
 * :mod:`.plan`: plan files; :mod:`.select`: which inner tests an invocation selects;
-* :mod:`.shards`: the shard options.
+* :mod:`.shards`: the shard options; :mod:`.quarantine`: quarantine files (``--lrun-quarantine``).
 
 A bad value is a :class:`~pytest_lrun.core.errors.ConfigError` or
 :class:`~pytest_lrun.core.errors.PlanError` naming the file, field or option.

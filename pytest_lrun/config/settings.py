@@ -24,6 +24,7 @@ from typing import Any
 from pytest_lrun.config.shards import ShardOf, parse_shard_of
 from pytest_lrun.config.values import (
     MIB,
+    parse_attempts,
     parse_bool,
     parse_choice,
     parse_command,
@@ -70,6 +71,7 @@ DEFAULT_REAP_AGE = 300.0
 DEFAULT_IMAGE_MAX_AGE = 7 * 86400.0
 DEFAULT_TERMINAL_RESERVE_BYTES = MIB
 DEFAULT_INFRA_RETRIES = 1
+DEFAULT_FLAKY_ATTEMPTS = 1
 DEFAULT_STORE_MAX_BYTES = 1024 * MIB
 
 
@@ -216,6 +218,23 @@ OPTIONS: tuple[Option, ...] = (
         parse_retries,
         DEFAULT_INFRA_RETRIES,
         metavar="N",
+    ),
+    Option(
+        "flaky_attempts",
+        "attempts in all for an inner test that fails: after a run, only its failed tests run again, "
+        "as a new run on the same machine or tag; one that then passes is reported passed and "
+        f"flaky (default: {DEFAULT_FLAKY_ATTEMPTS}, no rerun).",
+        parse_attempts,
+        DEFAULT_FLAKY_ATTEMPTS,
+        metavar="N",
+    ),
+    Option(
+        "quarantine",
+        "inner tests whose failures do not fail the session: 'store' (the store's list, kept with "
+        "lrun flaky quarantine/release) or a file of node ids, one a line; they run as usual and a "
+        "failure is reported as xfail (default: none).",
+        str,
+        metavar="store|FILE",
     ),
     Option(
         "busy_wait",
@@ -404,6 +423,8 @@ class Settings:
     shards: int  # 0: auto
     shard: ShardOf | None
     infra_retries: int
+    flaky_attempts: int
+    quarantine: str | None
     busy_wait: float
     state_dir: Path | None
     store: str | None

@@ -24,6 +24,7 @@ __all__ = [
     "ENV_NAMES_EXPECTED",
     "ENV_NAME_RE",
     "GIB",
+    "MAX_FLAKY_ATTEMPTS",
     "MAX_INFRA_RETRIES",
     "MAX_SECONDS",
     "MAX_SIZE",
@@ -49,6 +50,7 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 # Retrying an infrastructure failure more often than this hides a broken fleet.
 MAX_INFRA_RETRIES = 10
+MAX_FLAKY_ATTEMPTS = 10
 # Waits, socket timeouts and lock timeouts overflow near 9.2e9 s: refuse long before that.
 MAX_SECONDS = 1e9
 # The engine stores sizes as int64.
@@ -170,6 +172,17 @@ def parse_retries(text: str) -> int:
         count = -1
     if not 0 <= count <= MAX_INFRA_RETRIES:
         raise ValueError(f"expected a whole number from 0 to {MAX_INFRA_RETRIES}")
+    return count
+
+
+def parse_attempts(text: str) -> int:
+    """A count of attempts in all, 1 to :data:`MAX_FLAKY_ATTEMPTS`."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_FLAKY_ATTEMPTS:
+        raise ValueError(f"expected a whole number from 1 to {MAX_FLAKY_ATTEMPTS}")
     return count
 
 

@@ -6,7 +6,7 @@ the module that owns it (the file store's records: :mod:`pytest_lrun.store.files
 hash stat caches: the tree layer, :mod:`pytest_lrun.tree`; the build logs:
 :mod:`pytest_lrun.run.images`)::
 
-    runs/  active/  locks/  completed/  corrupt/  queue/  durations/  batches/
+    runs/  active/  locks/  completed/  corrupt/  queue/  durations/  outcomes/  batches/
     hashcache/  builds/
 
 Every module that reads or writes a run's files (the store, dispatch, recovery,
@@ -49,6 +49,7 @@ __all__ = [
     "HASHCACHE_DIR",
     "HOME_STATE_DIR",
     "LOCKS_DIR",
+    "OUTCOMES_DIR",
     "QUEUE_DIR",
     "RECORD",
     "RUNS_DIR",
@@ -70,6 +71,7 @@ COMPLETED_DIR = "completed"  # the newest completed run of each key (the file st
 CORRUPT_DIR = "corrupt"  # files that did not parse, moved aside, never deleted (the file store)
 QUEUE_DIR = "queue"  # each machine's line of waiters for a slot (the file store)
 DURATIONS_DIR = "durations"  # the inner tests' durations per suite (the file store)
+OUTCOMES_DIR = "outcomes"  # the inner tests' outcomes per run key (the file store)
 BATCHES_DIR = "batches"  # batch records (the file store)
 HASHCACHE_DIR = "hashcache"  # stat caches of hashed trees (any store)
 BUILDS_DIR = "builds"  # image build logs per machine (any store)

@@ -3,6 +3,7 @@
 * :mod:`.live`: inner results as pytest reports, as they come (:class:`~.live.RunReports`);
 * :mod:`.making`: the pytest reports of one run's inner tests, and which reports are pytest-lrun's;
 * :mod:`.run_report`: a run's own report, ``DIR::lrun[machine]``;
+* :mod:`.flaky`: each inner test reported once over its reruns, and named flaky when it passed on one;
 * :mod:`.failures`: failure text as a report's ``longrepr``, and why a stopped test failed;
 * :mod:`.naming`: dispatched directories and their inner tests as the host names them;
 * :mod:`.outcomes`: what a job came to (a result, an error, a detached run);

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from pytest_lrun.core.text import printable
+from pytest_lrun.report.flaky import is_flaky
 from pytest_lrun.report.making import is_lrun_report
 
 # A failure whose message starts so is an assertion (allure's "failed"); anything else is "broken".
@@ -160,6 +161,9 @@ def _status(reports: list[pytest.TestReport]) -> tuple[str, Any]:
                 return "skipped", StatusDetails(message=f"XFAIL {report.wasxfail}".strip())
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longreprtext
             return "skipped", StatusDetails(message=str(reason))
+    flaky = next((r.lrun_flaky for r in reports if is_flaky(r)), None)
+    if flaky is not None:  # Allure's own flag: the report marks it, and its history counts it
+        return "passed", StatusDetails(flaky=True, message=f"FLAKY: {flaky.line()}", trace=flaky.text())
     xpass = next((r for r in reports if hasattr(r, "wasxfail")), None)
     if xpass is not None:
         return "passed", StatusDetails(message=f"XPASS {xpass.wasxfail}".strip())

@@ -10,8 +10,9 @@ Active when ``GITHUB_ACTIONS=true`` (GitHub sets it in every job):
 * the job summary (markdown appended to ``$GITHUB_STEP_SUMMARY``): the counts,
   the runs table, and each failure with a link to its file and line in the
   repository (when ``GITHUB_REPOSITORY`` and ``GITHUB_SHA`` are set) and its
-  run's log in the report folder; kept under :data:`MAX_SUMMARY_BYTES` (GitHub
-  refuses more than 1 MiB a step).
+  run's log in the report folder, then each inner test that passed on a rerun
+  (flaky, :mod:`.flaky`); kept under :data:`MAX_SUMMARY_BYTES` (GitHub refuses
+  more than 1 MiB a step).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from pytest_lrun.core.text import printable
+from pytest_lrun.report.flaky import Flaky, is_flaky
 from pytest_lrun.report.making import is_lrun_report
 
 MAX_ANNOTATIONS = 10
@@ -73,11 +75,14 @@ class GithubActions:
         self.runs_table = runs_table
         self.shown = shown
         self.failures: list[Failure] = []
+        self.flaky: list[Flaky] = []
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.failed and is_lrun_report(report):
             self.failures.append(self._failure(report))
+        elif report.when == "call" and is_flaky(report):
+            self.flaky.append(report.lrun_flaky)
 
     def _failure(self, report: pytest.TestReport) -> Failure:
         crash: Any = getattr(report.longrepr, "reprcrash", None)
@@ -120,17 +125,23 @@ class GithubActions:
         if len(table) > 1:
             head += [*_markdown_table(table), ""]
         lines: list[str] = []
-        if self.failures:
-            lines += [f"#### Failures ({len(self.failures)})", ""]
         size = len("\n".join(head).encode()) + 200
-        for number, failure in enumerate(self.failures):
-            line = self._failure_line(failure)
-            size += len(line.encode()) + 1
-            if size > MAX_SUMMARY_BYTES:
-                lines.append(f"- ... and {len(self.failures) - number} more (the summary's size limit)")
-                break
-            lines.append(line)
-        return "\n".join(head + lines) + "\n"
+        failures = [self._failure_line(failure) for failure in self.failures]
+        flaky = [
+            printable(f"- `{test.nodeid}`: {_inline(test.line()[:MAX_MESSAGE_CHARS])}") for test in self.flaky
+        ]
+        for title, listed in (("Failures", failures), ("Flaky: passed on a rerun", flaky)):
+            if not listed:
+                continue
+            lines += [f"#### {title} ({len(listed)})", ""]
+            for number, line in enumerate(listed):
+                size += len(line.encode()) + 1
+                if size > MAX_SUMMARY_BYTES:
+                    lines.append(f"- ... and {len(listed) - number} more (the summary's size limit)")
+                    break
+                lines.append(line)
+            lines.append("")
+        return "\n".join(head + lines).rstrip("\n") + "\n"
 
     def _failure_line(self, failure: Failure) -> str:
         where = f"{failure.path}:{failure.line}" if failure.line else failure.path

@@ -10,7 +10,9 @@ plugin adds to them first (``tryfirst``; pytest-html's hook runs last):
 * the run's log as a text extra on the run's own report (its last
   :data:`MAX_LOG_BYTES`), and a link to the whole file (all a failing test gets);
 * every other file as a link, relative to the HTML file (the report folder is
-  uploaded beside it).
+  uploaded beside it);
+* for an inner test that passed on a rerun (:mod:`.flaky`), its earlier failures as a
+  text extra, ``lrun flaky``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from pytest_lrun.core.text import printable
+from pytest_lrun.report.flaky import Flaky
 from pytest_lrun.report.run_report import is_run_report
 from pytest_lrun.run.logs import tail
 
@@ -47,6 +50,12 @@ class HtmlExtras:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        flaky = getattr(report, "lrun_flaky", None) if report.when == "teardown" else None
+        if isinstance(flaky, Flaky):
+            from pytest_html import extras as html
+
+            note = html.text(flaky.text(), name="lrun flaky")
+            report.extras = [*getattr(report, "extras", []), note]  # type: ignore[attr-defined]
         files = getattr(report, "lrun_attachments", None)
         if not files:
             return

@@ -25,6 +25,11 @@ When the run ends, :meth:`RunReports.finish` reports what is left:
   local tests, nothing new is reported after the session decided to stop;
 * every run has one report of its own, ``DIR::lrun[machine]``, which carries its
   log and artifacts (:mod:`.run_report`).
+
+Every inner test's hook calls go through the job's :class:`~.flaky.FlakyGate`: under
+``--lrun-flaky-attempts`` the failed tests of a run that is rerun (:meth:`RunReports.rerun`)
+are held back, so each test is reported once with its final outcome, and a quarantined
+test's failure goes out as an xfail.
 """
 
 from __future__ import annotations
@@ -41,12 +46,13 @@ from pytest_lrun.core.errors import SESSION_STOPPED, LrunError
 from pytest_lrun.core.layout import RunFiles
 from pytest_lrun.report.evidence import Evidence
 from pytest_lrun.report.failures import stopped_reason, was_stopped, where_stopped
+from pytest_lrun.report.flaky import FlakyGate, Quarantine
 from pytest_lrun.report.hostpaths import HostPaths
 from pytest_lrun.report.making import Outcome, ReportMaker, case_location
 from pytest_lrun.report.naming import NodeIds, shown_dir
 from pytest_lrun.report.outcomes import Detached, JobOutcome
 from pytest_lrun.report.run_report import InnerTally, run_item
-from pytest_lrun.run.spec import RunSpec
+from pytest_lrun.run.spec import RunResult, RunSpec
 from pytest_lrun.store import Run
 from pytest_lrun.wire.events import Collected, Event, Finished, Location, PhaseReport, Start
 from pytest_lrun.wire.junit import CaseResult
@@ -76,6 +82,8 @@ class RunReports:
         write: Callable[[str], None] = lambda line: None,
         evidence: Evidence | None = None,
         on_counted: Callable[[], None] = lambda: None,
+        flaky_attempts: int = 1,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.session = session
         self.config = session.config
@@ -105,6 +113,16 @@ class RunReports:
         self._finish: Finished | None = None
         self.counted = False  # whether every test of the run is in the session's count
         self._on_counted = on_counted  # told when it becomes so, before the run's next report
+        # Each inner test's reports go out once, with its outcome over every attempt (--lrun-flaky-attempts).
+        # A quarantined test is named as the terminal names it, without a machine's @suffix.
+        listed = quarantine or Quarantine({})
+        self.gate = FlakyGate(
+            self.config,
+            flaky_attempts,
+            lambda: self.run.id if self.run else "",
+            lambda inner: listed.reason(self.names.prefix + inner),
+        )
+        self._rerun = False  # whether the run under way reruns failed tests of an earlier one
 
     @property
     def run(self) -> Run | None:
@@ -125,6 +143,29 @@ class RunReports:
         self.session.testscollected -= self.progress.collected
         self.progress = Progress()
         self.counted = False
+
+    def rerun(self, ended: RunResult, attempt: int) -> None:
+        """``ended`` reported all it had (its failed tests held back), and attempt number
+        ``attempt`` runs them again as a new run: its events count from 0, its tests once more."""
+        if ended.events:
+            self.feed(ended.events)
+        self._publish(ended.run)
+        self._seen, self._collected, self._finish = -1, None, None
+        self._inner_failures = 0
+        self._rerun = True
+        again = {event.nodeid for event in ended.events or () if isinstance(event, PhaseReport)}
+        for nodeid in again & self._failed:
+            self._started.pop(nodeid, None)
+            self._ended.discard(nodeid)
+        self._failed -= again
+        self.gate.next_attempt(attempt)
+
+    def _publish(self, run: Run) -> None:
+        """An earlier attempt's log and artifacts, which its held failures point to, in the report folder."""
+        try:
+            self.make.evidence.publish(run, self.make.label())
+        except OSError as e:
+            self.say(f"warning: the log and artifacts of run {run.id} were not published: {e}")
 
     def feed(self, events: Iterable[Event]) -> None:
         """Report ``events`` (in the order written; any already handled are skipped)."""
@@ -162,6 +203,8 @@ class RunReports:
 
     def _on_collected(self, event: Collected) -> None:
         self._collected = event
+        if self._rerun:  # the tests of a rerun were counted by the first attempt
+            return
         if not self._by_keywords:  # under a host -k/-m, each test counts once its keywords decide it
             self.counted = True
             self._on_counted()
@@ -210,7 +253,7 @@ class RunReports:
         if nodeid not in self._started:
             start = self._pending.pop(nodeid) if nodeid in self._pending else None
             self._logstart(start or Start(event.n, nodeid, event.location))
-        self._fire(self._test_report(event))
+        self._fire(self._test_report(event), nodeid)
         if event.when == "teardown":
             self._ended.add(nodeid)
             self._logfinish(nodeid)
@@ -239,7 +282,13 @@ class RunReports:
 
     def finish(self, outcome: JobOutcome, hook_error: Exception | None = None) -> None:
         """Report what the run's end adds (see the module docstring); ``hook_error``: a plugin's
-        ``pytest_lrun_run_finished`` raised, and the run's own report fails with it."""
+        ``pytest_lrun_run_finished`` raised, and the run's own report fails with it. The job
+        ends with it: failures held back for a rerun that never reported them go out, even
+        when the session stops."""
+        self._finish_run(outcome, hook_error)
+        self.gate.release()
+
+    def _finish_run(self, outcome: JobOutcome, hook_error: Exception | None) -> None:
         self.counted = True
         self._on_counted()
         if isinstance(outcome, LrunError | Detached):
@@ -293,12 +342,13 @@ class RunReports:
             self._fire(
                 self.make.report(
                     nodeid, start.location, "call", "failed", longrepr, sections=sections, duration=duration
-                )
+                ),
+                nodeid,
             )
             self._failed.add(nodeid)
             teardown = self.make.report(nodeid, start.location, "teardown", "passed", None, sections=sections)
             self.make.attach(teardown, [self.make.run_evidence().log])
-            self._fire(teardown)
+            self._fire(teardown, nodeid)
             self._ended.add(nodeid)
             self._logfinish(nodeid)
         # Under a host -k/-m, a test never started has no keywords to decide it by: not reported.
@@ -309,9 +359,9 @@ class RunReports:
                     continue
                 where = (str(self.spec.test_dir / nodeid.split("::")[0]), None, reason)
                 self._logstart(Start(-1, nodeid, None))
-                self._fire(self.make.report(nodeid, None, "setup", "skipped", where))
+                self._fire(self.make.report(nodeid, None, "setup", "skipped", where), nodeid)
                 # A passed teardown: --junitxml writes a test's properties and output from it.
-                self._fire(self.make.report(nodeid, None, "teardown", "passed", None))
+                self._fire(self.make.report(nodeid, None, "teardown", "passed", None), nodeid)
                 self._ended.add(nodeid)
                 self._logfinish(nodeid)
 
@@ -323,7 +373,9 @@ class RunReports:
 
     def _run_report(self, outcome: JobOutcome | BaseException) -> None:
         """The run's own report, ``DIR::lrun[machine]`` (see :mod:`.run_report`): counted, it is
-        started and finished as a test is."""
+        started and finished as a test is. Failures held back for a rerun that never reported
+        them go out first: the job ends with this report."""
+        self.gate.release()
         has_inner = self._collected is not None or self._seen >= 0 or self.progress.collected > 0
         explained = self.progress.failed + self._inner_failures  # exit 1 (failures), 2 (collection errors)
         tally = InnerTally(collected=self._collected is not None, has_inner=has_inner, explained=explained)
@@ -341,7 +393,7 @@ class RunReports:
         inner = case.nodeid_hint
         self._logstart(Start(-1, inner, case_location(case)))
         for report in self.make.case_reports(case):
-            self._fire(report)
+            self._fire(report, inner)
         self._ended.add(inner)
         self._logfinish(inner)
 
@@ -350,8 +402,8 @@ class RunReports:
     def _logstart(self, start: Start) -> None:
         self._started.setdefault(start.nodeid, start)
         self.progress.running = start.nodeid
-        self.config.hook.pytest_runtest_logstart(
-            nodeid=self.names.nodeid(start.nodeid), location=self.names.location(start.nodeid, start.location)
+        self.gate.start(
+            start.nodeid, self.names.nodeid(start.nodeid), self.names.location(start.nodeid, start.location)
         )
 
     def _logfinish(self, inner: str) -> None:
@@ -360,14 +412,13 @@ class RunReports:
         if self.progress.running == inner:
             self.progress.running = None
         location: Location | None = start.location if start else None
-        self.config.hook.pytest_runtest_logfinish(
-            nodeid=self.names.nodeid(inner), location=self.names.location(inner, location)
-        )
+        self.gate.finish(inner, self.names.nodeid(inner), self.names.location(inner, location))
 
-    def _fire(self, report: pytest.TestReport) -> None:
+    def _fire(self, report: pytest.TestReport, inner: str | None = None) -> None:
+        """Report ``report``; one of inner test ``inner`` goes through the flaky gate."""
         if report.failed and not hasattr(report, "wasxfail"):
             self.progress.failed += 1
-        self.config.hook.pytest_runtest_logreport(report=report)
+        self.gate.report(inner, report)
 
     def _collectreport(self, inner: str, outcome: Outcome, longrepr: Any) -> None:
         if outcome == "failed":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pytest_lrun.core.errors import LrunError
@@ -11,8 +11,13 @@ from pytest_lrun.report.outcomes import Detached, JobOutcome, run_duration
 from pytest_lrun.run.spec import RunSpec
 
 
-def summary_rows(rows: Sequence[tuple[RunSpec, JobOutcome]], rootpath: Path) -> list[list[str]]:
-    """The terminal summary table: (entry,) dir, machine, short hash, status, origin, duration, run id."""
+def summary_rows(
+    rows: Sequence[tuple[RunSpec, JobOutcome]],
+    rootpath: Path,
+    flaky: Mapping[RunSpec, int] | None = None,
+) -> list[list[str]]:
+    """The terminal summary table: (entry,) dir, machine, short hash, status, origin, duration, run
+    id, and with ``flaky`` (``--lrun-flaky-attempts``) each job's flaky tests, the run it reran."""
     table = [["dir", "machine", "hash", "status", "origin", "duration", "run id"]]
     for spec, outcome in rows:
         shown = shown_dir(spec.test_dir, rootpath)
@@ -26,6 +31,13 @@ def summary_rows(rows: Sequence[tuple[RunSpec, JobOutcome]], rootpath: Path) -> 
             duration = "-" if isinstance(outcome, Detached) else f"{run_duration(run):.1f}s"
             row = [shown, run.machine, run.test_dir_hash[:8], run.status.value, origin, duration, run.id]
         table.append(row)
+    if flaky is not None:
+        table[0].append("flaky")
+        for (spec, outcome), row in zip(rows, table[1:], strict=True):
+            retry_of = None if isinstance(outcome, LrunError) else outcome.run.retry_of
+            if retry_of:
+                row[-1] += f" (retry of {retry_of})"
+            row.append(str(flaky.get(spec, 0)))
     if any(spec.plan_entry for spec, _ in rows):
         table[0].insert(0, "entry")
         for (spec, _), row in zip(rows, table[1:], strict=True):

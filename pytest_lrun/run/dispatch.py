@@ -86,6 +86,7 @@ from pytest_lrun.run.spec import EventSink, OutputSink, RunResult, RunSpec
 from pytest_lrun.run.verdict import engine_verdict, error_verdict, exit_verdict, infra_failure
 from pytest_lrun.store import Decision, Run, RunStore, Status
 from pytest_lrun.store.common import local_owner
+from pytest_lrun.store.outcomes import disagreed
 from pytest_lrun.tree.hashing import hash_dir
 from pytest_lrun.tree.snapshot import Snapshot
 from pytest_lrun.wire.junit import parse_junit
@@ -152,16 +153,17 @@ class Dispatcher:
 
     # -- entry points --------------------------------------------------------
 
-    def dispatch(self, spec: RunSpec, *, reuse: str | None = None) -> RunResult:
+    def dispatch(self, spec: RunSpec, *, reuse: str | None = None, retry_of: str | None = None) -> RunResult:
         """Run ``spec`` to a terminal status (or attach to / reuse an equal run).
 
         ``reuse`` overrides the dispatcher's for this spec (the inner collection before
         shards always takes a completed one: its key says all its result depends on).
         A run this dispatcher created that failed for its infrastructure
         (:func:`infra_failure`) is tried again, up to ``infra_retries`` times, as a new
-        run whose ``retry_of`` names the one before; a test that failed never is.
+        run whose ``retry_of`` names the one before; a test that failed never is here (the
+        session reruns failed inner tests as a new spec, whose ``retry_of`` it gives).
         """
-        result = self._dispatch_once(spec, reuse or self.reuse, None)
+        result = self._dispatch_once(spec, reuse or self.reuse, retry_of)
         for attempt in range(2, self.infra_retries + 2):
             if result.origin != "created" or self._cancelled.is_set() or not infra_failure(result):
                 break
@@ -290,7 +292,8 @@ class Dispatcher:
             for option in options:
                 key = run_key(dir_hash, option.image_id, option.spec)
                 cached = self.store.last_completed(option.spec.machine.name, key)
-                if cached is not None:
+                # Runs of this key that disagreed on a test prove it flaky: its pass proves nothing.
+                if cached is not None and not disagreed(self.store.outcomes(key)):
                     return _Prepared(cached, "cached", option.engine, option.spec)
         check_room(self.store.state_dir, self.terminal_reserve)  # state_full before anything is recorded
         shipment = snapshot_for(options[0].spec, self.store.hashcache_dir)

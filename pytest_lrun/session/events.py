@@ -2,7 +2,7 @@
 
 Worker threads (and the log pumps under them) never call a pytest hook or write to the
 terminal: they put a :data:`SessionEvent` on the :class:`EventQueue` -- a progress or
-output line, a run the store decided, a retried attempt, a run's inner events as the
+output line, a run the store decided, a retried attempt, a rerun of failed tests, a run's inner events as the
 container wrote them, a job's end -- and the main thread handles them in order.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pytest_lrun.report.outcomes import JobOutcome
-from pytest_lrun.run.spec import RunSpec
+from pytest_lrun.run.spec import RunResult, RunSpec
 from pytest_lrun.store import Run
 from pytest_lrun.wire.events import Event as InnerEvent
 
@@ -39,6 +39,17 @@ class Retried:
 
 
 @dataclass(frozen=True)
+class Rerun:
+    """A worker's word that the failed inner tests of a spec's run go again (``--lrun-flaky-attempts``):
+    ``ended`` is the attempt that failed, ``rerun`` the spec of attempt number ``attempt``."""
+
+    spec: RunSpec
+    ended: RunResult
+    rerun: RunSpec
+    attempt: int
+
+
+@dataclass(frozen=True)
 class Live:
     """Inner events of a run, as its log pump parsed them."""
 
@@ -58,7 +69,7 @@ class JobEnded:
 
 
 # What worker threads hand to the main thread (a str is a progress line).
-SessionEvent = str | Prepared | Retried | Live | JobEnded
+SessionEvent = str | Prepared | Retried | Rerun | Live | JobEnded
 
 
 class EventQueue:

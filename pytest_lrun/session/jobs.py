@@ -35,6 +35,9 @@ from pytest_lrun.session.terminal import shown_spec
 from pytest_lrun.store import Run, RunStore, Status
 from pytest_lrun.wire.events import Collected
 
+# Set in a rerun's container (--lrun-flaky-attempts): which attempt it is, from 2.
+ATTEMPT_ENV = "LRUN_ATTEMPT"
+
 
 @dataclass(frozen=True, eq=False)
 class Job:
@@ -72,6 +75,9 @@ class JobPlanner:
         self._build_tags: dict[Build, str] = {}  # each build's context is hashed once per invocation
         self.option_image: ImageSource | None = settings.image or self._option_build(settings.build)
         self._presentation: set[str] = set()  # the presentation options forwarded (forward.py)
+        # Each pytest spec's command before its node ids, and its selection: what a rerun of some
+        # of its inner tests (--lrun-flaky-attempts) is made of.
+        self._rerun_bases: dict[RunSpec, tuple[tuple[str, ...], Selection]] = {}
 
     def _shown(self, spec: RunSpec) -> str:
         return shown_spec(spec, self.config.rootpath)
@@ -315,13 +321,15 @@ class JobPlanner:
         option = self.config.option
         selection = Selection(option.keyword or None, option.markexpr or None, nodeids)
         inner = tuple(command or settings.command or DEFAULT_COMMAND)
+        base = inner  # the command before its node ids (under --lrun-select=host, all of it)
         if pytest_arguments_at(inner) is None:
             if nodeids:
                 raise ConfigError(str(test_dir), "node ids select inner tests of a pytest command only")
         elif settings.select == "container":
             presentation = forwarded(option, inner)
             self._presentation.update(presentation)
-            inner += presentation + selection.inner_arguments(machine.workdir)
+            base = inner + presentation
+            inner = base + selection.inner_arguments(machine.workdir)
             if option.collectonly:
                 inner += ("--collect-only", "-q")
         spec = RunSpec(
@@ -344,4 +352,20 @@ class JobPlanner:
             replace(spec, machine=placed).environment()
         if settings.select == "host" and selection:
             self.selections[spec] = selection
+        if pytest_arguments_at(inner) is not None and not option.collectonly:
+            # Under --lrun-select=host the host keeps -k and -m: a rerun picks node ids only.
+            self._rerun_bases[spec] = (base, selection if settings.select == "container" else Selection())
         return spec
+
+    def rerun_spec(self, spec: RunSpec, nodeids: Sequence[str], attempt: int) -> RunSpec | None:
+        """``spec`` again as attempt number ``attempt`` for only its inner tests ``nodeids`` (those
+        that failed), selected as node id arguments select them (and shards do), on the same
+        machine or tag, with ``LRUN_ATTEMPT`` in its environment; None for a spec that cannot
+        select by node id (a command other than pytest, a run attached to)."""
+        known = self._rerun_bases.get(spec)
+        if known is None:
+            return None
+        base, selection = known
+        picked = replace(selection, nodeids=tuple(nodeids))
+        command = base + picked.inner_arguments(spec.machine.workdir)
+        return replace(spec, command=command, env={**spec.env, ATTEMPT_ENV: str(attempt)})

@@ -29,12 +29,14 @@ from typing import Any
 import pytest
 
 from pytest_lrun.config.machines import Machine, machine_resolver
+from pytest_lrun.config.quarantine import FROM_STORE, read_quarantine_file
 from pytest_lrun.config.select import HostSelection
 from pytest_lrun.config.settings import Settings
 from pytest_lrun.core.errors import EXIT_ENGINE_UNREACHABLE, ConfigError, EngineUnreachable, LrunError
 from pytest_lrun.engine import Engine
 from pytest_lrun.engine.pool import EnginePool, connect
 from pytest_lrun.report.evidence import Evidence, default_report_dir
+from pytest_lrun.report.flaky import Flaky, Quarantine, TestStatus, flaky_status
 from pytest_lrun.report.github import is_github_actions
 from pytest_lrun.report.live import RunReports
 from pytest_lrun.report.naming import dir_nodeid, run_suffix
@@ -46,18 +48,22 @@ from pytest_lrun.run.dispatch import Dispatcher
 from pytest_lrun.run.gc import gc
 from pytest_lrun.run.recovery import reconcile
 from pytest_lrun.run.spec import RunResult, RunSpec
-from pytest_lrun.session.events import EventQueue, JobEnded, Live, Prepared, Retried, SessionEvent
+from pytest_lrun.session.events import EventQueue, JobEnded, Live, Prepared, Rerun, Retried, SessionEvent
 from pytest_lrun.session.jobs import Job, JobPlanner
+from pytest_lrun.session.reruns import Reruns
 from pytest_lrun.session.terminal import (
     ProgressLines,
     Terminal,
     TerminalProgress,
     index_teardown_reports,
     shown_spec,
+    write_flaky,
+    write_quarantined,
     write_summary,
 )
 from pytest_lrun.session.workers import Workers
 from pytest_lrun.store import Batch, Run, RunStore, open_store
+from pytest_lrun.store.outcomes import outcomes_of
 
 
 class LrunSession:
@@ -99,8 +105,12 @@ class LrunSession:
         self.jobs: list[Job] = []
         self.outcomes: dict[RunSpec, Future[JobOutcome]] = {}
         self.reports: dict[RunSpec, RunReports] = {}
+        self._rerun_of: dict[RunSpec, RunSpec] = {}  # a rerun's spec -> its job's (--lrun-flaky-attempts)
+        self.quarantine: Quarantine | None = None  # --lrun-quarantine, read at session start
         self._by_run: dict[str, RunReports] = {}
         self.planner = JobPlanner(config, settings, self.store, resolver, self.dispatcher, self.terminal.say)
+        if settings.flaky_attempts > 1:  # a job's failed inner tests run again, as the planner selects them
+            self.workers.reruns = Reruns(settings.flaky_attempts, self.planner.rerun_spec)
         self._progress = TerminalProgress(config)
         start = config.invocation_params.dir
         report_dir = settings.report_dir or default_report_dir(
@@ -148,7 +158,12 @@ class LrunSession:
     def _runs_table(self) -> list[list[str]]:
         """The summary table (header first) of the runs that ended."""
         rows = self._ended()
-        return summary_rows(rows, self.config.rootpath) if rows else []
+        if not rows:
+            return []
+        flaky = None
+        if self.settings.flaky_attempts > 1:
+            flaky = {spec: len(reports.gate.flaky) for spec, reports in self.reports.items()}
+        return summary_rows(rows, self.config.rootpath, flaky)
 
     @property
     def specs(self) -> list[RunSpec]:
@@ -215,19 +230,27 @@ class LrunSession:
         if isinstance(event, str):
             self.terminal.say(event)
         elif isinstance(event, Prepared):
-            reports = self.reports.get(event.spec)
+            reports = self._reports_of(event.spec)
             if reports is not None:  # not a run of its own (the inner collection before shards)
                 reports.prepared(event.run, event.origin)
                 self._by_run[event.run.id] = reports
         elif isinstance(event, Retried):
-            reports = self.reports.get(event.spec)
+            reports = self._reports_of(event.spec)
             if reports is not None:
                 reports.retried(event.failed)
+        elif isinstance(event, Rerun):
+            self._rerun_of[event.rerun] = event.spec
+            self.reports[event.spec].rerun(event.ended, event.attempt)
+            self._save_outcomes(event.spec, event.ended)
         elif isinstance(event, Live):
             if event.run_id in self._by_run:  # not a run reconcile adopted for nobody
                 self._by_run[event.run_id].feed(event.events)
         else:
             self._job_ended(event)
+
+    def _reports_of(self, spec: RunSpec) -> RunReports | None:
+        """The reports of ``spec``'s job (a rerun's are its job's); None for a run of no job's own."""
+        return self.reports.get(self._rerun_of.get(spec, spec))
 
     def _job_ended(self, event: JobEnded) -> None:
         future = self.outcomes[event.spec]
@@ -242,6 +265,7 @@ class LrunSession:
             future.cancel()  # never began: the session stopped first, or nothing to collect
             return
         self._save_durations(event.spec, event.outcome)
+        self._save_outcomes(event.spec, event.outcome)
         if isinstance(event.outcome, RunResult) and event.outcome.events:
             # A cached or replayed run's tests first, then the line that says how it ended.
             reports.prepared(event.outcome.run, event.outcome.origin)
@@ -269,18 +293,40 @@ class LrunSession:
             shown = shown_spec(spec, self.config.rootpath)
             self.terminal.say(f"warning: the inner durations of {shown} were not kept: {e}")
 
+    def _save_outcomes(self, spec: RunSpec, outcome: JobOutcome) -> None:
+        """Keep how the inner tests of a run that ran them came out, under its key: two runs of
+        one key that disagree prove a test flaky (``lrun flaky``)."""
+        if not isinstance(outcome, RunResult) or outcome.origin != "created" or not outcome.events:
+            return
+        try:
+            suite = dir_nodeid(spec.test_dir, self.config.rootpath)
+            self.store.save_outcomes(outcomes_of(outcome.run, suite, outcome.events))
+        except (LrunError, OSError) as e:  # costs `lrun flaky` its evidence, never this run
+            shown = shown_spec(spec, self.config.rootpath)
+            self.terminal.say(f"warning: the inner outcomes of {shown} were not kept: {e}")
+
     # -- hooks ----------------------------------------------------------------------
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         try:
             self.jobs = self.planner.plan_jobs()
+            self.quarantine = self._read_quarantine()
         except LrunError as e:
             raise pytest.UsageError(f"pytest-lrun: {e}") from e
         if self.settings.plan or self.settings.attach:
             # The plan (or the attached runs) name the directories: collect exactly those.
             self.config.args[:] = sorted({str(spec.test_dir) for spec in self.specs})
         self._reconcile()
+
+    def _read_quarantine(self) -> Quarantine | None:
+        """The tests ``--lrun-quarantine`` names: the store's list, or a file's."""
+        source = self.settings.quarantine
+        if source is None:
+            return None
+        if source == FROM_STORE:
+            return Quarantine({entry.nodeid: entry.since for entry in self.store.quarantined_tests()})
+        return Quarantine(read_quarantine_file(self.config.invocation_params.dir / source))
 
     def _reconcile(self) -> None:
         """Settle live runs left by earlier processes on this invocation's machines."""
@@ -310,6 +356,8 @@ class LrunSession:
                 write=self.terminal.write_line,
                 evidence=self.evidence,
                 on_counted=self._counted,
+                flaky_attempts=self.settings.flaky_attempts,
+                quarantine=self.quarantine,
             )
         self.start()
         return True
@@ -324,10 +372,13 @@ class LrunSession:
         return True
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> TestStatus | None:
         """A run's own report that passed beside inner tests is no test of the user's: the
-        terminal neither counts nor shows it (see :mod:`pytest_lrun.report.run_report`)."""
-        return ("", "", "") if is_uncounted(report) else None
+        terminal neither counts nor shows it (see :mod:`pytest_lrun.report.run_report`). An
+        inner test that passed on a rerun is counted ``flaky`` (:mod:`pytest_lrun.report.flaky`)."""
+        if is_uncounted(report):
+            return ("", "", "")
+        return flaky_status(report)
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         self.terminal.say("interrupted: killing this session's containers")
@@ -369,6 +420,15 @@ class LrunSession:
         detached = [outcome for _spec, outcome in self._ended() if isinstance(outcome, Detached)]
         attach_to = (self.planner.batch_id or detached[0].run.id) if detached else None
         write_summary(terminalreporter, table, self._batch, attach_to, self.store.problems)
+        write_flaky(terminalreporter, self.flaky())
+        write_quarantined(
+            terminalreporter,
+            [entry for reports in self.reports.values() for entry in reports.gate.quarantined.items()],
+        )
+
+    def flaky(self) -> list[Flaky]:
+        """The inner tests that failed, then passed on a rerun, in the order they were reported."""
+        return [flaky for reports in self.reports.values() for flaky in reports.gate.flaky]
 
     @pytest.hookimpl(trylast=True)
     def pytest_lrun_make_engine(self, machine: Machine, config: pytest.Config) -> Engine:

@@ -10,13 +10,14 @@ keeps the terminal's failure summary linear (:func:`index_teardown_reports`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_lrun.core.text import format_table
+from pytest_lrun.report.flaky import Flaky
 from pytest_lrun.report.live import RunReports
 from pytest_lrun.report.naming import shown_dir
 from pytest_lrun.run.spec import RunSpec
@@ -163,6 +164,26 @@ def write_summary(
         terminalreporter.write_line(f"detached: attach with pytest --lrun-attach={attach_to}")
     for problem in problems:
         terminalreporter.write_line(f"lrun: warning: {problem}", yellow=True)
+
+
+def write_flaky(terminalreporter: Any, flaky: Sequence[Flaky]) -> None:
+    """The ``lrun flaky tests`` section: each inner test that failed, then passed on a rerun
+    (``--lrun-flaky-attempts``), and how its first failure went."""
+    if not flaky:
+        return
+    terminalreporter.section("lrun flaky tests", yellow=True)
+    for test in flaky:
+        terminalreporter.write_line(f"FLAKY {test.nodeid} - {test.line()}", yellow=True)
+
+
+def write_quarantined(terminalreporter: Any, failed: Sequence[tuple[str, str]]) -> None:
+    """The ``lrun quarantined tests`` section: each quarantined test that failed, reported as xfail
+    (``--lrun-quarantine``), with its reason."""
+    if not failed:
+        return
+    terminalreporter.section("lrun quarantined tests", yellow=True)
+    for nodeid, reason in failed:
+        terminalreporter.write_line(f"QUARANTINED {nodeid} - failed; {reason}", yellow=True)
 
 
 def index_teardown_reports(reporter: Any) -> None:

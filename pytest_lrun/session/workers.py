@@ -3,7 +3,8 @@
 Per target (a machine or a ``tag:NAME``), as many threads as its machines have slots take
 that target's jobs in order: machines work in parallel, one machine's slots one job
 each. A thread runs a job to its end -- dispatched, started detached (``--lrun-detach``)
-or attached to (``--lrun-attach``) -- and starts no new one once the session stops
+or attached to (``--lrun-attach``), with its failed inner tests run again as :mod:`.reruns`
+decides -- and starts no new one once the session stops
 (``-x``, ``--maxfail``, Ctrl-C). What the threads and the dispatcher's callbacks have to
 say goes on the :class:`~.events.EventQueue` for the main thread: they never call a
 pytest hook nor write to the terminal.
@@ -23,9 +24,10 @@ from pytest_lrun.core.text import one_line
 from pytest_lrun.report.outcomes import Detached, JobOutcome
 from pytest_lrun.run.dispatch import Dispatcher
 from pytest_lrun.run.placement import pytest_arguments_at
-from pytest_lrun.run.spec import RunSpec
-from pytest_lrun.session.events import EventQueue, JobEnded, Live, Retried
+from pytest_lrun.run.spec import RunResult, RunSpec
+from pytest_lrun.session.events import EventQueue, JobEnded, Live, Rerun, Retried
 from pytest_lrun.session.jobs import Job
+from pytest_lrun.session.reruns import Reruns
 from pytest_lrun.session.terminal import shown_spec
 from pytest_lrun.store import Run
 from pytest_lrun.wire.events import Event as InnerEvent
@@ -40,6 +42,7 @@ class Workers:
         self.rootpath = rootpath
         self.detach = detach
         self.infra_retries = infra_retries
+        self.reruns: Reruns | None = None  # --lrun-flaky-attempts: a job's failed inner tests run again
         self.collect_only = False
         self.dispatcher: Dispatcher | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -126,7 +129,26 @@ class Workers:
             if result.run.status.is_terminal:
                 return result  # failed before it began, or a cached result
             return Detached(result.run, self._batch_id)
-        return self.dispatcher.dispatch(job.spec)
+        return self._dispatch(job.spec)
+
+    def _dispatch(self, spec: RunSpec) -> RunResult:
+        """Run ``spec``, then its failed inner tests again while :class:`.Reruns` says so."""
+        assert self.dispatcher is not None
+        result = self.dispatcher.dispatch(spec)
+        attempt = 1
+        while self.reruns is not None and not self.dispatcher.stopping:
+            upcoming = self.reruns.next(spec, result, attempt)
+            if upcoming is None:
+                break
+            rerun, nodeids = upcoming
+            attempt += 1
+            self.events.put(
+                f"{spec.where}: {self._shown(spec)}: {_failed_tests(len(nodeids))} of run {result.run.id} "
+                f"run again (attempt {attempt} of {self.reruns.attempts})"
+            )
+            self.events.put(Rerun(spec, result, rerun, attempt))
+            result = self.dispatcher.dispatch(rerun, retry_of=result.run.id)
+        return result
 
     def _count(self, what: str, delta: int) -> None:
         with self._counts_lock:
@@ -174,6 +196,10 @@ class Workers:
         slots = sum(m.slots for m in spec.pool)
         busy = f"all {slots} slots busy, e.g. with run {blocker.id} on {blocker.machine}"
         self.events.put(f"{spec.where}: {self._shown(spec)} waits for a free slot ({busy})")
+
+
+def _failed_tests(count: int) -> str:
+    return "1 failed inner test" if count == 1 else f"{count} failed inner tests"
 
 
 def _describe(outcome: JobOutcome) -> str:

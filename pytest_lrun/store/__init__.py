@@ -4,13 +4,15 @@
   dispatch, recovery, the session and the CLI depend on;
 * :mod:`.records` holds the records every backend keeps (:class:`Run`,
   :class:`Batch`) and how they spell ids and times;
+* :mod:`.outcomes` holds the inner tests' outcomes kept per run key, and the flaky
+  tests they prove;
 * :mod:`.common` is what both backends do the same way (the rules of a new run,
   the busy wait, a run's owner on this host, the leftovers of crashes);
 * :mod:`.files` is the embedded default: records in one host's state dir, made
   safe across threads and processes with file locks. Its parts: :mod:`.file_io`
   (the base class :class:`~.file_io.FileRecords`: reading and writing each file),
   :mod:`.file_place` (placement and the lines of waiters), :mod:`.file_check`
-  (sweep and check), :mod:`.file_durations` and :mod:`.file_batches`;
+  (sweep and check), :mod:`.file_durations`, :mod:`.file_outcomes` and :mod:`.file_batches`;
 * :mod:`.postgres` keeps the records in a PostgreSQL database that every CI
   runner reaches (``--lrun-store=postgresql://...``, the ``postgres`` extra). Its
   parts: :mod:`.pg_io` (the base class :class:`~.pg_io.PostgresRecords`: a run as a

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pytest_lrun.core.layout import RunFiles
+from pytest_lrun.store.outcomes import InnerOutcome, Quarantined
 from pytest_lrun.store.records import Batch, Run, Status
 
 if TYPE_CHECKING:
@@ -302,6 +303,27 @@ class RunStore(Protocol):
 
     def durations(self, suite: str) -> dict[str, float]:
         """The recorded durations of ``suite``'s inner tests by node id (``{}`` when none)."""
+        ...
+
+    def save_outcomes(self, outcomes: Sequence[InnerOutcome]) -> None:
+        """Record how inner tests of terminal runs came out, each under its run's key (a run
+        recorded twice keeps one outcome per test; the newest ``MAX_KEPT`` per key and test count)."""
+        ...
+
+    def outcomes(self, key: str | None = None) -> builtins.list[InnerOutcome]:
+        """The inner outcomes kept under ``key`` (every key's when None), oldest first."""
+        ...
+
+    def quarantine_test(self, nodeid: str, since: float) -> Quarantined:
+        """Put ``nodeid`` on the quarantine list (already there: it keeps its date); the entry."""
+        ...
+
+    def release_test(self, nodeid: str) -> bool:
+        """Take ``nodeid`` off the quarantine list; whether it was on it."""
+        ...
+
+    def quarantined_tests(self) -> builtins.list[Quarantined]:
+        """The quarantine list, by node id."""
         ...
 
     def load_result(self, run: Run, parts: Collection[str] | None = None) -> None:

@@ -8,7 +8,8 @@ finds the machine busy with a different key (:meth:`FileStore.prepare`).
 Parts of the file store's work live in helper modules of their own, each
 owning its folder: :mod:`.file_place` (placing a new run on one of its candidate
 machines, and the lines of waiters in ``queue/``), :mod:`.file_check` (sweep and
-check), :mod:`.file_durations` (``durations/``) and :mod:`.file_batches` (``batches/``).
+check), :mod:`.file_durations` (``durations/``), :mod:`.file_outcomes` (``outcomes/``) and
+:mod:`.file_batches` (``batches/``).
 They and :class:`FileStore` read and write records through the base class
 :class:`~pytest_lrun.store.file_io.FileRecords` (:mod:`.file_io`: each run's record,
 the machines' indexes and locks, the cached-result pointers, ``corrupt/``).
@@ -24,7 +25,7 @@ State directory (``$LRUN_STATE_DIR``, else ``~/.lrun``; created with mode 0700):
                                   (h = xxh64 of the key), for cached results
     corrupt/                      state files that did not parse, moved aside, never deleted
     hashcache/                    stat caches of hashed trees (tree.statcache; rebuilt when missing)
-    queue/, durations/, batches/  lines of waiters, test durations, batch records (see above)
+    queue/, durations/, outcomes/, batches/  lines of waiters, test durations and outcomes, batch records
 
 ``<run-id>`` is time-sortable: ``YYYYmmddTHHMMSS-<8 hex>`` (UTC). ``<machine-key>``
 is the machine name made filesystem-safe plus the full xxh3-128 digest of the
@@ -84,7 +85,7 @@ from pytest_lrun.core.fsutil import fsync_dir, read_regular, remove_tree
 from pytest_lrun.core.layout import DELETING_PREFIX, machine_key
 from pytest_lrun.core.locking import hold
 from pytest_lrun.core.reserve import full, release
-from pytest_lrun.store import file_check, file_durations
+from pytest_lrun.store import file_check, file_durations, file_outcomes
 from pytest_lrun.store.base import Candidate, Decision, Sweep, Ticket
 from pytest_lrun.store.common import (
     SWEEP_GRACE_S,
@@ -97,6 +98,7 @@ from pytest_lrun.store.common import (
 from pytest_lrun.store.file_batches import FileBatchStore
 from pytest_lrun.store.file_io import FileRecords, sort_key
 from pytest_lrun.store.file_place import line_locked, place_once, write_line
+from pytest_lrun.store.outcomes import InnerOutcome, Quarantined
 from pytest_lrun.store.records import Run, Status, valid_id
 
 __all__ = ["FileStore"]
@@ -168,6 +170,22 @@ class FileStore(FileRecords):
     def durations(self, suite: str) -> dict[str, float]:
         """The durations kept for ``suite``; a file that does not parse counts as none (it is rewritten)."""
         return file_durations.load(self, suite)
+
+    def save_outcomes(self, outcomes: Sequence[InnerOutcome]) -> None:
+        """Merge ``outcomes`` into ``outcomes/<digest of key>.json``, each under its own lock."""
+        file_outcomes.save(self, outcomes)
+
+    def outcomes(self, key: str | None = None) -> builtins.list[InnerOutcome]:
+        return file_outcomes.load_all(self) if key is None else file_outcomes.load(self, key)
+
+    def quarantine_test(self, nodeid: str, since: float) -> Quarantined:
+        return file_outcomes.quarantine(self, nodeid, since)
+
+    def release_test(self, nodeid: str) -> bool:
+        return file_outcomes.release(self, nodeid)
+
+    def quarantined_tests(self) -> builtins.list[Quarantined]:
+        return file_outcomes.quarantined(self)
 
     def close(self) -> None:
         """Nothing to release: locks are taken and dropped per call."""

@@ -58,7 +58,7 @@ from pytest_lrun.store import pg_sql
 __all__ = ["SCHEMA_VERSION", "Connection", "Cursor", "Database", "dump", "lock_id"]
 
 #: The newest schema this code knows; :data:`.pg_sql.MIGRATIONS` leads up to it.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: Seconds beyond ``statement_timeout`` the client waits for an answer (the server's own cancel
 #: comes first) before it takes the server for frozen and cuts the connection.

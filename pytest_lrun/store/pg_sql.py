@@ -32,6 +32,8 @@ __all__ = [
     "CREATE_CORRUPT",
     "CREATE_DURATIONS",
     "CREATE_LINE",
+    "CREATE_OUTCOMES",
+    "CREATE_QUARANTINE",
     "CREATE_RESULT_CHUNKS",
     "CREATE_RESULT_PARTS",
     "CREATE_RUNS",
@@ -43,6 +45,7 @@ __all__ = [
     "CREATE_RUNS_LIVE_SLOT_INDEX",
     "CREATE_RUNS_ONE_LIVE_INDEX",
     "CREATE_SCHEMA_TABLE",
+    "DELETE_QUARANTINED",
     "DELETE_RESULT_CHUNKS",
     "DELETE_RESULT_PARTS",
     "DELETE_RUN",
@@ -51,6 +54,8 @@ __all__ = [
     "DROP_RUNS_ONE_LIVE_INDEX",
     "INSERT_BATCH_IF_NEW",
     "INSERT_LIVE_RUN_IF_FREE",
+    "INSERT_OUTCOME",
+    "INSERT_QUARANTINED",
     "INSERT_RESULT_CHUNK",
     "INSERT_RESULT_PART",
     "INSERT_RUN",
@@ -60,6 +65,7 @@ __all__ = [
     "MOVE_ASIDE",
     "MOVE_BATCH_ASIDE",
     "MOVE_RUN_ASIDE",
+    "PRUNE_OUTCOMES",
     "SELECT_BATCH",
     "SELECT_BATCHES",
     "SELECT_BATCHES_BY_ID",
@@ -69,7 +75,11 @@ __all__ = [
     "SELECT_LAST_COMPLETED",
     "SELECT_LINE",
     "SELECT_LIVE_ON_MACHINES",
+    "SELECT_OUTCOMES",
+    "SELECT_OUTCOMES_OF_KEY",
     "SELECT_PRUNABLE",
+    "SELECT_QUARANTINED",
+    "SELECT_QUARANTINED_ONE",
     "SELECT_RESULT_CHUNK",
     "SELECT_RESULT_PARTS",
     "SELECT_RUN",
@@ -216,6 +226,23 @@ CREATE_LINE = """CREATE TABLE lrun_line (
             seen double precision NOT NULL,
             PRIMARY KEY (machine, ticket))"""
 
+#: Each inner test's outcome (passed, failed) per run, under the run's key: two runs of one key
+#: that disagree prove the test flaky (``lrun flaky``, see :mod:`.outcomes`).
+CREATE_OUTCOMES = """CREATE TABLE lrun_outcomes (
+            key text NOT NULL,
+            suite text NOT NULL,
+            nodeid text NOT NULL,
+            run_id text NOT NULL,
+            machine text NOT NULL,
+            outcome text NOT NULL CHECK (outcome IN ('passed', 'failed')),
+            at double precision NOT NULL,
+            PRIMARY KEY (key, suite, nodeid, run_id))"""
+
+#: The quarantine list: tests whose failures --lrun-quarantine=store reports as xfail.
+CREATE_QUARANTINE = """CREATE TABLE lrun_quarantine (
+            nodeid text PRIMARY KEY,
+            since double precision NOT NULL)"""
+
 #: The statements that take the schema from version ``n - 1`` to ``n``, in order.
 MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     1: (
@@ -238,6 +265,7 @@ MIGRATIONS: Mapping[int, tuple[str, ...]] = {
     # No table changes: batch records may now hold the status "incomplete" and a "collected" list,
     # which older code would read as corrupt and move aside; it refuses a version-6 store instead.
     6: (),
+    7: (CREATE_OUTCOMES, CREATE_QUARANTINE),
 }
 
 # -- advisory locks (parameter: the lock's bigint, see pg_db.lock_id) ------------------
@@ -356,6 +384,39 @@ UPSERT_DURATION = """INSERT INTO lrun_durations (suite, nodeid, seconds) VALUES 
 
 #: The durations of suite ``%s`` (node id, seconds).
 SELECT_DURATIONS = "SELECT nodeid, seconds FROM lrun_durations WHERE suite = %s"
+
+# -- outcomes (lrun_outcomes) ---------------------------------------------------------
+
+#: Record one inner test's outcome in one run (key, suite, node id, run id, machine, outcome, at).
+INSERT_OUTCOME = """INSERT INTO lrun_outcomes (key, suite, nodeid, run_id, machine, outcome, at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"""
+
+#: Keep only the newest ``%(kept)s`` outcomes per test under key ``%(key)s`` (what is read counts no more).
+PRUNE_OUTCOMES = """DELETE FROM lrun_outcomes AS o USING (
+        SELECT suite, nodeid, run_id, row_number() OVER (
+            PARTITION BY suite, nodeid ORDER BY at DESC, run_id DESC) AS newer
+        FROM lrun_outcomes WHERE key = %(key)s) AS r
+    WHERE o.key = %(key)s AND o.suite = r.suite AND o.nodeid = r.nodeid AND o.run_id = r.run_id
+        AND r.newer > %(kept)s"""
+
+#: The outcomes kept under key ``%s``.
+SELECT_OUTCOMES_OF_KEY = """SELECT key, suite, nodeid, run_id, machine, outcome, at FROM lrun_outcomes
+    WHERE key = %s"""
+
+#: Every outcome kept.
+SELECT_OUTCOMES = "SELECT key, suite, nodeid, run_id, machine, outcome, at FROM lrun_outcomes"
+
+#: Put node id ``%s`` on the quarantine list since ``%s`` (one there keeps its date).
+INSERT_QUARANTINED = "INSERT INTO lrun_quarantine (nodeid, since) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+
+#: The entry of node id ``%s``.
+SELECT_QUARANTINED_ONE = "SELECT nodeid, since FROM lrun_quarantine WHERE nodeid = %s"
+
+#: Take node id ``%s`` off the list.
+DELETE_QUARANTINED = "DELETE FROM lrun_quarantine WHERE nodeid = %s"
+
+#: The whole list.
+SELECT_QUARANTINED = "SELECT nodeid, since FROM lrun_quarantine ORDER BY nodeid"
 
 # -- batches (lrun_batches) -----------------------------------------------------------
 

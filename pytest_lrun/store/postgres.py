@@ -66,6 +66,7 @@ from pytest_lrun.store.common import (
     owner_alive,
     retry_while_busy,
 )
+from pytest_lrun.store.outcomes import MAX_KEPT, InnerOutcome, Quarantined, newest
 from pytest_lrun.store.pg_batches import PostgresBatchStore
 from pytest_lrun.store.pg_db import Cursor, lock_id
 from pytest_lrun.store.pg_io import PostgresRecords, column, uncolumn
@@ -399,6 +400,54 @@ class PostgresStore(PostgresRecords):
     def durations(self, suite: str) -> dict[str, float]:
         rows = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_DURATIONS, (column(suite),)).fetchall())
         return {uncolumn(nodeid): float(seconds) for nodeid, seconds in rows}
+
+    def save_outcomes(self, outcomes: Sequence[InnerOutcome]) -> None:
+        """Insert each outcome (a run's test recorded already stays as it was), in one transaction."""
+        rows = [
+            (column(o.key), column(o.suite), column(o.nodeid), o.run_id, column(o.machine), o.outcome, o.at)
+            for o in outcomes
+        ]
+        keys = sorted({column(o.key) for o in outcomes})
+
+        def insert(cur: Cursor) -> None:
+            cur.executemany(pg_sql.INSERT_OUTCOME, rows)
+            for key in keys:  # bounded as the file store is: the newest MAX_KEPT per key and test
+                cur.execute(pg_sql.PRUNE_OUTCOMES, {"key": key, "kept": MAX_KEPT})
+
+        if rows:
+            self.db.atomic(insert, "inner outcomes")
+
+    def outcomes(self, key: str | None = None) -> builtins.list[InnerOutcome]:
+        def read(cur: Cursor) -> builtins.list[tuple[str, str, str, str, str, str, float]]:
+            if key is None:
+                return cur.execute(pg_sql.SELECT_OUTCOMES).fetchall()
+            return cur.execute(pg_sql.SELECT_OUTCOMES_OF_KEY, (column(key),)).fetchall()
+
+        rows = self.db.atomic(read)
+        return newest(
+            InnerOutcome(uncolumn(k), uncolumn(s), uncolumn(n), r, uncolumn(m), o, float(at))
+            for k, s, n, r, m, o, at in rows
+        )
+
+    def quarantine_test(self, nodeid: str, since: float) -> Quarantined:
+        def put(cur: Cursor) -> tuple[str, float]:
+            cur.execute(pg_sql.INSERT_QUARANTINED, (column(nodeid), since))
+            row = cur.execute(pg_sql.SELECT_QUARANTINED_ONE, (column(nodeid),)).fetchone()
+            assert row is not None  # inserted, or there already, in this transaction
+            return row[0], row[1]
+
+        _nodeid, kept = self.db.atomic(put, "the quarantine list")
+        return Quarantined(nodeid, float(kept))
+
+    def release_test(self, nodeid: str) -> bool:
+        deleted = self.db.atomic(
+            lambda cur: cur.execute(pg_sql.DELETE_QUARANTINED, (column(nodeid),)).rowcount
+        )
+        return bool(deleted)
+
+    def quarantined_tests(self) -> builtins.list[Quarantined]:
+        rows = self.db.atomic(lambda cur: cur.execute(pg_sql.SELECT_QUARANTINED).fetchall())
+        return [Quarantined(uncolumn(nodeid), float(since)) for nodeid, since in rows]
 
     def load_result(self, run: Run, parts: Collection[str] | None = None) -> None:
         """Fetch the stored result files of ``run`` (its ``parts``, default all) that this host lacks.

@@ -38,6 +38,7 @@ from pytest_lrun.core.times import parse_time
 from pytest_lrun.engine import LABEL_CREATED, LABEL_RUN, LABEL_STORE, ContainerState, Engine, ImageInfo
 from pytest_lrun.store import Decision, Run, RunStore, Status
 from pytest_lrun.store.files import FileStore
+from pytest_lrun.store.outcomes import InnerOutcome
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 UPDATE = os.environ.get("LRUN_UPDATE_GOLDEN") == "1"
@@ -247,6 +248,16 @@ def populated(world: World) -> Populated:
         'name="b"/><testcase classname="t" name="c"><skipped type="pytest.skip" message="s"/></testcase>'
         "</testsuite>\n"
     )
+    # Two runs of key-done disagreed on t.py::b (a third, of another key, proves nothing).
+    store.save_outcomes(
+        [
+            InnerOutcome("key-done", "suite", "t.py::b", "r-old", "m2", "failed", STAMP - 600),
+            InnerOutcome("key-done", "suite", "t.py::b", done.id, "m1", "passed", STAMP + 12.5),
+            InnerOutcome("key-done", "suite", "t.py::a", done.id, "m1", "passed", STAMP + 12.5),
+            InnerOutcome("key-failed", "other", "t.py::c", failed.id, "m2", "failed", STAMP + 65),
+        ]
+    )
+    store.quarantine_test("suite/t.py::b", STAMP + 86400)
     return Populated(done, failed, running, vanished)
 
 
@@ -322,6 +333,7 @@ CASES: dict[str, Case] = {
     "reap": Case(("reap", "--json")),
     "images": Case(("images", "--json")),
     "gc_images": Case(("gc", "--images", "--image-max-age", "0", "--json")),
+    "flaky": Case(("flaky", "--json")),
     "error": Case(("show", MISSING_RUN, "--json"), status=3),
 }
 
@@ -422,6 +434,9 @@ COMMANDS: list[tuple[tuple[str, ...], int, int]] = [
     (("reap",), 0, 0),
     (("images",), 0, 0),
     (("gc", "--images"), 0, 0),
+    (("flaky",), 0, 0),
+    (("flaky", "release", "suite/t.py::b"), 0, 0),
+    (("flaky", "quarantine"), 2, 2),
 ]
 
 

@@ -61,6 +61,7 @@ from pytest_lrun.core.errors import (
 from pytest_lrun.core.layout import RunFiles
 from pytest_lrun.store import BatchStatus, Candidate, Decision, Run, RunStore, Status, Sweep, Ticket
 from pytest_lrun.store.common import TICKET_TTL_S
+from pytest_lrun.store.outcomes import MAX_KEPT, InnerOutcome, Quarantined, disagreed, flaky_evidence
 from pytest_lrun.store.records import derive_status, valid_id
 
 CTX = multiprocessing.get_context("spawn")
@@ -1219,6 +1220,52 @@ def test_durations_are_kept_per_suite_and_node_id_newest_first(store: RunStore, 
     # Another runner of the store sees them (a shared store balances the whole fleet).
     assert peer.durations("suite") == {"t.py::a": 2.0, "t.py::b[\\u00e9 \udcff]": 0.25}
     assert peer.durations("other") == {"t.py::a": 9.0}
+
+
+def test_outcomes_are_kept_per_key_and_runs_that_disagree_prove_a_test_flaky(
+    store: RunStore, peer: RunStore
+) -> None:
+    odd = "t.py::b[\\u00e9 \udcff]"  # a node id a container made: escapes and a lone surrogate kept
+
+    def seen(
+        key: str, run_id: str, machine: str, outcome: str, at: float, nodeid: str = "t.py::b"
+    ) -> InnerOutcome:
+        return InnerOutcome(key, "suite", nodeid, run_id, machine, outcome, at)
+
+    assert store.outcomes() == [] and store.outcomes("k1") == []
+    store.save_outcomes(
+        [seen("k1", "r1", "m1", "failed", 10.0), seen("k1", "r1", "m1", "passed", 10.0, "t.py::a")]
+    )
+    store.save_outcomes([seen("k1", "r2", "m2", "passed", 20.0), seen("k2", "r3", "m1", "failed", 30.0, odd)])
+    store.save_outcomes([seen("k1", "r2", "m2", "passed", 20.0)])  # a run recorded twice counts once
+    # Another runner sees them: the fleet's runs are the evidence.
+    assert [(o.run_id, o.nodeid, o.outcome) for o in peer.outcomes("k1")] == [
+        ("r1", "t.py::a", "passed"),
+        ("r1", "t.py::b", "failed"),
+        ("r2", "t.py::b", "passed"),
+    ]
+    assert [o.nodeid for o in peer.outcomes("k2")] == [odd]
+    assert len(peer.outcomes()) == 4
+    (flaky,) = flaky_evidence(peer.outcomes())
+    assert (flaky.key, flaky.nodeid, flaky.passed, flaky.failed) == ("k1", "t.py::b", 1, 1)
+    assert flaky.last_seen == 20.0 and flaky.machines == ("m1", "m2")
+    assert disagreed(peer.outcomes("k1")) and not disagreed(peer.outcomes("k2"))
+    # Only the newest MAX_KEPT per key and test count: an old failure ages out.
+    store.save_outcomes([seen("k1", f"n{i:02}", "m1", "passed", 100.0 + i) for i in range(MAX_KEPT)])
+    assert not disagreed(peer.outcomes("k1"))
+
+
+def test_the_quarantine_list_is_shared_and_keeps_each_tests_first_date(
+    store: RunStore, peer: RunStore
+) -> None:
+    odd = "suite/t.py::b[\\u00e9 \udcff]"
+    assert store.quarantined_tests() == []
+    assert store.quarantine_test("suite/t.py::a", 100.0) == Quarantined("suite/t.py::a", 100.0)
+    assert peer.quarantine_test("suite/t.py::a", 200.0).since == 100.0  # quarantined again: since the first
+    store.quarantine_test(odd, 300.0)
+    assert peer.quarantined_tests() == [Quarantined("suite/t.py::a", 100.0), Quarantined(odd, 300.0)]
+    assert peer.release_test("suite/t.py::a") and not store.release_test("suite/t.py::a")
+    assert store.quarantined_tests() == [Quarantined(odd, 300.0)]
 
 
 def test_a_free_slot_goes_to_the_oldest_waiter_never_to_a_newcomer(store: RunStore, peer: RunStore) -> None:

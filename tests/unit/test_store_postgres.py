@@ -42,6 +42,7 @@ from pytest_lrun.core.errors import (
     TerminalRunError,
 )
 from pytest_lrun.store import BatchStatus, Decision, Run, Status, open_store, pg_sql
+from pytest_lrun.store.outcomes import MAX_KEPT, InnerOutcome
 from pytest_lrun.store.pg_db import SCHEMA_VERSION, _Watchdog
 from pytest_lrun.store.pg_results import CHUNK_BYTES
 from pytest_lrun.store.postgres import PostgresStore
@@ -558,3 +559,16 @@ def test_the_watchdog_cuts_a_connection_that_outlives_its_bound() -> None:
         dog.close()
         near.close()
         far.close()
+
+
+def test_the_outcomes_table_keeps_the_newest_per_key_and_test(store: PostgresStore, url: str) -> None:
+    def seen(run_id: str, at: float, key: str = "k1") -> InnerOutcome:
+        return InnerOutcome(key, "suite", "t.py::b", run_id, "m1", "passed", at)
+
+    store.save_outcomes(
+        [seen(f"r{i:02}", float(i)) for i in range(MAX_KEPT + 5)] + [seen("other", 0.0, "k2")]
+    )
+    store.save_outcomes([seen("newest", 100.0)])
+    kept = sql(url, "SELECT key, run_id FROM lrun_outcomes ORDER BY key, at")
+    assert len([row for row in kept if row[0] == "k1"]) == MAX_KEPT  # rows, not only what is read
+    assert kept[MAX_KEPT - 1] == ("k1", "newest") and ("k2", "other") in kept
