@@ -32,8 +32,8 @@ from pytest_lrun.cli.commands import (
     cmd_show,
 )
 from pytest_lrun.cli.context import Context
-from pytest_lrun.cli.worker import cmd_worker
 from pytest_lrun.cli.flaky import cmd_flaky
+from pytest_lrun.cli.worker import cmd_worker
 from pytest_lrun.config.settings import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IMAGE_MAX_AGE,
