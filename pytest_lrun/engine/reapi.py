@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import posixpath
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from pytest_lrun.config.machines import Machine
 from pytest_lrun.config.remote import image_property
 from pytest_lrun.config.settings import DEFAULT_CONNECT_TIMEOUT
-from pytest_lrun.core.errors import ContainerGone, EngineError
+from pytest_lrun.core.errors import ContainerGone, EngineError, RemoteUnreachable
 from pytest_lrun.engine import BuildChunk, ContainerSpec, ContainerState, ImageInfo, StartedAs
 from pytest_lrun.reapi.cas import Storage, digest_of, key_of
 from pytest_lrun.reapi.channel import Channel
@@ -56,6 +57,7 @@ __all__ = ["RemoteEngine", "connect"]
 _PENDING = "reapi-"  # a handle before its action was executed
 _CACHED = "ac:"  # the handle of an action cache hit
 _CANCELLED_CODE = 1  # google.rpc.Code.CANCELLED: the operation was cancelled
+_CANCEL_TRIES = 6
 _KILLED = 137  # the exit code of a cancelled action, as a container's killed by SIGKILL
 # Output bytes (stdout, stderr) read back at most; the log's own cap applies after.
 _STREAM_MAX_BYTES = 256 * 1024 * 1024
@@ -327,7 +329,15 @@ class RemoteEngine:
         if container_id.startswith((_PENDING, _CACHED)):
             return
         request = operations_pb2.CancelOperationRequest(name=container_id)
-        self.channel.call("CancelOperation", self._operations.CancelOperation, request)
+        # BuildGrid answers UNAVAILABLE while the bot's row is locked by its own poll: try again.
+        for attempt in range(_CANCEL_TRIES):
+            try:
+                self.channel.call("CancelOperation", self._operations.CancelOperation, request)
+                return
+            except RemoteUnreachable:
+                if attempt == _CANCEL_TRIES - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def remove(self, container_id: str) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ import json
 import textwrap
 import threading
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,7 +146,8 @@ def test_a_suite_gives_the_same_results_logs_and_artifacts_on_a_docker_machine_a
 def test_a_second_invocation_with_a_fresh_state_dir_is_served_from_the_action_cache(
     pytester: pytest.Pytester, grid: Path, tmp_path: Path, workers: Workers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_tests(grid, "cached", "def test_ok():\n    pass\n")
+    # New content, a new action: the service's cache outlives test sessions.
+    write_tests(grid, "cached", f"# {uuid.uuid4()}\ndef test_ok():\n    pass\n")
     ran = []
     for attempt in ("first", "second"):
         state = tmp_path / f"state-{attempt}"  # nothing shared but the service
