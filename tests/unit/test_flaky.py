@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +19,9 @@ from pytest_lrun.report.flaky import Quarantine, flaky_status, is_flaky
 from pytest_lrun.report.live import RunReports
 from pytest_lrun.run.spec import RunResult, RunSpec
 from pytest_lrun.session.reruns import Reruns, failed_by_its_tests, failed_inner
-from pytest_lrun.store import Run, Status
+from pytest_lrun.store import Run, Status, file_outcomes
+from pytest_lrun.store.files import FileStore
+from pytest_lrun.store.outcomes import InnerOutcome
 from pytest_lrun.wire.events import Collected, Event, Finished
 
 MACHINE = Machine(name="m1", host="unix:///x.sock", source="pyproject")
@@ -227,3 +230,14 @@ def test_a_quarantine_file_lists_node_ids_with_their_dates(tmp_path: Path) -> No
         read_quarantine_file(listed)
     with pytest.raises(ConfigError, match="cannot read"):
         read_quarantine_file(tmp_path / "missing.txt")
+
+
+def test_the_file_stores_gc_keeps_outcomes_written_after_it_listed_the_runs(tmp_path: Path) -> None:
+    """A run that ended while gc ran has outcomes under a key gc did not see: they stay."""
+    store = FileStore(tmp_path / "state", durable=False)
+    store.save_outcomes([InnerOutcome("k-new", "suite", "t.py::a", "r1", "m1", "passed", 1.0)])
+    assert file_outcomes.drop_stale(store, set(), before=time.time() - 60) == 0
+    assert [o.run_id for o in store.outcomes("k-new")] == ["r1"]
+    assert file_outcomes.drop_stale(store, {"k-new"}, before=time.time() + 60) == 0  # a run has it
+    assert file_outcomes.drop_stale(store, set(), before=time.time() + 60) == 1
+    assert store.outcomes("k-new") == []
