@@ -241,3 +241,29 @@ def test_the_file_stores_gc_keeps_outcomes_written_after_it_listed_the_runs(tmp_
     assert file_outcomes.drop_stale(store, {"k-new"}, before=time.time() + 60) == 0  # a run has it
     assert file_outcomes.drop_stale(store, set(), before=time.time() + 60) == 1
     assert store.outcomes("k-new") == []
+
+
+def test_a_stopped_session_reports_a_held_failure_once_as_it_failed_saying_why_it_was_not_rerun(
+    tmp_path: Path,
+) -> None:
+    """-x stopped the session (another job's failure) before this job's rerun: b ran and failed,
+    and a stopped session reports what ran, as pytest does -- once, failed, with why no rerun."""
+    reports, hooks, xml = flaky_reports(tmp_path, attempts=3)
+    first = RunResult(run("r1"), "created", None, attempt(("t.py::a", "passed"), ("t.py::b", "failed")))
+    reports.prepared(first.run, "created")
+    assert first.events is not None
+    reports.feed(first.events)
+    assert not hooks.failed()  # held back for attempt 2
+    reports.session.shouldfail = "stopping after 1 failures"  # another job's test failed under -x
+    reports.finish(first)  # the job ends without its rerun: the session starts nothing new
+    b = [(when, outcome) for nodeid, when, outcome in hooks.outcomes() if nodeid == "suite/t.py::b"]
+    assert b == [("setup", "passed"), ("call", "failed"), ("teardown", "passed")]
+    (failed,) = hooks.failed()
+    assert "t.py::b failed" in failed.longreprtext
+    assert "[lrun] not run again: the session stopped (-x, --maxfail) after attempt 1 of 3" in (
+        failed.longreprtext
+    )
+    assert ("lrun_test_attempts", 1) in failed.user_properties and not reports.gate.flaky
+    xml.pytest_sessionfinish()
+    case = ET.parse(tmp_path / "junit.xml").find(".//testcase[@name='b']")
+    assert case is not None and len(case.findall("failure")) == 1 and case.find("rerunFailure") is None
