@@ -401,10 +401,12 @@ def cmd_gc(ctx: Context) -> int:
     else:
         for line in reconciled.lines():
             say(line)
+        dropped = collected.outcomes_dropped
         say(
             f"state dir {store.state_dir}: {collected.size_before} -> {collected.size_after} bytes "
             f"(cap {collected.max_bytes}); deleted {len(collected.deleted)} terminal run(s), "
             f"freed {collected.freed_bytes} bytes"
+            + (f"; dropped the outcomes of {dropped} key(s) no run has" if dropped else "")
         )
     if not collected.cap_met:
         say(

@@ -72,6 +72,9 @@ DEFAULT_IMAGE_MAX_AGE = 7 * 86400.0
 DEFAULT_TERMINAL_RESERVE_BYTES = MIB
 DEFAULT_INFRA_RETRIES = 1
 DEFAULT_FLAKY_ATTEMPTS = 1
+#: ``--lrun-reuse``'s values, from never serving a stored result to serving it even for a key whose
+#: runs disagreed on a test (one knob, as Bazel's ``--cache_test_results=no|auto|yes``).
+REUSE_NEVER, REUSE_COMPLETED, REUSE_EVEN_FLAKY = "never", "completed", "completed-even-flaky"
 DEFAULT_STORE_MAX_BYTES = 1024 * MIB
 
 
@@ -178,9 +181,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "reuse",
         "`completed` returns the stored result of the newest completed run with the same "
-        "key (dir hash, image, command, env) without running anything (default: never).",
-        parse_choice("never", "completed"),
-        "never",
+        "key (dir hash, image, command, env) without running anything, unless runs of that key "
+        "disagreed on a test (flaky); `completed-even-flaky` returns it then too (default: never).",
+        parse_choice(REUSE_NEVER, REUSE_COMPLETED, REUSE_EVEN_FLAKY),
+        REUSE_NEVER,
         metavar="WHEN",
     ),
     Option(

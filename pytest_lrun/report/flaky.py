@@ -15,7 +15,8 @@ that failed while attempts are left is held back, anything else goes out.
 * A test that fails every attempt goes out failed, every earlier attempt's failure text
   after its own, with the same properties and a ``<rerunFailure>`` per earlier attempt.
 * What is still held when the job ends (a rerun that never reported the test, or
-  skipped it: it crashed, timed out, or the session stopped) goes out as it failed.
+  skipped it: it crashed, timed out, or the session stopped) goes out as it failed; when
+  ``-x`` or ``--maxfail`` stopped the session first, its text says it was not run again.
 
 A quarantined test (``--lrun-quarantine``, :class:`Quarantine`) runs as usual; the failed
 reports it finally sends go out as xfail, ``quarantined: flaky since DATE``.
@@ -170,12 +171,24 @@ class FlakyGate:
         """Attempt number ``attempt`` begins: the tests it reruns come again from their start."""
         self.attempt = attempt
 
-    def release(self) -> None:
-        """The job ended: what is still held goes out as it failed, with every attempt's failure."""
+    def release(self, *, stopped: bool = False) -> None:
+        """The job ended: what is still held goes out as it failed, with every attempt's failure.
+
+        ``stopped``: the session stopped (``-x``, ``--maxfail``) before the next attempt. A stopped
+        session reports what ran, as pytest does: such a test ran and failed, so it goes out failed,
+        and its text says why it was not run again.
+        """
         for inner in list(self._held):
             calls = self._held.pop(inner)
             failures = self._failures.pop(inner, [])
-            _add_attempts(calls, failures[:-1], failures[-1].attempt, flaky=None)
+            last = failures[-1].attempt
+            _add_attempts(calls, failures[:-1], last, flaky=None)
+            if stopped:
+                _add_text(
+                    calls,
+                    f"[lrun] not run again: the session stopped (-x, --maxfail) after attempt {last} "
+                    f"of {self.attempts}",
+                )
             self._fire(inner, calls, failures[:-1], "rerunFailure")
 
     # -- deciding ------------------------------------------------------------------------
@@ -247,6 +260,19 @@ def _add_attempts(
             report.longrepr = InnerRepr(
                 "\n\n".join([report.longrepr.text, *texts]), report.longrepr.reprcrash
             )
+
+
+def _add_text(calls: list[Call], text: str) -> None:
+    """Append ``text`` to the failure text of a test's failed reports."""
+    for name, kwargs in calls:
+        report = kwargs.get("report")
+        if (
+            name == LOGREPORT
+            and report is not None
+            and report.failed
+            and isinstance(report.longrepr, InnerRepr)
+        ):
+            report.longrepr = InnerRepr(f"{report.longrepr.text}\n\n{text}", report.longrepr.reprcrash)
 
 
 def _junit_elements(

@@ -286,7 +286,7 @@ class RunReports:
         ends with it: failures held back for a rerun that never reported them go out, even
         when the session stops."""
         self._finish_run(outcome, hook_error)
-        self.gate.release()
+        self.gate.release(stopped=self._stopping())
 
     def _finish_run(self, outcome: JobOutcome, hook_error: Exception | None) -> None:
         self.counted = True
@@ -375,7 +375,7 @@ class RunReports:
         """The run's own report, ``DIR::lrun[machine]`` (see :mod:`.run_report`): counted, it is
         started and finished as a test is. Failures held back for a rerun that never reported
         them go out first: the job ends with this report."""
-        self.gate.release()
+        self.gate.release(stopped=self._stopping())
         has_inner = self._collected is not None or self._seen >= 0 or self.progress.collected > 0
         explained = self.progress.failed + self._inner_failures  # exit 1 (failures), 2 (collection errors)
         tally = InnerTally(collected=self._collected is not None, has_inner=has_inner, explained=explained)

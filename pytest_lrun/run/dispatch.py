@@ -60,6 +60,8 @@ from pytest_lrun.config.settings import (
     DEFAULT_STOP_GRACE,
     DEFAULT_TERMINAL_RESERVE_BYTES,
     DEFAULT_TIMEOUT,
+    REUSE_EVEN_FLAKY,
+    REUSE_NEVER,
 )
 from pytest_lrun.core.errors import (
     INTERRUPTED,
@@ -114,7 +116,7 @@ class Dispatcher:
         engines: EnginePool,
         *,
         keep: str = "never",
-        reuse: str = "never",
+        reuse: str = REUSE_NEVER,
         busy_wait: float = 0.0,
         stop_grace: float = DEFAULT_STOP_GRACE,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
@@ -286,14 +288,17 @@ class Dispatcher:
 
     def _decide(self, spec: RunSpec, reuse: str, retry_of: str | None) -> _Prepared:
         options = choices_for(spec, self.engines, self.builder)
-        if reuse == "completed":
+        if reuse != REUSE_NEVER:
             # A stat-cached hash reads no file of an unchanged tree: a cached result costs no read.
             dir_hash = hash_dir(spec.test_dir, cache_dir=self.store.hashcache_dir)
             for option in options:
                 key = run_key(dir_hash, option.image_id, option.spec)
                 cached = self.store.last_completed(option.spec.machine.name, key)
-                # Runs of this key that disagreed on a test prove it flaky: its pass proves nothing.
-                if cached is not None and not disagreed(self.store.outcomes(key)):
+                # Runs of this key that disagreed on a test prove it flaky: its pass proves nothing,
+                # unless the user asked for it all the same (completed-even-flaky).
+                if cached is not None and (
+                    reuse == REUSE_EVEN_FLAKY or not disagreed(self.store.outcomes(key))
+                ):
                     return _Prepared(cached, "cached", option.engine, option.spec)
         check_room(self.store.state_dir, self.terminal_reserve)  # state_full before anything is recorded
         shipment = snapshot_for(options[0].spec, self.store.hashcache_dir)
@@ -335,7 +340,7 @@ class Dispatcher:
         run, engine, shipment, spec = prepared.run, prepared.engine, prepared.shipment, prepared.spec
         if run.status.is_terminal or shipment is None:  # failed before it began (image missing)
             return run
-        created_with = container_spec(run, spec, self.store.store_id, cacheable=self.reuse == "completed")
+        created_with = container_spec(run, spec, self.store.store_id, cacheable=self.reuse != REUSE_NEVER)
         try:
             container_id = engine.create(created_with)
             crash_point("after_create")

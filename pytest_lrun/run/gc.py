@@ -4,8 +4,9 @@
 keeps a shared store's saved results capped (:meth:`~pytest_lrun.store.RunStore.prune`),
 then keeps the state directory under a size cap: terminal runs are evicted, oldest
 first (:func:`_evict_runs`), then the hash stat caches (:func:`_drop_caches`); a live
-run, and a run the caller keeps, is never deleted. One run that cannot be deleted is
-reported, and the others still go.
+run, and a run the caller keeps, is never deleted. Last, the inner outcomes of keys no
+stored run has any more are dropped (:meth:`~pytest_lrun.store.RunStore.drop_stale_outcomes`).
+One run that cannot be deleted is reported, and the others still go.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ __all__ = ["GcReport", "gc", "state_size"]
 class GcReport:
     """The outcome of :func:`gc`: sizes are bytes under the state directory (:func:`state_size`).
 
-    ``swept`` says which crash leftovers were settled; ``problems`` has one line per
+    ``swept`` says which crash leftovers were settled; ``outcomes_dropped`` counts the keys whose
+    inner outcomes went with their last run; ``problems`` has one line per
     run or leftover gc could not remove (the rest were still done); ``kept`` lists the
     terminal runs it left over the cap because they were kept, and ``warnings`` says
     when one of them alone is bigger than the cap.
@@ -48,6 +50,8 @@ class GcReport:
     # Terminal runs left over the cap because they are kept (the caller's, or a live batch's).
     kept: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. a kept run bigger than the cap on its own
+    # Keys whose inner outcomes went, as no stored run has them any more (lrun flaky's evidence).
+    outcomes_dropped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -189,7 +193,9 @@ def gc(
     if freeing.size > max_bytes:
         _evict_runs(store, keep, freeing)
         _drop_caches(store, freeing)
-    size_after = state_size(store) if freeing.freed else size_before
+    # After the evictions: the outcomes of the keys they took go with them.
+    outcomes_dropped = store.drop_stale_outcomes()
+    size_after = state_size(store) if freeing.freed or outcomes_dropped else size_before
     return GcReport(
         max_bytes,
         size_before,
@@ -202,4 +208,5 @@ def gc(
         freeing.problems,
         freeing.kept,
         freeing.warnings,
+        outcomes_dropped,
     )

@@ -23,7 +23,7 @@ from pytest_lrun.config.builds import Build, build_digest, image_tag, make_build
 from pytest_lrun.config.machines import TAG_PREFIX, ImageSource, MachineResolver, resolve_image
 from pytest_lrun.config.plan import Plan, PlanEntry, load_plan, select
 from pytest_lrun.config.select import HostSelection, Selection, dispatched_dir, last_failed
-from pytest_lrun.config.settings import DEFAULT_COMMAND, DEFAULT_TIMEOUT, Settings
+from pytest_lrun.config.settings import DEFAULT_COMMAND, DEFAULT_TIMEOUT, REUSE_COMPLETED, Settings
 from pytest_lrun.core.errors import BatchNotFound, ConfigError, RunNotFound
 from pytest_lrun.report.forward import forwarded
 from pytest_lrun.report.naming import dir_nodeid, shown_dir
@@ -181,7 +181,7 @@ class JobPlanner:
         # How failures read is no part of what is collected: the collection's key leaves it out.
         base = tuple(arg for arg in spec.command if arg not in self._presentation)
         collect = replace(spec, command=(*base, "--collect-only", "-q"))
-        collecting = self.dispatcher.dispatch(collect, reuse="completed")
+        collecting = self.dispatcher.dispatch(collect, reuse=REUSE_COMPLETED)
         collected = next((e for e in collecting.events or () if isinstance(e, Collected)), None)
         if collected is None or collecting.run.status is not Status.COMPLETED:
             raise ConfigError(

@@ -314,6 +314,11 @@ class RunStore(Protocol):
         """The inner outcomes kept under ``key`` (every key's when None), oldest first."""
         ...
 
+    def drop_stale_outcomes(self) -> int:
+        """Drop the outcomes kept under keys that no stored run has any more (gc keeps them
+        bounded so); how many keys' outcomes went. An outcome recorded while this runs stays."""
+        ...
+
     def quarantine_test(self, nodeid: str, since: float) -> Quarantined:
         """Put ``nodeid`` on the quarantine list (already there: it keeps its date); the entry."""
         ...

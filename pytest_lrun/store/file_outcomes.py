@@ -1,7 +1,8 @@
 """The file store's inner test outcomes, kept per run key, and its quarantine list (see :mod:`.outcomes`).
 
-Split out of :mod:`.files`, whose ``save_outcomes``, ``outcomes``, ``quarantine``, ``release``
-and ``quarantined`` call this module's functions. It owns under the state directory::
+Split out of :mod:`.files`, whose ``save_outcomes``, ``outcomes``, ``drop_stale_outcomes`` (gc's),
+``quarantine``, ``release`` and ``quarantined`` call this module's functions. It owns under the
+state directory::
 
     outcomes/<h>.json        {"key": ..., "outcomes": [[suite, node id, run id, machine, outcome, at], ...]}
                              (h = xxh3-128 of the key; the newest MAX_KEPT per test)
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import xxhash
@@ -24,7 +25,7 @@ from pytest_lrun.core.locking import hold
 from pytest_lrun.store.file_io import FileRecords
 from pytest_lrun.store.outcomes import InnerOutcome, Quarantined, newest
 
-__all__ = ["load", "load_all", "quarantine", "quarantined", "release", "save"]
+__all__ = ["drop_stale", "load", "load_all", "quarantine", "quarantined", "release", "save"]
 
 QUARANTINE = "quarantine"  # in outcomes/: no .json suffix, so that load_all never reads it
 
@@ -53,6 +54,34 @@ def load_all(store: FileRecords) -> list[InnerOutcome]:
     folder = store.state_dir / OUTCOMES_DIR
     paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
     return newest(o for path in paths for o in _read(store, path))
+
+
+def drop_stale(store: FileRecords, keys: Collection[str], before: float) -> int:
+    """Remove the file of each key not in ``keys`` (or that holds no outcome) last written before
+    ``before``, under its lock, so that no save falls between the look and the removal; how many.
+
+    The lock sidecar stays (empty, so it weighs nothing against the cap): removing a lock file
+    another process may be waiting on would let two savers hold the "same" lock.
+    """
+    folder = store.state_dir / OUTCOMES_DIR
+    dropped = 0
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        seen = _read(store, path)
+        if seen and seen[0].key in keys:
+            continue  # a run has the key: no lock needed to leave the file be (writes are whole)
+        with hold(str(path) + ".lock", store.lock_timeout, f"outcomes {path.stem[:12]}"):
+            try:
+                if path.lstat().st_mtime >= before:
+                    continue  # written since the runs were listed: perhaps a new run's
+            except FileNotFoundError:
+                continue
+            kept = _read(store, path)
+            if kept and kept[0].key in keys:
+                continue
+            with contextlib.suppress(FileNotFoundError):  # moved aside by _read, if not a file
+                path.unlink()
+                dropped += 1
+    return dropped
 
 
 def _read(store: FileRecords, path: Path) -> list[InnerOutcome]:

@@ -178,6 +178,12 @@ class FileStore(FileRecords):
     def outcomes(self, key: str | None = None) -> builtins.list[InnerOutcome]:
         return file_outcomes.load_all(self) if key is None else file_outcomes.load(self, key)
 
+    def drop_stale_outcomes(self) -> int:
+        """Remove ``outcomes/<h>.json`` of each key none of the runs has, if written before the runs
+        were listed (one written since may be a new run's)."""
+        listed_at = time.time()
+        return file_outcomes.drop_stale(self, {run.key for run in self.list()}, listed_at)
+
     def quarantine_test(self, nodeid: str, since: float) -> Quarantined:
         return file_outcomes.quarantine(self, nodeid, since)
 

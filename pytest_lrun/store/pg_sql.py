@@ -49,6 +49,7 @@ __all__ = [
     "DELETE_RESULT_CHUNKS",
     "DELETE_RESULT_PARTS",
     "DELETE_RUN",
+    "DELETE_STALE_OUTCOMES",
     "DELETE_STALE_TICKETS",
     "DELETE_TICKET",
     "DROP_RUNS_ONE_LIVE_INDEX",
@@ -405,6 +406,14 @@ SELECT_OUTCOMES_OF_KEY = """SELECT key, suite, nodeid, run_id, machine, outcome,
 
 #: Every outcome kept.
 SELECT_OUTCOMES = "SELECT key, suite, nodeid, run_id, machine, outcome, at FROM lrun_outcomes"
+
+#: Drop the outcomes of keys no run has any more; how many keys. Outcomes are saved only once
+#: their run's record is in, so one statement's snapshot never takes those of a new key.
+DELETE_STALE_OUTCOMES = """WITH gone AS (
+        DELETE FROM lrun_outcomes AS o
+        WHERE NOT EXISTS (SELECT 1 FROM lrun_runs AS r WHERE r.key = o.key)
+        RETURNING o.key)
+    SELECT count(DISTINCT key) FROM gone"""
 
 #: Put node id ``%s`` on the quarantine list since ``%s`` (one there keeps its date).
 INSERT_QUARANTINED = "INSERT INTO lrun_quarantine (nodeid, since) VALUES (%s, %s) ON CONFLICT DO NOTHING"

@@ -429,6 +429,12 @@ class PostgresStore(PostgresRecords):
             for k, s, n, r, m, o, at in rows
         )
 
+    def drop_stale_outcomes(self) -> int:
+        row = self.db.atomic(
+            lambda cur: cur.execute(pg_sql.DELETE_STALE_OUTCOMES).fetchone(), "stale outcomes"
+        )
+        return int(row[0]) if row else 0
+
     def quarantine_test(self, nodeid: str, since: float) -> Quarantined:
         def put(cur: Cursor) -> tuple[str, float]:
             cur.execute(pg_sql.INSERT_QUARANTINED, (column(nodeid), since))

@@ -6,8 +6,8 @@ The flaky test is flaky on purpose and for certain: it fails in a first run and 
 rerun, which it tells by ``LRUN_ATTEMPT``, the variable a rerun's container gets. Nothing has
 to survive from one container to the next. On both stores: two runs of one key that disagree
 (a secret, which enters the key by its name only, decides the outcome) make ``lrun flaky`` list
-the test and keep its key's result out of the cache; a quarantined failing test leaves the
-session green.
+the test and keep its key's result out of the cache unless asked (``completed-even-flaky``);
+a quarantined failing test leaves the session green.
 """
 
 from __future__ import annotations
@@ -194,12 +194,13 @@ def test_a_test_failing_every_attempt_fails_with_every_attempts_failure(
     assert "broken on attempt 1" in (rerun.get("message") or "")
 
 
-def test_runs_of_one_key_that_disagree_are_listed_and_never_served_from_the_cache(
+def test_runs_of_one_key_that_disagree_are_listed_and_served_from_the_cache_only_if_asked(
     tmp_path: Path, engines: list[str], backend: StoreSpec
 ) -> None:
     write_tests(tmp_path, "coin", COIN)
     store = {"LRUN_STORE": backend.url} if backend.url else {}
-    args = ("coin", "--lrun-secret-env=COIN", "--lrun-reuse=completed")
+    base = ("coin", "--lrun-secret-env=COIN")
+    args = (*base, "--lrun-reuse=completed")
     tails = _session(tmp_path, engines[0], *args, COIN="tails", **store)
     assert tails.returncode == 1, tails.stdout
     heads = _session(tmp_path, engines[0], *args, COIN="heads", **store)
@@ -213,6 +214,10 @@ def test_runs_of_one_key_that_disagree_are_listed_and_never_served_from_the_cach
     again = _session(tmp_path, engines[0], *args, COIN="heads", **store)
     assert again.returncode == 0, again.stdout
     assert "completed (created)" in again.stdout and "(cached)" not in again.stdout
+    # Asked for, it is served all the same: the newest completed run, whatever the coin says now.
+    served = _session(tmp_path, engines[0], *base, "--lrun-reuse=completed-even-flaky", COIN="tails", **store)
+    assert served.returncode == 0, served.stdout
+    assert "completed (cached)" in served.stdout and "(created)" not in served.stdout, served.stdout
 
 
 def test_a_quarantined_failing_test_leaves_the_session_green(

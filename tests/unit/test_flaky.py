@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +19,9 @@ from pytest_lrun.report.flaky import Quarantine, flaky_status, is_flaky
 from pytest_lrun.report.live import RunReports
 from pytest_lrun.run.spec import RunResult, RunSpec
 from pytest_lrun.session.reruns import Reruns, failed_by_its_tests, failed_inner
-from pytest_lrun.store import Run, Status
+from pytest_lrun.store import Run, Status, file_outcomes
+from pytest_lrun.store.files import FileStore
+from pytest_lrun.store.outcomes import InnerOutcome
 from pytest_lrun.wire.events import Collected, Event, Finished
 
 MACHINE = Machine(name="m1", host="unix:///x.sock", source="pyproject")
@@ -227,3 +230,40 @@ def test_a_quarantine_file_lists_node_ids_with_their_dates(tmp_path: Path) -> No
         read_quarantine_file(listed)
     with pytest.raises(ConfigError, match="cannot read"):
         read_quarantine_file(tmp_path / "missing.txt")
+
+
+def test_the_file_stores_gc_keeps_outcomes_written_after_it_listed_the_runs(tmp_path: Path) -> None:
+    """A run that ended while gc ran has outcomes under a key gc did not see: they stay."""
+    store = FileStore(tmp_path / "state", durable=False)
+    store.save_outcomes([InnerOutcome("k-new", "suite", "t.py::a", "r1", "m1", "passed", 1.0)])
+    assert file_outcomes.drop_stale(store, set(), before=time.time() - 60) == 0
+    assert [o.run_id for o in store.outcomes("k-new")] == ["r1"]
+    assert file_outcomes.drop_stale(store, {"k-new"}, before=time.time() + 60) == 0  # a run has it
+    assert file_outcomes.drop_stale(store, set(), before=time.time() + 60) == 1
+    assert store.outcomes("k-new") == []
+
+
+def test_a_stopped_session_reports_a_held_failure_once_as_it_failed_saying_why_it_was_not_rerun(
+    tmp_path: Path,
+) -> None:
+    """-x stopped the session (another job's failure) before this job's rerun: b ran and failed,
+    and a stopped session reports what ran, as pytest does -- once, failed, with why no rerun."""
+    reports, hooks, xml = flaky_reports(tmp_path, attempts=3)
+    first = RunResult(run("r1"), "created", None, attempt(("t.py::a", "passed"), ("t.py::b", "failed")))
+    reports.prepared(first.run, "created")
+    assert first.events is not None
+    reports.feed(first.events)
+    assert not hooks.failed()  # held back for attempt 2
+    reports.session.shouldfail = "stopping after 1 failures"  # another job's test failed under -x
+    reports.finish(first)  # the job ends without its rerun: the session starts nothing new
+    b = [(when, outcome) for nodeid, when, outcome in hooks.outcomes() if nodeid == "suite/t.py::b"]
+    assert b == [("setup", "passed"), ("call", "failed"), ("teardown", "passed")]
+    (failed,) = hooks.failed()
+    assert "t.py::b failed" in failed.longreprtext
+    assert "[lrun] not run again: the session stopped (-x, --maxfail) after attempt 1 of 3" in (
+        failed.longreprtext
+    )
+    assert ("lrun_test_attempts", 1) in failed.user_properties and not reports.gate.flaky
+    xml.pytest_sessionfinish()
+    case = ET.parse(tmp_path / "junit.xml").find(".//testcase[@name='b']")
+    assert case is not None and len(case.findall("failure")) == 1 and case.find("rerunFailure") is None

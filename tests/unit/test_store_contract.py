@@ -59,6 +59,7 @@ from pytest_lrun.core.errors import (
     TerminalRunError,
 )
 from pytest_lrun.core.layout import RunFiles
+from pytest_lrun.run.gc import gc
 from pytest_lrun.store import BatchStatus, Candidate, Decision, Run, RunStore, Status, Sweep, Ticket
 from pytest_lrun.store.common import TICKET_TTL_S
 from pytest_lrun.store.outcomes import MAX_KEPT, InnerOutcome, Quarantined, disagreed, flaky_evidence
@@ -1253,6 +1254,24 @@ def test_outcomes_are_kept_per_key_and_runs_that_disagree_prove_a_test_flaky(
     # Only the newest MAX_KEPT per key and test count: an old failure ages out.
     store.save_outcomes([seen("k1", f"n{i:02}", "m1", "passed", 100.0 + i) for i in range(MAX_KEPT)])
     assert not disagreed(peer.outcomes("k1"))
+
+
+def test_gc_drops_the_outcomes_of_keys_no_stored_run_has_any_more(store: RunStore, peer: RunStore) -> None:
+    kept, gone = finished(store, 1), finished(store, 2)  # keys k1 and k2
+    store.save_outcomes(
+        [
+            InnerOutcome("k1", "suite", "t.py::a", kept, "m1", "failed", 10.0),
+            InnerOutcome("k2", "suite", "t.py::a", gone, "m2", "passed", 20.0),
+            InnerOutcome("k3", "suite", "t.py::a", "r-never-stored", "m1", "passed", 30.0),
+        ]
+    )
+    store.delete(gone)
+    # Another runner's gc, under the cap (nothing evicted), drops k2's and k3's: no run has them.
+    report = gc(peer, max_bytes=1 << 40)
+    assert report.deleted == [] and report.outcomes_dropped == 2
+    assert [(o.key, o.run_id) for o in store.outcomes()] == [("k1", kept)]
+    assert store.outcomes("k2") == [] and store.outcomes("k3") == []
+    assert gc(store, max_bytes=1 << 40).outcomes_dropped == 0  # nothing more to drop
 
 
 def test_the_quarantine_list_is_shared_and_keeps_each_tests_first_date(
