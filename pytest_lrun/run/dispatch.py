@@ -51,6 +51,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from pytest_lrun.config.machines import Machine
@@ -77,7 +78,7 @@ from pytest_lrun.core.faults import crash_point
 from pytest_lrun.core.reserve import check_room, claim, full
 from pytest_lrun.engine import Engine, stop
 from pytest_lrun.engine.pool import EnginePool
-from pytest_lrun.run.container import container_spec, stop_all
+from pytest_lrun.run.container import Remover, container_spec, stop_all
 from pytest_lrun.run.images import Builder, BuildSink
 from pytest_lrun.run.logs import hidden_values, read_event_file
 from pytest_lrun.run.placement import POLL_S, choices_for, place, run_key, snapshot_for
@@ -125,6 +126,7 @@ class Dispatcher:
         on_build: BuildSink | None = None,
         on_retry: Callable[[RunSpec, Run, int], None] | None = None,
         infra_retries: int = DEFAULT_INFRA_RETRIES,
+        remove_later: bool = False,
     ) -> None:
         self.store = store
         self.engines = engines
@@ -141,6 +143,8 @@ class Dispatcher:
         self.builder = Builder(store, on_line=on_build)  # (machine, line) as an image builds
         self.on_retry = on_retry  # (spec, the failed run, the attempt about to start)
         self.infra_retries = infra_retries
+        # Ended runs' containers, removed off the run's path when ``remove_later`` (:meth:`close` waits).
+        self._remover = Remover(later=remove_later)
         self._live: dict[str, tuple[Engine, str]] = {}
         self._created: set[str] = set()  # ids of the runs this dispatcher created
         self._stopped_ids: set[str] = set()  # ids of the runs this dispatcher stopped
@@ -202,6 +206,10 @@ class Dispatcher:
         if run.status.is_terminal:
             return self.result(run, "reused")
         return self.result(self._await(run, self.engines.get(machine)), "reused")
+
+    def close(self) -> None:
+        """Wait for the containers still being removed (``remove_later``); later ones go at once."""
+        self._remover.close()
 
     @property
     def stopping(self) -> bool:
@@ -335,11 +343,15 @@ class Dispatcher:
             crash_point("after_create")
             with self._live_lock:
                 self._created.add(run.id)
-            # Record the container before starting it, so a crash from here on can be reconciled.
+            # Record the container before starting it, so a crash from here on can be reconciled;
+            # the upload does not wait for that write (a crash before it is one at after_create).
             run = replace(run, container_id=container_id, logs_path=str(self.store.files(run.id).logs))
-            self.store.update(run)
             self._watch(run.id, engine, container_id)
-            engine.put_archive(container_id, "/", shipment.archive)
+            recorded = _beside(self.store.update, run)
+            try:
+                engine.put_archive(container_id, "/", shipment.archive)
+            finally:
+                recorded.result()
             if self._cancelled.is_set():
                 code, msg = self._stop_reason
                 return self._end(run, Status.INTERRUPTED, engine=engine, code=code, msg=msg)
@@ -377,17 +389,21 @@ class Dispatcher:
             engine.wait(container_id, 30)
         pump.join(30)
         spool.close()
-        respool(files, run, engine, self.log_max_bytes, secrets, spool.received)
+        # Two reads of the stopped container at once: its whole log (respool) and the JUnit XML
+        # and artifacts (collect); they write different files.
+        respooled = _beside(respool, files, run, engine, self.log_max_bytes, secrets, spool.received)
         run = replace(run, exit_code=exit_code)
-        lost = spool.lost
         try:
-            refused = collect(files, run, engine, secrets=secrets)
+            refused, lost = collect(files, run, engine, secrets=secrets), False
         except OSError as e:
             if not full(e):
                 raise
             refused, lost = [], True
         except EngineError as e:
             return self._lost(run, engine, e)
+        finally:
+            respooled.result()
+        lost = lost or spool.lost
         with self._live_lock:
             stopped = self._stop_reason if run.id in self._stopped_ids else None
         run, verdict = exit_verdict(
@@ -482,8 +498,7 @@ class Dispatcher:
         if engine is not None and container_id is not None:
             keep = self.keep == "always" or (self.keep == "failed" and status is not Status.COMPLETED)
             if not keep or status is Status.INTERRUPTED:
-                with contextlib.suppress(EngineError):  # `lrun reap` removes what is left, by label
-                    engine.remove(container_id)
+                self._remover.remove(engine, container_id)
         with self._live_lock:
             self._live.pop(run.id, None)
         return run
@@ -527,6 +542,20 @@ def _shipping(prepared: _Prepared) -> Iterator[None]:
     finally:
         if prepared.shipment is not None:
             prepared.shipment.close()
+
+
+def _beside(fn: Callable[..., object], *args: object) -> Future[object]:
+    """``fn(*args)`` on a thread of its own, while the caller goes on; the future holds its end."""
+    future: Future[object] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # handed to whoever waits on the future
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="lrun-beside", daemon=True).start()
+    return future
 
 
 def _secrets(spec: RunSpec) -> list[str]:
