@@ -101,11 +101,11 @@ def choices_for(spec: RunSpec, engines: EnginePool, builder: Builder) -> list[Ma
 
     A candidate whose engine does not answer is left out while another one does (a
     fleet goes on without a host that is down); when none answers, the first error is raised.
-    A build is built on every candidate that lacks it, all at once.
+    The candidates are asked at once (a build is built on every candidate that lacks it).
     """
     pool = spec.pool
-    if len(pool) > 1 and spec.build is not None:
-        with ThreadPoolExecutor(len(pool), thread_name_prefix="lrun-build") as threads:
+    if len(pool) > 1:  # engines connect, and images are found or built, on all candidates at once
+        with ThreadPoolExecutor(len(pool), thread_name_prefix="lrun-choice") as threads:
             tried = list(threads.map(lambda m: _choice(spec, m, engines, builder), pool))
     else:
         tried = [_choice(spec, machine, engines, builder) for machine in pool]

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from lrun_support import PYTHON_IMAGE, wait_for, write_tests
+from lrun_support import PYTHON_IMAGE, lrun_containers, wait_for, write_tests
 
 from pytest_lrun.core.times import parse_time
 
@@ -64,7 +64,7 @@ def _most_at_once(intervals: list[tuple[float, float]]) -> int:
 
 
 def test_a_tag_spreads_runs_over_its_machines_within_their_slots(
-    pytester: pytest.Pytester, pool: Path, state_dir: Path
+    pytester: pytest.Pytester, pool: Path, state_dir: Path, engines: list[str]
 ) -> None:
     result = pytester.runpytest_subprocess("--lrun-plan=plan.toml", "-rA")
     result.assert_outcomes(passed=5)
@@ -78,6 +78,8 @@ def test_a_tag_spreads_runs_over_its_machines_within_their_slots(
     assert _most_at_once([span for machine in spans.values() for span in machine]) >= 2
     result.stdout.fnmatch_lines(["lrun: tag:pool: dispatching sleeps (e0)*"])
     assert result.duration < 5 * 2 + 8  # far less than five entries one after another, with start-up
+    # Removed off the runs' path while the next ones started, and all gone once pytest returned.
+    assert lrun_containers(engines, {r["id"] for r in records}) == []
 
 
 def test_lrun_machines_shows_tags_and_slots_in_use(pool: Path, state_dir: Path) -> None:
