@@ -13,13 +13,11 @@ import importlib
 import math
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-import docker
-import docker.errors
-import docker.tls
 import requests.adapters
 import requests.exceptions
 
@@ -34,6 +32,22 @@ from pytest_lrun.core.errors import (
     ImagePullFailed,
 )
 from pytest_lrun.engine import BuildChunk, ContainerSpec, ContainerState, ImageInfo
+
+# docker-py imports paramiko for its ssh transport whenever paramiko is installed (the ssh extra):
+# a third of pytest-lrun's own import time, in every start-up, for ssh:// machines alone. docker-py
+# is imported without it (an import of a None module raises ImportError, which docker-py expects);
+# the first ssh machine loads it (_ssh_adapter).
+_PARAMIKO_HIDDEN = "paramiko" not in sys.modules and "docker" not in sys.modules
+if _PARAMIKO_HIDDEN:
+    sys.modules["paramiko"] = None  # type: ignore[assignment]
+try:
+    import docker
+    import docker.api.client
+    import docker.errors
+    import docker.tls
+finally:
+    if _PARAMIKO_HIDDEN:
+        del sys.modules["paramiko"]
 
 # A build's output may be silent this long (one long RUN step) before the engine counts as gone.
 BUILD_SILENCE_S = 1800.0
@@ -403,6 +417,12 @@ def _ssh_adapter(machine: Machine, timeout: float) -> requests.adapters.HTTPAdap
         from pytest_lrun.engine.ssh import ssh_adapter
     except ImportError:
         raise ExtraMissing(f"machine {machine.name!r} at {machine.host}", "ssh", "paramiko") from None
+    # docker-py's client makes its own ssh adapter (never used: see _Client) from the name its
+    # module imported, which it left out when docker-py was imported without paramiko.
+    if not hasattr(docker.api.client, "SSHHTTPAdapter"):
+        from docker.transport.sshconn import SSHHTTPAdapter
+
+        docker.api.client.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined, unused-ignore]
     return ssh_adapter(machine, timeout)
 
 

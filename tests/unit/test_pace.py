@@ -7,6 +7,8 @@ returns) and ``bench/fleet.py`` (the times).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -115,3 +117,15 @@ def test_machines_connect_at_once_and_each_once() -> None:
     for thread in threads:
         thread.join(WAIT_S)
     assert results == ["a", "a", "a"] and sorted(made) == ["a", "b"]
+
+
+def test_the_docker_engine_loads_without_paramiko_until_an_ssh_machine_needs_it() -> None:
+    """pytest-lrun's start-up leaves docker-py's ssh transport out (tests/integration/test_ssh.py
+    connects through it in a fresh process, loading it then)."""
+    pytest.importorskip("paramiko")  # the ssh extra: without it there is nothing to leave out
+    code = (
+        "import sys; import pytest_lrun.engine.docker as d; import docker.api.client as c; "
+        "print('paramiko' in sys.modules, hasattr(c, 'SSHHTTPAdapter'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
