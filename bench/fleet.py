@@ -271,9 +271,14 @@ def where(usage: Usage, runs: list[Times]) -> list[str]:
     ]
     if waits:
         lines.append(
-            f"  {len(waits)} runs waited for a slot: each created {statistics.median(waits):.2f}s, its "
-            f"container started {statistics.median(slot_starts(runs)):.2f}s (medians) after the latest "
-            "run end before it"
+            f"  {len(waits)} runs created after a run ended: each {statistics.median(waits):.2f}s after the "
+            f"latest run end before it (median)"
+        )
+    starts = slot_starts(runs)
+    if starts:
+        lines.append(
+            f"  {len(starts)} runs took a slot that freed: container started "
+            f"{statistics.median(starts):.2f}s (median; max {max(starts):.2f}s) after it freed"
         )
     per_machine = Counter(t.machine for t in work)
     lines.append("  runs per machine: " + ", ".join(f"{m} {n}" for m, n in sorted(per_machine.items())))
@@ -281,12 +286,20 @@ def where(usage: Usage, runs: list[Times]) -> list[str]:
 
 
 def slot_starts(runs: list[Times]) -> list[float]:
-    """For each run that waited for a slot, its container's start after that slot freed: after the
-    latest run end before the run was created, on any machine."""
+    """For each run that took a slot another run freed, its container's start after that slot
+    freed: on each machine, past its first SLOTS starts, each start takes the slot that freed first
+    (the earliest run end at or before it not yet taken)."""
     work = [t for t in runs if not t.collection]
-    ends = [t.ended for t in work]
-    waited = [t for t in work if ends and min(ends) <= t.created]
-    return [t.started - max(e for e in ends if e <= t.created) for t in waited]
+    gaps = []
+    for machine in {t.machine for t in work}:
+        ends = sorted(t.ended for t in work if t.machine == machine)
+        starts = sorted(t.started for t in work if t.machine == machine)[SLOTS:]
+        taken = 0
+        for started in starts:
+            if taken < len(ends) and ends[taken] <= started:
+                gaps.append(started - ends[taken])
+                taken += 1
+    return gaps
 
 
 def exit_after(usage: Usage, runs: list[Times]) -> float:

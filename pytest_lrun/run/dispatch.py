@@ -83,6 +83,7 @@ from pytest_lrun.run.images import Builder, BuildSink
 from pytest_lrun.run.logs import hidden_values, read_event_file
 from pytest_lrun.run.placement import POLL_S, choices_for, place, run_key, snapshot_for
 from pytest_lrun.run.readback import RunOutput, collect, pump_logs, respool
+from pytest_lrun.run.slots import Slots
 from pytest_lrun.run.spec import EventSink, OutputSink, RunResult, RunSpec
 from pytest_lrun.run.verdict import engine_verdict, error_verdict, exit_verdict, infra_failure
 from pytest_lrun.store import Decision, Run, RunStore, Status
@@ -103,6 +104,7 @@ class _Prepared:
     engine: Engine
     spec: RunSpec  # the spec on the machine the run was placed on
     shipment: Snapshot | None = None  # the directory as hashed: set for created runs only
+    staged: bool = False  # placed one past its machine's slots: starts at the gate (run.slots)
 
 
 class Dispatcher:
@@ -127,6 +129,7 @@ class Dispatcher:
         on_retry: Callable[[RunSpec, Run, int], None] | None = None,
         infra_retries: int = DEFAULT_INFRA_RETRIES,
         remove_later: bool = False,
+        stage: bool = False,
     ) -> None:
         self.store = store
         self.engines = engines
@@ -145,6 +148,10 @@ class Dispatcher:
         self.infra_retries = infra_retries
         # Ended runs' containers, removed off the run's path when ``remove_later`` (:meth:`close` waits).
         self._remover = Remover(later=remove_later)
+        # With ``stage``, a run may be placed one past a busy machine's slots and made ready
+        # while it waits (:mod:`pytest_lrun.run.slots`): a session's look-ahead workers.
+        self.stage = stage
+        self._slots = Slots()
         self._live: dict[str, tuple[Engine, str]] = {}
         self._created: set[str] = set()  # ids of the runs this dispatcher created
         self._stopped_ids: set[str] = set()  # ids of the runs this dispatcher stopped
@@ -300,7 +307,7 @@ class Dispatcher:
         check_room(self.store.state_dir, self.terminal_reserve)  # state_full before anything is recorded
         shipment = snapshot_for(options[0].spec, self.store.hashcache_dir)
         try:
-            run, outcome, option = place(
+            run, outcome, option, staged = place(
                 self.store,
                 spec,
                 options,
@@ -310,6 +317,7 @@ class Dispatcher:
                 stopping=lambda: self._stop_reason[1] if self._cancelled.is_set() else None,
                 on_queued=self.on_queued,
                 retry_of=retry_of,
+                stage_on=self._slots.running_on if self.stage else None,
             )
             if outcome is Decision.CREATED and option.spec.machine.workdir != options[0].spec.machine.workdir:
                 shipment.close()  # the archive's paths are under the workdir: pack it for this machine
@@ -330,7 +338,7 @@ class Dispatcher:
             shipment.close()
             run = self._end(run, Status.FAILED, error=refusal)
             return _Prepared(run, "created", option.engine, option.spec)
-        return _Prepared(run, "created", option.engine, option.spec, shipment)
+        return _Prepared(run, "created", option.engine, option.spec, shipment, staged)
 
     def _launch(self, prepared: _Prepared) -> Run:
         """Create the container, ship the directory in and start it; the run is ``running`` after."""
@@ -352,10 +360,13 @@ class Dispatcher:
                 engine.put_archive(container_id, "/", shipment.archive)
             finally:
                 recorded.result()
+            if prepared.staged:  # made ready while the slot was busy: it starts when one frees
+                self._slots.wait_free(self.store, spec.machine, self._cancelled.is_set)
             if self._cancelled.is_set():
                 code, msg = self._stop_reason
                 return self._end(run, Status.INTERRUPTED, engine=engine, code=code, msg=msg)
             engine.start(container_id)
+            self._slots.started(run.machine, run.id)
         except LrunError as e:
             return self._end(run, Status.FAILED, engine=engine, error=e)
         run = replace(run, status=Status.RUNNING, started_at=time.time())
@@ -495,6 +506,7 @@ class Dispatcher:
             status = run.status
         else:
             self._share(run)
+        self._slots.ended(run.machine, run.id)  # a staged run of this machine may start now
         if engine is not None and container_id is not None:
             keep = self.keep == "always" or (self.keep == "failed" and status is not Status.COMPLETED)
             if not keep or status is Status.INTERRUPTED:
@@ -517,10 +529,14 @@ class Dispatcher:
         with self._live_lock:
             self._live[run_id] = (engine, container_id)
 
-    def _ours(self, run_id: str) -> bool:
-        """Whether this dispatcher created the run."""
+    def _ours(self, run: Run) -> bool:
+        """Whether this dispatcher created the run, or this process holds it: a run a sibling
+        worker placed a moment ago, before its container (and so ``_created``) exists."""
         with self._live_lock:
-            return run_id in self._created
+            if run.id in self._created:
+                return True
+        owner, here = run.owner or {}, local_owner()
+        return bool(owner.get("host") == here["host"] and owner.get("pid") == here["pid"])
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ calls it before a run exists (its ``_decide``):
 * the idempotency key (:func:`run_key`) and whether a command runs pytest
   (:func:`pytest_arguments_at`);
 * the store's placement of the spec on its candidates, with the wait in line for a
-  free slot (:func:`place`).
+  free slot, or a run staged one past a machine's slots (:func:`place`).
 """
 
 from __future__ import annotations
@@ -159,17 +159,24 @@ def place(
     dir_hash: str,
     *,
     busy_wait: float,
-    ours: Callable[[str], bool],
+    ours: Callable[[Run], bool],
     stopping: Callable[[], str | None],
     on_queued: Callable[[RunSpec, Run], None] | None,
     retry_of: str | None = None,
-) -> tuple[Run, Decision, MachineChoice]:
-    """The store's placement of the spec on its candidates: CREATED or REUSE, and where.
+    stage_on: Callable[[str], bool] | None = None,
+) -> tuple[Run, Decision, MachineChoice, bool]:
+    """The store's placement of the spec on its candidates: CREATED or REUSE, where, and whether
+    the run is staged.
 
     BUSY waits in line when the spec names a tag, when the machine is taken by the
-    dispatcher's own runs (``ours``), or for ``busy_wait`` seconds; then it raises
+    dispatcher's own runs (``ours``: this process's), or for ``busy_wait`` seconds; then it raises
     ``machine_busy``. A stop (Ctrl-C, ``-x``: ``stopping`` gives why) ends the wait
     with :class:`LeftRunning`.
+
+    Staged: when every slot is taken, a run may be placed one past the slots of a candidate
+    that ``stage_on`` names (one where the dispatcher has a run of its own running), if
+    nobody waits in line before it there: at most one such run per machine, whose container
+    is made and filled at once but started only when a run there ends (the dispatcher's gate).
     """
     by_name = {choice.spec.machine.name: choice for choice in choices}
     candidates = [
@@ -203,8 +210,17 @@ def place(
     while True:
         run, outcome = store.place(candidates, make, test_dir_hash=dir_hash, ticket=ticket)
         if outcome is not Decision.BUSY:
-            return run, outcome, by_name[run.machine]
-        waits = spec.candidates or ours(run.id) or time.monotonic() < deadline
+            return run, outcome, by_name[run.machine], False
+        ahead = [
+            replace(c, slots=c.slots + 1) for c in candidates if stage_on is not None and stage_on(c.machine)
+        ]
+        if ahead:
+            staged, outcome = store.place(ahead, make, test_dir_hash=dir_hash, ticket=ticket)
+            if outcome is not Decision.BUSY:
+                if ticket is not None:  # in line on the others too: the place there is no longer wanted
+                    store.leave_line(ticket, [name for name in by_name if name != staged.machine])
+                return staged, outcome, by_name[staged.machine], outcome is Decision.CREATED
+        waits = spec.candidates or ours(run) or time.monotonic() < deadline
         if not waits or stopping() is not None:
             if ticket is not None:
                 store.leave_line(ticket, list(by_name))

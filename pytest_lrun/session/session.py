@@ -96,6 +96,7 @@ class LrunSession:
             on_retry=self.workers.retried,
             infra_retries=settings.infra_retries,
             remove_later=True,  # a worker takes its next run while the last one's container goes
+            stage=not settings.detach,  # a detached run never frees its slot in this session
         )
         self._batch: Batch | None = None  # the batch as refreshed at the end of the session
         self.jobs: list[Job] = []
