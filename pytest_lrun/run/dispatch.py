@@ -317,7 +317,7 @@ class Dispatcher:
                 stopping=lambda: self._stop_reason[1] if self._cancelled.is_set() else None,
                 on_queued=self.on_queued,
                 retry_of=retry_of,
-                stage_on=self._slots.running_on if self.stage else None,
+                stage=self._slots if self.stage else None,
             )
             if outcome is Decision.CREATED and option.spec.machine.workdir != options[0].spec.machine.workdir:
                 shipment.close()  # the archive's paths are under the workdir: pack it for this machine

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from pytest_lrun.config.machines import Machine
     from pytest_lrun.engine.pool import EnginePool
     from pytest_lrun.run.images import Builder
+    from pytest_lrun.run.slots import Slots
     from pytest_lrun.run.spec import RunSpec
 
 logger = logging.getLogger("pytest_lrun")
@@ -163,7 +164,7 @@ def place(
     stopping: Callable[[], str | None],
     on_queued: Callable[[RunSpec, Run], None] | None,
     retry_of: str | None = None,
-    stage_on: Callable[[str], bool] | None = None,
+    stage: Slots | None = None,
 ) -> tuple[Run, Decision, MachineChoice, bool]:
     """The store's placement of the spec on its candidates: CREATED or REUSE, where, and whether
     the run is staged.
@@ -174,9 +175,9 @@ def place(
     with :class:`LeftRunning`.
 
     Staged: when every slot is taken, a run may be placed one past the slots of a candidate
-    that ``stage_on`` names (one where the dispatcher has a run of its own running), if
-    nobody waits in line before it there: at most one such run per machine, whose container
-    is made and filled at once but started only when a run there ends (the dispatcher's gate).
+    whose place for it ``stage`` reserves (one where the dispatcher has a run of its own
+    running and no staged run yet), if nobody waits in line before it there; its container
+    is made and filled at once but started only when a run there ends (:mod:`.slots`).
     """
     by_name = {choice.spec.machine.name: choice for choice in choices}
     candidates = [
@@ -211,11 +212,19 @@ def place(
         run, outcome = store.place(candidates, make, test_dir_hash=dir_hash, ticket=ticket)
         if outcome is not Decision.BUSY:
             return run, outcome, by_name[run.machine], False
-        ahead = [
-            replace(c, slots=c.slots + 1) for c in candidates if stage_on is not None and stage_on(c.machine)
-        ]
-        if ahead:
-            staged, outcome = store.place(ahead, make, test_dir_hash=dir_hash, ticket=ticket)
+        ahead = next((c for c in candidates if stage is not None and stage.reserve(c.machine)), None)
+        if stage is not None and ahead is not None:
+            try:
+                staged, outcome = store.place(
+                    [replace(ahead, slots=ahead.slots + 1)], make, test_dir_hash=dir_hash, ticket=ticket
+                )
+            except BaseException:
+                stage.release(ahead.machine)
+                raise
+            if outcome is Decision.CREATED:
+                stage.staged_as(ahead.machine, staged.id)
+            else:
+                stage.release(ahead.machine)
             if outcome is not Decision.BUSY:
                 if ticket is not None:  # in line on the others too: the place there is no longer wanted
                     store.leave_line(ticket, [name for name in by_name if name != staged.machine])

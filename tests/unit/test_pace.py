@@ -20,6 +20,7 @@ from pytest_lrun.core.errors import EngineError
 from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.run.container import Remover
 from pytest_lrun.run.images import Builder
+from pytest_lrun.run.slots import Slots
 from pytest_lrun.store.files import FileStore
 
 WAIT_S = 10.0
@@ -129,3 +130,23 @@ def test_the_docker_engine_loads_without_paramiko_until_an_ssh_machine_needs_it(
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_machine_has_one_staged_run_at_a_time_and_only_where_a_run_of_ours_runs() -> None:
+    """Two staged runs on a machine could wait for each other at the gate with none running there
+    (a plan's benchmark hung so): the second reservation is refused until the first one started."""
+    slots = Slots()
+    assert not slots.reserve("m1")  # nothing of ours runs there: no slot of ours will free
+    slots.started("m1", "r1")
+    assert slots.reserve("m1") and not slots.reserve("m1")
+    slots.staged_as("m1", "s1")
+    assert not slots.reserve("m1")
+    slots.started("m1", "s1")  # it passed the gate: the place is free again
+    assert slots.reserve("m1")
+    slots.release("m1")
+    assert slots.reserve("m1")
+    slots.staged_as("m1", "s2")
+    slots.ended("m1", "s2")  # failed before it started: the place goes with it
+    slots.ended("m1", "r1")
+    slots.ended("m1", "s1")
+    assert not slots.reserve("m1")
