@@ -249,7 +249,11 @@ def place(
         if not queued and on_queued is not None:
             on_queued(spec, run)
             queued = True
-        time.sleep(delay * random.uniform(0.5, 1.0))
+        nap = delay * random.uniform(0.5, 1.0)
+        if stage is not None:
+            stage.pause(nap)  # cut short when a run of the dispatcher's ends: a slot it held is free
+        else:
+            time.sleep(nap)
         delay = min(delay * 2, 2.0)  # well under the line's TICKET_TTL_S: a waiter keeps its place
 
 

@@ -10,8 +10,9 @@ on the machine (it counts the staged one), nor one of another process while a sl
 
 :class:`Slots` keeps which runs the dispatcher started on each machine and not yet ended, and
 its one staged run per machine (:meth:`Slots.reserve`: staging happens only where a run of its
-own runs, one at a time, so the gate always opens), and wakes a staged run as soon as one of
-its runs ends; another process's runs ending are seen by polling the store.
+own runs, one at a time, so the gate always opens), and wakes a staged run, and the runs
+waiting in line, as soon as one of its runs ends; another process's runs ending are seen by
+polling the store.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ class Slots:
                 del self._staged[machine]
             self._ends += 1
             self._changed.notify_all()
+
+    def pause(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, less when a run of the dispatcher ends (a waiter in line tries
+        again at once for the slot it freed, not at its next poll)."""
+        with self._changed:
+            seen = self._ends
+            self._changed.wait_for(lambda: self._ends != seen, seconds)
 
     def wait_free(self, store: RunStore, machine: Machine, stopping: Callable[[], bool]) -> None:
         """Return once ``machine``'s live runs (the staged one among them) fit its slots, or a stop

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,15 @@ def test_a_machine_has_one_staged_run_at_a_time_and_only_where_a_run_of_ours_run
     slots.ended("m1", "r1")
     slots.ended("m1", "s1")
     assert not slots.reserve("m1")
+
+
+def test_a_pause_ends_when_a_run_of_ours_ends() -> None:
+    """A waiter in line tries again as soon as a run of its dispatcher frees a slot."""
+    slots = Slots()
+    slots.started("m1", "r1")
+    timer = threading.Timer(0.1, slots.ended, args=("m1", "r1"))
+    began = time.monotonic()
+    timer.start()
+    slots.pause(WAIT_S)
+    assert time.monotonic() - began < WAIT_S / 2
+    timer.join()
