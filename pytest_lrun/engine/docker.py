@@ -4,7 +4,7 @@ Only this package imports :mod:`docker`. :class:`DockerEngine` maps every docker
 and requests error to :mod:`pytest_lrun.core.errors`, in a line a user can act on
 (:func:`_reason`); :func:`connect` builds one for a resolved
 :class:`~pytest_lrun.config.machines.Machine` and checks within a bounded connect
-timeout that the engine answers.
+timeout that the engine answers (its API version, asked once).
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import importlib
 import math
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-import docker
-import docker.errors
-import docker.tls
 import requests.adapters
 import requests.exceptions
 
@@ -34,6 +32,22 @@ from pytest_lrun.core.errors import (
     ImagePullFailed,
 )
 from pytest_lrun.engine import BuildChunk, ContainerSpec, ContainerState, ImageInfo, StartedAs
+
+# docker-py imports paramiko for its ssh transport whenever paramiko is installed (the ssh extra):
+# a third of pytest-lrun's own import time, in every start-up, for ssh:// machines alone. docker-py
+# is imported without it (an import of a None module raises ImportError, which docker-py expects);
+# the first ssh machine loads it (_ssh_adapter).
+_PARAMIKO_HIDDEN = "paramiko" not in sys.modules and "docker" not in sys.modules
+if _PARAMIKO_HIDDEN:
+    sys.modules["paramiko"] = None  # type: ignore[assignment]
+try:
+    import docker
+    import docker.api.client
+    import docker.errors
+    import docker.tls
+finally:
+    if _PARAMIKO_HIDDEN:
+        del sys.modules["paramiko"]
 
 # A build's output may be silent this long (one long RUN step) before the engine counts as gone.
 BUILD_SILENCE_S = 1800.0
@@ -404,6 +418,12 @@ def _ssh_adapter(machine: Machine, timeout: float) -> requests.adapters.HTTPAdap
         from pytest_lrun.engine.ssh import ssh_adapter
     except ImportError:
         raise ExtraMissing(f"machine {machine.name!r} at {machine.host}", "ssh", "paramiko") from None
+    # docker-py's client makes its own ssh adapter (never used: see _Client) from the name its
+    # module imported, which it left out when docker-py was imported without paramiko.
+    if not hasattr(docker.api.client, "SSHHTTPAdapter"):
+        from docker.transport.sshconn import SSHHTTPAdapter
+
+        docker.api.client.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined, unused-ignore]
     return ssh_adapter(machine, timeout)
 
 
@@ -472,11 +492,7 @@ def _reason(e: Exception) -> str:
 
 
 def connect(machine: Machine, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> DockerEngine:
-    """An engine for ``machine`` that answered a ping within ``connect_timeout`` seconds."""
-    engine = DockerEngine(machine, connect_timeout=connect_timeout)
-    try:
-        engine.ping()
-    except EngineUnreachable:
-        engine.close()
-        raise
-    return engine
+    """An engine for ``machine`` that answered within ``connect_timeout`` seconds: the client asks
+    the engine for its API version as it is made (``version="auto"``), so a ping after it would be
+    a second round trip that says nothing new."""
+    return DockerEngine(machine, connect_timeout=connect_timeout)

@@ -2,7 +2,8 @@
 
 :func:`connect` picks the client by the machine's kind: a Docker Engine's
 (:mod:`.docker`), or a Remote Execution API service's (:mod:`.reapi`, imported only
-for such a machine, with the ``reapi`` extra).
+for such a machine, with the ``reapi`` extra). Machines connect at once (a lock per
+machine), each only once.
 """
 
 from __future__ import annotations
@@ -47,12 +48,22 @@ class EnginePool:
         self._factory: EngineFactory = factory or (lambda m: connect(m, connect_timeout=connect_timeout))
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
+        self._connecting: dict[str, threading.Lock] = {}  # one per machine: a slow engine holds up no other
 
     def get(self, machine: Machine) -> Engine:
+        """The machine's engine, connected on first use; machines connect at once, each once."""
         with self._lock:
             engine = self._engines.get(machine.name)
+            if engine is not None:
+                return engine
+            connecting = self._connecting.setdefault(machine.name, threading.Lock())
+        with connecting:
+            with self._lock:
+                engine = self._engines.get(machine.name)
             if engine is None:
-                engine = self._engines[machine.name] = self._factory(machine)
+                engine = self._factory(machine)
+                with self._lock:
+                    self._engines[machine.name] = engine
             return engine
 
     def close(self) -> None:

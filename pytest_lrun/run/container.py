@@ -5,7 +5,9 @@
   its secrets, the labels that clean-up filters on, and, for a pytest command, the inner
   reporter's wiring (:func:`~pytest_lrun.wire.events.reporter_wiring`) with the run's token;
 * :func:`stop_all`: the containers of many runs stopped at once (Ctrl-C, ``-x``), each
-  on a thread of its own, so a slow engine does not hold up the others.
+  on a thread of its own, so a slow engine does not hold up the others;
+* :class:`Remover`: an ended run's container removed, at once or off the run's path on
+  threads of its own (a session's worker takes its next run meanwhile).
 
 :class:`~pytest_lrun.run.dispatch.Dispatcher` creates, ships into and starts the container
 with these, and records each step on the run.
@@ -17,6 +19,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from pytest_lrun.core.errors import ConfigError, EngineError
 from pytest_lrun.engine import (
@@ -36,7 +39,10 @@ from pytest_lrun.run.spec import RunSpec
 from pytest_lrun.store import Run
 from pytest_lrun.wire.events import reporter_wiring
 
-__all__ = ["container_spec", "stop_all"]
+__all__ = ["REMOVERS", "Remover", "container_spec", "stop_all"]
+
+#: Threads that remove containers at once for a :class:`Remover` with ``later``.
+REMOVERS = 4
 
 
 def container_spec(run: Run, spec: RunSpec, store_id: str, *, cacheable: bool = False) -> ContainerSpec:
@@ -102,3 +108,34 @@ def _stop_quietly(engine: Engine, container_id: str, grace: float) -> None:
     # The run is marked interrupted by its own thread whether the stop works or not.
     with contextlib.suppress(EngineError):
         stop(engine, container_id, grace)
+
+
+class Remover:
+    """Removes ended runs' containers (forced, with their volumes), quietly: `lrun reap` removes
+    what is left, by label, and the run's record is terminal before its container goes.
+
+    With ``later``, :meth:`remove` returns at once and threads of its own remove the container;
+    :meth:`close` waits for them, and a removal asked after it is done at once.
+    """
+
+    def __init__(self, *, later: bool) -> None:
+        self._lock = threading.Lock()
+        self._threads = ThreadPoolExecutor(REMOVERS, thread_name_prefix="lrun-remove") if later else None
+
+    def remove(self, engine: Engine, container_id: str) -> None:
+        with self._lock:
+            if self._threads is not None:
+                self._threads.submit(_remove_quietly, engine, container_id)
+                return
+        _remove_quietly(engine, container_id)
+
+    def close(self) -> None:
+        with self._lock:
+            threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=True)
+
+
+def _remove_quietly(engine: Engine, container_id: str) -> None:
+    with contextlib.suppress(EngineError):
+        engine.remove(container_id)

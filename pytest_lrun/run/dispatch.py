@@ -51,6 +51,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from pytest_lrun.config.machines import Machine
@@ -79,11 +80,12 @@ from pytest_lrun.core.faults import crash_point
 from pytest_lrun.core.reserve import check_room, claim, full
 from pytest_lrun.engine import Engine, stop
 from pytest_lrun.engine.pool import EnginePool
-from pytest_lrun.run.container import container_spec, stop_all
+from pytest_lrun.run.container import Remover, container_spec, stop_all
 from pytest_lrun.run.images import Builder, BuildSink
 from pytest_lrun.run.logs import hidden_values, read_event_file
 from pytest_lrun.run.placement import POLL_S, choices_for, place, run_key, snapshot_for
 from pytest_lrun.run.readback import RunOutput, collect, pump_logs, respool
+from pytest_lrun.run.slots import Slots
 from pytest_lrun.run.spec import EventSink, OutputSink, RunResult, RunSpec
 from pytest_lrun.run.verdict import engine_verdict, error_verdict, exit_verdict, infra_failure
 from pytest_lrun.store import Decision, Run, RunStore, Status
@@ -105,6 +107,7 @@ class _Prepared:
     engine: Engine
     spec: RunSpec  # the spec on the machine the run was placed on
     shipment: Snapshot | None = None  # the directory as hashed: set for created runs only
+    staged: bool = False  # placed one past its machine's slots: starts at the gate (run.slots)
 
 
 class Dispatcher:
@@ -128,6 +131,8 @@ class Dispatcher:
         on_build: BuildSink | None = None,
         on_retry: Callable[[RunSpec, Run, int], None] | None = None,
         infra_retries: int = DEFAULT_INFRA_RETRIES,
+        remove_later: bool = False,
+        stage: bool = False,
     ) -> None:
         self.store = store
         self.engines = engines
@@ -144,6 +149,12 @@ class Dispatcher:
         self.builder = Builder(store, on_line=on_build)  # (machine, line) as an image builds
         self.on_retry = on_retry  # (spec, the failed run, the attempt about to start)
         self.infra_retries = infra_retries
+        # Ended runs' containers, removed off the run's path when ``remove_later`` (:meth:`close` waits).
+        self._remover = Remover(later=remove_later)
+        # With ``stage``, a run may be placed one past a busy machine's slots and made ready
+        # while it waits (:mod:`pytest_lrun.run.slots`): a session's look-ahead workers.
+        self.stage = stage
+        self._slots = Slots()
         self._live: dict[str, tuple[Engine, str]] = {}
         self._created: set[str] = set()  # ids of the runs this dispatcher created
         self._stopped_ids: set[str] = set()  # ids of the runs this dispatcher stopped
@@ -209,6 +220,10 @@ class Dispatcher:
         if run.status.is_terminal:
             return self.result(run, "reused")
         return self.result(self._await(run, self.engines.get(machine)), "reused")
+
+    def close(self) -> None:
+        """Wait for the containers still being removed (``remove_later``); later ones go at once."""
+        self._remover.close()
 
     @property
     def stopping(self) -> bool:
@@ -303,7 +318,7 @@ class Dispatcher:
         check_room(self.store.state_dir, self.terminal_reserve)  # state_full before anything is recorded
         shipment = snapshot_for(options[0].spec, self.store.hashcache_dir)
         try:
-            run, outcome, option = place(
+            run, outcome, option, staged = place(
                 self.store,
                 spec,
                 options,
@@ -313,6 +328,7 @@ class Dispatcher:
                 stopping=lambda: self._stop_reason[1] if self._cancelled.is_set() else None,
                 on_queued=self.on_queued,
                 retry_of=retry_of,
+                stage=self._slots if self.stage else None,
             )
             if outcome is Decision.CREATED and option.spec.machine.workdir != options[0].spec.machine.workdir:
                 shipment.close()  # the archive's paths are under the workdir: pack it for this machine
@@ -333,7 +349,7 @@ class Dispatcher:
             shipment.close()
             run = self._end(run, Status.FAILED, error=refusal)
             return _Prepared(run, "created", option.engine, option.spec)
-        return _Prepared(run, "created", option.engine, option.spec, shipment)
+        return _Prepared(run, "created", option.engine, option.spec, shipment, staged)
 
     def _launch(self, prepared: _Prepared) -> Run:
         """Create the container, ship the directory in and start it; the run is ``running`` after."""
@@ -346,15 +362,22 @@ class Dispatcher:
             crash_point("after_create")
             with self._live_lock:
                 self._created.add(run.id)
-            # Record the container before starting it, so a crash from here on can be reconciled.
+            # Record the container before starting it, so a crash from here on can be reconciled;
+            # the upload does not wait for that write (a crash before it is one at after_create).
             run = replace(run, container_id=container_id, logs_path=str(self.store.files(run.id).logs))
-            self.store.update(run)
             self._watch(run.id, engine, container_id)
-            engine.put_archive(container_id, "/", shipment.archive)
+            recorded = _beside(self.store.update, run)
+            try:
+                engine.put_archive(container_id, "/", shipment.archive)
+            finally:
+                recorded.result()
+            if prepared.staged:  # made ready while the slot was busy: it starts when one frees
+                self._slots.wait_free(self.store, spec.machine, self._cancelled.is_set)
             if self._cancelled.is_set():
                 code, msg = self._stop_reason
                 return self._end(run, Status.INTERRUPTED, engine=engine, code=code, msg=msg)
             started_as = engine.start(container_id)
+            self._slots.started(run.machine, run.id)
         except LrunError as e:
             return self._end(run, Status.FAILED, engine=engine, error=e)
         if started_as is not None:  # a remote execution's name: what attaching to it needs
@@ -394,17 +417,21 @@ class Dispatcher:
             engine.wait(container_id, 30)
         pump.join(30)
         spool.close()
-        respool(files, run, engine, self.log_max_bytes, secrets, spool.received)
+        # Two reads of the stopped container at once: its whole log (respool) and the JUnit XML
+        # and artifacts (collect); they write different files.
+        respooled = _beside(respool, files, run, engine, self.log_max_bytes, secrets, spool.received)
         run = replace(run, exit_code=exit_code)
-        lost = spool.lost
         try:
-            refused = collect(files, run, engine, secrets=secrets)
+            refused, lost = collect(files, run, engine, secrets=secrets), False
         except OSError as e:
             if not full(e):
                 raise
             refused, lost = [], True
         except EngineError as e:
             return self._lost(run, engine, e)
+        finally:
+            respooled.result()
+        lost = lost or spool.lost
         with self._live_lock:
             stopped = self._stop_reason if run.id in self._stopped_ids else None
         run, verdict = exit_verdict(
@@ -496,11 +523,11 @@ class Dispatcher:
             status = run.status
         else:
             self._share(run)
+        self._slots.ended(run.machine, run.id)  # a staged run of this machine may start now
         if engine is not None and container_id is not None:
             keep = self.keep == "always" or (self.keep == "failed" and status is not Status.COMPLETED)
             if not keep or status is Status.INTERRUPTED:
-                with contextlib.suppress(EngineError):  # `lrun reap` removes what is left, by label
-                    engine.remove(container_id)
+                self._remover.remove(engine, container_id)
         with self._live_lock:
             self._live.pop(run.id, None)
         return run
@@ -525,10 +552,14 @@ class Dispatcher:
         with self._live_lock:
             self._live[run_id] = (engine, container_id)
 
-    def _ours(self, run_id: str) -> bool:
-        """Whether this dispatcher created the run."""
+    def _ours(self, run: Run) -> bool:
+        """Whether this dispatcher created the run, or this process holds it: a run a sibling
+        worker placed a moment ago, before its container (and so ``_created``) exists."""
         with self._live_lock:
-            return run_id in self._created
+            if run.id in self._created:
+                return True
+        owner, here = run.owner or {}, local_owner()
+        return bool(owner.get("host") == here["host"] and owner.get("pid") == here["pid"])
 
 
 @contextlib.contextmanager
@@ -550,6 +581,20 @@ def _shipping(prepared: _Prepared) -> Iterator[None]:
     finally:
         if prepared.shipment is not None:
             prepared.shipment.close()
+
+
+def _beside(fn: Callable[..., object], *args: object) -> Future[object]:
+    """``fn(*args)`` on a thread of its own, while the caller goes on; the future holds its end."""
+    future: Future[object] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # handed to whoever waits on the future
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="lrun-beside", daemon=True).start()
+    return future
 
 
 def _secrets(spec: RunSpec) -> list[str]:

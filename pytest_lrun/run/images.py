@@ -1,7 +1,8 @@
 """Images built where they run: a declared build (:mod:`pytest_lrun.config.builds`) made on its engine.
 
-* :class:`Builder` gives a run its image id on an engine. An image (not a build) is
-  looked up (or pulled) as before. A build whose tag is on the engine costs one
+* :class:`Builder` gives a run its image id on an engine, found once per machine and
+  image for the dispatcher's life (``pull = "always"`` asks each time). An image (not a
+  build) is looked up (or pulled) as before. A build whose tag is on the engine costs one
   inspect. Otherwise it is built there, through the Docker SDK's build API, under the
   store's named lock ``build <machine> <tag>`` (:meth:`~pytest_lrun.store.RunStore.exclusive`):
   two dispatchers that need it at once (threads, processes, or runners of a shared
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +61,10 @@ class Builder:
         self.store = store
         self.on_line = on_line
         self.logs_dir = store.state_dir / BUILDS_DIR
+        # (machine, image) -> id, found once per dispatcher: a run of a fleet asks each of its
+        # candidates, and an inspect per candidate per run was an engine round trip on every start.
+        self._ids: dict[tuple[str, str], str] = {}
+        self._ids_lock = threading.Lock()
 
     def log_path(self, machine: str, tag: str) -> Path:
         """The build log of ``tag`` on ``machine`` in this host's state dir."""
@@ -69,10 +75,22 @@ class Builder:
 
         :raises ImageMissing: not there and not pullable
         :raises ImageBuildFailed: the build failed (its step and log tail say where)
+
+        An id once found is kept for the dispatcher's life, unless the machine pulls ``always``.
         """
-        if build is None:
+        if build is None and machine.pull == "always":
             return engine.image_id(image, machine.pull)
-        return self._built(engine, machine.name, image, build)
+        with self._ids_lock:
+            known = self._ids.get((machine.name, image))
+        if known is not None:
+            return known
+        if build is None:
+            found = engine.image_id(image, machine.pull)
+        else:
+            found = self._built(engine, machine.name, image, build)
+        with self._ids_lock:
+            self._ids[(machine.name, image)] = found
+        return found
 
     def _built(self, engine: Engine, machine: str, tag: str, build: Build) -> str:
         try:

@@ -12,7 +12,7 @@ calls it before a run exists (its ``_decide``):
 * the idempotency key (:func:`run_key`) and whether a command runs pytest
   (:func:`pytest_arguments_at`);
 * the store's placement of the spec on its candidates, with the wait in line for a
-  free slot (:func:`place`).
+  free slot, or a run staged one past a machine's slots (:func:`place`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from pytest_lrun.config.machines import Machine
     from pytest_lrun.engine.pool import EnginePool
     from pytest_lrun.run.images import Builder
+    from pytest_lrun.run.slots import Slots
     from pytest_lrun.run.spec import RunSpec
 
 logger = logging.getLogger("pytest_lrun")
@@ -101,11 +102,11 @@ def choices_for(spec: RunSpec, engines: EnginePool, builder: Builder) -> list[Ma
 
     A candidate whose engine does not answer is left out while another one does (a
     fleet goes on without a host that is down); when none answers, the first error is raised.
-    A build is built on every candidate that lacks it, all at once.
+    The candidates are asked at once (a build is built on every candidate that lacks it).
     """
     pool = spec.pool
-    if len(pool) > 1 and spec.build is not None:
-        with ThreadPoolExecutor(len(pool), thread_name_prefix="lrun-build") as threads:
+    if len(pool) > 1:  # engines connect, and images are found or built, on all candidates at once
+        with ThreadPoolExecutor(len(pool), thread_name_prefix="lrun-choice") as threads:
             tried = list(threads.map(lambda m: _choice(spec, m, engines, builder), pool))
     else:
         tried = [_choice(spec, machine, engines, builder) for machine in pool]
@@ -159,17 +160,24 @@ def place(
     dir_hash: str,
     *,
     busy_wait: float,
-    ours: Callable[[str], bool],
+    ours: Callable[[Run], bool],
     stopping: Callable[[], str | None],
     on_queued: Callable[[RunSpec, Run], None] | None,
     retry_of: str | None = None,
-) -> tuple[Run, Decision, MachineChoice]:
-    """The store's placement of the spec on its candidates: CREATED or REUSE, and where.
+    stage: Slots | None = None,
+) -> tuple[Run, Decision, MachineChoice, bool]:
+    """The store's placement of the spec on its candidates: CREATED or REUSE, where, and whether
+    the run is staged.
 
     BUSY waits in line when the spec names a tag, when the machine is taken by the
-    dispatcher's own runs (``ours``), or for ``busy_wait`` seconds; then it raises
+    dispatcher's own runs (``ours``: this process's), or for ``busy_wait`` seconds; then it raises
     ``machine_busy``. A stop (Ctrl-C, ``-x``: ``stopping`` gives why) ends the wait
     with :class:`LeftRunning`.
+
+    Staged: when every slot is taken, a run may be placed one past the slots of a candidate
+    whose place for it ``stage`` reserves (one where the dispatcher has a run of its own
+    running and no staged run yet), if nobody waits in line before it there; its container
+    is made and filled at once but started only when a run there ends (:mod:`.slots`).
     """
     by_name = {choice.spec.machine.name: choice for choice in choices}
     candidates = [
@@ -205,8 +213,25 @@ def place(
     while True:
         run, outcome = store.place(candidates, make, test_dir_hash=dir_hash, ticket=ticket)
         if outcome is not Decision.BUSY:
-            return run, outcome, by_name[run.machine]
-        waits = spec.candidates or ours(run.id) or time.monotonic() < deadline
+            return run, outcome, by_name[run.machine], False
+        ahead = next((c for c in candidates if stage is not None and stage.reserve(c.machine)), None)
+        if stage is not None and ahead is not None:
+            try:
+                staged, outcome = store.place(
+                    [replace(ahead, slots=ahead.slots + 1)], make, test_dir_hash=dir_hash, ticket=ticket
+                )
+            except BaseException:
+                stage.release(ahead.machine)
+                raise
+            if outcome is Decision.CREATED:
+                stage.staged_as(ahead.machine, staged.id)
+            else:
+                stage.release(ahead.machine)
+            if outcome is not Decision.BUSY:
+                if ticket is not None:  # in line on the others too: the place there is no longer wanted
+                    store.leave_line(ticket, [name for name in by_name if name != staged.machine])
+                return staged, outcome, by_name[staged.machine], outcome is Decision.CREATED
+        waits = spec.candidates or ours(run) or time.monotonic() < deadline
         if not waits or stopping() is not None:
             if ticket is not None:
                 store.leave_line(ticket, list(by_name))
@@ -226,7 +251,11 @@ def place(
         if not queued and on_queued is not None:
             on_queued(spec, run)
             queued = True
-        time.sleep(delay * random.uniform(0.5, 1.0))
+        nap = delay * random.uniform(0.5, 1.0)
+        if stage is not None:
+            stage.pause(nap)  # cut short when a run of the dispatcher's ends: a slot it held is free
+        else:
+            time.sleep(nap)
         delay = min(delay * 2, 2.0)  # well under the line's TICKET_TTL_S: a waiter keeps its place
 
 

@@ -100,6 +100,8 @@ class LrunSession:
             on_build=self.workers.build_line,
             on_retry=self.workers.retried,
             infra_retries=settings.infra_retries,
+            remove_later=True,  # a worker takes its next run while the last one's container goes
+            stage=not settings.detach,  # a detached run never frees its slot in this session
         )
         self._batch: Batch | None = None  # the batch as refreshed at the end of the session
         self.jobs: list[Job] = []
@@ -395,6 +397,7 @@ class LrunSession:
             self.workers.shutdown()
         # After Ctrl-C the loop stopped early: the interrupted runs' ends are reported now.
         self._drain()
+        self.dispatcher.close()  # the last containers' removals, before their engines close
         self.engines.close()
         # Book-keeping after the tests: a problem here is reported, never turned into an internal error.
         try:

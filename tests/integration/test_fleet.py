@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from lrun_support import PYTHON_IMAGE, wait_for, write_tests
+from lrun_support import PYTHON_IMAGE, lrun_containers, wait_for, write_tests
 
 from pytest_lrun.core.times import parse_time
 
@@ -64,7 +64,7 @@ def _most_at_once(intervals: list[tuple[float, float]]) -> int:
 
 
 def test_a_tag_spreads_runs_over_its_machines_within_their_slots(
-    pytester: pytest.Pytester, pool: Path, state_dir: Path
+    pytester: pytest.Pytester, pool: Path, state_dir: Path, engines: list[str]
 ) -> None:
     result = pytester.runpytest_subprocess("--lrun-plan=plan.toml", "-rA")
     result.assert_outcomes(passed=5)
@@ -78,6 +78,8 @@ def test_a_tag_spreads_runs_over_its_machines_within_their_slots(
     assert _most_at_once([span for machine in spans.values() for span in machine]) >= 2
     result.stdout.fnmatch_lines(["lrun: tag:pool: dispatching sleeps (e0)*"])
     assert result.duration < 5 * 2 + 8  # far less than five entries one after another, with start-up
+    # Removed off the runs' path while the next ones started, and all gone once pytest returned.
+    assert lrun_containers(engines, {r["id"] for r in records}) == []
 
 
 def test_lrun_machines_shows_tags_and_slots_in_use(pool: Path, state_dir: Path) -> None:
@@ -172,3 +174,36 @@ def test_waiting_invocations_get_the_machine_in_the_order_they_came(
     }
     order = sorted(records, key=lambda name: parse_time(records[name]["started_at"]))
     assert order == ["holder", "early", "late"], order
+
+
+def test_a_run_staged_while_the_slot_is_busy_starts_only_when_it_frees(
+    pytester: pytest.Pytester, project: Path, state_dir: Path, engines: list[str]
+) -> None:
+    """m1 has one slot: the next directory's run is placed one past it, its labelled container made
+    and filled while the slot is busy, and started only once the run before it ended."""
+    import docker
+
+    for name in ("a", "b", "c"):
+        write_tests(project, name, SLEEPS.replace("time.sleep(2)", "time.sleep(1)"))
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "--lrun-keep=always", "a", "b", "c")
+    result.assert_outcomes(passed=3)
+    records = sorted(
+        (json.loads((d / "run.json").read_text()) for d in (state_dir / "runs").iterdir()),
+        key=lambda r: parse_time(r["started_at"]),
+    )
+    spans = [(parse_time(r["started_at"]), parse_time(r["ended_at"])) for r in records]
+    assert _most_at_once(spans) == 1, spans  # never past the machine's slot
+    # Staged: recorded (and its container made) before the run ahead of it ended.
+    staged = [
+        r
+        for r, before in zip(records[1:], records, strict=False)
+        if parse_time(r["created_at"]) < parse_time(before["ended_at"])
+    ]
+    assert staged, records
+    client = docker.APIClient(base_url=engines[0], version="auto")
+    try:
+        for run in records:  # each container labelled with the run that owns it, as any other
+            labels = client.inspect_container(run["container_id"])["Config"]["Labels"]
+            assert labels["lrun.run-id"] == run["id"] and labels["lrun.machine"] == "m1"
+    finally:
+        client.close()
