@@ -356,7 +356,11 @@ class Dispatcher:
         run, engine, shipment, spec = prepared.run, prepared.engine, prepared.shipment, prepared.spec
         if run.status.is_terminal or shipment is None:  # failed before it began (image missing)
             return run
-        created_with = container_spec(run, spec, self.store.store_id, cacheable=self._cacheable(run))
+        # A remote service's action cache may answer the run only where the store's own cache may.
+        cacheable = self.reuse == REUSE_EVEN_FLAKY or (
+            self.reuse != REUSE_NEVER and not disagreed(self.store.outcomes(run.key))
+        )
+        created_with = container_spec(run, spec, self.store.store_id, cacheable=cacheable)
         try:
             container_id = engine.create(created_with)
             crash_point("after_create")
@@ -541,12 +545,6 @@ class Dispatcher:
             logger.warning("run %s: its result was not shared with other runners: %s", run.id, e)
 
     # -- small helpers ------------------------------------------------------------
-
-    def _cacheable(self, run: Run) -> bool:
-        """Whether a remote service's action cache may answer ``run``: as the store's own cache may."""
-        if self.reuse == REUSE_NEVER:
-            return False
-        return self.reuse == REUSE_EVEN_FLAKY or not disagreed(self.store.outcomes(run.key))
 
     def _watch(self, run_id: str, engine: Engine, container_id: str) -> None:
         with self._live_lock:
