@@ -56,6 +56,8 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
+
 # The workers are started as the tests start theirs (tests/reapi_workers.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -64,6 +66,7 @@ from reapi_workers import ReapiService, Workers
 
 from pytest_lrun.config.machines import Machine, MachineResolver, load_machine_tables
 from pytest_lrun.config.remote import image_property
+from pytest_lrun.core.errors import LrunError
 from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.engine.reapi import RemoteEngine, connect
 from pytest_lrun.reapi.cas import digest_of, key_of
@@ -244,6 +247,8 @@ def dispatchers(project: Path, root: Path, workers: Workers, name: str) -> tuple
         try:
             barrier.wait(30)
             origins.append(Dispatcher(store, pool).dispatch(spec).origin)
+        except LrunError as e:
+            origins.append(f"{e.code}: {e}")  # said once below, not as a traceback per thread
         finally:
             pool.close()
 
@@ -255,7 +260,7 @@ def dispatchers(project: Path, root: Path, workers: Workers, name: str) -> tuple
         thread.join(120)
     wall = time.perf_counter() - started
     if sorted(origins) != ["created"] + ["reused"] * (DISPATCHERS - 1):
-        raise SystemExit(f"bench: 8 dispatchers of one key ended {origins}")
+        raise SystemExit(f"bench: {DISPATCHERS} dispatchers of one key ended {sorted(origins)}")
     action = only_run(state).action_digest
     assert action is not None
     return executions(workers, action), wall
@@ -280,6 +285,7 @@ def raw_executes(project: Path, workers: Workers) -> tuple[int, int]:
     engine = RemoteEngine(grid_machine(project))
     names: list[str] = []
     done: list[str] = []  # the operations that ended: every call must, before the workers' logs are read
+    failed: list[str] = []
     try:
         blobs = {key_of(digest_of(b)): b for b in (command_bytes, empty, action_bytes)}
         engine.storage.upload(blobs)
@@ -289,12 +295,15 @@ def raw_executes(project: Path, workers: Workers) -> tuple[int, int]:
         )
 
         def execute() -> None:
-            operations = iter(stub.Execute(request, metadata=engine.channel.metadata, timeout=120))
-            operation = next(operations)
-            names.append(operation.name)
-            while not operation.done:
+            try:
+                operations = iter(stub.Execute(request, metadata=engine.channel.metadata, timeout=120))
                 operation = next(operations)
-            done.append(operation.name)
+                names.append(operation.name)
+                while not operation.done:
+                    operation = next(operations)
+                done.append(operation.name)
+            except grpc.RpcError as e:
+                failed.append(str(e))  # said once below, not as a traceback per thread
 
         threads = [threading.Thread(target=execute) for _ in range(DISPATCHERS)]
         for thread in threads:
@@ -305,7 +314,7 @@ def raw_executes(project: Path, workers: Workers) -> tuple[int, int]:
     finally:
         engine.close()
     if len(done) != DISPATCHERS:
-        raise SystemExit(f"bench: {DISPATCHERS - len(done)} of the raw Execute calls did not end")
+        raise SystemExit(f"bench: {DISPATCHERS - len(done)} raw Execute calls did not end: {failed[:1]}")
     return executions(workers, f"{digest.hash}/{digest.size_bytes}"), len(set(names))
 
 
