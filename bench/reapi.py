@@ -402,6 +402,12 @@ def report(
         f"{cost['grid 1'] - cost['m1 1']:+.3f}s (target < {OVERHEAD_TARGET_S}s): "
         f"{verdict(extra < OVERHEAD_TARGET_S)}"
     )
+    in_records = {m: cost[f"{m} to start"] + cost[f"{m} running"] for m in ("m1", "grid")}
+    print(
+        f"a run from its record to its end, medians of the run records: grid {in_records['grid']:.3f}s, "
+        f"m1 {in_records['m1']:.3f}s ({in_records['grid'] - in_records['m1']:+.3f}s; of grid's, the "
+        f"service's hand-off around the worker {cost['grid running'] - cost['grid worker']:.3f}s; no target)"
+    )
     print(
         f"action cache lookup (GetActionResult): {hit['lookup']:.3f}s median, {hit['lookup max']:.3f}s max "
         f"(target < {LOOKUP_TARGET_S}s): {verdict(hit['lookup max'] < LOOKUP_TARGET_S)}"
