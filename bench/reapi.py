@@ -183,7 +183,8 @@ def cache_hit(
 ) -> dict[str, float]:
     """The raw action cache lookup and whole invocations served by it (see the module docstring)."""
     name = write_dir(project, "hit", SUITE)
-    # -rA shows the summary table; the seed has it too, as the options passed in are part of the action.
+    # -rA shows the summary table. The seed runs the very same command: seeded without -rA, the
+    # fresh invocations' action differed and was executed again.
     cmd = [*PYTEST, "--lrun-machine=grid", "--lrun-reuse=completed", "-rA", name]
     timed(cmd, project, {**env, "LRUN_STATE_DIR": str(root / "seed")})  # executes, fills the cache
     action = only_run(root / "seed").action_digest
