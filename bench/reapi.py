@@ -37,6 +37,11 @@ a time: the marginal cost below is then one run's whole cost). Measured in one r
   straight to the service -- how many executions BuildGrid alone starts (reported,
   no target).
 
+The service is shared: another ``lrun worker`` on the same instance (a concurrent
+``tests/integration/test_reapi.py``) takes some of the benchmark's actions, which its
+own workers' logs then do not count, and a restart of the service or of its database
+(the tests' restart cases) fails a step. Run it when neither happens.
+
 Prints a table and PASS/MISS lines; exits 0 unless a step fails.
 """
 
@@ -117,8 +122,13 @@ def grid_machine(project: Path) -> Machine:
 
 
 def only_run(state: Path) -> Run:
-    (run,) = FileStore(state).list()
-    return run
+    """The one run of ``state``; more means a run failed and was retried (the shared service or its
+    database went away meanwhile: another session's test restarted it), which the counts cannot use."""
+    runs = FileStore(state).list()
+    if len(runs) != 1:
+        found = [(r.id, r.status.value, r.error_code) for r in runs]
+        raise SystemExit(f"bench: one run expected in {state}, found {found}")
+    return runs[0]
 
 
 def overhead(project: Path, env: dict[str, str], repeats: int, many: int) -> dict[str, float]:
