@@ -192,7 +192,11 @@ class Dispatcher:
             return self.result(run, "cached")
         if prepared.origin == "reused":
             return self.result(self._await(run, engine), "reused")
-        with _shipping(prepared), self._ends_on_error(run, engine), self.store.watching(run.id):
+        with (
+            prepared.shipment or contextlib.nullcontext(),
+            self._ends_on_error(run, engine),
+            self.store.watching(run.id),
+        ):
             run = self._launch(prepared)
             if not run.status.is_terminal:
                 run = self._finish(run, engine, _secrets(prepared.spec), fresh_logs=False)
@@ -206,7 +210,11 @@ class Dispatcher:
         run, engine = prepared.run, prepared.engine
         if prepared.origin != "created":
             return RunResult(run, prepared.origin)
-        with _shipping(prepared), self._ends_on_error(run, engine), self.store.watching(run.id):
+        with (
+            prepared.shipment or contextlib.nullcontext(),
+            self._ends_on_error(run, engine),
+            self.store.watching(run.id),
+        ):
             run = self._launch(prepared)
             if not run.status.is_terminal:
                 # Nobody watches a detached run: whoever attaches next takes over.
@@ -404,8 +412,10 @@ class Dispatcher:
         self._watch(run.id, engine, container_id)
         files = self.store.files(run.id)
         spool = RunOutput(files.logs, files.events, run, self.log_max_bytes, secrets, fresh=fresh_logs)
+        # A cached result's events are reported once its origin is known, at its end: not live.
+        live = None if run.id in self._from_cache else self.on_events
         pump = threading.Thread(
-            target=pump_logs, args=(run, engine, spool, self.on_events, self.on_output), daemon=True
+            target=pump_logs, args=(run, engine, spool, live, self.on_output), daemon=True
         )
         pump.start()
         timeout = run.timeout or DEFAULT_TIMEOUT
@@ -569,16 +579,6 @@ def _closed_on_error(prepared: _Prepared) -> Iterator[None]:
         if prepared.shipment is not None:
             prepared.shipment.close()
         raise
-
-
-@contextlib.contextmanager
-def _shipping(prepared: _Prepared) -> Iterator[None]:
-    """Close the shipment when the block ends, however it ends."""
-    try:
-        yield
-    finally:
-        if prepared.shipment is not None:
-            prepared.shipment.close()
 
 
 def _beside(fn: Callable[..., object], *args: object) -> Future[object]:
