@@ -8,7 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/provision.sh)"
-"$LRUN_BUILDGRID_VENV/bin/python" scripts/buildgrid_smoke.py >&2  # the REAPI server the tests dispatch to
+# The REAPI server the tests dispatch to. BuildGrid answers UNAVAILABLE for a while after its
+# database restarted (a cool-down of its connection pool): the smoke test is tried up to 3 times.
+smoke() { "$LRUN_BUILDGRID_VENV/bin/python" scripts/buildgrid_smoke.py >&2; }
+smoke || { sleep 10; smoke; } || { sleep 20; smoke; }
 scripts/demo-check.sh
 export LRUN_REQUIRE_DOCKER=${LRUN_REQUIRE_DOCKER:-1} LRUN_REQUIRE_POSTGRES=${LRUN_REQUIRE_POSTGRES:-1} LRUN_REQUIRE_REAPI=${LRUN_REQUIRE_REAPI:-1}
 python3 -m tox --version >/dev/null 2>&1 || python3 -m pip install -q tox

@@ -37,11 +37,16 @@ class ReapiService:
         machine = Machine(
             name="probe", host=self.url, source="config", remote=Remote(self.url, self.instance)
         )
-        try:
-            connect(machine, connect_timeout=10).close()
-        except LrunError as e:
-            return str(e)
-        return None
+        # BuildGrid answers UNAVAILABLE for a while after its database restarted (a test does that).
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connect(machine, connect_timeout=10).close()
+                return None
+            except LrunError as e:
+                if time.monotonic() > deadline:
+                    return str(e)
+            time.sleep(1)
 
     def restart(self) -> None:
         """Stop and start the server again (what a deploy or a crash does to a fleet's service)."""
