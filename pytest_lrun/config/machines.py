@@ -58,6 +58,7 @@ from pytest_lrun.config.contexts import (
     host_problem,
 )
 from pytest_lrun.config.remote import (
+    CONTAINER_IMAGE,
     NOT_REMOTE_KEYS,
     REMOTE_KEYS,
     Remote,
@@ -345,7 +346,7 @@ def _remote_machine(reader: _MachineTable) -> Machine:
     in_platform = image_of(platform)
     if image is not None and in_platform is not None:
         raise reader.error("image", "this table has image and platform.container-image: keep one")
-    platform = {k: v for k, v in platform.items() if image_of({k: v}) is None}
+    platform.pop(CONTAINER_IMAGE, None)  # the run's image: sent from image (or the plan, --lrun-image)
     token_env = reader.string("token_env")
     if token_env is not None and "=" in token_env:
         raise reader.error(
