@@ -340,7 +340,9 @@ def main() -> None:
     args = parser.parse_args()
     repeats, many, rounds = (2, 3, 1) if args.quick else (5, 6, 3)
     service = ReapiService(
-        os.environ.get("LRUN_TEST_REAPI", ""), os.environ.get("LRUN_TEST_REAPI_INSTANCE", "")
+        os.environ.get("LRUN_TEST_REAPI", ""),
+        os.environ.get("LRUN_TEST_REAPI_INSTANCE", ""),
+        os.environ.get("LRUN_TEST_LOGSTREAM", ""),  # output live, as the tests run it
     )
     engines = [u for u in os.environ.get("LRUN_TEST_ENGINES", "").split(",") if u]
     if not service.url or len(engines) < 2:

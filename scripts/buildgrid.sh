@@ -18,6 +18,7 @@
 #               config.yml            the server config (rewritten at every start; a change restarts the server)
 #               cas/                  the CAS (on disk: it outlives a restart of the server)
 #               server.pid, server.log  the running server's pid and its log
+#               logstream.pid, logstream.log  the LogStream service's (scripts/logstream.py)
 #               buildgrid.lock        held while starting or stopping (flock)
 #
 # The server listens on 127.0.0.1:$LRUN_BUILDGRID_PORT (default 50051), insecure, no
@@ -27,13 +28,19 @@
 # OSFamily and ISA (matched against a bot's device properties) and container-image
 # (not matched: every bot is expected to run every image).
 #
+# BuildGrid creates a stdout and a stderr log stream per job on a LogStream service, but
+# serves none itself: scripts/logstream.py is one, on 127.0.0.1:$LRUN_LOGSTREAM_PORT
+# (default the server's port + 1), started and stopped with the server. Workers write
+# an action's output there as it runs; clients read it there (a machine's `logstream`).
+#
 #   start    make the venv, database and config; start the server unless it runs with
 #            this config; returns once it answers GetCapabilities
 #   stop     stop the server; returns once it is gone
 #   restart  stop, then start (the fault tests take the server away mid-run)
 #   status   exit 0 when the server runs, 3 when it does not
 #
-# `start` prints `export LRUN_TEST_REAPI=grpc://127.0.0.1:PORT LRUN_TEST_REAPI_INSTANCE=NAME` and
+# `start` prints `export LRUN_TEST_REAPI=grpc://127.0.0.1:PORT LRUN_TEST_REAPI_INSTANCE=NAME
+# LRUN_TEST_LOGSTREAM=grpc://127.0.0.1:PORT` and
 # its own LRUN_BUILDGRID_{DIR,PORT,INSTANCE,VENV} on stdout for `eval` (so that a test's
 # `restart` finds the same server); progress goes to stderr. Needs root to make the database.
 set -euo pipefail
@@ -41,6 +48,7 @@ set -euo pipefail
 BUILDGRID_VERSION=0.9.1
 ROOT=${LRUN_BUILDGRID_DIR:-/var/lib/lrun-buildgrid}
 PORT=${LRUN_BUILDGRID_PORT:-50051}
+LOGSTREAM_PORT=${LRUN_LOGSTREAM_PORT:-$((PORT + 1))}
 INSTANCE=${LRUN_BUILDGRID_INSTANCE-lrun}
 VENV=${LRUN_BUILDGRID_VENV:-${LRUN_CACHE_DIR:-/var/cache/lrun}/buildgrid-venv}
 export LRUN_POSTGRES_DIR=${LRUN_POSTGRES_DIR:-/var/lib/lrun-postgres}
@@ -49,6 +57,8 @@ PG=$(dirname "$0")/pg.sh
 CONFIG=$ROOT/config.yml
 PIDFILE=$ROOT/server.pid
 LOG=$ROOT/server.log
+LS_PIDFILE=$ROOT/logstream.pid
+LS_LOG=$ROOT/logstream.log
 DB=lrun_buildgrid
 PWFILE=$LRUN_POSTGRES_DIR/buildgrid.password
 # No password in the URL: the server and the migration read it from PGPASSWORD (libpq),
@@ -75,6 +85,37 @@ running() {
 }
 
 status() { running || return 3; }
+
+ls_running() {
+  local pid
+  pid=$(cat "$LS_PIDFILE" 2>/dev/null) || return 1
+  [ -n "$pid" ] && alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "logstream.py"
+}
+
+# ls_start: the LogStream service, unless it runs; returns once it listens.
+ls_start() {
+  ls_running && return
+  log "starting the LogStream service on 127.0.0.1:$LOGSTREAM_PORT (log: $LS_LOG)"
+  setsid "$VENV/bin/python" "$(dirname "$0")/logstream.py" "127.0.0.1:$LOGSTREAM_PORT" \
+    </dev/null >>"$LS_LOG" 2>&1 9>&- &
+  local pid=$! i
+  echo "$pid" >"$LS_PIDFILE"
+  for i in $(seq 1 100); do
+    alive "$pid" || { tail -n 20 "$LS_LOG" >&2; log "the LogStream service exited at start"; exit 1; }
+    if (exec 3<>"/dev/tcp/127.0.0.1/$LOGSTREAM_PORT") 2>/dev/null; then
+      return
+    fi
+    sleep 0.1
+  done
+  log "the LogStream service did not listen on 127.0.0.1:$LOGSTREAM_PORT within 10 s"
+  exit 1
+}
+
+ls_stop() {
+  ls_running || return 0
+  kill -KILL "$(cat "$LS_PIDFILE")" 2>/dev/null || true
+  rm -f "$LS_PIDFILE"
+}
 
 # venv: BuildGrid in its own venv, made once; the stamp, written last, says the install is complete.
 venv() {
@@ -184,6 +225,9 @@ schedulers:
         - container-image
     # A bot that stops calling is given up (its leases requeued) after this many seconds.
     bot-session-keepalive-timeout: 60
+    # Each job's stdout and stderr streams, for workers to write and clients to read live.
+    logstream:
+      url: http://127.0.0.1:$LOGSTREAM_PORT
     assigners:
       # BuildGrid polls for queued jobs; its default (1 s plus up to 1 s of jitter)
       # would dominate a test's dispatch time.
@@ -252,6 +296,7 @@ stop() {
 
 start() {
   venv
+  ls_start
   write_config
   if running && cmp -s "$CONFIG" "$CONFIG.new"; then
     rm -f "$CONFIG.new"
@@ -293,6 +338,7 @@ start() {
 # `buildgrid.sh restart` finds the same server.
 exports() {
   echo "export LRUN_TEST_REAPI=grpc://127.0.0.1:$PORT LRUN_TEST_REAPI_INSTANCE=$INSTANCE" \
+    "LRUN_TEST_LOGSTREAM=grpc://127.0.0.1:$LOGSTREAM_PORT" \
     "LRUN_BUILDGRID_DIR=$ROOT LRUN_BUILDGRID_PORT=$PORT LRUN_BUILDGRID_INSTANCE=$INSTANCE LRUN_BUILDGRID_VENV=$VENV"
 }
 
@@ -305,7 +351,7 @@ locked() {
 
 case ${1:-} in
   start) locked && start && exports ;;
-  stop) locked && stop ;;
+  stop) locked && stop && ls_stop ;;
   restart) locked && stop && start ;;
   status) status ;;
   *)

@@ -105,11 +105,20 @@ def postgres_url() -> str:
 
 @pytest.fixture(scope="session")
 def reapi_service() -> ReapiService:
-    """``LRUN_TEST_REAPI`` and its instance (the test BuildGrid), checked to answer GetCapabilities."""
+    """``LRUN_TEST_REAPI`` and its instance (the test BuildGrid), checked to answer GetCapabilities,
+    and ``LRUN_TEST_LOGSTREAM``, the LogStream service beside it."""
     service = ReapiService(
-        os.environ.get("LRUN_TEST_REAPI", ""), os.environ.get("LRUN_TEST_REAPI_INSTANCE", "")
+        os.environ.get("LRUN_TEST_REAPI", ""),
+        os.environ.get("LRUN_TEST_REAPI_INSTANCE", ""),
+        os.environ.get("LRUN_TEST_LOGSTREAM", ""),
     )
-    problem = service.problem() if service.url else "LRUN_TEST_REAPI is unset"
+    problem = (
+        "LRUN_TEST_REAPI is unset"
+        if not service.url
+        else "LRUN_TEST_LOGSTREAM is unset"
+        if not service.logstream
+        else service.problem()
+    )
     if problem:
         _missing(
             f"no usable Remote Execution API service (run scripts/provision.sh): {problem}",

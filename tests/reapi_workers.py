@@ -26,6 +26,7 @@ _DONE = re.compile(r"^lease \S+ \(action (?P<action>[0-9a-f]+/\d+)\): ")
 class ReapiService:
     url: str
     instance: str
+    logstream: str = ""  # the LogStream service beside BuildGrid (scripts/logstream.py)
 
     def problem(self) -> str | None:
         """None when the service answers GetCapabilities for the instance, else why not."""
@@ -54,13 +55,18 @@ class ReapiService:
 
     def table(self, name: str = "grid", extra: str = "") -> str:
         """A machine table naming the service."""
-        return textwrap.dedent(
-            f"""
-            [tool.lrun.machines.{name}]
-            remote = "{self.url}"
-            instance_name = "{self.instance}"
-            """
-        ) + textwrap.dedent(extra)
+        logstream = f'logstream = "{self.logstream}"\n' if self.logstream else ""
+        return (
+            textwrap.dedent(
+                f"""
+                [tool.lrun.machines.{name}]
+                remote = "{self.url}"
+                instance_name = "{self.instance}"
+                """
+            )
+            + logstream
+            + textwrap.dedent(extra)
+        )
 
 
 @dataclass
@@ -89,6 +95,8 @@ class Workers:
             command = [sys.executable, "-m", "pytest_lrun", "worker", "--project", str(self.folder)]
             command += ["--remote", self.service.url, "--instance", self.service.instance, "--machine", name]
             command += ["--slots", "1", "--bot-id", f"lrun-test-{name}-{os.getpid()}"]
+            if self.service.logstream:
+                command += ["--logstream", self.service.logstream]
             env = {**os.environ, "LRUN_STATE_DIR": str(self.folder / "state")}
             self.procs.append(subprocess.Popen(command, stdout=log, stderr=log, env=env))
             log.close()

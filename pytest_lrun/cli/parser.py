@@ -243,6 +243,11 @@ def _add_worker(commands: _Commands) -> None:
     )
     worker.add_argument("--instance", metavar="NAME", help="the service's instance, with a --remote URL")
     worker.add_argument(
+        "--logstream",
+        metavar="URL",
+        help="where the actions' live output streams are written, with a --remote URL (default: the service)",
+    )
+    worker.add_argument(
         "--machine", required=True, metavar="M", help="the Docker machine that runs the actions"
     )
     worker.add_argument(

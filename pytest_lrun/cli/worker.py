@@ -26,7 +26,7 @@ def cmd_worker(ctx: Context) -> int:
     from pytest_lrun.run.worker import Worker
 
     args = ctx.args
-    service = _service(ctx, args.remote, args.instance)
+    service = _service(ctx, args.remote, args.instance, args.logstream)
     assert service.remote is not None
     machine = ctx.resolver.resolve(args.machine)
     if machine.remote is not None:
@@ -34,6 +34,8 @@ def cmd_worker(ctx: Context) -> int:
     properties = dict(_property(text) for text in args.property or ())
     engine = ctx.connect(machine)
     channel = Channel(service, timeout=ctx.settings.connect_timeout)
+    logstream = service.remote.logstream
+    streams = Channel(service, timeout=ctx.settings.connect_timeout, url=logstream) if logstream else None
     options = {"bot_id": args.bot_id} if args.bot_id else {}
     worker = Worker(
         channel,
@@ -43,6 +45,7 @@ def cmd_worker(ctx: Context) -> int:
         slots=args.slots or machine.slots,
         properties=properties,
         on_line=lambda line: say(line, err=True),
+        logstream=streams,
         **options,
     )
     stopping = threading.Event()
@@ -57,17 +60,21 @@ def cmd_worker(ctx: Context) -> int:
         worker.run(stopping)
     finally:
         channel.close()
+        if streams is not None:
+            streams.close()
         engine.close()
     return 0
 
 
-def _service(ctx: Context, name: str, instance: str | None) -> Machine:
+def _service(ctx: Context, name: str, instance: str | None, logstream: str | None) -> Machine:
     """The service ``--remote`` names: a remote machine table, or a ``grpc://`` URL."""
     if "://" in name:
-        problem = remote_problem(name)
-        if problem is not None:
-            raise ConfigError("--remote", problem)
-        return Machine(name=name, host=name, source="config", remote=Remote(name, instance or ""))
+        for option, url in (("--remote", name), ("--logstream", logstream)):
+            problem = remote_problem(url) if url is not None else None
+            if problem is not None:
+                raise ConfigError(option, problem)
+        remote = Remote(name, instance or "", logstream=logstream)
+        return Machine(name=name, host=name, source="config", remote=remote)
     machine = ctx.resolver.resolve(name)
     if machine.remote is None:
         raise ConfigError(
@@ -77,6 +84,8 @@ def _service(ctx: Context, name: str, instance: str | None) -> Machine:
         raise ConfigError(
             "--instance", "applies to a --remote URL; a remote machine's table has instance_name"
         )
+    if logstream is not None:
+        raise ConfigError("--logstream", "applies to a --remote URL; a remote machine's table has logstream")
     return machine
 
 

@@ -355,6 +355,15 @@ def _remote_machine(reader: _MachineTable) -> Machine:
     instance = reader.table.get("instance_name", "")
     if not isinstance(instance, str):
         raise reader.error("instance_name", f"expected a string, {_found(instance)}")
+    logstream = reader.string("logstream")
+    if logstream is not None:
+        problem = remote_problem(logstream)
+        if problem is not None:
+            raise reader.error("logstream", problem)
+        if urlsplit(logstream).scheme.lower() != urlsplit(url).scheme.lower():
+            raise reader.error(
+                "logstream", f"is dialled with the remote's TLS settings: expected {urlsplit(url).scheme}://"
+            )
     defaults = _container_defaults(reader)
     return Machine(
         name=reader.name,
@@ -364,7 +373,7 @@ def _remote_machine(reader: _MachineTable) -> Machine:
         image=image or in_platform,
         env=reader.string_table("env", "variable") or {},
         timeout=reader.seconds("timeout"),
-        remote=Remote(url, instance, platform, token_env),
+        remote=Remote(url, instance, platform, token_env, logstream),
         **defaults,
     )
 

@@ -12,7 +12,10 @@ the :class:`Remote` record :class:`~pytest_lrun.config.machines.Machine` carries
   is the run's image (``docker://IMAGE``), so it comes from ``image`` (or the
   plan, ``--lrun-image``) and a table gives one of the two;
 * ``token_env``: the name of a host variable holding a bearer token, sent as the
-  ``authorization`` header of every call (what hosted services ask for).
+  ``authorization`` header of every call (what hosted services ask for);
+* ``logstream``: the endpoint that serves the executions' live stdout streams
+  (``stdout_stream_name``, read over ByteStream), when it is not the service's own
+  (BuildGrid's, for one, is a LogStream service beside it); same scheme, TLS and token.
 
 Keys that shape a Docker container on an engine pytest-lrun drives itself (``build``,
 ``pull``, ``cpus``, ``memory``, ``network``, ``pids_limit``) do not apply: the
@@ -28,10 +31,18 @@ from urllib.parse import urlsplit
 
 from pytest_lrun.config.tables import FrozenEnv
 
-__all__ = ["NOT_REMOTE_KEYS", "REMOTE_KEYS", "REMOTE_SCHEMES", "Remote", "image_property", "remote_problem"]
+__all__ = [
+    "NOT_REMOTE_KEYS",
+    "REMOTE_KEYS",
+    "REMOTE_SCHEMES",
+    "Remote",
+    "image_property",
+    "remote_problem",
+    "target_of",
+]
 
 REMOTE_SCHEMES = ("grpc", "grpcs")
-REMOTE_KEYS = ("remote", "instance_name", "platform", "token_env")
+REMOTE_KEYS = ("remote", "instance_name", "platform", "token_env", "logstream")
 # Table keys of a Docker engine's containers that an REAPI service's executors decide.
 NOT_REMOTE_KEYS = (
     "host",
@@ -58,6 +69,7 @@ class Remote:
     instance_name: str = ""
     platform: Mapping[str, str] = field(default_factory=FrozenEnv)
     token_env: str | None = None
+    logstream: str | None = None  # the live output streams' endpoint, when not ``url``
 
     def __post_init__(self) -> None:
         if not isinstance(self.platform, FrozenEnv):
@@ -66,12 +78,17 @@ class Remote:
     @property
     def target(self) -> str:
         """``host:port`` as gRPC dials it."""
-        parts = urlsplit(self.url)
-        return f"{parts.hostname}:{parts.port}"
+        return target_of(self.url)
 
     @property
     def secure(self) -> bool:
         return urlsplit(self.url).scheme.lower() == "grpcs"
+
+
+def target_of(url: str) -> str:
+    """``host:port`` of a ``grpc://`` or ``grpcs://`` URL, as gRPC dials it."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"
 
 
 def remote_problem(url: str) -> str | None:

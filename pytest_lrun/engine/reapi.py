@@ -17,6 +17,10 @@ and each "container" is one action on the service:
   ``ActionResult`` (stdout and stderr, output files and directories from the CAS,
   as the tar streams the Docker path reads, under the same caps); ``interrupt``
   and ``kill`` cancel the operation; ``remove`` forgets it.
+* ``logs(follow=True)`` reads the execution's stdout as it runs when the service
+  streams it (:mod:`pytest_lrun.reapi.logstreams`, from the table's ``logstream``
+  endpoint or the service's own), so inner results are live; the rest, or all of it
+  where nothing streams, comes from the ``ActionResult`` at the end.
 
 What pytest-lrun does before any of this (the run key, the store's one atomic
 prepare: created, reuse or busy) is unchanged, so N dispatchers of one key start one
@@ -46,6 +50,7 @@ from pytest_lrun.config.remote import image_property
 from pytest_lrun.config.settings import DEFAULT_CONNECT_TIMEOUT
 from pytest_lrun.core.errors import ContainerGone, EngineError, RemoteUnreachable
 from pytest_lrun.engine import BuildChunk, ContainerSpec, ContainerState, ImageInfo, StartedAs
+from pytest_lrun.reapi import logstreams
 from pytest_lrun.reapi.cas import Storage, digest_of, key_of
 from pytest_lrun.reapi.channel import Channel
 from pytest_lrun.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -73,6 +78,8 @@ class _Action:
     error: EngineError | None = None
     cancelled: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    stdout_stream: str | None = None  # the live stdout's stream, once the service names it
+    named: threading.Event = field(default_factory=threading.Event)  # stdout_stream is known, or done
 
 
 class RemoteEngine:
@@ -87,6 +94,11 @@ class RemoteEngine:
         self.channel = Channel(machine, timeout=max(connect_timeout, 30.0))
         self._connect_timeout = connect_timeout
         self.storage = Storage(self.channel, machine.remote.instance_name)
+        self._streams = (
+            Channel(machine, timeout=self.channel.timeout, url=machine.remote.logstream)
+            if machine.remote.logstream
+            else self.channel
+        )
         self._execution = self.channel.stub(re_grpc.ExecutionStub)
         self._capabilities = self.channel.stub(re_grpc.CapabilitiesStub)
         self._operations = self.channel.stub(operations_pb2_grpc.OperationsStub)
@@ -200,6 +212,7 @@ class RemoteEngine:
     def _adopt(self, handle: str, action: _Action, result: re_pb2.ActionResult) -> str:
         action.result = result
         action.done.set()
+        action.named.set()
         with self._lock:
             self._actions[handle] = action
         return handle
@@ -213,6 +226,7 @@ class RemoteEngine:
             try:
                 operation = first
                 while not operation.done:
+                    self._note_stream(action, operation)
                     operation = next(stream)
                 self._settle(action, operation)
             except StopIteration:
@@ -223,8 +237,16 @@ class RemoteEngine:
                 action.error = self.channel.error("Execute", e)
             finally:
                 action.done.set()
+                action.named.set()
 
         threading.Thread(target=read, name=f"lrun-reapi-{first.name[-12:]}", daemon=True).start()
+
+    @staticmethod
+    def _note_stream(action: _Action, operation: operations_pb2.Operation) -> None:
+        if action.stdout_stream is None:
+            action.stdout_stream = logstreams.stdout_stream(operation)
+            if action.stdout_stream is not None:
+                action.named.set()
 
     def _settle(self, action: _Action, operation: operations_pb2.Operation) -> None:
         if operation.HasField("error") and operation.error.code == _CANCELLED_CODE:
@@ -292,18 +314,25 @@ class RemoteEngine:
 
     def logs(self, container_id: str, *, follow: bool) -> Iterator[bytes]:
         action = self._known(container_id)
+        streamed = 0  # stdout's bytes read live: the result's stdout starts with them
         if follow:
+            action.named.wait()
+            if action.stdout_stream is not None and not action.done.is_set():
+                for chunk in logstreams.follow(self._streams, action.stdout_stream, ended=action.done):
+                    streamed += len(chunk)
+                    yield chunk
             action.done.wait()
         if action.result is None:
             return
-        for raw, digest in (
-            (action.result.stdout_raw, action.result.stdout_digest),
-            (action.result.stderr_raw, action.result.stderr_digest),
+        for raw, digest, skip in (
+            (action.result.stdout_raw, action.result.stdout_digest, streamed),
+            (action.result.stderr_raw, action.result.stderr_digest, 0),
         ):
-            if raw:
-                yield raw
-            elif digest.size_bytes:
-                yield self.storage.read(digest, max_bytes=_STREAM_MAX_BYTES)
+            data = raw or (
+                self.storage.read(digest, max_bytes=_STREAM_MAX_BYTES) if digest.size_bytes else b""
+            )
+            if data[skip:]:
+                yield data[skip:]
 
     def get_archive(self, container_id: str, path: str) -> Iterator[bytes] | None:
         action = self._known(container_id)
@@ -344,6 +373,8 @@ class RemoteEngine:
             self._actions.pop(container_id, None)
 
     def close(self) -> None:
+        if self._streams is not self.channel:
+            self._streams.close()
         self.channel.close()
 
 

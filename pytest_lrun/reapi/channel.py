@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from pytest_lrun.config.machines import Machine
+from pytest_lrun.config.remote import target_of
 from pytest_lrun.core.errors import ConfigError, EngineError, RemoteUnreachable
 
 __all__ = ["MAX_MESSAGE_BYTES", "Channel"]
@@ -28,12 +29,13 @@ R = TypeVar("R")
 
 
 class Channel:
-    """A channel to ``machine``'s service; calls go through :meth:`call`."""
+    """A channel to ``machine``'s service, or to ``url`` with its credentials (its log
+    streams' endpoint); calls go through :meth:`call`."""
 
-    def __init__(self, machine: Machine, *, timeout: float) -> None:
+    def __init__(self, machine: Machine, *, timeout: float, url: str | None = None) -> None:
         assert machine.remote is not None
         self.machine = machine.name
-        self.url = machine.host
+        self.url = url or machine.host
         self.remote = machine.remote
         self.timeout = timeout
         self.metadata: tuple[tuple[str, str], ...] = ()
@@ -56,9 +58,9 @@ class Channel:
                 private_key=_read(tls.client_key if tls else None),
                 certificate_chain=_read(tls.client_cert if tls else None),
             )
-            self.grpc: grpc.Channel = grpc.secure_channel(machine.remote.target, credentials, options)
+            self.grpc: grpc.Channel = grpc.secure_channel(target_of(self.url), credentials, options)
         else:
-            self.grpc = grpc.insecure_channel(machine.remote.target, options)
+            self.grpc = grpc.insecure_channel(target_of(self.url), options)
 
     def stub(self, factory: Callable[[grpc.Channel], object]) -> Any:
         """A generated service stub on this channel (typed Any: the generated stubs carry no annotations)."""

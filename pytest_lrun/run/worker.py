@@ -13,6 +13,10 @@ properties what actions it matches), and keeps it in step (``UpdateBotSession``)
   past the action's timeout; stdout and stderr (one stream, as the Docker path
   reads it) and the output paths go back to the CAS, under caps, as the
   ``ActionResult`` of the ``COMPLETED`` lease;
+* where the service names a log stream for the action (BuildGrid's
+  ``executeoperationmetadata-bin`` in the session update's metadata), the
+  container's output is written to it as it comes (:func:`~pytest_lrun.reapi.logstreams.write`,
+  on the worker's ``logstream`` channel), so clients see inner results live;
 * a lease the service cancelled has its container stopped;
 * when the service goes away (a restart), the worker waits and opens a new session,
   reporting what finished meanwhile; containers it left behind (its own label,
@@ -36,6 +40,7 @@ from google.rpc import code_pb2, status_pb2
 from pytest_lrun.config.machines import Machine
 from pytest_lrun.core.errors import EngineError, LrunError
 from pytest_lrun.engine import ContainerSpec, Engine, stop
+from pytest_lrun.reapi import logstreams
 from pytest_lrun.reapi.cas import Storage, digest_of, key_of
 from pytest_lrun.reapi.channel import Channel
 from pytest_lrun.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -167,11 +172,13 @@ class Worker:
     properties: Mapping[str, str] = field(default_factory=dict)
     bot_id: str = field(default_factory=lambda: f"lrun-{uuid.uuid4().hex[:12]}")
     on_line: Callable[[str], None] = lambda line: None
+    logstream: Channel | None = None  # where the actions' log streams are written; None: the service
 
     def __post_init__(self) -> None:
         self.storage = Storage(self.channel, self.instance)
         self._bots = self.channel.stub(bots_pb2_grpc.BotsStub)
         self._leases: dict[str, _Lease] = {}
+        self._write_names: dict[str, str] = {}  # an action's (HASH/SIZE) stdout stream, to write
         self._lock = threading.Lock()
         self._news = threading.Event()  # an action ended: report it now
 
@@ -240,6 +247,8 @@ class Worker:
                 future.cancel()
         try:
             session: bots_pb2.BotSession = future.result()
+            with self._lock:
+                self._write_names.update(logstreams.stream_names(future.trailing_metadata()))
         except grpc.FutureCancelledError:
             return sent
         except grpc.RpcError as e:
@@ -295,15 +304,18 @@ class Worker:
         action_name = "?"
         try:
             action, action_name = self._action(lease)
+            with self._lock:
+                write_name = self._write_names.pop(action_name, None)
             labels = {LABEL_WORKER: self.bot_id}
-            result = execute(
-                self.storage,
-                self.engine,
-                self.machine,
-                action,
-                labels=labels,
-                started=lambda container_id: setattr(held, "container_id", container_id),
-            )
+
+            def on_start(container_id: str) -> None:
+                held.container_id = container_id
+                if write_name is not None:
+                    threading.Thread(
+                        target=self._stream, args=(container_id, write_name, action), daemon=True
+                    ).start()
+
+            result = execute(self.storage, self.engine, self.machine, action, labels=labels, started=on_start)
         except LrunError as e:
             status = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=str(e))
         except Exception as e:  # a bug must not leave the lease active for ever
@@ -317,6 +329,22 @@ class Worker:
         ended = f"exit {result.exit_code}" if result is not None else status.message
         self.on_line(f"lease {lease.id} (action {action_name}): {ended} in {time.monotonic() - started:.2f}s")
         self._news.set()
+
+    def _stream(self, container_id: str, write_name: str, action: re_pb2.Action) -> None:
+        """Write the container's output to its log stream as it comes; a failure costs the
+        clients only the live view (the result carries the whole output)."""
+        timeout = (
+            action.timeout.ToNanoseconds() / 1e9 if action.HasField("timeout") else DEFAULT_ACTION_TIMEOUT_S
+        )
+        try:
+            logstreams.write(
+                self.logstream or self.channel,
+                write_name,
+                self.engine.logs(container_id, follow=True),
+                timeout=timeout + STOP_GRACE_S + 30,
+            )
+        except LrunError as e:
+            self.on_line(f"container {container_id[:12]}: its output was not streamed live: {e}")
 
     def _action(self, lease: bots_pb2.Lease) -> tuple[re_pb2.Action, str]:
         """The lease's action and its digest as the client names it (``HASH/SIZE``)."""

@@ -229,6 +229,45 @@ def test_a_timeout_cancels_the_operation_and_the_worker_stops_its_container(
     )
 
 
+HANGS = """
+    import time
+
+
+    def test_first():
+        pass
+
+
+    def test_second():
+        time.sleep(600)
+
+
+    def test_third():
+        pass
+"""
+
+
+def test_inner_results_come_live_from_the_log_stream_so_a_timeout_keeps_the_finished_ones(
+    pytester: pytest.Pytester, grid: Path, state_dir: Path
+) -> None:
+    # A cancelled action has no result: what passed before the timeout is known only from the
+    # stdout the worker streamed while the container ran.
+    write_tests(grid, "hangs", HANGS)
+    result = pytester.runpytest_subprocess("--lrun-machine=grid", "--lrun-timeout=8", "hangs", "-rA")
+    result.assert_outcomes(passed=1, failed=1, skipped=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*timed out after 8 s while running this test*",
+            "PASSED hangs/test_hangs.py::test_first",
+            "SKIPPED*not run: the run was stopped (timeout)*",
+        ]
+    )
+    assert "FAILED hangs/test_hangs.py::test_second" in result.stdout.str()
+    (run,) = _runs(state_dir)
+    assert run["status"] == "timeout"
+    events = (state_dir / "runs" / str(run["id"]) / "events.jsonl").read_text()
+    assert '"nodeid": "test_hangs.py::test_first"' in events  # the inner id, from the stream
+
+
 def test_detach_then_attach_by_the_operations_name(
     pytester: pytest.Pytester, grid: Path, state_dir: Path
 ) -> None:

@@ -808,13 +808,19 @@ class Lazy:
             yield piece
 
 
-def peak_memory(run: Callable[[], object]) -> int:
-    tracemalloc.start()
-    try:
-        run()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+def peak_memory(run: Callable[[], object], *, tries: int = 3) -> int:
+    """The least peak of Python memory over ``tries`` calls of ``run``: tracemalloc counts every
+    thread's allocations, and a daemon thread an earlier test left (a server, a stream's reader)
+    may allocate during one call, never during all of them."""
+    peaks = []
+    for _ in range(tries):
+        tracemalloc.start()
+        try:
+            run()
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    return min(peaks)
 
 
 @pytest.mark.parametrize(
@@ -828,15 +834,16 @@ def peak_memory(run: Callable[[], object]) -> int:
 )
 def test_a_256_mib_header_is_refused_before_it_is_read(box: Box, kind: bytes, what: str) -> None:
     # Before the cap tarfile read the whole header into memory: a 785 MiB peak.
-    bomb = Lazy(blocks("first", b"1") + header_block(kind, 256 * MIB), 256 * MIB)
+    bombs: list[Lazy] = []
     result = ExtractResult()
 
     def extract() -> None:
         nonlocal result
-        result = safe_extract(bomb, box.dest)
+        bombs.append(Lazy(blocks("first", b"1") + header_block(kind, 256 * MIB), 256 * MIB))
+        result = safe_extract(bombs[-1], box.dest / f"try-{len(bombs)}")
 
     assert peak_memory(extract) < 4 * MIB
-    assert bomb.pulled < 2 * MIB
+    assert max(bomb.pulled for bomb in bombs) < 2 * MIB
     assert result.written == ["first"]
     assert result.stream_error == f"header cap: a {what} header of {256 * MIB} bytes (cap {MAX_HEADER_BYTES})"
 
@@ -923,9 +930,12 @@ def test_headers_already_read_are_not_kept(box: Box) -> None:
 
     result = ExtractResult()
 
+    tries = 0
+
     def extract() -> None:
-        nonlocal result
-        result = safe_extract(stream(), box.dest)
+        nonlocal result, tries
+        tries += 1
+        result = safe_extract(stream(), box.dest / f"try-{tries}")
 
     assert peak_memory(extract) < 4 * MIB
     assert result.refused == []

@@ -33,6 +33,18 @@ def test_a_remote_table_names_the_service_its_instance_platform_and_image(tmp_pa
     assert (remote.target, remote.secure) == ("bg.example:8980", False)
 
 
+def test_the_live_output_streams_are_read_where_logstream_says_with_the_remotes_credentials(
+    tmp_path: Path,
+) -> None:
+    machine = resolve(tmp_path, 'remote = "grpc://bg.example:8980"\nlogstream = "grpc://ls.example:8981"\n')
+    assert machine.remote is not None and machine.remote.logstream == "grpc://ls.example:8981"
+    channel = Channel(machine, timeout=1, url=machine.remote.logstream)
+    try:
+        assert channel.url == "grpc://ls.example:8981"
+    finally:
+        channel.close()
+
+
 @pytest.mark.parametrize(
     ("body", "key", "expected"),
     [
@@ -57,6 +69,8 @@ def test_a_remote_table_names_the_service_its_instance_platform_and_image(tmp_pa
         ('remote = "grpc://bg:8980"\ntoken_env = "A=B"', "token_env", "name of a variable"),
         ('remote = "grpc://bg:8980"\ntls_verify = true', "tls_verify", "grpcs:// remotes only"),
         ('remote = "grpcs://bg:443"\ntls_ca_cert = "missing.pem"', "tls_ca_cert", "does not exist"),
+        ('remote = "grpc://bg:8980"\nlogstream = "bg:8981"', "logstream", "expected a gRPC endpoint"),
+        ('remote = "grpcs://bg:443"\nlogstream = "grpc://bg:8981"', "logstream", "expected grpcs://"),
     ],
 )
 def test_a_bad_remote_table_is_refused_naming_its_key(
