@@ -28,6 +28,11 @@
 # OSFamily and ISA (matched against a bot's device properties) and container-image
 # (not matched: every bot is expected to run every image).
 #
+# With provision.sh's TLS material (a CA, a server certificate for 127.0.0.1, a client one:
+# $LRUN_TLS_DIR, default $LRUN_CACHE_DIR/tls) the same server also listens on
+# 127.0.0.1:$LRUN_BUILDGRID_TLS_PORT (default the port + 2) with mutual TLS: it asks for a
+# client certificate the CA signed (LRUN_TEST_REAPI_TLS=grpcs://127.0.0.1:PORT).
+#
 # BuildGrid creates a stdout and a stderr log stream per job on a LogStream service, but
 # serves none itself: scripts/logstream.py is one, on 127.0.0.1:$LRUN_LOGSTREAM_PORT
 # (default the server's port + 1), started and stopped with the server. Workers write
@@ -49,6 +54,8 @@ BUILDGRID_VERSION=0.9.1
 ROOT=${LRUN_BUILDGRID_DIR:-/var/lib/lrun-buildgrid}
 PORT=${LRUN_BUILDGRID_PORT:-50051}
 LOGSTREAM_PORT=${LRUN_LOGSTREAM_PORT:-$((PORT + 1))}
+TLS_PORT=${LRUN_BUILDGRID_TLS_PORT:-$((PORT + 2))}
+TLS_DIR=${LRUN_TLS_DIR:-${LRUN_CACHE_DIR:-/var/cache/lrun}/tls}
 INSTANCE=${LRUN_BUILDGRID_INSTANCE-lrun}
 VENV=${LRUN_BUILDGRID_VENV:-${LRUN_CACHE_DIR:-/var/cache/lrun}/buildgrid-venv}
 export LRUN_POSTGRES_DIR=${LRUN_POSTGRES_DIR:-/var/lib/lrun-postgres}
@@ -186,6 +193,20 @@ SQL
   echo "$BUILDGRID_VERSION $DB_URL" >"$stamp"
 }
 
+# tls_channel: the mutual-TLS listener, when the TLS material is there.
+tls_channel() {
+  [ -s "$TLS_DIR/server-key.pem" ] || return 0
+  cat <<EOF
+  - !channel
+    address: "127.0.0.1:$TLS_PORT"
+    insecure-mode: false
+    credentials:
+      tls-server-key: $TLS_DIR/server-key.pem
+      tls-server-cert: $TLS_DIR/server-cert.pem
+      tls-client-certs: $TLS_DIR/ca.pem
+EOF
+}
+
 write_config() {
   cat >"$CONFIG.new" <<EOF
 # Written by scripts/buildgrid.sh: pytest-lrun's test BuildGrid, on 127.0.0.1:$PORT.
@@ -195,6 +216,7 @@ server:
   - !channel
     address: "127.0.0.1:$PORT"
     insecure-mode: true
+$(tls_channel)
 
 connections:
   - !sql-connection &sql
@@ -337,8 +359,11 @@ start() {
 # exports: the server for the tests, and this script's settings, so that a test's
 # `buildgrid.sh restart` finds the same server.
 exports() {
+  local TLS_EXPORT=
+  [ -s "$TLS_DIR/server-key.pem" ] && TLS_EXPORT="LRUN_TEST_REAPI_TLS=grpcs://127.0.0.1:$TLS_PORT"
   echo "export LRUN_TEST_REAPI=grpc://127.0.0.1:$PORT LRUN_TEST_REAPI_INSTANCE=$INSTANCE" \
     "LRUN_TEST_LOGSTREAM=grpc://127.0.0.1:$LOGSTREAM_PORT" \
+    ${TLS_EXPORT:-} \
     "LRUN_BUILDGRID_DIR=$ROOT LRUN_BUILDGRID_PORT=$PORT LRUN_BUILDGRID_INSTANCE=$INSTANCE LRUN_BUILDGRID_VENV=$VENV"
 }
 

@@ -355,7 +355,11 @@ class RemoteUnreachable(EngineUnreachable):
             self,
             f"machine {machine!r}: the Remote Execution API service at {url} is unreachable: {reason}. "
             "Check that it runs and answers there, and the machine table's remote, instance_name "
-            "and token_env",
+            + (
+                "and token_env, and its tls_* files (a closed socket is often a refused client certificate)"
+                if url.startswith("grpcs://")
+                else "and token_env"
+            ),
         )
         self.machine = machine
         self.url = url

@@ -9,6 +9,7 @@ project names the service as machine ``grid`` and the first engine as ``m1``.
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import threading
 import time
@@ -266,6 +267,52 @@ def test_inner_results_come_live_from_the_log_stream_so_a_timeout_keeps_the_fini
     assert run["status"] == "timeout"
     events = (state_dir / "runs" / str(run["id"]) / "events.jsonl").read_text()
     assert '"nodeid": "test_hangs.py::test_first"' in events  # the inner id, from the stream
+
+
+@pytest.fixture
+def tls_service(tls_engine: tuple[str, Path]) -> tuple[str, Path]:
+    """BuildGrid's mutual-TLS listener (``LRUN_TEST_REAPI_TLS``) and the certificates it trusts."""
+    url = os.environ.get("LRUN_TEST_REAPI_TLS")
+    if not url:
+        pytest.fail('LRUN_TEST_REAPI_TLS unset: eval "$(scripts/provision.sh)" first')
+    return url, tls_engine[1]
+
+
+def test_a_grpcs_service_with_mutual_tls_and_one_that_asks_for_a_client_certificate(
+    pytester: pytest.Pytester, grid: Path, reapi_service: ReapiService, tls_service: tuple[str, Path]
+) -> None:
+    url, tls = tls_service
+    pyproject = grid / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text()
+        + textwrap.dedent(
+            f"""
+            [tool.lrun.machines.secure]
+            remote = "{url}"
+            instance_name = "{reapi_service.instance}"
+            image = "{PYTHON_IMAGE}"
+            tls_ca_cert = "{tls / "ca.pem"}"
+            tls_client_cert = "{tls / "cert.pem"}"
+            tls_client_key = "{tls / "key.pem"}"
+
+            [tool.lrun.machines.no-client-cert]
+            remote = "{url}"
+            instance_name = "{reapi_service.instance}"
+            image = "{PYTHON_IMAGE}"
+            tls_ca_cert = "{tls / "ca.pem"}"
+            """
+        )
+    )
+    write_tests(grid, "suite", SUITE)
+    result = pytester.runpytest_subprocess("--lrun-machine=secure", "suite")
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
+    refused = pytester.runpytest_subprocess(
+        "--lrun-machine=no-client-cert", "--lrun-connect-timeout=5", "suite"
+    )
+    refused.assert_outcomes(errors=1)
+    refused.stdout.fnmatch_lines(
+        ["*machine 'no-client-cert': the Remote Execution API service at grpcs://*unreachable*tls_* files*"]
+    )
 
 
 def test_detach_then_attach_by_the_operations_name(

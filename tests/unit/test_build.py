@@ -316,15 +316,20 @@ def test_two_dispatchers_needing_one_build_build_it_once(
     tag = image_tag(digest_of(build))
     peer = FileStore(store.state_dir, durable=False)  # another dispatcher on the same state dir
     ids: list[str] = []
+    errors: list[BaseException] = []
 
     def run(s: FileStore) -> None:
-        ids.append(Builder(s).image_id(engine, machine_of(tmp_path), tag, build))  # type: ignore[arg-type]
+        try:
+            ids.append(Builder(s).image_id(engine, machine_of(tmp_path), tag, build))  # type: ignore[arg-type]
+        except BaseException as e:  # shown by the assertion below, not lost in a thread's warning
+            errors.append(e)
 
     threads = [threading.Thread(target=run, args=(s,)) for s in (store, peer)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
+    assert errors == []
     assert len(engine.builds) == 1
     assert len(ids) == 2 and ids[0] == ids[1]
 
