@@ -85,19 +85,18 @@ need_root() {
 alive() { kill -0 "$1" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
 # running: the pid file names a live BuildGrid server.
-running() {
+# running_as PIDFILE TEXT: the pid in PIDFILE is alive, and its command line holds TEXT.
+running_as() {
   local pid
-  pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
-  [ -n "$pid" ] && alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "bgd server start"
+  pid=$(cat "$1" 2>/dev/null) || return 1
+  [ -n "$pid" ] && alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$2"
 }
+
+running() { running_as "$PIDFILE" "bgd server start"; }
 
 status() { running || return 3; }
 
-ls_running() {
-  local pid
-  pid=$(cat "$LS_PIDFILE" 2>/dev/null) || return 1
-  [ -n "$pid" ] && alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "logstream.py"
-}
+ls_running() { running_as "$LS_PIDFILE" "logstream.py"; }
 
 # ls_start: the LogStream service, unless it runs; returns once it listens.
 ls_start() {

@@ -49,6 +49,37 @@ def write_tests(root: Path, name: str, source: str) -> Path:
     return d
 
 
+HANGS = """
+    import time
+
+
+    def test_first():
+        pass
+
+
+    def test_second():
+        time.sleep(600)
+
+
+    def test_third():
+        pass
+"""  # one test passes, one hangs, one never runs: what a timeout must tell apart
+
+
+def tls_tables(endpoint: str, url: str, tls: Path, keys: str) -> str:
+    """Machine tables for a mutual-TLS ``url`` (``endpoint`` = ``host`` or ``remote``) with
+    ``provision.sh``'s certificates under ``tls``, each with ``keys`` too: ``secure``, with
+    the client certificate, and ``no-client-cert``, which the endpoint must refuse."""
+    return (
+        f'\n[tool.lrun.machines.secure]\n{endpoint} = "{url}"\n{keys}'
+        f'tls_ca_cert = "{tls / "ca.pem"}"\n'
+        f'tls_client_cert = "{tls / "cert.pem"}"\n'
+        f'tls_client_key = "{tls / "key.pem"}"\n'
+        f'\n[tool.lrun.machines.no-client-cert]\n{endpoint} = "{url}"\n{keys}'
+        f'tls_ca_cert = "{tls / "ca.pem"}"\n'
+    )
+
+
 def resolver_for(project: Path) -> MachineResolver:
     pyproject = project / "pyproject.toml"
     return MachineResolver(load_machine_tables(pyproject), pyproject)

@@ -15,7 +15,7 @@ from types import FrameType
 from pytest_lrun.cli.context import Context
 from pytest_lrun.cli.output import say
 from pytest_lrun.config.machines import Machine
-from pytest_lrun.config.remote import Remote, remote_problem
+from pytest_lrun.config.remote import Remote, logstream_problem, remote_problem
 from pytest_lrun.core.errors import ConfigError
 
 __all__ = ["cmd_worker"]
@@ -69,10 +69,11 @@ def cmd_worker(ctx: Context) -> int:
 def _service(ctx: Context, name: str, instance: str | None, logstream: str | None) -> Machine:
     """The service ``--remote`` names: a remote machine table, or a ``grpc://`` URL."""
     if "://" in name:
-        for option, url in (("--remote", name), ("--logstream", logstream)):
-            problem = remote_problem(url) if url is not None else None
-            if problem is not None:
-                raise ConfigError(option, problem)
+        problem = remote_problem(name)
+        if problem is not None:
+            raise ConfigError("--remote", problem)
+        if logstream is not None and (problem := logstream_problem(name, logstream)) is not None:
+            raise ConfigError("--logstream", problem)
         remote = Remote(name, instance or "", logstream=logstream)
         return Machine(name=name, host=name, source="config", remote=remote)
     machine = ctx.resolver.resolve(name)

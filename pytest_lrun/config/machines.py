@@ -63,6 +63,7 @@ from pytest_lrun.config.remote import (
     REMOTE_KEYS,
     Remote,
     image_of,
+    logstream_problem,
     property_problem,
     remote_problem,
 )
@@ -356,14 +357,8 @@ def _remote_machine(reader: _MachineTable) -> Machine:
     if not isinstance(instance, str):
         raise reader.error("instance_name", f"expected a string, {_found(instance)}")
     logstream = reader.string("logstream")
-    if logstream is not None:
-        problem = remote_problem(logstream)
-        if problem is not None:
-            raise reader.error("logstream", problem)
-        if urlsplit(logstream).scheme.lower() != urlsplit(url).scheme.lower():
-            raise reader.error(
-                "logstream", f"is dialled with the remote's TLS settings: expected {urlsplit(url).scheme}://"
-            )
+    if logstream is not None and (problem := logstream_problem(url, logstream)) is not None:
+        raise reader.error("logstream", problem)
     defaults = _container_defaults(reader)
     return Machine(
         name=reader.name,

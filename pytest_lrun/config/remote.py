@@ -37,6 +37,7 @@ __all__ = [
     "REMOTE_SCHEMES",
     "Remote",
     "image_property",
+    "logstream_problem",
     "remote_problem",
     "target_of",
 ]
@@ -76,11 +77,6 @@ class Remote:
             object.__setattr__(self, "platform", FrozenEnv(self.platform))
 
     @property
-    def target(self) -> str:
-        """``host:port`` as gRPC dials it."""
-        return target_of(self.url)
-
-    @property
     def secure(self) -> bool:
         return urlsplit(self.url).scheme.lower() == "grpcs"
 
@@ -105,6 +101,18 @@ def remote_problem(url: str) -> str | None:
         return f"{expected} (with its port), found {url!r}"
     if parts.path not in ("", "/") or parts.query:
         return f"{expected} (no path: the instance is instance_name), found {url!r}"
+    return None
+
+
+def logstream_problem(remote: str, logstream: str) -> str | None:
+    """Why ``logstream`` cannot serve ``remote``'s log streams, or None: it is dialled with the
+    remote's TLS settings and token, so it takes the remote's scheme."""
+    problem = remote_problem(logstream)
+    if problem is not None:
+        return problem
+    scheme = urlsplit(remote).scheme.lower()
+    if urlsplit(logstream).scheme.lower() != scheme:
+        return f"is dialled with the remote's TLS settings: expected {scheme}://, found {logstream!r}"
     return None
 
 

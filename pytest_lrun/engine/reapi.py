@@ -331,8 +331,9 @@ class RemoteEngine:
             data = raw or (
                 self.storage.read(digest, max_bytes=_STREAM_MAX_BYTES) if digest.size_bytes else b""
             )
-            if data[skip:]:
-                yield data[skip:]
+            rest = data[skip:]
+            if rest:
+                yield rest
 
     def get_archive(self, container_id: str, path: str) -> Iterator[bytes] | None:
         action = self._known(container_id)

@@ -95,7 +95,7 @@ def execute(
         cpus=machine.cpus,
         memory=machine.memory,
     )
-    timeout = action.timeout.ToNanoseconds() / 1e9 if action.HasField("timeout") else DEFAULT_ACTION_TIMEOUT_S
+    timeout = _timeout_of(action)
     inputs = write_input_tar(storage, action.input_root_digest, max_bytes=INPUT_MAX_BYTES)
     container_id = engine.create(spec)
     try:
@@ -134,6 +134,10 @@ def execute(
             logger.warning(
                 "container %s was not removed; the worker removes it when it starts again", container_id
             )
+
+
+def _timeout_of(action: re_pb2.Action) -> float:
+    return action.timeout.ToNanoseconds() / 1e9 if action.HasField("timeout") else DEFAULT_ACTION_TIMEOUT_S
 
 
 def _stop_quietly(engine: Engine, container_id: str) -> None:
@@ -178,7 +182,9 @@ class Worker:
         self.storage = Storage(self.channel, self.instance)
         self._bots = self.channel.stub(bots_pb2_grpc.BotsStub)
         self._leases: dict[str, _Lease] = {}
-        self._write_names: dict[str, str] = {}  # an action's (HASH/SIZE) stdout stream, to write
+        # The stdout stream to write of each action (HASH/SIZE) the session holds, as the last
+        # update named them: replaced whole, so it never outgrows the session's leases.
+        self._write_names: dict[str, str] = {}
         self._lock = threading.Lock()
         self._news = threading.Event()  # an action ended: report it now
 
@@ -248,7 +254,7 @@ class Worker:
         try:
             session: bots_pb2.BotSession = future.result()
             with self._lock:
-                self._write_names.update(logstreams.stream_names(future.trailing_metadata()))
+                self._write_names = logstreams.stream_names(future.trailing_metadata())
         except grpc.FutureCancelledError:
             return sent
         except grpc.RpcError as e:
@@ -305,7 +311,7 @@ class Worker:
         try:
             action, action_name = self._action(lease)
             with self._lock:
-                write_name = self._write_names.pop(action_name, None)
+                write_name = self._write_names.get(action_name)
             labels = {LABEL_WORKER: self.bot_id}
 
             def on_start(container_id: str) -> None:
@@ -333,15 +339,12 @@ class Worker:
     def _stream(self, container_id: str, write_name: str, action: re_pb2.Action) -> None:
         """Write the container's output to its log stream as it comes; a failure costs the
         clients only the live view (the result carries the whole output)."""
-        timeout = (
-            action.timeout.ToNanoseconds() / 1e9 if action.HasField("timeout") else DEFAULT_ACTION_TIMEOUT_S
-        )
         try:
             logstreams.write(
                 self.logstream or self.channel,
                 write_name,
                 self.engine.logs(container_id, follow=True),
-                timeout=timeout + STOP_GRACE_S + 30,
+                timeout=_timeout_of(action) + STOP_GRACE_S + 30,
             )
         except LrunError as e:
             self.on_line(f"container {container_id[:12]}: its output was not streamed live: {e}")

@@ -11,7 +11,7 @@ from typing import Any
 
 import docker
 import pytest
-from lrun_support import write_tests
+from lrun_support import tls_tables, write_tests
 
 PASSING = """
     import pytest
@@ -290,20 +290,7 @@ def test_a_tcp_engine_with_mutual_tls(
     url, tls = tls_engine
     pyproject = project / "pyproject.toml"
     pyproject.write_text(
-        pyproject.read_text()
-        + f'''
-[tool.lrun.machines.secure]
-host = "{url}"
-image = "lrun-busybox:latest"
-tls_ca_cert = "{tls / "ca.pem"}"
-tls_client_cert = "{tls / "cert.pem"}"
-tls_client_key = "{tls / "key.pem"}"
-
-[tool.lrun.machines.no-client-cert]
-host = "{url}"
-image = "lrun-busybox:latest"
-tls_ca_cert = "{tls / "ca.pem"}"
-'''
+        pyproject.read_text() + tls_tables("host", url, tls, 'image = "lrun-busybox:latest"\n')
     )
     (project / "remote").mkdir()
     (project / "remote" / "hello.txt").write_text("shipped over TLS\n")

@@ -15,25 +15,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from lrun_support import lrun_containers, write_tests
+from lrun_support import HANGS, lrun_containers, write_tests
 
 from pytest_lrun.core.times import parse_time
-
-HANGS = """
-    import time
-
-
-    def test_first():
-        pass
-
-
-    def test_second():
-        time.sleep(600)
-
-
-    def test_third():
-        pass
-"""
 
 FORGED = '\\x1elrun:0123456789abcdef {"e":"report","n":9,"nodeid":"x"}'
 TIMED = f"""

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lrun_support import PYTHON_IMAGE, resolver_for, wait_for, write_tests
+from lrun_support import HANGS, PYTHON_IMAGE, resolver_for, tls_tables, wait_for, write_tests
 from reapi_workers import ReapiService, Workers
 
 from pytest_lrun.engine.pool import EnginePool
@@ -230,23 +230,6 @@ def test_a_timeout_cancels_the_operation_and_the_worker_stops_its_container(
     )
 
 
-HANGS = """
-    import time
-
-
-    def test_first():
-        pass
-
-
-    def test_second():
-        time.sleep(600)
-
-
-    def test_third():
-        pass
-"""
-
-
 def test_inner_results_come_live_from_the_log_stream_so_a_timeout_keeps_the_finished_ones(
     pytester: pytest.Pytester, grid: Path, state_dir: Path
 ) -> None:
@@ -283,26 +266,8 @@ def test_a_grpcs_service_with_mutual_tls_and_one_that_asks_for_a_client_certific
 ) -> None:
     url, tls = tls_service
     pyproject = grid / "pyproject.toml"
-    pyproject.write_text(
-        pyproject.read_text()
-        + textwrap.dedent(
-            f"""
-            [tool.lrun.machines.secure]
-            remote = "{url}"
-            instance_name = "{reapi_service.instance}"
-            image = "{PYTHON_IMAGE}"
-            tls_ca_cert = "{tls / "ca.pem"}"
-            tls_client_cert = "{tls / "cert.pem"}"
-            tls_client_key = "{tls / "key.pem"}"
-
-            [tool.lrun.machines.no-client-cert]
-            remote = "{url}"
-            instance_name = "{reapi_service.instance}"
-            image = "{PYTHON_IMAGE}"
-            tls_ca_cert = "{tls / "ca.pem"}"
-            """
-        )
-    )
+    keys = f'instance_name = "{reapi_service.instance}"\nimage = "{PYTHON_IMAGE}"\n'
+    pyproject.write_text(pyproject.read_text() + tls_tables("remote", url, tls, keys))
     write_tests(grid, "suite", SUITE)
     result = pytester.runpytest_subprocess("--lrun-machine=secure", "suite")
     result.assert_outcomes(passed=2, failed=1, skipped=1)

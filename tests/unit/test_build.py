@@ -315,12 +315,13 @@ def test_two_dispatchers_needing_one_build_build_it_once(
     build = make_build(context, base=context)
     tag = image_tag(digest_of(build))
     peer = FileStore(store.state_dir, durable=False)  # another dispatcher on the same state dir
+    machine = machine_of(tmp_path)  # once: two threads rewriting one pyproject.toml read it half-written
     ids: list[str] = []
     errors: list[BaseException] = []
 
     def run(s: FileStore) -> None:
         try:
-            ids.append(Builder(s).image_id(engine, machine_of(tmp_path), tag, build))  # type: ignore[arg-type]
+            ids.append(Builder(s).image_id(engine, machine, tag, build))  # type: ignore[arg-type]
         except BaseException as e:  # shown by the assertion below, not lost in a thread's warning
             errors.append(e)
 

@@ -718,3 +718,20 @@ def test_a_command_that_only_reads_never_makes_a_state_dir(
     missing = tmp_path / "no" / "such"
     assert main(["--state-dir", str(missing), *command]) == status  # as an empty one: no runs, no such id
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize(
+    ("logstream", "expected"),
+    [
+        ("ls.example", "expected a gRPC endpoint"),
+        ("grpcs://ls.example:8981", "expected grpc://, found 'grpcs://ls.example:8981'"),
+    ],
+)
+def test_a_workers_logstream_is_refused_as_a_tables_would_be(
+    lrun: Lrun, state: Path, logstream: str, expected: str
+) -> None:
+    status, out, err = lrun(
+        "worker", "--remote", "grpc://bg.example:8980", "--logstream", logstream, "--machine", "local"
+    )
+    assert (status, out) == (EXIT_BAD_INPUT, "")
+    assert err.startswith("lrun: error: --logstream: ") and expected in err

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pytest_lrun.config.machines import Machine, MachineResolver, load_machine_tables
-from pytest_lrun.config.remote import Remote
+from pytest_lrun.config.remote import Remote, target_of
 from pytest_lrun.core.errors import ConfigError
 from pytest_lrun.reapi.channel import Channel
 
@@ -30,7 +30,7 @@ def test_a_remote_table_names_the_service_its_instance_platform_and_image(tmp_pa
     assert (machine.slots, machine.tags, machine.timeout) == (40, ("grid",), 900.0)
     remote = machine.remote
     assert remote == Remote("grpc://bg.example:8980", "ci", {"OSFamily": "linux"}, "GRID_TOKEN")
-    assert (remote.target, remote.secure) == ("bg.example:8980", False)
+    assert (target_of(remote.url), remote.secure) == ("bg.example:8980", False)
 
 
 def test_the_live_output_streams_are_read_where_logstream_says_with_the_remotes_credentials(
@@ -70,7 +70,7 @@ def test_the_live_output_streams_are_read_where_logstream_says_with_the_remotes_
         ('remote = "grpc://bg:8980"\ntls_verify = true', "tls_verify", "grpcs:// remotes only"),
         ('remote = "grpcs://bg:443"\ntls_ca_cert = "missing.pem"', "tls_ca_cert", "does not exist"),
         ('remote = "grpc://bg:8980"\nlogstream = "bg:8981"', "logstream", "expected a gRPC endpoint"),
-        ('remote = "grpcs://bg:443"\nlogstream = "grpc://bg:8981"', "logstream", "expected grpcs://"),
+        ('remote = "grpcs://bg:443"\nlogstream = "grpc://bg:8981"', "logstream", "expected grpcs://, found"),
     ],
 )
 def test_a_bad_remote_table_is_refused_naming_its_key(
