@@ -73,12 +73,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import docker
 
 # The engines of its own are started as the tests start theirs (tests/private_engines.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _timing import timed
 from hash import SMALL_RATIO_TARGET, make_small_tree, race, sha256_pass
+from lrun_support import container_spans
 from private_engines import Engine, can_start_engines, launch_engine, load_image, stop_engine, wait_until_up
 
 from pytest_lrun.config.settings import DEFAULT_COMMAND
@@ -222,6 +226,7 @@ class Times:
 
     machine: str
     collection: bool  # the inner collection run before the shards
+    id: str
     created: float
     started: float
     ended: float
@@ -236,7 +241,7 @@ def times_of(state: Path, usage: Usage) -> list[Times]:
             continue
         if run.created_at >= usage.began:
             collection = "--collect-only" in (run.command or [])
-            found.append(Times(run.machine, collection, run.created_at, run.started_at, run.ended_at))
+            found.append(Times(run.machine, collection, run.id, run.created_at, run.started_at, run.ended_at))
     return sorted(found, key=lambda t: t.created)
 
 
@@ -274,26 +279,19 @@ def where(usage: Usage, runs: list[Times]) -> list[str]:
             f"  {len(waits)} runs created after a run ended: each {statistics.median(waits):.2f}s after the "
             f"latest run end before it (median)"
         )
-    starts = slot_starts(runs)
-    if starts:
-        lines.append(
-            f"  {len(starts)} runs took a slot that freed: container started "
-            f"{statistics.median(starts):.2f}s (median; max {max(starts):.2f}s) after it freed"
-        )
     per_machine = Counter(t.machine for t in work)
     lines.append("  runs per machine: " + ", ".join(f"{m} {n}" for m, n in sorted(per_machine.items())))
     return lines
 
 
-def slot_starts(runs: list[Times]) -> list[float]:
-    """For each run that took a slot another run freed, its container's start after that slot
-    freed: on each machine, past its first SLOTS starts, each start takes the slot that freed first
-    (the earliest run end at or before it not yet taken)."""
-    work = [t for t in runs if not t.collection]
+def slot_gaps(lives: dict[str, list[tuple[float, float]]]) -> list[float]:
+    """For each container that took a slot another one freed, its start after that slot freed:
+    on each engine, past its first SLOTS starts, each start takes the slot that freed first
+    (the earliest exit at or before it not yet taken)."""
     gaps = []
-    for machine in {t.machine for t in work}:
-        ends = sorted(t.ended for t in work if t.machine == machine)
-        starts = sorted(t.started for t in work if t.machine == machine)[SLOTS:]
+    for spans in lives.values():
+        ends = sorted(end for _, end in spans)
+        starts = sorted(start for start, _ in spans)[SLOTS:]
         taken = 0
         for started in starts:
             if taken < len(ends) and ends[taken] <= started:
@@ -302,20 +300,82 @@ def slot_starts(runs: list[Times]) -> list[float]:
     return gaps
 
 
+def engine_lives(
+    engines: list[Engine], since: float, until: float, runs: list[Times] | None = None
+) -> dict[str, list[tuple[float, float]]]:
+    """Every container's life (start to exit) on each of ``engines`` between ``since`` and
+    ``until``, from the engines' own events: when it held a slot. With ``runs``, only their
+    work runs' containers (an inner collection run frees no slot a shard waited for: the
+    shards are made from its result)."""
+    work = None if runs is None else {t.id for t in runs if not t.collection}
+    return {
+        engine.url: [
+            (start, end)
+            for key, (start, end) in container_spans(
+                engine.url, since, until, label=None if work is None else "lrun.run-id"
+            ).items()
+            if since <= start and end <= until and (work is None or key in work)
+        ]
+        for engine in engines
+    }
+
+
 def exit_after(usage: Usage, runs: list[Times]) -> float:
     """Seconds from the last run's end to the process's exit."""
     return usage.began + usage.wall - max(t.ended for t in runs)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One pytest-lrun measurement, beside its baseline of plain ``docker run``s."""
+
+    name: str
+    usage: Usage
+    ideal: float
+    pool: Pool
+    runs: list[Times]
+    lives: dict[str, list[tuple[float, float]]]  # its containers' on each engine
+    extra: float = 0.0  # added to the pool's wall time (the inner collection run, for shards)
+    staged: Pool | None = None  # the same work as staged starts (:func:`staged_pool`)
+
+    @property
+    def ratio(self) -> float:
+        """pytest-lrun's wall time over the plain ``docker run``s' of the same work."""
+        return self.usage.wall / (self.pool.wall + self.extra)
+
+    def slot_lines(self) -> list[str]:
+        """How soon a container starts after a slot frees, from the engines' own events: here
+        and with plain ``docker run``s (the engines' limit, measured right before)."""
+        lines = []
+        pools = [("pytest-lrun", self.lives), ("plain docker runs", self.pool.lives)]
+        if self.staged is not None:
+            pools.append(("staged starts (the engines' own limit)", self.staged.lives))
+        for who, lives in pools:
+            gaps = slot_gaps(lives)
+            if gaps:
+                lines.append(
+                    f"  {who}: {len(gaps)} containers took a slot that freed: started "
+                    f"{statistics.median(gaps):.2f}s (median; max {max(gaps):.2f}s) after it freed"
+                )
+        return lines
 
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def docker_pool(
-    engines: list[Engine], jobs: list[list[str]], cwd: Path, env: dict[str, str]
-) -> tuple[float, float]:
-    """A plain ``docker run --rm`` of each job (arguments after ``run``), SLOTS per engine at once:
-    the wall time, and the share of the machine's CPUs busy meanwhile."""
+@dataclass(frozen=True)
+class Pool:
+    """A pool of plain ``docker run``s: its wall time, the share of the machine's CPUs busy
+    meanwhile, and its containers' lives on each engine."""
+
+    wall: float
+    busy: float
+    lives: dict[str, list[tuple[float, float]]]
+
+
+def docker_pool(engines: list[Engine], jobs: list[list[str]], cwd: Path, env: dict[str, str]) -> Pool:
+    """A plain ``docker run --rm`` of each job (arguments after ``run``), SLOTS per engine at once."""
     free: queue.Queue[str] = queue.Queue()
     for engine in engines:
         for _ in range(SLOTS):
@@ -328,11 +388,58 @@ def docker_pool(
         finally:
             free.put(url)
 
-    started = time.perf_counter()
+    began, started = time.time(), time.perf_counter()
     mark = cpu_ticks()
     with ThreadPoolExecutor(free.qsize()) as pool:
         list(pool.map(one, jobs))
-    return time.perf_counter() - started, busy_since(mark)
+    wall = time.perf_counter() - started
+    return Pool(wall, busy_since(mark), engine_lives(engines, began, began + wall))
+
+
+def staged_pool(engines: list[Engine], jobs: list[list[str]], cwd: Path, env: dict[str, str]) -> Pool:
+    """The engines' own limit for a slot's next start: SLOTS loops per engine, each creating its
+    next container (``docker create``) while its last one runs, waiting for that one's exit
+    and starting the next at once over one API connection, the removal after. What any
+    dispatcher at best does when a slot frees; its starts after an exit are the engine's own."""
+    todo: queue.Queue[list[str]] = queue.Queue()
+    for job in jobs:
+        todo.put(job)
+
+    def slot(url: str) -> None:
+        client = docker.APIClient(base_url=url, version="auto", timeout=600)
+        last = None
+        try:
+            while True:
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    break
+                made = subprocess.run(
+                    ["docker", "-H", url, "create", "--network", "none", *job],
+                    cwd=cwd,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                if last is not None:
+                    client.wait(last)
+                client.start(made.stdout.strip())
+                if last is not None:
+                    client.remove_container(last)
+                last = made.stdout.strip()
+            if last is not None:
+                client.wait(last)
+                client.remove_container(last)
+        finally:
+            client.close()
+
+    began, started = time.time(), time.perf_counter()
+    mark = cpu_ticks()
+    with ThreadPoolExecutor(len(engines) * SLOTS) as pool:
+        list(pool.map(slot, [engine.url for engine in engines for _ in range(SLOTS)]))
+    wall = time.perf_counter() - started
+    return Pool(wall, busy_since(mark), engine_lives(engines, began, began + wall))
 
 
 def in_container(test_dir: Path, *args: str) -> list[str]:
@@ -384,33 +491,43 @@ def main() -> None:
             )
             floor = statistics.median(timed([*PYTEST, "floor"], project, env) for _ in range(3))
 
-            def plan_against_docker(
-                plan_file: str, work: list[str]
-            ) -> tuple[Usage, list[Times], float, float]:
-                """The plan's run, right after its baseline (the shared machine's load drifts):
-                the same work as plain `docker run`s, one per entry with its own env value."""
-                pool, pool_busy = docker_pool(
-                    engines, [["-e", f"BENCH_ENTRY={i}", *work] for i in range(entries)], project, env
-                )
-                state = root / f"{plan_file}-state"
-                usage = measured(
-                    [*PYTEST, f"--lrun-plan={plan_file}"], project, {**env, "LRUN_STATE_DIR": str(state)}
-                )
-                return usage, times_of(state, usage), pool, pool_busy
+            def lrun_row(
+                name: str, cmd: list[str], state: Path, ideal: float, pool: Pool, **more: Any
+            ) -> Row:
+                """One pytest-lrun invocation measured, with its run records and containers' lives."""
+                usage = measured(cmd, project, {**env, "LRUN_STATE_DIR": str(state)})
+                runs = times_of(state, usage)
+                lives = engine_lives(engines, usage.began, usage.began + usage.wall, runs)
+                return Row(name, usage, ideal, pool, runs, lives, **more)
 
-            plan, plan_runs, plan_pool, plan_pool_busy = plan_against_docker(
-                "plan.toml", in_container(project / "entry")
-            )
-            sleep_plan, sleep_runs, sleep_pool, _ = plan_against_docker(
-                "plan-sleep.toml", [SLEEPER, "sleep", f"{entry_s:g}"]
-            )
+            def plan_row(name: str, plan_file: str, work: list[str]) -> Row:
+                """The plan's run, right after its baselines (the shared machine's load drifts): the
+                same work as plain `docker run`s, one per entry with its own env value, and as
+                staged starts (the engines' own limit for a start after a slot frees)."""
+                jobs = [["-e", f"BENCH_ENTRY={i}", *work] for i in range(entries)]
+                pool = docker_pool(engines, jobs, project, env)
+                staged = staged_pool(engines, jobs, project, env)
+                cmd = [*PYTEST, f"--lrun-plan={plan_file}"]
+                return lrun_row(name, cmd, root / f"{plan_file}-state", plan_ideal, pool, staged=staged)
 
+            plan_ideal = entries * entry_s / slots + start
+            shard_ideal = tests * test_s / slots + start + collect
+            rows = [
+                plan_row(
+                    f"plan: {entries} entries of {entry_s}s on tag:{TAG}",
+                    "plan.toml",
+                    in_container(project / "entry"),
+                ),
+                plan_row(
+                    f"plan: {entries} busybox sleeps of {entry_s}s",
+                    "plan-sleep.toml",
+                    [SLEEPER, "sleep", f"{entry_s:g}"],
+                ),
+            ]
             nodeids = [f"test_suite.py::test_sleep[{n}]" for n in range(tests)]
-            shards = [in_container(suite, *nodeids[k::slots]) for k in range(slots)]
-            shard_pool, shard_pool_busy = docker_pool(engines, shards, project, env)
-            shard_pool += collect
-            shard_state = root / "shard-state"
-            shard_env = {**env, "LRUN_STATE_DIR": str(shard_state)}
+            shard_pool = docker_pool(
+                engines, [in_container(suite, *nodeids[k::slots]) for k in range(slots)], project, env
+            )
             shard_cmd = [
                 *PYTEST,
                 f"--lrun-machine=tag:{TAG}",
@@ -418,67 +535,81 @@ def main() -> None:
                 "--lrun-reuse=never",
                 "suite",
             ]
-            cold = measured(shard_cmd, project, shard_env)
-            cold_runs = times_of(shard_state, cold)
-            warm = measured(shard_cmd, project, shard_env)
-            warm_runs = times_of(shard_state, warm)
+            for name in ("--lrun-shards=auto, cold", "shards, durations known"):  # one state dir: then known
+                rows.append(
+                    lrun_row(
+                        f"{tests} tests of {test_s}s, {name}",
+                        shard_cmd,
+                        root / "shard-state",
+                        shard_ideal,
+                        shard_pool,
+                        extra=collect,
+                    )
+                )
 
-    plan_ideal = entries * entry_s / slots + start
-    shard_ideal = tests * test_s / slots + start + collect
-    rows = [
-        (f"plan: {entries} entries of {entry_s}s on tag:{TAG}", plan, plan_ideal, plan_pool, plan_runs),
-        (f"plan: {entries} busybox sleeps of {entry_s}s", sleep_plan, plan_ideal, sleep_pool, sleep_runs),
-        (f"{tests} tests of {test_s}s, --lrun-shards=auto, cold", cold, shard_ideal, shard_pool, cold_runs),
-        (f"{tests} tests of {test_s}s, shards, durations known", warm, shard_ideal, shard_pool, warm_runs),
-    ]
+    plan_pool = rows[0].pool
+    shard_wall = shard_pool.wall + collect
     print(f"{ENGINES} engines x {SLOTS} slots ({os.cpu_count()} CPUs, load average {load:.1f} at the start)")
     print(f"docker run --rm {IMAGE} true (one container start): {start:.2f}s")
     print(f"docker run of the suite's inner collection:         {collect:.2f}s")
     print(f"docker run of one plan entry, alone:                 {alone:.2f}s")
     print(f"plain pytest of one host test (pytest start-up):     {floor:.2f}s")
     print(
-        f"docker run pool, the plan's entries ({SLOTS} per engine):   {plan_pool:.2f}s "
-        f"(machine CPUs {plan_pool_busy:.0%} busy)"
+        f"docker run pool, the plan's entries ({SLOTS} per engine):   {plan_pool.wall:.2f}s "
+        f"(machine CPUs {plan_pool.busy:.0%} busy)"
     )
     print(
-        f"docker run pool, collection + {slots} shards:            {shard_pool:.2f}s "
-        f"(machine CPUs {shard_pool_busy:.0%} busy in the shards)\n"
+        f"docker run pool, collection + {slots} shards:            {shard_wall:.2f}s "
+        f"(machine CPUs {shard_pool.busy:.0%} busy in the shards)\n"
     )
     print(
         f"{'measure':48} {'wall s':>7} {'ideal s':>7} {'/ideal':>7} {'/docker':>7} "
         f"{'CPU s':>6} {'peak MiB':>8} {'machine busy':>12}"
     )
-    for name, usage, ideal, pool, _ in rows:
+    for row in rows:
         print(
-            f"{name:48} {usage.wall:7.2f} {ideal:7.2f} {usage.wall / ideal:6.2f}x {usage.wall / pool:6.2f}x "
-            f"{usage.cpu:6.2f} {usage.peak_mib:8.1f} {usage.host_busy:12.0%}"
+            f"{row.name:48} {row.usage.wall:7.2f} {row.ideal:7.2f} {row.usage.wall / row.ideal:6.2f}x "
+            f"{row.ratio:6.2f}x {row.usage.cpu:6.2f} {row.usage.peak_mib:8.1f} {row.usage.host_busy:12.0%}"
         )
-    for name, usage, _, _, runs in rows:
-        print(f"\nwhere the time goes: {name}")
-        print("\n".join(where(usage, runs)))
+    for row in rows:
+        print(f"\nwhere the time goes: {row.name}")
+        print("\n".join(where(row.usage, row.runs)))
+        print("\n".join(row.slot_lines()))
     print()
-    for name, usage, ideal, _, _ in rows:
-        print(f"{name}: wall / ideal {usage.wall / ideal:.2f}x (no target here: see docs/benchmarks.md)")
-    for (name, usage, _, pool, _), target in zip(
+    for row in rows:
+        print(
+            f"{row.name}: wall / ideal {row.usage.wall / row.ideal:.2f}x "
+            "(no target here: see docs/benchmarks.md)"
+        )
+    for row, target in zip(
         rows, (DOCKER_TARGET, DOCKER_TARGET, COLD_DOCKER_TARGET, DOCKER_TARGET), strict=True
     ):
-        ratio = usage.wall / pool
-        ok = verdict(ratio <= target)
-        print(f"{name}: wall / plain docker runs {ratio:.2f}x (target <= {target}x): {ok}")
-    for name, usage, _, _, runs in rows:
-        starts = slot_starts(runs)
-        if starts:
-            median = statistics.median(starts)
+        print(
+            f"{row.name}: wall / plain docker runs {row.ratio:.2f}x "
+            f"(target <= {target}x): {verdict(row.ratio <= target)}"
+        )
+    for row in rows:
+        gaps = slot_gaps(row.lives)
+        if gaps:
+            median = statistics.median(gaps)
             print(
-                f"{name}: container start after its slot frees, median {median:.2f}s over {len(starts)} "
-                f"runs (target < {SLOT_START_TARGET}s): {verdict(median < SLOT_START_TARGET)}"
+                f"{row.name}: container start after its slot frees, median {median:.2f}s over {len(gaps)} "
+                f"containers (target < {SLOT_START_TARGET}s): {verdict(median < SLOT_START_TARGET)}"
             )
+            own = slot_gaps(row.staged.lives) if row.staged is not None else []
+            if own:  # the engines' own start after an exit, on this host and load, is no share of ours
+                share = median - statistics.median(own)
+                print(
+                    f"{row.name}: the same over the engines' own staged starts (median "
+                    f"{statistics.median(own):.2f}s), pytest-lrun's share {share:.2f}s "
+                    f"(target < {SLOT_START_TARGET}s): {verdict(share < SLOT_START_TARGET)}"
+                )
         else:
-            print(f"{name}: container start after its slot frees: no run waited for a slot")
-        if runs:
-            after = exit_after(usage, runs)
+            print(f"{row.name}: container start after its slot frees: no container waited for a slot")
+        if row.runs:
+            after = exit_after(row.usage, row.runs)
             print(
-                f"{name}: last run's end to the process's exit {after:.2f}s "
+                f"{row.name}: last run's end to the process's exit {after:.2f}s "
                 f"(target < {EXIT_TARGET}s): {verdict(after < EXIT_TARGET)}"
             )
     print(

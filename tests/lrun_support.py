@@ -125,6 +125,36 @@ def wait_for_running(state_dir: Path, timeout: float = 60.0) -> str:
     return found[0]
 
 
+def container_spans(
+    engine: str, since: float, until: float, label: str | None = "lrun.run-id"
+) -> dict[str, tuple[float, float]]:
+    """Each container's life on ``engine`` between ``since`` and ``until``, from the engine's own
+    events (start to die, unix seconds): when it held a slot, whatever its run's record says of
+    the read-back around it. Keyed by its ``label``'s value (lrun's containers by run id), or
+    with ``label=None`` by container id, every container's."""
+    client = docker.APIClient(base_url=engine, timeout=10, version="auto")
+    filters = {"type": "container", **({"label": label} if label else {})}
+    try:
+        times: dict[str, dict[str, float]] = {}
+        for event in client.events(since=int(since), until=int(until) + 1, decode=True, filters=filters):
+            actor = event["Actor"]
+            key = actor["Attributes"][label] if label else actor["ID"]
+            times.setdefault(key, {})[event["Action"]] = event["timeNano"] / 1e9
+    finally:
+        client.close()
+    return {key: (t["start"], t["die"]) for key, t in times.items() if "start" in t and "die" in t}
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of ``spans`` (start, end) that overlap at any moment."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
+
+
 def lrun_containers(engines: list[str], run_ids: set[str], *, remove: bool = False) -> list[str]:
     """The run ids of the lrun-labelled containers of ``run_ids`` on ``engines``; removed when asked."""
     found: list[str] = []

@@ -107,7 +107,7 @@ class _Prepared:
     engine: Engine
     spec: RunSpec  # the spec on the machine the run was placed on
     shipment: Snapshot | None = None  # the directory as hashed: set for created runs only
-    staged: bool = False  # placed one past its machine's slots: starts at the gate (run.slots)
+    staged: bool = False  # placed past its machine's slots: starts at the gate (run.slots)
 
 
 class Dispatcher:
@@ -151,8 +151,7 @@ class Dispatcher:
         self.infra_retries = infra_retries
         # Ended runs' containers, removed off the run's path when ``remove_later`` (:meth:`close` waits).
         self._remover = Remover(later=remove_later)
-        # With ``stage``, a run may be placed one past a busy machine's slots and made ready
-        # while it waits (:mod:`pytest_lrun.run.slots`): a session's look-ahead workers.
+        # A session's look-ahead: a run staged past busy slots is made ready while it waits (run.slots).
         self.stage = stage
         self._slots = Slots()
         self._live: dict[str, tuple[Engine, str]] = {}
@@ -384,7 +383,7 @@ class Dispatcher:
             finally:
                 recorded.result()
             if prepared.staged:  # made ready while the slot was busy: it starts when one frees
-                self._slots.wait_free(self.store, spec.machine, self._cancelled.is_set)
+                self._slots.wait_free(self.store, spec.machine, run.id, self._cancelled.is_set)
             if self._cancelled.is_set():
                 code, msg = self._stop_reason
                 return self._end(run, Status.INTERRUPTED, engine=engine, code=code, msg=msg)
@@ -429,6 +428,7 @@ class Dispatcher:
         if exit_code is None:
             stop(engine, container_id, self.stop_grace)
             engine.wait(container_id, 30)
+        self._slots.exited(run.machine, run.id)  # its slot is free: a staged run starts during the read-back
         pump.join(30)
         spool.close()
         # Two reads of the stopped container at once: its whole log (respool) and the JUnit XML

@@ -12,7 +12,7 @@ calls it before a run exists (its ``_decide``):
 * the idempotency key (:func:`run_key`) and whether a command runs pytest
   (:func:`pytest_arguments_at`);
 * the store's placement of the spec on its candidates, with the wait in line for a
-  free slot, or a run staged one past a machine's slots (:func:`place`).
+  free slot, or a run staged past a machine's slots (:func:`place`).
 """
 
 from __future__ import annotations
@@ -174,10 +174,10 @@ def place(
     ``machine_busy``. A stop (Ctrl-C, ``-x``: ``stopping`` gives why) ends the wait
     with :class:`LeftRunning`.
 
-    Staged: when every slot is taken, a run may be placed one past the slots of a candidate
-    whose place for it ``stage`` reserves (one where the dispatcher has a run of its own
-    running and no staged run yet), if nobody waits in line before it there; its container
-    is made and filled at once but started only when a run there ends (:mod:`.slots`).
+    Staged: when every slot is taken, a run may be placed past the slots of a candidate
+    whose place for it ``stage`` reserves (one per run of the dispatcher's own running there),
+    if nobody waits in line before it there; its container is made and filled at once but
+    started only when a container there exits (:mod:`.slots`).
     """
     by_name = {choice.spec.machine.name: choice for choice in choices}
     candidates = [
@@ -208,55 +208,91 @@ def place(
     deadline = time.monotonic() + busy_wait
     delay = POLL_S / 4
     queued = False  # on_queued was told
+    machines = frozenset(by_name)
     # A waiter holds its place in line (the store gives a free slot to the oldest ticket).
     ticket = _ticket() if spec.candidates or busy_wait > 0 else None
-    while True:
-        run, outcome = store.place(candidates, make, test_dir_hash=dir_hash, ticket=ticket)
-        if outcome is not Decision.BUSY:
-            return run, outcome, by_name[run.machine], False
-        ahead = next((c for c in candidates if stage is not None and stage.reserve(c.machine)), None)
-        if stage is not None and ahead is not None:
-            try:
-                staged, outcome = store.place(
-                    [replace(ahead, slots=ahead.slots + 1)], make, test_dir_hash=dir_hash, ticket=ticket
+    run: Run | None = None  # the last answer: the placed run, or the one in the way
+    try:
+        while True:
+            if run is None or stage is None or ticket is None or stage.first_in_line(machines, ticket):
+                run, outcome, staged = _try_place(store, candidates, make, dir_hash, ticket, stage)
+                if outcome is not Decision.BUSY:
+                    return run, outcome, by_name[run.machine], staged
+            waits = spec.candidates or ours(run) or time.monotonic() < deadline
+            if not waits or stopping() is not None:
+                if ticket is not None:
+                    store.leave_line(ticket, list(by_name))
+                why = stopping()
+                if why is not None:
+                    raise LeftRunning(run.id, f"{why} while {spec.where} had no free slot")
+                raise MachineBusy(
+                    run.machine,
+                    run.id,
+                    run.test_dir,
+                    time.time() - (run.started_at or run.created_at or time.time()),
+                    waited_s=busy_wait or None,
                 )
-            except BaseException:
-                stage.release(ahead.machine)
-                raise
-            if outcome is Decision.CREATED:
-                stage.staged_as(ahead.machine, staged.id)
+            if ticket is None:
+                ticket = _ticket()
+                continue  # in line at once
+            if not queued and on_queued is not None:
+                on_queued(spec, run)
+                queued = True
+            nap = delay * random.uniform(0.5, 1.0)
+            if stage is not None:
+                stage.wait_in_line(machines, ticket)
+                stage.pause(nap)  # cut short when a run of the dispatcher's ends: a slot it held is free
             else:
-                stage.release(ahead.machine)
-            if outcome is not Decision.BUSY:
-                if ticket is not None:  # in line on the others too: the place there is no longer wanted
-                    store.leave_line(ticket, [name for name in by_name if name != staged.machine])
-                return staged, outcome, by_name[staged.machine], outcome is Decision.CREATED
-        waits = spec.candidates or ours(run) or time.monotonic() < deadline
-        if not waits or stopping() is not None:
-            if ticket is not None:
-                store.leave_line(ticket, list(by_name))
-            why = stopping()
-            if why is not None:
-                raise LeftRunning(run.id, f"{why} while {spec.where} had no free slot")
-            raise MachineBusy(
-                run.machine,
-                run.id,
-                run.test_dir,
-                time.time() - (run.started_at or run.created_at or time.time()),
-                waited_s=busy_wait or None,
-            )
-        if ticket is None:
-            ticket = _ticket()
-            continue  # in line at once
-        if not queued and on_queued is not None:
-            on_queued(spec, run)
-            queued = True
-        nap = delay * random.uniform(0.5, 1.0)
-        if stage is not None:
-            stage.pause(nap)  # cut short when a run of the dispatcher's ends: a slot it held is free
-        else:
-            time.sleep(nap)
-        delay = min(delay * 2, 2.0)  # well under the line's TICKET_TTL_S: a waiter keeps its place
+                time.sleep(nap)
+            delay = min(delay * 2, 2.0)  # well under the line's TICKET_TTL_S: a waiter keeps its place
+    finally:
+        if stage is not None and ticket is not None:
+            stage.leave_line(machines, ticket)
+
+
+def _try_place(
+    store: RunStore,
+    candidates: list[Candidate],
+    make: Callable[[Candidate], Run],
+    dir_hash: str,
+    ticket: Ticket | None,
+    stage: Slots | None,
+) -> tuple[Run, Decision, bool]:
+    """One ask of the store: a free slot on a candidate, else a staged place past the slots of
+    one ``stage`` reserves. The run and the decision (BUSY: the run in the way), and whether
+    the run is staged."""
+    run, outcome = store.place(candidates, make, test_dir_hash=dir_hash, ticket=ticket)
+    if outcome is not Decision.BUSY or stage is None:
+        return run, outcome, False
+    ahead, past = _reserved(stage, candidates)
+    if ahead is None:
+        return run, outcome, False
+    try:
+        staged, outcome = store.place(
+            [replace(ahead, slots=ahead.slots + past)], make, test_dir_hash=dir_hash, ticket=ticket
+        )
+    except BaseException:
+        stage.release(ahead.machine)
+        raise
+    if outcome is Decision.CREATED:
+        stage.staged_as(ahead.machine, staged.id)
+    else:
+        stage.release(ahead.machine)
+    if outcome is Decision.BUSY:
+        return run, outcome, False
+    if ticket is not None:  # in line on the others too: the place there is no longer wanted
+        store.leave_line(ticket, [c.machine for c in candidates if c.machine != staged.machine])
+    return staged, outcome, outcome is Decision.CREATED
+
+
+def _reserved(stage: Slots, candidates: list[Candidate]) -> tuple[Candidate | None, int]:
+    """The first candidate where ``stage`` reserves a place for a staged run, and how many
+    staged runs that machine has with it (how far past its slots it is placed)."""
+    for candidate in candidates:
+        past = stage.reserve(candidate.machine)
+        if past is not None:
+            return candidate, past
+    return None, 0
 
 
 def _ticket() -> Ticket:

@@ -1,7 +1,7 @@
 """The session's worker threads, which run its jobs through the dispatcher.
 
-Per target (a machine or a ``tag:NAME``), as many threads as its machines have slots (one
-more per machine when the dispatcher stages runs) take that target's jobs in order: machines
+Per target (a machine or a ``tag:NAME``), as many threads as its machines have slots (twice
+as many when the dispatcher stages runs) take that target's jobs in order: machines
 work in parallel, one machine's slots one job each. A thread runs a job to its end --
 dispatched, started detached (``--lrun-detach``) or attached to (``--lrun-attach``), with its
 failed inner tests run again as :mod:`.reruns` decides -- and starts no new one once the session
@@ -65,11 +65,11 @@ class Workers:
         by_target: dict[str, list[Job]] = {}
         for job in jobs:
             by_target.setdefault(job.spec.where, []).append(job)
-        # A dispatcher that stages (run.slots) gets one more thread per machine: it makes the next
-        # run's container ready while the machine's slots are busy.
-        ahead = 1 if dispatcher.stage else 0
+        # A dispatcher that stages (run.slots) gets twice the threads: one per slot makes the
+        # next run's container ready while the slot is busy.
+        per_slot = 2 if dispatcher.stage else 1
         lines = {
-            target: sum(m.slots + ahead for m in same[0].spec.pool) for target, same in by_target.items()
+            target: sum(m.slots * per_slot for m in same[0].spec.pool) for target, same in by_target.items()
         }
         workers = sum(min(lines[target], len(same)) for target, same in by_target.items())
         self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lrun")

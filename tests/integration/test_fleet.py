@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
-from lrun_support import PYTHON_IMAGE, lrun_containers, wait_for, write_tests
+from lrun_support import PYTHON_IMAGE, container_spans, lrun_containers, most_at_once, wait_for, write_tests
 
 from pytest_lrun.core.times import parse_time
 
@@ -54,28 +55,22 @@ def pool(pytester: pytest.Pytester, project: Path, engines: list[str]) -> Path:
     return project
 
 
-def _most_at_once(intervals: list[tuple[float, float]]) -> int:
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    most = current = 0
-    for _, step in edges:
-        current += step
-        most = max(most, current)
-    return most
-
-
 def test_a_tag_spreads_runs_over_its_machines_within_their_slots(
     pytester: pytest.Pytester, pool: Path, state_dir: Path, engines: list[str]
 ) -> None:
+    began = time.time()
     result = pytester.runpytest_subprocess("--lrun-plan=plan.toml", "-rA")
     result.assert_outcomes(passed=5)
     records = [json.loads((d / "run.json").read_text()) for d in (state_dir / "runs").iterdir()]
     assert len(records) == 5 and all(r["status"] == "completed" for r in records)
-    spans: dict[str, list[tuple[float, float]]] = {}
-    for r in records:
-        spans.setdefault(r["machine"], []).append((parse_time(r["started_at"]), parse_time(r["ended_at"])))
-    assert set(spans) == {"m1", "m2"}, spans  # both machines of the tag were used
-    assert _most_at_once(spans["m1"]) <= 2 and _most_at_once(spans["m2"]) <= 1
-    assert _most_at_once([span for machine in spans.values() for span in machine]) >= 2
+    assert {r["machine"] for r in records} == {"m1", "m2"}, records  # both machines of the tag were used
+    # The containers' own lives, from each engine: a slot is held from start to exit.
+    spans = {
+        m: container_spans(url, began, time.time()) for m, url in (("m1", engines[0]), ("m2", engines[1]))
+    }
+    assert sum(len(s) for s in spans.values()) == 5, spans
+    assert most_at_once(list(spans["m1"].values())) <= 2 and most_at_once(list(spans["m2"].values())) <= 1
+    assert most_at_once([span for machine in spans.values() for span in machine.values()]) >= 2
     result.stdout.fnmatch_lines(["lrun: tag:pool: dispatching sleeps (e0)*"])
     assert result.duration < 5 * 2 + 8  # far less than five entries one after another, with start-up
     # Removed off the runs' path while the next ones started, and all gone once pytest returned.
@@ -185,14 +180,16 @@ def test_a_run_staged_while_the_slot_is_busy_starts_only_when_it_frees(
 
     for name in ("a", "b", "c"):
         write_tests(project, name, SLEEPS.replace("time.sleep(2)", "time.sleep(1)"))
+    began = time.time()
     result = pytester.runpytest_subprocess("--lrun-machine=m1", "--lrun-keep=always", "a", "b", "c")
     result.assert_outcomes(passed=3)
     records = sorted(
         (json.loads((d / "run.json").read_text()) for d in (state_dir / "runs").iterdir()),
         key=lambda r: parse_time(r["started_at"]),
     )
-    spans = [(parse_time(r["started_at"]), parse_time(r["ended_at"])) for r in records]
-    assert _most_at_once(spans) == 1, spans  # never past the machine's slot
+    spans = container_spans(engines[0], began, time.time())
+    assert sorted(spans) == sorted(r["id"] for r in records), spans
+    assert most_at_once(list(spans.values())) == 1, spans  # never past the machine's slot
     # Staged: recorded (and its container made) before the run ahead of it ended.
     staged = [
         r

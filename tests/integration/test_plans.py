@@ -7,12 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
-from lrun_support import wait_for_running, write_tests
-
-from pytest_lrun.core.times import parse_time
+from lrun_support import container_spans, engine_urls, wait_for_running, write_tests
 
 SLEEPY = """
     import time
@@ -33,9 +32,16 @@ def _runs(state_dir: Path) -> dict[str, dict[str, object]]:
     return {str(r["plan_entry"] or r["test_dir"]): r for r in runs}
 
 
-def _overlap(a: dict[str, object], b: dict[str, object]) -> bool:
-    start_a, end_a = parse_time(a["started_at"]), parse_time(a["ended_at"])
-    start_b, end_b = parse_time(b["started_at"]), parse_time(b["ended_at"])
+def _lives(since: float) -> dict[str, tuple[float, float]]:
+    """Each run's container, start to exit, as the engines saw it (a run's record adds its
+    read-back, during which the next run on its machine may start)."""
+    return {
+        run: span for url in engine_urls() for run, span in container_spans(url, since, time.time()).items()
+    }
+
+
+def _overlap(lives: dict[str, tuple[float, float]], a: dict[str, object], b: dict[str, object]) -> bool:
+    (start_a, end_a), (start_b, end_b) = lives[str(a["id"])], lives[str(b["id"])]
     return start_a < end_b and start_b < end_a
 
 
@@ -63,6 +69,7 @@ def test_plan_runs_machines_in_parallel_and_serializes_one_machine(
         machine = "m1"
         """,
     )
+    began = time.time()
     result = pytester.runpytest_subprocess("--lrun-plan=plan.toml")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
@@ -73,9 +80,9 @@ def test_plan_runs_machines_in_parallel_and_serializes_one_machine(
         ]
     )
     result.stdout.fnmatch_lines(["batch b-*: completed*"])
-    runs = _runs(state_dir)
-    assert _overlap(runs["a1"], runs["b2"]), "entries on two machines did not run in parallel"
-    assert not _overlap(runs["a1"], runs["c1"]), "entries on one machine overlapped"
+    runs, lives = _runs(state_dir), _lives(began)
+    assert _overlap(lives, runs["a1"], runs["b2"]), "entries on two machines did not run in parallel"
+    assert not _overlap(lives, runs["a1"], runs["c1"]), "entries on one machine overlapped"
     batch_ids = {r["batch_id"] for r in runs.values()}
     assert len(batch_ids) == 1 and None not in batch_ids
 

@@ -22,6 +22,7 @@ from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.run.container import Remover
 from pytest_lrun.run.images import Builder
 from pytest_lrun.run.slots import Slots
+from pytest_lrun.store import Ticket
 from pytest_lrun.store.files import FileStore
 
 WAIT_S = 10.0
@@ -133,24 +134,89 @@ def test_the_docker_engine_loads_without_paramiko_until_an_ssh_machine_needs_it(
     assert out.split() == ["False", "False"]
 
 
-def test_a_machine_has_one_staged_run_at_a_time_and_only_where_a_run_of_ours_runs() -> None:
-    """Two staged runs on a machine could wait for each other at the gate with none running there
-    (a plan's benchmark hung so): the second reservation is refused until the first one started."""
+def test_a_machine_has_a_staged_run_per_run_of_ours_running_there() -> None:
+    """More staged runs on a machine than runs of ours that will free a slot there could wait at
+    the gate with none running (a plan's benchmark hung so): a reservation past them is refused."""
     slots = Slots()
-    assert not slots.reserve("m1")  # nothing of ours runs there: no slot of ours will free
+    assert slots.reserve("m1") is None  # nothing of ours runs there: no slot of ours will free
     slots.started("m1", "r1")
-    assert slots.reserve("m1") and not slots.reserve("m1")
+    slots.started("m1", "r2")
+    assert slots.reserve("m1") == 1 and slots.reserve("m1") == 2  # how far past the slots each goes
+    assert slots.reserve("m1") is None
     slots.staged_as("m1", "s1")
-    assert not slots.reserve("m1")
-    slots.started("m1", "s1")  # it passed the gate: the place is free again
-    assert slots.reserve("m1")
-    slots.release("m1")
-    assert slots.reserve("m1")
+    slots.release("m1")  # the second reservation was not placed
+    assert slots.reserve("m1") == 2
     slots.staged_as("m1", "s2")
-    slots.ended("m1", "s2")  # failed before it started: the place goes with it
-    slots.ended("m1", "r1")
-    slots.ended("m1", "s1")
-    assert not slots.reserve("m1")
+    slots.exited("m1", "r1")  # its slot is free: it will free no other
+    assert slots.reserve("m1") is None
+    slots.started("m1", "s1")  # it passed the gate: a place for the next
+    assert slots.reserve("m1") == 3  # past the slots by s2, itself and r1 (live in the store till it ends)
+    slots.release("m1")
+    slots.ended("m1", "s2")  # failed before it started: its place goes with it
+    for run in ("r1", "r2", "s1"):
+        slots.ended("m1", run)
+    assert slots.reserve("m1") is None
+
+
+class Active:
+    """A store whose live runs on every machine are ``live``."""
+
+    def __init__(self, *live: str) -> None:
+        self.live = set(live)
+
+    def active(self, machine: str) -> list[Any]:
+        return [type("R", (), {"id": run})() for run in sorted(self.live)]
+
+
+def gate(slots: Slots, store: Active, run_id: str, passed: list[str]) -> threading.Thread:
+    machine = Machine("m1", "unix:///x", "config", slots=2)
+    thread = threading.Thread(
+        target=lambda: (slots.wait_free(store, machine, run_id, lambda: False), passed.append(run_id))  # type: ignore[arg-type]
+    )
+    thread.start()
+    return thread
+
+
+def test_a_staged_run_starts_when_a_container_exits_not_when_its_run_ends() -> None:
+    """The slot is free once the container exited: the staged run starts while the run before it
+    is read back, and a second staged run waits for the next container to exit."""
+    slots, store = Slots(), Active("r1", "r2", "s1", "s2")  # the store counts all four as live
+    for run in ("r1", "r2"):
+        slots.started("m1", run)
+    for run in ("s1", "s2"):
+        slots.reserve("m1")
+        slots.staged_as("m1", run)
+    passed: list[str] = []
+    threads = [gate(slots, store, run, passed) for run in ("s1", "s2")]
+    time.sleep(0.3)
+    assert passed == []  # both slots are held
+    slots.exited("m1", "r1")
+    threads[0].join(WAIT_S)
+    time.sleep(0.3)
+    assert passed == ["s1"]  # r1's slot went to the first staged run only
+    slots.exited("m1", "r2")
+    threads[1].join(WAIT_S)
+    assert passed == ["s1", "s2"]
+
+
+def test_of_a_dispatchers_waiters_for_the_same_machines_only_the_oldest_asks_the_store() -> None:
+    """Forty plan entries on one tag wait for its slots: each asking the store at every slot
+    freed cost the host's CPU and let a younger waiter's ticket stall behind the older ones'."""
+    slots, tag, other = Slots(), frozenset({"m1", "m2"}), frozenset({"m3"})
+    old, young, elsewhere = Ticket("old", 1.0), Ticket("young", 2.0), Ticket("elsewhere", 3.0)
+    slots.wait_in_line(tag, young)
+    assert slots.first_in_line(tag, young)
+    slots.wait_in_line(tag, old)  # older, as the store's line orders tickets: it goes first
+    slots.wait_in_line(other, elsewhere)
+    assert slots.first_in_line(tag, old) and not slots.first_in_line(tag, young)
+    assert slots.first_in_line(other, elsewhere)  # other machines: no waiter of the tag's in its way
+    timer = threading.Timer(0.1, slots.leave_line, args=(tag, old))
+    began = time.monotonic()
+    timer.start()
+    slots.pause(WAIT_S)  # the next in line asks at once, not at its next poll
+    assert time.monotonic() - began < WAIT_S / 2
+    timer.join()
+    assert slots.first_in_line(tag, young)
 
 
 def test_a_pause_ends_when_a_run_of_ours_ends() -> None:
