@@ -72,8 +72,7 @@ class Slots:
             staged = self._staged.get(machine, [])
             if run_id in staged:
                 staged.remove(run_id)
-                self._freed += 1
-                self._changed.notify_all()
+                self._freed_locked()
 
     def started(self, machine: str, run_id: str) -> None:
         with self._changed:
@@ -84,7 +83,11 @@ class Slots:
         staged = self._staged.get(machine, [])
         if run_id in staged:
             staged.remove(run_id)
-        self._freed += 1  # a place for a staged run: the next run in line may take it
+        self._freed_locked()  # a place for a staged run: the next run in line may take it
+
+    def _freed_locked(self) -> None:
+        """A waiter in line may be placed now: wake them."""
+        self._freed += 1
         self._changed.notify_all()
 
     def exited(self, machine: str, run_id: str) -> None:
@@ -101,9 +104,8 @@ class Slots:
             staged = self._staged.get(machine, [])
             if run_id in staged:  # never started (failed, cancelled)
                 staged.remove(run_id)
-            self._freed += 1
             self._exits += 1
-            self._changed.notify_all()
+            self._freed_locked()
 
     def wait_in_line(self, machines: frozenset[str], ticket: Ticket) -> None:
         """``ticket``'s waiter waits for a slot on ``machines``: behind the dispatcher's waiters for
@@ -126,8 +128,7 @@ class Slots:
             line = self._lines.get(machines, [])
             if ticket in line:
                 line.remove(ticket)
-                self._freed += 1
-                self._changed.notify_all()
+                self._freed_locked()
             if not line:
                 self._lines.pop(machines, None)
 
