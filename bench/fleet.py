@@ -352,10 +352,12 @@ class Row:
             pools.append(("staged starts (the engines' own limit)", self.staged.lives))
         for who, lives in pools:
             gaps = slot_gaps(lives)
-            if gaps:
+            inside = [end - start for spans in lives.values() for start, end in spans]
+            if gaps and inside:
                 lines.append(
                     f"  {who}: {len(gaps)} containers took a slot that freed: started "
-                    f"{statistics.median(gaps):.2f}s (median; max {max(gaps):.2f}s) after it freed"
+                    f"{statistics.median(gaps):.2f}s (median; max {max(gaps):.2f}s) after it freed; "
+                    f"a container's life {statistics.median(inside):.2f}s (median)"
                 )
         return lines
 

@@ -30,6 +30,10 @@ from pytest_lrun.store.records import Run
 
 __all__ = ["line_locked", "place_once", "write_line"]
 
+#: How often a waiter's try writes its ticket's "last seen" again: well within ``TICKET_TTL_S``
+#: with a waiter's longest nap (2 s) on top.
+REFRESH_S = TICKET_TTL_S / 4
+
 
 def place_once(
     store: FileRecords,
@@ -59,8 +63,10 @@ def place_once(
         if chosen is None:
             if ticket is not None:  # in line on every candidate: the next free slot there is ours
                 for c in candidates:
-                    line = {**lines[c.machine], ticket.id: (ticket.created, now)}
-                    write_line(store, mkeys[c.machine], line)
+                    seen = lines[c.machine].get(ticket.id)
+                    if seen is None or now - seen[1] > REFRESH_S:  # not a write per try: one per REFRESH_S
+                        line = {**lines[c.machine], ticket.id: (ticket.created, now)}
+                        write_line(store, mkeys[c.machine], line)
             blocker = next((run for c in candidates for run in live[c.machine]), None)
             return blocker or queued_blocker(candidates[0].machine), Decision.BUSY
         run = make(chosen)
@@ -104,7 +110,9 @@ def line_locked(store: FileRecords, mkey: str, now: float) -> dict[str, tuple[fl
 
 
 def write_line(store: FileRecords, mkey: str, line: dict[str, tuple[float, float]]) -> None:
+    """Replace the machine's line. Atomic but never synced to disk: a line lives only as long as
+    its waiters (a host crash ends them all), and one lost or unreadable counts as empty."""
     path = _line_path(store, mkey)
     make_private_dir(path.parent)  # 0700, as every folder of the state dir
     tickets = {ticket: list(times) for ticket, times in line.items()}
-    atomic_write_json(path, {"tickets": tickets}, durable=store.durable)
+    atomic_write_json(path, {"tickets": tickets}, durable=False)
