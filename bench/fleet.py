@@ -68,12 +68,12 @@ import tempfile
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 
@@ -91,6 +91,7 @@ from pytest_lrun.store.records import Run
 from pytest_lrun.tree.hashing import hash_dir
 from pytest_lrun.tree.walk import iter_files
 
+T = TypeVar("T")
 IMAGE = "lrun-python:bookworm"
 SLEEPER = "lrun-busybox:latest"  # the plan again with entries that cost the host next to no CPU
 ENGINES, SLOTS = 4, 2
@@ -376,6 +377,16 @@ class Pool:
     lives: dict[str, list[tuple[float, float]]]
 
 
+def pooled(engines: list[Engine], work: Callable[[T], None], items: list[T]) -> Pool:
+    """``work`` on each of ``items``, SLOTS threads per engine, measured as a :class:`Pool`."""
+    began, started = time.time(), time.perf_counter()
+    mark = cpu_ticks()
+    with ThreadPoolExecutor(len(engines) * SLOTS) as pool:
+        list(pool.map(work, items))
+    wall = time.perf_counter() - started
+    return Pool(wall, busy_since(mark), engine_lives(engines, began, began + wall))
+
+
 def docker_pool(engines: list[Engine], jobs: list[list[str]], cwd: Path, env: dict[str, str]) -> Pool:
     """A plain ``docker run --rm`` of each job (arguments after ``run``), SLOTS per engine at once."""
     free: queue.Queue[str] = queue.Queue()
@@ -390,12 +401,7 @@ def docker_pool(engines: list[Engine], jobs: list[list[str]], cwd: Path, env: di
         finally:
             free.put(url)
 
-    began, started = time.time(), time.perf_counter()
-    mark = cpu_ticks()
-    with ThreadPoolExecutor(free.qsize()) as pool:
-        list(pool.map(one, jobs))
-    wall = time.perf_counter() - started
-    return Pool(wall, busy_since(mark), engine_lives(engines, began, began + wall))
+    return pooled(engines, one, jobs)
 
 
 def staged_pool(engines: list[Engine], jobs: list[list[str]], cwd: Path, env: dict[str, str]) -> Pool:
@@ -436,12 +442,7 @@ def staged_pool(engines: list[Engine], jobs: list[list[str]], cwd: Path, env: di
         finally:
             client.close()
 
-    began, started = time.time(), time.perf_counter()
-    mark = cpu_ticks()
-    with ThreadPoolExecutor(len(engines) * SLOTS) as pool:
-        list(pool.map(slot, [engine.url for engine in engines for _ in range(SLOTS)]))
-    wall = time.perf_counter() - started
-    return Pool(wall, busy_since(mark), engine_lives(engines, began, began + wall))
+    return pooled(engines, slot, [engine.url for engine in engines for _ in range(SLOTS)])
 
 
 def in_container(test_dir: Path, *args: str) -> list[str]:

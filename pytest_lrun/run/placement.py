@@ -286,8 +286,8 @@ def _try_place(
 
 
 def _reserved(stage: Slots, candidates: list[Candidate]) -> tuple[Candidate | None, int]:
-    """The first candidate where ``stage`` reserves a place for a staged run, and how many
-    staged runs that machine has with it (how far past its slots it is placed)."""
+    """The first candidate where ``stage`` reserves a place for a staged run, and how far past
+    that machine's slots the store may place it (:meth:`Slots.reserve <.slots.Slots.reserve>`)."""
     for candidate in candidates:
         past = stage.reserve(candidate.machine)
         if past is not None:

@@ -61,17 +61,17 @@ class Slots:
             return len(staged) + len(exited)
 
     def staged_as(self, machine: str, run_id: str) -> None:
-        """The place reserved last on ``machine`` now holds ``run_id``."""
+        """A place reserved on ``machine`` (any: they are alike) now holds ``run_id``."""
         with self._changed:
             staged = self._staged[machine]
             staged[staged.index("")] = run_id
 
-    def release(self, machine: str, run_id: str = "") -> None:
-        """Give a place on ``machine`` back, if ``run_id`` (or a reservation) holds one."""
+    def release(self, machine: str) -> None:
+        """Give a place reserved on ``machine`` back, its staged run never placed."""
         with self._changed:
             staged = self._staged.get(machine, [])
-            if run_id in staged:
-                staged.remove(run_id)
+            if "" in staged:
+                staged.remove("")
                 self._freed_locked()
 
     def started(self, machine: str, run_id: str) -> None:
@@ -151,9 +151,9 @@ class Slots:
                 seen = self._exits
             live = {run.id for run in store.active(machine.name)}
             with self._changed:
-                staged = [staged for staged in self._staged.get(machine.name, []) if staged]
-                if staged and staged[0] == run_id:
-                    holding = live - self._exited.get(machine.name, set()) - set(staged)
+                ready = [staged for staged in self._staged.get(machine.name, []) if staged]
+                if ready and ready[0] == run_id:
+                    holding = live - self._exited.get(machine.name, set()) - set(ready)
                     if len(holding) < machine.slots:
                         self._start_locked(machine.name, run_id)
                         return
