@@ -182,7 +182,8 @@ class LrunSession:
 
     def _prepared(self, spec: RunSpec, run: Run, origin: str) -> None:
         """The dispatcher's word (on a worker thread) that the store decided ``spec``'s run: a plan's
-        entry is recorded in its batch at once."""
+        entry is recorded in its batch at once, and the target's next job may ask."""
+        self.workers.decided(spec)
         batch_id = self.planner.batch_id
         if batch_id is not None and spec.plan_entry is not None:
             self.batches.record(batch_id, spec.plan_entry, run.id)

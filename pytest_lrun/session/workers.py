@@ -1,8 +1,9 @@
 """The session's worker threads, which run its jobs through the dispatcher.
 
 Per target (a machine or a ``tag:NAME``), as many threads as its machines have slots (twice
-as many when the dispatcher stages runs) take that target's jobs in order: machines
-work in parallel, one machine's slots one job each. A thread runs a job to its end --
+as many when the dispatcher stages runs) take that target's jobs in order, and the store
+decides their runs in that order (:class:`JobLine`): machines work in parallel, one machine's
+slots one job each, and a target's runs start in the order the user gave. A thread runs a job to its end --
 dispatched, started detached (``--lrun-detach``) or attached to (``--lrun-attach``), with its
 failed inner tests run again as :mod:`.reruns` decides -- and starts no new one once the session
 stops (``-x``, ``--maxfail``, Ctrl-C). What the threads and the dispatcher's callbacks have to
@@ -12,10 +13,9 @@ hook nor write to the terminal.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +31,9 @@ from pytest_lrun.session.reruns import Reruns
 from pytest_lrun.session.terminal import shown_spec
 from pytest_lrun.store import Run
 from pytest_lrun.wire.events import Event as InnerEvent
+
+#: How often a job waiting for its turn looks whether the session stops.
+TURN_POLL_S = 0.2
 
 
 class Workers:
@@ -50,6 +53,7 @@ class Workers:
         self._jobs = 0
         self._counts_lock = threading.Lock()
         self._counts = {"done": 0, "running": 0}
+        self._lines: dict[RunSpec, JobLine] = {}  # each job's spec -> its target's line
 
     @property
     def started(self) -> bool:
@@ -74,9 +78,8 @@ class Workers:
         workers = sum(min(lines[target], len(same)) for target, same in by_target.items())
         self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lrun")
         for target, same in by_target.items():
-            line: queue.SimpleQueue[Job] = queue.SimpleQueue()
-            for job in same:
-                line.put(job)
+            line = JobLine(same)
+            self._lines.update(dict.fromkeys((job.spec for job in same), line))
             for _ in range(min(lines[target], len(same))):
                 self._executor.submit(self._run_line, line)
 
@@ -87,18 +90,19 @@ class Workers:
 
     # -- the threads --------------------------------------------------------------------
 
-    def _run_line(self, line: queue.SimpleQueue[Job]) -> None:
+    def _run_line(self, line: JobLine) -> None:
         """A worker thread: take the target's jobs in order, handing every event to the main thread."""
-        assert self.dispatcher is not None
-        while True:
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+        while (job := line.take()) is not None:
             try:
-                job = line.get_nowait()
-            except queue.Empty:
-                return
-            if self.dispatcher.stopping:  # -x, --maxfail or Ctrl-C: start nothing new
-                self.events.put(JobEnded(job.spec))
-                continue
-            self.events.put(self._run_job(job))
+                if dispatcher.stopping:  # -x, --maxfail or Ctrl-C: start nothing new
+                    self.events.put(JobEnded(job.spec))
+                    continue
+                line.wait_turn(job.spec, lambda: dispatcher.stopping)
+                self.events.put(self._run_job(job))
+            finally:
+                line.decided(job.spec)  # ended before its run was decided (an error, a stop)
 
     def _run_job(self, job: Job) -> JobEnded:
         spec = job.spec
@@ -126,6 +130,7 @@ class Workers:
     def _do(self, job: Job) -> JobOutcome:
         assert self.dispatcher is not None
         if job.attach_to is not None:
+            self.decided(job.spec)  # its run is known: the store decides nothing
             self.events.put(f"{job.spec.where}: attaching to run {job.attach_to} ({self._shown(job.spec)})")
             return self.dispatcher.attach(job.attach_to, job.spec.machine)
         self.events.put(f"{job.spec.where}: dispatching {self._shown(job.spec)}" + self._batch_progress())
@@ -196,11 +201,60 @@ class Workers:
         )
         self.events.put(Retried(spec, failed))
 
+    def decided(self, spec: RunSpec) -> None:
+        """The dispatcher's word that the store decided ``spec``'s run (or put it in line): the
+        target's next job may ask."""
+        line = self._lines.get(spec)
+        if line is not None:  # not a rerun's spec
+            line.decided(spec)
+
     def queued(self, spec: RunSpec, blocker: Run) -> None:
         """The dispatcher's word that ``spec`` waits for a free slot."""
+        self.decided(spec)
         slots = sum(m.slots for m in spec.pool)
         busy = f"all {slots} slots busy, e.g. with run {blocker.id} on {blocker.machine}"
         self.events.put(f"{spec.where}: {self._shown(spec)} waits for a free slot ({busy})")
+
+
+class JobLine:
+    """A target's jobs, taken in order by its threads, and the turn each waits for before its run
+    is decided: the store decides them in the user's order (with threads racing to the store,
+    a later directory could take the free slot, and a staged run's order would be chance).
+
+    A job's turn comes once every job before it was decided: placed, cached, put in line for a
+    slot, or ended without a run.
+    """
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self._jobs = jobs
+        self._index = {job.spec: i for i, job in enumerate(jobs)}
+        self._changed = threading.Condition()
+        self._taken = 0
+        self._done: set[int] = set()
+        self._first_undecided = 0
+
+    def take(self) -> Job | None:
+        """The next job not taken, or None when all are."""
+        with self._changed:
+            if self._taken == len(self._jobs):
+                return None
+            self._taken += 1
+            return self._jobs[self._taken - 1]
+
+    def wait_turn(self, spec: RunSpec, stopping: Callable[[], bool]) -> None:
+        """Return once every job before ``spec``'s was decided, or the session stops."""
+        index = self._index[spec]
+        with self._changed:
+            while self._first_undecided < index and not stopping():
+                self._changed.wait(TURN_POLL_S)  # a stop notifies nobody: look again now and then
+
+    def decided(self, spec: RunSpec) -> None:
+        """``spec``'s run was decided, or its job ended (idempotent)."""
+        with self._changed:
+            self._done.add(self._index[spec])
+            while self._first_undecided in self._done:
+                self._first_undecided += 1
+            self._changed.notify_all()
 
 
 def _failed_tests(count: int) -> str:

@@ -22,6 +22,9 @@ from pytest_lrun.engine.pool import EnginePool
 from pytest_lrun.run.container import Remover
 from pytest_lrun.run.images import Builder
 from pytest_lrun.run.slots import Slots
+from pytest_lrun.run.spec import RunSpec
+from pytest_lrun.session.jobs import Job
+from pytest_lrun.session.workers import JobLine
 from pytest_lrun.store import Ticket
 from pytest_lrun.store.files import FileStore
 
@@ -229,3 +232,36 @@ def test_a_pause_ends_when_a_run_of_ours_ends() -> None:
     slots.pause(WAIT_S)
     assert time.monotonic() - began < WAIT_S / 2
     timer.join()
+
+
+def test_a_targets_jobs_are_decided_in_the_order_given_whichever_thread_runs_first() -> None:
+    machine = Machine("m", "unix:///nowhere", "config")
+    jobs = [Job(RunSpec(Path(name), machine, "img", ("true",))) for name in ("first", "second", "third")]
+    line = JobLine(jobs)
+    taken = [line.take(), line.take()]
+    assert [job.spec.test_dir.name for job in taken if job] == ["first", "second"]
+    decided: list[str] = []
+
+    def second() -> None:
+        line.wait_turn(jobs[1].spec, lambda: False)
+        decided.append("second")
+
+    thread = threading.Thread(target=second)
+    thread.start()  # second's thread is ready first, yet waits for first's run to be decided
+    thread.join(0.3)
+    assert thread.is_alive() and decided == []
+    decided.append("first")
+    line.decided(jobs[0].spec)
+    thread.join(WAIT_S)
+    assert decided == ["first", "second"]
+    line.decided(jobs[1].spec)
+    line.wait_turn(jobs[2].spec, lambda: False)  # returns at once: both before it were decided
+    assert line.take() is jobs[2] and line.take() is None
+
+
+def test_a_job_waiting_for_its_turn_goes_on_when_the_session_stops() -> None:
+    machine = Machine("m", "unix:///nowhere", "config")
+    jobs = [Job(RunSpec(Path(name), machine, "img", ("true",))) for name in ("first", "second")]
+    began = time.monotonic()
+    JobLine(jobs).wait_turn(jobs[1].spec, lambda: time.monotonic() - began > 0.3)
+    assert time.monotonic() - began < WAIT_S
