@@ -11,7 +11,8 @@ calls it while it watches a container to its end (its ``_finish``):
 * the engine's stored log once the container stopped, when the follow stream
   ended short of it (:func:`respool`);
 * the inner JUnit XML and the artifacts, read back through the Engine's archive
-  API and extracted under caps (:func:`collect`).
+  API and extracted under caps (:func:`collect`); an artifacts dir the upload shipped
+  empty is read only when the engine's stat says something was made in it.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from pytest_lrun.core.fsutil import ENTRY_BYTES, atomic_write_bytes, remove_tree
 from pytest_lrun.core.layout import RunFiles
 from pytest_lrun.engine import Engine
 from pytest_lrun.run.logs import EventSpool, LogSpool, redact_xml
+from pytest_lrun.run.placement import LRUN_DIRS
 from pytest_lrun.store import Run
+from pytest_lrun.tree.archive import PACK_MTIME
 from pytest_lrun.tree.extract import MAX_EXTRACT_ENTRIES, ExtractResult, safe_extract
 from pytest_lrun.tree.tarstream import read_member
 from pytest_lrun.wire.events import Event, EventParser
 from pytest_lrun.wire.junit import parse_junit
 
 JUNIT_PATH = "/lrun/out/junit.xml"
+SHIPPED_EMPTY = frozenset(f"/{path}" for path in LRUN_DIRS)  # dirs every upload carries, empty
 JUNIT_MAX_BYTES = 64 * 1024 * 1024
 ARTIFACTS_MAX_BYTES = 512 * 1024 * 1024
 
@@ -166,6 +170,8 @@ def collect(
     # (an entry counted at a block, so a budget is never overspent).
     budget_bytes, budget_entries = ARTIFACTS_MAX_BYTES, MAX_EXTRACT_ENTRIES
     for path in run.artifacts or ():
+        if path in SHIPPED_EMPTY and engine.untouched(run.container_id, path, PACK_MTIME):
+            continue  # shipped empty and nothing made in it: a read would cost the engine a tar
         chunks = engine.get_archive(run.container_id, path)
         if chunks is None:
             continue

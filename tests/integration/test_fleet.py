@@ -76,7 +76,8 @@ def test_a_tag_spreads_runs_over_its_machines_within_their_slots(
     assert most_at_once(list(spans["m2"].values())) <= 1, spans
     assert most_at_once([span for machine in spans.values() for span in machine.values()]) >= 2, spans
     result.stdout.fnmatch_lines(["lrun: tag:pool: dispatching sleeps (e0)*"])
-    assert result.duration < 5 * 2 + 8, result.duration  # far less than five entries one after another, with start-up
+    # Far less than five entries one after another, with start-up.
+    assert result.duration < 5 * 2 + 8, result.duration
     # Removed off the runs' path while the next ones started, and all gone once pytest returned.
     assert lrun_containers(engines, {r["id"] for r in records}) == []
 

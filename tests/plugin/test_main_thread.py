@@ -85,6 +85,9 @@ class FakeEngine:
     def logs(self, container_id, *, follow):
         yield ("hello from " + self.machine + "\\n").encode()
 
+    def untouched(self, container_id, path, mtime):
+        return False
+
     def get_archive(self, container_id, path):
         return None
 

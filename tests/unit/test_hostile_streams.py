@@ -68,6 +68,9 @@ class ArchiveEngine:
     def __init__(self, streams: dict[str, Iterable[bytes]]) -> None:
         self.streams = streams
 
+    def untouched(self, container_id: str, path: str, mtime: int) -> bool:
+        return False
+
     def get_archive(self, container_id: str, path: str) -> Iterator[bytes] | None:
         stream = self.streams.get(path)
         return None if stream is None else iter(stream)

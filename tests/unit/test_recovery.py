@@ -119,6 +119,10 @@ class FakeEngine:
             raise ContainerGone(self.machine, f"container {container_id} vanished")
         yield c.logs
 
+    def untouched(self, container_id: str, path: str, mtime: int) -> bool:
+        c = self.containers.get(container_id)
+        return c is not None and path == "/lrun/artifacts" and not c.artifacts
+
     def get_archive(self, container_id: str, path: str) -> Iterator[bytes] | None:
         c = self.containers.get(container_id)
         if c is None or path != "/lrun/artifacts" or not c.artifacts:
