@@ -32,7 +32,11 @@ written). The kinds, and the host's parser, are in ``pytest_lrun/wire/events.py`
   categories pytest's own summary counts), ``interrupt`` (where a Ctrl-C/SIGINT
   stopped the session: the traceback through the test's own frames, without
   pytest's and pluggy's, or null) and ``running`` (the test that SIGINT cut short:
-  ``nodeid``, ``duration`` and the ``stdout``/``stderr`` it had printed, or null).
+  ``nodeid``, ``duration`` and the ``stdout``/``stderr`` it had printed, or null);
+* ``junit`` right before ``finish``, with no ``n`` (no event of the session's own): the
+  ``path`` and text (``xml``) of the JUnit XML pytest wrote (``--junitxml``), when it
+  is UTF-8 and fits one line. The host then takes it from here: reading the file back
+  through a Docker Engine's archive API costs the engine a mount and a tar process.
 
 Why this way:
 
@@ -405,6 +409,7 @@ class Reporter:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, exitstatus: int) -> None:
+        self._send_junit()
         fields = {
             "exitstatus": int(exitstatus),
             "counts": self._tally(),
@@ -413,6 +418,23 @@ class Reporter:
         }
         self.emit("finish", fields)
         self._channel.close()
+
+    def _send_junit(self) -> None:
+        """Send the JUnit XML pytest wrote, if any (its own ``pytest_sessionfinish`` ran before
+        this trylast one), when it fits one line; otherwise the host reads the file."""
+        xmlpath = getattr(self._config.option, "xmlpath", None)
+        if not xmlpath:
+            return
+        # Where pytest's junitxml plugin puts it.
+        path = os.path.normpath(os.path.abspath(os.path.expanduser(os.path.expandvars(xmlpath))))
+        try:
+            with open(path, "rb") as xml:
+                data = xml.read(MAX_EVENT_BYTES + 1)
+            line = _dumps({"e": "junit", "path": path, "xml": data.decode("utf-8")})  # never cut
+        except (OSError, UnicodeDecodeError):
+            return
+        if len(data) <= MAX_EVENT_BYTES and len(line) <= MAX_EVENT_BYTES:
+            self._channel.send(line)
 
 
 def _text(longrepr: Any) -> str:

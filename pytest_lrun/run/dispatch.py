@@ -436,7 +436,7 @@ class Dispatcher:
         respooled = _beside(respool, files, run, engine, self.log_max_bytes, secrets, spool.received)
         run = replace(run, exit_code=exit_code)
         try:
-            refused, lost = collect(files, run, engine, secrets=secrets), False
+            refused, lost = collect(files, run, engine, secrets=secrets, junit=spool.junit), False
         except OSError as e:
             if not full(e):
                 raise

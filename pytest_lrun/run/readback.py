@@ -10,9 +10,11 @@ calls it while it watches a container to its end (its ``_finish``):
   live reports, the rest to the redacted, capped log and to the live display;
 * the engine's stored log once the container stopped, when the follow stream
   ended short of it (:func:`respool`);
-* the inner JUnit XML and the artifacts, read back through the Engine's archive
-  API and extracted under caps (:func:`collect`); an artifacts dir the upload shipped
-  empty is read only when the engine's stat says something was made in it.
+* the inner JUnit XML (as the inner reporter sent it, else the container's file)
+  and the artifacts, read back through the Engine's archive API and extracted
+  under caps (:func:`collect`). Each archive read costs a Docker Engine a mount
+  and a tar process: an artifacts dir the upload shipped empty is read only when
+  the engine's stat says something was made in it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pytest_lrun.store import Run
 from pytest_lrun.tree.archive import PACK_MTIME
 from pytest_lrun.tree.extract import MAX_EXTRACT_ENTRIES, ExtractResult, safe_extract
 from pytest_lrun.tree.tarstream import read_member
-from pytest_lrun.wire.events import Event, EventParser
+from pytest_lrun.wire.events import Event, EventParser, JunitXml
 from pytest_lrun.wire.junit import parse_junit
 
 JUNIT_PATH = "/lrun/out/junit.xml"
@@ -64,6 +66,11 @@ class RunOutput:
         parsed = self._parser.feed(chunk)
         events = self._events.write(parsed.events)  # redacted: what the host reports never shows a secret
         return self._log.write(parsed.output), tuple(events)
+
+    @property
+    def junit(self) -> JunitXml | None:
+        """The JUnit XML the inner reporter sent, if it did (:func:`collect` then reads no file)."""
+        return None if self._parser is None else self._parser.junit
 
     @property
     def lost(self) -> bool:
@@ -141,23 +148,31 @@ def respool(
 
 
 def collect(
-    files: RunFiles, run: Run, engine: Engine, *, secrets: Sequence[str] = ()
+    files: RunFiles,
+    run: Run,
+    engine: Engine,
+    *,
+    secrets: Sequence[str] = (),
+    junit: JunitXml | None = None,
 ) -> list[tuple[str, str]]:
     """Read the inner JUnit XML (``secrets`` masked) and the artifacts back; returns what was refused.
 
-    A JUnit XML the report could not read is refused here, so the refusal is on the run's
-    record, and the artifacts are read all the same.
+    ``junit`` is the XML the inner reporter sent, if it did: then no file is read for it. A JUnit
+    XML the report could not read is refused here, so the refusal is on the run's record, and
+    the artifacts are read all the same.
     """
     assert run.container_id is not None
     refused: list[tuple[str, str]] = []
     try:
-        chunks = engine.get_archive(run.container_id, JUNIT_PATH)
-        if chunks is not None:
-            data = read_member(chunks, Path(JUNIT_PATH).name, max_bytes=JUNIT_MAX_BYTES)
-            if data is not None:
-                parse_junit(data)
-                # Renamed into place: a symlink planted where junit.xml goes is replaced, never followed.
-                atomic_write_bytes(files.junit, redact_xml(data, secrets))
+        data = junit.xml.encode("utf-8") if junit is not None and junit.path == JUNIT_PATH else None
+        if data is None:
+            chunks = engine.get_archive(run.container_id, JUNIT_PATH)
+            if chunks is not None:
+                data = read_member(chunks, Path(JUNIT_PATH).name, max_bytes=JUNIT_MAX_BYTES)
+        if data is not None:
+            parse_junit(data)
+            # Renamed into place: a symlink planted where junit.xml goes is replaced, never followed.
+            atomic_write_bytes(files.junit, redact_xml(data, secrets))
     except EngineError:
         raise  # the engine failed the read, not the archive its content: the run ends with it
     except LrunError as e:

@@ -211,6 +211,16 @@ Event: TypeAlias = Collected | Start | PhaseReport | Finished
 
 
 @dataclass(frozen=True)
+class JunitXml:
+    """The JUnit XML the inner pytest wrote, as the reporter sent it at the session's end (no
+    event of the session's own: the host reads it instead of the container's file)."""
+
+    path: str
+    """Where pytest wrote it in the container (absolute)."""
+    xml: str
+
+
+@dataclass(frozen=True)
 class Parsed:
     """A piece of container output, split: the human log bytes and the events, in order."""
 
@@ -452,6 +462,8 @@ class EventParser:
         self._parts: list[Collected] = []
         self.warnings = 0
         """Warnings so far, over every :meth:`feed` and :meth:`close`."""
+        self.junit: JunitXml | None = None
+        """The JUnit XML the reporter sent (a ``junit`` line), if one came."""
 
     def feed(self, chunk: bytes) -> Parsed:
         """The output and events that ``chunk`` (after what was fed before) completes."""
@@ -519,16 +531,17 @@ class EventParser:
             return [] if event is None else [event]
         if not data:
             raise _Malformed("an empty array")
-        # A bad element voids the whole line: collection parts it brought are taken back.
-        parts = self._parts.copy()
+        # A bad element voids the whole line: collection parts and JUnit XML it brought are taken back.
+        parts, junit = self._parts.copy(), self.junit
         try:
             return [event for item in data if (event := self._event(_Fields(item))) is not None]
         except _Malformed:
-            self._parts = parts
+            self._parts, self.junit = parts, junit
             raise
 
     def _event(self, fields: _Fields) -> Event | None:
-        """The event ``fields`` hold; None when it is a collection part that more parts follow."""
+        """The event ``fields`` hold; None when it is a collection part that more parts follow, or
+        the JUnit XML (:attr:`junit`)."""
         kind = fields.text("e")
         if kind == "start":
             return _start(fields)
@@ -536,6 +549,9 @@ class EventParser:
             return _report(fields)
         if kind == "finish":
             return _finished(fields)
+        if kind == "junit":
+            self.junit = JunitXml(fields.text("path"), fields.text("xml"))
+            return None
         if kind != "collected":
             raise _Malformed(f"unknown event kind {kind!r}")
         part = _collected_part(fields)

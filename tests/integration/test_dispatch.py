@@ -96,11 +96,12 @@ def test_failures_errors_and_artifacts(pytester: pytest.Pytester, project: Path,
     assert "[[ATTACHMENT|" in ET.tostring(suite, encoding="unicode")
 
 
-def test_an_artifacts_dir_left_empty_costs_the_engine_no_archive_read(
+def test_a_run_reads_back_through_the_archive_api_only_what_the_events_do_not_carry(
     pytester: pytest.Pytester, project: Path, state_dir: Path, engines: list[str]
 ) -> None:
     """Each archive read costs a Docker Engine a mount and a tar process (50 ms of its CPU here):
-    the artifacts dir every upload ships empty is read only when something was made in it."""
+    the JUnit XML comes with the reporter's events when it fits a line, and the artifacts dir
+    every upload ships empty is read only when something was made in it."""
     write_tests(project, "quiet", "def test_quiet():\n    pass\n")
     write_tests(
         project,
@@ -114,8 +115,11 @@ def test_an_artifacts_dir_left_empty_costs_the_engine_no_archive_read(
         "from pathlib import Path\n\n\ndef test_gone():\n"
         "    Path('/lrun/artifacts/tmp').write_text('x')\n    Path('/lrun/artifacts/tmp').unlink()\n",
     )
+    # Two MB of captured output in the XML (junit_logging=all): longer than an event line may be.
+    write_tests(project, "loud", "def test_loud():\n    print('x' * 2_000_000)\n")
     began = time.time()
-    pytester.runpytest_subprocess("--lrun-machine=m1", "quiet", "nested", "gone").assert_outcomes(passed=3)
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "quiet", "nested", "gone", "loud")
+    result.assert_outcomes(passed=4)
     runs = {Path(r["test_dir"]).name: r for r in map(_record, (state_dir / "runs").iterdir())}
     client = docker.APIClient(base_url=engines[0], version="auto")
     try:
@@ -125,7 +129,15 @@ def test_an_artifacts_dir_left_empty_costs_the_engine_no_archive_read(
         reads = Counter(e["Actor"]["Attributes"].get("lrun.run-id") for e in events)
     finally:
         client.close()
-    assert {name: reads[run["id"]] for name, run in runs.items()} == {"quiet": 1, "nested": 2, "gone": 2}
+    assert {name: reads[run["id"]] for name, run in runs.items()} == {
+        "quiet": 0,
+        "nested": 1,
+        "gone": 1,
+        "loud": 1,
+    }
+    for name, run in runs.items():  # every run's JUnit XML is in its folder all the same
+        cases = ET.parse(state_dir / "runs" / run["id"] / "junit.xml").getroot().iter("testcase")
+        assert [case.get("name") for case in cases] == [f"test_{name}"]
     artifacts = Path(runs["nested"]["artifacts_path"])
     assert (artifacts / "artifacts" / "sub" / "x.txt").read_text() == "x"  # made in a subdir: read
     assert not Path(runs["quiet"]["artifacts_path"]).exists()

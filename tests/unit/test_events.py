@@ -26,6 +26,7 @@ from pytest_lrun.wire.events import (
     CollectSkip,
     EventParser,
     Finished,
+    JunitXml,
     Parsed,
     PhaseReport,
     SkipInfo,
@@ -535,3 +536,19 @@ def test_the_reporter_writes_what_is_buffered_at_exit_and_its_timer_does_not_kee
         [sys.executable, "-c", script], env=env, capture_output=True, timeout=60, check=True
     )
     assert parse_log(done.stdout, TOKEN) == Parsed(b"", (EVENTS[1],), 0)
+
+
+def test_the_junit_xml_the_reporter_sends_is_kept_apart_from_the_events() -> None:
+    xml = {"e": "junit", "path": "/lrun/out/junit.xml", "xml": "<testsuites>\u00e9</testsuites>"}
+    finish = {"e": "finish", "n": 1, "exitstatus": 0, "counts": {}, "interrupt": None}
+    parser = EventParser(TOKEN)
+    parsed = parser.feed(b"out\n" + line([xml, finish]))
+    assert parsed.output == b"out\n" and [type(e) for e in parsed.events] == [Finished]
+    assert parser.junit == JunitXml("/lrun/out/junit.xml", "<testsuites>\u00e9</testsuites>")
+
+
+def test_a_junit_xml_on_a_malformed_line_is_taken_back_with_it() -> None:
+    parser = EventParser(TOKEN)
+    xml = {"e": "junit", "path": "/lrun/out/junit.xml", "xml": "<testsuites/>"}
+    parsed = parser.feed(line([xml, {"e": "finish"}]))  # the finish lacks its fields: the line is output
+    assert parsed.warnings == 1 and parser.junit is None
