@@ -386,6 +386,14 @@ class _Client(docker.APIClient):
             if ssh_adapter is not None:
                 ssh_adapter.close()
             raise
+        # No proxy stands between a local socket (or an ssh channel) and its engine, and requests
+        # would read the proxy variables of the environment again for every call.
+        self.trust_env = self.base_url.startswith(("http://", "https://"))
+
+    def _check_is_tty(self, container: Any) -> bool:
+        # docker-py inspects the container before each logs call to learn whether it has a TTY:
+        # a round trip to the engine per call. pytest-lrun never creates one with a TTY.
+        return False
 
     def get_adapter(self, url: str) -> Any:
         return self._ssh_adapter or super().get_adapter(url)

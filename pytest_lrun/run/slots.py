@@ -139,6 +139,10 @@ class Slots:
             seen = self._freed
             self._changed.wait_for(lambda: self._freed != seen, seconds)
 
+    def _first_staged(self, machine: str) -> str | None:
+        """The staged run on ``machine`` that starts first (placed runs only)."""
+        return next((staged for staged in self._staged.get(machine, []) if staged), None)
+
     def wait_free(self, store: RunStore, machine: Machine, run_id: str, stopping: Callable[[], bool]) -> None:
         """Return once staged run ``run_id`` fits ``machine``'s slots, counted as started from
         then on, or a stop (Ctrl-C, ``-x``) came: the caller checks which.
@@ -149,11 +153,14 @@ class Slots:
         while not stopping():
             with self._changed:
                 seen = self._exits
+                if self._first_staged(machine.name) != run_id:  # another goes first: no store read
+                    self._changed.wait(GATE_POLL_S)
+                    continue
             live = {run.id for run in store.active(machine.name)}
             with self._changed:
-                ready = [staged for staged in self._staged.get(machine.name, []) if staged]
-                if ready and ready[0] == run_id:
-                    holding = live - self._exited.get(machine.name, set()) - set(ready)
+                if self._first_staged(machine.name) == run_id:
+                    ready = {staged for staged in self._staged.get(machine.name, []) if staged}
+                    holding = live - self._exited.get(machine.name, set()) - ready
                     if len(holding) < machine.slots:
                         self._start_locked(machine.name, run_id)
                         return
