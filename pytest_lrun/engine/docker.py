@@ -304,7 +304,9 @@ class DockerEngine:
         # call for it). Anything unexpected in the answer counts as touched: the caller reads it.
         try:
             answer = self._api.head(
-                self._api._url("/containers/{0}/archive", container_id), params={"path": path}
+                self._api._url("/containers/{0}/archive", container_id),
+                params={"path": path},
+                timeout=self._api.timeout,
             )
             if answer.status_code != 200:
                 return False

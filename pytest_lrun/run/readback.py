@@ -31,7 +31,7 @@ from pytest_lrun.engine import Engine
 from pytest_lrun.run.logs import EventSpool, LogSpool, redact_xml
 from pytest_lrun.run.placement import LRUN_DIRS
 from pytest_lrun.store import Run
-from pytest_lrun.tree.archive import PACK_MTIME
+from pytest_lrun.tree.archive import EMPTY_DIR_MTIME
 from pytest_lrun.tree.extract import MAX_EXTRACT_ENTRIES, ExtractResult, safe_extract
 from pytest_lrun.tree.tarstream import read_member
 from pytest_lrun.wire.events import Event, EventParser, JunitXml
@@ -185,7 +185,7 @@ def collect(
     # (an entry counted at a block, so a budget is never overspent).
     budget_bytes, budget_entries = ARTIFACTS_MAX_BYTES, MAX_EXTRACT_ENTRIES
     for path in run.artifacts or ():
-        if path in SHIPPED_EMPTY and engine.untouched(run.container_id, path, PACK_MTIME):
+        if path in SHIPPED_EMPTY and engine.untouched(run.container_id, path, EMPTY_DIR_MTIME):
             continue  # shipped empty and nothing made in it: a read would cost the engine a tar
         chunks = engine.get_archive(run.container_id, path)
         if chunks is None:

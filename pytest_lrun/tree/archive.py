@@ -57,6 +57,11 @@ uploads of a same-sized file apart, so a directory must be shipped into a fresh
 location, as each run does. Pass ``mtime=None`` to :func:`pack` to keep real mtimes.
 """
 
+EMPTY_DIR_MTIME = PACK_MTIME + 1
+"""The mtime of the ``extra_dirs`` a :class:`TarWriter` ships empty: one no member of a tree
+gets, so the engine's stat of such a dir tells whether anything was made in it since (a
+tree's dir copied over it with its mtime kept, ``cp -a``, still counts as made)."""
+
 COPY_CHUNK = 1024 * 1024
 """Bytes copied per read, into an archive and out of one."""
 
@@ -96,10 +101,11 @@ class TarWriter:
 
     Opening writes a directory entry for each level of ``prefix`` and of each of
     ``extra_dirs`` (relative to the archive root, not under the prefix; the last
-    level of each mode 0o777: output directories such as ``lrun/out`` that the inner
-    run must be able to write whatever user it runs as, since the Engine creates what
-    it unpacks as root), then each of ``extra_files`` (``(path from the archive root,
-    bytes)``, mode 0o644: the inner reporter, which is no file of the tree). Each
+    level of each mode 0o777 and mtime :data:`EMPTY_DIR_MTIME`: output directories such
+    as ``lrun/out`` that the inner run must be able to write whatever user it runs as,
+    since the Engine creates what it unpacks as root), then each of ``extra_files``
+    (``(path from the archive root, bytes)``, mode 0o644: the inner reporter, which is no
+    file of the tree). Each
     ``add_*`` then writes one member at ``prefix/relpath``,
     in the order called (the caller puts parents first). Ownership is uid/gid 0 with
     empty names, directories are 0o755, files :func:`file_mode`, symlinks 0o777 with
@@ -132,7 +138,8 @@ class TarWriter:
                 fileobj=self._spool, mode="w", format=tarfile.PAX_FORMAT, copybufsize=COPY_CHUNK
             )
             for dirs in sorted(levels):
-                self._add(_info("/".join(dirs), tarfile.DIRTYPE, 0o777 if dirs in writable else 0o755, mtime))
+                mode, when = (0o777, EMPTY_DIR_MTIME) if dirs in writable else (0o755, mtime)
+                self._add(_info("/".join(dirs), tarfile.DIRTYPE, mode, when))
             for parts, data in files:
                 info = _info("/".join(parts), tarfile.REGTYPE, file_mode(False), mtime)
                 info.size = len(data)

@@ -115,11 +115,20 @@ def test_a_run_reads_back_through_the_archive_api_only_what_the_events_do_not_ca
         "from pathlib import Path\n\n\ndef test_gone():\n"
         "    Path('/lrun/artifacts/tmp').write_text('x')\n    Path('/lrun/artifacts/tmp').unlink()\n",
     )
+    # A shipped dir copied over it with its times kept: the dir gets the upload's mtime of a tree.
+    write_tests(
+        project,
+        "copied",
+        "import shutil\nfrom pathlib import Path\n\n\ndef test_copied():\n"
+        "    shutil.copytree(Path(__file__).parent / 'data', '/lrun/artifacts', dirs_exist_ok=True)\n",
+    )
+    (project / "copied" / "data").mkdir()
+    (project / "copied" / "data" / "kept.txt").write_text("kept")
     # Two MB of captured output in the XML (junit_logging=all): longer than an event line may be.
     write_tests(project, "loud", "def test_loud():\n    print('x' * 2_000_000)\n")
     began = time.time()
-    result = pytester.runpytest_subprocess("--lrun-machine=m1", "quiet", "nested", "gone", "loud")
-    result.assert_outcomes(passed=4)
+    result = pytester.runpytest_subprocess("--lrun-machine=m1", "quiet", "nested", "gone", "copied", "loud")
+    result.assert_outcomes(passed=5)
     runs = {Path(r["test_dir"]).name: r for r in map(_record, (state_dir / "runs").iterdir())}
     client = docker.APIClient(base_url=engines[0], version="auto")
     try:
@@ -140,6 +149,7 @@ def test_a_run_reads_back_through_the_archive_api_only_what_the_events_do_not_ca
         assert [case.get("name") for case in cases] == [f"test_{name}"]
     artifacts = Path(runs["nested"]["artifacts_path"])
     assert (artifacts / "artifacts" / "sub" / "x.txt").read_text() == "x"  # made in a subdir: read
+    assert (Path(runs["copied"]["artifacts_path"]) / "artifacts" / "kept.txt").read_text() == "kept"
     assert not Path(runs["quiet"]["artifacts_path"]).exists()
 
 

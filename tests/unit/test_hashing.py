@@ -16,7 +16,7 @@ import pytest
 import xxhash
 
 from pytest_lrun.core.errors import ArchiveError, HashError
-from pytest_lrun.tree.archive import PACK_MTIME, pack
+from pytest_lrun.tree.archive import EMPTY_DIR_MTIME, PACK_MTIME, pack
 from pytest_lrun.tree.hashing import CHUNK_SIZE, hash_dir
 from pytest_lrun.tree.ignores import DEFAULT_IGNORES
 from pytest_lrun.tree.snapshot import Snapshot, snapshot
@@ -740,7 +740,9 @@ def shipped(snap: Snapshot) -> dict[str, tuple[str, int, bytes | str]]:
         for m in tar:
             data = tar.extractfile(m) if m.isreg() else None
             kind = "file" if m.isreg() else "dir" if m.isdir() else "symlink"
-            assert (m.uid, m.gid, m.mtime) == (0, 0, PACK_MTIME)
+            # An empty output dir (0o777) has a time of its own: a stat tells whether it was written to.
+            shipped_empty = m.isdir() and m.mode == 0o777
+            assert (m.uid, m.gid, m.mtime) == (0, 0, EMPTY_DIR_MTIME if shipped_empty else PACK_MTIME)
             found[m.name] = (kind, m.mode, data.read() if data is not None else m.linkname)
     return found
 
