@@ -138,12 +138,8 @@ def test_a_run_reads_back_through_the_archive_api_only_what_the_events_do_not_ca
         reads = Counter(e["Actor"]["Attributes"].get("lrun.run-id") for e in events)
     finally:
         client.close()
-    assert {name: reads[run["id"]] for name, run in runs.items()} == {
-        "quiet": 0,
-        "nested": 1,
-        "gone": 1,
-        "loud": 1,
-    }
+    expected = {"quiet": 0, "nested": 1, "gone": 1, "copied": 1, "loud": 1}
+    assert {name: reads[run["id"]] for name, run in runs.items()} == expected
     for name, run in runs.items():  # every run's JUnit XML is in its folder all the same
         cases = ET.parse(state_dir / "runs" / run["id"] / "junit.xml").getroot().iter("testcase")
         assert [case.get("name") for case in cases] == [f"test_{name}"]
