@@ -9,21 +9,25 @@ image, a command...) into a terminal :class:`~pytest_lrun.store.Run` record:
    command, env, workdir, artifact paths);
 2. ``prepare`` in the store: CREATED runs a fresh container, REUSE attaches to
    the live run (never a twin container), BUSY raises ``machine_busy``;
-3. create the labelled container, upload the directory with the Engine's archive API (no bind
-   mounts), start it, spool its logs, wait with the timeout, read its results back, remove it.
+3. create the labelled container, upload the directory with the Engine's
+   archive API (no bind mounts), start it, spool its logs, wait with the
+   timeout, read the inner JUnit XML and the artifacts back, remove it.
 
-A run whose command is pytest (:func:`~pytest_lrun.run.placement.pytest_arguments_at`) also
-ships the inner reporter (:mod:`pytest_lrun.wire.events`) with a fresh token kept in the run
-record: its events are split from the output as it streams and kept in the run's ``events.jsonl``
-(the log keeps the rest); the reporter's bytes are part of the key, the token is not. A run is
-stopped (timeout, Ctrl-C) with SIGINT first and SIGKILL only after ``stop_grace`` seconds
-(:func:`~pytest_lrun.engine.stop`), so the inner pytest can report the test it was running.
+A run whose command is pytest (:func:`~pytest_lrun.run.placement.pytest_arguments_at`) also ships the inner
+reporter (:mod:`pytest_lrun.wire.events`) with a fresh token kept in the run record:
+its events are split from the output as it streams and kept in the run's
+``events.jsonl`` (the log keeps the rest); the reporter's bytes are part of the
+key, the token is not. A run is stopped (timeout, Ctrl-C) with SIGINT first and
+SIGKILL only after ``stop_grace`` seconds (:func:`~pytest_lrun.engine.stop`), so
+the inner pytest can report the test it was running.
 
-Steps 1 and 2 (candidate machines, snapshot, key, the store's placement, the wait in line)
-live in :mod:`pytest_lrun.run.placement`; what the container is created with in step 3 in
-:mod:`pytest_lrun.run.container`; what it gives back (streamed log and events, the stored log,
-the JUnit XML and artifacts) in :mod:`pytest_lrun.run.readback`; the terminal status that
-follows from its exit code, or from what went wrong, in :mod:`pytest_lrun.run.verdict`.
+Steps 1 and 2 (candidate machines, snapshot, key, the store's placement and the
+wait in line) live in :mod:`pytest_lrun.run.placement`, which also defines
+:func:`~pytest_lrun.run.placement.run_key` and :func:`~pytest_lrun.run.placement.pytest_arguments_at`;
+what the container is created with in step 3 lives in :mod:`pytest_lrun.run.container`,
+what it gives back (streamed log and events, the stored log, the JUnit XML and
+artifacts) in :mod:`pytest_lrun.run.readback`, and the terminal status that follows
+from its exit code, or from what went wrong, in :mod:`pytest_lrun.run.verdict`.
 
 Whoever *finishes* a run (waits for its container and writes its terminal
 status) holds the run's watch lock (:meth:`~pytest_lrun.store.RunStore.watching`).
@@ -126,7 +130,6 @@ class Dispatcher:
         on_queued: Callable[[RunSpec, Run], None] | None = None,
         on_build: BuildSink | None = None,
         on_retry: Callable[[RunSpec, Run, int], None] | None = None,
-        before_place: Callable[[RunSpec], None] | None = None,
         infra_retries: int = DEFAULT_INFRA_RETRIES,
         remove_later: bool = False,
         stage: bool = False,
@@ -145,7 +148,6 @@ class Dispatcher:
         self.on_queued = on_queued  # (spec, a run in the way) once, when a spec waits for a free slot
         self.builder = Builder(store, on_line=on_build)  # (machine, line) as an image builds
         self.on_retry = on_retry  # (spec, the failed run, the attempt about to start)
-        self.before_place = before_place  # (spec) once its directory is packed: the session's turn
         self.infra_retries = infra_retries
         # Ended runs' containers, removed off the run's path when ``remove_later`` (:meth:`close` waits).
         self._remover = Remover(later=remove_later)
@@ -323,8 +325,6 @@ class Dispatcher:
         check_room(self.store.state_dir, self.terminal_reserve)  # state_full before anything is recorded
         shipment = snapshot_for(options[0].spec, self.store.hashcache_dir)
         try:
-            if self.before_place is not None:
-                self.before_place(spec)
             run, outcome, option, staged = place(
                 self.store,
                 spec,
@@ -431,8 +431,8 @@ class Dispatcher:
         self._slots.exited(run.machine, run.id)  # its slot is free: a staged run starts during the read-back
         pump.join(30)
         spool.close()
-        # Two reads of the stopped container at once, they write different files: its whole log
-        # when the stream ended short (respool), the JUnit XML and artifacts when needed (collect).
+        # Two reads of the stopped container at once: its whole log (respool) and the JUnit XML
+        # and artifacts (collect); they write different files.
         respooled = _beside(respool, files, run, engine, self.log_max_bytes, secrets, spool.received)
         run = replace(run, exit_code=exit_code)
         try:

@@ -99,7 +99,6 @@ class LrunSession:
             on_queued=self.workers.queued,
             on_build=self.workers.build_line,
             on_retry=self.workers.retried,
-            before_place=self.workers.turn,
             infra_retries=settings.infra_retries,
             remove_later=True,  # a worker takes its next run while the last one's container goes
             stage=not settings.detach,  # a detached run never frees its slot in this session

@@ -99,6 +99,10 @@ class Workers:
                 if dispatcher.stopping:  # -x, --maxfail or Ctrl-C: start nothing new
                     self.events.put(JobEnded(job.spec))
                     continue
+                line.wait_turn(job.spec, lambda: dispatcher.stopping)
+                if dispatcher.stopping:  # it stopped while this job waited for its turn: not run
+                    self.events.put(JobEnded(job.spec))
+                    continue
                 self.events.put(self._run_job(job))
             finally:
                 line.decided(job.spec)  # ended before its run was decided (an error, a stop)
@@ -113,8 +117,6 @@ class Workers:
         started = time.monotonic()
         try:
             outcome = self._do(job)
-        except _NotStarted:  # the session stopped while it waited for its turn
-            return JobEnded(spec)
         except LrunError as e:
             outcome = e
         except BaseException as e:  # a bug: make it visible as a failure, never hang the session
@@ -202,17 +204,6 @@ class Workers:
         )
         self.events.put(Retried(spec, failed))
 
-    def turn(self, spec: RunSpec) -> None:
-        """The dispatcher's word that ``spec``'s directory is packed and its run is about to be
-        placed: wait until the target's jobs before it were decided (:class:`JobLine`). Raises
-        :class:`_NotStarted` if the session stops meanwhile (its job ends not run)."""
-        line, dispatcher = self._lines.get(spec), self.dispatcher
-        if line is None or dispatcher is None:  # a rerun's spec: its job's turn came long ago
-            return
-        line.wait_turn(spec, lambda: dispatcher.stopping)
-        if dispatcher.stopping:
-            raise _NotStarted
-
     def decided(self, spec: RunSpec) -> None:
         """The dispatcher's word that the store decided ``spec``'s run (or put it in line): the
         target's next job may ask."""
@@ -228,18 +219,13 @@ class Workers:
         self.events.put(f"{spec.where}: {self._shown(spec)} waits for a free slot ({busy})")
 
 
-class _NotStarted(Exception):
-    """A job's run was not placed: the session stopped while it waited for its turn."""
-
-
 class JobLine:
     """A target's jobs, taken in order by its threads, and the turn each waits for before its run
     is decided: the store decides them in the user's order (with threads racing to the store,
     a later directory could take the free slot, and a staged run's order would be chance).
 
     A job's turn comes once every job before it was decided: placed, cached, put in line for a
-    slot, or ended without a run. It is waited for once its directory is packed and its image
-    is there (:meth:`Workers.turn`): the slow parts of the jobs still overlap.
+    slot, or ended without a run.
     """
 
     def __init__(self, jobs: list[Job]) -> None:
