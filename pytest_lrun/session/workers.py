@@ -3,12 +3,12 @@
 Per target (a machine or a ``tag:NAME``), as many threads as its machines have slots (twice
 as many when the dispatcher stages runs) take that target's jobs in order, and the store
 decides their runs in that order (:class:`JobLine`): machines work in parallel, one machine's
-slots one job each, and a target's runs start in the order the user gave. A thread runs a job to its end --
-dispatched, started detached (``--lrun-detach``) or attached to (``--lrun-attach``), with its
-failed inner tests run again as :mod:`.reruns` decides -- and starts no new one once the session
-stops (``-x``, ``--maxfail``, Ctrl-C). What the threads and the dispatcher's callbacks have to
-say goes on the :class:`~.events.EventQueue` for the main thread: they never call a pytest
-hook nor write to the terminal.
+slots one job each, and a target's runs start in the order the user gave. A thread runs a
+job to its end -- dispatched, started detached (``--lrun-detach``) or attached to
+(``--lrun-attach``), with its failed inner tests run again as :mod:`.reruns` decides -- and
+starts no new one once the session stops (``-x``, ``--maxfail``, Ctrl-C). What the threads
+and the dispatcher's callbacks have to say goes on the :class:`~.events.EventQueue` for the
+main thread: they never call a pytest hook nor write to the terminal.
 """
 
 from __future__ import annotations
@@ -96,11 +96,8 @@ class Workers:
         assert dispatcher is not None
         while (job := line.take()) is not None:
             try:
-                if dispatcher.stopping:  # -x, --maxfail or Ctrl-C: start nothing new
-                    self.events.put(JobEnded(job.spec))
-                    continue
-                line.wait_turn(job.spec, lambda: dispatcher.stopping)
-                if dispatcher.stopping:  # it stopped while this job waited for its turn: not run
+                line.wait_turn(job.spec, lambda: dispatcher.stopping)  # at once once stopping
+                if dispatcher.stopping:  # -x, --maxfail or Ctrl-C, before or in the wait: not run
                     self.events.put(JobEnded(job.spec))
                     continue
                 self.events.put(self._run_job(job))

@@ -105,9 +105,8 @@ class TarWriter:
     as ``lrun/out`` that the inner run must be able to write whatever user it runs as,
     since the Engine creates what it unpacks as root), then each of ``extra_files``
     (``(path from the archive root, bytes)``, mode 0o644: the inner reporter, which is no
-    file of the tree). Each
-    ``add_*`` then writes one member at ``prefix/relpath``,
-    in the order called (the caller puts parents first). Ownership is uid/gid 0 with
+    file of the tree). Each ``add_*`` then writes one member at ``prefix/relpath``, in the
+    order called (the caller puts parents first). Ownership is uid/gid 0 with
     empty names, directories are 0o755, files :func:`file_mode`, symlinks 0o777 with
     their target unchanged, mtimes ``mtime`` (see :data:`PACK_MTIME`).
 
